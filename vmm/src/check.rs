@@ -1,0 +1,1 @@
+//! `vmm check`: host validation (placeholder until the check helper lands).
