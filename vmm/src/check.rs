@@ -1,1 +1,0 @@
-//! `vmm check`: host validation (placeholder until the check helper lands).
