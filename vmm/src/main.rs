@@ -1,5 +1,6 @@
 //! `vmm` command line (minimal: `check` only on this branch).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -36,16 +37,20 @@ fn main() -> ExitCode {
     match Cli::parse().cmd {
         Cmd::Check { json } => {
             let report = vmm::check::check_host();
-            if json {
+            let text = if json {
                 match serde_json::to_string_pretty(&report) {
-                    Ok(s) => println!("{s}"),
+                    Ok(s) => s,
                     Err(e) => {
                         eprintln!("vmm check: {}", vmm::Error::from(e));
                         return ExitCode::from(2);
                     }
                 }
             } else {
-                println!("{report}");
+                report.to_string()
+            };
+            // writeln! instead of println!: a closed pipe must not panic.
+            if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+                tracing::debug!(error = %e, "stdout closed");
             }
             ExitCode::from(u8::from(!report.direct_boot))
         }

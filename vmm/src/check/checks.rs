@@ -162,7 +162,15 @@ pub fn kvm_backend(facts: &HostFacts, kind: KvmKind) -> Check {
         }
         KvmKind::Unavailable => Check::fail(
             NAME,
-            "no usable /dev/kvm",
+            if facts.pvm_signals.is_empty() {
+                "no usable /dev/kvm".to_string()
+            } else {
+                format!(
+                    "no usable /dev/kvm; even when opened it would be PVM software \
+                     virtualization [{}], which cannot boot a stock Linux kernel",
+                    facts.pvm_signals.join("; ")
+                )
+            },
             format!("see kvm-device; or {LAB_MODE_FIX}"),
         ),
     }
