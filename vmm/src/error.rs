@@ -1,4 +1,5 @@
-//! The crate's error type.
+//! The crate's error type: every failure a user of `vmm` can see, with the
+//! context that tells them what to fix.
 
 use std::io;
 use std::path::PathBuf;
@@ -26,6 +27,39 @@ pub enum Error {
     /// Serializing a report failed.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// An invalid configuration value.
+    #[error("{0}")]
+    Config(String),
+    /// A configuration value that failed to parse.
+    #[error(transparent)]
+    ConfigValue(#[from] crate::config::ConfigError),
+    /// Creating the VM failed.
+    #[error(transparent)]
+    Vm(#[from] crate::vstate::vm::VmError),
+    /// Creating a vCPU failed.
+    #[error(transparent)]
+    Vcpu(#[from] crate::vstate::vcpu::VcpuError),
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    /// Loading the kernel, initramfs or command line failed.
+    #[error(transparent)]
+    Boot(#[from] crate::boot::loader::BootError),
+    /// Writing ACPI tables failed.
+    #[error(transparent)]
+    Acpi(#[from] crate::boot::acpi::AcpiError),
+    /// Interrupt routing failed.
+    #[error(transparent)]
+    Interrupt(#[from] crate::vstate::interrupts::InterruptError),
+    /// A device could not be placed on a bus.
+    #[error("device placement: {0}")]
+    Bus(#[from] crate::devices::bus::BusError),
+    /// A PCI bus error.
+    #[error(transparent)]
+    Pci(#[from] crate::pci::bus::PciError),
+    /// An OS call failed.
+    #[error("{0}")]
+    Io(#[source] io::Error),
 }
 
 /// Result alias for [`Error`].

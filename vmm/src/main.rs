@@ -1,9 +1,13 @@
-//! `vmm` command line (minimal: `check` only on this branch).
+//! `vmm`: boot a Linux guest (`vmm run`) or validate the host (`vmm check`).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use vmm::config::{MemoryConfig, SerialConfig, VmConfig};
+use vmm::machine::Machine;
 
 #[derive(Parser)]
 #[command(name = "vmm", version, about = "A KVM VMM for I/O performance work")]
@@ -14,6 +18,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Boot a Linux guest.
+    #[command(after_help = "Exit status:\n  \
+        0  the guest powered off\n  \
+        1  VMM error (bad arguments, host cannot run the VM)\n  \
+        2  the guest reset itself (reboot)\n  \
+        3  the guest kernel panicked\n  \
+        4  a vCPU triple-faulted or KVM could not run it\n  \
+        128+N  stopped by signal N (SIGTERM, SIGINT)")]
+    Run(RunArgs),
     /// Validate this host (KVM, io_uring, VFIO, hugepages, memfd, TUN).
     #[command(after_help = "Exit status:\n  \
         0  direct mode can boot stock Linux here (hardware-backed KVM, all required caps)\n  \
@@ -26,7 +39,29 @@ enum Cmd {
     },
 }
 
-fn main() -> ExitCode {
+#[derive(Args)]
+struct RunArgs {
+    /// Kernel image: bzImage or ELF vmlinux.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs (cpio, optionally compressed; several archives may be concatenated).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0 panic=-1")]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Guest memory: SIZE[,hugepages=on] (e.g. 512M, 2G,hugepages=on).
+    #[arg(long, default_value = "512M")]
+    memory: MemoryConfig,
+    /// Serial console: stdio, file=PATH or off.
+    #[arg(long, default_value = "stdio")]
+    serial: SerialConfig,
+}
+
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -34,25 +69,59 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    match Cli::parse().cmd {
-        Cmd::Check { json } => {
-            let report = vmm::check::check_host();
-            let text = if json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("vmm check: {}", vmm::Error::from(e));
-                        return ExitCode::from(2);
-                    }
-                }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let cfg = VmConfig {
+        kernel: args.kernel,
+        initramfs: args.initramfs,
+        cmdline: args.cmdline,
+        cpus: args.cpus,
+        memory: args.memory,
+        serial: args.serial,
+    };
+    let outcome = Machine::build(&cfg).and_then(Machine::run);
+    match outcome {
+        Ok(why) => {
+            let code = why.exit_code();
+            if code == 0 {
+                tracing::info!("{why}");
             } else {
-                report.to_string()
-            };
-            // writeln! instead of println!: a closed pipe must not panic.
-            if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
-                tracing::debug!(error = %e, "stdout closed");
+                eprintln!("vmm: {why}");
             }
-            ExitCode::from(u8::from(!report.direct_boot))
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(json: bool) -> ExitCode {
+    let report = vmm::check::check_host();
+    let text = if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("vmm check: {}", vmm::Error::from(e));
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        report.to_string()
+    };
+    // writeln! instead of println!: a closed pipe must not panic.
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+        tracing::debug!(error = %e, "stdout closed");
+    }
+    ExitCode::from(u8::from(!report.direct_boot))
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    match Cli::parse().cmd {
+        Cmd::Run(args) => run(args),
+        Cmd::Check { json } => check(json),
     }
 }

@@ -1,0 +1,236 @@
+//! Validated VM configuration and the parsers for its command-line syntax.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+/// One gibibyte.
+pub const GIB: u64 = 1 << 30;
+
+/// Errors in user-supplied configuration values.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A size string could not be parsed.
+    #[error("invalid size '{0}': expected a number with an optional K, M, G or T suffix (e.g. 512M, 2G)")]
+    BadSize(String),
+    /// A size was zero.
+    #[error("size must be greater than zero")]
+    ZeroSize,
+    /// An unknown `key=value` option was given.
+    #[error("unknown option '{0}'")]
+    UnknownOption(String),
+    /// An option value was not one of the accepted values.
+    #[error("invalid value '{value}' for '{key}': expected {expected}")]
+    BadValue {
+        /// The option name.
+        key: String,
+        /// The rejected value.
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+    /// A serial console specification was not understood.
+    #[error("invalid serial '{0}': expected stdio, file=PATH or off")]
+    BadSerial(String),
+}
+
+/// Parses a byte size such as `512M`, `2G`, `4096` (bytes) or `1.5G`.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(s.to_string());
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => MIB,
+                'G' => GIB,
+                'T' => 1u64 << 40,
+                _ => return Err(bad()),
+            };
+            (&t[..i], mult)
+        }
+        Some(_) => (t, 1),
+        None => return Err(bad()),
+    };
+    if num.is_empty() || num.starts_with(['-', '+']) {
+        return Err(bad());
+    }
+    let bytes = if let Ok(n) = num.parse::<u64>() {
+        n.checked_mul(mult).ok_or_else(bad)?
+    } else {
+        let f: f64 = num.parse().map_err(|_| bad())?;
+        let b = f * mult as f64;
+        if !b.is_finite() || b < 0.0 || b > u64::MAX as f64 {
+            return Err(bad());
+        }
+        b as u64
+    };
+    if bytes == 0 {
+        return Err(ConfigError::ZeroSize);
+    }
+    Ok(bytes)
+}
+
+/// Guest memory: `SIZE[,hugepages=on|off]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Guest RAM in bytes.
+    pub size: u64,
+    /// Back guest RAM with 2 MiB hugetlb pages.
+    pub hugepages: bool,
+}
+
+impl FromStr for MemoryConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let size = parse_size(parts.next().unwrap_or_default())?;
+        let mut hugepages = false;
+        for opt in parts {
+            let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+            match key {
+                "hugepages" => hugepages = parse_on_off(key, value)?,
+                _ => return Err(ConfigError::UnknownOption(opt.to_string())),
+            }
+        }
+        Ok(Self { size, hugepages })
+    }
+}
+
+/// Parses `on`/`off` (also `true`/`false`, `1`/`0`).
+pub fn parse_on_off(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(ConfigError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: "on or off",
+        }),
+    }
+}
+
+/// Where the guest's 8250 serial console goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// The VMM's standard output (and standard input to the guest).
+    Stdio,
+    /// Appended to a file.
+    File(PathBuf),
+    /// No serial port.
+    Off,
+}
+
+impl FromStr for SerialConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdio" => Ok(Self::Stdio),
+            "off" => Ok(Self::Off),
+            _ => match s.strip_prefix("file=") {
+                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                _ => Err(ConfigError::BadSerial(s.to_string())),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SerialConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stdio => write!(f, "stdio"),
+            Self::File(p) => write!(f, "file={}", p.display()),
+            Self::Off => write!(f, "off"),
+        }
+    }
+}
+
+/// Everything needed to build and boot a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Kernel image: bzImage or ELF vmlinux.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line (the VMM appends nothing the user did not ask for
+    /// beyond what the platform needs).
+    pub cmdline: String,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// Guest memory.
+    pub memory: MemoryConfig,
+    /// Serial console destination.
+    pub serial: SerialConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 * MIB));
+        assert_eq!(parse_size("2G"), Ok(2 * GIB));
+        assert_eq!(parse_size("2g"), Ok(2 * GIB));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1.5G"), Ok(3 * GIB / 2));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+    }
+
+    #[test]
+    fn malformed_sizes() {
+        for s in [
+            "",
+            "M",
+            "12X",
+            "-1G",
+            "abc",
+            "1..5G",
+            "99999999999999999999T",
+            "1 G",
+        ] {
+            assert!(
+                matches!(parse_size(s), Err(ConfigError::BadSize(_))),
+                "{s:?} accepted"
+            );
+        }
+        assert_eq!(parse_size("0"), Err(ConfigError::ZeroSize));
+        assert_eq!(parse_size("0M"), Err(ConfigError::ZeroSize));
+    }
+
+    #[test]
+    fn memory_options() {
+        let m: MemoryConfig = "1G,hugepages=on".parse().unwrap();
+        assert_eq!(
+            m,
+            MemoryConfig {
+                size: GIB,
+                hugepages: true
+            }
+        );
+        assert!(matches!(
+            "1G,hugepages=maybe".parse::<MemoryConfig>(),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            "1G,shared=on".parse::<MemoryConfig>(),
+            Err(ConfigError::UnknownOption(_))
+        ));
+    }
+
+    #[test]
+    fn serial() {
+        assert_eq!("stdio".parse(), Ok(SerialConfig::Stdio));
+        assert_eq!("off".parse(), Ok(SerialConfig::Off));
+        assert_eq!(
+            "file=/tmp/x".parse(),
+            Ok(SerialConfig::File("/tmp/x".into()))
+        );
+        assert!("file=".parse::<SerialConfig>().is_err());
+        assert!("tcp:1234".parse::<SerialConfig>().is_err());
+    }
+}

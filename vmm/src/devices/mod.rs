@@ -1,0 +1,6 @@
+//! Devices the vCPUs reach through port I/O and MMIO exits.
+
+pub mod bus;
+pub mod i8042;
+pub mod power;
+pub mod serial;
