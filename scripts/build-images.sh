@@ -14,6 +14,7 @@
 #   guest-tools.cpio fio + iperf3 + their shared libraries (append to guest-base when needed)
 #   lab-base.cpio    busybox, lab /init, kvm/vfio/virtio/vhost modules, qemu, fio, iperf3
 #   KERNEL_VERSION   e.g. 6.1.0-56-cloud-amd64
+#   STAMP            inputs of this build (script hash, kernel, package versions)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,9 +56,17 @@ MODDIR="$KROOT/lib/modules/$KVER"
 grep -q '^CONFIG_BLK_DEV_NVME=y' "$KROOT/boot/config-$KVER" ||
     die "$KVER: NVMe driver is not built in (CONFIG_BLK_DEV_NVME != y)"
 grep -q '/nvme\.ko$' "$MODDIR/modules.builtin" || die "$KVER: nvme.ko not in modules.builtin"
-cp -f "$KROOT/boot/vmlinuz-$KVER" "$IMAGES/vmlinuz"
+cmp -s "$KROOT/boot/vmlinuz-$KVER" "$IMAGES/vmlinuz" || cp -f "$KROOT/boot/vmlinuz-$KVER" "$IMAGES/vmlinuz"
 echo "$KVER" >"$IMAGES/KERNEL_VERSION"
 log "kernel $KVER"
+
+# Archives are rebuilt when this script, the kernel or a packaged input changes.
+STAMP="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16) $KVER $(dpkg-query -W -f '${Package}=${Version} ' \
+    qemu-system-x86 qemu-system-common fio iperf3 busybox-static libc6 2>/dev/null || true)"
+if [ "$(cat "$IMAGES/STAMP" 2>/dev/null || true)" != "$STAMP" ]; then
+    FORCE=1
+    rm -f "$IMAGES/STAMP"
+fi
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -164,7 +173,7 @@ pack() {
     log "wrote $out ($(du -h "$out" | cut -f1))"
 }
 
-need() { [ "$FORCE" = 1 ] || [ ! -s "$IMAGES/$1" ] || [ "$IMAGES/$1" -ot "$0" ]; }
+need() { [ "$FORCE" = 1 ] || [ ! -s "$IMAGES/$1" ]; }
 
 # --- guest-base.cpio ----------------------------------------------------------------------------
 
@@ -303,4 +312,5 @@ EOF
     pack "$s" "$IMAGES/lab-base.cpio"
 fi
 
+echo "$STAMP" >"$IMAGES/STAMP"
 log "images ready in $IMAGES"

@@ -107,6 +107,28 @@ fn missing_exit_marker_is_an_error() {
 }
 
 #[test]
+fn hub_nics_appear_as_virtio_net() {
+    let Some(images) = images() else { return };
+    let r = run(LabHost::new(&images)
+        .nic(lab::LabNic::virtio(lab::NicBackend::Hub(0)))
+        .nic(lab::LabNic::virtio(lab::NicBackend::Hub(0)))
+        .script(
+            "n=0\n\
+             for i in /sys/class/net/*; do\n\
+               [ \"$(basename $(readlink $i/device/driver 2>/dev/null) 2>/dev/null)\" = virtio_net ] && n=$((n+1))\n\
+             done\n\
+             echo VIRTIO-NICS=$n\n",
+        ));
+    assert_eq!(r.status, 0, "console:\n{}", r.console);
+    assert_eq!(
+        console_value(&r.console, "VIRTIO-NICS="),
+        Some("2"),
+        "{}",
+        r.console
+    );
+}
+
+#[test]
 fn nvme_rebinds_to_vfio_pci() {
     let Some(images) = images() else { return };
     let dir = tempfile::tempdir().unwrap();
