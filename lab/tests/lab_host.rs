@@ -253,3 +253,57 @@ grep -q '{marker}0' /lab/guest.log
         console_value(&r.console, "GUEST-BOOT-OK uptime=").unwrap_or("?"),
     );
 }
+
+#[test]
+fn nested_guest_runs_fio_and_iperf3_from_tools_archive() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let test_sh = r#"
+set -e
+fio --name=randread --filename=/dev/vda --rw=randread --bs=4k --iodepth=16 \
+    --ioengine=libaio --direct=1 --runtime=3 --time_based --output-format=terse \
+    | awk -F';' '{ print "FIO-READ-IOPS=" $8 }'
+iperf3 -s -D -1
+sleep 1
+iperf3 -c 127.0.0.1 -t 2 -f m | awk '/receiver/ { print "IPERF3-MBITS=" $7 }'
+"#;
+    let initrd = guest_initramfs(
+        &images,
+        test_sh,
+        true,
+        Cpio::new(),
+        &dir.path().join("guest.cpio"),
+    )
+    .unwrap();
+    let script = format!(
+        r#"
+dd if=/dev/zero of=/lab/disk.img bs=1M count=64 2>/dev/null
+timeout 300 qemu-system-x86_64 -enable-kvm -cpu host -machine q35 -smp 2 -m 768 \
+    -nic none -display none -monitor none -serial stdio -no-reboot \
+    -drive file=/lab/disk.img,if=virtio,format=raw \
+    -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet" </dev/null \
+    | tee /lab/guest.log
+grep -q '{marker}0' /lab/guest.log
+"#,
+        kernel = lab::LAB_GUEST_KERNEL,
+        initrd = lab::LAB_GUEST_INITRD,
+        marker = GUEST_EXIT_MARKER,
+    );
+    let r = run(LabHost::new(&images)
+        .memory_mib(3072)
+        .with_guest(initrd)
+        .timeout(Duration::from_secs(500))
+        .script(script));
+    assert_eq!(r.status, 0, "console:\n{}", r.console);
+    let iops: f64 = console_value(&r.console, "FIO-READ-IOPS=")
+        .and_then(|v| v.parse().ok())
+        .expect("no fio result");
+    let mbits: f64 = console_value(&r.console, "IPERF3-MBITS=")
+        .and_then(|v| v.parse().ok())
+        .expect("no iperf3 result");
+    assert!(iops > 0.0 && mbits > 0.0);
+    eprintln!(
+        "TIMING nested guest with tools: lab wall {:.1?}; fio 4k randread qd16 {iops} IOPS; iperf3 loopback {mbits} Mbit/s",
+        r.duration
+    );
+}
