@@ -1,1 +1,36 @@
+//! Lab host runner for tests and benchmarks that need real KVM, VFIO and an IOMMU.
+//!
+//! The build machines' `/dev/kvm` cannot boot a stock Linux guest, so such tests run inside a
+//! *lab host*: QEMU in TCG mode emulating AMD SVM and an Intel IOMMU, booting the Debian cloud
+//! kernel with `kvm_amd` and `vfio-pci` loaded (see `/work/shared/LAB.md`). Images come from
+//! `scripts/build-images.sh` ([`Images`]); a [`LabHost`] boots them with a per-run overlay that
+//! carries `/lab/run.sh` and any binaries, and reports the script's exit status ([`LabRun`]).
+//!
+//! ```no_run
+//! let images = lab::Images::ensure_default()?;
+//! let run = lab::LabHost::new(&images).script("test -c /dev/kvm").run()?;
+//! assert_eq!(run.status, 0);
+//! # Ok::<(), lab::LabError>(())
+//! ```
 
+mod cpio;
+mod error;
+mod host;
+mod images;
+
+pub use cpio::{shared_libraries, Cpio};
+pub use error::{LabError, Result};
+pub use host::{
+    parse_marker, qemu_binary, LabHost, LabNic, LabRun, NicBackend, BOOT_MARKER, EXIT_MARKER,
+    LAB_CMDLINE, LAB_GUEST_INITRD, LAB_GUEST_KERNEL,
+};
+pub use images::{guest_initramfs, repo_root, Images};
+
+/// The marker the nested guest's `/init` prints after `/test.sh` returns.
+pub const GUEST_EXIT_MARKER: &str = "GUEST-EXIT-STATUS=";
+
+/// The last `n` lines of `text`.
+pub(crate) fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

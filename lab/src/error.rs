@@ -1,0 +1,66 @@
+//! The crate's single error type.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong while building lab images or running a lab host.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A filesystem or process operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path involved.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `scripts/build-images.sh` failed or did not produce an expected image.
+    #[error("building lab images failed: {0}")]
+    BuildImages(String),
+    /// `qemu-system-x86_64` is not installed (or `LAB_QEMU` points nowhere).
+    #[error("qemu-system-x86_64 not found in PATH (install qemu-system-x86)")]
+    QemuMissing,
+    /// A path given for an archive entry is not usable (empty, or contains `..`).
+    #[error("invalid archive path {0:?}")]
+    InvalidPath(PathBuf),
+    /// `ldd` could not resolve the libraries of a binary.
+    #[error("ldd {binary:?}: {reason}")]
+    Ldd {
+        /// The binary being inspected.
+        binary: PathBuf,
+        /// Why it failed (e.g. a library that is "not found").
+        reason: String,
+    },
+    /// The lab did not finish in time; QEMU was killed.
+    #[error("lab run timed out after {timeout:?}; last console lines:\n{tail}")]
+    Timeout {
+        /// The configured timeout.
+        timeout: Duration,
+        /// The last console lines.
+        tail: String,
+    },
+    /// QEMU exited without the lab printing `LAB-EXIT-STATUS=N`.
+    #[error(
+        "lab ended without LAB-EXIT-STATUS marker ({qemu_status}); last console lines:\n{tail}"
+    )]
+    NoExitMarker {
+        /// How QEMU exited.
+        qemu_status: String,
+        /// The last console lines, followed by QEMU's own stderr.
+        tail: String,
+    },
+}
+
+impl LabError {
+    /// Wraps an I/O error with context.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        LabError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for `Result<T, LabError>`.
+pub type Result<T> = std::result::Result<T, LabError>;
