@@ -33,7 +33,9 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables (RSDP first), inside the BIOS area Linux scans.
 pub const ACPI_START: GuestAddress = GuestAddress(0xe0000);
 /// End of the area reserved for ACPI tables.
-pub const ACPI_END: u64 = 0x10_0000;
+pub const ACPI_END: u64 = RESET_VECTOR.0;
+/// The x86 reset vector (F000:FFF0): Linux jumps here for a BIOS reboot.
+pub const RESET_VECTOR: GuestAddress = GuestAddress(0xffff0);
 /// Where high memory starts: the kernel is loaded here.
 pub const HIMEM_START: GuestAddress = GuestAddress(0x10_0000);
 

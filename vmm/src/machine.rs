@@ -71,6 +71,7 @@ impl Machine {
             mmio64_start: layout::ram_end(ram.size).max(layout::FOUR_GIB),
         };
         let rsdp = acpi::write_tables(&ram.mem, &platform)?;
+        loader::write_reset_stub(&ram.mem)?;
         loader::write_boot_params(&ram.mem, &kernel, cmdline_len, initramfs, rsdp, ram.size)?;
 
         let irq_routing = Arc::new(IrqRouting::new(vm.fd.clone())?);

@@ -11,7 +11,7 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::Elf;
 use linux_loader::loader::{self, KernelLoader, KernelLoaderResult};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
 
 use crate::layout;
 
@@ -241,6 +241,20 @@ pub fn write_boot_params(
         mem,
     )
     .map_err(|e| BootError::BootParams(e.to_string()))
+}
+
+/// Real-mode code at the reset vector: `mov al, 0xfe; out 0x64, al; hlt; jmp $-3`.
+///
+/// There is no BIOS. When Linux falls back to a BIOS reboot (its default on a
+/// hardware-reduced ACPI platform without EFI), it jumps here, and this turns
+/// that into an i8042 reset the VMM sees, instead of a vCPU spinning in
+/// empty memory.
+const RESET_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+
+/// Writes [`RESET_STUB`] at [`layout::RESET_VECTOR`].
+pub fn write_reset_stub(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    mem.write_slice(&RESET_STUB, layout::RESET_VECTOR)?;
+    Ok(())
 }
 
 /// Highest address an initramfs may end at for this kernel.

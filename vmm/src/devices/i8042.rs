@@ -28,6 +28,7 @@ impl BusDevice for I8042 {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        tracing::trace!("i8042 write at +{offset}: {data:x?}");
         if offset == STATUS_OFFSET && data.first() == Some(&CMD_RESET_CPU) {
             self.exit.request(GuestExit::Reset("i8042 reset command"));
         }

@@ -33,6 +33,7 @@ impl BusDevice for AcpiPower {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
+        tracing::trace!("ACPI power register +{offset}: {value:#x}");
         let port = layout::ACPI_SLEEP_CONTROL_PORT as u64 + offset;
         if port == layout::ACPI_SLEEP_CONTROL_PORT as u64
             && value & SLP_EN != 0

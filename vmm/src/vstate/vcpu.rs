@@ -132,11 +132,15 @@ impl Vcpu {
         while !stop.load(Ordering::Acquire) {
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    read_lock(&buses.pio).read(port.into(), data);
+                    if !read_lock(&buses.pio).read(port.into(), data) {
+                        tracing::trace!("vcpu{cpu}: unhandled port read at {port:#x}");
+                    }
                     None
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    read_lock(&buses.pio).write(port.into(), data);
+                    if !read_lock(&buses.pio).write(port.into(), data) {
+                        tracing::trace!("vcpu{cpu}: unhandled port write at {port:#x}: {data:x?}");
+                    }
                     None
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
