@@ -134,6 +134,22 @@ install_with_libs() {
     done
 }
 
+# Prove a staged tree is self-contained (no root needed): through the staged loader, every library
+# of each BIN must resolve inside the tree, and `BIN --version` must run.
+check_tree() {
+    local stagedir="$1" ldso libpath bin outside; shift
+    ldso="$stagedir/lib64/ld-linux-x86-64.so.2"
+    # Every staged library directory (some, like .../ceph, are reached through an absolute RUNPATH).
+    libpath="$(find "$stagedir" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)"
+    for bin in "$@"; do
+        outside="$("$ldso" --inhibit-cache --library-path "$libpath" --list "$stagedir$bin" |
+            awk -v s="$stagedir" '/=>/ && index($3, s) != 1 { print $1 }')"
+        [ -z "$outside" ] || die "staged $bin resolves libraries outside the tree: $outside"
+        "$ldso" --inhibit-cache --library-path "$libpath" "$stagedir$bin" --version >/dev/null ||
+            die "staged $bin does not run"
+    done
+}
+
 # Busybox with one symlink per applet.
 install_busybox() {
     local stagedir="$1" applet
@@ -227,20 +243,12 @@ if need guest-tools.cpio || [ ! -x "$TOOLS_STAGE/usr/bin/fio" ]; then
     s="$TOOLS_STAGE"; rm -rf "$s"; mkdir -p "$s"
     install_with_libs "$s" "$(command -v fio)"
     install_with_libs "$s" "$(command -v iperf3)"
-    # Prove the tree is self-contained: run fio and iperf3 through the staged dynamic loader with
-    # only the staged libraries (same effect as a chroot, needs no root).
-    ldso="$(cd "$s" && ls lib64/ld-linux-x86-64.so.2)"
-    libpath="$s/lib/x86_64-linux-gnu:$s/usr/lib/x86_64-linux-gnu"
-    "$s/$ldso" --inhibit-cache --library-path "$libpath" "$s/usr/bin/fio" --version >/dev/null ||
-        die "staged fio does not run"
-    "$s/$ldso" --inhibit-cache --library-path "$libpath" "$s/usr/bin/iperf3" --version >/dev/null ||
-        die "staged iperf3 does not run"
+    check_tree "$s" /usr/bin/fio /usr/bin/iperf3
     if [ "$(id -u)" = 0 ] && command -v chroot >/dev/null; then
         # Real chroot check (root only): fio must find every library inside the tree.
-        cp -f "$(command -v busybox)" "$s/busybox.chk"
         chroot "$s" /usr/bin/fio --name=chk --filename=/chk.dat --size=1M --rw=write \
             --ioengine=psync --output-format=terse >/dev/null || die "fio fails in chroot"
-        rm -f "$s/busybox.chk" "$s/chk.dat"
+        rm -f "$s/chk.dat"
     fi
     pack "$s" "$IMAGES/guest-tools.cpio"
 fi
@@ -270,6 +278,7 @@ if need lab-base.cpio; then
     for m in "$qmod"/accel-*.so; do
         [ -e "$m" ] && install_with_libs "$s" "$m"
     done
+    check_tree "$s" "$(command -v qemu-system-x86_64)" "$(command -v qemu-storage-daemon)"
     for d in /usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu; do
         if [ -d "$d" ]; then
             mkdir -p "$s$d"

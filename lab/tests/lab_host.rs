@@ -79,11 +79,11 @@ fn timeout_kills_lab_and_reports_console_tail() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let started = std::time::Instant::now();
     let err = LabHost::new(&images)
-        .timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(12))
         .script("echo WAITING-FOREVER\nsleep 1000\n")
         .run()
         .expect_err("a sleeping lab must time out");
-    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(25));
     match err {
         lab::LabError::Timeout { tail, .. } => assert!(tail.contains("WAITING-FOREVER"), "{tail}"),
         other => panic!("expected a timeout, got {other}"),
