@@ -4,6 +4,8 @@
 mod backend;
 mod disk;
 mod request;
+#[cfg(test)]
+mod tests;
 
 pub use backend::{BlkBackend, BlkOptions};
 pub use disk::Disk;

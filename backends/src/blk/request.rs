@@ -80,6 +80,11 @@ impl BlkHandler {
         }
     }
 
+    /// Disk description.
+    pub fn settings(&self) -> &BlkSettings {
+        &self.settings
+    }
+
     /// The backing file.
     pub fn file(&self) -> &Arc<File> {
         &self.file
