@@ -130,7 +130,10 @@ impl BlkBench {
             .arg("--queues")
             .arg(queues.to_string())
             .args(&self.ours_args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("VMM_PERF_BACKEND_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .map_err(io_err(format!("spawn {}", self.ours_bin.display())))

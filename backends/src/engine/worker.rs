@@ -53,8 +53,8 @@ pub struct Engine<H: RequestHandler, M> {
 }
 
 impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
-    /// Create an engine with its own io_uring; completions that happen asynchronously are
-    /// signalled on [`Engine::completion_fd`].
+    /// Create an engine with its own io_uring; completions are signalled on
+    /// [`Engine::completion_fd`].
     pub fn new(handler: H, cfg: EngineConfig, stats: Arc<QueueStats>) -> Result<Self> {
         let entries = u32::from(cfg.queue_size.max(1)).next_power_of_two();
         let ring = IoUring::builder()
@@ -62,8 +62,11 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             .build(entries)
             .map_err(Error::UringSetup)?;
         let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+        // Not `register_eventfd_async`: buffered reads that miss the page cache complete
+        // through task_work in this thread's context, which the async variant does not
+        // signal (the completion would sit in the CQ while the thread sleeps in epoll).
         ring.submitter()
-            .register_eventfd_async(completion.as_raw_fd())
+            .register_eventfd(completion.as_raw_fd())
             .map_err(Error::UringSetup)?;
         let n = usize::from(cfg.queue_size.max(1));
         let slots = (0..n)
@@ -88,8 +91,8 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         })
     }
 
-    /// Eventfd written when an operation completes asynchronously; poll it for readability
-    /// and call [`Engine::process`] (which consumes it).
+    /// Eventfd written when operations complete; poll it for readability and call
+    /// [`Engine::process`] (which consumes it before returning).
     pub fn completion_fd(&self) -> &EventFd {
         &self.completion
     }
@@ -113,7 +116,6 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     /// reap, update the used ring, signal once, optionally busy-poll, re-enable notifications
     /// and re-check. Call on every kick and every completion eventfd event.
     pub fn process<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
-        let _ = self.completion.read(); // consume; EAGAIN when nothing was signalled
         let mut idle_since: Option<Instant> = None;
         loop {
             let mut progress = 0usize;
@@ -150,6 +152,12 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             }
             if q.enable_notification()? && !self.free.is_empty() {
                 continue; // buffers arrived between the last pop and re-enabling
+            }
+            // Consume the completion eventfd (signalled for the CQEs reaped above), then
+            // re-check the CQ: a CQE posted after the read signals the eventfd again.
+            let _ = self.completion.read();
+            if !self.ring.completion().is_empty() {
+                continue;
             }
             return Ok(());
         }
