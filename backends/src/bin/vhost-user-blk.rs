@@ -132,6 +132,7 @@ fn run(args: Args) -> Result<std::convert::Infallible, Error> {
         .map_err(|e| Error::VhostUser(e.to_string()))?;
     let res = daemon.wait();
     backend.log_stats();
+    log_rusage();
     let _ = std::fs::remove_file(&socket);
     match res {
         Ok(())
@@ -143,6 +144,24 @@ fn run(args: Args) -> Result<std::convert::Infallible, Error> {
     // Exit here rather than dropping the daemon: its drop joins the vring worker threads,
     // and the process is done anyway (one frontend connection per process).
     std::process::exit(0);
+}
+
+/// Log process CPU time and context switches (for benchmarking).
+fn log_rusage() {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tracing::info!(
+        user_s = secs(ru.ru_utime),
+        sys_s = secs(ru.ru_stime),
+        voluntary_switches = ru.ru_nvcsw,
+        involuntary_switches = ru.ru_nivcsw,
+        "process CPU usage"
+    );
 }
 
 /// Wait for SIGTERM/SIGINT, drain every queue (bounded wait), then exit 0.
@@ -157,6 +176,7 @@ fn wait_for_signal(set: libc::sigset_t, backend: &BlkBackend, socket: &std::path
         std::thread::sleep(Duration::from_millis(5));
     }
     backend.log_stats();
+    log_rusage();
     let _ = std::fs::remove_file(socket);
     std::process::exit(0);
 }

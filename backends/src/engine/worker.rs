@@ -116,6 +116,8 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     /// reap, update the used ring, signal once, optionally busy-poll, re-enable notifications
     /// and re-check. Call on every kick and every completion eventfd event.
     pub fn process<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+        // No eventfd signals while this thread is reaping anyway.
+        self.ring.completion().disable_eventfd();
         let mut idle_since: Option<Instant> = None;
         loop {
             let mut progress = 0usize;
@@ -141,6 +143,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                 continue;
             }
             if self.stopping {
+                self.ring.completion().enable_eventfd();
                 return Ok(());
             }
             if !self.cfg.poll.is_zero() {
@@ -153,10 +156,12 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             if q.enable_notification()? && !self.free.is_empty() {
                 continue; // buffers arrived between the last pop and re-enabling
             }
-            // Consume the completion eventfd (signalled for the CQEs reaped above), then
-            // re-check the CQ: a CQE posted after the read signals the eventfd again.
+            // Re-arm and consume the completion eventfd, then re-check the CQ: a CQE posted
+            // after re-arming signals the eventfd again, one posted before is seen here.
+            self.ring.completion().enable_eventfd();
             let _ = self.completion.read();
             if !self.ring.completion().is_empty() {
+                self.ring.completion().disable_eventfd();
                 continue;
             }
             return Ok(());
