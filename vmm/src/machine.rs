@@ -51,6 +51,12 @@ impl Machine {
         if cfg.cpus == 0 {
             return Err(Error::Config("--cpus must be at least 1".into()));
         }
+        // Fail fast on user mistakes before any KVM or memory resources exist.
+        loader::check_readable("kernel", &cfg.kernel)?;
+        if let Some(initramfs) = &cfg.initramfs {
+            loader::check_readable("initramfs", initramfs)?;
+        }
+        memory::check_host_capacity(&cfg.memory)?;
         let vm = Vm::new(cfg.cpus)?;
         let ram = memory::create_guest_ram(&cfg.memory)?;
         vm.register_memory(&ram.mem)?;

@@ -139,3 +139,41 @@ fn guest_panic_makes_vmm_fail_with_a_message() {
         run.output
     );
 }
+
+#[test]
+fn check_inside_the_lab_reports_hardware_svm_and_vfio() {
+    let Some(images) = images() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let run = LabHost::new(&images)
+        .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
+        .script(format!(
+            "{VMM_IN_LAB} check\necho CHECK-STATUS=$?\n\
+             echo CHECK-JSON=$({VMM_IN_LAB} check --json | tr -d '\\n')\n"
+        ))
+        .timeout(Duration::from_secs(120))
+        .run()
+        .unwrap_or_else(|e| panic!("lab run: {e}"));
+    let console = &run.console;
+    let line = |key: &str| {
+        console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {key} in:\n{console}"))
+    };
+    assert_eq!(line("CHECK-STATUS="), "0", "direct boot should be possible:\n{console}");
+    let report: serde_json::Value =
+        serde_json::from_str(&line("CHECK-JSON=")).expect("check --json output");
+    assert_eq!(report["direct_boot"], true, "{report:#}");
+    assert_eq!(report["kvm"]["kind"], "hardware", "{report:#}");
+    assert_eq!(report["kvm"]["vendor"], "amd", "{report:#}");
+    let status = |name: &str| {
+        report["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_else(|| panic!("no check {name} in {report:#}"))
+    };
+    assert_eq!(status("cpu-virt"), "PASS");
+    assert_eq!(status("vfio-container"), "PASS");
+    assert_eq!(status("iommu-groups"), "PASS");
+}

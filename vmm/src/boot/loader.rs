@@ -78,6 +78,11 @@ fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
     })
 }
 
+/// Checks that `path` can be opened, so that a typo fails before the VM exists.
+pub fn check_readable(what: &'static str, path: &Path) -> Result<(), BootError> {
+    open(what, path).map(drop)
+}
+
 /// Loads a bzImage, or failing that an ELF vmlinux, at 1 MiB and above.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
     let mut file = open("kernel", path)?;
