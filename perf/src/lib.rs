@@ -1,7 +1,9 @@
 //! Benchmarks for the VMM project. [`blk`] drives vhost-user-blk backends (ours,
-//! qemu-storage-daemon) and a raw io_uring baseline with libblkio as the client.
+//! qemu-storage-daemon) and a raw io_uring baseline with libblkio as the client;
+//! [`boot`] times guest boot-to-init against QEMU.
 
 pub mod blk;
+pub mod boot;
 
 /// Errors of the `perf` crate.
 #[derive(Debug, thiserror::Error)]

@@ -160,7 +160,11 @@ fn check_inside_the_lab_reports_hardware_svm_and_vfio() {
             .find_map(|l| l.trim().strip_prefix(key).map(str::to_owned))
             .unwrap_or_else(|| panic!("no {key} in:\n{console}"))
     };
-    assert_eq!(line("CHECK-STATUS="), "0", "direct boot should be possible:\n{console}");
+    assert_eq!(
+        line("CHECK-STATUS="),
+        "0",
+        "direct boot should be possible:\n{console}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&line("CHECK-JSON=")).expect("check --json output");
     assert_eq!(report["direct_boot"], true, "{report:#}");

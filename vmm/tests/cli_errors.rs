@@ -14,9 +14,15 @@ fn vmm(args: &[&str]) -> Output {
 /// Asserts a failed run whose stderr mentions `needle` and shows no panic.
 fn assert_fails_with(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr:\n{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "vmm panicked:\n{stderr}");
-    assert!(stderr.contains(needle), "stderr lacks {needle:?}:\n{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stderr lacks {needle:?}:\n{stderr}"
+    );
 }
 
 /// Our own errors are exactly one line starting with `vmm: error:`.
@@ -44,14 +50,26 @@ fn missing_kernel() {
 #[test]
 fn missing_initramfs() {
     let k = garbage_file(4096);
-    let out = vmm(&["run", "--kernel", k.path().to_str().unwrap(), "--initramfs", "/nope.cpio"]);
+    let out = vmm(&[
+        "run",
+        "--kernel",
+        k.path().to_str().unwrap(),
+        "--initramfs",
+        "/nope.cpio",
+    ]);
     assert_one_line_error(&out, "cannot read initramfs '/nope.cpio'");
 }
 
 #[test]
 fn garbage_kernel() {
     let k = garbage_file(64 * 1024);
-    let out = vmm(&["run", "--kernel", k.path().to_str().unwrap(), "--memory", "64M"]);
+    let out = vmm(&[
+        "run",
+        "--kernel",
+        k.path().to_str().unwrap(),
+        "--memory",
+        "64M",
+    ]);
     if kvm_unavailable(&out) {
         return;
     }
@@ -89,7 +107,13 @@ fn zero_cpus() {
 #[test]
 fn cpus_above_the_kvm_limit() {
     let k = garbage_file(4096);
-    let out = vmm(&["run", "--kernel", k.path().to_str().unwrap(), "--cpus", "255"]);
+    let out = vmm(&[
+        "run",
+        "--kernel",
+        k.path().to_str().unwrap(),
+        "--cpus",
+        "255",
+    ]);
     if kvm_unavailable(&out) {
         return;
     }
@@ -113,7 +137,13 @@ fn memory_sizes() {
 #[test]
 fn memory_larger_than_the_host() {
     let k = garbage_file(4096);
-    let out = vmm(&["run", "--kernel", k.path().to_str().unwrap(), "--memory", "64T"]);
+    let out = vmm(&[
+        "run",
+        "--kernel",
+        k.path().to_str().unwrap(),
+        "--memory",
+        "64T",
+    ]);
     assert_one_line_error(&out, "of guest memory requested but the host has only");
 }
 
