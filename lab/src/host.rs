@@ -16,7 +16,11 @@ use crate::images::{concat_with_overlay, Images};
 use crate::tail_lines;
 
 /// Kernel command line of the lab host (extended by [`LabHost::kernel_args`]).
-pub const LAB_CMDLINE: &str = "console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt";
+///
+/// `no_timer_check`: under TCG on a loaded machine the IO-APIC timer check can
+/// miss its window and panic the lab kernel ("timer doesn't work through
+/// Interrupt-remapped IO-APIC"); the timer does work, the check is only slow.
+pub const LAB_CMDLINE: &str = "console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt no_timer_check";
 /// Where [`LabHost::with_guest`] puts the guest kernel inside the lab.
 pub const LAB_GUEST_KERNEL: &str = "/lab/vmlinuz";
 /// Where [`LabHost::with_guest`] puts the guest initramfs inside the lab.

@@ -88,6 +88,21 @@ fn patch_entry(e: &mut kvm_cpuid_entry2, id: u32, n: u32, core_bits: u32, tsc_de
     }
 }
 
+const LEAF_XSAVE: u32 = 0xd;
+/// XCR0 bits of user state components (x87, SSE, AVX, MPX, AVX-512, PKRU, AMX).
+const XCR0_USER_MASK: u64 = 0x0000_0000_0006_02ff;
+
+/// The user-state XCR0 mask CPUID leaf 0xD advertises, if XSAVE is supported.
+pub fn supported_xcr0(cpuid: &CpuId) -> Option<u64> {
+    let e = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == LEAF_XSAVE && e.index == 0)?;
+    let mask = (u64::from(e.edx) << 32 | u64::from(e.eax)) & XCR0_USER_MASK;
+    // x87 and SSE state are architecturally required when XSAVE exists.
+    (mask & 0x3 == 0x3).then_some(mask)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +135,16 @@ mod tests {
         assert_eq!(s[2].eax, 2);
         assert_eq!(s[2].edx, 3);
         assert_eq!(s[3].ecx & 0xff, 3);
+    }
+
+    #[test]
+    fn xcr0_from_leaf_0xd() {
+        let mut e = entry(LEAF_XSAVE, 0);
+        e.eax = 0x207; // x87, SSE, AVX, PKRU
+        let cpuid = CpuId::from_entries(&[e]).unwrap();
+        assert_eq!(supported_xcr0(&cpuid), Some(0x207));
+        let none = CpuId::from_entries(&[entry(LEAF_FEATURES, 0)]).unwrap();
+        assert_eq!(supported_xcr0(&none), None);
     }
 
     #[test]

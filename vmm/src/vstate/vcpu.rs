@@ -95,6 +95,21 @@ impl Vcpu {
             })?;
         let mut cpuid = base_cpuid.clone();
         cpuid::patch_for_vcpu(&mut cpuid, index, count, tsc_deadline);
+        // KVM recomputes CPUID.(0xD,0).EBX (XSAVE area size for the enabled
+        // features) from XCR0 when CPUID is set, but not when the guest later
+        // enables AVX. Enabling every supported user feature first makes the
+        // size Linux reads agree with the features it turns on.
+        if let Some(xcr0) = cpuid::supported_xcr0(&cpuid) {
+            let mut xcrs = kvm_bindings::kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
+            xcrs.xcrs[0].value = xcr0;
+            fd.set_xcrs(&xcrs).map_err(|source| VcpuError::Kvm {
+                what: "KVM_SET_XCRS",
+                source,
+            })?;
+        }
         fd.set_cpuid2(&cpuid).map_err(|source| VcpuError::Kvm {
             what: "KVM_SET_CPUID2",
             source,
