@@ -95,10 +95,18 @@ impl Vcpu {
             })?;
         let mut cpuid = base_cpuid.clone();
         cpuid::patch_for_vcpu(&mut cpuid, index, count, tsc_deadline);
-        // KVM recomputes CPUID.(0xD,0).EBX (XSAVE area size for the enabled
-        // features) from XCR0 when CPUID is set, but not when the guest later
-        // enables AVX. Enabling every supported user feature first makes the
-        // size Linux reads agree with the features it turns on.
+        let set_cpuid = |fd: &VcpuFd| {
+            fd.set_cpuid2(&cpuid).map_err(|source| VcpuError::Kvm {
+                what: "KVM_SET_CPUID2",
+                source,
+            })
+        };
+        set_cpuid(&fd)?;
+        // KVM derives CPUID.(0xD,0).EBX (the XSAVE size for the enabled
+        // features) from XCR0 when CPUID is set, but does not refresh it when
+        // the guest later enables AVX, so Linux reads a size that disagrees
+        // with its features. Enable every supported user feature (allowed
+        // only once CPUID is set) and set CPUID again to recompute the size.
         if let Some(xcr0) = cpuid::supported_xcr0(&cpuid) {
             let mut xcrs = kvm_bindings::kvm_xcrs {
                 nr_xcrs: 1,
@@ -109,11 +117,8 @@ impl Vcpu {
                 what: "KVM_SET_XCRS",
                 source,
             })?;
+            set_cpuid(&fd)?;
         }
-        fd.set_cpuid2(&cpuid).map_err(|source| VcpuError::Kvm {
-            what: "KVM_SET_CPUID2",
-            source,
-        })?;
         let wrap = |source| VcpuError::Regs { index, source };
         regs::setup_msrs(&fd).map_err(wrap)?;
         regs::setup_fpu(&fd).map_err(wrap)?;
