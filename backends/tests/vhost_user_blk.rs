@@ -214,7 +214,12 @@ fn read_write_flush_discard_write_zeroes() {
 fn two_queues_share_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), 8 * MIB, 0);
-    let be = Backend::spawn(dir.path(), &img, &["--queues", "2", "--poll-us", "20"]);
+    // O_DIRECT (blkio's buffers are page aligned) and a busy-poll window.
+    let be = Backend::spawn(
+        dir.path(),
+        &img,
+        &["--queues", "2", "--poll-us", "20", "--direct"],
+    );
     let mut c = Client::connect(&be.socket, 2);
     assert_eq!(c.queues.len(), 2);
     for q in 0..2usize {

@@ -80,8 +80,14 @@ pub struct BlkBench {
 impl BlkBench {
     /// Create the test file if needed and pull it into the page cache.
     pub fn prepare_file(&self) -> Result<()> {
-        let ok = std::fs::metadata(&self.file).is_ok_and(|m| m.len() >= self.size);
-        if !ok {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = std::fs::metadata(&self.file).ok();
+        let is_bdev = meta
+            .as_ref()
+            .is_some_and(|m| m.file_type().is_block_device());
+        let ok = meta.is_some_and(|m| m.len() >= self.size);
+        // Never write to a block device: it is read as it is.
+        if !ok && !is_bdev {
             let mut f = File::create(&self.file).map_err(io_err("create test file"))?;
             let mut chunk = vec![0u8; 1 << 20];
             for (i, b) in chunk.iter_mut().enumerate() {

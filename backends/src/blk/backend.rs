@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ pub struct BlkBackend {
     mem: RwLock<GuestMemoryAtomic<VhostMem>>,
     writeback: Arc<AtomicBool>,
     stopping: AtomicBool,
-    drained: AtomicUsize,
+    drained: Vec<AtomicBool>,
 }
 
 thread_local! {
@@ -144,6 +144,7 @@ impl BlkBackend {
             engines.push(Mutex::new(Engine::new(handler, ecfg, st.clone())?));
             stats.push(st);
         }
+        let drained = (0..opts.queues).map(|_| AtomicBool::new(false)).collect();
         Ok(Self {
             config: BlkConfig(cfg),
             features,
@@ -153,7 +154,7 @@ impl BlkBackend {
             mem: RwLock::new(GuestMemoryAtomic::new(VhostMem::default())),
             writeback,
             stopping: AtomicBool::new(false),
-            drained: AtomicUsize::new(0),
+            drained,
         })
     }
 
@@ -187,7 +188,10 @@ impl BlkBackend {
 
     /// Number of queues that finished draining after [`BlkBackend::begin_shutdown`].
     pub fn drained_queues(&self) -> usize {
-        self.drained.load(Ordering::SeqCst)
+        self.drained
+            .iter()
+            .filter(|d| d.load(Ordering::SeqCst))
+            .count()
     }
 
     /// Log the per-queue counters.
@@ -299,7 +303,9 @@ impl VhostUserBackend for BlkBackend {
         let mut q = VringQueue::new(vring, &mem);
         if self.stopping.load(Ordering::SeqCst) {
             engine.drain(&mut q).map_err(io::Error::other)?;
-            self.drained.fetch_add(1, Ordering::SeqCst);
+            if let Some(d) = self.drained.get(thread_id) {
+                d.store(true, Ordering::SeqCst);
+            }
             return Ok(());
         }
         engine.process(&mut q).map_err(io::Error::other)
@@ -313,4 +319,65 @@ fn name_thread(name: &str) {
     buf[..n].copy_from_slice(&name.as_bytes()[..n]);
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from `buf`.
     unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(readonly: bool) -> (BlkBackend, tempfile::NamedTempFile) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(8 << 20).unwrap();
+        let disk = Disk::open(f.path(), readonly, false).unwrap();
+        let opts = BlkOptions {
+            queues: 2,
+            queue_size: 128,
+            readonly,
+            poll: Duration::ZERO,
+            serial: "x".into(),
+        };
+        (BlkBackend::new(disk, opts).unwrap(), f)
+    }
+
+    #[test]
+    fn config_space_is_bounds_checked() {
+        let (b, _f) = backend(false);
+        let len = std::mem::size_of::<virtio_blk_config>() as u32;
+        let all = b.get_config(0, len);
+        assert_eq!(all.len(), len as usize);
+        assert_eq!(
+            u64::from_le_bytes(all[0..8].try_into().unwrap()),
+            (8 << 20) / 512
+        );
+        assert_eq!(b.get_config(8, 4), SIZE_MAX.to_le_bytes());
+        assert!(b.get_config(len, 1).is_empty());
+        assert!(b.get_config(len - 2, 4).is_empty());
+        assert!(b.get_config(u32::MAX, 2).is_empty());
+        // Only `wce` is writable.
+        let wce = CONFIG_WCE_OFFSET as u32;
+        assert_eq!(b.get_config(wce, 1), [1]);
+        b.set_config(wce, &[0]).unwrap();
+        assert_eq!(b.get_config(wce, 1), [0]);
+        assert!(b.set_config(0, &[0; 8]).is_err());
+    }
+
+    #[test]
+    fn features_follow_options() {
+        let (rw, _f) = backend(false);
+        let (ro, _g) = backend(true);
+        assert_eq!(rw.features() & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_ne!(ro.features() & (1 << VIRTIO_BLK_F_RO), 0);
+        for bit in [
+            VIRTIO_BLK_F_FLUSH,
+            VIRTIO_BLK_F_DISCARD,
+            VIRTIO_BLK_F_WRITE_ZEROES,
+            VIRTIO_BLK_F_MQ,
+            VIRTIO_RING_F_EVENT_IDX,
+            VIRTIO_F_VERSION_1,
+        ] {
+            assert_ne!(rw.features() & (1 << bit), 0, "feature bit {bit}");
+        }
+        assert_eq!(rw.queues_per_thread(), vec![1, 2]);
+        assert_eq!(rw.num_queues(), 2);
+    }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -154,9 +154,3 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
         }
     }
 }
-
-// `QueueOwnedT` provides `pop_descriptor_chain`; keep the import explicit for readers.
-#[allow(unused_imports)]
-use GuestAddressSpace as _;
-#[allow(unused_imports)]
-use QueueOwnedT as _;

@@ -78,6 +78,9 @@ struct BlkArgs {
     /// qemu-storage-daemon binary.
     #[arg(long, default_value = "/usr/bin/qemu-storage-daemon")]
     qsd_bin: PathBuf,
+    /// Runs of the whole matrix (interleaved); the median run per job is reported.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Skip qemu-storage-daemon.
     #[arg(long)]
     no_qsd: bool,
@@ -227,28 +230,56 @@ fn blk(a: BlkArgs) -> perf::Result<()> {
     if !a.no_qsd {
         targets.insert(1, Target::Qsd);
     }
-    let mut results: Vec<JobResult> = Vec::new();
+    let mut runs: Vec<JobResult> = Vec::new();
     println!(
         "{:<14} {:>7} {:>6} {:>12} {:>9} {:>9} {:>7}",
         "target", "iodepth", "queues", "IOPS", "p50(us)", "p99(us)", "errors"
     );
+    let row = |r: &JobResult| {
+        println!(
+            "{:<14} {:>7} {:>6} {:>12.0} {:>9.1} {:>9.1} {:>7}",
+            r.target.name(),
+            r.iodepth,
+            r.queues,
+            r.iops,
+            r.p50_us,
+            r.p99_us,
+            r.errors
+        )
+    };
+    for rep in 0..a.repeat.max(1) {
+        if a.repeat > 1 {
+            println!("-- run {}/{}", rep + 1, a.repeat);
+        }
+        for &q in &a.queues {
+            for &d in &a.iodepth {
+                for &t in &targets {
+                    let r = bench.run(t, d, q)?;
+                    row(&r);
+                    runs.push(r);
+                }
+            }
+        }
+    }
+    // Median run (by IOPS) of each job.
+    let mut results: Vec<JobResult> = Vec::new();
     for &q in &a.queues {
         for &d in &a.iodepth {
             for &t in &targets {
-                let r = bench.run(t, d, q)?;
-                println!(
-                    "{:<14} {:>7} {:>6} {:>12.0} {:>9.1} {:>9.1} {:>7}",
-                    t.name(),
-                    d,
-                    q,
-                    r.iops,
-                    r.p50_us,
-                    r.p99_us,
-                    r.errors
-                );
-                results.push(r);
+                let mut v: Vec<&JobResult> = runs
+                    .iter()
+                    .filter(|r| r.target == t && r.iodepth == d && r.queues == q)
+                    .collect();
+                v.sort_by(|x, y| x.iops.total_cmp(&y.iops));
+                if let Some(m) = v.get(v.len() / 2) {
+                    results.push((*m).clone());
+                }
             }
         }
+    }
+    if a.repeat > 1 {
+        println!("-- median of {} runs", a.repeat);
+        results.iter().for_each(row);
     }
     println!();
     let mut ratios = Vec::new();
@@ -279,7 +310,9 @@ fn blk(a: BlkArgs) -> perf::Result<()> {
         "file_mib": a.size_mib,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "ours_args": a.ours_arg,
+        "repeat": a.repeat,
         "results": results,
+        "runs": runs,
         "ratios": ratios,
     });
     std::fs::write(
