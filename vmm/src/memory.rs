@@ -63,7 +63,7 @@ pub fn check_host_capacity(cfg: &MemoryConfig) -> Result<(), MemoryError> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let requested = cfg.size.div_ceil(1 << 20);
     if cfg.hugepages {
-        if cfg.size % HUGEPAGE_SIZE != 0 {
+        if !cfg.size.is_multiple_of(HUGEPAGE_SIZE) {
             return Err(MemoryError::HugepageAlignment);
         }
         let free = meminfo_value(&meminfo, "HugePages_Free:").unwrap_or(0);
