@@ -1,0 +1,182 @@
+//! `vhost-user-blk`: serve a raw file or block device to a vhost-user frontend.
+//!
+//! One connection per process: the backend exits 0 when the frontend disconnects, and on
+//! SIGTERM/SIGINT after completing every in-flight request.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backends::blk::{BlkBackend, BlkOptions, Disk};
+use backends::Error;
+use clap::Parser;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+/// vhost-user-blk backend (io_uring, one thread per queue).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// vhost-user socket path to listen on.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Raw image file or block device.
+    #[arg(long)]
+    path: PathBuf,
+    /// Number of queues.
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    /// Maximum queue size.
+    #[arg(long, default_value_t = 256)]
+    queue_size: u16,
+    /// Export read-only (VIRTIO_BLK_F_RO).
+    #[arg(long)]
+    readonly: bool,
+    /// Open the backing file with O_DIRECT.
+    #[arg(long)]
+    direct: bool,
+    /// Busy-poll window in microseconds after each batch (0 = off).
+    #[arg(long, default_value_t = 0)]
+    poll_us: u64,
+    /// Serial returned by GET_ID (at most 20 bytes).
+    #[arg(long, default_value = "vhost-user-blk")]
+    serial: String,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(never) => match never {},
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Block SIGTERM/SIGINT in this thread (and so in every thread spawned later); a dedicated
+/// thread takes them with `sigwait`.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it, pthread_sigmask
+    // only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn run(args: Args) -> Result<std::convert::Infallible, Error> {
+    let sigset = block_signals();
+    let disk = Disk::open(&args.path, args.readonly, args.direct)?;
+    tracing::info!(
+        path = %args.path.display(),
+        size = disk.size,
+        block_device = disk.is_block_device,
+        queues = args.queues,
+        "opened backing store"
+    );
+    let backend = Arc::new(BlkBackend::new(
+        disk,
+        BlkOptions {
+            queues: args.queues,
+            queue_size: args.queue_size,
+            readonly: args.readonly,
+            poll: Duration::from_micros(args.poll_us),
+            serial: args.serial.clone(),
+        },
+    )?);
+
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
+        .map_err(|e| Error::VhostUser(e.to_string()))?;
+    for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+        let fd = backend.completion_fd(q).map_err(Error::EventFd)?;
+        handler
+            .register_listener(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                EventSet::IN,
+                u64::from(backend.completion_event()),
+            )
+            .map_err(Error::EventFd)?;
+        // The epoll set holds the registration; keep the duplicate open for the process life.
+        std::mem::forget(fd);
+    }
+
+    let socket = args.socket.clone();
+    {
+        let backend = backend.clone();
+        let socket = socket.clone();
+        std::thread::Builder::new()
+            .name("blk-signal".into())
+            .spawn(move || wait_for_signal(sigset, &backend, &socket))
+            .map_err(|e| Error::VhostUser(e.to_string()))?;
+    }
+
+    let mut listener =
+        Listener::new(&socket, true).map_err(|e| Error::VhostUser(format!("listen: {e}")))?;
+    tracing::info!(socket = %socket.display(), "waiting for the frontend");
+    daemon
+        .start(&mut listener)
+        .map_err(|e| Error::VhostUser(e.to_string()))?;
+    let res = daemon.wait();
+    backend.log_stats();
+    log_rusage();
+    let _ = std::fs::remove_file(&socket);
+    match res {
+        Ok(())
+        | Err(DaemonError::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => tracing::info!("frontend disconnected; exiting"),
+        Err(e) => return Err(Error::VhostUser(e.to_string())),
+    }
+    // Exit here rather than dropping the daemon: its drop joins the vring worker threads,
+    // and the process is done anyway (one frontend connection per process).
+    std::process::exit(0);
+}
+
+/// Log process CPU time and context switches (for benchmarking).
+fn log_rusage() {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tracing::info!(
+        user_s = secs(ru.ru_utime),
+        sys_s = secs(ru.ru_stime),
+        voluntary_switches = ru.ru_nvcsw,
+        involuntary_switches = ru.ru_nivcsw,
+        "process CPU usage"
+    );
+}
+
+/// Wait for SIGTERM/SIGINT, drain every queue (bounded wait), then exit 0.
+fn wait_for_signal(set: libc::sigset_t, backend: &BlkBackend, socket: &std::path::Path) {
+    let mut sig = 0;
+    // SAFETY: `set` is an initialised signal set and `sig` a valid out pointer.
+    while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+    tracing::info!(signal = sig, "shutting down: draining in-flight requests");
+    backend.begin_shutdown();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.drained_queues() < backend.stats().len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    backend.log_stats();
+    log_rusage();
+    let _ = std::fs::remove_file(socket);
+    std::process::exit(0);
+}

@@ -1,0 +1,316 @@
+//! The vhost-user-blk device: features, config space and one [`Engine`] per queue, each
+//! driven by its own vhost-user-backend worker thread (`blk-q<N>`).
+
+use std::cell::Cell;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::{ByteValued, GuestMemoryAtomic};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{
+    BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET, MAX_DISCARD_SECTORS, SEG_MAX,
+    SIZE_MAX,
+};
+use crate::engine::{Engine, EngineConfig, QueueStats, VhostMem, VringQueue};
+use crate::{Error, Result};
+
+/// Options of a vhost-user-blk device.
+#[derive(Debug, Clone)]
+pub struct BlkOptions {
+    /// Number of queues (one worker thread and one io_uring each).
+    pub queues: u16,
+    /// Maximum queue size.
+    pub queue_size: u16,
+    /// Export read-only.
+    pub readonly: bool,
+    /// Busy-poll window after each batch.
+    pub poll: Duration,
+    /// GET_ID serial (truncated to 20 bytes).
+    pub serial: String,
+}
+
+type BlkEngine = Engine<BlkHandler, VhostMem>;
+
+/// vhost-user-blk backend state shared by the daemon and the queue threads.
+pub struct BlkBackend {
+    config: BlkConfig,
+    features: u64,
+    opts: BlkOptions,
+    engines: Vec<Mutex<BlkEngine>>,
+    stats: Vec<Arc<QueueStats>>,
+    mem: RwLock<GuestMemoryAtomic<VhostMem>>,
+    writeback: Arc<AtomicBool>,
+    stopping: AtomicBool,
+    drained: AtomicUsize,
+}
+
+thread_local! {
+    static NAMED: Cell<bool> = const { Cell::new(false) };
+}
+
+impl BlkBackend {
+    /// Build the device for `disk`.
+    pub fn new(disk: Disk, opts: BlkOptions) -> Result<Self> {
+        if opts.queues == 0 || opts.queues > 64 {
+            return Err(Error::InvalidConfig(format!(
+                "queues must be 1..=64, got {}",
+                opts.queues
+            )));
+        }
+        if !opts.queue_size.is_power_of_two() || opts.queue_size > 32768 {
+            return Err(Error::InvalidConfig(format!(
+                "queue size must be a power of two <= 32768, got {}",
+                opts.queue_size
+            )));
+        }
+        let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+        let n = opts.serial.len().min(serial.len());
+        serial[..n].copy_from_slice(&opts.serial.as_bytes()[..n]);
+        let sectors = disk.sectors();
+        let settings = BlkSettings {
+            sectors,
+            readonly: opts.readonly,
+            serial,
+            seg_max: SEG_MAX,
+            discard: true,
+            write_zeroes: true,
+        };
+
+        let mut cfg = virtio_blk_config {
+            capacity: sectors,
+            size_max: SIZE_MAX,
+            seg_max: SEG_MAX,
+            blk_size: 512,
+            min_io_size: 1,
+            opt_io_size: 0,
+            wce: 1,
+            num_queues: opts.queues,
+            max_discard_sectors: MAX_DISCARD_SECTORS,
+            max_discard_seg: 1,
+            discard_sector_alignment: 1,
+            max_write_zeroes_sectors: MAX_DISCARD_SECTORS,
+            max_write_zeroes_seg: 1,
+            write_zeroes_may_unmap: 1,
+            ..Default::default()
+        };
+        cfg.physical_block_exp = 0;
+
+        let mut features = (1u64 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_SIZE_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE)
+            | (1 << VIRTIO_BLK_F_TOPOLOGY)
+            | (1 << VIRTIO_BLK_F_MQ)
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_CONFIG_WCE)
+            | (1 << VIRTIO_BLK_F_DISCARD)
+            | (1 << VIRTIO_BLK_F_WRITE_ZEROES)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_F_VERSION_1)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if opts.readonly {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+
+        let file = Arc::new(disk.file);
+        let writeback = Arc::new(AtomicBool::new(true));
+        let ecfg = EngineConfig {
+            queue_size: opts.queue_size,
+            poll: opts.poll,
+            max_iov: SEG_MAX as usize,
+        };
+        let mut engines = Vec::new();
+        let mut stats = Vec::new();
+        for _ in 0..opts.queues {
+            let st = Arc::new(QueueStats::default());
+            let handler = BlkHandler::new(
+                Arc::clone(&file),
+                settings.clone(),
+                writeback.clone(),
+                st.clone(),
+            );
+            engines.push(Mutex::new(Engine::new(handler, ecfg, st.clone())?));
+            stats.push(st);
+        }
+        Ok(Self {
+            config: BlkConfig(cfg),
+            features,
+            opts,
+            engines,
+            stats,
+            mem: RwLock::new(GuestMemoryAtomic::new(VhostMem::default())),
+            writeback,
+            stopping: AtomicBool::new(false),
+            drained: AtomicUsize::new(0),
+        })
+    }
+
+    /// Per-queue counters.
+    pub fn stats(&self) -> &[Arc<QueueStats>] {
+        &self.stats
+    }
+
+    /// Completion eventfd of queue `q`'s engine (to register with that queue's epoll loop).
+    pub fn completion_fd(&self, q: usize) -> io::Result<EventFd> {
+        let engine = self.engines[q]
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        engine.completion_fd().try_clone()
+    }
+
+    /// epoll `data` value used for the completion eventfd of every queue thread.
+    pub fn completion_event(&self) -> u16 {
+        self.opts.queues + 1
+    }
+
+    /// Stop taking new requests; wake every queue thread so it drains its in-flight I/O.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for e in &self.engines {
+            if let Ok(e) = e.lock() {
+                let _ = e.completion_fd().write(1);
+            }
+        }
+    }
+
+    /// Number of queues that finished draining after [`BlkBackend::begin_shutdown`].
+    pub fn drained_queues(&self) -> usize {
+        self.drained.load(Ordering::SeqCst)
+    }
+
+    /// Log the per-queue counters.
+    pub fn log_stats(&self) {
+        for (q, s) in self.stats.iter().enumerate() {
+            tracing::info!(queue = q, stats = ?s.snapshot(), "queue counters");
+        }
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock<GuestMemoryAtomic<VhostMem>>;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.opts.queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.opts.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // vhost-user-backend sets EVENT_IDX on each vring; the engine asks the vring.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = self.config.as_slice();
+        let start = offset as usize;
+        match start.checked_add(size as usize) {
+            Some(end) if end <= cfg.len() => {
+                let mut out = cfg[start..end].to_vec();
+                // `wce` reflects the live cache mode.
+                if (start..end).contains(&CONFIG_WCE_OFFSET) {
+                    out[CONFIG_WCE_OFFSET - start] =
+                        u8::from(self.writeback.load(Ordering::Relaxed));
+                }
+                out
+            }
+            _ => {
+                tracing::warn!(offset, size, "get_config out of range");
+                Vec::new()
+            }
+        }
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Only `wce` is writable (virtio 1.2 §5.2.4, CONFIG_WCE).
+        if offset as usize == CONFIG_WCE_OFFSET && buf.len() == 1 {
+            self.writeback.store(buf[0] != 0, Ordering::Relaxed);
+            tracing::info!(writeback = buf[0] != 0, "write cache mode changed");
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        }
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<VhostMem>) -> io::Result<()> {
+        *self.mem.write().map_err(|_| io::Error::other("poisoned"))? = mem;
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // A fresh pair per worker thread: the daemon keeps the notifier and fires it when the
+        // connection ends, so worker threads exit instead of blocking the daemon's join.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.opts.queues).map(|q| 1u64 << q).collect()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Self::Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        NAMED.with(|named| {
+            if !named.get() {
+                named.set(true);
+                name_thread(&format!("blk-q{thread_id}"));
+            }
+        });
+        let (Some(vring), Some(engine)) = (vrings.first(), self.engines.get(thread_id)) else {
+            return Err(io::Error::other(format!("no queue for thread {thread_id}")));
+        };
+        if device_event != 0 && device_event != self.completion_event() {
+            return Ok(());
+        }
+        let mem = self
+            .mem
+            .read()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .clone();
+        let mut engine = engine.lock().map_err(|_| io::Error::other("poisoned"))?;
+        let mut q = VringQueue::new(vring, &mem);
+        if self.stopping.load(Ordering::SeqCst) {
+            engine.drain(&mut q).map_err(io::Error::other)?;
+            self.drained.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        engine.process(&mut q).map_err(io::Error::other)
+    }
+}
+
+/// Set the calling thread's name (vhost-user-backend names its workers `vring_worker`).
+fn name_thread(name: &str) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from `buf`.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+}

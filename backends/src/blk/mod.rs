@@ -1,0 +1,38 @@
+//! virtio-blk: request parsing and execution ([`BlkHandler`]) and the vhost-user backend
+//! ([`BlkBackend`]).
+
+mod backend;
+mod disk;
+mod request;
+#[cfg(test)]
+mod tests;
+
+pub use backend::{BlkBackend, BlkOptions};
+pub use disk::Disk;
+pub use request::{BlkHandler, BlkReq, BlkSettings};
+
+use virtio_bindings::virtio_blk::virtio_blk_config;
+use vm_memory::ByteValued;
+
+/// virtio-blk sector size (fixed by the spec, independent of `blk_size`).
+pub const SECTOR_SIZE: u64 = 512;
+/// Request header length (`type`, `reserved`, `sector`).
+pub const HEADER_LEN: u64 = 16;
+/// Maximum data segments per request advertised in `seg_max`.
+pub const SEG_MAX: u32 = 128;
+/// Maximum bytes per segment advertised in `size_max`.
+pub const SIZE_MAX: u32 = 1 << 20;
+/// Largest discard / write-zeroes request in sectors.
+pub const MAX_DISCARD_SECTORS: u32 = u32::MAX >> 9;
+
+/// `virtio_blk_config` as bytes for `get_config`.
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+pub struct BlkConfig(pub virtio_blk_config);
+
+// SAFETY: `virtio_blk_config` is a `repr(C, packed)` struct of plain integers: every bit
+// pattern is valid and it has no padding.
+unsafe impl ByteValued for BlkConfig {}
+
+/// Byte offset of `wce` in the config space (the only writable field).
+pub const CONFIG_WCE_OFFSET: usize = std::mem::offset_of!(virtio_blk_config, wce);

@@ -1,0 +1,64 @@
+//! The shared request engine.
+//!
+//! An [`Engine`] owns one io_uring and serves one virtqueue ([`VirtQueue`]): it pops every
+//! available chain, validates it into a [`DescChain`], lets a device-specific
+//! [`RequestHandler`] turn it into one io_uring operation (or answer it at once), submits the
+//! whole batch with one `io_uring_enter`, reaps completions, fills the used ring and signals
+//! the driver once per batch when EVENT_IDX says it wants it. Before going back to sleep it
+//! optionally busy-polls the avail ring and the completion ring for a window, then re-enables
+//! notifications and re-checks the ring so no kick is lost.
+//!
+//! The same engine serves the vhost-user backends ([`VringQueue`]) and the in-VMM virtio tier
+//! ([`LocalQueue`], or any other [`VirtQueue`] implementation).
+
+mod chain;
+mod queue;
+mod stats;
+mod worker;
+
+pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
+pub use queue::{LocalQueue, VhostMem, VirtQueue, VringQueue};
+pub use stats::{QueueStats, StatsSnapshot};
+pub(crate) use worker::errno;
+pub use worker::{Engine, EngineConfig};
+
+pub use io_uring::squeue::Entry as Sqe;
+
+use vm_memory::GuestMemory;
+
+/// What a handler decided for one chain.
+pub enum Prepared {
+    /// Submit this io_uring operation; the engine sets its `user_data`. Any pointers in it
+    /// (iovecs) must point into the `iov` vector given to [`RequestHandler::prepare`] or into
+    /// guest memory obtained through [`DescChain`].
+    Submit(Sqe),
+    /// The request is finished; put it on the used ring with this length (0 for chains
+    /// whose status could not be written).
+    Done(u32),
+}
+
+/// Device-specific request logic (virtio-blk, virtio-net, …) plugged into an [`Engine`].
+pub trait RequestHandler {
+    /// Per-request state kept while the operation is in flight.
+    type Req: Default + Send;
+
+    /// Parse and validate `chain`. Fill `iov` (cleared, owned by the request slot and kept
+    /// stable until completion) and return an operation, or answer the request directly.
+    fn prepare<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        chain: &DescChain,
+        req: &mut Self::Req,
+        iov: &mut Vec<libc::iovec>,
+    ) -> Prepared;
+
+    /// The operation finished with `result` (io_uring `res`: bytes or `-errno`). Write the
+    /// device's answer into the chain and return the used length.
+    fn complete<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        chain: &DescChain,
+        req: &mut Self::Req,
+        result: i32,
+    ) -> u32;
+}

@@ -1,0 +1,294 @@
+//! [`Engine`]: one io_uring serving one virtqueue.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::IoUring;
+use virtio_queue::DescriptorChain;
+use vm_memory::GuestMemory;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{DescChain, Prepared, QueueStats, RequestHandler, VirtQueue};
+use crate::{Error, Result};
+
+/// Engine tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Largest queue size the engine must serve (bounds in-flight requests and ring size).
+    pub queue_size: u16,
+    /// Busy-poll window after the last work seen before sleeping again (0 = off).
+    pub poll: Duration,
+    /// Largest iovec count one request may use.
+    pub max_iov: usize,
+}
+
+/// One in-flight request.
+struct Slot<R, M> {
+    chain: DescChain,
+    iov: Vec<libc::iovec>,
+    req: R,
+    /// Guest memory snapshot pinned while the kernel may touch `iov`.
+    mem: Option<Arc<M>>,
+}
+
+// SAFETY: the raw pointers in `iov` point into guest memory kept mapped by `mem`; a slot is
+// only touched by the thread that owns the engine (the engine is moved between threads,
+// never shared).
+unsafe impl<R: Send, M: Send + Sync> Send for Slot<R, M> {}
+
+/// One io_uring serving one virtqueue for a [`RequestHandler`].
+pub struct Engine<H: RequestHandler, M> {
+    ring: IoUring,
+    handler: H,
+    slots: Vec<Slot<H::Req, M>>,
+    free: Vec<u32>,
+    inflight: usize,
+    used: Vec<(u16, u32)>,
+    completion: EventFd,
+    cfg: EngineConfig,
+    stats: Arc<QueueStats>,
+    stopping: bool,
+}
+
+impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
+    /// Create an engine with its own io_uring; completions are signalled on
+    /// [`Engine::completion_fd`].
+    pub fn new(handler: H, cfg: EngineConfig, stats: Arc<QueueStats>) -> Result<Self> {
+        let entries = u32::from(cfg.queue_size.max(1)).next_power_of_two();
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 2)
+            .build(entries)
+            .map_err(Error::UringSetup)?;
+        let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+        // Not `register_eventfd_async`: buffered reads that miss the page cache complete
+        // through task_work in this thread's context, which the async variant does not
+        // signal (the completion would sit in the CQ while the thread sleeps in epoll).
+        ring.submitter()
+            .register_eventfd(completion.as_raw_fd())
+            .map_err(Error::UringSetup)?;
+        let n = usize::from(cfg.queue_size.max(1));
+        let slots = (0..n)
+            .map(|_| Slot {
+                chain: DescChain::default(),
+                iov: Vec::with_capacity(cfg.max_iov),
+                req: H::Req::default(),
+                mem: None,
+            })
+            .collect();
+        Ok(Self {
+            ring,
+            handler,
+            slots,
+            free: (0..n as u32).rev().collect(),
+            inflight: 0,
+            used: Vec::with_capacity(n),
+            completion,
+            cfg,
+            stats,
+            stopping: false,
+        })
+    }
+
+    /// Eventfd written when operations complete; poll it for readability and call
+    /// [`Engine::process`] (which consumes it before returning).
+    pub fn completion_fd(&self) -> &EventFd {
+        &self.completion
+    }
+
+    /// The device handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Counters of this queue.
+    pub fn stats(&self) -> &Arc<QueueStats> {
+        &self.stats
+    }
+
+    /// Requests submitted and not yet completed.
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    /// Serve `q` until it is empty and no completion is pending: pop, submit as one batch,
+    /// reap, update the used ring, signal once, optionally busy-poll, re-enable notifications
+    /// and re-check. Call on every kick and every completion eventfd event.
+    pub fn process<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+        // No eventfd signals while this thread is reaping anyway.
+        self.ring.completion().disable_eventfd();
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let mut progress = 0usize;
+            if !self.stopping {
+                q.disable_notification()?;
+                let mem = q.memory();
+                while !self.free.is_empty() {
+                    let Some(chain) = q.pop(&mem) else { break };
+                    self.start(chain, &mem);
+                    progress += 1;
+                }
+                if progress > 0 && idle_since.is_some() {
+                    self.stats
+                        .polled
+                        .fetch_add(progress as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            self.submit()?;
+            progress += self.reap();
+            self.flush_used(q)?;
+            if progress > 0 {
+                idle_since = None;
+                continue;
+            }
+            if self.stopping {
+                self.ring.completion().enable_eventfd();
+                return Ok(());
+            }
+            if !self.cfg.poll.is_zero() {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < self.cfg.poll {
+                    std::hint::spin_loop();
+                    continue;
+                }
+            }
+            if q.enable_notification()? && !self.free.is_empty() {
+                continue; // buffers arrived between the last pop and re-enabling
+            }
+            // Re-arm and consume the completion eventfd, then re-check the CQ: a CQE posted
+            // after re-arming signals the eventfd again, one posted before is seen here.
+            self.ring.completion().enable_eventfd();
+            let _ = self.completion.read();
+            if !self.ring.completion().is_empty() {
+                self.ring.completion().disable_eventfd();
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Stop taking new requests, wait for every in-flight one and complete it.
+    pub fn drain<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+        self.stopping = true;
+        while self.inflight > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(Error::UringSubmit(e)),
+            }
+            self.reap();
+        }
+        self.flush_used(q)
+    }
+
+    fn start(&mut self, chain: DescriptorChain<Arc<M>>, mem: &Arc<M>) {
+        QueueStats::inc(&self.stats.requests);
+        let Some(idx) = self.free.pop() else { return };
+        let slot = &mut self.slots[idx as usize];
+        slot.chain.reset_from(chain);
+        slot.iov.clear();
+        slot.req = H::Req::default();
+        match self
+            .handler
+            .prepare(&**mem, &slot.chain, &mut slot.req, &mut slot.iov)
+        {
+            Prepared::Done(len) => {
+                self.used.push((slot.chain.head(), len));
+                self.free.push(idx);
+            }
+            Prepared::Submit(sqe) => {
+                slot.mem = Some(mem.clone());
+                let sqe = sqe.user_data(u64::from(idx));
+                // SAFETY: the SQE's buffers (slot.iov, guest memory pinned by slot.mem) stay
+                // valid and untouched until its completion is reaped in `reap`.
+                let mut pushed = unsafe { self.ring.submission().push(&sqe) }.is_ok();
+                if !pushed && self.ring.submit().is_ok() {
+                    // Unreachable with SQ entries >= slots; retry once after flushing the SQ.
+                    // SAFETY: as above.
+                    pushed = unsafe { self.ring.submission().push(&sqe) }.is_ok();
+                }
+                if !pushed {
+                    slot.mem = None;
+                    let len =
+                        self.handler
+                            .complete(&**mem, &slot.chain, &mut slot.req, -libc::EBUSY);
+                    self.used.push((slot.chain.head(), len));
+                    self.free.push(idx);
+                    return;
+                }
+                self.inflight += 1;
+            }
+        }
+    }
+
+    fn submit(&mut self) -> Result<()> {
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
+        loop {
+            match self.ring.submit() {
+                Ok(_) => {
+                    QueueStats::inc(&self.stats.submits);
+                    return Ok(());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // Completion queue busy: reaping frees room; the next pass resubmits.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        || e.raw_os_error() == Some(libc::EAGAIN) =>
+                {
+                    return Ok(())
+                }
+                Err(e) => return Err(Error::UringSubmit(e)),
+            }
+        }
+    }
+
+    fn reap(&mut self) -> usize {
+        let mut n = 0;
+        for cqe in self.ring.completion() {
+            let idx = cqe.user_data() as usize;
+            let Some(slot) = self.slots.get_mut(idx) else {
+                tracing::error!(idx, "completion for unknown slot");
+                continue;
+            };
+            let Some(mem) = slot.mem.take() else {
+                tracing::error!(idx, "completion for idle slot");
+                continue;
+            };
+            let len = self
+                .handler
+                .complete(&*mem, &slot.chain, &mut slot.req, cqe.result());
+            self.used.push((slot.chain.head(), len));
+            self.free.push(idx as u32);
+            self.inflight -= 1;
+            n += 1;
+        }
+        n
+    }
+
+    fn flush_used<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+        if self.used.is_empty() {
+            return Ok(());
+        }
+        let rejected = q.add_used(&self.used);
+        if rejected > 0 {
+            self.stats
+                .used_rejected
+                .fetch_add(rejected as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(rejected, "used ring refused entries (bad head index)");
+        }
+        self.used.clear();
+        if q.needs_notification()? {
+            QueueStats::inc(&self.stats.notifications);
+            q.signal()?;
+        }
+        Ok(())
+    }
+}
+
+/// `io::Error` for a negative io_uring result.
+pub(crate) fn errno(res: i32) -> io::Error {
+    io::Error::from_raw_os_error(-res)
+}

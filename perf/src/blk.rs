@@ -1,0 +1,337 @@
+//! `vmm-perf backend blk`: 4 KiB random reads through libblkio against
+//! our vhost-user-blk, qemu-storage-daemon's vhost-user-blk export, and libblkio's
+//! `io_uring` driver on the same file (raw baseline), all in the same run.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blkio::{Blkio, Blkioq, Completion, ReqFlags};
+use serde::Serialize;
+
+use crate::{io_err, Error, Result};
+
+const BS: usize = 4096;
+
+/// What serves the I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Our `vhost-user-blk` binary.
+    Ours,
+    /// `qemu-storage-daemon --export type=vhost-user-blk`.
+    Qsd,
+    /// libblkio's `io_uring` driver directly on the file.
+    Raw,
+}
+
+impl Target {
+    /// Short name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Ours => "ours",
+            Target::Qsd => "qsd",
+            Target::Raw => "raw-io_uring",
+        }
+    }
+}
+
+/// One measured job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobResult {
+    /// Target measured.
+    pub target: Target,
+    /// Requests in flight per queue.
+    pub iodepth: usize,
+    /// Queues (one client thread each).
+    pub queues: usize,
+    /// Completed requests per second.
+    pub iops: f64,
+    /// Median latency in microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency in microseconds.
+    pub p99_us: f64,
+    /// Failed requests.
+    pub errors: u64,
+}
+
+/// Benchmark settings.
+#[derive(Debug, Clone)]
+pub struct BlkBench {
+    /// Page-cached test file (created if missing or too small).
+    pub file: PathBuf,
+    /// File size in bytes.
+    pub size: u64,
+    /// Run time per job.
+    pub duration: Duration,
+    /// Our backend binary.
+    pub ours_bin: PathBuf,
+    /// Extra arguments for our backend (e.g. `--poll-us 50`).
+    pub ours_args: Vec<String>,
+    /// qemu-storage-daemon binary.
+    pub qsd_bin: PathBuf,
+    /// Directory for sockets.
+    pub run_dir: PathBuf,
+}
+
+impl BlkBench {
+    /// Create the test file if needed and pull it into the page cache.
+    pub fn prepare_file(&self) -> Result<()> {
+        let ok = std::fs::metadata(&self.file).is_ok_and(|m| m.len() >= self.size);
+        if !ok {
+            let mut f = File::create(&self.file).map_err(io_err("create test file"))?;
+            let mut chunk = vec![0u8; 1 << 20];
+            for (i, b) in chunk.iter_mut().enumerate() {
+                *b = (i % 253) as u8;
+            }
+            for _ in 0..self.size >> 20 {
+                f.write_all(&chunk).map_err(io_err("fill test file"))?;
+            }
+        }
+        let mut f = File::open(&self.file).map_err(io_err("open test file"))?;
+        let mut buf = vec![0u8; 1 << 20];
+        while f.read(&mut buf).map_err(io_err("warm page cache"))? > 0 {}
+        Ok(())
+    }
+
+    /// Run one job against `target`.
+    pub fn run(&self, target: Target, iodepth: usize, queues: usize) -> Result<JobResult> {
+        let socket = self
+            .run_dir
+            .join(format!("{}-{queues}.sock", target.name()));
+        let _ = std::fs::remove_file(&socket);
+        let mut server = match target {
+            Target::Ours => Some(self.spawn_ours(&socket, queues)?),
+            Target::Qsd => Some(self.spawn_qsd(&socket, queues)?),
+            Target::Raw => None,
+        };
+        if server.is_some() {
+            wait_for_socket(&socket, server.as_mut())?;
+        }
+        let res = self.drive(target, &socket, iodepth, queues);
+        if let Some(mut s) = server {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(s.id() as i32, libc::SIGTERM) };
+            let _ = s.wait();
+        }
+        let _ = std::fs::remove_file(&socket);
+        res
+    }
+
+    fn spawn_ours(&self, socket: &Path, queues: usize) -> Result<Child> {
+        Command::new(&self.ours_bin)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--path")
+            .arg(&self.file)
+            .arg("--queues")
+            .arg(queues.to_string())
+            .args(&self.ours_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("VMM_PERF_BACKEND_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(io_err(format!("spawn {}", self.ours_bin.display())))
+    }
+
+    fn spawn_qsd(&self, socket: &Path, queues: usize) -> Result<Child> {
+        Command::new(&self.qsd_bin)
+            .arg("--blockdev")
+            .arg(format!(
+                "file,filename={},aio=io_uring,node-name=n",
+                self.file.display()
+            ))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path={},num-queues={queues}",
+                socket.display()
+            ))
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(io_err("spawn qemu-storage-daemon"))
+    }
+
+    fn drive(
+        &self,
+        target: Target,
+        socket: &Path,
+        iodepth: usize,
+        queues: usize,
+    ) -> Result<JobResult> {
+        let be = |context: &str| {
+            let context = context.to_string();
+            move |e: blkio::Error| Error::Blkio {
+                context,
+                message: e.message().to_string(),
+            }
+        };
+        let mut b = match target {
+            Target::Raw => {
+                let mut b = Blkio::new("io_uring").map_err(be("new io_uring"))?;
+                b.set_str("path", self.file.to_str().unwrap_or_default())
+                    .map_err(be("path"))?;
+                b
+            }
+            _ => {
+                let mut b = Blkio::new("virtio-blk-vhost-user").map_err(be("new vhost-user"))?;
+                b.set_str("path", socket.to_str().unwrap_or_default())
+                    .map_err(be("path"))?;
+                b
+            }
+        };
+        // Reads only: a read-only session also matches qemu-storage-daemon's default export.
+        b.set_bool("read-only", true).map_err(be("read-only"))?;
+        b.connect().map_err(be("connect"))?;
+        b.set_i32("num-queues", queues as i32)
+            .map_err(be("num-queues"))?;
+        let out = b.start().map_err(be("start"))?;
+        let region = b
+            .alloc_mem_region(iodepth * queues * BS)
+            .map_err(be("alloc region"))?;
+        b.map_mem_region(&region).map_err(be("map region"))?;
+        let sectors = self.size / BS as u64;
+        let deadline = Instant::now() + self.duration;
+        let threads: Vec<_> = out
+            .queues
+            .into_iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let base = region.addr + i * iodepth * BS;
+                let q = SendQueue(q);
+                std::thread::Builder::new()
+                    .name(format!("load-q{i}"))
+                    .spawn(move || drive_queue(q, base, iodepth, sectors, deadline, i as u64))
+                    .map_err(io_err("spawn load thread"))
+            })
+            .collect::<Result<_>>()?;
+        let mut lat = Vec::new();
+        let mut done = 0u64;
+        let mut errors = 0u64;
+        for t in threads {
+            let r = t
+                .join()
+                .map_err(|_| Error::Backend("load thread panicked".into()))??;
+            done += r.done;
+            errors += r.errors;
+            lat.extend(r.lat_ns);
+        }
+        lat.sort_unstable();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .map_or(0.0, |&ns| ns as f64 / 1000.0)
+        };
+        Ok(JobResult {
+            target,
+            iodepth,
+            queues,
+            iops: done as f64 / self.duration.as_secs_f64(),
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            errors,
+        })
+    }
+}
+
+struct SendQueue(Blkioq);
+// SAFETY: a Blkioq is used by exactly one thread at a time (moved into its load thread);
+// the memory region it references outlives the threads (joined before `b` drops).
+unsafe impl Send for SendQueue {}
+
+struct QueueResult {
+    done: u64,
+    errors: u64,
+    lat_ns: Vec<u32>,
+}
+
+fn drive_queue(
+    q: SendQueue,
+    base: usize,
+    iodepth: usize,
+    sectors: u64,
+    deadline: Instant,
+    seed: u64,
+) -> Result<QueueResult> {
+    let mut q = q.0;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (seed + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % sectors
+    };
+    let mut started = vec![Instant::now(); iodepth];
+    let submit = |q: &mut Blkioq, slot: usize, off: u64| {
+        q.read(
+            off * BS as u64,
+            (base + slot * BS) as *mut u8,
+            BS,
+            slot,
+            ReqFlags::empty(),
+        );
+    };
+    for (slot, s) in started.iter_mut().enumerate() {
+        *s = Instant::now();
+        submit(&mut q, slot, next());
+    }
+    let mut comps: Vec<MaybeUninit<Completion>> =
+        (0..iodepth).map(|_| MaybeUninit::uninit()).collect();
+    let mut res = QueueResult {
+        done: 0,
+        errors: 0,
+        lat_ns: Vec::with_capacity(1 << 20),
+    };
+    let mut outstanding = iodepth;
+    while outstanding > 0 {
+        let n = q
+            .do_io(&mut comps, 1, Some(&mut Duration::from_secs(5)), None)
+            .map_err(|e| Error::Blkio {
+                context: "do_io".into(),
+                message: e.message().to_string(),
+            })?;
+        if n == 0 {
+            return Err(Error::Backend("no completion within 5 s".into()));
+        }
+        let now = Instant::now();
+        let more = now < deadline;
+        for c in &comps[..n] {
+            // SAFETY: do_io initialised the first `n` entries.
+            let c = unsafe { c.assume_init_ref() };
+            let slot = c.user_data;
+            if c.ret != 0 {
+                res.errors += 1;
+            }
+            res.done += 1;
+            let ns = now.duration_since(started[slot]).as_nanos();
+            res.lat_ns.push(ns.min(u128::from(u32::MAX)) as u32);
+            if more {
+                started[slot] = Instant::now();
+                submit(&mut q, slot, next());
+            } else {
+                outstanding -= 1;
+            }
+        }
+    }
+    Ok(res)
+}
+
+fn wait_for_socket(socket: &Path, mut server: Option<&mut Child>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if let Some(Ok(Some(st))) = server.as_mut().map(|s| s.try_wait()) {
+            return Err(Error::Backend(format!("exited before listening: {st}")));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Backend(format!(
+                "socket {} did not appear",
+                socket.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
