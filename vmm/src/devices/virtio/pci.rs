@@ -41,6 +41,7 @@ const CAP_COMMON: u8 = 1;
 const CAP_NOTIFY: u8 = 2;
 const CAP_ISR: u8 = 3;
 const CAP_DEVICE: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
 const VENDOR_CAP_ID: u8 = 0x09;
 const ISR_CONFIG: u8 = 2;
 
@@ -61,6 +62,8 @@ pub struct VirtioPciDevice {
     config: PciConfig,
     bar: Bar,
     msix_cap: usize,
+    /// Config offset of the VIRTIO_PCI_CAP_PCI_CFG window.
+    cfg_cap: usize,
     common: CommonCfg,
     msix: MsixTable,
     routes: MsixRoutes,
@@ -128,6 +131,13 @@ impl VirtioPciDevice {
         for c in &caps {
             config.add_capability(VENDOR_CAP_ID, c, &[]);
         }
+        // The config-space window into the BAR: bar, offset, length and data
+        // are writable.
+        let cfg_cap = config.add_capability(
+            VENDOR_CAP_ID,
+            &virtio_cap(CAP_PCI_CFG, 0, 0, Some(0)),
+            &[0, 0xff, u32::MAX, u32::MAX, u32::MAX],
+        );
         // Firmware-style: memory decoding on at the VMM's placement.
         config.set_reg(COMMAND_REG, config.read(COMMAND_REG) | COMMAND_MEMORY);
 
@@ -140,6 +150,7 @@ impl VirtioPciDevice {
             config,
             bar,
             msix_cap,
+            cfg_cap,
             common,
             msix,
             routes,
@@ -334,14 +345,42 @@ fn readable(fd: RawFd) -> bool {
     unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLIN != 0 }
 }
 
+impl VirtioPciDevice {
+    /// The BAR access the VIRTIO_PCI_CAP_PCI_CFG window selects, if valid:
+    /// BAR 0, a 1/2/4-byte length, inside the BAR and aligned to the length.
+    fn cfg_window(&self) -> Option<(u64, usize)> {
+        let base = self.cfg_cap / 4;
+        let bar = self.config.read(base + 1) & 0xff;
+        let offset = u64::from(self.config.read(base + 2));
+        let len = self.config.read(base + 3) as usize;
+        let ok = bar == u32::from(BAR_INDEX)
+            && matches!(len, 1 | 2 | 4)
+            && offset % len as u64 == 0
+            && offset + len as u64 <= BAR_SIZE;
+        ok.then_some((offset, len))
+    }
+}
+
 impl PciDevice for VirtioPciDevice {
     fn read_config(&mut self, reg: usize) -> u32 {
+        if reg == self.cfg_cap / 4 + 4 {
+            if let Some((offset, len)) = self.cfg_window() {
+                let mut b = [0u8; 4];
+                self.read(offset, &mut b[..len]);
+                self.config.set_reg(reg, u32::from_le_bytes(b));
+            }
+        }
         self.config.read(reg)
     }
 
     fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) {
         self.config.write(reg, offset, data);
-        if reg == self.msix_cap / 4 {
+        if reg == self.cfg_cap / 4 + 4 {
+            if let Some((off, len)) = self.cfg_window() {
+                let b = self.config.read(reg).to_le_bytes();
+                self.write(off, &b[..len]);
+            }
+        } else if reg == self.msix_cap / 4 {
             self.msix.set_control((self.config.read(reg) >> 16) as u16);
             self.sync_irqfds();
         } else if reg == COMMAND_REG || (4..=5).contains(&reg) {
@@ -594,6 +633,26 @@ mod tests {
         let mut c = [0u8; 4];
         d.read(0x2000, &mut c);
         assert_eq!(c, [0x5a; 4]);
+        // The PCI_CFG window: num_queues (BAR offset 0x12, 2 bytes).
+        let base = d.cfg_cap / 4;
+        d.write_config(base + 1, 0, &[0]);
+        d.write_config(base + 2, 0, &0x12u32.to_le_bytes());
+        d.write_config(base + 3, 0, &2u32.to_le_bytes());
+        assert_eq!(d.read_config(base + 4) & 0xffff, 2);
+        // queue_select through the window, read back directly.
+        d.write_config(base + 2, 0, &0x16u32.to_le_bytes());
+        d.write_config(base + 4, 0, &1u32.to_le_bytes());
+        let mut q = [0u8; 2];
+        d.read(0x16, &mut q);
+        assert_eq!(u16::from_le_bytes(q), 1);
+        // Bad windows (length 3, outside the BAR, other BAR) do nothing.
+        for (bar, off, len) in [(0u8, 0x12u32, 3u32), (0, 0x7fff, 4), (2, 0x12, 2)] {
+            d.write_config(base + 1, 0, &[bar]);
+            d.write_config(base + 2, 0, &off.to_le_bytes());
+            d.write_config(base + 3, 0, &len.to_le_bytes());
+            d.write_config(base + 4, 0, &u32::MAX.to_le_bytes());
+            let _ = d.read_config(base + 4);
+        }
     }
 
     #[test]
