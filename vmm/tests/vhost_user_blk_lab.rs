@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo test -p vmm --test vhost_user_blk_lab -- --nocapture`.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -42,6 +43,19 @@ fn pattern() -> Vec<u8> {
 enum Backend {
     /// qemu-storage-daemon (from the lab image).
     Qsd,
+    /// This project's backend (`cargo build -p backends`), with extra arguments.
+    Ours(&'static str),
+}
+
+/// This project's backend binary, built by `cargo build -p backends`.
+fn our_backend() -> PathBuf {
+    let p = lab::repo_root().join("target/debug/vhost-user-blk");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build -p backends` first",
+        p.display()
+    );
+    p
 }
 
 impl Backend {
@@ -50,12 +64,17 @@ impl Backend {
             Backend::Qsd => "qemu-storage-daemon --blockdev driver=file,filename=/tmp/disk.img,node-name=d0 \
                  --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=/tmp/vu.sock,writable=on,num-queues=2"
                 .to_string(),
+            Backend::Ours(extra) => format!(
+                "/lab/bin/vhost-user-blk --socket /tmp/vu.sock --path /tmp/disk.img --queues 2 {extra}"
+            ),
         }
     }
 }
 
 struct Scenario<'a> {
     backend: Backend,
+    /// Shell run in the lab after the disk image is created, before the backend starts.
+    prepare: &'a str,
     guest_script: &'a str,
     with_tools: bool,
     /// Shell run in the lab while the VMM runs in the background (after the
@@ -98,10 +117,11 @@ fn run(sc: Scenario<'_>) -> Option<Outcome> {
     .expect("guest initramfs");
     let script = format!(
         "dd if=/dev/zero of=/tmp/disk.img bs=1M count={DISK_MIB} 2>/dev/null\n\
+         {prepare}\n\
          {backend} > /tmp/backend.log 2>&1 &\n\
          BACKEND=$!\n\
          for i in $(seq 100); do [ -S /tmp/vu.sock ] && break; sleep 0.1; done\n\
-         RUST_LOG=${{RUST_LOG:-vmm=info}} {VMM_IN_LAB} run --kernel {LAB_GUEST_KERNEL} \
+         RUST_LOG=${{RUST_LOG:-vmm=debug}} {VMM_IN_LAB} run --kernel {LAB_GUEST_KERNEL} \
            --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 512M \
            --disk vhost_user=on,socket=/tmp/vu.sock{opts} > /tmp/vmm.log 2>&1 &\n\
          VMM=$!\n\
@@ -117,16 +137,20 @@ fn run(sc: Scenario<'_>) -> Option<Outcome> {
          if cmp /tmp/readback /lab/pattern.bin; then echo LAB-CMP=equal; else echo LAB-CMP=differs; fi\n",
         backend = sc.backend.start_command(),
         opts = sc.disk_opts,
+        prepare = sc.prepare,
         during = sc.during,
         skip = PATTERN_OFFSET / 4096,
         count = PATTERN_LEN / 4096,
     );
-    let host = LabHost::new(&images)
+    let mut host = LabHost::new(&images)
         .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
         .bytes("/lab/pattern.bin", pattern(), 0o644)
         .with_guest(&initrd)
         .script(script)
         .timeout(Duration::from_secs(400));
+    if let Backend::Ours(_) = &sc.backend {
+        host = host.binary(our_backend(), "/lab/bin");
+    }
     let run: LabRun = host.run().unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
     let out = Outcome {
@@ -173,6 +197,7 @@ fn check_dd(out: &Outcome) {
 fn qsd_disk_size_queues_and_data() {
     let Some(out) = run(Scenario {
         backend: Backend::Qsd,
+        prepare: "",
         guest_script: DD_SCRIPT,
         with_tools: false,
         during: "",
@@ -232,6 +257,7 @@ fn qsd_fio_verify() {
     let script = fio_script();
     let Some(out) = run(Scenario {
         backend: Backend::Qsd,
+        prepare: "",
         guest_script: &script,
         with_tools: true,
         during: "",
@@ -267,6 +293,7 @@ fn check_killed(out: &Outcome) {
 fn qsd_killed_while_guest_runs() {
     let Some(out) = run(Scenario {
         backend: Backend::Qsd,
+        prepare: "",
         guest_script: KILL_SCRIPT,
         with_tools: false,
         during: "sleep 1; kill -9 $BACKEND; echo BACKEND-KILLED",
@@ -275,4 +302,127 @@ fn qsd_killed_while_guest_runs() {
         return;
     };
     check_killed(&out);
+}
+
+#[test]
+fn ours_disk_size_queues_and_data() {
+    let Some(out) = run(Scenario {
+        backend: Backend::Ours(""),
+        prepare: "",
+        guest_script: DD_SCRIPT,
+        with_tools: false,
+        during: "",
+        disk_opts: "",
+    }) else {
+        return;
+    };
+    check_dd(&out);
+}
+
+#[test]
+fn ours_fio_verify() {
+    let script = fio_script();
+    let Some(out) = run(Scenario {
+        backend: Backend::Ours(""),
+        prepare: "",
+        guest_script: &script,
+        with_tools: true,
+        during: "",
+        disk_opts: ",queue_size=128",
+    }) else {
+        return;
+    };
+    check_fio(&out);
+}
+
+#[test]
+fn ours_killed_while_guest_runs() {
+    let Some(out) = run(Scenario {
+        backend: Backend::Ours(""),
+        prepare: "",
+        guest_script: KILL_SCRIPT,
+        with_tools: false,
+        during: "sleep 1; kill -9 $BACKEND; echo BACKEND-KILLED",
+        disk_opts: "",
+    }) else {
+        return;
+    };
+    check_killed(&out);
+}
+
+/// The pattern is on the disk before the backend starts; the guest reads it,
+/// its writes fail, and the file is unchanged afterwards.
+#[test]
+fn ours_readonly_refuses_writes_and_serves_reads() {
+    let script = "echo GUEST-READY\n\
+        echo RO=$(cat /sys/block/vda/ro)\n\
+        head -c 1048576 /dev/zero > /tmp/zero\n\
+        dd if=/tmp/zero of=/dev/vda bs=4096 seek=256 conv=fsync 2>&1\n\
+        echo WRITE-STATUS=$?\n\
+        echo 3 > /proc/sys/vm/drop_caches\n\
+        dd if=/dev/vda of=/tmp/rb bs=4096 skip=256 count=256 2>&1\n\
+        echo READ-STATUS=$?\n\
+        if cmp /tmp/rb /pattern.bin; then echo GUEST-CMP=equal; else echo GUEST-CMP=differs; fi\n";
+    let Some(out) = run(Scenario {
+        backend: Backend::Ours("--readonly"),
+        prepare:
+            "dd if=/lab/pattern.bin of=/tmp/disk.img bs=4096 seek=256 conv=notrunc 2>/dev/null",
+        guest_script: script,
+        with_tools: false,
+        during: "",
+        disk_opts: "",
+    }) else {
+        return;
+    };
+    let c = &out.console;
+    assert_eq!(out.value("RO="), "1", "{c}");
+    assert_ne!(
+        out.value("WRITE-STATUS="),
+        "0",
+        "write to a read-only disk succeeded:\n{c}"
+    );
+    assert_eq!(out.value("READ-STATUS="), "0", "{c}");
+    assert_eq!(out.value("GUEST-CMP="), "equal", "{c}");
+    assert_eq!(out.value("LAB-CMP="), "equal", "backing file changed:\n{c}");
+    assert_eq!(out.vmm_status, 0, "{c}");
+}
+
+/// Unbinding the guest driver resets the device (rings stopped with
+/// GET_VRING_BASE); binding it again renegotiates and restarts the data path.
+#[test]
+fn qsd_driver_rebind_resets_and_restarts() {
+    let script = "echo GUEST-READY\n\
+        dd if=/pattern.bin of=/dev/vda bs=4096 seek=256 conv=fsync 2>&1\n\
+        PCI=$(basename $(dirname $(readlink -f /sys/block/vda/device)))\n\
+        echo PCI=$PCI\n\
+        echo $PCI > /sys/bus/pci/drivers/virtio-pci/unbind\n\
+        [ -e /sys/block/vda ] && echo STILL-THERE\n\
+        echo $PCI > /sys/bus/pci/drivers/virtio-pci/bind\n\
+        for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.2; done\n\
+        dd if=/dev/vda of=/tmp/rb bs=4096 skip=256 count=256 2>&1\n\
+        if cmp /tmp/rb /pattern.bin; then echo GUEST-CMP=equal; else echo GUEST-CMP=differs; fi\n";
+    let Some(out) = run(Scenario {
+        backend: Backend::Qsd,
+        prepare: "",
+        guest_script: script,
+        with_tools: false,
+        during: "",
+        disk_opts: "",
+    }) else {
+        return;
+    };
+    let c = &out.console;
+    assert!(
+        !c.contains("STILL-THERE"),
+        "unbind did not remove vda:\n{c}"
+    );
+    assert_eq!(out.value("GUEST-CMP="), "equal", "{c}");
+    assert_eq!(
+        c.matches("data path started").count(),
+        2,
+        "expected two activations:\n{c}"
+    );
+    assert!(c.contains("stopped at"), "no GET_VRING_BASE on reset:\n{c}");
+    assert_eq!(out.value("LAB-CMP="), "equal", "{c}");
+    assert_eq!(out.vmm_status, 0, "{c}");
 }
