@@ -179,8 +179,18 @@ const DD_SCRIPT: &str = "echo GUEST-READY\n\
     t2=$(cut -d' ' -f1 /proc/uptime)\n\
     echo \"$t0 $t1 $t2\" | awk '{printf \"DD-MIBS write=%.1f read=%.1f\\n\", 32/($2-$1+0.001), 32/($3-$2+0.001)}'\n";
 
+/// The data path must never pass through the VMM: every queue notify went
+/// to a KVM ioeventfd.
+fn check_no_vmm_notifies(c: &str) {
+    assert!(
+        c.contains("stopped; 0 queue notifies went through the VMM"),
+        "queue notifies reached the VMM (or no teardown log):\n{c}"
+    );
+}
+
 fn check_dd(out: &Outcome) {
     let c = &out.console;
+    check_no_vmm_notifies(c);
     assert_eq!(out.value("SECTORS="), (DISK_MIB * 2048).to_string(), "{c}");
     assert_eq!(out.value("MQ="), "2", "{c}");
     assert_eq!(out.value("GUEST-CMP="), "equal", "{c}");
@@ -225,6 +235,7 @@ fn fio_script() -> String {
 
 fn check_fio(out: &Outcome) {
     let c = &out.console;
+    check_no_vmm_notifies(c);
     for name in ["rw4k", "rw128k"] {
         assert_eq!(out.value(&format!("FIO-{name}-STATUS=")), "0", "{c}");
         let json: String = c

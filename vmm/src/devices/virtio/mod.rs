@@ -6,6 +6,7 @@
 //! BAR, ioeventfds and irqfds, and `vhost_user_blk` is the device behind it.
 
 pub mod common_cfg;
+pub mod monitor;
 pub mod msix;
 pub mod pci;
 pub mod queue;

@@ -5,7 +5,6 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_memory::GuestMemoryMmap;
@@ -75,6 +74,8 @@ pub struct VirtioPciDevice {
     /// GSI each interrupt source (queues, then config) is bound to.
     bound: Vec<Option<u32>>,
     mapped: Option<u64>,
+    /// Queue notifies that trapped to the VMM instead of an ioeventfd.
+    slow_notifies: u64,
     vm: Arc<VmFd>,
     buses: Arc<IoBuses>,
     mem: GuestMemoryMmap,
@@ -161,6 +162,7 @@ impl VirtioPciDevice {
             config_evt,
             bound: vec![None; usize::from(nq) + 1],
             mapped: None,
+            slow_notifies: 0,
             vm,
             buses,
             mem,
@@ -202,6 +204,16 @@ impl VirtioPciDevice {
     /// Stops the data path (VMM exit).
     pub fn shutdown(&mut self) {
         self.backend.reset();
+        tracing::info!(
+            "{}: stopped; {} queue notifies went through the VMM",
+            self.backend.name(),
+            self.slow_notifies
+        );
+    }
+
+    /// Whether the driver has been told the device needs a reset.
+    pub fn needs_reset(&self) -> bool {
+        self.common.status & super::status::DEVICE_NEEDS_RESET != 0
     }
 
     /// Binds each interrupt source's eventfd to the GSI of its vector when
@@ -421,9 +433,17 @@ impl BusDevice for VirtioPciDevice {
             }
             DEVICE_OFFSET => self.backend.write_config(off, data),
             NOTIFY_OFFSET => {
-                // Only reached when the ioeventfd is not registered.
+                // Only reached when the ioeventfd is not registered: the
+                // data path is going through the VMM, which it must not.
                 let q = (off / u64::from(NOTIFY_OFF_MULTIPLIER)) as usize;
                 if let Some(k) = self.kicks.get(q) {
+                    self.slow_notifies += 1;
+                    if self.slow_notifies == 1 {
+                        tracing::warn!(
+                            "{}: queue {q} notify reached the VMM (no ioeventfd)",
+                            self.backend.name()
+                        );
+                    }
                     let _ = k.write(1);
                 }
             }
@@ -438,232 +458,6 @@ impl BusDevice for VirtioPciDevice {
     }
 }
 
-/// Watches a device's backend connection and reports a hangup to the device.
-pub struct HangupMonitor {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl HangupMonitor {
-    /// Starts a thread named `name` that polls the device's hangup fd.
-    pub fn spawn(
-        dev: &Arc<Mutex<VirtioPciDevice>>,
-        name: String,
-    ) -> Result<Option<Self>, VirtioError> {
-        let Some(fd) = lock(dev).hangup_fd() else {
-            return Ok(None);
-        };
-        let stop = eventfd()?;
-        let stop_fd = stop.as_raw_fd();
-        let dev = dev.clone();
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || {
-                let mut fds = [
-                    libc::pollfd {
-                        fd,
-                        events: libc::POLLRDHUP,
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: stop_fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                ];
-                loop {
-                    // SAFETY: two valid pollfds; both fds outlive this thread
-                    // (the device and the monitor are dropped after the join).
-                    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-                    if n < 0 {
-                        if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-                        {
-                            continue;
-                        }
-                        return;
-                    }
-                    if fds[1].revents != 0 {
-                        return;
-                    }
-                    let hup = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
-                    if fds[0].revents & hup != 0 {
-                        lock(&dev).backend_lost();
-                        return;
-                    }
-                }
-            })
-            .map_err(VirtioError::Io)?;
-        Ok(Some(Self {
-            stop,
-            thread: Some(thread),
-        }))
-    }
-}
-
-impl Drop for HangupMonitor {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::vstate::vm::Vm;
-
-    struct Fake;
-    impl VirtioBackend for Fake {
-        fn device_type(&self) -> u16 {
-            2
-        }
-        fn features(&self) -> u64 {
-            super::super::VIRTIO_F_VERSION_1
-        }
-        fn num_queues(&self) -> u16 {
-            2
-        }
-        fn queue_max_size(&self) -> u16 {
-            64
-        }
-        fn read_config(&self, _offset: u64, data: &mut [u8]) {
-            data.fill(0x5a);
-        }
-        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-        fn activate(&mut self, _act: Activation<'_>) -> Result<(), VirtioError> {
-            Ok(())
-        }
-        fn reset(&mut self) {}
-        fn hangup_fd(&self) -> Option<RawFd> {
-            None
-        }
-        fn name(&self) -> String {
-            "fake".into()
-        }
-    }
-
-    fn read16(buses: &IoBuses, addr: u64) -> Option<u16> {
-        let mut d = [0u8; 2];
-        buses
-            .mmio
-            .read()
-            .unwrap()
-            .read(addr, &mut d)
-            .then_some(u16::from_le_bytes(d))
-    }
-
-    /// Needs /dev/kvm (any flavour): skipped without it.
-    #[test]
-    fn bar_moves_and_hostile_bar_accesses() {
-        let Ok(vm) = Vm::new(1) else {
-            eprintln!("SKIP: no usable /dev/kvm");
-            return;
-        };
-        let routing = Arc::new(IrqRouting::new(vm.fd.clone()).unwrap());
-        let buses = Arc::new(IoBuses::default());
-        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
-        let old = 0x1_0000_0000u64;
-        let dev = VirtioPciDevice::new(
-            Box::new(Fake),
-            vm.fd.clone(),
-            routing,
-            buses.clone(),
-            mem,
-            old,
-        )
-        .unwrap();
-        // num_queues through the BAR.
-        assert_eq!(read16(&buses, old + 0x12), Some(2));
-        // The driver disables decoding, moves the BAR, re-enables.
-        let cmd = lock(&dev).read_config(COMMAND_REG);
-        lock(&dev).write_config(
-            COMMAND_REG,
-            0,
-            &((cmd & !COMMAND_MEMORY) as u16).to_le_bytes(),
-        );
-        buses.run_deferred();
-        assert_eq!(read16(&buses, old + 0x12), None);
-        // Sizing with decoding off maps nothing.
-        lock(&dev).write_config(4, 0, &[0xff; 4]);
-        lock(&dev).write_config(5, 0, &[0xff; 4]);
-        assert_eq!(lock(&dev).read_config(4), 0xffff_8004);
-        let new = 0x2_0000_0000u64;
-        lock(&dev).write_config(4, 0, &(new as u32).to_le_bytes());
-        lock(&dev).write_config(5, 0, &((new >> 32) as u32).to_le_bytes());
-        lock(&dev).write_config(
-            COMMAND_REG,
-            0,
-            &((cmd | COMMAND_MEMORY) as u16).to_le_bytes(),
-        );
-        buses.run_deferred();
-        assert_eq!(read16(&buses, new + 0x12), Some(2));
-        assert_eq!(read16(&buses, old + 0x12), None);
-        // A BAR at the top of the address space (would wrap) is not mapped.
-        lock(&dev).write_config(4, 0, &[0xff; 4]);
-        lock(&dev).write_config(5, 0, &[0xff; 4]);
-        buses.run_deferred();
-        assert_eq!(read16(&buses, new + 0x12), None);
-        // Hostile accesses inside the BAR: no panic.
-        let mut d = lock(&dev);
-        for off in [
-            0x3000u64,
-            0x3ffc,
-            0x4000 + 3 * 16,
-            0x4ffc,
-            0x5000,
-            0x5fff,
-            0x7fff,
-            0x1001,
-        ] {
-            for len in [0usize, 1, 2, 3, 4, 8] {
-                let mut b = vec![0u8; len];
-                d.read(off, &mut b);
-                d.write(off, &b);
-            }
-        }
-        // Vector 9 does not exist: the queue reads back NO_VECTOR.
-        d.write(0x16, &0u16.to_le_bytes());
-        d.write(0x1a, &9u16.to_le_bytes());
-        let mut v = [0u8; 2];
-        d.read(0x1a, &mut v);
-        assert_eq!(u16::from_le_bytes(v), NO_VECTOR);
-        // Device config comes from the backend.
-        let mut c = [0u8; 4];
-        d.read(0x2000, &mut c);
-        assert_eq!(c, [0x5a; 4]);
-        // The PCI_CFG window: num_queues (BAR offset 0x12, 2 bytes).
-        let base = d.cfg_cap / 4;
-        d.write_config(base + 1, 0, &[0]);
-        d.write_config(base + 2, 0, &0x12u32.to_le_bytes());
-        d.write_config(base + 3, 0, &2u32.to_le_bytes());
-        assert_eq!(d.read_config(base + 4) & 0xffff, 2);
-        // queue_select through the window, read back directly.
-        d.write_config(base + 2, 0, &0x16u32.to_le_bytes());
-        d.write_config(base + 4, 0, &1u32.to_le_bytes());
-        let mut q = [0u8; 2];
-        d.read(0x16, &mut q);
-        assert_eq!(u16::from_le_bytes(q), 1);
-        // Bad windows (length 3, outside the BAR, other BAR) do nothing.
-        for (bar, off, len) in [(0u8, 0x12u32, 3u32), (0, 0x7fff, 4), (2, 0x12, 2)] {
-            d.write_config(base + 1, 0, &[bar]);
-            d.write_config(base + 2, 0, &off.to_le_bytes());
-            d.write_config(base + 3, 0, &len.to_le_bytes());
-            d.write_config(base + 4, 0, &u32::MAX.to_le_bytes());
-            let _ = d.read_config(base + 4);
-        }
-    }
-
-    #[test]
-    fn capability_layout() {
-        let c = virtio_cap(CAP_NOTIFY, NOTIFY_OFFSET, 8, Some(4));
-        // cap_len covers the 2-byte header too.
-        assert_eq!(c.len() + 2, 20);
-        assert_eq!(c[0], 20);
-        assert_eq!(c[1], CAP_NOTIFY);
-        assert_eq!(u32::from_le_bytes([c[6], c[7], c[8], c[9]]), 0x3000);
-        assert_eq!(u32::from_le_bytes([c[14], c[15], c[16], c[17]]), 4);
-        assert_eq!(notify_addr(0x1_0000_0000, 1), 0x1_0000_3004);
-    }
-}
+#[path = "pci_tests.rs"]
+mod tests;
