@@ -282,7 +282,10 @@ fn qsd_fio_verify() {
 const KILL_SCRIPT: &str = "echo GUEST-READY\n\
     echo SECTORS=$(cat /sys/block/vda/size)\n\
     sleep 6\n\
-    echo GUEST-STILL-ALIVE\n";
+    echo GUEST-STILL-ALIVE\n\
+    echo SIZE-AFTER=$(cat /sys/block/vda/size)\n\
+    timeout 10 dd if=/dev/vda of=/tmp/after bs=4096 count=1 2>&1\n\
+    echo READ-AFTER-STATUS=$? BYTES=$(wc -c < /tmp/after)\n";
 
 fn check_killed(out: &Outcome) {
     let c = &out.console;
@@ -296,6 +299,15 @@ fn check_killed(out: &Outcome) {
         "device not named:\n{c}"
     );
     assert!(c.contains("GUEST-STILL-ALIVE"), "{c}");
+    // The guest was told: the disk shrank to nothing and a read returns at
+    // once with no data (not a request that never completes).
+    assert_eq!(out.value("SIZE-AFTER="), "0", "{c}");
+    let after = out.value("READ-AFTER-STATUS=");
+    assert!(after.ends_with("BYTES=0"), "read after loss: {after}\n{c}");
+    assert!(
+        !after.starts_with("143"),
+        "read after loss hung: {after}\n{c}"
+    );
     assert_eq!(out.value("GUEST-EXIT-STATUS="), "0", "{c}");
     assert_eq!(out.vmm_status, 0, "{c}");
 }

@@ -299,6 +299,10 @@ impl VirtioBackend for VhostUserBlk {
 
     fn disconnected(&mut self) {
         self.lost = true;
+        // Linux 6.1 does not act on DEVICE_NEEDS_RESET, but it does re-read
+        // the capacity on a config interrupt: a zero-sized disk turns new
+        // I/O into errors/EOF at once instead of requests that never finish.
+        self.config[..8].fill(0);
     }
 
     fn name(&self) -> String {
