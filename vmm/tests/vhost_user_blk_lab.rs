@@ -167,6 +167,9 @@ fn run(sc: Scenario<'_>) -> Option<Outcome> {
 const DD_SCRIPT: &str = "echo GUEST-READY\n\
     echo SECTORS=$(cat /sys/block/vda/size)\n\
     echo MQ=$(ls /sys/block/vda/mq | wc -l)\n\
+    echo \"write through\" > /sys/block/vda/cache_type 2>/dev/null\n\
+    echo CACHE-TYPE=$(cat /sys/block/vda/cache_type | tr ' ' _)\n\
+    echo \"write back\" > /sys/block/vda/cache_type 2>/dev/null\n\
     dd if=/pattern.bin of=/dev/vda bs=4096 seek=256 conv=fsync 2>&1\n\
     echo 3 > /proc/sys/vm/drop_caches\n\
     dd if=/dev/vda of=/tmp/rb bs=4096 skip=256 count=256 2>&1\n\
@@ -197,6 +200,8 @@ fn check_dd(out: &Outcome) {
     assert_eq!(out.value("LAB-CMP="), "equal", "{c}");
     assert_eq!(out.value("GUEST-EXIT-STATUS="), "0", "{c}");
     assert_eq!(out.vmm_status, 0, "{c}");
+    // CONFIG_WCE: the writeback byte went to the backend with SET_CONFIG.
+    assert_eq!(out.value("CACHE-TYPE="), "write_through", "{c}");
     eprintln!(
         "dd 32 MiB, 1 MiB blocks (TCG-nested, relative only): {}",
         out.value("DD-MIBS")

@@ -22,14 +22,19 @@ pub const VIRTIO_ID_BLOCK: u16 = 2;
 /// including `write_zeroes_may_unmap` and its padding).
 pub const BLK_CONFIG_LEN: usize = 60;
 const BLK_CONFIG_NUM_QUEUES: usize = 34;
+/// `writeback`: the only field the driver may write (with CONFIG_WCE).
+const BLK_CONFIG_WRITEBACK: u64 = 32;
 const VIRTIO_BLK_F_MQ: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
 /// Features passed from the backend to the guest: the block-specific bits,
 /// indirect descriptors, event index and VERSION_1. Packed rings, platform
 /// access, ring reset and notification data are not offered (the transport
-/// does not implement them).
-const GUEST_FEATURE_MASK: u64 = ((1 << 24) - 1)
+/// does not implement them), nor secure erase and zoned (their config
+/// fields lie past the [`BLK_CONFIG_LEN`] bytes fetched).
+const GUEST_FEATURE_MASK: u64 = (((1 << 24) - 1)
+    & !(1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_SECURE_ERASE)
+    & !(1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_ZONED))
     | 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC
     | 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX
     | VIRTIO_F_VERSION_1;
@@ -110,7 +115,7 @@ impl VhostUserBlk {
             .get_config(
                 0,
                 BLK_CONFIG_LEN as u32,
-                VhostUserConfigFlags::WRITABLE,
+                VhostUserConfigFlags::empty(),
                 &[0u8; BLK_CONFIG_LEN],
             )
             .map_err(err("GET_CONFIG"))?;
@@ -245,9 +250,20 @@ impl VirtioBackend for VhostUserBlk {
         }
     }
 
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        // Only `writeback` is writable in virtio-blk and it is not offered.
-        tracing::debug!("{}: ignored config write at {offset:#x}", self.name);
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `writeback` is writable; pass it on with SET_CONFIG and keep
+        // the cached copy in step when the backend accepts it.
+        if offset != BLK_CONFIG_WRITEBACK || data.len() != 1 || self.lost {
+            tracing::debug!("{}: ignored config write at {offset:#x}", self.name);
+            return;
+        }
+        match self
+            .frontend
+            .set_config(offset as u32, VhostUserConfigFlags::empty(), data)
+        {
+            Ok(()) => self.config[BLK_CONFIG_WRITEBACK as usize] = data[0],
+            Err(e) => tracing::warn!("{}: SET_CONFIG writeback: {e}", self.name),
+        }
     }
 
     fn activate(&mut self, act: Activation<'_>) -> Result<(), VirtioError> {
