@@ -454,3 +454,41 @@ fn qsd_driver_rebind_resets_and_restarts() {
     assert_eq!(out.value("LAB-CMP="), "equal", "{c}");
     assert_eq!(out.vmm_status, 0, "{c}");
 }
+
+/// `--disk` is repeatable: two qemu-storage-daemon exports become vda and vdb,
+/// each with its own size, and data goes to the right file.
+#[test]
+fn qsd_two_disks() {
+    let prepare = "dd if=/dev/zero of=/tmp/disk2.img bs=1M count=16 2>/dev/null\n\
+        qemu-storage-daemon --blockdev driver=file,filename=/tmp/disk2.img,node-name=d1 \
+        --export type=vhost-user-blk,id=e1,node-name=d1,addr.type=unix,addr.path=/tmp/vu2.sock,writable=on \
+        > /tmp/backend2.log 2>&1 &\n\
+        for i in $(seq 100); do [ -S /tmp/vu2.sock ] && break; sleep 0.1; done";
+    let script = "echo GUEST-READY\n\
+        echo SECTORS=$(cat /sys/block/vda/size)\n\
+        echo SECTORS2=$(cat /sys/block/vdb/size)\n\
+        echo MQ2=$(ls /sys/block/vdb/mq | wc -l)\n\
+        dd if=/pattern.bin of=/dev/vdb bs=4096 seek=256 conv=fsync 2>&1\n\
+        echo 3 > /proc/sys/vm/drop_caches\n\
+        dd if=/dev/vdb of=/tmp/rb bs=4096 skip=256 count=256 2>&1\n\
+        if cmp /tmp/rb /pattern.bin; then echo GUEST-CMP=equal; else echo GUEST-CMP=differs; fi\n";
+    let Some(out) = run(Scenario {
+        backend: Backend::Qsd,
+        prepare,
+        guest_script: script,
+        with_tools: false,
+        during: "",
+        disk_opts: " --disk vhost_user=on,socket=/tmp/vu2.sock",
+    }) else {
+        return;
+    };
+    let c = &out.console;
+    assert_eq!(out.value("SECTORS="), (DISK_MIB * 2048).to_string(), "{c}");
+    assert_eq!(out.value("SECTORS2="), (16 * 2048).to_string(), "{c}");
+    assert_eq!(out.value("MQ2="), "1", "{c}");
+    // The pattern went to disk 2, not disk 1.
+    assert_eq!(out.value("GUEST-CMP="), "equal", "{c}");
+    assert_eq!(out.value("LAB-CMP="), "differs", "{c}");
+    assert!(c.contains("vhost-user-blk1 /tmp/vu2.sock"), "{c}");
+    assert_eq!(out.vmm_status, 0, "{c}");
+}
