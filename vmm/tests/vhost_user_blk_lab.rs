@@ -313,6 +313,7 @@ fn check_killed(out: &Outcome) {
         !after.starts_with("143"),
         "read after loss hung: {after}\n{c}"
     );
+    eprintln!("after backend loss: guest read {after}");
     assert_eq!(out.value("GUEST-EXIT-STATUS="), "0", "{c}");
     assert_eq!(out.vmm_status, 0, "{c}");
 }
