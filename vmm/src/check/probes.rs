@@ -7,20 +7,11 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
 use io_uring::{opcode, IoUring};
-use kvm_ioctls::{Cap, Kvm};
+use kvm_ioctls::Kvm;
 
 use crate::error::{Error, Result};
 
-/// Capabilities the VMM needs from KVM, with their UAPI names.
-pub const REQUIRED_CAPS: &[(Cap, &str)] = &[
-    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
-    (Cap::Irqfd, "KVM_CAP_IRQFD"),
-    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
-    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
-    (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
-    (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
-    (Cap::Pit2, "KVM_CAP_PIT2"),
-];
+pub use crate::vstate::vm::REQUIRED_CAPS;
 
 /// The KVM API version every supported kernel reports.
 pub const KVM_API_VERSION: i32 = 12;

@@ -15,8 +15,11 @@ pub enum VmError {
     #[error("cannot open /dev/kvm: {0} (run `vmm check` for what this host needs)")]
     OpenKvm(#[source] kvm_ioctls::Error),
     /// A required KVM capability is missing.
-    #[error("KVM lacks the {0} capability (run `vmm check`)")]
+    #[error("KVM lacks {0} (run `vmm check`)")]
     MissingCap(&'static str),
+    /// A guest memory region has no host mapping to give KVM.
+    #[error("guest memory region at {0:#x} has no host mapping")]
+    HostMapping(u64),
     /// A KVM ioctl failed.
     #[error("{what}: {source}")]
     Kvm {
@@ -48,14 +51,15 @@ pub struct Vm {
     pub fd: Arc<VmFd>,
 }
 
-const REQUIRED_CAPS: &[(Cap, &str)] = &[
-    (Cap::Irqchip, "IRQCHIP"),
-    (Cap::Irqfd, "IRQFD"),
-    (Cap::Ioeventfd, "IOEVENTFD"),
-    (Cap::UserMemory, "USER_MEMORY"),
-    (Cap::SignalMsi, "SIGNAL_MSI"),
-    (Cap::IrqRouting, "IRQ_ROUTING"),
-    (Cap::Pit2, "PIT2"),
+/// Capabilities the VMM needs from KVM, with their UAPI names.
+pub const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
+    (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
 ];
 
 /// The most vCPUs a VM may have on this host.
@@ -103,7 +107,7 @@ impl Vm {
         for (slot, region) in mem.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|_| VmError::MissingCap("host mapping of guest memory"))?;
+                .map_err(|_| VmError::HostMapping(region.start_addr().0))?;
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,
