@@ -91,17 +91,25 @@ pub fn check_device(path: &Path, iommu_groups: &Path) -> Result<CheckedDevice> {
     Ok(CheckedDevice { sysfs, bdf, group })
 }
 
-/// Checks every device and rejects duplicates, before anything is opened.
+/// Rejects duplicates (also via different paths to the same device), then
+/// checks every device; nothing is opened before all of them pass.
 pub fn check_devices(paths: &[PathBuf], iommu_groups: &Path) -> Result<Vec<CheckedDevice>> {
-    let mut out: Vec<CheckedDevice> = Vec::new();
+    let mut seen: Vec<PathBuf> = Vec::new();
     for p in paths {
-        let d = check_device(p, iommu_groups)?;
-        if out.iter().any(|o| o.sysfs == d.sysfs) {
-            return Err(VfioError::Duplicate(d.bdf));
+        let key = fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        if seen.contains(&key) {
+            let name = key.file_name().map_or_else(
+                || key.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            return Err(VfioError::Duplicate(name));
         }
-        out.push(d);
+        seen.push(key);
     }
-    Ok(out)
+    paths
+        .iter()
+        .map(|p| check_device(p, iommu_groups))
+        .collect()
 }
 
 /// The host's `/sys/kernel/iommu_groups`.

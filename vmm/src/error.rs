@@ -57,6 +57,9 @@ pub enum Error {
     /// A PCI bus error.
     #[error(transparent)]
     Pci(#[from] crate::pci::bus::PciError),
+    /// A passed-through device could not be set up.
+    #[error(transparent)]
+    Vfio(#[from] vfio::VfioError),
     /// An OS call failed.
     #[error("{0}")]
     Io(#[source] io::Error),

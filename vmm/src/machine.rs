@@ -19,6 +19,7 @@ use crate::devices::bus::lock;
 use crate::devices::i8042::I8042;
 use crate::devices::power::AcpiPower;
 use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice};
+use crate::devices::vfio::VfioDevices;
 use crate::error::Error;
 use crate::layout;
 use crate::memory::{self, GuestRam};
@@ -42,6 +43,7 @@ pub struct Machine {
     pub irq_routing: Arc<IrqRouting>,
     /// PCI bus 0.
     pub pci: Arc<Mutex<PciBus>>,
+    vfio: VfioDevices,
 }
 
 impl Machine {
@@ -57,6 +59,8 @@ impl Machine {
             loader::check_readable("initramfs", initramfs)?;
         }
         memory::check_host_capacity(&cfg.memory)?;
+        let paths: Vec<_> = cfg.devices.iter().map(|d| d.path.clone()).collect();
+        let passthrough = vfio::check_devices(&paths, vfio::sysfs::IOMMU_GROUPS.as_ref())?;
         let vm = Vm::new(cfg.cpus)?;
         let ram = memory::create_guest_ram(&cfg.memory)?;
         vm.register_memory(&ram.mem)?;
@@ -86,6 +90,15 @@ impl Machine {
         let buses = Arc::new(IoBuses::default());
         let pci = Arc::new(Mutex::new(PciBus::new()));
         let serial = Self::add_legacy_devices(&buses, &irq_routing, &exit, &pci, cfg, &panic)?;
+        let vfio = VfioDevices::attach(
+            &vm.fd,
+            &ram,
+            &buses,
+            &irq_routing,
+            &pci,
+            &passthrough,
+            platform.mmio64_start,
+        )?;
 
         let cpuid = vcpu::supported_cpuid(&vm.kvm)?;
         let tsc_deadline = vm.fd.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
@@ -114,6 +127,7 @@ impl Machine {
             panic,
             irq_routing,
             pci,
+            vfio,
         })
     }
 
@@ -198,6 +212,7 @@ impl Machine {
         let result = self.event_loop(&signals);
         stop.store(true, Ordering::Release);
         stop_vcpus(threads);
+        self.vfio.shutdown();
         let why = result?;
         tracing::debug!("VM of {} MiB stopped: {why}", self.ram.size >> 20);
         Ok(self.refine(why))

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use vmm::config::{MemoryConfig, SerialConfig, VmConfig};
+use vmm::config::{DeviceConfig, MemoryConfig, SerialConfig, VmConfig};
 use vmm::machine::Machine;
 
 #[derive(Parser)]
@@ -59,6 +59,10 @@ struct RunArgs {
     /// Serial console: stdio, file=PATH or off.
     #[arg(long, default_value = "stdio")]
     serial: SerialConfig,
+    /// Pass a host PCI device (bound to vfio-pci) through: path=/sys/bus/pci/devices/DDDD:BB:DD.F.
+    /// Repeatable.
+    #[arg(long = "device")]
+    devices: Vec<DeviceConfig>,
 }
 
 fn init_logging() {
@@ -79,6 +83,7 @@ fn run(args: RunArgs) -> ExitCode {
         cpus: args.cpus,
         memory: args.memory,
         serial: args.serial,
+        devices: args.devices,
     };
     let outcome = Machine::build(&cfg).and_then(Machine::run);
     match outcome {
