@@ -67,7 +67,7 @@ dev=/sys/bus/pci/devices/$bdf
 echo "NVME-BDF=$bdf"
 echo "REFUSED-WHILE-NVME: $(/lab/bin/vmm run --kernel {kernel} --device path=$dev 2>&1)"
 /lab/bin/vfio-bind.sh $bdf || exit 21
-RUST_LOG=${{RUST_LOG:-vfio=debug,vmm=info}} /lab/bin/vmm run --kernel {kernel} --initramfs {initrd} \
+RUST_LOG=${{RUST_LOG:-vfio=debug,vmm=info,vfio_ioctls=warn}} /lab/bin/vmm run --kernel {kernel} --initramfs {initrd} \
     --cpus 2 --memory 1G --device path=$dev 2>&1
 echo "VMM-EXIT-STATUS=$?"
 /lab/bin/vfio-unbind.sh $bdf || exit 22

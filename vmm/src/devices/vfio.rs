@@ -217,7 +217,9 @@ impl VfioDevices {
             ctx.map_guest_memory(&ram.mem)?;
             let dev = Arc::new(Mutex::new(dev));
             this.devices.push(dev.clone());
-            for bar in lock(&dev).bars() {
+            // Not `for bar in lock(&dev).bars()`: that guard would live through the loop.
+            let bars = lock(&dev).bars();
+            for bar in bars {
                 let addr = placer.place(&bar).ok_or_else(|| {
                     Error::Config(format!(
                         "{}: no room for BAR{} ({} bytes) in the PCI windows",
