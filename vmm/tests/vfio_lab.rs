@@ -11,6 +11,8 @@ use lab::{guest_initramfs, Cpio, Images, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KE
 const BACKING_SIZE: u64 = 128 << 20;
 /// Where the guest writes the dd pattern (beyond fio's 64 MiB).
 const PATTERN_OFFSET: usize = 96 << 20;
+/// Seconds (lab clock) before a still-running VMM is dumped and killed.
+const WATCHDOG_SECS: u32 = 150;
 
 fn images() -> Option<Images> {
     if lab::qemu_binary().is_none() {
@@ -68,7 +70,20 @@ echo "NVME-BDF=$bdf"
 echo "REFUSED-WHILE-NVME: $(/lab/bin/vmm run --kernel {kernel} --device path=$dev 2>&1)"
 /lab/bin/vfio-bind.sh $bdf || exit 21
 RUST_LOG=${{RUST_LOG:-vfio=debug,vmm=info,vfio_ioctls=warn}} /lab/bin/vmm run --kernel {kernel} --initramfs {initrd} \
-    --cpus 2 --memory 1G --device path=$dev 2>&1
+    --cpus 2 --memory 1G --device path=$dev 2>&1 &
+pid=$!
+# A hung VMM must fail the test with evidence, not hit the lab timeout.
+(
+    sleep {watchdog}
+    kill -0 $pid 2>/dev/null || exit 0
+    echo "VMM-WATCHDOG: still running after {watchdog} s"
+    for t in /proc/$pid/task/*; do
+        echo "task $(cat $t/comm) wchan=$(cat $t/wchan) syscall=$(cut -d' ' -f1 $t/syscall)"
+        cat $t/stack
+    done
+    kill $pid
+) &
+wait $pid
 echo "VMM-EXIT-STATUS=$?"
 /lab/bin/vfio-unbind.sh $bdf || exit 22
 i=0
@@ -78,6 +93,7 @@ test -b /dev/nvme0n1 && echo "HOST-NVME-BACK=yes"
 "#,
         kernel = LAB_GUEST_KERNEL,
         initrd = LAB_GUEST_INITRD,
+        watchdog = WATCHDOG_SECS,
     )
 }
 
@@ -122,6 +138,21 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     let c = &run.console;
     eprintln!("lab run took {:.1?}", run.duration);
+    for l in c.lines().filter(|l| {
+        [
+            "GUEST-NVME=",
+            "FIO-",
+            "NVME-IRQ",
+            "nvme",
+            "VMM-",
+            "DRIVER-AFTER",
+            "vfio-",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    }) {
+        eprintln!("  | {l}");
+    }
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
     let refused = value(c, "REFUSED-WHILE-NVME:").unwrap_or_default();
     assert!(
@@ -129,13 +160,25 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
         "vmm must refuse a device still bound to nvme:\n{c}"
     );
     assert_eq!(value(c, "GUEST-NVME="), Some("present"), "{c}");
-    assert_eq!(value(c, "FIO-VERIFY-EXIT="), Some("0"), "fio verify failed:\n{c}");
-    assert_eq!(value(c, "FIO-VERIFY-ERR="), Some("0"), "fio reported errors:\n{c}");
+    assert_eq!(
+        value(c, "FIO-VERIFY-EXIT="),
+        Some("0"),
+        "fio verify failed:\n{c}"
+    );
+    assert_eq!(
+        value(c, "FIO-VERIFY-ERR="),
+        Some("0"),
+        "fio reported errors:\n{c}"
+    );
     let irqs: u64 = value(c, "NVME-IRQ-TOTAL=")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no interrupt count:\n{c}"));
     assert!(irqs > 0, "no nvme MSI-X interrupts in the guest:\n{c}");
-    assert_eq!(value(c, "VMM-EXIT-STATUS="), Some("0"), "vmm did not exit 0:\n{c}");
+    assert_eq!(
+        value(c, "VMM-EXIT-STATUS="),
+        Some("0"),
+        "vmm did not exit 0:\n{c}"
+    );
     assert_eq!(value(c, "DRIVER-AFTER="), Some("nvme"), "{c}");
     assert_eq!(value(c, "HOST-NVME-BACK="), Some("yes"), "{c}");
     let iops: f64 = value(c, "FIO-READ-IOPS=")
