@@ -9,7 +9,7 @@
 //! | BAR0–BAR5                          | VMM: guest-physical address and sizing |
 //! | Expansion ROM BAR                  | VMM: reads 0 (no ROM exposed)          |
 //! | Interrupt line / pin               | VMM: line is scratch, pin reads 0 (no INTx) |
-//! | MSI capability                     | VMM: hidden from the capability list   |
+//! | MSI capability                     | VMM: emulated (enable, vectors, address, data, masks); hidden if VFIO offers no MSI |
 //! | MSI-X message control (enable, function mask) | VMM                          |
 //! | Rest of MSI-X capability           | device (table size, BIR/offsets), writes dropped |
 //! | Other capabilities (PM, PCIe, …)   | device                                 |
@@ -89,6 +89,99 @@ pub enum WriteAction {
     MsixControl(u16),
     /// The guest wrote the command register (forward it, then check BARs).
     Command,
+    /// The guest wrote the (emulated) MSI capability.
+    Msi,
+}
+
+/// The MSI state the guest programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiConfig {
+    /// MSI enable bit.
+    pub enabled: bool,
+    /// Vectors enabled (Multiple Message Enable, capped by the capability).
+    pub vectors: u32,
+    /// Message address.
+    pub address: u64,
+    /// Message data (vector `i` uses the low bits replaced by `i`).
+    pub data: u16,
+    /// Per-vector mask bits (0 without per-vector masking).
+    pub mask: u32,
+}
+
+/// The emulated MSI capability: a copy of its bytes and what the guest may change.
+#[derive(Clone, Debug)]
+struct MsiState {
+    offset: usize,
+    is_64bit: bool,
+    per_vector_mask: bool,
+    max_vectors: u32,
+    bytes: Vec<u8>,
+}
+
+impl MsiState {
+    fn new(raw: &[u8], offset: usize) -> Self {
+        let ctrl = cfg_u16(raw, offset + 2);
+        let is_64bit = ctrl & (1 << 7) != 0;
+        let per_vector_mask = ctrl & (1 << 8) != 0;
+        let len = 10 + if is_64bit { 4 } else { 0 } + if per_vector_mask { 10 } else { 0 };
+        let mut bytes: Vec<u8> = (0..len).map(|i| cfg_u8(raw, offset + i)).collect();
+        // Reset state: disabled, one vector, no message, nothing masked.
+        bytes[2] &= !0x71;
+        for b in bytes.iter_mut().skip(4) {
+            *b = 0;
+        }
+        Self {
+            offset,
+            is_64bit,
+            per_vector_mask,
+            max_vectors: 1 << ((ctrl >> 1) & 7).min(5),
+            bytes,
+        }
+    }
+
+    fn data_off(&self) -> usize {
+        if self.is_64bit {
+            12
+        } else {
+            8
+        }
+    }
+
+    /// Which bits of byte `i` the guest may write.
+    fn writable(&self, i: usize) -> u8 {
+        let d = self.data_off();
+        match i {
+            2 => 0x71,
+            4 => 0xfc,
+            5..=7 => 0xff,
+            8..=11 if self.is_64bit => 0xff,
+            i if i == d || i == d + 1 => 0xff,
+            i if self.per_vector_mask && (d + 4..d + 8).contains(&i) => 0xff,
+            _ => 0,
+        }
+    }
+
+    fn contains(&self, byte: usize) -> bool {
+        (self.offset..self.offset + self.bytes.len()).contains(&byte)
+    }
+
+    fn config(&self) -> MsiConfig {
+        let b = &self.bytes;
+        let ctrl = cfg_u16(b, 2);
+        let d = self.data_off();
+        let hi = if self.is_64bit { cfg_u32(b, 8) } else { 0 };
+        MsiConfig {
+            enabled: ctrl & 1 != 0,
+            vectors: (1u32 << ((ctrl >> 4) & 7).min(5)).min(self.max_vectors),
+            address: u64::from(hi) << 32 | u64::from(cfg_u32(b, 4)),
+            data: cfg_u16(b, d),
+            mask: if self.per_vector_mask {
+                cfg_u32(b, d + 4)
+            } else {
+                0
+            },
+        }
+    }
 }
 
 /// The VMM-owned parts of configuration space.
@@ -98,6 +191,7 @@ pub struct ConfigModel {
     bar_regs: [u32; 6],
     bar_masks: [u32; 6],
     msix: Option<MsixCap>,
+    msi: Option<MsiState>,
     hidden: Vec<(usize, usize)>,
     next_overrides: Vec<(usize, u8)>,
     interrupt_line: u8,
@@ -117,8 +211,9 @@ fn cfg_u32(raw: &[u8], off: usize) -> u32 {
 
 impl ConfigModel {
     /// Builds the model from the device's first 256 config bytes and the
-    /// VFIO region sizes of BAR0–BAR5.
-    pub fn new(raw: &[u8], region_sizes: [u64; 6]) -> Self {
+    /// VFIO region sizes of BAR0–BAR5. `msi_supported`: VFIO offers MSI
+    /// vectors (else an MSI capability is hidden).
+    pub fn new(raw: &[u8], region_sizes: [u64; 6], msi_supported: bool) -> Self {
         let mut bars = Vec::new();
         let mut i = 0;
         while i < 6 {
@@ -146,6 +241,7 @@ impl ConfigModel {
             bar_regs: [0; 6],
             bar_masks: [0; 6],
             msix: None,
+            msi: None,
             hidden: Vec::new(),
             next_overrides: Vec::new(),
             interrupt_line: 0,
@@ -165,11 +261,11 @@ impl ConfigModel {
             }
         }
         model.bars = bars;
-        model.parse_caps(raw);
+        model.parse_caps(raw, msi_supported);
         model
     }
 
-    fn parse_caps(&mut self, raw: &[u8]) {
+    fn parse_caps(&mut self, raw: &[u8], msi_supported: bool) {
         // Status bit 4: capability list present.
         if cfg_u16(raw, 6) & 0x10 == 0 {
             return;
@@ -182,6 +278,9 @@ impl ConfigModel {
             let id = cfg_u8(raw, cap);
             let next = cfg_u8(raw, cap + 1) & 0xfc;
             match id {
+                CAP_ID_MSI if msi_supported && self.msi.is_none() => {
+                    self.msi = Some(MsiState::new(raw, cap));
+                }
                 CAP_ID_MSI => {
                     let ctrl = cfg_u16(raw, cap + 2);
                     let mut len = 10;
@@ -231,6 +330,11 @@ impl ConfigModel {
         self.msix
     }
 
+    /// The guest's MSI programming, if the MSI capability is emulated.
+    pub fn msi(&self) -> Option<MsiConfig> {
+        self.msi.as_ref().map(MsiState::config)
+    }
+
     /// Whether an MSI capability was hidden from the guest.
     pub fn msi_hidden(&self) -> bool {
         !self.hidden.is_empty()
@@ -277,6 +381,16 @@ impl ConfigModel {
                 let ctrl_mask =
                     u32::from(crate::msix::CTRL_ENABLE | crate::msix::CTRL_FUNCTION_MASK) << 16;
                 v = (v & !ctrl_mask) | u32::from(msix_ctrl_bits) << 16;
+            }
+        }
+        if let Some(msi) = &self.msi {
+            for i in 0..4 {
+                let byte = reg * 4 + i;
+                if msi.contains(byte) && byte - msi.offset >= 2 {
+                    let shift = i * 8;
+                    let b = msi.bytes[byte - msi.offset];
+                    v = (v & !(0xff << shift)) | u32::from(b) << shift;
+                }
             }
         }
         for &(loc, value) in &self.next_overrides {
@@ -329,6 +443,18 @@ impl ConfigModel {
         {
             return WriteAction::Handled;
         }
+        if let Some(msi) = self.msi.as_mut() {
+            if msi.contains(byte) {
+                for (i, &d) in data.iter().enumerate() {
+                    let rel = byte + i - msi.offset;
+                    if rel < msi.bytes.len() {
+                        let m = msi.writable(rel);
+                        msi.bytes[rel] = (msi.bytes[rel] & !m) | (d & m);
+                    }
+                }
+                return WriteAction::Msi;
+            }
+        }
         if let Some(m) = self.msix {
             if (m.offset..m.offset + 12).contains(&byte) {
                 if reg == m.offset / 4 && offset + data.len() > 2 {
@@ -376,7 +502,7 @@ mod tests {
     }
 
     fn model() -> ConfigModel {
-        ConfigModel::new(&raw(), [0x4000, 0, 0x100, 0, 0, 0])
+        ConfigModel::new(&raw(), [0x4000, 0, 0x100, 0, 0, 0], false)
     }
 
     #[test]
@@ -417,6 +543,44 @@ mod tests {
         assert_eq!((m.read(0x40 / 4, dev(0x40 / 4), 0) >> 8) & 0xff, 0x70);
         let mut model = model();
         assert_eq!(model.write(0x50 / 4, 2, &[1, 0], 0), WriteAction::Handled);
+    }
+
+    #[test]
+    fn msi_is_emulated_when_vfio_offers_it() {
+        let mut r = raw();
+        // 64-bit, per-vector masking, 4 vectors capable.
+        r[0x52..0x54].copy_from_slice(&(0x0180u16 | 2 << 1).to_le_bytes());
+        let mut m = ConfigModel::new(&r, [0x4000, 0, 0x100, 0, 0, 0], true);
+        let dev = |reg: usize| cfg_u32(&r, reg * 4);
+        assert!(!m.msi_hidden());
+        assert_eq!((m.read(0x40 / 4, dev(0x40 / 4), 0) >> 8) & 0xff, 0x50);
+        assert_eq!(
+            m.write(0x54 / 4, 0, &0xfee0_0000u32.to_le_bytes(), 0),
+            WriteAction::Msi
+        );
+        m.write(0x58 / 4, 0, &1u32.to_le_bytes(), 0);
+        m.write(0x5c / 4, 0, &0x4041u16.to_le_bytes(), 0);
+        m.write(0x60 / 4, 0, &0b10u32.to_le_bytes(), 0);
+        // Enable with MME = 2 (4 vectors); the capability bits stay read-only.
+        m.write(0x50 / 4, 2, &(0x0001u16 | 2 << 4 | 0xff00).to_le_bytes(), 0);
+        let c = m.msi().unwrap();
+        assert_eq!(
+            c,
+            MsiConfig {
+                enabled: true,
+                vectors: 4,
+                address: 0x1_fee0_0000,
+                data: 0x4041,
+                mask: 0b10
+            }
+        );
+        assert_eq!(
+            m.read(0x50 / 4, dev(0x50 / 4), 0) >> 16,
+            0x0180 | 2 << 1 | 2 << 4 | 1
+        );
+        // Pending bits are read-only.
+        m.write(0x64 / 4, 0, &[0xff; 4], 0);
+        assert_eq!(m.read(0x64 / 4, 0xffff_ffff, 0), 0);
     }
 
     #[test]

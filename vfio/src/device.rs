@@ -6,7 +6,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vfio_ioctls::{VfioDevice, VfioOps, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
@@ -92,6 +93,8 @@ pub struct VfioPciDevice {
     ops: Arc<dyn VmmOps>,
     config: ConfigModel,
     msix: Option<Msix>,
+    /// MSI vectors while the guest has MSI enabled.
+    msi: Vec<Vector>,
     placed: Vec<(BarInfo, u64)>,
     areas: Vec<MappedArea>,
     shut_down: bool,
@@ -120,13 +123,17 @@ impl VfioPciDevice {
         for (i, s) in sizes.iter_mut().enumerate() {
             *s = device.get_region_size(i as u32);
         }
-        let config = ConfigModel::new(&raw, sizes);
+        let msi_count = device
+            .get_irq_info(VFIO_PCI_MSI_IRQ_INDEX)
+            .map_or(0, |i| i.count);
+        let config = ConfigModel::new(&raw, sizes, msi_count > 0);
         let mut this = Self {
             bdf: dev.bdf.clone(),
             device,
             ops,
             config,
             msix: None,
+            msi: Vec::new(),
             placed: Vec::new(),
             areas: Vec::new(),
             shut_down: false,
@@ -154,31 +161,15 @@ impl VfioPciDevice {
         let n = usize::from(cap.table_size).min(irq_count as usize);
         let mut vectors = Vec::with_capacity(n);
         for _ in 0..n {
-            let evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| {
-                VfioError::Os {
-                    what: "eventfd",
-                    source,
-                }
-            })?;
-            let gsi = match self.ops.allocate_gsi() {
-                Ok(g) => g,
-                Err(message) => {
+            match new_vector(self.ops.as_ref()) {
+                Ok(v) => vectors.push(v),
+                Err(e) => {
                     for v in &vectors {
-                        let v: &Vector = v;
                         self.ops.release_gsi(v.gsi);
                     }
-                    return Err(VfioError::Vmm {
-                        what: "allocate GSI",
-                        message,
-                    });
+                    return Err(e);
                 }
-            };
-            vectors.push(Vector {
-                evt,
-                gsi,
-                irqfd: false,
-                route: None,
-            });
+            }
         }
         self.msix = Some(Msix {
             cap,
@@ -339,6 +330,7 @@ impl VfioPciDevice {
                 self.check_bar_moves();
             }
             WriteAction::MsixControl(ctrl) => self.msix_control(ctrl),
+            WriteAction::Msi => self.msi_update(),
         }
     }
 
@@ -375,10 +367,7 @@ impl VfioPciDevice {
         }
     }
 
-    /// Brings vector `v`'s route and irqfd in line with the guest's table:
-    /// an unmasked vector injects through its irqfd; a masked one has no
-    /// irqfd, so its eventfd keeps the event until the guest unmasks it
-    /// (KVM injects a pending event when the irqfd is registered again).
+    /// Brings MSI-X vector `v` in line with the guest's table.
     fn sync_vector(&mut self, v: usize) {
         let Some(m) = self.msix.as_mut() else { return };
         let active = if m.on_device {
@@ -386,30 +375,59 @@ impl VfioPciDevice {
         } else {
             None
         };
-        let Some(vec) = m.vectors.get_mut(v) else {
+        if let Some(vec) = m.vectors.get_mut(v) {
+            sync_route(self.ops.as_ref(), &self.bdf, v, vec, active);
+        }
+    }
+
+    /// Follows the guest's MSI capability: enables VFIO MSI with one eventfd
+    /// per enabled vector, routes each with the guest's message (vector `i`
+    /// replaces the low data bits with `i`), honours per-vector masks.
+    fn msi_update(&mut self) {
+        let Some(cfg) = self.config.msi() else { return };
+        let on = !self.msi.is_empty();
+        if cfg.enabled && !on {
+            for _ in 0..cfg.vectors {
+                match new_vector(self.ops.as_ref()) {
+                    Ok(v) => self.msi.push(v),
+                    Err(e) => {
+                        tracing::error!(bdf = %self.bdf, "MSI vector: {e}");
+                        break;
+                    }
+                }
+            }
+            let fds: Vec<&EventFd> = self.msi.iter().map(|v| &v.evt).collect();
+            if let Err(e) = self.device.enable_msi(fds) {
+                tracing::error!(bdf = %self.bdf, "VFIO enable MSI: {e}");
+                self.release_msi();
+                return;
+            }
+            tracing::debug!(bdf = %self.bdf, vectors = self.msi.len(), "MSI enabled");
+        } else if !cfg.enabled && on {
+            if let Err(e) = self.device.disable_msi() {
+                tracing::warn!(bdf = %self.bdf, "VFIO disable MSI: {e}");
+            }
+            self.release_msi();
             return;
-        };
-        match active {
-            Some(msg) => {
-                if vec.route != Some(msg) {
-                    if let Err(e) = self.ops.set_msi_route(vec.gsi, msg) {
-                        tracing::warn!(bdf = %self.bdf, vector = v, "MSI route: {e}");
-                        return;
-                    }
-                    vec.route = Some(msg);
-                }
-                if !vec.irqfd {
-                    match self.ops.register_irqfd(&vec.evt, vec.gsi) {
-                        Ok(()) => vec.irqfd = true,
-                        Err(e) => tracing::warn!(bdf = %self.bdf, vector = v, "irqfd: {e}"),
-                    }
-                }
+        }
+        let n = self.msi.len() as u32;
+        for (i, vec) in self.msi.iter_mut().enumerate() {
+            let i = i as u32;
+            let active = (cfg.mask & (1 << i) == 0).then(|| MsiMessage {
+                address_lo: cfg.address as u32,
+                address_hi: (cfg.address >> 32) as u32,
+                data: u32::from(cfg.data) & !(n.next_power_of_two() - 1) | i,
+            });
+            sync_route(self.ops.as_ref(), &self.bdf, i as usize, vec, active);
+        }
+    }
+
+    fn release_msi(&mut self) {
+        for v in self.msi.drain(..) {
+            if v.irqfd {
+                self.ops.unregister_irqfd(&v.evt, v.gsi);
             }
-            None if vec.irqfd => {
-                self.ops.unregister_irqfd(&vec.evt, vec.gsi);
-                vec.irqfd = false;
-            }
-            None => {}
+            self.ops.release_gsi(v.gsi);
         }
     }
 
@@ -490,6 +508,12 @@ impl VfioPciDevice {
                 self.ops.release_gsi(v.gsi);
             }
         }
+        if !self.msi.is_empty() {
+            if let Err(e) = self.device.disable_msi() {
+                tracing::warn!(bdf = %self.bdf, "VFIO disable MSI: {e}");
+            }
+            self.release_msi();
+        }
         for a in self.areas.drain(..) {
             self.ops
                 .unmap_guest_mmio(a.slot, a.gpa, a.mmap.len as u64, a.mmap.addr as u64);
@@ -503,6 +527,54 @@ impl VfioPciDevice {
 impl Drop for VfioPciDevice {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// An eventfd and a GSI for one vector.
+fn new_vector(ops: &dyn VmmOps) -> Result<Vector> {
+    let evt =
+        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| VfioError::Os {
+            what: "eventfd",
+            source,
+        })?;
+    let gsi = ops.allocate_gsi().map_err(|message| VfioError::Vmm {
+        what: "allocate GSI",
+        message,
+    })?;
+    Ok(Vector {
+        evt,
+        gsi,
+        irqfd: false,
+        route: None,
+    })
+}
+
+/// Brings a vector's route and irqfd in line with what the guest allows:
+/// an active vector injects through its irqfd; an inactive (masked) one has
+/// no irqfd, so its eventfd keeps the event until the guest unmasks it (KVM
+/// injects a pending event when the irqfd is registered again).
+fn sync_route(ops: &dyn VmmOps, bdf: &str, v: usize, vec: &mut Vector, active: Option<MsiMessage>) {
+    match active {
+        Some(msg) => {
+            if vec.route != Some(msg) {
+                if let Err(e) = ops.set_msi_route(vec.gsi, msg) {
+                    tracing::warn!(bdf, vector = v, "MSI route: {e}");
+                    return;
+                }
+                vec.route = Some(msg);
+            }
+            if !vec.irqfd {
+                match ops.register_irqfd(&vec.evt, vec.gsi) {
+                    Ok(()) => vec.irqfd = true,
+                    Err(e) => tracing::warn!(bdf, vector = v, "irqfd: {e}"),
+                }
+            }
+        }
+        None if vec.irqfd => {
+            ops.unregister_irqfd(&vec.evt, vec.gsi);
+            vec.irqfd = false;
+        }
+        None => {}
     }
 }
 

@@ -67,6 +67,12 @@ done
 [ -n "$bdf" ] || {{ echo "no NVMe controller"; exit 20; }}
 dev=/sys/bus/pci/devices/$bdf
 echo "NVME-BDF=$bdf"
+# Reference for the guest's number, same run: the lab host's own nvme driver on the same device.
+if command -v fio >/dev/null; then
+    fio --name=hostread --filename=/dev/nvme0n1 --rw=randread --bs=4k --iodepth=32 \
+        --ioengine=libaio --direct=1 --size=64M --runtime=5 --time_based --output-format=terse \
+        | awk -F';' '/^3;/ {{ print "HOST-READ-IOPS=" $8 }}'
+fi
 echo "REFUSED-WHILE-NVME: $(/lab/bin/vmm run --kernel {kernel} --device path=$dev 2>&1)"
 /lab/bin/vfio-bind.sh $bdf || exit 21
 RUST_LOG=${{RUST_LOG:-vfio=debug,vmm=info,vfio_ioctls=warn}} /lab/bin/vmm run --kernel {kernel} --initramfs {initrd} \
@@ -185,7 +191,12 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(iops > 0.0, "no randread result:\n{c}");
-    eprintln!("VFIO NVMe in guest (lab, relative only): 4k randread qd32 {iops} IOPS; nvme interrupts {irqs}");
+    let host_iops: Option<f64> = value(c, "HOST-READ-IOPS=").and_then(|v| v.parse().ok());
+    eprintln!(
+        "VFIO NVMe, 4k randread qd32 (lab, relative only): guest via passthrough {iops} IOPS; \
+         lab host's own nvme driver {host_iops:?} IOPS (ratio {:.2}); guest nvme interrupts {irqs}",
+        host_iops.map_or(f64::NAN, |h| iops / h)
+    );
 
     // From outside the lab: the guest's dd reached the emulated NVMe's backing file.
     let image = std::fs::read(&backing).expect("read backing image");
