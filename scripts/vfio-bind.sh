@@ -26,6 +26,8 @@ dev="$SYSFS/bus/pci/devices/$bdf"
 [ -e "$dev" ] || die "$bdf: no such PCI device (see lspci -D)"
 real=$(readlink -f "$dev")
 
+[ -e "$dev/iommu_group" ] || die "$bdf has no IOMMU group: the host IOMMU is off (boot with intel_iommu=on or amd_iommu=on, or use the lab)"
+
 driver=
 [ -e "$dev/driver" ] && driver=$(basename "$(readlink -f "$dev/driver")")
 if [ "$driver" = vfio-pci ]; then
@@ -101,6 +103,4 @@ if [ -n "$group" ]; then
         [ -e "$m/driver" ] && md=$(basename "$(readlink -f "$m/driver")")
         [ -z "$md" ] || [ "$md" = vfio-pci ] || echo "vfio-bind: note: $mb in the same group is bound to $md; bind it too before passthrough" >&2
     done
-else
-    echo "vfio-bind: note: $bdf has no IOMMU group: the host IOMMU is off (intel_iommu=on / amd_iommu=on)" >&2
 fi

@@ -52,6 +52,11 @@ pub fn check_device(path: &Path, iommu_groups: &Path) -> Result<CheckedDevice> {
         .map(|n| n.to_string_lossy().into_owned())
         .filter(|n| is_bdf(n))
         .ok_or_else(|| VfioError::NotPciDevice(path.to_path_buf()))?;
+    // No IOMMU first: binding to vfio-pci cannot help without one.
+    let group = fs::read_link(sysfs.join("iommu_group"))
+        .ok()
+        .and_then(|l| l.file_name()?.to_str()?.parse::<u32>().ok())
+        .ok_or_else(|| VfioError::NoIommu { bdf: bdf.clone() })?;
     match driver_of(&sysfs).as_deref() {
         Some("vfio-pci") => {}
         Some(driver) => {
@@ -62,10 +67,6 @@ pub fn check_device(path: &Path, iommu_groups: &Path) -> Result<CheckedDevice> {
         }
         None => return Err(VfioError::Unbound { bdf }),
     }
-    let group = fs::read_link(sysfs.join("iommu_group"))
-        .ok()
-        .and_then(|l| l.file_name()?.to_str()?.parse::<u32>().ok())
-        .ok_or_else(|| VfioError::NoIommu { bdf: bdf.clone() })?;
     let members = iommu_groups.join(group.to_string()).join("devices");
     let entries = fs::read_dir(&members).map_err(|source| VfioError::Sysfs {
         path: members.clone(),
@@ -211,6 +212,10 @@ mod tests {
         let p = fs.add("0000:00:04.0", Some("vfio-pci"), None);
         let e = check_device(&p, &fs.groups()).unwrap_err().to_string();
         assert!(e.contains("intel_iommu=on") && e.contains("lab"), "{e}");
+        // Reported before the driver: binding to vfio-pci would not help.
+        let p = fs.add("0000:00:05.0", Some("nvme"), None);
+        let e = check_device(&p, &fs.groups()).unwrap_err();
+        assert!(matches!(e, VfioError::NoIommu { .. }), "{e}");
     }
 
     #[test]

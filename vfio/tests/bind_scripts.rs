@@ -30,6 +30,8 @@ impl Fake {
         }
         fs::create_dir_all(dev.join("nvme/nvme0/nvme0n1/holders")).unwrap();
         symlink(r.join("sys/bus/pci/drivers/nvme"), dev.join("driver")).unwrap();
+        fs::create_dir_all(r.join("sys/kernel/iommu_groups/3/devices")).unwrap();
+        symlink(r.join("sys/kernel/iommu_groups/3"), dev.join("iommu_group")).unwrap();
         symlink(&dev, r.join("sys/bus/pci/devices").join(BDF)).unwrap();
         symlink(
             dev.join("nvme/nvme0/nvme0n1"),
@@ -133,6 +135,19 @@ fn console_device_is_refused() {
     assert!(!o.status.success());
     assert!(
         text(&o).contains("provides the console ttyS4"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn no_iommu_is_refused() {
+    let f = Fake::new();
+    fs::remove_file(f.dev().join("iommu_group")).unwrap();
+    let o = f.bind(BDF);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("no IOMMU group") && text(&o).contains("intel_iommu=on"),
         "{}",
         text(&o)
     );
