@@ -228,3 +228,93 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
         "pattern not found at {PATTERN_OFFSET:#x} in the NVMe backing image"
     );
 }
+
+/// Two NVMe controllers behind one conventional PCI bridge share an IOMMU
+/// group: passing one through while the other is still on `nvme` must be
+/// refused with the group, the other device and its driver named.
+#[test]
+fn group_with_a_device_on_a_host_driver_is_refused() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lab = LabHost::new(&images)
+        .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
+        .file(
+            lab::repo_root().join("scripts/vfio-bind.sh"),
+            "/lab/bin/vfio-bind.sh",
+        )
+        .file(
+            lab::repo_root().join("scripts/vfio-unbind.sh"),
+            "/lab/bin/vfio-unbind.sh",
+        )
+        .qemu_arg("-device")
+        .qemu_arg("pci-bridge,id=br1,chassis_nr=1");
+    for i in 1..=2 {
+        let img = dir.path().join(format!("nv{i}.img"));
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(16 << 20))
+            .expect("image");
+        lab = lab
+            .qemu_arg("-drive")
+            .qemu_arg(format!(
+                "file={},if=none,id=nv{i},format=raw",
+                img.display()
+            ))
+            .qemu_arg("-device")
+            .qemu_arg(format!("nvme,serial=grp{i},drive=nv{i},bus=br1,addr={i}"));
+    }
+    let script = r#"
+set -- $(for d in /sys/bus/pci/devices/*; do [ "$(cat $d/class)" = 0x010802 ] && basename $d; done)
+[ $# -eq 2 ] || { echo "expected 2 NVMe controllers, found $#"; exit 20; }
+a=$1; b=$2
+ga=$(basename $(readlink /sys/bus/pci/devices/$a/iommu_group))
+gb=$(basename $(readlink /sys/bus/pci/devices/$b/iommu_group))
+echo "GROUPS=$ga,$gb"
+[ "$ga" = "$gb" ] || exit 21
+echo "OTHER=$b"
+/lab/bin/vfio-bind.sh $a 2>&1 || exit 22
+echo "NOT-VIABLE: $(/lab/bin/vmm run --kernel /lab/bin/vfio-bind.sh --memory 64M --device path=/sys/bus/pci/devices/$a 2>&1)"
+/lab/bin/vfio-bind.sh $b 2>&1 || exit 23
+# Both on vfio-pci: the device checks pass and the garbage kernel is what fails.
+echo "BOTH-BOUND: $(/lab/bin/vmm run --kernel /lab/bin/vfio-bind.sh --memory 64M --device path=/sys/bus/pci/devices/$a --device path=/sys/bus/pci/devices/$b 2>&1)"
+/lab/bin/vfio-unbind.sh $a && /lab/bin/vfio-unbind.sh $b || exit 24
+echo "DRIVERS-AFTER=$(basename $(readlink /sys/bus/pci/devices/$a/driver)),$(basename $(readlink /sys/bus/pci/devices/$b/driver))"
+"#;
+    let run = lab
+        .script(script)
+        .timeout(Duration::from_secs(300))
+        .run()
+        .unwrap_or_else(|e| panic!("lab run: {e}"));
+    let c = &run.console;
+    assert_eq!(run.status, 0, "lab script failed:\n{c}");
+    for l in c.lines().filter(|l| {
+        [
+            "GROUPS=",
+            "NOT-VIABLE:",
+            "BOTH-BOUND:",
+            "vfio-",
+            "DRIVERS-AFTER=",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    }) {
+        eprintln!("  | {l}");
+    }
+    let other = value(c, "OTHER=").expect("OTHER=");
+    let group = value(c, "GROUPS=")
+        .and_then(|g| g.split(',').next())
+        .expect("GROUPS=");
+    let refused = value(c, "NOT-VIABLE:").unwrap_or_default();
+    assert!(
+        refused.contains(&format!("IOMMU group {group} of "))
+            && refused.contains(&format!(
+                "is not viable: {other} is bound to nvme (run `scripts/vfio-bind.sh {other}` too)"
+            )),
+        "{c}"
+    );
+    let both = value(c, "BOTH-BOUND:").unwrap_or_default();
+    assert!(
+        both.starts_with("vmm: error:") && !both.contains("viable") && !both.contains("vfio-pci"),
+        "with the whole group on vfio-pci only the kernel should fail:\n{c}"
+    );
+    assert_eq!(value(c, "DRIVERS-AFTER="), Some("nvme,nvme"), "{c}");
+}
