@@ -12,7 +12,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_ioctls::{VfioDevice, VfioOps, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{BarInfo, BarKind, ConfigModel, MsixCap, WriteAction, LEGACY_REGS};
+use crate::config::{BarInfo, BarKind, ConfigModel, MsiConfig, MsixCap, WriteAction, LEGACY_REGS};
 use crate::context::VfioContext;
 use crate::error::{Result, VfioError};
 use crate::msix::{MsiMessage, MsixTable};
@@ -412,13 +412,8 @@ impl VfioPciDevice {
         }
         let n = self.msi.len() as u32;
         for (i, vec) in self.msi.iter_mut().enumerate() {
-            let i = i as u32;
-            let active = (cfg.mask & (1 << i) == 0).then(|| MsiMessage {
-                address_lo: cfg.address as u32,
-                address_hi: (cfg.address >> 32) as u32,
-                data: u32::from(cfg.data) & !(n.next_power_of_two() - 1) | i,
-            });
-            sync_route(self.ops.as_ref(), &self.bdf, i as usize, vec, active);
+            let active = msi_vector_message(&cfg, n, i as u32);
+            sync_route(self.ops.as_ref(), &self.bdf, i, vec, active);
         }
     }
 
@@ -530,6 +525,20 @@ impl Drop for VfioPciDevice {
     }
 }
 
+/// The message of MSI vector `i` of `n` enabled ones, or `None` when masked:
+/// multiple-message MSI puts the vector number in the low data bits.
+fn msi_vector_message(cfg: &MsiConfig, n: u32, i: u32) -> Option<MsiMessage> {
+    if i >= 32 || cfg.mask & (1 << i) != 0 {
+        return None;
+    }
+    let low = n.max(1).next_power_of_two() - 1;
+    Some(MsiMessage {
+        address_lo: cfg.address as u32,
+        address_hi: (cfg.address >> 32) as u32,
+        data: (u32::from(cfg.data) & !low) | (i & low),
+    })
+}
+
 /// An eventfd and a GSI for one vector.
 fn new_vector(ops: &dyn VmmOps) -> Result<Vector> {
     let evt =
@@ -609,6 +618,93 @@ fn subtract(a: (u64, u64), hole: (u64, u64)) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// Records what the device model asks of the VMM.
+    #[derive(Default)]
+    struct MockOps {
+        log: Mutex<Vec<String>>,
+    }
+
+    impl MockOps {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.log.lock().unwrap())
+        }
+    }
+
+    impl VmmOps for MockOps {
+        fn map_guest_mmio(&self, _: u64, _: u64, _: u64) -> std::result::Result<u32, OpsError> {
+            Ok(0)
+        }
+        fn unmap_guest_mmio(&self, _: u32, _: u64, _: u64, _: u64) {}
+        fn allocate_gsi(&self) -> std::result::Result<u32, OpsError> {
+            Ok(30)
+        }
+        fn release_gsi(&self, gsi: u32) {
+            self.log.lock().unwrap().push(format!("release {gsi}"));
+        }
+        fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> std::result::Result<(), OpsError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("route {gsi} {:#x}", msg.data));
+            Ok(())
+        }
+        fn register_irqfd(&self, _: &EventFd, gsi: u32) -> std::result::Result<(), OpsError> {
+            self.log.lock().unwrap().push(format!("irqfd+ {gsi}"));
+            Ok(())
+        }
+        fn unregister_irqfd(&self, _: &EventFd, gsi: u32) {
+            self.log.lock().unwrap().push(format!("irqfd- {gsi}"));
+        }
+    }
+
+    #[test]
+    fn masking_detaches_the_irqfd_and_unmasking_reattaches_it() {
+        let ops = MockOps::default();
+        let mut v = new_vector(&ops).unwrap();
+        let msg = |data| MsiMessage {
+            address_lo: 0xfee0_0000,
+            address_hi: 0,
+            data,
+        };
+        sync_route(&ops, "t", 0, &mut v, Some(msg(0x41)));
+        assert_eq!(ops.take(), ["route 30 0x41", "irqfd+ 30"]);
+        // Same message again: no routing-table commit, no second irqfd.
+        sync_route(&ops, "t", 0, &mut v, Some(msg(0x41)));
+        assert!(ops.take().is_empty());
+        sync_route(&ops, "t", 0, &mut v, None);
+        assert_eq!(ops.take(), ["irqfd- 30"]);
+        sync_route(&ops, "t", 0, &mut v, None);
+        assert!(ops.take().is_empty());
+        // Unmasked with a new message: route first, then the irqfd.
+        sync_route(&ops, "t", 0, &mut v, Some(msg(0x42)));
+        assert_eq!(ops.take(), ["route 30 0x42", "irqfd+ 30"]);
+    }
+
+    #[test]
+    fn multi_message_msi_data() {
+        let cfg = MsiConfig {
+            enabled: true,
+            vectors: 4,
+            address: 0x1_fee0_1000,
+            data: 0x4043,
+            mask: 0b0100,
+        };
+        let m = msi_vector_message(&cfg, 4, 1).unwrap();
+        assert_eq!(
+            (m.address_hi, m.address_lo, m.data),
+            (1, 0xfee0_1000, 0x4041)
+        );
+        assert_eq!(msi_vector_message(&cfg, 4, 3).unwrap().data, 0x4043);
+        assert_eq!(msi_vector_message(&cfg, 4, 2), None, "masked");
+        assert_eq!(
+            msi_vector_message(&cfg, 1, 0).unwrap().data,
+            0x4043,
+            "single vector keeps data"
+        );
+        assert_eq!(msi_vector_message(&cfg, 4, 40), None);
+    }
 
     #[test]
     fn msix_pages_are_cut_out_of_the_mapping() {
