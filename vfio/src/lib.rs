@@ -1,1 +1,22 @@
+//! VFIO PCI passthrough: a host PCI function bound to `vfio-pci` presented to
+//! a KVM guest.
+//!
+//! The crate knows nothing about the VMM's other devices. What it needs from
+//! the VMM (memory slots for BARs, GSIs, MSI routes, irqfds) goes through the
+//! [`VmmOps`] trait; what the VMM needs from it (config space, trapped BAR
+//! accesses) is on [`VfioPciDevice`].
 
+pub mod error;
+pub mod sysfs;
+
+pub use error::{Result, VfioError};
+pub use sysfs::{check_device, check_devices, CheckedDevice};
+pub mod config;
+pub mod context;
+pub mod device;
+pub mod msix;
+
+pub use config::{BarInfo, BarKind};
+pub use context::VfioContext;
+pub use device::{OpsError, VfioPciDevice, VmmOps};
+pub use msix::MsiMessage;

@@ -31,6 +31,9 @@ pub enum ConfigError {
         /// What would have been accepted.
         expected: &'static str,
     },
+    /// A `--device` specification was not understood.
+    #[error("invalid device '{0}': expected path=/sys/bus/pci/devices/DDDD:BB:DD.F")]
+    BadDevice(String),
     /// A serial console specification was not understood.
     #[error("invalid serial '{0}': expected stdio, file=PATH or off")]
     BadSerial(String),
@@ -221,6 +224,26 @@ impl FromStr for DiskConfig {
     }
 }
 
+/// A host PCI device to pass through: `path=/sys/bus/pci/devices/DDDD:BB:DD.F`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// The device's sysfs directory.
+    pub path: PathBuf,
+}
+
+impl FromStr for DeviceConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("path=") {
+            Some(p) if !p.is_empty() && !p.contains(',') => Ok(Self {
+                path: PathBuf::from(p),
+            }),
+            _ => Err(ConfigError::BadDevice(s.to_string())),
+        }
+    }
+}
+
 /// Everything needed to build and boot a VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -239,6 +262,8 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// Virtio-blk disks served by vhost-user backends.
     pub disks: Vec<DiskConfig>,
+    /// Host PCI devices passed through with VFIO.
+    pub devices: Vec<DeviceConfig>,
 }
 
 #[cfg(test)]
@@ -342,6 +367,24 @@ mod tests {
                 ),
                 "{bad} accepted"
             );
+        }
+    }
+
+    #[test]
+    fn device() {
+        assert_eq!(
+            "path=/sys/bus/pci/devices/0000:00:04.0".parse(),
+            Ok(DeviceConfig {
+                path: "/sys/bus/pci/devices/0000:00:04.0".into()
+            })
+        );
+        for bad in [
+            "",
+            "path=",
+            "/sys/bus/pci/devices/0000:00:04.0",
+            "path=/x,iommu=off",
+        ] {
+            assert!(bad.parse::<DeviceConfig>().is_err(), "{bad:?}");
         }
     }
 

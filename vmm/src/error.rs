@@ -60,6 +60,9 @@ pub enum Error {
     /// A virtio device failed.
     #[error(transparent)]
     Virtio(#[from] crate::devices::virtio::VirtioError),
+    /// A passed-through device could not be set up.
+    #[error(transparent)]
+    Vfio(#[from] vfio::VfioError),
     /// An OS call failed.
     #[error("{0}")]
     Io(#[source] io::Error),

@@ -20,6 +20,7 @@ use crate::devices::bus::lock;
 use crate::devices::i8042::I8042;
 use crate::devices::power::AcpiPower;
 use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice};
+use crate::devices::vfio::VfioDevices;
 use crate::devices::virtio::monitor::HangupMonitor;
 use crate::devices::virtio::pci::BAR_SIZE;
 use crate::devices::virtio::vhost_user_blk::VhostUserBlk;
@@ -49,6 +50,7 @@ pub struct Machine {
     pub pci: Arc<Mutex<PciBus>>,
     disks: Vec<Arc<Mutex<VirtioPciDevice>>>,
     monitors: Vec<HangupMonitor>,
+    vfio: VfioDevices,
 }
 
 impl Machine {
@@ -64,6 +66,8 @@ impl Machine {
             loader::check_readable("initramfs", initramfs)?;
         }
         memory::check_host_capacity(&cfg.memory)?;
+        let paths: Vec<_> = cfg.devices.iter().map(|d| d.path.clone()).collect();
+        let passthrough = vfio::check_devices(&paths, vfio::sysfs::IOMMU_GROUPS.as_ref())?;
         let vm = Vm::new(cfg.cpus)?;
         let ram = memory::create_guest_ram(&cfg.memory)?;
         vm.register_memory(&ram.mem)?;
@@ -93,8 +97,18 @@ impl Machine {
         let buses = Arc::new(IoBuses::default());
         let pci = Arc::new(Mutex::new(PciBus::new()));
         let serial = Self::add_legacy_devices(&buses, &irq_routing, &exit, &pci, cfg, &panic)?;
+        let vfio = VfioDevices::attach(
+            &vm.fd,
+            &ram,
+            &buses,
+            &irq_routing,
+            &pci,
+            &passthrough,
+            platform.mmio64_start,
+        )?;
 
-        let mut mmio64 = AddressAllocator::new(platform.mmio64_start, layout::PCI_MMIO64_SIZE)
+        // Virtio BARs take the lower half of the 64-bit window; VFIO BARs the upper half.
+        let mut mmio64 = AddressAllocator::new(platform.mmio64_start, layout::PCI_MMIO64_SIZE / 2)
             .map_err(|e| Error::Config(format!("64-bit PCI window: {e}")))?;
         let mut disks = Vec::new();
         let mut monitors = Vec::new();
@@ -152,6 +166,7 @@ impl Machine {
             pci,
             disks,
             monitors,
+            vfio,
         })
     }
 
@@ -241,6 +256,7 @@ impl Machine {
         for d in &self.disks {
             lock(d).shutdown();
         }
+        self.vfio.shutdown();
         let why = result?;
         tracing::debug!("VM of {} MiB stopped: {why}", self.ram.size >> 20);
         Ok(self.refine(why))

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use vmm::config::{DiskConfig, MemoryConfig, SerialConfig, VmConfig};
+use vmm::config::{DeviceConfig, DiskConfig, MemoryConfig, SerialConfig, VmConfig};
 use vmm::machine::Machine;
 
 #[derive(Parser)]
@@ -63,6 +63,10 @@ struct RunArgs {
     /// vhost_user=on,socket=PATH[,queues=N][,queue_size=M].
     #[arg(long = "disk")]
     disks: Vec<DiskConfig>,
+    /// Pass a host PCI device (bound to vfio-pci) through: path=/sys/bus/pci/devices/DDDD:BB:DD.F.
+    /// Repeatable.
+    #[arg(long = "device")]
+    devices: Vec<DeviceConfig>,
 }
 
 fn init_logging() {
@@ -84,6 +88,7 @@ fn run(args: RunArgs) -> ExitCode {
         memory: args.memory,
         serial: args.serial,
         disks: args.disks,
+        devices: args.devices,
     };
     let outcome = Machine::build(&cfg).and_then(Machine::run);
     match outcome {

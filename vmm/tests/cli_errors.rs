@@ -166,3 +166,71 @@ fn kvm_unavailable(out: &Output) -> bool {
     }
     false
 }
+
+/// `vmm run` with a readable (garbage) kernel and the given `--device` options.
+fn run_with_devices(devices: &[&str]) -> Output {
+    let k = garbage_file(4096);
+    let mut args = vec!["run", "--kernel", k.path().to_str().unwrap()];
+    for d in devices {
+        args.push("--device");
+        args.push(d);
+    }
+    vmm(&args)
+}
+
+#[test]
+fn device_path_that_does_not_exist() {
+    let out = run_with_devices(&["path=/sys/bus/pci/devices/0000:7f:1f.7"]);
+    assert_one_line_error(&out, "0000:7f:1f.7: no such PCI device");
+}
+
+#[test]
+fn device_given_twice() {
+    let out = run_with_devices(&[
+        "path=/sys/bus/pci/devices/0000:7f:1f.7",
+        "path=/sys/bus/pci/devices/0000:7f:1f.7",
+    ]);
+    assert_one_line_error(&out, "0000:7f:1f.7 is given twice");
+}
+
+#[test]
+fn device_option_syntax() {
+    let out = run_with_devices(&["/sys/bus/pci/devices/0000:00:01.0"]);
+    assert_fails_with(&out, "expected path=/sys/bus/pci/devices/DDDD:BB:DD.F");
+}
+
+#[test]
+fn device_bound_to_a_host_driver_or_no_iommu() {
+    // Any PCI device of this host that a host driver (not vfio-pci) owns.
+    let Some((bdf, driver, has_group)) = std::fs::read_dir("/sys/bus/pci/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|e| {
+            let drv = std::fs::read_link(e.path().join("driver")).ok()?;
+            let drv = drv.file_name()?.to_string_lossy().into_owned();
+            let has_group = e.path().join("iommu_group").exists();
+            (drv != "vfio-pci")
+                .then(|| (e.file_name().to_string_lossy().into_owned(), drv, has_group))
+        })
+    else {
+        eprintln!("SKIP: no PCI device bound to a host driver here");
+        return;
+    };
+    let out = run_with_devices(&[&format!("path=/sys/bus/pci/devices/{bdf}")]);
+    if has_group {
+        assert_one_line_error(
+            &out,
+            &format!(
+                "{bdf} is bound to {driver}, not vfio-pci: run `scripts/vfio-bind.sh {bdf}` first"
+            ),
+        );
+    } else {
+        // The build machines: no IOMMU at all.
+        assert_one_line_error(
+            &out,
+            &format!("{bdf} has no IOMMU group: the host IOMMU is off (boot the host with `intel_iommu=on`"),
+        );
+        assert_one_line_error(&out, "or use the lab");
+    }
+}

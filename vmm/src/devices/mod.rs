@@ -4,4 +4,5 @@ pub mod bus;
 pub mod i8042;
 pub mod power;
 pub mod serial;
+pub mod vfio;
 pub mod virtio;
