@@ -43,10 +43,12 @@ fn pattern() -> Vec<u8> {
         .collect()
 }
 
-/// QEMU boots the guest with qboot, not its default SeaBIOS: SeaBIOS's own virtio-blk driver
-/// sends our backend an endless stream of requests and never reaches the kernel (a backend
-/// interop bug, not yet fixed; qemu-storage-daemon's backend boots fine under SeaBIOS). qboot
-/// does not drive virtio-blk, so the client under test is the guest kernel's `virtio_blk`.
+/// QEMU boots the guest with its default firmware, SeaBIOS, whose own virtio-blk driver reads
+/// the disk (polling the used ring, no EVENT_IDX) before the guest kernel's `virtio_blk` resets
+/// the device and takes over with a new ring. Both are clients under test. SeaBIOS never
+/// reached the kernel while the backend advertised size_max 1 MiB x seg_max 128: it computes
+/// `(u16)(size_max * seg_max / 512)` = 0 sectors per request and sent zero-length reads
+/// forever (see `blk::SIZE_MAX`).
 ///
 /// Runs the backend (extra args `backend_args`) and nested QEMU as its frontend in one lab boot.
 /// `prefill` runs in the lab before the backend starts, `after` once QEMU and the backend are
@@ -86,7 +88,7 @@ BPID=$!
 i=0
 while [ ! -S /tmp/vu.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 t0=$(cut -d' ' -f1 /proc/uptime)
-timeout 150 qemu-system-x86_64 -bios /usr/share/qemu/qboot.rom -enable-kvm -cpu host -machine q35,memory-backend=mem -smp 2 -m 512 \
+timeout 150 qemu-system-x86_64 -enable-kvm -cpu host -machine q35,memory-backend=mem -smp 2 -m 512 \
     -object memory-backend-memfd,id=mem,size=512M,share=on \
     -chardev socket,id=vu0,path=/tmp/vu.sock -device vhost-user-blk-pci,chardev=vu0,num-queues=2 \
     -nic none -display none -monitor none -serial stdio -no-reboot \
@@ -117,6 +119,12 @@ echo '--- end backend log ---'
         .timeout(Duration::from_secs(240))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
+    let bios = value(&run.console, "GUEST-BIOS=").unwrap_or_default();
+    assert!(
+        bios.contains("SeaBIOS"),
+        "the guest should boot with QEMU's default firmware (SeaBIOS), got {bios:?}:\n{}",
+        run.console
+    );
     eprintln!(
         "TIMING lab wall {:.1?}; nested QEMU run {} s (lab clock)",
         run.duration,
@@ -183,8 +191,12 @@ echo GUEST-READBACK-CMP=$?
 echo GUEST-IOERR-LINES=$(dmesg | grep -ci 'i/o error')
 "#;
 
+/// Which firmware booted the guest (SMBIOS type 0, as the guest kernel sees it).
+const BIOS_LINE: &str =
+    "echo GUEST-BIOS=$(cat /sys/class/dmi/id/bios_vendor) $(cat /sys/class/dmi/id/bios_version)\n";
+
 fn guest_script(template: &str) -> String {
-    template
+    format!("{BIOS_LINE}{template}")
         .replace("PATTERN_OFFSET", &PATTERN_OFFSET.to_string())
         .replace("PATTERN_BLOCKS", &(PATTERN_LEN / 4096).to_string())
         .replace("FIO_IO_4K", &FIO_IO_4K.to_string())

@@ -261,6 +261,15 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<VhostMem>) -> io::Result<()> {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            use vm_memory::{GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
+            let regions: Vec<String> = mem
+                .memory()
+                .iter()
+                .map(|r| format!("{:#x}+{:#x}", r.start_addr().0, r.len()))
+                .collect();
+            tracing::debug!(?regions, "guest memory table updated");
+        }
         *self.mem.write().map_err(|_| io::Error::other("poisoned"))? = mem;
         Ok(())
     }

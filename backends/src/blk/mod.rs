@@ -21,7 +21,20 @@ pub const HEADER_LEN: u64 = 16;
 /// Maximum data segments per request advertised in `seg_max`.
 pub const SEG_MAX: u32 = 128;
 /// Maximum bytes per segment advertised in `size_max`.
-pub const SIZE_MAX: u32 = 1 << 20;
+///
+/// `size_max * seg_max` (the largest request, 16 MiB) must stay below 32 MiB: SeaBIOS's
+/// virtio-blk driver splits disk reads into requests of
+/// `(u16)((u32)(size_max * seg_max) / 512)` sectors, which is 0 for exactly 32 MiB and for
+/// 1 MiB x 128 (128 MiB); it then sends zero-length reads of the same sector forever and the
+/// guest never boots.
+pub const SIZE_MAX: u32 = 128 << 10;
+
+// Sectors per SeaBIOS request, computed as SeaBIOS does, must be non-zero and not truncated.
+const _: () = {
+    let max_io = SIZE_MAX as u64 * SEG_MAX as u64;
+    assert!(max_io <= u32::MAX as u64);
+    assert!(max_io / SECTOR_SIZE > 0 && max_io / SECTOR_SIZE <= u16::MAX as u64);
+};
 /// Largest discard / write-zeroes request in sectors.
 pub const MAX_DISCARD_SECTORS: u32 = u32::MAX >> 9;
 

@@ -307,6 +307,14 @@ impl RequestHandler for BlkHandler {
         }
         let ty = u32::from_le_bytes(hdr[0..4].try_into().unwrap_or_default());
         let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
+        tracing::trace!(
+            head = chain.head(),
+            ty,
+            sector,
+            readable = ?chain.segs(Dir::Readable),
+            writable = ?chain.segs(Dir::Writable),
+            "request"
+        );
         match ty {
             VIRTIO_BLK_T_IN => self.prepare_rw(mem, chain, req, iov, sector, false),
             VIRTIO_BLK_T_OUT => self.prepare_rw(mem, chain, req, iov, sector, true),

@@ -594,3 +594,78 @@ fn uncached_reads_wake_the_queue_thread() {
         h.good_read(round * 64, 64);
     }
 }
+
+/// `(size_max, seg_max, blk_size)` as this device advertises them in its config space.
+fn advertised_limits(file: &std::path::Path) -> (u32, u32, u32) {
+    use super::{BlkBackend, BlkOptions, Disk};
+    use vhost_user_backend::VhostUserBackend;
+    let disk = Disk::open(file, false, false).unwrap();
+    let opts = BlkOptions {
+        queues: 1,
+        queue_size: QSIZE,
+        readonly: false,
+        poll: Duration::ZERO,
+        serial: String::new(),
+    };
+    let b = BlkBackend::new(disk, opts).unwrap();
+    let field = |off: usize| u32::from_le_bytes(b.get_config(off as u32, 4).try_into().unwrap());
+    (
+        field(std::mem::offset_of!(virtio_blk_config, size_max)),
+        field(std::mem::offset_of!(virtio_blk_config, seg_max)),
+        field(std::mem::offset_of!(virtio_blk_config, blk_size)),
+    )
+}
+
+/// Replays SeaBIOS's `virtio_blk_op` (src/hw/virtio-blk.c, 1.16): a read of `count` sectors
+/// is split into requests of at most `(u16)((u32)(size_max * seg_max) / blk_size)` sectors
+/// (64 when the device advertises no limits), and the next request starts after the sectors
+/// the previous one covered, once it completed with status OK. Returns the request count.
+fn seabios_read(h: &mut Harness, limits: (u32, u32, u32), sector: u64, count: u16) -> usize {
+    let (size_max, seg_max, blk_size) = limits;
+    let max_io_size = size_max.wrapping_mul(seg_max);
+    let blk_num_max = if blk_size != 0 && max_io_size != 0 {
+        (max_io_size / blk_size) as u16
+    } else {
+        64
+    };
+    let (mut lba, mut left, mut off) = (sector, count, 0u64);
+    let mut requests = 0;
+    while left > 0 {
+        assert!(
+            requests < 16,
+            "SeaBIOS read of {count} sectors made no progress after {requests} requests: \
+             size_max {size_max} x seg_max {seg_max} gives {blk_num_max} sectors per request"
+        );
+        let n = left.min(blk_num_max);
+        let len = u32::from(n) * blk_size;
+        let (used_len, st) = h.one(
+            VIRTIO_BLK_T_IN,
+            lba,
+            &[r(HDR, 16), w(DATA + off, len), w(STATUS, 1)],
+        );
+        assert_eq!((used_len, st), (len + 1, OK));
+        requests += 1;
+        lba += u64::from(n);
+        left -= n;
+        off += u64::from(len);
+    }
+    let mut got = vec![0u8; usize::from(count) * blk_size as usize];
+    h.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, h.file_bytes(sector * 512, got.len()));
+    requests
+}
+
+/// Regression (lab: QEMU + SeaBIOS never reached the guest kernel): with size_max 1 MiB and
+/// seg_max 128, SeaBIOS computed 0 sectors per request (`(u16)(128 MiB / 512)`) and sent
+/// zero-length reads of the same sector forever, each one answered OK.
+#[test]
+fn seabios_splits_reads_into_requests_that_make_progress() {
+    let mut h = Harness::new(false);
+    let limits = advertised_limits(h.file.path());
+    assert_eq!(limits.2, 512, "SeaBIOS only drives 512-byte blocks");
+    // One sector (MBR), and the largest int13 read (127 sectors, EDD allows 128).
+    assert_eq!(seabios_read(&mut h, limits, 0, 1), 1);
+    assert_eq!(seabios_read(&mut h, limits, 5, 127), 1);
+    assert_eq!(seabios_read(&mut h, limits, 100, 128), 1);
+    assert_eq!(h.stats().submits, 3, "every request reached the disk");
+}

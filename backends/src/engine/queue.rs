@@ -61,19 +61,43 @@ impl VirtQueue for VringQueue<'_> {
     }
 
     fn pop(&mut self, mem: &Arc<VhostMem>) -> Option<DescriptorChain<Arc<VhostMem>>> {
-        self.vring
-            .get_mut()
-            .get_queue_mut()
-            .pop_descriptor_chain(mem.clone())
+        let mut state = self.vring.get_mut();
+        let q = state.get_queue_mut();
+        let chain = q.pop_descriptor_chain(mem.clone());
+        if let Some(c) = &chain {
+            tracing::trace!(
+                head = c.head_index(),
+                next_avail = q.next_avail(),
+                next_used = q.next_used(),
+                avail_idx = ?q.avail_idx(&**mem, std::sync::atomic::Ordering::Acquire).ok(),
+                used_idx = ?q.used_idx(&**mem, std::sync::atomic::Ordering::Acquire).ok(),
+                size = q.size(),
+                ready = q.ready(),
+                event_idx = q.event_idx_enabled(),
+                desc = format_args!("{:#x}", q.desc_table()),
+                avail = format_args!("{:#x}", q.avail_ring()),
+                used = format_args!("{:#x}", q.used_ring()),
+                "popped"
+            );
+        }
+        chain
     }
 
     fn add_used(&mut self, used: &[(u16, u32)]) -> usize {
         let mem = self.mem.memory();
         let mut state = self.vring.get_mut();
         let q = state.get_queue_mut();
-        used.iter()
+        let rejected = used
+            .iter()
             .filter(|(h, l)| q.add_used(&*mem, *h, *l).is_err())
-            .count()
+            .count();
+        tracing::trace!(
+            ?used,
+            next_used = q.next_used(),
+            used_idx = ?q.used_idx(&*mem, std::sync::atomic::Ordering::Acquire).ok(),
+            "added used"
+        );
+        rejected
     }
 
     fn disable_notification(&mut self) -> Result<()> {
