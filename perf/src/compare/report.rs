@@ -259,6 +259,13 @@ pub fn grouped_bars(
         .configure_mesh()
         .disable_x_mesh()
         .y_desc(y_label)
+        .y_label_formatter(&|v| {
+            if max >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        })
         .x_labels(groups.len().max(1) * 2 + 1)
         .x_label_formatter(&|x| {
             let f = x - x.floor();

@@ -365,3 +365,104 @@ pub fn guest_scripts(
     host.push_str(&g.teardown);
     (host, guest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            repeat: 2,
+            duration_s: 5,
+            size_mib: 64,
+            cpus: 2,
+            memory_mib: 512,
+        }
+    }
+
+    fn paths() -> Paths {
+        Paths {
+            vmm: "/lab/bin/vmm".into(),
+            bin_dir: "/lab/bin".into(),
+            kernel: "/lab/vmlinuz".into(),
+            tools_initrd: "/lab/guest.cpio".into(),
+            boot_initrd: "/lab/guest-boot.cpio".into(),
+            work: "/tmp/vmm-perf".into(),
+            jobs_dir: "/lab/jobs".into(),
+        }
+    }
+
+    fn cells(tier: Tier) -> Vec<PlannedCell> {
+        Workload::builtin()
+            .into_iter()
+            .filter(|w| tier.runs(w.kind()))
+            .map(|workload| PlannedCell { tier, workload })
+            .collect()
+    }
+
+    #[test]
+    fn ids_round_trip() {
+        let id = run_id(Tier::VhostUserBlk, "randrw-70-30-4k-qd32", 3);
+        assert_eq!(
+            split_id(&id),
+            Some(("vhost-user-blk", "randrw-70-30-4k-qd32", 3))
+        );
+    }
+
+    #[test]
+    fn vhost_user_blk_scripts_use_the_cli_and_the_guest_disk() {
+        let (host, guest) = guest_scripts(
+            Tier::VhostUserBlk,
+            &cells(Tier::VhostUserBlk),
+            &settings(),
+            &paths(),
+        );
+        assert!(
+            host.contains("/lab/bin/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\"")
+        );
+        assert!(host.contains("--disk vhost_user=on,socket=\"$W/vub.sock\""));
+        assert_eq!(host.matches("measure vhost-user-blk.boot.").count(), 2);
+        assert!(host.contains("--initramfs /lab/guest.cpio --cpus 2 --memory 1024M"));
+        assert!(guest.contains("--filename=/dev/vda --size=64M --rw=randread --bs=4k --iodepth=32 --ioengine=libaio --direct=1 --runtime=5 --time_based"));
+        assert!(guest.contains("--rw=randrw --rwmixread=70"));
+        assert!(guest.contains("emit vhost-user-blk.read-128k.2 "));
+        assert!(!guest.contains("iperf3"));
+    }
+
+    #[test]
+    fn vfio_and_net_scripts() {
+        let (host, guest) = guest_scripts(
+            Tier::VfioNvme,
+            &cells(Tier::VfioNvme),
+            &settings(),
+            &paths(),
+        );
+        assert!(host.contains("echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override"));
+        assert!(host.contains("--device path=/sys/bus/pci/devices/$BDF"));
+        assert!(guest.contains("--filename=/dev/nvme0n1"));
+        let (host, guest) = guest_scripts(
+            Tier::VhostUserNet,
+            &cells(Tier::VhostUserNet),
+            &settings(),
+            &paths(),
+        );
+        assert!(host.contains("vhost-user-net --socket \"$W/vun.sock\" --tap vperf0"));
+        assert!(host.contains("--net vhost_user=on,socket="));
+        assert!(!guest.contains("iperf3 -c 10.99.0.2"));
+        assert!(guest.contains("iperf3 -c 10.99.0.1 -p 5301 -t 5 -J -R"));
+        assert!(guest.contains("-u -b 1G"));
+    }
+
+    #[test]
+    fn host_script_runs_native_cells_with_a_local_server() {
+        let mut c = cells(Tier::Native);
+        c.extend(cells(Tier::NativeNvme));
+        let s = host_script(&c, &settings(), &paths());
+        assert!(s.contains("dd if=/dev/zero of=\"$W/native.img\" bs=1M count=64"));
+        assert!(s.contains("--filename=\"$W/native.img\""));
+        assert!(s.contains("--direct=0"));
+        assert!(s.contains("--filename=$NVME"));
+        assert!(s.contains("iperf3 -s -1 -B 127.0.0.1 -p 5301"));
+        assert_eq!(s.matches("emit native.tcp-rx.").count(), 2);
+    }
+}
