@@ -329,5 +329,18 @@ fn report_and_csv_from_a_synthetic_result_set() {
         assert!(md.contains(svg), "report embeds {svg}");
     }
     let table = report::summary_table(&set);
-    assert!(table.contains("randread-4k-qd1") && table.contains("missing"));
+    assert!(table.contains("randread-4k-qd1"));
+    assert!(
+        table.contains("vhost-user-blk  MISSING: vhost-user-blk is not built (fake)"),
+        "{table}"
+    );
+    assert!(
+        md.contains("Not measured (tier missing, see Tiers): vhost-user-blk."),
+        "{md}"
+    );
+
+    // results.json round-trips, so a report can be re-rendered later (`vmm-perf report`).
+    let json = serde_json::to_string(&set).unwrap();
+    let back: results::ResultSet = serde_json::from_str(&json).unwrap();
+    assert_eq!(results::csv(&back), csv);
 }

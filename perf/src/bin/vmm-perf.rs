@@ -24,6 +24,11 @@ enum Cmd {
     Boot(BootArgs),
     /// Tier × workload comparison (native, vhost-user, VFIO, …): fio, iperf3, boot.
     Compare(CompareArgs),
+    /// Re-render report.md and results.csv of a `compare` results directory.
+    Report {
+        /// The results directory (`results/<timestamp>`).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Parser)]
@@ -153,6 +158,10 @@ fn main() {
         } => blk(args),
         Cmd::Boot(args) => boot(args),
         Cmd::Compare(args) => compare(args),
+        Cmd::Report { dir } => perf::compare::rerender(&dir).map(|set| {
+            println!("{}", perf::compare::report::summary_table(&set));
+            println!("report: {}/report.md", dir.display());
+        }),
     };
     if let Err(e) = result {
         eprintln!("vmm-perf: {e}");

@@ -18,7 +18,7 @@ mod run;
 pub mod script;
 
 pub use matrix::{Availability, Kind, Plan, PlannedCell, Probe, Tier, Workload};
-pub use run::{host_info, outcome, result_set, run, timestamp, Options};
+pub use run::{host_info, outcome, rerender, result_set, run, timestamp, Options};
 
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;

@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::matrix::{Kind, Tier};
-use super::results::{tier_order, CellSummary, ResultSet, Stat};
+use super::results::{tier_order, CellStatus, CellSummary, ResultSet, Stat};
 use crate::{io_err, Error, Result};
 
 fn fmt_stat(s: Option<Stat>, prec: usize) -> String {
@@ -90,7 +90,28 @@ pub fn write_report(dir: &Path, set: &ResultSet, host: &str) -> Result<()> {
             });
         let _ = writeln!(md, "| {t} | {status} |");
     }
-    let of_kind = |k: Kind| set.cells.iter().filter(move |c| c.kind == k);
+    let of_kind = |k: Kind| {
+        set.cells
+            .iter()
+            .filter(move |c| c.kind == k && !matches!(c.status, CellStatus::Missing(_)))
+    };
+    let missing_note = |k: Kind| {
+        let mut t: Vec<&str> = set
+            .cells
+            .iter()
+            .filter(|c| c.kind == k && matches!(c.status, CellStatus::Missing(_)))
+            .map(|c| c.tier.as_str())
+            .collect();
+        t.dedup();
+        if t.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\nNot measured (tier missing, see Tiers): {}.\n",
+                t.join(", ")
+            )
+        }
+    };
 
     if of_kind(Kind::Block).next().is_some() {
         md.push_str("\n## Block (fio)\n\nLatency is completion latency (clat) of the direction that moved the most data (read for the 70/30 mix).\n\n");
@@ -111,6 +132,7 @@ pub fn write_report(dir: &Path, set: &ResultSet, host: &str) -> Result<()> {
                 raw_links(c)
             );
         }
+        md.push_str(&missing_note(Kind::Block));
         md.push_str("\n![IOPS](iops.svg)\n\n![Bandwidth](bandwidth.svg)\n\n");
         chart_by_workload(
             dir,
@@ -156,6 +178,7 @@ pub fn write_report(dir: &Path, set: &ResultSet, host: &str) -> Result<()> {
                 raw_links(c)
             );
         }
+        md.push_str(&missing_note(Kind::Net));
         md.push_str("\n![Throughput](network.svg)\n");
         chart_by_workload(
             dir,
@@ -180,6 +203,7 @@ pub fn write_report(dir: &Path, set: &ResultSet, host: &str) -> Result<()> {
                 raw_links(c)
             );
         }
+        md.push_str(&missing_note(Kind::Boot));
         md.push_str("\n![Boot](boot.svg)\n");
         chart_by_workload(
             dir,
@@ -382,7 +406,11 @@ pub fn summary_table(set: &ResultSet) -> String {
         "{:<15} {:<22} {:>9} {:>26} {:>12} {:>12}\n",
         "tier", "workload", "status", "median [min-max]", "unit", "p99 µs"
     );
-    for c in &set.cells {
+    for c in set
+        .cells
+        .iter()
+        .filter(|c| !matches!(c.status, CellStatus::Missing(_)))
+    {
         let (metric, unit, prec) = match c.kind {
             Kind::Block => ("iops", "IOPS", 0),
             Kind::Net => ("gbit_s", "Gbit/s", 3),
@@ -402,6 +430,9 @@ pub fn summary_table(set: &ResultSet) -> String {
             unit,
             fmt_med(c.stat("clat_p99_us"), 1)
         );
+    }
+    for (t, r) in &set.missing_tiers {
+        let _ = writeln!(o, "{t:<15} MISSING: {r}");
     }
     o
 }

@@ -2,14 +2,14 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::fio::FioMetrics;
 use super::iperf::IperfMetrics;
 use super::matrix::{Kind, Tier};
 
 /// What one run measured.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Metrics {
     /// fio.
@@ -24,7 +24,7 @@ pub enum Metrics {
 }
 
 /// One run of one cell.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Tier name.
     pub tier: String,
@@ -39,7 +39,7 @@ pub struct RunRecord {
 }
 
 /// Median and spread of one metric over a cell's successful runs.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stat {
     /// Median.
     pub median: f64,
@@ -66,7 +66,7 @@ impl Stat {
 }
 
 /// State of a cell.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", content = "reason", rename_all = "lowercase")]
 pub enum CellStatus {
     /// At least one run succeeded (failed runs are listed in `failures`).
@@ -113,7 +113,7 @@ impl Metrics {
 }
 
 /// A cell: all runs of one tier × workload, summarised.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CellSummary {
     /// Tier name.
     pub tier: String,
@@ -213,7 +213,7 @@ impl CellSummary {
 }
 
 /// Everything `results.json` holds.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResultSet {
     /// `direct` or `lab`.
     pub mode: String,

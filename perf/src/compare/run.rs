@@ -186,7 +186,11 @@ impl State {
             Ok(_) => format!("{}.{}.{}: ok", r.tier, r.workload, r.rep),
             Err(e) => format!("{}.{}.{}: FAILED: {e}", r.tier, r.workload, r.rep),
         };
-        self.pb.println(line);
+        if self.pb.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.pb.println(line);
+        }
         self.pb.inc(1);
         self.records.push(r);
         if let Err(e) = self.write_results() {
@@ -426,7 +430,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<ResultSet> {
         if let Err(e) = res {
             let msg = e.to_string();
             let short: String = msg.lines().next().unwrap_or("").chars().take(200).collect();
-            st.pb.println(format!("group {}: {short}", g.name));
+            eprintln!("group {}: {short}", g.name);
             for c in &g.cells {
                 st.group_errors
                     .insert(c.tier.name().to_string(), short.clone());
@@ -449,6 +453,22 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<ResultSet> {
     )?;
     write(&dir.join("results.csv"), &super::results::csv(&set))?;
     report::write_report(&dir, &set, &host_paragraph(&host))?;
+    Ok(set)
+}
+
+/// Re-renders `report.md` and `results.csv` of a results directory from its `results.json`
+/// and `host.json` (e.g. after an interrupted run or a report format change).
+pub fn rerender(dir: &Path) -> Result<ResultSet> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).map_err(io_err(format!("read {}", p.display())))
+    };
+    let set: ResultSet = serde_json::from_str(&read("results.json")?)
+        .map_err(|e| Error::Report(format!("{}/results.json: {e}", dir.display())))?;
+    let host: serde_json::Value =
+        serde_json::from_str(&read("host.json").unwrap_or_default()).unwrap_or_default();
+    write(&dir.join("results.csv"), &super::results::csv(&set))?;
+    report::write_report(dir, &set, &host_paragraph(&host))?;
     Ok(set)
 }
 
@@ -710,4 +730,31 @@ fn run_group(
 
 fn lab_check() -> String {
     "echo; echo \"===JSON-BEGIN lab.check.1===\"; /lab/bin/vmm check --json > \"$W/check\" 2>/dev/null; base64 < \"$W/check\"; echo \"===JSON-END lab.check.1===\"\n".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_is_utc_and_file_name_safe() {
+        let t = timestamp();
+        assert_eq!(t.len(), "2026-11-25T12-00-54Z".len(), "{t}");
+        assert!(t.ends_with('Z') && !t.contains(':'), "{t}");
+        let year: i32 = t[..4].parse().expect("year");
+        assert!(year >= 2024, "{t}");
+    }
+
+    #[test]
+    fn host_side_tiers_share_one_group_and_guest_tiers_get_their_own() {
+        let plan = super::super::matrix::plan(
+            &[Tier::Native, Tier::VhostUserBlk, Tier::Vmm, Tier::VfioNvme],
+            &Workload::builtin(),
+            |_| super::super::Availability::Available,
+        );
+        let g = groups(&plan);
+        let names: Vec<&str> = g.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["host", "vhost-user-blk", "vfio-nvme"]);
+        assert_eq!(g[0].cells.len(), 11);
+    }
 }
