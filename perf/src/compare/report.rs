@@ -268,7 +268,9 @@ pub fn grouped_bars(
         .fold(0.0f64, |a, &b| a.max(b));
     let max = if max > 0.0 { max * 1.15 } else { 1.0 };
     let n_series = series.len().max(1);
-    let width = (160 + groups.len() * (30 + 22 * n_series)).clamp(640, 1600) as u32;
+    let longest = groups.iter().map(|g| g.chars().count()).max().unwrap_or(0);
+    let per_group = (30 + 22 * n_series).max(longest * 7 + 20);
+    let width = (160 + groups.len() * per_group).clamp(640, 2400) as u32;
     let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&root)
