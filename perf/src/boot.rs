@@ -76,9 +76,10 @@ pub fn measure_fn() -> String {
         r#"now() {{ cut -d' ' -f1 /proc/uptime; }}
 measure() {{
   name=$1; shift
-  rm -f /tmp/boot.fifo; mkfifo /tmp/boot.fifo
+  fifo=${{W:-/tmp}}/boot.fifo
+  rm -f "$fifo"; mkfifo "$fifo"
   t0=$(now)
-  "$@" > /tmp/boot.fifo 2>&1 &
+  "$@" > "$fifo" 2>&1 &
   pid=$!
   while IFS= read -r line; do
     case "$line" in *{MARKER}*)
@@ -87,7 +88,7 @@ measure() {{
       ram=$(awk '/^[0-9a-f]+-[0-9a-f]+ / {{ g = ($0 ~ /memfd:guest-ram/) }} g && /^Rss:/ {{ s += $2 }} END {{ print s + 0 }}' /proc/$pid/smaps)
       echo "BOOT-INIT name=$name t0=$t0 t=$t1 rss=$rss guestram=$ram";;
     esac
-  done < /tmp/boot.fifo
+  done < "$fifo"
   wait $pid; st=$?
   echo "BOOT-END name=$name t0=$t0 t=$(now) status=$st"
 }}

@@ -344,3 +344,82 @@ fn report_and_csv_from_a_synthetic_result_set() {
     let back: results::ResultSet = serde_json::from_str(&json).unwrap();
     assert_eq!(results::csv(&back), csv);
 }
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// End to end in direct mode on this host, native tier only (no guest, no lab): fio and
+/// iperf3 over loopback, a user fio job that fails, and a (fake) missing tier next to them.
+#[test]
+fn direct_native_run_end_to_end_with_a_missing_tier_and_a_failing_job() {
+    if !have("fio") || !have("iperf3") {
+        eprintln!("SKIP: fio/iperf3 not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("bad.fio");
+    std::fs::write(
+        &job,
+        "[bad]\nfilename=/proc/vmm-perf-nonexistent\nrw=randread\nbs=4k\nsize=${VMM_PERF_SIZE}\n",
+    )
+    .unwrap();
+    let mut workloads: Vec<Workload> = Workload::builtin()
+        .into_iter()
+        .filter(|w| ["randread-4k-qd1", "tcp-tx"].contains(&w.name()))
+        .collect();
+    workloads.push(Workload::FioJob {
+        name: "fio-job-bad".into(),
+        path: job,
+    });
+    let plan = matrix::plan(&[Tier::Native, Tier::VhostUserBlk], &workloads, avail_fake);
+    let out = dir.path().join("results");
+    let opts = perf::compare::Options {
+        mode: Mode::Direct,
+        plan,
+        settings: Settings {
+            repeat: 1,
+            duration_s: 1,
+            size_mib: 8,
+            cpus: 1,
+            memory_mib: 256,
+        },
+        vmm: "/nonexistent/vmm".into(),
+        bin_dir: "/nonexistent".into(),
+        out_dir: out.clone(),
+        host: serde_json::json!({ "mode": "direct" }),
+        progress: false,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = perf::compare::run(&opts, stop).expect("run");
+    let cell = |t: &str, w: &str| {
+        set.cells
+            .iter()
+            .find(|c| c.tier == t && c.workload == w)
+            .unwrap_or_else(|| panic!("no cell {t}/{w}"))
+    };
+    let rr = cell("native", "randread-4k-qd1");
+    assert_eq!(rr.status, CellStatus::Ok, "{rr:?}");
+    assert!(rr.stat("iops").is_some_and(|s| s.median > 0.0));
+    assert_eq!(rr.raw_files, ["raw/native.randread-4k-qd1.1.json"]);
+    assert!(out.join("raw/native.randread-4k-qd1.1.json").is_file());
+    let tcp = cell("native", "tcp-tx");
+    assert_eq!(tcp.status, CellStatus::Ok, "{tcp:?}");
+    let bad = cell("native", "fio-job-bad");
+    assert!(
+        matches!(&bad.status, CellStatus::Failed(r) if r.contains("No such file")),
+        "{bad:?}"
+    );
+    assert!(matches!(
+        &cell("vhost-user-blk", "randread-4k-qd1").status,
+        CellStatus::Missing(_)
+    ));
+    for f in ["results.json", "results.csv", "report.md", "host.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("raw/native.tcp-tx.1.json"));
+}

@@ -409,7 +409,16 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<ResultSet> {
     st.write_results()?;
     let tmp = tempfile::tempdir().map_err(io_err("temp dir"))?;
     let groups = groups(&opts.plan);
-    let images = if groups.is_empty() {
+    // Images (kernel, initramfs, lab) are needed for the lab and for any guest; a direct run of
+    // native cells only needs fio/iperf3 on this host.
+    let needs_images = !groups.is_empty()
+        && (opts.mode == Mode::Lab
+            || opts
+                .plan
+                .cells
+                .iter()
+                .any(|c| c.tier.is_guest() || c.workload.kind() == Kind::Boot));
+    let images = if !needs_images {
         None
     } else {
         Some(
@@ -422,10 +431,28 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<ResultSet> {
             st.interrupted = true;
             break;
         }
-        let Some(images) = images.as_ref() else { break };
-        let res = run_group(opts, g, images, tmp.path(), &mut st, &stop);
+        let res = run_group(opts, g, images.as_ref(), tmp.path(), &mut st, &stop);
         if stop.load(Ordering::SeqCst) {
             st.interrupted = true;
+        }
+        let unreported: Vec<&PlannedCell> = g
+            .cells
+            .iter()
+            .filter(|c| {
+                !st.records
+                    .iter()
+                    .any(|r| r.tier == c.tier.name() && r.workload == c.workload.name())
+            })
+            .collect();
+        if res.is_ok() && !unreported.is_empty() {
+            let why = format!(
+                "no result for this cell in the console output (see console-{}.log)",
+                g.name
+            );
+            for c in unreported {
+                st.group_errors
+                    .insert(c.tier.name().to_string(), why.clone());
+            }
         }
         if let Err(e) = res {
             let msg = e.to_string();
@@ -496,17 +523,21 @@ fn host_paragraph(h: &serde_json::Value) -> String {
 fn run_group(
     opts: &Options,
     g: &Group,
-    images: &lab::Images,
+    images: Option<&lab::Images>,
     tmp: &Path,
     st: &mut State,
     stop: &Arc<AtomicBool>,
 ) -> Result<()> {
     let s = &opts.settings;
     let boot_initrd = tmp.join("guest-boot.cpio");
-    if !boot_initrd.exists() {
-        lab::guest_initramfs(images, "true\n", false, lab::Cpio::new(), &boot_initrd)
-            .map_err(|e| Error::Backend(format!("guest initramfs: {e}")))?;
+    if let Some(images) = images {
+        if !boot_initrd.exists() {
+            lab::guest_initramfs(images, "true\n", false, lab::Cpio::new(), &boot_initrd)
+                .map_err(|e| Error::Backend(format!("guest initramfs: {e}")))?;
+        }
     }
+    let need_images =
+        || images.ok_or_else(|| Error::Backend("lab images were not prepared".into()));
     let jobs: Vec<(String, PathBuf)> = g
         .cells
         .iter()
@@ -518,7 +549,7 @@ fn run_group(
     let host_paths = Paths {
         vmm: opts.vmm.display().to_string(),
         bin_dir: opts.bin_dir.display().to_string(),
-        kernel: images.kernel.display().to_string(),
+        kernel: images.map_or(String::new(), |i| i.kernel.display().to_string()),
         tools_initrd: tmp
             .join(format!("guest-{}.cpio", g.name))
             .display()
@@ -542,7 +573,7 @@ fn run_group(
                 .map_err(|e| Error::Backend(format!("fio job {}: {e}", path.display())))?;
         }
         lab::guest_initramfs(
-            images,
+            need_images()?,
             &guest,
             true,
             extra,
@@ -597,7 +628,7 @@ fn run_group(
             } else {
                 boot_initrd.clone()
             };
-            let mut lab = lab::LabHost::new(images)
+            let mut lab = lab::LabHost::new(need_images()?)
                 .binary(&opts.vmm, "/lab/bin")
                 .with_guest(guest_initrd)
                 .file(&boot_initrd, "/lab/guest-boot.cpio")
