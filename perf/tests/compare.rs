@@ -313,7 +313,7 @@ fn report_and_csv_from_a_synthetic_result_set() {
         "{md}"
     );
     assert!(md.contains("[native.randread-4k-qd1.2.json](raw/native.randread-4k-qd1.2.json)"));
-    assert!(md.contains("**FAILED** 0/1: iperf3: unable to connect to server: Connection refused"));
+    assert!(md.contains("**FAILED** 0/3: iperf3: unable to connect to server: Connection refused"));
     assert!(md.contains("| vhost-user-blk | **missing**: vhost-user-blk is not built (fake) |"));
     assert!(md.contains("| vmm | 1.50 [1.50–1.50] |"), "{md}");
     for svg in [

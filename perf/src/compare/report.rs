@@ -53,10 +53,10 @@ fn raw_links(c: &CellSummary) -> String {
 
 fn status_cell(c: &CellSummary) -> String {
     match c.status_word() {
-        "ok" => format!("ok {}/{}", c.runs_ok, c.runs),
+        "ok" => format!("ok {}/{}", c.runs_ok, c.runs.max(c.planned)),
         w => {
             let r = c.reason().replace('|', "\\|").replace('\n', " ");
-            format!("**{w}** {}/{}: {r}", c.runs_ok, c.runs)
+            format!("**{w}** {}/{}: {r}", c.runs_ok, c.runs.max(c.planned))
         }
     }
 }

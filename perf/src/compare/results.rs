@@ -127,6 +127,9 @@ pub struct CellSummary {
     pub runs_ok: usize,
     /// Runs attempted.
     pub runs: usize,
+    /// Runs planned (`--repeat`); more than `runs` after an interruption.
+    #[serde(default)]
+    pub planned: usize,
     /// Metric name → median/min/max over successful runs.
     pub stats: Vec<(String, Stat)>,
     /// Raw files of every run (relative to the results directory).
@@ -178,6 +181,7 @@ impl CellSummary {
             status,
             runs_ok: ok.len(),
             runs: records.len(),
+            planned: records.len(),
             stats,
             raw_files: records.iter().filter_map(|r| r.raw_file.clone()).collect(),
             failures,
@@ -195,7 +199,7 @@ impl CellSummary {
     /// Status word for tables.
     pub fn status_word(&self) -> &'static str {
         match self.status {
-            CellStatus::Ok if self.runs_ok < self.runs => "partial",
+            CellStatus::Ok if self.runs_ok < self.runs.max(self.planned) => "partial",
             CellStatus::Ok => "ok",
             CellStatus::Failed(_) => "FAILED",
             CellStatus::Missing(_) => "missing",
@@ -206,6 +210,9 @@ impl CellSummary {
     /// The reason for a non-ok cell (first failure for partial cells).
     pub fn reason(&self) -> String {
         match &self.status {
+            CellStatus::Ok if self.failures.is_empty() && self.runs < self.planned => {
+                format!("{} of {} runs done (interrupted)", self.runs, self.planned)
+            }
             CellStatus::Ok => self.failures.first().cloned().unwrap_or_default(),
             CellStatus::Failed(r) | CellStatus::Missing(r) | CellStatus::Skipped(r) => r.clone(),
         }

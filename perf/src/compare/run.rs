@@ -322,7 +322,11 @@ pub fn result_set(
                 None => CellStatus::Skipped("not run yet".into()),
             },
         };
-        cells.push(CellSummary::build(t, w, c.workload.kind(), &recs, fallback));
+        let mut cell = CellSummary::build(t, w, c.workload.kind(), &recs, fallback);
+        if !matches!(cell.status, CellStatus::Missing(_)) {
+            cell.planned = settings.repeat;
+        }
+        cells.push(cell);
     }
     cells.sort_by_key(|c| {
         (
@@ -457,7 +461,9 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<ResultSet> {
         if let Err(e) = res {
             let msg = e.to_string();
             let short: String = msg.lines().next().unwrap_or("").chars().take(200).collect();
-            eprintln!("group {}: {short}", g.name);
+            if !st.interrupted {
+                eprintln!("group {}: {short}", g.name);
+            }
             for c in &g.cells {
                 st.group_errors
                     .insert(c.tier.name().to_string(), short.clone());
