@@ -223,6 +223,7 @@ fn settings() -> Settings {
         size_mib: 64,
         cpus: 2,
         memory_mib: 512,
+        queues: 1,
     }
 }
 
@@ -386,6 +387,7 @@ fn direct_native_run_end_to_end_with_a_missing_tier_and_a_failing_job() {
             size_mib: 8,
             cpus: 1,
             memory_mib: 256,
+            queues: 1,
         },
         vmm: "/nonexistent/vmm".into(),
         bin_dir: "/nonexistent".into(),

@@ -73,6 +73,9 @@ struct CompareArgs {
     /// Guest memory in MiB (I/O guests get at least 1024 for the fio/iperf3 initramfs).
     #[arg(long, default_value_t = 512)]
     memory_mib: u32,
+    /// Queues of the vhost-user-blk disk (backend and `--disk ...,queues=N`).
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
     /// Parent of the results directory (`<out>/<timestamp>/`).
     #[arg(long, default_value = "results")]
     out: PathBuf,
@@ -322,6 +325,7 @@ fn compare(a: CompareArgs) -> perf::Result<()> {
             size_mib: a.size_mib,
             cpus: a.cpus,
             memory_mib: a.memory_mib,
+            queues: a.queues,
         },
         host: compare::host_info(&vmm, mode),
         vmm,

@@ -23,6 +23,8 @@ pub struct Settings {
     pub cpus: u32,
     /// Guest memory, MiB.
     pub memory_mib: u32,
+    /// Queues of the vhost-user-blk disk (backend `--queues`, `--disk ...,queues=N`).
+    pub queues: u16,
 }
 
 /// Paths as seen where the script runs (host in direct mode, lab host in lab mode).
@@ -234,15 +236,16 @@ struct GuestTier {
 fn guest_tier(tier: Tier, s: &Settings, p: &Paths) -> GuestTier {
     let bin = &p.bin_dir;
     let size = s.size_mib;
+    let q = s.queues.max(1);
     match tier {
         Tier::VhostUserBlk => GuestTier {
             setup: format!("dd if=/dev/zero of=\"$W/vub.img\" bs=1M count={size} 2>/dev/null\n"),
             start: format!(
-                "rm -f \"$W/vub.sock\"; {bin}/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
+                "rm -f \"$W/vub.sock\"; {bin}/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues {q} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
                  n=0; while [ ! -S \"$W/vub.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n"
             ),
             stop: "kill $bpid 2>/dev/null; wait $bpid 2>/dev/null\n".into(),
-            vmm_args: "--disk vhost_user=on,socket=\"$W/vub.sock\"".into(),
+            vmm_args: format!("--disk vhost_user=on,socket=\"$W/vub.sock\",queues={q}"),
             guest_target: "/dev/vda".into(),
             teardown: String::new(),
         },
@@ -377,6 +380,7 @@ mod tests {
             size_mib: 64,
             cpus: 2,
             memory_mib: 512,
+            queues: 2,
         }
     }
 
@@ -418,9 +422,9 @@ mod tests {
             &paths(),
         );
         assert!(
-            host.contains("/lab/bin/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\"")
+            host.contains("/lab/bin/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues 2")
         );
-        assert!(host.contains("--disk vhost_user=on,socket=\"$W/vub.sock\""));
+        assert!(host.contains("--disk vhost_user=on,socket=\"$W/vub.sock\",queues=2"));
         assert_eq!(host.matches("measure vhost-user-blk.boot.").count(), 2);
         assert!(host.contains("--initramfs /lab/guest.cpio --cpus 2 --memory 1024M"));
         assert!(guest.contains("--filename=/dev/vda --size=64M --rw=randread --bs=4k --iodepth=32 --ioengine=libaio --direct=1 --runtime=5 --time_based"));
