@@ -421,9 +421,9 @@ mod tests {
             &settings(),
             &paths(),
         );
-        assert!(
-            host.contains("/lab/bin/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues 2")
-        );
+        assert!(host.contains(
+            "/lab/bin/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues 2"
+        ));
         assert!(host.contains("--disk vhost_user=on,socket=\"$W/vub.sock\",queues=2"));
         assert_eq!(host.matches("measure vhost-user-blk.boot.").count(), 2);
         assert!(host.contains("--initramfs /lab/guest.cpio --cpus 2 --memory 1024M"));
