@@ -68,18 +68,18 @@ pub struct BootSample {
 const MARKER: &str = "GUEST-BOOT-OK";
 const QEMU: &str = "qemu-system-x86_64";
 
-/// The measuring script: `vmm_bin`, `kernel` and `initrd` are paths where the
-/// script runs.
-pub fn script(b: &BootBench, vmm_bin: &str, kernel: &str, initrd: &str) -> String {
-    let (cpus, mem) = (b.cpus, b.memory_mib);
+/// The shell function `measure NAME CMD...` used by [`script`]: runs CMD with its console on a
+/// FIFO, prints `BOOT-INIT name=NAME t0= t= rss= guestram=` when the guest's init marker
+/// appears and `BOOT-END name=NAME t0= t= status=` when CMD exits ([`parse`] reads them).
+pub fn measure_fn() -> String {
     format!(
-        r#"set -u
-now() {{ cut -d' ' -f1 /proc/uptime; }}
+        r#"now() {{ cut -d' ' -f1 /proc/uptime; }}
 measure() {{
   name=$1; shift
-  rm -f /tmp/boot.fifo; mkfifo /tmp/boot.fifo
+  fifo=${{W:-/tmp}}/boot.fifo
+  rm -f "$fifo"; mkfifo "$fifo"
   t0=$(now)
-  "$@" > /tmp/boot.fifo 2>&1 &
+  "$@" > "$fifo" 2>&1 &
   pid=$!
   while IFS= read -r line; do
     case "$line" in *{MARKER}*)
@@ -88,18 +88,39 @@ measure() {{
       ram=$(awk '/^[0-9a-f]+-[0-9a-f]+ / {{ g = ($0 ~ /memfd:guest-ram/) }} g && /^Rss:/ {{ s += $2 }} END {{ print s + 0 }}' /proc/$pid/smaps)
       echo "BOOT-INIT name=$name t0=$t0 t=$t1 rss=$rss guestram=$ram";;
     esac
-  done < /tmp/boot.fifo
+  done < "$fifo"
   wait $pid; st=$?
   echo "BOOT-END name=$name t0=$t0 t=$(now) status=$st"
 }}
-i=0
-while [ $i -lt {repeat} ]; do
-  measure ours {vmm_bin} run --kernel {kernel} --initramfs {initrd} --cpus {cpus} --memory {mem}M --cmdline "console=ttyS0 panic=-1 quiet"
-  measure qemu {QEMU} -enable-kvm -cpu host -machine q35 -smp {cpus} -m {mem} -nic none -display none -monitor none -serial stdio -no-reboot -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet"
-  i=$((i+1))
-done
-"#,
-        repeat = b.repeat
+"#
+    )
+}
+
+/// Our VMM's boot command line (for `measure`).
+pub fn ours_cmd(b: &BootBench, vmm_bin: &str, kernel: &str, initrd: &str) -> String {
+    format!(
+        "{vmm_bin} run --kernel {kernel} --initramfs {initrd} --cpus {} --memory {}M --cmdline \"console=ttyS0 panic=-1 quiet\"",
+        b.cpus, b.memory_mib
+    )
+}
+
+/// QEMU's boot command line with the same kernel, initramfs, vCPUs and memory.
+pub fn qemu_cmd(b: &BootBench, kernel: &str, initrd: &str) -> String {
+    format!(
+        "{QEMU} -enable-kvm -cpu host -machine q35 -smp {} -m {} -nic none -display none -monitor none -serial stdio -no-reboot -kernel {kernel} -initrd {initrd} -append \"console=ttyS0 panic=-1 quiet\"",
+        b.cpus, b.memory_mib
+    )
+}
+
+/// The measuring script: `vmm_bin`, `kernel` and `initrd` are paths where the
+/// script runs.
+pub fn script(b: &BootBench, vmm_bin: &str, kernel: &str, initrd: &str) -> String {
+    format!(
+        "set -u\n{}i=0\nwhile [ $i -lt {} ]; do\n  measure ours {}\n  measure qemu {}\n  i=$((i+1))\ndone\n",
+        measure_fn(),
+        b.repeat,
+        ours_cmd(b, vmm_bin, kernel, initrd),
+        qemu_cmd(b, kernel, initrd)
     )
 }
 

@@ -4,6 +4,7 @@
 
 pub mod blk;
 pub mod boot;
+pub mod compare;
 
 /// Errors of the `perf` crate.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,12 @@ pub enum Error {
     /// Starting or talking to a backend process failed.
     #[error("backend {0}")]
     Backend(String),
+    /// Writing the report or a chart failed.
+    #[error("report: {0}")]
+    Report(String),
+    /// The command line asked for something impossible.
+    #[error("{0}")]
+    Usage(String),
     /// File or process I/O failed.
     #[error("{context}: {source}")]
     Io {

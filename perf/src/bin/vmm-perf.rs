@@ -22,6 +22,69 @@ enum Cmd {
     },
     /// Guest boot-to-init time and VMM memory: ours vs QEMU, same run.
     Boot(BootArgs),
+    /// Tier × workload comparison (native, vhost-user, VFIO, …): fio, iperf3, boot.
+    Compare(CompareArgs),
+    /// Re-render report.md and results.csv of a `compare` results directory.
+    Report {
+        /// The results directory (`results/<timestamp>`).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Parser)]
+struct CompareArgs {
+    /// Tiers, comma-separated (default: all). Known: native, native-nvme, vmm, qemu,
+    /// vhost-user-blk, vfio-nvme, vhost-user-net, emulated, virtio-in-vmm.
+    #[arg(long, value_delimiter = ',')]
+    tiers: Vec<String>,
+    /// Workloads, comma-separated (default: all built-in). Known: randread-4k-qd1,
+    /// randread-4k-qd32, randwrite-4k-qd1, randwrite-4k-qd32, read-128k, write-128k,
+    /// randrw-70-30-4k-qd32, tcp-tx, tcp-rx, udp, boot; or a group: block, net.
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Runs per cell (median and min/max are reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Seconds per fio/iperf3 run.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// fio file/region size in MiB.
+    #[arg(long, default_value_t = 64)]
+    size_mib: u64,
+    /// An extra fio job file (repeatable); it may use ${VMM_PERF_FILE}, ${VMM_PERF_SIZE} and
+    /// ${VMM_PERF_RUNTIME}.
+    #[arg(long)]
+    fio_job: Vec<PathBuf>,
+    /// An extra iperf3 workload with these client arguments (e.g. "-P 4 -l 64k").
+    #[arg(long, allow_hyphen_values = true)]
+    iperf_args: Option<String>,
+    /// direct or lab (default: direct if `vmm check` exits 0, else lab).
+    #[arg(long)]
+    mode: Option<String>,
+    /// Our `vmm` binary (default: next to this binary).
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+    /// Directory of the backend binaries (default: the vmm binary's directory).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Guest vCPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Guest memory in MiB (I/O guests get at least 1024 for the fio/iperf3 initramfs).
+    #[arg(long, default_value_t = 512)]
+    memory_mib: u32,
+    /// Queues of the vhost-user-blk disk (backend and `--disk ...,queues=N`).
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    /// Parent of the results directory (`<out>/<timestamp>/`).
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Print the plan (cells and missing tiers) and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Parser)]
@@ -90,17 +153,193 @@ struct BlkArgs {
 }
 
 fn main() {
+    init_tracing();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Backend {
             which: BackendCmd::Blk(args),
         } => blk(args),
         Cmd::Boot(args) => boot(args),
+        Cmd::Compare(args) => compare(args),
+        Cmd::Report { dir } => perf::compare::rerender(&dir).map(|set| {
+            println!("{}", perf::compare::report::summary_table(&set));
+            println!("report: {}/report.md", dir.display());
+        }),
     };
     if let Err(e) = result {
         eprintln!("vmm-perf: {e}");
         std::process::exit(1);
     }
+}
+
+/// Logs to stderr (`RUST_LOG`, default warn) and taps the lab console for `compare`.
+fn init_tracing() {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{filter, fmt, EnvFilter};
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let tap = filter::Targets::new().with_target("lab::console", tracing::Level::DEBUG);
+    let _ = tracing_subscriber::registry()
+        .with(fmt::layer().with_writer(std::io::stderr).with_filter(env))
+        .with(perf::compare::ConsoleTap.with_filter(tap))
+        .try_init();
+}
+
+fn parse_mode(mode: Option<&str>, vmm: &std::path::Path) -> perf::Result<perf::boot::Mode> {
+    use perf::boot::{self, Mode};
+    match mode {
+        None => Ok(boot::detect_mode(vmm)),
+        Some("direct") => Ok(Mode::Direct),
+        Some("lab") => Ok(Mode::Lab),
+        Some(other) => Err(perf::Error::Usage(format!(
+            "--mode {other}: expected direct or lab"
+        ))),
+    }
+}
+
+fn compare(a: CompareArgs) -> perf::Result<()> {
+    use perf::compare::{self, matrix, script::Settings, Tier, Workload};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let vmm = a.vmm.clone().unwrap_or_else(|| sibling_binary("vmm"));
+    let bin_dir = a.bin_dir.clone().unwrap_or_else(|| {
+        vmm.parent()
+            .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+    });
+    let mode = parse_mode(a.mode.as_deref(), &vmm)?;
+    let tiers: Vec<Tier> = if a.tiers.is_empty() {
+        Tier::ALL.to_vec()
+    } else {
+        a.tiers
+            .iter()
+            .map(|t| {
+                Tier::from_name(t).ok_or_else(|| perf::Error::Usage(format!("unknown tier {t:?}")))
+            })
+            .collect::<perf::Result<_>>()?
+    };
+    let builtin = Workload::builtin();
+    let mut workloads: Vec<Workload> = if a.workloads.is_empty() {
+        builtin.clone()
+    } else {
+        let mut v = Vec::new();
+        for w in &a.workloads {
+            let picked: Vec<Workload> = match w.as_str() {
+                "block" => builtin
+                    .iter()
+                    .filter(|x| x.kind() == compare::Kind::Block)
+                    .cloned()
+                    .collect(),
+                "net" => builtin
+                    .iter()
+                    .filter(|x| x.kind() == compare::Kind::Net)
+                    .cloned()
+                    .collect(),
+                name => builtin
+                    .iter()
+                    .filter(|x| x.name() == name)
+                    .cloned()
+                    .collect(),
+            };
+            if picked.is_empty() {
+                return Err(perf::Error::Usage(format!("unknown workload {w:?}")));
+            }
+            v.extend(picked);
+        }
+        v
+    };
+    for job in &a.fio_job {
+        if !job.is_file() {
+            return Err(perf::Error::Usage(format!(
+                "--fio-job {}: no such file",
+                job.display()
+            )));
+        }
+        let stem: String = job
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        workloads.push(Workload::FioJob {
+            name: format!("fio-job-{stem}"),
+            path: job.clone(),
+        });
+    }
+    if let Some(args) = &a.iperf_args {
+        if args.contains(['\'', '"', ';', '&', '|', '$', '`', '<', '>']) {
+            return Err(perf::Error::Usage(
+                "--iperf-args: shell metacharacters are not allowed".into(),
+            ));
+        }
+        workloads.push(Workload::Iperf {
+            name: "iperf-custom".into(),
+            args: args.clone(),
+        });
+    }
+    if a.repeat == 0 || a.duration == 0 {
+        return Err(perf::Error::Usage(
+            "--repeat and --duration must be at least 1".into(),
+        ));
+    }
+    let probe = matrix::Probe::run(&vmm, &bin_dir, mode == perf::boot::Mode::Lab);
+    let plan = matrix::plan(&tiers, &workloads, |t| probe.availability(t));
+    eprintln!(
+        "compare: {mode:?} mode, {} cells x {} runs, {} s each",
+        plan.cells.len(),
+        a.repeat,
+        a.duration
+    );
+    for (t, r) in &plan.missing {
+        eprintln!("  tier {:<15} MISSING: {r}", t.name());
+    }
+    if a.dry_run {
+        for c in &plan.cells {
+            println!("{:<15} {}", c.tier.name(), c.workload.name());
+        }
+        return Ok(());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: stopping, keeping the cells measured so far (Ctrl-C again to quit at once)");
+        })
+        .map_err(|e| perf::Error::Backend(format!("Ctrl-C handler: {e}")))?;
+    }
+    let out_dir = a.out.join(compare::timestamp());
+    let opts = compare::Options {
+        mode,
+        plan,
+        settings: Settings {
+            repeat: a.repeat,
+            duration_s: a.duration,
+            size_mib: a.size_mib,
+            cpus: a.cpus,
+            memory_mib: a.memory_mib,
+            queues: a.queues,
+        },
+        host: compare::host_info(&vmm, mode),
+        vmm,
+        bin_dir,
+        out_dir: out_dir.clone(),
+        progress: !a.no_progress,
+    };
+    let set = compare::run(&opts, stop.clone())?;
+    println!("{}", compare::report::summary_table(&set));
+    println!("results: {}/report.md", out_dir.display());
+    if stop.load(Ordering::SeqCst) {
+        std::process::exit(130);
+    }
+    Ok(())
 }
 
 fn sibling_binary(name: &str) -> PathBuf {

@@ -1,0 +1,294 @@
+//! Results: one record per run, cells summarised as median and spread, written as JSON and CSV.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::fio::FioMetrics;
+use super::iperf::IperfMetrics;
+use super::matrix::{Kind, Tier};
+
+/// What one run measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Metrics {
+    /// fio.
+    Fio(FioMetrics),
+    /// iperf3.
+    Iperf(IperfMetrics),
+    /// Boot: seconds from VMM start to the guest's init.
+    Boot {
+        /// Boot-to-init, s.
+        to_init_s: f64,
+    },
+}
+
+/// One run of one cell.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Tier name.
+    pub tier: String,
+    /// Workload name.
+    pub workload: String,
+    /// Repetition, from 1.
+    pub rep: usize,
+    /// Raw output file, relative to the results directory.
+    pub raw_file: Option<String>,
+    /// Metrics, or the reason the run failed.
+    pub outcome: Result<Metrics, String>,
+}
+
+/// Median and spread of one metric over a cell's successful runs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    /// Median.
+    pub median: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Stat {
+    /// The statistic of the finite values, if any.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Stat> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(Stat {
+            median: crate::boot::median(v.clone())?,
+            min: v[0],
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+/// State of a cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "reason", rename_all = "lowercase")]
+pub enum CellStatus {
+    /// At least one run succeeded (failed runs are listed in `failures`).
+    Ok,
+    /// Every run failed; the first reason.
+    Failed(String),
+    /// The tier is not available here.
+    Missing(String),
+    /// Not run (interrupted, or the tier's run ended early).
+    Skipped(String),
+}
+
+/// Metric names, in CSV/report order, with units.
+pub const METRICS: [(&str, &str); 10] = [
+    ("iops", "IOPS"),
+    ("bw_mib_s", "MiB/s"),
+    ("clat_p50_us", "µs"),
+    ("clat_p99_us", "µs"),
+    ("clat_p999_us", "µs"),
+    ("gbit_s", "Gbit/s"),
+    ("retransmits", "count"),
+    ("jitter_ms", "ms"),
+    ("lost_percent", "%"),
+    ("boot_to_init_s", "s"),
+];
+
+impl Metrics {
+    /// The value of a metric named in [`METRICS`], if this run has it.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        match (self, name) {
+            (Metrics::Fio(f), "iops") => Some(f.iops),
+            (Metrics::Fio(f), "bw_mib_s") => Some(f.bw_mib_s),
+            (Metrics::Fio(f), "clat_p50_us") => f.clat_p50_us,
+            (Metrics::Fio(f), "clat_p99_us") => f.clat_p99_us,
+            (Metrics::Fio(f), "clat_p999_us") => f.clat_p999_us,
+            (Metrics::Iperf(i), "gbit_s") => Some(i.gbit_s),
+            (Metrics::Iperf(i), "retransmits") => i.retransmits.map(|v| v as f64),
+            (Metrics::Iperf(i), "jitter_ms") => i.jitter_ms,
+            (Metrics::Iperf(i), "lost_percent") => i.lost_percent,
+            (Metrics::Boot { to_init_s }, "boot_to_init_s") => Some(*to_init_s),
+            _ => None,
+        }
+    }
+}
+
+/// A cell: all runs of one tier × workload, summarised.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CellSummary {
+    /// Tier name.
+    pub tier: String,
+    /// Workload name.
+    pub workload: String,
+    /// Workload kind.
+    pub kind: Kind,
+    /// State.
+    pub status: CellStatus,
+    /// Runs that succeeded / runs attempted.
+    pub runs_ok: usize,
+    /// Runs attempted.
+    pub runs: usize,
+    /// Runs planned (`--repeat`); more than `runs` after an interruption.
+    #[serde(default)]
+    pub planned: usize,
+    /// Metric name → median/min/max over successful runs.
+    pub stats: Vec<(String, Stat)>,
+    /// Raw files of every run (relative to the results directory).
+    pub raw_files: Vec<String>,
+    /// Reasons of failed runs (`rep N: reason`).
+    pub failures: Vec<String>,
+}
+
+impl CellSummary {
+    /// Summarises `records` of the cell (tier, workload); `fallback` is the status when there
+    /// is no record at all.
+    pub fn build(
+        tier: &str,
+        workload: &str,
+        kind: Kind,
+        records: &[&RunRecord],
+        fallback: CellStatus,
+    ) -> CellSummary {
+        let ok: Vec<&Metrics> = records
+            .iter()
+            .filter_map(|r| r.outcome.as_ref().ok())
+            .collect();
+        let failures: Vec<String> = records
+            .iter()
+            .filter_map(|r| {
+                r.outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("rep {}: {e}", r.rep))
+            })
+            .collect();
+        let status = if !ok.is_empty() {
+            CellStatus::Ok
+        } else if let Some(r) = records.iter().find_map(|r| r.outcome.as_ref().err()) {
+            CellStatus::Failed(r.clone())
+        } else {
+            fallback
+        };
+        let stats = METRICS
+            .iter()
+            .filter_map(|(m, _)| {
+                Stat::of(ok.iter().filter_map(|x| x.get(m))).map(|s| (m.to_string(), s))
+            })
+            .collect();
+        CellSummary {
+            tier: tier.into(),
+            workload: workload.into(),
+            kind,
+            status,
+            runs_ok: ok.len(),
+            runs: records.len(),
+            planned: records.len(),
+            stats,
+            raw_files: records.iter().filter_map(|r| r.raw_file.clone()).collect(),
+            failures,
+        }
+    }
+
+    /// The statistic of a metric.
+    pub fn stat(&self, metric: &str) -> Option<Stat> {
+        self.stats
+            .iter()
+            .find(|(m, _)| m == metric)
+            .map(|(_, s)| *s)
+    }
+
+    /// Status word for tables.
+    pub fn status_word(&self) -> &'static str {
+        match self.status {
+            CellStatus::Ok if self.runs_ok < self.runs.max(self.planned) => "partial",
+            CellStatus::Ok => "ok",
+            CellStatus::Failed(_) => "FAILED",
+            CellStatus::Missing(_) => "missing",
+            CellStatus::Skipped(_) => "skipped",
+        }
+    }
+
+    /// The reason for a non-ok cell (first failure for partial cells).
+    pub fn reason(&self) -> String {
+        match &self.status {
+            CellStatus::Ok if self.failures.is_empty() && self.runs < self.planned => {
+                format!("{} of {} runs done (interrupted)", self.runs, self.planned)
+            }
+            CellStatus::Ok => self.failures.first().cloned().unwrap_or_default(),
+            CellStatus::Failed(r) | CellStatus::Missing(r) | CellStatus::Skipped(r) => r.clone(),
+        }
+    }
+}
+
+/// Everything `results.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResultSet {
+    /// `direct` or `lab`.
+    pub mode: String,
+    /// Repetitions per cell.
+    pub repeat: usize,
+    /// Seconds per fio/iperf3 run.
+    pub duration_s: u64,
+    /// fio file size, MiB.
+    pub size_mib: u64,
+    /// Tiers that cannot run here, with the reason.
+    pub missing_tiers: Vec<(String, String)>,
+    /// Cell summaries in matrix order.
+    pub cells: Vec<CellSummary>,
+    /// Every run.
+    pub runs: Vec<RunRecord>,
+    /// True if the run was interrupted (Ctrl-C).
+    pub interrupted: bool,
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `results.csv`: one row per cell; median/min/max for every metric; the raw files.
+pub fn csv(set: &ResultSet) -> String {
+    let mut out = String::from("tier,workload,kind,status,reason,runs_ok,runs");
+    for (m, _) in METRICS {
+        let _ = write!(out, ",{m}_median,{m}_min,{m}_max");
+    }
+    out.push_str(",raw_files\n");
+    for c in &set.cells {
+        let kind = match c.kind {
+            Kind::Block => "block",
+            Kind::Net => "net",
+            Kind::Boot => "boot",
+        };
+        let _ = write!(
+            out,
+            "{},{},{},{},{},{},{}",
+            csv_field(&c.tier),
+            csv_field(&c.workload),
+            kind,
+            c.status_word(),
+            csv_field(&c.reason()),
+            c.runs_ok,
+            c.runs
+        );
+        for (m, _) in METRICS {
+            match c.stat(m) {
+                Some(s) => {
+                    let _ = write!(out, ",{},{},{}", s.median, s.min, s.max);
+                }
+                None => out.push_str(",,,"),
+            }
+        }
+        let _ = writeln!(out, ",{}", csv_field(&c.raw_files.join(";")));
+    }
+    out
+}
+
+/// Tier names of a set, in [`Tier::ALL`] order, then unknown names.
+pub fn tier_order(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = names.into_iter().collect();
+    v.sort_by_key(|n| Tier::from_name(n).map_or(usize::MAX, |t| t as usize));
+    v.dedup();
+    v
+}

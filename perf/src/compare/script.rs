@@ -1,0 +1,472 @@
+//! Generation of the shell scripts that run a tier's cells, directly or inside the lab host.
+//!
+//! Every run prints `===CELL-BEGIN id===` and its raw output base64-encoded between
+//! `===JSON-BEGIN id===` and `===JSON-END id===` (see [`super::collect`]); boot runs use
+//! [`crate::boot::measure_fn`]. Run ids are `tier.workload.rep`.
+
+use std::fmt::Write as _;
+
+use crate::boot::{self, BootBench};
+
+use super::matrix::{PlannedCell, Tier, Workload};
+
+/// Sizes and counts of a comparison.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Runs per cell.
+    pub repeat: usize,
+    /// Seconds per fio/iperf3 run.
+    pub duration_s: u64,
+    /// fio file/region size, MiB.
+    pub size_mib: u64,
+    /// Guest vCPUs.
+    pub cpus: u32,
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+    /// Queues of the vhost-user-blk disk (backend `--queues`, `--disk ...,queues=N`).
+    pub queues: u16,
+}
+
+/// Paths as seen where the script runs (host in direct mode, lab host in lab mode).
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// Our VMM.
+    pub vmm: String,
+    /// Directory with `vhost-user-blk` / `vhost-user-net`.
+    pub bin_dir: String,
+    /// Guest kernel.
+    pub kernel: String,
+    /// Guest initramfs with fio/iperf3 and the tier's guest script.
+    pub tools_initrd: String,
+    /// Guest initramfs that only boots and powers off.
+    pub boot_initrd: String,
+    /// Scratch directory (created).
+    pub work: String,
+    /// Directory holding the user's fio job files (`<name>.fio`).
+    pub jobs_dir: String,
+}
+
+/// The run id of a cell's repetition.
+pub fn run_id(tier: Tier, workload: &str, rep: usize) -> String {
+    format!("{}.{workload}.{rep}", tier.name())
+}
+
+/// Splits a run id into (tier, workload, rep).
+pub fn split_id(id: &str) -> Option<(&str, &str, usize)> {
+    let (tier, rest) = id.split_once('.')?;
+    let (workload, rep) = rest.rsplit_once('.')?;
+    Some((tier, workload, rep.parse().ok()?))
+}
+
+/// Shell-quotes `s` (single quotes).
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Port of the iperf3 server (away from the default 5201 other users may hold).
+pub const IPERF_PORT: u16 = 5301;
+/// Lab-internal addresses of the vhost-user-net TAP (lab host side) and the guest. The lab has
+/// no NIC to the outside (`-nic none`), so this traffic never leaves the lab VM.
+pub const NET_HOST_ADDR: &str = "10.99.0.1";
+/// The guest's address on the vhost-user-net link.
+pub const NET_GUEST_ADDR: &str = "10.99.0.2";
+
+fn prelude(work: &str) -> String {
+    format!(
+        r#"set -u
+W={work}
+mkdir -p "$W"
+cell() {{ echo; echo "===CELL-BEGIN $1==="; }}
+emit() {{ echo; echo "===JSON-BEGIN $1==="; if [ -s "$2" ]; then base64 < "$2"; fi; echo "===JSON-END $1==="; rm -f "$2"; }}
+"#
+    )
+}
+
+/// Where a run's I/O goes.
+struct Target<'a> {
+    /// fio file or block device.
+    path: &'a str,
+    /// fio `--direct`.
+    direct: bool,
+    /// iperf3 server address.
+    server: &'a str,
+    /// Start a one-off iperf3 server next to the client.
+    local_server: bool,
+    /// Directory of the user's fio job files.
+    jobs_dir: &'a str,
+}
+
+/// The commands of one fio/iperf3 run writing its raw output to `$W/out` and emitting it.
+fn io_run(id: &str, w: &Workload, s: &Settings, t: &Target) -> String {
+    let (target, direct, server, local_server, jobs_dir) =
+        (t.path, t.direct, t.server, t.local_server, t.jobs_dir);
+    let (dur, size) = (s.duration_s, s.size_mib);
+    let mut o = format!("cell {id}\nrm -f \"$W/out\" \"$W/err\"\n");
+    match w {
+        Workload::Fio {
+            name,
+            rw,
+            bs,
+            iodepth,
+            rwmixread,
+        } => {
+            let mix = rwmixread.map_or(String::new(), |m| format!(" --rwmixread={m}"));
+            let _ = writeln!(
+                o,
+                "fio --name={name} --filename={target} --size={size}M --rw={rw}{mix} --bs={bs} --iodepth={iodepth} --ioengine=libaio --direct={} --runtime={dur} --time_based --randrepeat=0 --eta=never --output-format=json --output=\"$W/out\" > /dev/null 2> \"$W/err\"",
+                u8::from(direct)
+            );
+        }
+        Workload::FioJob { name, .. } => {
+            let _ = writeln!(
+                o,
+                "VMM_PERF_FILE={target} VMM_PERF_SIZE={size}M VMM_PERF_RUNTIME={dur} fio {jobs_dir}/{name}.fio --eta=never --output-format=json --output=\"$W/out\" > /dev/null 2> \"$W/err\""
+            );
+        }
+        Workload::Iperf { args, .. } => {
+            if local_server {
+                let _ = writeln!(
+                    o,
+                    "iperf3 -s -1 -B {server} -p {IPERF_PORT} > /dev/null 2>&1 & spid=$!\nsleep 1"
+                );
+            }
+            let _ = writeln!(
+                o,
+                "iperf3 -c {server} -p {IPERF_PORT} -t {dur} -J {args} > \"$W/out\" 2> \"$W/err\""
+            );
+            if local_server {
+                o.push_str("kill $spid 2>/dev/null; wait $spid 2>/dev/null\n");
+            }
+        }
+        Workload::Boot => return String::new(),
+    }
+    o.push_str("[ -s \"$W/out\" ] || cp \"$W/err\" \"$W/out\"\n");
+    let _ = writeln!(o, "emit {id} \"$W/out\"");
+    o
+}
+
+fn boot_bench(s: &Settings) -> BootBench {
+    BootBench {
+        vmm: Default::default(),
+        repeat: s.repeat,
+        cpus: s.cpus,
+        memory_mib: s.memory_mib,
+        mode: boot::Mode::Lab,
+    }
+}
+
+/// The script for the host-side tiers (`native`, `native-nvme`, `vmm`, `qemu`): fio against a
+/// file in the scratch directory / the first NVMe namespace, iperf3 over loopback, boots.
+pub fn host_script(cells: &[PlannedCell], s: &Settings, p: &Paths) -> String {
+    let mut o = prelude(&p.work);
+    o.push_str(&boot::measure_fn());
+    let size = s.size_mib;
+    if cells
+        .iter()
+        .any(|c| c.tier == Tier::Native && c.workload.kind() == super::Kind::Block)
+    {
+        let _ = writeln!(
+            o,
+            "dd if=/dev/zero of=\"$W/native.img\" bs=1M count={size} 2>/dev/null"
+        );
+    }
+    if cells.iter().any(|c| c.tier == Tier::NativeNvme) {
+        o.push_str("NVME=$(ls /dev/nvme*n1 2>/dev/null | head -n1); NVME=${NVME:-/dev/nvme0n1}\n");
+    }
+    let bb = boot_bench(s);
+    for rep in 1..=s.repeat {
+        for c in cells {
+            let id = run_id(c.tier, c.workload.name(), rep);
+            match (c.tier, &c.workload) {
+                (Tier::Vmm, Workload::Boot) => {
+                    let _ = writeln!(
+                        o,
+                        "cell {id}\nmeasure {id} {}",
+                        boot::ours_cmd(&bb, &p.vmm, &p.kernel, &p.boot_initrd)
+                    );
+                }
+                (Tier::Qemu, Workload::Boot) => {
+                    let _ = writeln!(
+                        o,
+                        "cell {id}\nmeasure {id} {}",
+                        boot::qemu_cmd(&bb, &p.kernel, &p.boot_initrd)
+                    );
+                }
+                (Tier::Native, w) => o.push_str(&io_run(
+                    &id,
+                    w,
+                    s,
+                    &Target {
+                        path: "\"$W/native.img\"",
+                        direct: false,
+                        server: "127.0.0.1",
+                        local_server: true,
+                        jobs_dir: &p.jobs_dir,
+                    },
+                )),
+                (Tier::NativeNvme, w) => o.push_str(&io_run(
+                    &id,
+                    w,
+                    s,
+                    &Target {
+                        path: "$NVME",
+                        direct: true,
+                        server: "",
+                        local_server: false,
+                        jobs_dir: &p.jobs_dir,
+                    },
+                )),
+                _ => {}
+            }
+        }
+    }
+    o
+}
+
+/// Device arguments and backend set-up of a guest tier (lab host side).
+struct GuestTier {
+    setup: String,
+    start: String,
+    stop: String,
+    vmm_args: String,
+    guest_target: String,
+    teardown: String,
+}
+
+fn guest_tier(tier: Tier, s: &Settings, p: &Paths) -> GuestTier {
+    let bin = &p.bin_dir;
+    let size = s.size_mib;
+    let q = s.queues.max(1);
+    match tier {
+        Tier::VhostUserBlk => GuestTier {
+            setup: format!("dd if=/dev/zero of=\"$W/vub.img\" bs=1M count={size} 2>/dev/null\n"),
+            start: format!(
+                "rm -f \"$W/vub.sock\"; {bin}/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues {q} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
+                 n=0; while [ ! -S \"$W/vub.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n"
+            ),
+            stop: "kill $bpid 2>/dev/null; wait $bpid 2>/dev/null\n".into(),
+            vmm_args: format!("--disk vhost_user=on,socket=\"$W/vub.sock\",queues={q}"),
+            guest_target: "/dev/vda".into(),
+            teardown: String::new(),
+        },
+        Tier::VfioNvme => GuestTier {
+            setup: "BDF=$(basename \"$(readlink -f /sys/class/nvme/nvme0/device)\")\n\
+                    echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override\n\
+                    echo $BDF > /sys/bus/pci/devices/$BDF/driver/unbind\n\
+                    echo $BDF > /sys/bus/pci/drivers_probe\n"
+                .into(),
+            start: String::new(),
+            stop: String::new(),
+            vmm_args: "--device path=/sys/bus/pci/devices/$BDF".into(),
+            guest_target: "/dev/nvme0n1".into(),
+            teardown: String::new(),
+        },
+        Tier::VhostUserNet => GuestTier {
+            setup: String::new(),
+            start: format!(
+                "rm -f \"$W/vun.sock\"; {bin}/vhost-user-net --socket \"$W/vun.sock\" --tap vperf0 >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
+                 n=0; while [ ! -S \"$W/vun.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n\
+                 ip addr add {NET_HOST_ADDR}/24 dev vperf0 2>/dev/null; ip link set vperf0 up\n\
+                 iperf3 -s -B {NET_HOST_ADDR} -p {IPERF_PORT} > /dev/null 2>&1 & spid=$!\n"
+            ),
+            stop: "kill $spid $bpid 2>/dev/null; wait $spid $bpid 2>/dev/null\n".into(),
+            vmm_args: "--net vhost_user=on,socket=\"$W/vun.sock\"".into(),
+            guest_target: String::new(),
+            teardown: String::new(),
+        },
+        _ => GuestTier {
+            setup: String::new(),
+            start: String::new(),
+            stop: String::new(),
+            vmm_args: String::new(),
+            guest_target: String::new(),
+            teardown: String::new(),
+        },
+    }
+}
+
+/// The scripts of a guest tier: (host side, guest `/test.sh`). The host side boots the guest
+/// `repeat` times for the boot cells, then once with fio/iperf3 for the I/O cells, which the
+/// guest runs and reports on its console (passed through the VMM's stdout).
+pub fn guest_scripts(
+    tier: Tier,
+    cells: &[PlannedCell],
+    s: &Settings,
+    p: &Paths,
+) -> (String, String) {
+    let g = guest_tier(tier, s, p);
+    let bb = boot_bench(s);
+    let mut host = prelude(&p.work);
+    host.push_str(&boot::measure_fn());
+    host.push_str(&g.setup);
+    for rep in 1..=s.repeat {
+        if cells.iter().any(|c| c.workload == Workload::Boot) {
+            let id = run_id(tier, "boot", rep);
+            let _ = writeln!(
+                host,
+                "{}cell {id}\nmeasure {id} {} {}\n{}",
+                g.start,
+                boot::ours_cmd(&bb, &p.vmm, &p.kernel, &p.boot_initrd),
+                g.vmm_args,
+                g.stop
+            );
+        }
+    }
+    let io: Vec<&PlannedCell> = cells
+        .iter()
+        .filter(|c| c.workload != Workload::Boot)
+        .collect();
+    let mut guest = prelude("/tmp/vmm-perf");
+    if !io.is_empty() {
+        let _ = writeln!(
+            host,
+            "{}echo \"===GUEST-START {}===\"\n{} {}\necho \"===GUEST-END status=$?===\"\n{}",
+            g.start,
+            tier.name(),
+            boot::ours_cmd(
+                &BootBench {
+                    memory_mib: bb.memory_mib.max(1024),
+                    ..boot_bench(s)
+                },
+                &p.vmm,
+                &p.kernel,
+                &p.tools_initrd
+            ),
+            g.vmm_args,
+            g.stop
+        );
+        if tier == Tier::VhostUserNet {
+            let _ = writeln!(
+                guest,
+                "ip addr add {NET_GUEST_ADDR}/24 dev eth0; ip link set eth0 up; sleep 1"
+            );
+        } else {
+            let t = &g.guest_target;
+            let _ = writeln!(
+                guest,
+                "n=0; while [ ! -b {t} ] && [ $n -lt 50 ]; do sleep 0.2; n=$((n+1)); done"
+            );
+        }
+        for rep in 1..=s.repeat {
+            for c in &io {
+                let id = run_id(tier, c.workload.name(), rep);
+                guest.push_str(&io_run(
+                    &id,
+                    &c.workload,
+                    s,
+                    &Target {
+                        path: &g.guest_target,
+                        direct: true,
+                        server: NET_HOST_ADDR,
+                        local_server: false,
+                        jobs_dir: "/jobs",
+                    },
+                ));
+            }
+        }
+    }
+    host.push_str(&g.teardown);
+    (host, guest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            repeat: 2,
+            duration_s: 5,
+            size_mib: 64,
+            cpus: 2,
+            memory_mib: 512,
+            queues: 2,
+        }
+    }
+
+    fn paths() -> Paths {
+        Paths {
+            vmm: "/lab/bin/vmm".into(),
+            bin_dir: "/lab/bin".into(),
+            kernel: "/lab/vmlinuz".into(),
+            tools_initrd: "/lab/guest.cpio".into(),
+            boot_initrd: "/lab/guest-boot.cpio".into(),
+            work: "/tmp/vmm-perf".into(),
+            jobs_dir: "/lab/jobs".into(),
+        }
+    }
+
+    fn cells(tier: Tier) -> Vec<PlannedCell> {
+        Workload::builtin()
+            .into_iter()
+            .filter(|w| tier.runs(w.kind()))
+            .map(|workload| PlannedCell { tier, workload })
+            .collect()
+    }
+
+    #[test]
+    fn ids_round_trip() {
+        let id = run_id(Tier::VhostUserBlk, "randrw-70-30-4k-qd32", 3);
+        assert_eq!(
+            split_id(&id),
+            Some(("vhost-user-blk", "randrw-70-30-4k-qd32", 3))
+        );
+    }
+
+    #[test]
+    fn vhost_user_blk_scripts_use_the_cli_and_the_guest_disk() {
+        let (host, guest) = guest_scripts(
+            Tier::VhostUserBlk,
+            &cells(Tier::VhostUserBlk),
+            &settings(),
+            &paths(),
+        );
+        assert!(host.contains(
+            "/lab/bin/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues 2"
+        ));
+        assert!(host.contains("--disk vhost_user=on,socket=\"$W/vub.sock\",queues=2"));
+        assert_eq!(host.matches("measure vhost-user-blk.boot.").count(), 2);
+        assert!(host.contains("--initramfs /lab/guest.cpio --cpus 2 --memory 1024M"));
+        assert!(guest.contains("--filename=/dev/vda --size=64M --rw=randread --bs=4k --iodepth=32 --ioengine=libaio --direct=1 --runtime=5 --time_based"));
+        assert!(guest.contains("--rw=randrw --rwmixread=70"));
+        assert!(guest.contains("emit vhost-user-blk.read-128k.2 "));
+        assert!(!guest.contains("iperf3"));
+    }
+
+    #[test]
+    fn vfio_and_net_scripts() {
+        let (host, guest) = guest_scripts(
+            Tier::VfioNvme,
+            &cells(Tier::VfioNvme),
+            &settings(),
+            &paths(),
+        );
+        assert!(host.contains("echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override"));
+        assert!(host.contains("--device path=/sys/bus/pci/devices/$BDF"));
+        assert!(guest.contains("--filename=/dev/nvme0n1"));
+        let (host, guest) = guest_scripts(
+            Tier::VhostUserNet,
+            &cells(Tier::VhostUserNet),
+            &settings(),
+            &paths(),
+        );
+        assert!(host.contains("vhost-user-net --socket \"$W/vun.sock\" --tap vperf0"));
+        assert!(host.contains("--net vhost_user=on,socket="));
+        assert!(!guest.contains("iperf3 -c 10.99.0.2"));
+        assert!(guest.contains("iperf3 -c 10.99.0.1 -p 5301 -t 5 -J -R"));
+        assert!(guest.contains("-u -b 1G"));
+    }
+
+    #[test]
+    fn host_script_runs_native_cells_with_a_local_server() {
+        let mut c = cells(Tier::Native);
+        c.extend(cells(Tier::NativeNvme));
+        let s = host_script(&c, &settings(), &paths());
+        assert!(s.contains("dd if=/dev/zero of=\"$W/native.img\" bs=1M count=64"));
+        assert!(s.contains("--filename=\"$W/native.img\""));
+        assert!(s.contains("--direct=0"));
+        assert!(s.contains("--filename=$NVME"));
+        assert!(s.contains("iperf3 -s -1 -B 127.0.0.1 -p 5301"));
+        assert_eq!(s.matches("emit native.tcp-rx.").count(), 2);
+    }
+}

@@ -1,0 +1,427 @@
+//! The comparison harness against fio/iperf3 JSON captured from real runs in the lab host
+//! (`perf/tests/fixtures/capture.sh`), and report generation from a synthetic result set.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine;
+use perf::boot::Mode;
+use perf::compare::collect::{Collector, Event};
+use perf::compare::matrix::{self, Availability, Kind, Probe, Tier, Workload};
+use perf::compare::results::{self, CellStatus, Metrics, RunRecord};
+use perf::compare::script::Settings;
+use perf::compare::{fio, iperf, outcome, report, result_set};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn fio_randread_from_the_lab() {
+    let m = fio::parse(&fixture("fio-randread.json")).expect("ok run");
+    assert!((m.iops - 24851.074463).abs() < 1e-3, "{m:?}");
+    assert_eq!(m.write_iops, 0.0);
+    assert_eq!(m.lat_dir, "read");
+    let (p50, p99, p999) = (
+        m.clat_p50_us.unwrap(),
+        m.clat_p99_us.unwrap(),
+        m.clat_p999_us.unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= p999, "{m:?}");
+    assert!((p999 - 4177.92).abs() < 1e-6, "p99.9 {p999}");
+    assert!(m.bw_mib_s > 90.0 && m.bw_mib_s < 100.0, "{m:?}");
+}
+
+#[test]
+fn fio_mixed_reports_both_directions_and_read_latency() {
+    let m = fio::parse(&fixture("fio-randrw.json")).expect("ok run");
+    assert!((m.read_iops - 16526.736632).abs() < 1e-3);
+    assert!((m.write_iops - 7071.464268).abs() < 1e-3);
+    assert!((m.iops - (m.read_iops + m.write_iops)).abs() < 1e-6);
+    assert_eq!(m.lat_dir, "read");
+}
+
+#[test]
+fn fio_error_is_a_failed_cell_with_the_reason() {
+    // fio put its error line ahead of the JSON in the output file, as captured.
+    let raw = fixture("fio-nonexistent.json");
+    let reason = fio::parse(&raw).expect_err("must fail");
+    assert!(reason.contains("error 2"), "{reason}");
+    assert!(reason.contains("No such file or directory"), "{reason}");
+    assert!(
+        reason.contains("filesetup.c"),
+        "fio's own message kept: {reason}"
+    );
+    let out = outcome(Kind::Block, &raw);
+    let rec = RunRecord {
+        tier: "native".into(),
+        workload: "randread-4k-qd1".into(),
+        rep: 1,
+        raw_file: Some("raw/native.randread-4k-qd1.1.json".into()),
+        outcome: out,
+    };
+    let cell = results::CellSummary::build(
+        "native",
+        "randread-4k-qd1",
+        Kind::Block,
+        &[&rec],
+        CellStatus::Skipped("x".into()),
+    );
+    assert!(
+        matches!(&cell.status, CellStatus::Failed(r) if r.contains("No such file")),
+        "{cell:?}"
+    );
+    assert!(cell.stat("iops").is_none(), "a failed run is not a zero");
+}
+
+#[test]
+fn no_json_is_a_failure_not_a_zero() {
+    assert!(fio::parse(b"").unwrap_err().contains("no JSON"));
+    assert!(fio::parse(b"fio: unrecognized option '--bogus'\n")
+        .unwrap_err()
+        .contains("unrecognized option"));
+    assert!(iperf::parse(b"iperf3: error - unable to connect")
+        .unwrap_err()
+        .contains("no JSON"));
+    assert!(fio::parse(b"{\"jobs\": [").is_err());
+}
+
+#[test]
+fn iperf3_tcp_and_udp_from_the_lab() {
+    let t = iperf::parse(&fixture("iperf3-tcp.json")).expect("tcp");
+    assert!((t.gbit_s - 1.432720172806866).abs() < 1e-9, "{t:?}");
+    assert_eq!(t.retransmits, Some(0));
+    assert_eq!(t.jitter_ms, None);
+    let u = iperf::parse(&fixture("iperf3-udp.json")).expect("udp");
+    assert!(u.gbit_s > 0.09 && u.gbit_s < 0.11, "{u:?}");
+    assert_eq!(u.lost_packets, Some(15));
+    assert!(u.jitter_ms.is_some_and(|j| j > 0.0));
+    assert!(u.lost_percent.is_some_and(|l| (l - 1.9659).abs() < 1e-3));
+}
+
+#[test]
+fn iperf3_connection_refused_is_a_failed_cell() {
+    let raw = fixture("iperf3-refused.json");
+    let reason = iperf::parse(&raw).expect_err("must fail");
+    assert!(reason.contains("Connection refused"), "{reason}");
+    assert!(matches!(outcome(Kind::Net, &raw), Err(r) if r.contains("Connection refused")));
+}
+
+#[test]
+fn raw_json_survives_a_noisy_console() {
+    let raw = fixture("iperf3-tcp.json");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+    let mut c = Collector::default();
+    let mut events = Vec::new();
+    let mut feed = |l: &str| {
+        if let Some(e) = c.line(l) {
+            events.push(e);
+        }
+    };
+    feed("===CELL-BEGIN native.tcp-tx.2===");
+    feed("===JSON-BEGIN native.tcp-tx.2===\r");
+    for (i, chunk) in b64.as_bytes().chunks(76).enumerate() {
+        feed(std::str::from_utf8(chunk).unwrap());
+        if i == 3 {
+            feed("[    7.123456] virtio_net virtio1 eth0: renamed");
+        }
+    }
+    feed("===JSON-END native.tcp-tx.2===");
+    assert_eq!(events[0], Event::Started("native.tcp-tx.2".into()));
+    match &events[1] {
+        Event::Raw(id, Ok(data)) => {
+            assert_eq!(id, "native.tcp-tx.2");
+            assert_eq!(data, &raw);
+        }
+        e => panic!("{e:?}"),
+    }
+}
+
+fn avail_fake(t: Tier) -> Availability {
+    match t {
+        Tier::Native | Tier::Vmm => Availability::Available,
+        other => Availability::Missing(format!("{} is not built (fake)", other.name())),
+    }
+}
+
+#[test]
+fn missing_tiers_are_listed_and_the_rest_still_runs() {
+    let tiers = [Tier::Native, Tier::VhostUserBlk, Tier::Vmm, Tier::VfioNvme];
+    let plan = matrix::plan(&tiers, &Workload::builtin(), avail_fake);
+    assert!(plan
+        .cells
+        .iter()
+        .all(|c| matches!(c.tier, Tier::Native | Tier::Vmm)));
+    assert_eq!(
+        plan.cells.iter().filter(|c| c.tier == Tier::Native).count(),
+        10
+    );
+    assert_eq!(plan.cells.iter().filter(|c| c.tier == Tier::Vmm).count(), 1);
+    let missing: Vec<Tier> = plan.missing.iter().map(|(t, _)| *t).collect();
+    assert_eq!(missing, vec![Tier::VhostUserBlk, Tier::VfioNvme]);
+    // 7 fio + boot on each missing tier, reported not run.
+    assert_eq!(plan.missing_cells.len(), 16);
+
+    let set = result_set(&plan, &[], &settings(), Mode::Lab, false, &BTreeMap::new());
+    let vub: Vec<_> = set
+        .cells
+        .iter()
+        .filter(|c| c.tier == "vhost-user-blk")
+        .collect();
+    assert_eq!(vub.len(), 8);
+    assert!(vub
+        .iter()
+        .all(|c| matches!(&c.status, CellStatus::Missing(r) if r.contains("not built (fake)"))));
+}
+
+#[test]
+fn probe_explains_what_is_missing() {
+    let p = Probe {
+        vmm_run_help: "Usage: vmm run --kernel <KERNEL> --initramfs <I> --cpus <N> --memory <M>"
+            .into(),
+        vmm: Some("/x/vmm".into()),
+        vhost_user_blk: None,
+        vhost_user_net: None,
+        qemu: true,
+        lab: true,
+    };
+    assert_eq!(p.availability(Tier::Native), Availability::Available);
+    assert_eq!(p.availability(Tier::Vmm), Availability::Available);
+    let Availability::Missing(r) = p.availability(Tier::VhostUserBlk) else {
+        panic!("vhost-user-blk should be missing")
+    };
+    assert!(
+        r.contains("--disk") && r.contains("vhost-user-blk binary"),
+        "{r}"
+    );
+    let with_disk = Probe {
+        vmm_run_help: format!("{} --disk <DISK> --device <DEV>", p.vmm_run_help),
+        vhost_user_blk: Some("/x/vhost-user-blk".into()),
+        ..p.clone()
+    };
+    assert_eq!(
+        with_disk.availability(Tier::VhostUserBlk),
+        Availability::Available
+    );
+    assert_eq!(
+        with_disk.availability(Tier::VfioNvme),
+        Availability::Available
+    );
+    assert!(matches!(
+        p.availability(Tier::Emulated),
+        Availability::Missing(_)
+    ));
+}
+
+fn settings() -> Settings {
+    Settings {
+        repeat: 3,
+        duration_s: 5,
+        size_mib: 64,
+        cpus: 2,
+        memory_mib: 512,
+        queues: 1,
+    }
+}
+
+fn rec(tier: &str, workload: &str, rep: usize, outcome: Result<Metrics, String>) -> RunRecord {
+    RunRecord {
+        tier: tier.into(),
+        workload: workload.into(),
+        rep,
+        raw_file: Some(format!("raw/{tier}.{workload}.{rep}.json")),
+        outcome,
+    }
+}
+
+fn fio_m(iops: f64) -> Metrics {
+    Metrics::Fio(fio::FioMetrics {
+        iops,
+        read_iops: iops,
+        write_iops: 0.0,
+        bw_mib_s: iops * 4.0 / 1024.0,
+        lat_dir: "read".into(),
+        clat_p50_us: Some(40.0),
+        clat_p99_us: Some(90.0),
+        clat_p999_us: Some(200.0),
+    })
+}
+
+#[test]
+fn report_and_csv_from_a_synthetic_result_set() {
+    let tiers = [Tier::Native, Tier::Vmm, Tier::VhostUserBlk];
+    let workloads: Vec<Workload> = Workload::builtin()
+        .into_iter()
+        .filter(|w| ["randread-4k-qd1", "tcp-tx", "boot"].contains(&w.name()))
+        .collect();
+    let plan = matrix::plan(&tiers, &workloads, avail_fake);
+    let records = vec![
+        rec("native", "randread-4k-qd1", 1, Ok(fio_m(1000.0))),
+        rec("native", "randread-4k-qd1", 2, Ok(fio_m(3000.0))),
+        rec("native", "randread-4k-qd1", 3, Ok(fio_m(2000.0))),
+        rec(
+            "native",
+            "tcp-tx",
+            1,
+            Err("iperf3: unable to connect to server: Connection refused".into()),
+        ),
+        rec("vmm", "boot", 1, Ok(Metrics::Boot { to_init_s: 1.5 })),
+    ];
+    let set = result_set(
+        &plan,
+        &records,
+        &settings(),
+        Mode::Lab,
+        false,
+        &BTreeMap::new(),
+    );
+    let rr = set
+        .cells
+        .iter()
+        .find(|c| c.tier == "native" && c.workload == "randread-4k-qd1")
+        .unwrap();
+    let s = rr.stat("iops").unwrap();
+    assert_eq!((s.median, s.min, s.max), (2000.0, 1000.0, 3000.0));
+
+    let csv = results::csv(&set);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with(
+        "tier,workload,kind,status,reason,runs_ok,runs,iops_median,iops_min,iops_max"
+    ));
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with("native,randread-4k-qd1,"))
+        .expect("row");
+    assert!(row.contains(",ok,,3,3,2000,1000,3000,"), "{row}");
+    assert!(row.ends_with(
+        "raw/native.randread-4k-qd1.1.json;raw/native.randread-4k-qd1.2.json;raw/native.randread-4k-qd1.3.json"
+    ));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("native,tcp-tx,net,FAILED,iperf3: unable to connect")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("vhost-user-blk,randread-4k-qd1,block,missing,")));
+
+    let dir = tempfile::tempdir().unwrap();
+    report::write_report(dir.path(), &set, "Host: test").unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("| native | randread-4k-qd1 | 2000 [1000–3000] |"),
+        "{md}"
+    );
+    assert!(md.contains("[native.randread-4k-qd1.2.json](raw/native.randread-4k-qd1.2.json)"));
+    assert!(md.contains("**FAILED** 0/3: iperf3: unable to connect to server: Connection refused"));
+    assert!(md.contains("| vhost-user-blk | **missing**: vhost-user-blk is not built (fake) |"));
+    assert!(md.contains("| vmm | 1.50 [1.50–1.50] |"), "{md}");
+    for svg in [
+        "iops.svg",
+        "bandwidth.svg",
+        "latency-randread-4k-qd1.svg",
+        "boot.svg",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.path().join(svg)).unwrap_or_else(|e| panic!("{svg}: {e}"));
+        assert!(text.starts_with("<svg"), "{svg}");
+        assert!(text.contains("<rect"), "{svg} has bars");
+        assert!(md.contains(svg), "report embeds {svg}");
+    }
+    let table = report::summary_table(&set);
+    assert!(table.contains("randread-4k-qd1"));
+    assert!(
+        table.contains("vhost-user-blk  MISSING: vhost-user-blk is not built (fake)"),
+        "{table}"
+    );
+    assert!(
+        md.contains("Not measured (tier missing, see Tiers): vhost-user-blk."),
+        "{md}"
+    );
+
+    // results.json round-trips, so a report can be re-rendered later (`vmm-perf report`).
+    let json = serde_json::to_string(&set).unwrap();
+    let back: results::ResultSet = serde_json::from_str(&json).unwrap();
+    assert_eq!(results::csv(&back), csv);
+}
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// End to end in direct mode on this host, native tier only (no guest, no lab): fio and
+/// iperf3 over loopback, a user fio job that fails, and a (fake) missing tier next to them.
+#[test]
+fn direct_native_run_end_to_end_with_a_missing_tier_and_a_failing_job() {
+    if !have("fio") || !have("iperf3") {
+        eprintln!("SKIP: fio/iperf3 not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("bad.fio");
+    std::fs::write(
+        &job,
+        "[bad]\nfilename=/proc/vmm-perf-nonexistent\nrw=randread\nbs=4k\nsize=${VMM_PERF_SIZE}\n",
+    )
+    .unwrap();
+    let mut workloads: Vec<Workload> = Workload::builtin()
+        .into_iter()
+        .filter(|w| ["randread-4k-qd1", "tcp-tx"].contains(&w.name()))
+        .collect();
+    workloads.push(Workload::FioJob {
+        name: "fio-job-bad".into(),
+        path: job,
+    });
+    let plan = matrix::plan(&[Tier::Native, Tier::VhostUserBlk], &workloads, avail_fake);
+    let out = dir.path().join("results");
+    let opts = perf::compare::Options {
+        mode: Mode::Direct,
+        plan,
+        settings: Settings {
+            repeat: 1,
+            duration_s: 1,
+            size_mib: 8,
+            cpus: 1,
+            memory_mib: 256,
+            queues: 1,
+        },
+        vmm: "/nonexistent/vmm".into(),
+        bin_dir: "/nonexistent".into(),
+        out_dir: out.clone(),
+        host: serde_json::json!({ "mode": "direct" }),
+        progress: false,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = perf::compare::run(&opts, stop).expect("run");
+    let cell = |t: &str, w: &str| {
+        set.cells
+            .iter()
+            .find(|c| c.tier == t && c.workload == w)
+            .unwrap_or_else(|| panic!("no cell {t}/{w}"))
+    };
+    let rr = cell("native", "randread-4k-qd1");
+    assert_eq!(rr.status, CellStatus::Ok, "{rr:?}");
+    assert!(rr.stat("iops").is_some_and(|s| s.median > 0.0));
+    assert_eq!(rr.raw_files, ["raw/native.randread-4k-qd1.1.json"]);
+    assert!(out.join("raw/native.randread-4k-qd1.1.json").is_file());
+    let tcp = cell("native", "tcp-tx");
+    assert_eq!(tcp.status, CellStatus::Ok, "{tcp:?}");
+    let bad = cell("native", "fio-job-bad");
+    assert!(
+        matches!(&bad.status, CellStatus::Failed(r) if r.contains("No such file")),
+        "{bad:?}"
+    );
+    assert!(matches!(
+        &cell("vhost-user-blk", "randread-4k-qd1").status,
+        CellStatus::Missing(_)
+    ));
+    for f in ["results.json", "results.csv", "report.md", "host.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("raw/native.tcp-tx.1.json"));
+}
