@@ -229,7 +229,7 @@ impl RxPath {
             return;
         }
         let n = res as usize;
-        if n < VNET_HDR_LEN + ETH_HLEN || n >= RX_BUF_LEN {
+        if !(VNET_HDR_LEN + ETH_HLEN..RX_BUF_LEN).contains(&n) {
             QueueStats::inc(&self.stats.dropped);
             tracing::debug!(n, "rx: runt or oversized frame from the TAP dropped");
             return;
