@@ -10,6 +10,7 @@ pub mod blk;
 pub mod engine;
 mod error;
 pub mod net;
+pub mod vhost_shim;
 
 pub use error::{Error, GuestFault, Result};
 

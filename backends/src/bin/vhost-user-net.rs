@@ -41,6 +41,10 @@ struct Args {
     /// Busy-poll window in microseconds after each transmit batch (0 = off).
     #[arg(long, default_value_t = 0)]
     poll_us: u64,
+    /// Serve the socket directly, without the relay that drops `SET_VRING_ENABLE` sent
+    /// before `SET_FEATURES` (QEMU's vhost-user netdev does that; see `backends::vhost_shim`).
+    #[arg(long)]
+    no_relay: bool,
 }
 
 fn main() {
@@ -121,8 +125,18 @@ fn run(args: Args) -> Result<(), Error> {
             .map_err(|e| Error::VhostUser(e.to_string()))?;
     }
 
+    let listen_path = if args.no_relay {
+        args.socket.clone()
+    } else {
+        let mut inner = args.socket.clone().into_os_string();
+        inner.push(".backend");
+        let inner = PathBuf::from(inner);
+        backends::vhost_shim::relay_one(&args.socket, inner.clone())
+            .map_err(|e| Error::VhostUser(format!("relay on {}: {e}", args.socket.display())))?;
+        inner
+    };
     let mut listener =
-        Listener::new(&args.socket, true).map_err(|e| Error::VhostUser(format!("listen: {e}")))?;
+        Listener::new(&listen_path, true).map_err(|e| Error::VhostUser(format!("listen: {e}")))?;
     tracing::info!(socket = %args.socket.display(), "waiting for the frontend");
     daemon
         .start(&mut listener)
@@ -130,6 +144,7 @@ fn run(args: Args) -> Result<(), Error> {
     let res = daemon.wait();
     backend.log_stats();
     let _ = std::fs::remove_file(&args.socket);
+    let _ = std::fs::remove_file(&listen_path);
     match res {
         Ok(())
         | Err(DaemonError::HandleRequest(

@@ -95,6 +95,7 @@ impl NetBackend {
             )));
         }
         let multi = opts.queue_pairs > 1;
+
         let taps = (0..opts.queue_pairs)
             .map(|_| Tap::open(&opts.tap, multi))
             .collect::<Result<Vec<_>>>()?;
@@ -218,8 +219,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
+        VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
@@ -270,6 +270,7 @@ impl VhostUserBackend for NetBackend {
             .read()
             .map_err(|_| io::Error::other("poisoned"))?
             .clone();
+        tracing::trace!(device_event, thread_id, "event");
         let missing = || io::Error::other(format!("no queue pair for thread {thread_id}"));
         if device_event == RX_VRING || device_event == self.rx_completion_event() {
             let vring = vrings.get(usize::from(RX_VRING)).ok_or_else(missing)?;
