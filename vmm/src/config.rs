@@ -34,6 +34,12 @@ pub enum ConfigError {
     /// A serial console specification was not understood.
     #[error("invalid serial '{0}': expected stdio, file=PATH or off")]
     BadSerial(String),
+    /// A required option is missing.
+    #[error("missing option '{0}'")]
+    MissingOption(&'static str),
+    /// Only vhost-user disks exist so far.
+    #[error("--disk needs vhost_user=on (the only disk type this VMM has)")]
+    DiskNotVhostUser,
 }
 
 /// Parses a byte size such as `512M`, `2G`, `4096` (bytes) or `1.5G`.
@@ -149,6 +155,72 @@ impl fmt::Display for SerialConfig {
     }
 }
 
+/// Default virtqueue size of a disk.
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Largest virtqueue size accepted (split ring limit).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// Largest number of queues per disk.
+pub const MAX_QUEUES: u16 = 64;
+
+/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The vhost-user backend's socket.
+    pub socket: PathBuf,
+    /// Number of queues (default: as many as the backend offers).
+    pub queues: Option<u16>,
+    /// Virtqueue size (power of two).
+    pub queue_size: u16,
+}
+
+fn parse_count(key: &str, value: &str, max: u16, pow2: bool) -> Result<u16, ConfigError> {
+    let expected = if pow2 {
+        "a power of two from 1 to 32768"
+    } else {
+        "a number from 1 to 64"
+    };
+    let bad = || ConfigError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected,
+    };
+    let n: u16 = value.parse().map_err(|_| bad())?;
+    if n == 0 || n > max || (pow2 && !n.is_power_of_two()) {
+        return Err(bad());
+    }
+    Ok(n)
+}
+
+impl FromStr for DiskConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut vhost_user = false;
+        let mut socket = None;
+        let mut queues = None;
+        let mut queue_size = DEFAULT_QUEUE_SIZE;
+        for opt in s.split(',').filter(|o| !o.is_empty()) {
+            let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+            match key {
+                "vhost_user" => vhost_user = parse_on_off(key, value)?,
+                "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
+                "socket" => return Err(ConfigError::MissingOption("socket")),
+                "queues" => queues = Some(parse_count(key, value, MAX_QUEUES, false)?),
+                "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
+                _ => return Err(ConfigError::UnknownOption(opt.to_string())),
+            }
+        }
+        if !vhost_user {
+            return Err(ConfigError::DiskNotVhostUser);
+        }
+        Ok(Self {
+            socket: socket.ok_or(ConfigError::MissingOption("socket"))?,
+            queues,
+            queue_size,
+        })
+    }
+}
+
 /// Everything needed to build and boot a VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -165,6 +237,8 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     /// Serial console destination.
     pub serial: SerialConfig,
+    /// Virtio-blk disks served by vhost-user backends.
+    pub disks: Vec<DiskConfig>,
 }
 
 #[cfg(test)]
@@ -220,6 +294,55 @@ mod tests {
             "1G,shared=on".parse::<MemoryConfig>(),
             Err(ConfigError::UnknownOption(_))
         ));
+    }
+
+    #[test]
+    fn disks() {
+        let d: DiskConfig = "vhost_user=on,socket=/tmp/vu.sock".parse().unwrap();
+        assert_eq!(
+            d,
+            DiskConfig {
+                socket: "/tmp/vu.sock".into(),
+                queues: None,
+                queue_size: DEFAULT_QUEUE_SIZE
+            }
+        );
+        let d: DiskConfig = "vhost_user=on,socket=/s,queues=2,queue_size=1024"
+            .parse()
+            .unwrap();
+        assert_eq!((d.queues, d.queue_size), (Some(2), 1024));
+        let err = |s: &str| s.parse::<DiskConfig>().unwrap_err();
+        assert_eq!(err("socket=/s"), ConfigError::DiskNotVhostUser);
+        assert_eq!(
+            err("vhost_user=off,socket=/s"),
+            ConfigError::DiskNotVhostUser
+        );
+        assert_eq!(err("vhost_user=on"), ConfigError::MissingOption("socket"));
+        assert_eq!(
+            err("vhost_user=on,socket="),
+            ConfigError::MissingOption("socket")
+        );
+        assert!(matches!(
+            err("vhost_user=on,socket=/s,cache=none"),
+            ConfigError::UnknownOption(_)
+        ));
+        for bad in [
+            "queues=0",
+            "queues=65",
+            "queues=x",
+            "queue_size=100",
+            "queue_size=0",
+            "queue_size=65536",
+            "queue_size=-1",
+        ] {
+            assert!(
+                matches!(
+                    err(&format!("vhost_user=on,socket=/s,{bad}")),
+                    ConfigError::BadValue { .. }
+                ),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub enum Error {
     /// A PCI bus error.
     #[error(transparent)]
     Pci(#[from] crate::pci::bus::PciError),
+    /// A virtio device failed.
+    #[error(transparent)]
+    Virtio(#[from] crate::devices::virtio::VirtioError),
     /// An OS call failed.
     #[error("{0}")]
     Io(#[source] io::Error),

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use vm_allocator::{AddressAllocator, AllocPolicy};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
@@ -19,6 +20,10 @@ use crate::devices::bus::lock;
 use crate::devices::i8042::I8042;
 use crate::devices::power::AcpiPower;
 use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice};
+use crate::devices::virtio::monitor::HangupMonitor;
+use crate::devices::virtio::pci::BAR_SIZE;
+use crate::devices::virtio::vhost_user_blk::VhostUserBlk;
+use crate::devices::virtio::{VirtioError, VirtioPciDevice};
 use crate::error::Error;
 use crate::layout;
 use crate::memory::{self, GuestRam};
@@ -42,6 +47,8 @@ pub struct Machine {
     pub irq_routing: Arc<IrqRouting>,
     /// PCI bus 0.
     pub pci: Arc<Mutex<PciBus>>,
+    disks: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    monitors: Vec<HangupMonitor>,
 }
 
 impl Machine {
@@ -87,6 +94,35 @@ impl Machine {
         let pci = Arc::new(Mutex::new(PciBus::new()));
         let serial = Self::add_legacy_devices(&buses, &irq_routing, &exit, &pci, cfg, &panic)?;
 
+        let mut mmio64 = AddressAllocator::new(platform.mmio64_start, layout::PCI_MMIO64_SIZE)
+            .map_err(|e| Error::Config(format!("64-bit PCI window: {e}")))?;
+        let mut disks = Vec::new();
+        let mut monitors = Vec::new();
+        for (i, disk) in cfg.disks.iter().enumerate() {
+            let backend = VhostUserBlk::connect(disk, i)?;
+            let bar = mmio64
+                .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
+                .map_err(|_| VirtioError::NoBarSpace(BAR_SIZE))?;
+            let dev = VirtioPciDevice::new(
+                Box::new(backend),
+                vm.fd.clone(),
+                irq_routing.clone(),
+                buses.clone(),
+                ram.mem.clone(),
+                bar.start(),
+            )?;
+            let slot = lock(&pci).add(dev.clone())?;
+            tracing::info!(
+                "{} at 00:{slot:02x}.0, BAR {:#x}",
+                lock(&dev).name(),
+                bar.start()
+            );
+            if let Some(m) = HangupMonitor::spawn(&dev, format!("vu-blk{i}-mon"))? {
+                monitors.push(m);
+            }
+            disks.push(dev);
+        }
+
         let cpuid = vcpu::supported_cpuid(&vm.kvm)?;
         let tsc_deadline = vm.fd.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         let vcpus = (0..cfg.cpus)
@@ -114,6 +150,8 @@ impl Machine {
             panic,
             irq_routing,
             pci,
+            disks,
+            monitors,
         })
     }
 
@@ -198,6 +236,11 @@ impl Machine {
         let result = self.event_loop(&signals);
         stop.store(true, Ordering::Release);
         stop_vcpus(threads);
+        // Orderly teardown: stop watching, then stop each backend's rings.
+        self.monitors.clear();
+        for d in &self.disks {
+            lock(d).shutdown();
+        }
         let why = result?;
         tracing::debug!("VM of {} MiB stopped: {why}", self.ram.size >> 20);
         Ok(self.refine(why))

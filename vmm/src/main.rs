@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use vmm::config::{MemoryConfig, SerialConfig, VmConfig};
+use vmm::config::{DiskConfig, MemoryConfig, SerialConfig, VmConfig};
 use vmm::machine::Machine;
 
 #[derive(Parser)]
@@ -59,6 +59,10 @@ struct RunArgs {
     /// Serial console: stdio, file=PATH or off.
     #[arg(long, default_value = "stdio")]
     serial: SerialConfig,
+    /// A virtio-blk disk served by a vhost-user backend (repeatable):
+    /// vhost_user=on,socket=PATH[,queues=N][,queue_size=M].
+    #[arg(long = "disk")]
+    disks: Vec<DiskConfig>,
 }
 
 fn init_logging() {
@@ -79,6 +83,7 @@ fn run(args: RunArgs) -> ExitCode {
         cpus: args.cpus,
         memory: args.memory,
         serial: args.serial,
+        disks: args.disks,
     };
     let outcome = Machine::build(&cfg).and_then(Machine::run);
     match outcome {

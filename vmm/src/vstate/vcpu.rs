@@ -50,6 +50,10 @@ pub enum VcpuError {
     Spawn(#[source] std::io::Error),
 }
 
+/// A bus change requested by a device while a bus lock was held (a BAR moved
+/// during an ECAM write); run by the same vCPU once it has released the lock.
+pub type DeferredBusOp = Box<dyn FnOnce(&IoBuses) + Send>;
+
 /// The port-I/O and MMIO buses every vCPU dispatches to. Locked for writing
 /// only when a device moves (a PCI BAR is reprogrammed).
 #[derive(Default)]
@@ -58,6 +62,27 @@ pub struct IoBuses {
     pub pio: RwLock<Bus>,
     /// Memory-mapped I/O.
     pub mmio: RwLock<Bus>,
+    deferred: std::sync::Mutex<Vec<DeferredBusOp>>,
+    has_deferred: AtomicBool,
+}
+
+impl IoBuses {
+    /// Queues `op` to run after the current exit is dispatched (outside any bus lock).
+    pub fn defer(&self, op: DeferredBusOp) {
+        crate::devices::bus::lock(&self.deferred).push(op);
+        self.has_deferred.store(true, Ordering::Release);
+    }
+
+    /// Runs the queued bus changes; called with no bus lock held.
+    pub fn run_deferred(&self) {
+        if !self.has_deferred.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let ops = std::mem::take(&mut *crate::devices::bus::lock(&self.deferred));
+        for op in ops {
+            op(self);
+        }
+    }
 }
 
 /// A configured vCPU, ready to run on its own thread.
@@ -206,6 +231,7 @@ impl Vcpu {
                     detail: format!("KVM_RUN: {e}"),
                 }),
             };
+            buses.run_deferred();
             if let Some(why) = outcome {
                 exit.request(why);
                 break;

@@ -1,0 +1,130 @@
+//! Virtio devices: the modern (virtio 1.x) PCI transport, MSI-X, and the
+//! vhost-user-blk frontend that hands the data path to an external backend.
+//!
+//! `common_cfg` and `queue` hold the register logic a guest drives (pure, unit
+//! tested), `msix` the MSI-X table, `pci` ties them to a PCI function with a
+//! BAR, ioeventfds and irqfds, and `vhost_user_blk` is the device behind it.
+
+pub mod common_cfg;
+pub mod monitor;
+pub mod msix;
+pub mod pci;
+pub mod queue;
+pub mod vhost_user_blk;
+
+use std::os::fd::RawFd;
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use pci::VirtioPciDevice;
+pub use queue::QueueState;
+
+/// Device status bits (virtio 1.x §2.1).
+pub mod status {
+    /// The guest noticed the device.
+    pub const ACKNOWLEDGE: u8 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u8 = 2;
+    /// The driver is ready: queues may be used.
+    pub const DRIVER_OK: u8 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u8 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u8 = 0x40;
+    /// The guest gave up on the device.
+    pub const FAILED: u8 = 0x80;
+}
+
+/// `VIRTIO_F_VERSION_1`: the device is a modern (1.x) device.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// "No MSI-X vector" in the common configuration's vector fields.
+pub const NO_VECTOR: u16 = 0xffff;
+
+/// Errors of the virtio devices.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    /// A vhost-user request failed (socket, protocol or backend error).
+    #[error("vhost-user {socket}: {what}: {source}")]
+    VhostUser {
+        /// The backend's socket path.
+        socket: String,
+        /// The request that failed.
+        what: &'static str,
+        /// The protocol error.
+        #[source]
+        source: vhost::Error,
+    },
+    /// The backend lacks something this VMM requires.
+    #[error("vhost-user {socket}: {what}")]
+    Backend {
+        /// The backend's socket path.
+        socket: String,
+        /// What is missing.
+        what: String,
+    },
+    /// A queue's ring addresses are not inside guest RAM.
+    #[error("queue {queue}: ring at {addr:#x}+{len:#x} is outside guest RAM")]
+    BadRing {
+        /// Queue index.
+        queue: usize,
+        /// Guest-physical address of the ring part.
+        addr: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Creating an eventfd or a thread failed.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    /// KVM rejected an ioeventfd.
+    #[error("KVM ioeventfd: {0}")]
+    Kvm(#[from] kvm_ioctls::Error),
+    /// Interrupt routing failed.
+    #[error(transparent)]
+    Interrupt(#[from] crate::vstate::interrupts::InterruptError),
+    /// No room for the BAR.
+    #[error("no room for a {0:#x}-byte BAR in the 64-bit PCI window")]
+    NoBarSpace(u64),
+}
+
+/// What a device backend gets when the driver sets DRIVER_OK.
+pub struct Activation<'a> {
+    /// Features the driver acknowledged.
+    pub acked_features: u64,
+    /// Queue state (only queues with `ready` set are to be started).
+    pub queues: &'a [QueueState],
+    /// Per queue: the eventfd KVM signals on a notify write.
+    pub kicks: &'a [EventFd],
+    /// Per queue: the eventfd bound to the queue's MSI-X vector.
+    pub calls: &'a [EventFd],
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+}
+
+/// A virtio device model behind the PCI transport.
+pub trait VirtioBackend: Send {
+    /// Virtio device ID (2 = block); the PCI device ID is 0x1040 + this.
+    fn device_type(&self) -> u16;
+    /// Features offered to the guest.
+    fn features(&self) -> u64;
+    /// Number of queues.
+    fn num_queues(&self) -> u16;
+    /// Largest queue size the device accepts.
+    fn queue_max_size(&self) -> u16;
+    /// Reads the device-specific configuration space (out of range reads 0).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the data path (DRIVER_OK).
+    fn activate(&mut self, act: Activation<'_>) -> Result<(), VirtioError>;
+    /// Stops the data path (device reset by the guest, or VMM exit).
+    fn reset(&mut self);
+    /// A descriptor whose hangup means the backend is gone (watched by a
+    /// monitor thread), if the device has one.
+    fn hangup_fd(&self) -> Option<RawFd>;
+    /// The backend connection is gone: stop talking to it.
+    fn disconnected(&mut self) {}
+    /// A short name for logs (`vhost-user-blk0 /tmp/vu.sock`).
+    fn name(&self) -> String;
+}

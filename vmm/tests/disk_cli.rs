@@ -1,0 +1,62 @@
+//! `vmm run --disk`: parse errors and an unreachable backend fail with a
+//! message naming the problem, before any guest runs.
+
+use std::process::Command;
+
+fn vmm(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .output()
+        .expect("spawn vmm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn malformed_disks_are_usage_errors() {
+    for (disk, msg) in [
+        ("vhost_user=on", "missing option 'socket'"),
+        ("socket=/s", "vhost_user=on"),
+        ("vhost_user=on,socket=/s,queue_size=100", "power of two"),
+        ("vhost_user=on,socket=/s,queues=0", "'queues'"),
+        (
+            "vhost_user=on,socket=/s,cache=none",
+            "unknown option 'cache=none'",
+        ),
+    ] {
+        let (rc, err) = vmm(&["run", "--kernel", "/nonexistent", "--disk", disk]);
+        assert_eq!(rc, 2, "{disk}: {err}");
+        assert!(err.contains(msg), "{disk}: {err}");
+    }
+}
+
+#[test]
+fn unreachable_backend_is_reported() {
+    let kernel = lab::repo_root().join(".cache/images/vmlinuz");
+    if !kernel.is_file() {
+        eprintln!("SKIP: no cached kernel image");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("nobody.sock");
+    let (rc, err) = vmm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap_or_default(),
+        "--serial",
+        "off",
+        "--disk",
+        &format!("vhost_user=on,socket={}", sock.display()),
+    ]);
+    assert_eq!(rc, 1, "{err}");
+    if err.contains("/dev/kvm") || err.contains("KVM") {
+        eprintln!("SKIP: KVM unusable here: {err}");
+        return;
+    }
+    assert!(
+        err.contains(&format!("vhost-user {}: connect", sock.display())),
+        "{err}"
+    );
+}
