@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use vmm::config::{DiskConfig, MemoryConfig, SerialConfig, VmConfig};
+use vmm::config::{DiskConfig, MemoryConfig, NetConfig, SerialConfig, VmConfig};
 use vmm::machine::Machine;
 
 #[derive(Parser)]
@@ -63,6 +63,10 @@ struct RunArgs {
     /// vhost_user=on,socket=PATH[,queues=N][,queue_size=M].
     #[arg(long = "disk")]
     disks: Vec<DiskConfig>,
+    /// A virtio-net NIC served by a vhost-user backend (repeatable):
+    /// vhost_user=on,socket=PATH[,mac=MAC][,queues=1][,queue_size=M].
+    #[arg(long = "net")]
+    nets: Vec<NetConfig>,
 }
 
 fn init_logging() {
@@ -84,6 +88,7 @@ fn run(args: RunArgs) -> ExitCode {
         memory: args.memory,
         serial: args.serial,
         disks: args.disks,
+        nets: args.nets,
     };
     let outcome = Machine::build(&cfg).and_then(Machine::run);
     match outcome {
