@@ -164,3 +164,115 @@ echo PING-STATUS=$?
     );
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
 }
+
+/// Link mode: two QEMU guests on one `vhost-user-net --link A,B` (no TAP): B pings A and runs
+/// iperf3 against it (TCP both ways, UDP).
+#[test]
+fn link_mode_two_qemu_guests_ping_and_iperf3() {
+    let Some(images) = images() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let guest = r#"
+ip link set eth0 up
+case $(cat /sys/class/net/eth0/address) in
+*:01)
+    ip addr add 10.0.1.1/24 dev eth0
+    echo ROLE=A
+    timeout 200 sh -c 'for i in 1 2 3; do iperf3 -s -1 >/dev/null 2>&1; done'
+    ;;
+*)
+    ip addr add 10.0.1.2/24 dev eth0
+    echo ROLE=B
+    for i in $(seq 120); do ping -c 1 -W 2 10.0.1.1 >/dev/null 2>&1 && break; sleep 1; done
+    ping -c 3 -W 5 10.0.1.1
+    echo PING-STATUS=$?
+    run() {
+        key=$1; shift
+        for t in 1 2 3 4 5 6; do
+            out=$(iperf3 -c 10.0.1.1 -t 3 -i 0 -J "$@" | tr -d '\n')
+            case "$out" in *'"error"'*) sleep 1 ;; *) break ;; esac
+        done
+        echo "$key=$out"
+    }
+    run IPERF-TCP
+    run IPERF-TCPR -R
+    run IPERF-UDP -u -b 20M
+    ;;
+esac
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = guest_initramfs(
+        &images,
+        guest,
+        true,
+        Cpio::new(),
+        &dir.path().join("g.cpio"),
+    )
+    .expect("guest initramfs");
+    let qemu = |name: &str, mac: &str| {
+        format!(
+            "timeout 600 qemu-system-x86_64 -enable-kvm -cpu host -machine q35 -smp 1 -m 512 \
+             -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+             -chardev socket,id=c0,path=/tmp/{name}.sock -netdev vhost-user,id=n0,chardev=c0 \
+             -device virtio-net-pci,netdev=n0,mac={mac},romfile= \
+             -nic none -display none -monitor none -serial stdio -no-reboot \
+             -kernel {kernel} -initrd {initrd} -append 'console=ttyS0 panic=-1 quiet' \
+             </dev/null >/lab/{name}.log 2>&1 &",
+            kernel = lab::LAB_GUEST_KERNEL,
+            initrd = lab::LAB_GUEST_INITRD,
+        )
+    };
+    let script = format!(
+        r#"
+export NO_COLOR=1
+echo 512 > /proc/sys/net/unix/max_dgram_qlen
+/lab/bin/vhost-user-net --link /tmp/a.sock,/tmp/b.sock --mac 52:54:00:00:00:01 2>/lab/vn.log &
+VN=$!
+for i in $(seq 100); do [ -S /tmp/a.sock ] && [ -S /tmp/b.sock ] && break; sleep 0.1; done
+{qa}
+QA=$!
+{qb}
+QB=$!
+wait $QA
+echo QA-STATUS=$?
+wait $QB
+echo QB-STATUS=$?
+dmesg | tail -5
+sleep 1
+kill $VN 2>/dev/null
+sleep 0.5
+sed 's/^/A: /' /lab/a.log
+sed 's/^/B: /' /lab/b.log
+echo VN-LOG-BEGIN
+cat /lab/vn.log
+echo VN-LOG-END
+grep -q '{marker}0' /lab/a.log && grep -q '{marker}0' /lab/b.log
+"#,
+        qa = qemu("a", "52:54:00:00:00:01"),
+        qb = qemu("b", "52:54:00:00:00:02"),
+        marker = GUEST_EXIT_MARKER,
+    );
+    let run = LabHost::new(&images)
+        .memory_mib(4096)
+        .binary(env!("CARGO_BIN_EXE_vhost-user-net"), "/lab/bin")
+        .with_guest(&initrd)
+        .script(script)
+        .timeout(Duration::from_secs(900))
+        .run()
+        .unwrap_or_else(|e| panic!("lab run: {e}"));
+    eprintln!("lab run took {:.1?}", run.duration);
+    let c = &run.console;
+    assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
+    let tx = iperf(c, "IPERF-TCP=", false);
+    let rx = iperf(c, "IPERF-TCPR=", false);
+    let udp = iperf(c, "IPERF-UDP=", true);
+    eprintln!(
+        "RESULT link mode, nested TCG, relative only: TCP B->A {:.1} Mbit/s, A->B {:.1} Mbit/s, UDP {:.1} Mbit/s",
+        tx / 1e6,
+        rx / 1e6,
+        udp / 1e6
+    );
+    for l in c.lines().filter(|l| l.contains("queue counters")) {
+        eprintln!("{l}");
+    }
+    assert_eq!(run.status, 0, "lab script failed:\n{c}");
+}

@@ -22,12 +22,13 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{device_features, RxPath, Tap, TxHandler, TX_MAX_IOV};
 use crate::engine::{Engine, EngineConfig, QueueStats, VhostMem, VringQueue};
 use crate::{Error, Result};
+use std::os::fd::{OwnedFd, RawFd};
 
 /// Options of a vhost-user-net device.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NetOptions {
-    /// TAP interface to create or attach to.
-    pub tap: String,
+    /// Where frames go.
+    pub port: Port,
     /// MAC address offered to the driver (VIRTIO_NET_F_MAC); `None`: the driver picks one.
     pub mac: Option<[u8; 6]>,
     /// MTU offered to the driver (VIRTIO_NET_F_MTU) and set on the TAP.
@@ -38,6 +39,57 @@ pub struct NetOptions {
     pub queue_size: u16,
     /// Busy-poll window of the transmit engine after each batch.
     pub poll: Duration,
+}
+
+/// The other end of the device's wire.
+#[derive(Debug)]
+pub enum Port {
+    /// A TAP interface to create or attach to (one queue per queue pair).
+    Tap(String),
+    /// Per queue pair, `(tx, rx)` ends of two datagram socket pairs whose other ends belong
+    /// to another device (link mode: two guests wired back to back, no TAP). Each datagram
+    /// is one frame with its 12-byte vnet header. The `tx` end should be `O_NONBLOCK` so a
+    /// peer that posts no receive buffers makes frames drop (counted in `io_errors`) instead
+    /// of stalling this queue, as a TAP would. No checksum/segmentation offloads are
+    /// offered: the peer guest may not have negotiated them.
+    Link(Vec<(OwnedFd, OwnedFd)>),
+}
+
+/// One queue pair's file descriptor.
+#[derive(Debug)]
+enum PortFd {
+    Tap(Tap),
+    Sock { tx: OwnedFd, rx: OwnedFd },
+}
+
+impl PortFd {
+    fn tx(&self) -> RawFd {
+        match self {
+            PortFd::Tap(t) => t.as_raw_fd(),
+            PortFd::Sock { tx, .. } => tx.as_raw_fd(),
+        }
+    }
+
+    fn rx(&self) -> RawFd {
+        match self {
+            PortFd::Tap(t) => t.as_raw_fd(),
+            PortFd::Sock { rx, .. } => rx.as_raw_fd(),
+        }
+    }
+}
+
+/// Offload features not offered in link mode.
+fn offload_features() -> u64 {
+    [
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+    ]
+    .iter()
+    .fold(0, |acc, b| acc | (1u64 << b))
 }
 
 type TxEngine = Engine<TxHandler, VhostMem>;
@@ -57,7 +109,7 @@ pub struct NetBackend {
     features: u64,
     acked: Arc<AtomicU64>,
     config: Vec<u8>,
-    taps: Vec<Tap>,
+    ports: Vec<PortFd>,
     tx: Vec<Mutex<TxEngine>>,
     rx: Vec<Mutex<RxPath>>,
     stats: Vec<PairStats>,
@@ -96,16 +148,42 @@ impl NetBackend {
         }
         let multi = opts.queue_pairs > 1;
 
-        let taps = (0..opts.queue_pairs)
-            .map(|_| Tap::open(&opts.tap, multi))
-            .collect::<Result<Vec<_>>>()?;
-        if let Err(e) = taps[0].set_mtu(opts.mtu) {
-            tracing::warn!("{e}");
-        }
+        let link = matches!(opts.port, Port::Link(_));
+        let ports: Vec<PortFd> = match &opts.port {
+            Port::Tap(name) => {
+                let taps = (0..opts.queue_pairs)
+                    .map(|_| Tap::open(name, multi))
+                    .collect::<Result<Vec<_>>>()?;
+                if let Err(e) = taps[0].set_mtu(opts.mtu) {
+                    tracing::warn!("{e}");
+                }
+                taps.into_iter().map(PortFd::Tap).collect()
+            }
+            Port::Link(fds) => {
+                if fds.len() != usize::from(opts.queue_pairs) {
+                    return Err(Error::InvalidConfig(format!(
+                        "{} link sockets for {} queue pairs",
+                        fds.len(),
+                        opts.queue_pairs
+                    )));
+                }
+                fds.iter()
+                    .map(|(tx, rx)| {
+                        Ok(PortFd::Sock {
+                            tx: tx.try_clone().map_err(Error::EventFd)?,
+                            rx: rx.try_clone().map_err(Error::EventFd)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
 
         let mut features = device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if multi {
             features |= 1 << VIRTIO_NET_F_MQ;
+        }
+        if link {
+            features &= !offload_features();
         }
         if opts.mac.is_none() {
             features &= !(1 << VIRTIO_NET_F_MAC);
@@ -125,15 +203,15 @@ impl NetBackend {
         let mut tx = Vec::new();
         let mut rx = Vec::new();
         let mut stats = Vec::new();
-        for tap in &taps {
+        for port in &ports {
             let st = PairStats {
                 rx: Arc::new(QueueStats::default()),
                 tx: Arc::new(QueueStats::default()),
             };
-            let handler = TxHandler::new(tap.as_raw_fd(), acked.clone(), opts.mtu, st.tx.clone());
+            let handler = TxHandler::new(port.tx(), acked.clone(), opts.mtu, st.tx.clone());
             tx.push(Mutex::new(Engine::new(handler, ecfg, st.tx.clone())?));
             rx.push(Mutex::new(RxPath::new(
-                tap.as_raw_fd(),
+                port.rx(),
                 opts.queue_size,
                 acked.clone(),
                 st.rx.clone(),
@@ -145,7 +223,7 @@ impl NetBackend {
             features,
             acked,
             config,
-            taps,
+            ports,
             tx,
             rx,
             stats,
@@ -207,7 +285,10 @@ impl VhostUserBackend for NetBackend {
 
     fn acked_features(&self, features: u64) {
         self.acked.store(features, Ordering::Relaxed);
-        for tap in &self.taps {
+        for tap in self.ports.iter().filter_map(|p| match p {
+            PortFd::Tap(t) => Some(t),
+            PortFd::Sock { .. } => None,
+        }) {
             if let Err(e) = tap.set_offload(features) {
                 tracing::error!("{e}");
             }

@@ -15,7 +15,7 @@ mod tap;
 mod tests;
 mod tx;
 
-pub use backend::{NetBackend, NetOptions};
+pub use backend::{NetBackend, NetOptions, PairStats, Port};
 pub use hdr::{HdrError, VnetHdr};
 pub use rx::RxPath;
 pub use tap::Tap;
