@@ -23,7 +23,27 @@ const MAC: &str = "52:54:00:12:34:56";
 
 /// Lab script: start the backend on tap0 (10.0.0.1/24), an iperf3 server, then the guest
 /// under QEMU with a vhost-user netdev; dump the backend log afterwards.
-fn lab_script(backend_args: &str, guest_mem_mib: u32) -> String {
+fn lab_script(backend_args: &str, guest_mem_mib: u32, reference: bool) -> String {
+    let reference = if reference {
+        // The same guest under QEMU's own virtio-net over a TAP (no vhost), measured in the
+        // same lab run as the reference; its console lines are prefixed with `REF: `.
+        format!(
+            r#"
+printf '#!/bin/sh\nip addr add 10.0.0.1/24 dev $1\nip link set $1 up\n' > /lab/ifup
+chmod +x /lab/ifup
+timeout 600 qemu-system-x86_64 -enable-kvm -cpu host -machine q35 -smp 2 -m {guest_mem_mib} \
+    -netdev tap,id=n0,ifname=tapref,script=/lab/ifup,downscript=no,vhost=off \
+    -device virtio-net-pci,netdev=n0,mac={MAC},romfile= \
+    -nic none -display none -monitor none -serial stdio -no-reboot \
+    -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet" </dev/null \
+    | sed 's/^/REF: /'
+"#,
+            kernel = lab::LAB_GUEST_KERNEL,
+            initrd = lab::LAB_GUEST_INITRD,
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"
 export NO_COLOR=1
@@ -47,6 +67,7 @@ sleep 0.5
 echo VN-LOG-BEGIN
 cat /lab/vn.log
 echo VN-LOG-END
+{reference}
 grep -q '{marker}0' /lab/guest.log
 "#,
         kernel = lab::LAB_GUEST_KERNEL,
@@ -55,7 +76,7 @@ grep -q '{marker}0' /lab/guest.log
     )
 }
 
-fn run_lab(guest_script: &str, backend_args: &str) -> Option<lab::LabRun> {
+fn run_lab(guest_script: &str, backend_args: &str, reference: bool) -> Option<lab::LabRun> {
     let images = images()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
@@ -71,7 +92,7 @@ fn run_lab(guest_script: &str, backend_args: &str) -> Option<lab::LabRun> {
         .memory_mib(3072)
         .binary(env!("CARGO_BIN_EXE_vhost-user-net"), "/lab/bin")
         .with_guest(&initrd)
-        .script(lab_script(backend_args, 768))
+        .script(lab_script(backend_args, 768, reference))
         .timeout(Duration::from_secs(900))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
@@ -122,7 +143,7 @@ echo "IPERF-TCPR=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J -R | tr -d '\n')"
 echo "IPERF-UDP=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J -u -b 50M | tr -d '\n')"
 "#
     );
-    let Some(run) = run_lab(&script, "") else {
+    let Some(run) = run_lab(&script, "", true) else {
         return;
     };
     let c = &run.console;
@@ -136,6 +157,23 @@ echo "IPERF-UDP=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J -u -b 50M | tr -d '\n')"
         rx / 1e6,
         udp / 1e6
     );
+    // Same guest, QEMU's own virtio-net on a TAP, same lab run: ratios, not absolutes.
+    if value(c, "REF: IPERF-TCP=").is_some() {
+        let r_tx = iperf(c, "REF: IPERF-TCP=", false);
+        let r_rx = iperf(c, "REF: IPERF-TCPR=", false);
+        let r_udp = iperf(c, "REF: IPERF-UDP=", true);
+        eprintln!(
+            "RESULT reference QEMU virtio-net (tap, vhost=off): TCP guest->host {:.1} Mbit/s, host->guest {:.1} Mbit/s, UDP {:.1} Mbit/s; ratio ours/ref {:.2} / {:.2} / {:.2}",
+            r_tx / 1e6,
+            r_rx / 1e6,
+            r_udp / 1e6,
+            tx / r_tx,
+            rx / r_rx,
+            udp / r_udp
+        );
+    } else {
+        eprintln!("no reference run output");
+    }
     for l in c.lines().filter(|l| l.contains("queue counters")) {
         eprintln!("{l}");
     }
@@ -152,7 +190,7 @@ ping -c 3 -W 5 -s 8000 10.0.0.1
 echo PING-STATUS=$?
 "#
     );
-    let Some(run) = run_lab(&script, "--mtu 9000") else {
+    let Some(run) = run_lab(&script, "--mtu 9000", false) else {
         return;
     };
     let c = &run.console;
