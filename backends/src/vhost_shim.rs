@@ -165,3 +165,99 @@ fn requests(front: &UnixStream, back: &UnixStream) -> io::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(request: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&request.to_le_bytes());
+        m.extend_from_slice(&(flags | FLAG_VERSION).to_le_bytes());
+        m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    fn read_msg(s: &mut UnixStream) -> (u32, u32, Vec<u8>) {
+        let mut hdr = [0u8; HDR_LEN];
+        s.read_exact(&mut hdr).unwrap();
+        let field = |i: usize| u32::from_le_bytes(hdr[i..i + 4].try_into().unwrap());
+        let mut payload = vec![0u8; field(8) as usize];
+        s.read_exact(&mut payload).unwrap();
+        (field(0), field(4), payload)
+    }
+
+    fn vring_state(index: u32, num: u32) -> Vec<u8> {
+        [index.to_le_bytes(), num.to_le_bytes()].concat()
+    }
+
+    #[test]
+    fn early_vring_enable_is_held_and_replayed_after_set_features() {
+        let dir = tempfile::tempdir().unwrap();
+        let outer = dir.path().join("front.sock");
+        let inner = dir.path().join("back.sock");
+        let daemon = UnixListener::bind(&inner).unwrap();
+        let relay = relay_one(&outer, inner).unwrap();
+        let mut front = UnixStream::connect(&outer).unwrap();
+        let (mut back, _) = daemon.accept().unwrap();
+        back.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        front
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+
+        // GET_FEATURES passes straight through.
+        front.write_all(&msg(1, 0, &[])).unwrap();
+        assert_eq!(read_msg(&mut back).0, 1);
+        // Early enables: held; the one asking for a reply is acked by the relay.
+        front
+            .write_all(&msg(SET_VRING_ENABLE, 0, &vring_state(0, 1)))
+            .unwrap();
+        front
+            .write_all(&msg(SET_VRING_ENABLE, FLAG_NEED_REPLY, &vring_state(1, 1)))
+            .unwrap();
+        let (req, flags, payload) = read_msg(&mut front);
+        assert_eq!((req, flags & FLAG_REPLY), (SET_VRING_ENABLE, FLAG_REPLY));
+        assert_eq!(payload, 0u64.to_le_bytes());
+        // A message with a file descriptor keeps it (SET_VRING_KICK = 12).
+        let (a, _b) = UnixStream::pair().unwrap();
+        let hdr_and_payload = msg(12, 0, &0u64.to_le_bytes());
+        front
+            .send_with_fds(&[&hdr_and_payload[..]], &[a.as_raw_fd()])
+            .unwrap();
+        let mut buf = [0u8; HDR_LEN + 8];
+        let mut fds = [-1; 4];
+        let mut iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        // SAFETY: the iovec points at `buf`.
+        let (n, nfds) = unsafe { back.recv_with_fds(&mut iov, &mut fds) }.unwrap();
+        assert_eq!((n, nfds), (HDR_LEN + 8, 1));
+        // SAFETY: the received descriptor is ours.
+        drop(unsafe { File::from_raw_fd(fds[0]) });
+        assert_eq!(u32::from_le_bytes(buf[..4].try_into().unwrap()), 12);
+        // SET_FEATURES with PROTOCOL_FEATURES: forwarded, then the held states replayed.
+        front
+            .write_all(&msg(SET_FEATURES, 0, &PROTOCOL_FEATURES_BIT.to_le_bytes()))
+            .unwrap();
+        assert_eq!(read_msg(&mut back).0, SET_FEATURES);
+        let mut replayed = vec![read_msg(&mut back), read_msg(&mut back)];
+        replayed.sort_by_key(|m| m.2.clone());
+        for (i, (req, flags, payload)) in replayed.into_iter().enumerate() {
+            assert_eq!(req, SET_VRING_ENABLE);
+            assert_eq!(flags & FLAG_NEED_REPLY, 0);
+            assert_eq!(payload, vring_state(i as u32, 1));
+        }
+        // Later enables pass straight through.
+        front
+            .write_all(&msg(SET_VRING_ENABLE, 0, &vring_state(0, 0)))
+            .unwrap();
+        assert_eq!(read_msg(&mut back).2, vring_state(0, 0));
+        drop(front);
+        let mut rest = Vec::new();
+        let _ = back.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+        relay.join().unwrap();
+    }
+}
