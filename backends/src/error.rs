@@ -62,6 +62,16 @@ pub enum Error {
     /// A command line or configuration value is unusable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A TAP operation failed.
+    #[error("tap {name}: {op}: {source}")]
+    Tap {
+        /// Interface name.
+        name: String,
+        /// What was attempted.
+        op: &'static str,
+        /// OS error.
+        source: io::Error,
+    },
     /// The vhost-user daemon failed.
     #[error("vhost-user: {0}")]
     VhostUser(String),

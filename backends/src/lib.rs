@@ -4,9 +4,21 @@
 //! * [`engine`] — queue walking, descriptor validation, io_uring submission/completion,
 //!   EVENT_IDX-aware notification, batching and an optional busy-poll window.
 //! * [`blk`] — virtio-blk request parsing/execution and the `vhost-user-blk` backend.
+//! * [`net`] — virtio-net transmit/receive over a TAP and the `vhost-user-net` backend.
 
 pub mod blk;
 pub mod engine;
 mod error;
+pub mod net;
+pub mod vhost_shim;
 
 pub use error::{Error, GuestFault, Result};
+
+/// Set the calling thread's name (vhost-user-backend names its workers `vring_worker`).
+pub(crate) fn name_thread(name: &str) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from `buf`.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+}

@@ -40,6 +40,9 @@ pub enum ConfigError {
     /// A required option is missing.
     #[error("missing option '{0}'")]
     MissingOption(&'static str),
+    /// Only vhost-user NICs exist so far.
+    #[error("--net needs vhost_user=on (the only network device type this VMM has)")]
+    NetNotVhostUser,
     /// Only vhost-user disks exist so far.
     #[error("--disk needs vhost_user=on (the only disk type this VMM has)")]
     DiskNotVhostUser,
@@ -244,6 +247,73 @@ impl FromStr for DeviceConfig {
     }
 }
 
+/// A NIC: `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The vhost-user backend's socket.
+    pub socket: PathBuf,
+    /// MAC address given to the guest (default: the backend's, else the guest picks one).
+    pub mac: Option<[u8; 6]>,
+    /// Queue pairs requested (only 1 is supported without a control queue).
+    pub queues: Option<u16>,
+    /// Virtqueue size (power of two).
+    pub queue_size: u16,
+}
+
+fn parse_mac(key: &str, value: &str) -> Result<[u8; 6], ConfigError> {
+    let bad = || ConfigError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: "a MAC address like 52:54:00:12:34:56",
+    };
+    let mut mac = [0u8; 6];
+    let mut parts = value.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+impl FromStr for NetConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut vhost_user = false;
+        let mut socket = None;
+        let mut mac = None;
+        let mut queues = None;
+        let mut queue_size = DEFAULT_QUEUE_SIZE;
+        for opt in s.split(',').filter(|o| !o.is_empty()) {
+            let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+            match key {
+                "vhost_user" => vhost_user = parse_on_off(key, value)?,
+                "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
+                "socket" => return Err(ConfigError::MissingOption("socket")),
+                "mac" => mac = Some(parse_mac(key, value)?),
+                "queues" => queues = Some(parse_count(key, value, MAX_QUEUES, false)?),
+                "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
+                _ => return Err(ConfigError::UnknownOption(opt.to_string())),
+            }
+        }
+        if !vhost_user {
+            return Err(ConfigError::NetNotVhostUser);
+        }
+        Ok(Self {
+            socket: socket.ok_or(ConfigError::MissingOption("socket"))?,
+            mac,
+            queues,
+            queue_size,
+        })
+    }
+}
+
 /// Everything needed to build and boot a VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -264,11 +334,44 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Host PCI devices passed through with VFIO.
     pub devices: Vec<DeviceConfig>,
+    /// Virtio-net NICs served by vhost-user backends.
+    pub nets: Vec<NetConfig>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_options() {
+        let n: NetConfig = "vhost_user=on,socket=/s,mac=52:54:00:ab:cd:ef,queue_size=512"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            n,
+            NetConfig {
+                socket: "/s".into(),
+                mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
+                queues: None,
+                queue_size: 512,
+            }
+        );
+        let err = |s: &str| s.parse::<NetConfig>().unwrap_err();
+        assert_eq!(err("socket=/s"), ConfigError::NetNotVhostUser);
+        assert_eq!(err("vhost_user=on"), ConfigError::MissingOption("socket"));
+        assert!(matches!(
+            err("vhost_user=on,socket=/s,mac=52:54:00:ab:cd"),
+            ConfigError::BadValue { .. }
+        ));
+        assert!(matches!(
+            err("vhost_user=on,socket=/s,mac=52:54:00:ab:cd:ef:01"),
+            ConfigError::BadValue { .. }
+        ));
+        assert!(matches!(
+            err("vhost_user=on,socket=/s,mac=5:54:00:ab:cd:ef"),
+            ConfigError::BadValue { .. }
+        ));
+    }
 
     #[test]
     fn sizes() {

@@ -24,7 +24,8 @@ use crate::devices::vfio::VfioDevices;
 use crate::devices::virtio::monitor::HangupMonitor;
 use crate::devices::virtio::pci::BAR_SIZE;
 use crate::devices::virtio::vhost_user_blk::VhostUserBlk;
-use crate::devices::virtio::{VirtioError, VirtioPciDevice};
+use crate::devices::virtio::vhost_user_net::VhostUserNet;
+use crate::devices::virtio::{VirtioBackend, VirtioError, VirtioPciDevice};
 use crate::error::Error;
 use crate::layout;
 use crate::memory::{self, GuestRam};
@@ -48,6 +49,7 @@ pub struct Machine {
     pub irq_routing: Arc<IrqRouting>,
     /// PCI bus 0.
     pub pci: Arc<Mutex<PciBus>>,
+    /// Virtio PCI devices (disks, then NICs).
     disks: Vec<Arc<Mutex<VirtioPciDevice>>>,
     monitors: Vec<HangupMonitor>,
     vfio: VfioDevices,
@@ -112,13 +114,25 @@ impl Machine {
             .map_err(|e| Error::Config(format!("64-bit PCI window: {e}")))?;
         let mut disks = Vec::new();
         let mut monitors = Vec::new();
+        let mut backends: Vec<(Box<dyn VirtioBackend>, String)> = Vec::new();
         for (i, disk) in cfg.disks.iter().enumerate() {
-            let backend = VhostUserBlk::connect(disk, i)?;
+            backends.push((
+                Box::new(VhostUserBlk::connect(disk, i)?),
+                format!("vu-blk{i}-mon"),
+            ));
+        }
+        for (i, net) in cfg.nets.iter().enumerate() {
+            backends.push((
+                Box::new(VhostUserNet::connect(net, i)?),
+                format!("vu-net{i}-mon"),
+            ));
+        }
+        for (backend, monitor) in backends {
             let bar = mmio64
                 .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
                 .map_err(|_| VirtioError::NoBarSpace(BAR_SIZE))?;
             let dev = VirtioPciDevice::new(
-                Box::new(backend),
+                backend,
                 vm.fd.clone(),
                 irq_routing.clone(),
                 buses.clone(),
@@ -131,7 +145,7 @@ impl Machine {
                 lock(&dev).name(),
                 bar.start()
             );
-            if let Some(m) = HangupMonitor::spawn(&dev, format!("vu-blk{i}-mon"))? {
+            if let Some(m) = HangupMonitor::spawn(&dev, monitor)? {
                 monitors.push(m);
             }
             disks.push(dev);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use vmm::config::{DeviceConfig, DiskConfig, MemoryConfig, SerialConfig, VmConfig};
+use vmm::config::{DeviceConfig, DiskConfig, MemoryConfig, NetConfig, SerialConfig, VmConfig};
 use vmm::machine::Machine;
 
 #[derive(Parser)]
@@ -67,6 +67,10 @@ struct RunArgs {
     /// Repeatable.
     #[arg(long = "device")]
     devices: Vec<DeviceConfig>,
+    /// A virtio-net NIC served by a vhost-user backend (repeatable):
+    /// vhost_user=on,socket=PATH[,mac=MAC][,queues=1][,queue_size=M].
+    #[arg(long = "net")]
+    nets: Vec<NetConfig>,
 }
 
 fn init_logging() {
@@ -89,6 +93,7 @@ fn run(args: RunArgs) -> ExitCode {
         serial: args.serial,
         disks: args.disks,
         devices: args.devices,
+        nets: args.nets,
     };
     let outcome = Machine::build(&cfg).and_then(Machine::run);
     match outcome {

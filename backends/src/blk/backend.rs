@@ -294,7 +294,7 @@ impl VhostUserBackend for BlkBackend {
         NAMED.with(|named| {
             if !named.get() {
                 named.set(true);
-                name_thread(&format!("blk-q{thread_id}"));
+                crate::name_thread(&format!("blk-q{thread_id}"));
             }
         });
         let (Some(vring), Some(engine)) = (vrings.first(), self.engines.get(thread_id)) else {
@@ -319,15 +319,6 @@ impl VhostUserBackend for BlkBackend {
         }
         engine.process(&mut q).map_err(io::Error::other)
     }
-}
-
-/// Set the calling thread's name (vhost-user-backend names its workers `vring_worker`).
-fn name_thread(name: &str) {
-    let mut buf = [0u8; 16];
-    let n = name.len().min(15);
-    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from `buf`.
-    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
 }
 
 #[cfg(test)]

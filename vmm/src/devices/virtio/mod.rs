@@ -11,6 +11,7 @@ pub mod msix;
 pub mod pci;
 pub mod queue;
 pub mod vhost_user_blk;
+pub mod vhost_user_net;
 
 use std::os::fd::RawFd;
 

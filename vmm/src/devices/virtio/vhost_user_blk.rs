@@ -203,7 +203,12 @@ impl VhostUserBlk {
 
 /// Translates a guest ring address to this process's address, checking the
 /// whole ring lies in one RAM region.
-fn host_addr(mem: &GuestMemoryMmap, queue: usize, gpa: u64, len: u64) -> Result<u64, VirtioError> {
+pub(super) fn host_addr(
+    mem: &GuestMemoryMmap,
+    queue: usize,
+    gpa: u64,
+    len: u64,
+) -> Result<u64, VirtioError> {
     let bad = || VirtioError::BadRing {
         queue,
         addr: gpa,

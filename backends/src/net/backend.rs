@@ -1,0 +1,381 @@
+//! The vhost-user-net device: features, config space, one TAP queue, one transmit [`Engine`]
+//! and one [`RxPath`] per queue pair, each pair served by its own vhost-user-backend worker
+//! thread (`net-q<N>`).
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use virtio_bindings::virtio_net::*;
+use vm_memory::GuestMemoryAtomic;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{device_features, RxPath, Tap, TxHandler, TX_MAX_IOV};
+use crate::engine::{Engine, EngineConfig, QueueStats, VhostMem, VringQueue};
+use crate::{Error, Result};
+use std::os::fd::{OwnedFd, RawFd};
+
+/// Options of a vhost-user-net device.
+#[derive(Debug)]
+pub struct NetOptions {
+    /// Where frames go.
+    pub port: Port,
+    /// MAC address offered to the driver (VIRTIO_NET_F_MAC); `None`: the driver picks one.
+    pub mac: Option<[u8; 6]>,
+    /// MTU offered to the driver (VIRTIO_NET_F_MTU) and set on the TAP.
+    pub mtu: u16,
+    /// Queue pairs (one worker thread, one TAP queue and two io_urings each).
+    pub queue_pairs: u16,
+    /// Maximum queue size.
+    pub queue_size: u16,
+    /// Busy-poll window of the transmit engine after each batch.
+    pub poll: Duration,
+}
+
+/// The other end of the device's wire.
+#[derive(Debug)]
+pub enum Port {
+    /// A TAP interface to create or attach to (one queue per queue pair).
+    Tap(String),
+    /// Per queue pair, `(tx, rx)` ends of two datagram socket pairs whose other ends belong
+    /// to another device (link mode: two guests wired back to back, no TAP). Each datagram
+    /// is one frame with its 12-byte vnet header. The `tx` end should be `O_NONBLOCK` so a
+    /// peer that posts no receive buffers makes frames drop (counted in `io_errors`) instead
+    /// of stalling this queue, as a TAP would. No checksum/segmentation offloads are
+    /// offered: the peer guest may not have negotiated them.
+    Link(Vec<(OwnedFd, OwnedFd)>),
+}
+
+/// One queue pair's file descriptor.
+#[derive(Debug)]
+enum PortFd {
+    Tap(Tap),
+    Sock { tx: OwnedFd, rx: OwnedFd },
+}
+
+impl PortFd {
+    fn tx(&self) -> RawFd {
+        match self {
+            PortFd::Tap(t) => t.as_raw_fd(),
+            PortFd::Sock { tx, .. } => tx.as_raw_fd(),
+        }
+    }
+
+    fn rx(&self) -> RawFd {
+        match self {
+            PortFd::Tap(t) => t.as_raw_fd(),
+            PortFd::Sock { rx, .. } => rx.as_raw_fd(),
+        }
+    }
+}
+
+/// Offload features not offered in link mode.
+fn offload_features() -> u64 {
+    [
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+    ]
+    .iter()
+    .fold(0, |acc, b| acc | (1u64 << b))
+}
+
+type TxEngine = Engine<TxHandler, VhostMem>;
+
+/// Per queue-pair counters.
+#[derive(Debug, Clone)]
+pub struct PairStats {
+    /// Receive queue counters (requests = chains used, ok = frames delivered).
+    pub rx: Arc<QueueStats>,
+    /// Transmit queue counters (requests = frames, ok = written to the TAP).
+    pub tx: Arc<QueueStats>,
+}
+
+/// vhost-user-net backend state shared by the daemon and the queue threads.
+pub struct NetBackend {
+    opts: NetOptions,
+    features: u64,
+    acked: Arc<AtomicU64>,
+    config: Vec<u8>,
+    ports: Vec<PortFd>,
+    tx: Vec<Mutex<TxEngine>>,
+    rx: Vec<Mutex<RxPath>>,
+    stats: Vec<PairStats>,
+    mem: RwLock<GuestMemoryAtomic<VhostMem>>,
+}
+
+thread_local! {
+    static NAMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Local vring index of the receive queue in a worker thread.
+const RX_VRING: u16 = 0;
+/// Local vring index of the transmit queue.
+const TX_VRING: u16 = 1;
+
+impl NetBackend {
+    /// Open the TAP queues and build the device.
+    pub fn new(opts: NetOptions) -> Result<Self> {
+        if opts.queue_pairs == 0 || opts.queue_pairs > 16 {
+            return Err(Error::InvalidConfig(format!(
+                "queues must be 1..=16, got {}",
+                opts.queue_pairs
+            )));
+        }
+        if !opts.queue_size.is_power_of_two() || opts.queue_size > 32768 {
+            return Err(Error::InvalidConfig(format!(
+                "queue size must be a power of two <= 32768, got {}",
+                opts.queue_size
+            )));
+        }
+        if !(68..=65535 - 18).contains(&opts.mtu) {
+            return Err(Error::InvalidConfig(format!(
+                "mtu {} out of range",
+                opts.mtu
+            )));
+        }
+        let multi = opts.queue_pairs > 1;
+
+        let link = matches!(opts.port, Port::Link(_));
+        let ports: Vec<PortFd> = match &opts.port {
+            Port::Tap(name) => {
+                let taps = (0..opts.queue_pairs)
+                    .map(|_| Tap::open(name, multi))
+                    .collect::<Result<Vec<_>>>()?;
+                if let Err(e) = taps[0].set_mtu(opts.mtu) {
+                    tracing::warn!("{e}");
+                }
+                taps.into_iter().map(PortFd::Tap).collect()
+            }
+            Port::Link(fds) => {
+                if fds.len() != usize::from(opts.queue_pairs) {
+                    return Err(Error::InvalidConfig(format!(
+                        "{} link sockets for {} queue pairs",
+                        fds.len(),
+                        opts.queue_pairs
+                    )));
+                }
+                fds.iter()
+                    .map(|(tx, rx)| {
+                        Ok(PortFd::Sock {
+                            tx: tx.try_clone().map_err(Error::EventFd)?,
+                            rx: rx.try_clone().map_err(Error::EventFd)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
+
+        let mut features = device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if multi {
+            features |= 1 << VIRTIO_NET_F_MQ;
+        }
+        if link {
+            features &= !offload_features();
+        }
+        if opts.mac.is_none() {
+            features &= !(1 << VIRTIO_NET_F_MAC);
+        }
+        let mut config = Vec::with_capacity(12);
+        config.extend_from_slice(&opts.mac.unwrap_or_default());
+        config.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        config.extend_from_slice(&opts.queue_pairs.to_le_bytes());
+        config.extend_from_slice(&opts.mtu.to_le_bytes());
+
+        let acked = Arc::new(AtomicU64::new(0));
+        let ecfg = EngineConfig {
+            queue_size: opts.queue_size,
+            poll: opts.poll,
+            max_iov: TX_MAX_IOV,
+        };
+        let mut tx = Vec::new();
+        let mut rx = Vec::new();
+        let mut stats = Vec::new();
+        for port in &ports {
+            let st = PairStats {
+                rx: Arc::new(QueueStats::default()),
+                tx: Arc::new(QueueStats::default()),
+            };
+            let handler = TxHandler::new(port.tx(), acked.clone(), opts.mtu, st.tx.clone());
+            tx.push(Mutex::new(Engine::new(handler, ecfg, st.tx.clone())?));
+            rx.push(Mutex::new(RxPath::new(
+                port.rx(),
+                opts.queue_size,
+                acked.clone(),
+                st.rx.clone(),
+            )?));
+            stats.push(st);
+        }
+        Ok(Self {
+            opts,
+            features,
+            acked,
+            config,
+            ports,
+            tx,
+            rx,
+            stats,
+            mem: RwLock::new(GuestMemoryAtomic::new(VhostMem::default())),
+        })
+    }
+
+    /// Per queue-pair counters.
+    pub fn stats(&self) -> &[PairStats] {
+        &self.stats
+    }
+
+    /// Completion eventfds of pair `q`: `(tx, rx)`, to register with that pair's epoll loop.
+    pub fn completion_fds(&self, q: usize) -> io::Result<(EventFd, EventFd)> {
+        let tx = self.tx[q]
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        let rx = self.rx[q]
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        Ok((
+            tx.completion_fd().try_clone()?,
+            rx.completion_fd().try_clone()?,
+        ))
+    }
+
+    /// epoll `data` of the transmit completion eventfd (the receive one is this + 1).
+    pub fn tx_completion_event(&self) -> u16 {
+        2 * self.opts.queue_pairs + 1
+    }
+
+    fn rx_completion_event(&self) -> u16 {
+        self.tx_completion_event() + 1
+    }
+
+    /// Log the per-queue counters.
+    pub fn log_stats(&self) {
+        for (q, s) in self.stats.iter().enumerate() {
+            tracing::info!(pair = q, rx = ?s.rx.snapshot(), tx = ?s.tx.snapshot(), "queue counters");
+        }
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock<GuestMemoryAtomic<VhostMem>>;
+
+    fn num_queues(&self) -> usize {
+        2 * usize::from(self.opts.queue_pairs)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.opts.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked.store(features, Ordering::Relaxed);
+        for tap in self.ports.iter().filter_map(|p| match p {
+            PortFd::Tap(t) => Some(t),
+            PortFd::Sock { .. } => None,
+        }) {
+            if let Err(e) = tap.set_offload(features) {
+                tracing::error!("{e}");
+            }
+        }
+        tracing::info!(
+            features = format_args!("{features:#x}"),
+            "driver features acked"
+        );
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {}
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let start = offset as usize;
+        match start.checked_add(size as usize) {
+            Some(end) if end <= self.config.len() => self.config[start..end].to_vec(),
+            _ => {
+                tracing::warn!(offset, size, "get_config out of range");
+                Vec::new()
+            }
+        }
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<VhostMem>) -> io::Result<()> {
+        *self.mem.write().map_err(|_| io::Error::other("poisoned"))? = mem;
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.opts.queue_pairs)
+            .map(|q| 0b11u64 << (2 * q))
+            .collect()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Self::Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        NAMED.with(|named| {
+            if !named.get() {
+                named.set(true);
+                crate::name_thread(&format!("net-q{thread_id}"));
+            }
+        });
+        let mem = self
+            .mem
+            .read()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .clone();
+        tracing::trace!(device_event, thread_id, "event");
+        let missing = || io::Error::other(format!("no queue pair for thread {thread_id}"));
+        if device_event == RX_VRING || device_event == self.rx_completion_event() {
+            let vring = vrings.get(usize::from(RX_VRING)).ok_or_else(missing)?;
+            let mut rx = self
+                .rx
+                .get(thread_id)
+                .ok_or_else(missing)?
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?;
+            let mut q = VringQueue::new(vring, &mem);
+            rx.process(&mut q).map_err(io::Error::other)
+        } else if device_event == TX_VRING || device_event == self.tx_completion_event() {
+            let vring = vrings.get(usize::from(TX_VRING)).ok_or_else(missing)?;
+            let mut tx = self
+                .tx
+                .get(thread_id)
+                .ok_or_else(missing)?
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?;
+            let mut q = VringQueue::new(vring, &mem);
+            tx.process(&mut q).map_err(io::Error::other)
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! virtio-net over a TAP device: the transmit handler on the shared [`Engine`](crate::engine::Engine)
+//! ([`TxHandler`]), the receive path ([`RxPath`]), the TAP itself ([`Tap`]) and the
+//! vhost-user backend ([`NetBackend`]).
+//!
+//! Every frame starts with a 12-byte `virtio_net_hdr_v1` (VERSION_1 makes the header the same
+//! size with or without MRG_RXBUF); the TAP is configured with the same header size
+//! (`TUNSETVNETHDRSZ`), so the header passes through unchanged in both directions and only
+//! `num_buffers` is filled in by this device on receive.
+
+mod backend;
+mod hdr;
+mod rx;
+mod tap;
+#[cfg(test)]
+mod tests;
+mod tx;
+
+pub use backend::{NetBackend, NetOptions, PairStats, Port};
+pub use hdr::{HdrError, VnetHdr};
+pub use rx::RxPath;
+pub use tap::Tap;
+pub use tx::TxHandler;
+
+use virtio_bindings::virtio_net::*;
+
+/// `virtio_net_hdr_v1` length (with `num_buffers`).
+pub const VNET_HDR_LEN: usize = 12;
+/// Ethernet header length.
+pub const ETH_HLEN: usize = 14;
+/// One 802.1Q tag.
+pub const VLAN_HLEN: usize = 4;
+/// Largest IP datagram a segmentation-offload frame may carry.
+pub const MAX_GSO_PAYLOAD: usize = 65535;
+/// Largest frame (without the virtio header) that may cross the device with GSO.
+pub const MAX_GSO_FRAME: usize = MAX_GSO_PAYLOAD + ETH_HLEN + VLAN_HLEN;
+/// Receive bounce buffer: header + the largest frame + one byte to detect truncation.
+pub const RX_BUF_LEN: usize = VNET_HDR_LEN + MAX_GSO_FRAME + 1;
+/// Default MTU.
+pub const DEFAULT_MTU: u16 = 1500;
+/// Largest iovec count for one transmitted frame.
+pub const TX_MAX_IOV: usize = 64;
+
+/// The virtio-net feature bits this device can offer (without `VIRTIO_NET_F_MQ`, which
+/// depends on the queue count).
+pub fn device_features() -> u64 {
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+    [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_NET_F_MAC,
+        VIRTIO_NET_F_MTU,
+        VIRTIO_NET_F_STATUS,
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+        VIRTIO_NET_F_MRG_RXBUF,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_RING_F_INDIRECT_DESC,
+    ]
+    .iter()
+    .fold(0u64, |acc, bit| acc | (1u64 << bit))
+}
+
+/// Whether feature `bit` is set in `features`.
+pub fn has(features: u64, bit: u32) -> bool {
+    features & (1u64 << bit) != 0
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}

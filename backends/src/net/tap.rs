@@ -1,0 +1,155 @@
+//! A TAP queue file descriptor with a virtio-net header (`IFF_VNET_HDR`).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use virtio_bindings::virtio_net::*;
+
+use super::{has, VNET_HDR_LEN};
+use crate::{Error, Result};
+
+/// One queue of a TAP interface (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, plus
+/// `IFF_MULTI_QUEUE` when the device has several queue pairs).
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+/// `struct ifreq` as far as TUNSETIFF / SIOCSIFMTU use it (name + a union of at most 24 bytes).
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    data: [u8; 24],
+}
+
+impl IfReq {
+    fn new(name: &str) -> Result<IfReq> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+            return Err(Error::InvalidConfig(format!("bad interface name {name:?}")));
+        }
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            data: [0; 24],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(req)
+    }
+}
+
+fn tap_err<'a>(name: &'a str, op: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Tap {
+        name: name.to_string(),
+        op,
+        source,
+    }
+}
+
+impl Tap {
+    /// Create the TAP `name` or attach to an existing one (one more queue when
+    /// `multi_queue`), with a 12-byte vnet header. The fd stays blocking: io_uring polls it.
+    pub fn open(name: &str, multi_queue: bool) -> Result<Tap> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .map_err(tap_err(name, "open /dev/net/tun"))?;
+        let mut req = IfReq::new(name)?;
+        let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
+        req.data[..2].copy_from_slice(&(flags as u16).to_ne_bytes());
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is laid out as
+        // (and is large enough for); the fd is ours.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        if rc < 0 {
+            return Err(tap_err(name, "TUNSETIFF")(io::Error::last_os_error()));
+        }
+        let tap = Tap {
+            file,
+            name: name.to_string(),
+        };
+        let hdr = VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer.
+        let rc = unsafe { libc::ioctl(tap.file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr) };
+        if rc < 0 {
+            return Err(tap_err(name, "TUNSETVNETHDRSZ")(io::Error::last_os_error()));
+        }
+        // Until the driver acks features, offer it plain frames only.
+        tap.set_offload(0)?;
+        Ok(tap)
+    }
+
+    /// Interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `TUNSETOFFLOAD` matching the receive offloads the driver accepted
+    /// (GUEST_CSUM → TUN_F_CSUM, GUEST_TSO4/6 → TUN_F_TSO4/6, GUEST_ECN → TUN_F_TSO_ECN).
+    pub fn set_offload(&self, guest_features: u64) -> Result<()> {
+        let flags = tun_offload_flags(guest_features);
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if rc < 0 {
+            return Err(tap_err(&self.name, "TUNSETOFFLOAD")(
+                io::Error::last_os_error(),
+            ));
+        }
+        tracing::debug!(tap = %self.name, flags, "TAP offloads set");
+        Ok(())
+    }
+
+    /// Set the interface MTU (`SIOCSIFMTU`).
+    pub fn set_mtu(&self, mtu: u16) -> Result<()> {
+        let mut req = IfReq::new(&self.name)?;
+        req.data[..4].copy_from_slice(&i32::from(mtu).to_ne_bytes());
+        // SAFETY: plain socket creation; the fd is wrapped at once.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if sock < 0 {
+            return Err(tap_err(&self.name, "socket")(io::Error::last_os_error()));
+        }
+        // SAFETY: `sock` is a fresh fd owned by nobody else.
+        let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+        // SAFETY: SIOCSIFMTU reads one `struct ifreq` (name + int mtu).
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &mut req) };
+        if rc < 0 {
+            return Err(tap_err(&self.name, "SIOCSIFMTU")(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// TUN offload flags for the negotiated guest receive offloads.
+pub fn tun_offload_flags(features: u64) -> libc::c_uint {
+    let mut flags = 0;
+    if has(features, VIRTIO_NET_F_GUEST_CSUM) {
+        flags |= libc::TUN_F_CSUM;
+        if has(features, VIRTIO_NET_F_GUEST_TSO4) {
+            flags |= libc::TUN_F_TSO4;
+        }
+        if has(features, VIRTIO_NET_F_GUEST_TSO6) {
+            flags |= libc::TUN_F_TSO6;
+        }
+        if has(features, VIRTIO_NET_F_GUEST_ECN)
+            && flags & (libc::TUN_F_TSO4 | libc::TUN_F_TSO6) != 0
+        {
+            flags |= libc::TUN_F_TSO_ECN;
+        }
+    }
+    flags
+}
