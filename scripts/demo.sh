@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The main job, from a fresh Debian machine: set up, build, boot the guest image with
-# `vmm run` (directly on hardware KVM, or inside the lab host), then time guest boot
-# against QEMU with `vmm-perf boot`. The comparison harness grows this into the full
-# tier x workload matrix.
+# The main job, from a fresh Debian machine: set up, build, and run the comparison
+# harness (`vmm-perf compare`: every I/O tier that exists x fio/iperf3/boot workloads,
+# directly on hardware KVM or inside the lab host). Arguments go to `vmm-perf compare`
+# (e.g. --tiers, --workloads, --repeat, --duration). The report lands in results/<timestamp>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-host.sh
 scripts/build-images.sh
-cargo build --release -p vmm -p perf
+cargo build --release -p vmm -p perf -p backends
 target/release/vmm check || true
-target/release/vmm-perf boot --repeat "${REPEAT:-5}" --json "${JSON:-perf-boot.json}"
+exec target/release/vmm-perf compare "$@"
