@@ -37,9 +37,12 @@ pub enum ConfigError {
     /// A required option is missing.
     #[error("missing option '{0}'")]
     MissingOption(&'static str),
-    /// Only vhost-user disks exist so far.
-    #[error("--disk needs vhost_user=on (the only disk type this VMM has)")]
+    /// A disk names neither a vhost-user socket nor a backing file.
+    #[error("--disk needs vhost_user=on,socket=PATH or path=FILE")]
     DiskNotVhostUser,
+    /// Options of two disk kinds were mixed.
+    #[error("--disk: {0}")]
+    DiskConflict(&'static str),
 }
 
 /// Parses a byte size such as `512M`, `2G`, `4096` (bytes) or `1.5G`.
@@ -162,15 +165,55 @@ pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Largest number of queues per disk.
 pub const MAX_QUEUES: u16 = 64;
 
-/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M]`.
+/// What the guest sees for a file-backed disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DiskModel {
+    /// virtio-blk served by queue threads inside the VMM.
+    #[default]
+    VirtioBlk,
+    /// An emulated NVMe controller (every register access traps to the VMM).
+    Nvme,
+}
+
+/// Where a disk's requests are served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskBackend {
+    /// An external vhost-user-blk backend.
+    VhostUser {
+        /// The backend's socket.
+        socket: PathBuf,
+    },
+    /// A file (or block device) opened by the VMM itself.
+    File {
+        /// The backing file.
+        path: PathBuf,
+        /// Refuse guest writes.
+        readonly: bool,
+        /// Device model.
+        model: DiskModel,
+    },
+}
+
+/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M]` or
+/// `path=FILE[,queues=N][,queue_size=M][,readonly=on][,model=virtio|nvme]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
-    /// The vhost-user backend's socket.
-    pub socket: PathBuf,
-    /// Number of queues (default: as many as the backend offers).
+    /// Who serves the requests.
+    pub backend: DiskBackend,
+    /// Number of queues (default: as many as a vhost-user backend offers, 1 for files).
     pub queues: Option<u16>,
     /// Virtqueue size (power of two).
     pub queue_size: u16,
+}
+
+impl DiskConfig {
+    /// The vhost-user socket, if this is a vhost-user disk.
+    pub fn socket(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            DiskBackend::VhostUser { socket } => Some(socket),
+            DiskBackend::File { .. } => None,
+        }
+    }
 }
 
 fn parse_count(key: &str, value: &str, max: u16, pow2: bool) -> Result<u16, ConfigError> {
@@ -197,6 +240,9 @@ impl FromStr for DiskConfig {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut vhost_user = false;
         let mut socket = None;
+        let mut path = None;
+        let mut readonly = None;
+        let mut model = None;
         let mut queues = None;
         let mut queue_size = DEFAULT_QUEUE_SIZE;
         for opt in s.split(',').filter(|o| !o.is_empty()) {
@@ -205,16 +251,57 @@ impl FromStr for DiskConfig {
                 "vhost_user" => vhost_user = parse_on_off(key, value)?,
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
                 "socket" => return Err(ConfigError::MissingOption("socket")),
+                "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
+                "path" => return Err(ConfigError::MissingOption("path")),
+                "readonly" => readonly = Some(parse_on_off(key, value)?),
+                "model" => {
+                    model = Some(match value {
+                        "virtio" | "virtio-blk" => DiskModel::VirtioBlk,
+                        "nvme" => DiskModel::Nvme,
+                        _ => {
+                            return Err(ConfigError::BadValue {
+                                key: key.to_string(),
+                                value: value.to_string(),
+                                expected: "virtio or nvme",
+                            })
+                        }
+                    })
+                }
                 "queues" => queues = Some(parse_count(key, value, MAX_QUEUES, false)?),
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
         }
-        if !vhost_user {
-            return Err(ConfigError::DiskNotVhostUser);
-        }
+        let backend = match (vhost_user, path) {
+            (true, Some(_)) => {
+                return Err(ConfigError::DiskConflict(
+                    "vhost_user=on and path= are exclusive",
+                ))
+            }
+            (true, None) => {
+                if readonly.is_some() || model.is_some() {
+                    return Err(ConfigError::DiskConflict(
+                        "readonly= and model= apply to path= disks (the backend decides for vhost-user)",
+                    ));
+                }
+                DiskBackend::VhostUser {
+                    socket: socket.ok_or(ConfigError::MissingOption("socket"))?,
+                }
+            }
+            (false, Some(path)) => {
+                if socket.is_some() {
+                    return Err(ConfigError::DiskConflict("socket= needs vhost_user=on"));
+                }
+                DiskBackend::File {
+                    path,
+                    readonly: readonly.unwrap_or(false),
+                    model: model.unwrap_or_default(),
+                }
+            }
+            (false, None) => return Err(ConfigError::DiskNotVhostUser),
+        };
         Ok(Self {
-            socket: socket.ok_or(ConfigError::MissingOption("socket"))?,
+            backend,
             queues,
             queue_size,
         })
@@ -302,7 +389,9 @@ mod tests {
         assert_eq!(
             d,
             DiskConfig {
-                socket: "/tmp/vu.sock".into(),
+                backend: DiskBackend::VhostUser {
+                    socket: "/tmp/vu.sock".into()
+                },
                 queues: None,
                 queue_size: DEFAULT_QUEUE_SIZE
             }
@@ -343,6 +432,48 @@ mod tests {
                 "{bad} accepted"
             );
         }
+    }
+
+    #[test]
+    fn file_disks() {
+        let d: DiskConfig = "path=/d.img,queues=2,readonly=on".parse().unwrap();
+        assert_eq!(
+            d.backend,
+            DiskBackend::File {
+                path: "/d.img".into(),
+                readonly: true,
+                model: DiskModel::VirtioBlk
+            }
+        );
+        assert_eq!(d.queues, Some(2));
+        let d: DiskConfig = "path=/d.img,model=nvme".parse().unwrap();
+        assert!(matches!(
+            d.backend,
+            DiskBackend::File {
+                model: DiskModel::Nvme,
+                readonly: false,
+                ..
+            }
+        ));
+        let err = |s: &str| s.parse::<DiskConfig>().unwrap_err();
+        assert!(matches!(
+            err("path=/d,model=scsi"),
+            ConfigError::BadValue { .. }
+        ));
+        assert!(matches!(
+            err("path=/d,vhost_user=on,socket=/s"),
+            ConfigError::DiskConflict(_)
+        ));
+        assert!(matches!(
+            err("path=/d,socket=/s"),
+            ConfigError::DiskConflict(_)
+        ));
+        assert!(matches!(
+            err("vhost_user=on,socket=/s,model=nvme"),
+            ConfigError::DiskConflict(_)
+        ));
+        assert_eq!(err("path="), ConfigError::MissingOption("path"));
+        assert_eq!(err("queues=2"), ConfigError::DiskNotVhostUser);
     }
 
     #[test]

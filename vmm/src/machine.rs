@@ -15,15 +15,16 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{acpi, loader};
-use crate::config::{SerialConfig, VmConfig};
+use crate::config::{DiskBackend, DiskModel, SerialConfig, VmConfig};
 use crate::devices::bus::lock;
 use crate::devices::i8042::I8042;
 use crate::devices::power::AcpiPower;
 use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice};
+use crate::devices::virtio::blk::InVmmBlk;
 use crate::devices::virtio::monitor::HangupMonitor;
 use crate::devices::virtio::pci::BAR_SIZE;
 use crate::devices::virtio::vhost_user_blk::VhostUserBlk;
-use crate::devices::virtio::{VirtioError, VirtioPciDevice};
+use crate::devices::virtio::{VirtioBackend, VirtioError, VirtioPciDevice};
 use crate::error::Error;
 use crate::layout;
 use crate::memory::{self, GuestRam};
@@ -99,12 +100,33 @@ impl Machine {
         let mut disks = Vec::new();
         let mut monitors = Vec::new();
         for (i, disk) in cfg.disks.iter().enumerate() {
-            let backend = VhostUserBlk::connect(disk, i)?;
+            let backend: Box<dyn VirtioBackend> = match &disk.backend {
+                DiskBackend::VhostUser { socket } => {
+                    Box::new(VhostUserBlk::connect(socket, disk, i)?)
+                }
+                DiskBackend::File {
+                    path,
+                    readonly,
+                    model: DiskModel::VirtioBlk,
+                } => Box::new(InVmmBlk::open(
+                    path,
+                    *readonly,
+                    disk.queues.unwrap_or(1),
+                    disk.queue_size,
+                    i,
+                )?),
+                DiskBackend::File {
+                    model: DiskModel::Nvme,
+                    ..
+                } => {
+                    return Err(Error::Config("model=nvme is not implemented yet".into()));
+                }
+            };
             let bar = mmio64
                 .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
                 .map_err(|_| VirtioError::NoBarSpace(BAR_SIZE))?;
             let dev = VirtioPciDevice::new(
-                Box::new(backend),
+                backend,
                 vm.fd.clone(),
                 irq_routing.clone(),
                 buses.clone(),

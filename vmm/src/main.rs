@@ -59,8 +59,9 @@ struct RunArgs {
     /// Serial console: stdio, file=PATH or off.
     #[arg(long, default_value = "stdio")]
     serial: SerialConfig,
-    /// A virtio-blk disk served by a vhost-user backend (repeatable):
-    /// vhost_user=on,socket=PATH[,queues=N][,queue_size=M].
+    /// A disk (repeatable): virtio-blk served by a vhost-user backend,
+    /// vhost_user=on,socket=PATH[,queues=N][,queue_size=M]; or a file served by
+    /// the VMM, path=FILE[,queues=N][,queue_size=M][,readonly=on][,model=virtio|nvme].
     #[arg(long = "disk")]
     disks: Vec<DiskConfig>,
 }
