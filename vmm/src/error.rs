@@ -60,6 +60,9 @@ pub enum Error {
     /// A virtio device failed.
     #[error(transparent)]
     Virtio(#[from] crate::devices::virtio::VirtioError),
+    /// An NVMe controller could not be created.
+    #[error(transparent)]
+    Nvme(#[from] crate::devices::nvme::NvmeError),
     /// An OS call failed.
     #[error("{0}")]
     Io(#[source] io::Error),

@@ -18,6 +18,7 @@ use crate::boot::{acpi, loader};
 use crate::config::{DiskBackend, DiskModel, SerialConfig, VmConfig};
 use crate::devices::bus::lock;
 use crate::devices::i8042::I8042;
+use crate::devices::nvme::{self, pci::BAR_SIZE as NVME_BAR_SIZE, NvmePciDevice};
 use crate::devices::power::AcpiPower;
 use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice};
 use crate::devices::virtio::blk::InVmmBlk;
@@ -49,6 +50,7 @@ pub struct Machine {
     /// PCI bus 0.
     pub pci: Arc<Mutex<PciBus>>,
     disks: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    nvmes: Vec<Arc<Mutex<NvmePciDevice>>>,
     monitors: Vec<HangupMonitor>,
 }
 
@@ -99,6 +101,7 @@ impl Machine {
             .map_err(|e| Error::Config(format!("64-bit PCI window: {e}")))?;
         let mut disks = Vec::new();
         let mut monitors = Vec::new();
+        let mut nvmes = Vec::new();
         for (i, disk) in cfg.disks.iter().enumerate() {
             let backend: Box<dyn VirtioBackend> = match &disk.backend {
                 DiskBackend::VhostUser { socket } => {
@@ -116,10 +119,32 @@ impl Machine {
                     i,
                 )?),
                 DiskBackend::File {
+                    path,
+                    readonly,
                     model: DiskModel::Nvme,
-                    ..
                 } => {
-                    return Err(Error::Config("model=nvme is not implemented yet".into()));
+                    let queues = disk.queues.unwrap_or(u16::from(cfg.cpus));
+                    let bar = mmio64
+                        .allocate(NVME_BAR_SIZE, NVME_BAR_SIZE, AllocPolicy::FirstMatch)
+                        .map_err(|_| VirtioError::NoBarSpace(NVME_BAR_SIZE))?;
+                    let dev = nvme::create(
+                        path,
+                        *readonly,
+                        queues,
+                        i,
+                        vm.fd.clone(),
+                        buses.clone(),
+                        ram.mem.clone(),
+                        bar.start(),
+                    )?;
+                    let slot = lock(&pci).add(dev.clone())?;
+                    tracing::info!(
+                        "{} at 00:{slot:02x}.0, BAR {:#x}",
+                        lock(&dev).name(),
+                        bar.start()
+                    );
+                    nvmes.push(dev);
+                    continue;
                 }
             };
             let bar = mmio64
@@ -173,6 +198,7 @@ impl Machine {
             irq_routing,
             pci,
             disks,
+            nvmes,
             monitors,
         })
     }
@@ -261,6 +287,9 @@ impl Machine {
         // Orderly teardown: stop watching, then stop each backend's rings.
         self.monitors.clear();
         for d in &self.disks {
+            lock(d).shutdown();
+        }
+        for d in &self.nvmes {
             lock(d).shutdown();
         }
         let why = result?;

@@ -2,6 +2,7 @@
 
 pub mod bus;
 pub mod i8042;
+pub mod nvme;
 pub mod power;
 pub mod serial;
 pub mod virtio;
