@@ -86,7 +86,7 @@ fn guest_script(dev: &str) -> String {
     s
 }
 
-fn run(disk_opts: &str, script: &str) -> Option<Outcome> {
+fn run(disk_opts: &str, script: &str, tools: bool) -> Option<Outcome> {
     let images = images()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
@@ -94,15 +94,23 @@ fn run(disk_opts: &str, script: &str) -> Option<Outcome> {
     extra
         .add_file("/pattern.bin", pattern(), 0o644)
         .expect("pattern");
-    let initrd = guest_initramfs(&images, script, true, extra, &dir.path().join("guest.cpio"))
-        .expect("guest initramfs");
+    let initrd = guest_initramfs(
+        &images,
+        script,
+        tools,
+        extra,
+        &dir.path().join("guest.cpio"),
+    )
+    .expect("guest initramfs");
     let script = format!(
         "dd if=/dev/zero of=/tmp/disk.img bs=1M count={DISK_MIB} 2>/dev/null\n\
+         dd if=/dev/zero of=/tmp/disk2.img bs=1M count=0 seek={DISK_MIB} 2>/dev/null\n\
+         : > /tmp/vmm.log; tail -f /tmp/vmm.log & TAIL=$!\n\
          RUST_LOG=${{RUST_LOG:-vmm=info}} {VMM_IN_LAB} run --kernel {LAB_GUEST_KERNEL} \
            --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 512M \
-           --disk path=/tmp/disk.img{disk_opts} > /tmp/vmm.log 2>&1\n\
+           --disk path=/tmp/disk.img{disk_opts} >> /tmp/vmm.log 2>&1\n\
          echo VMM-EXIT-STATUS=$?\n\
-         cat /tmp/vmm.log\n\
+         sleep 1; kill $TAIL\n\
          dd if=/tmp/disk.img of=/tmp/readback bs=4096 skip={PATTERN_BLOCK} count={count} 2>/dev/null\n\
          if cmp /tmp/readback /lab/pattern.bin; then echo LAB-CMP=equal; else echo LAB-CMP=differs; fi\n\
          echo LAB-MD5=$(dd if=/tmp/disk.img bs=1M skip={FIO_OFFSET_MIB} count={FIO_MIB} 2>/dev/null | md5sum | cut -d' ' -f1)\n",
@@ -165,7 +173,7 @@ fn check(out: &Outcome, queues: &str, label: &str) {
 
 #[test]
 fn in_vmm_virtio_blk_fio_verify() {
-    let Some(out) = run(",queues=2,queue_size=128", &guest_script("/dev/vda")) else {
+    let Some(out) = run(",queues=2,queue_size=128", &guest_script("/dev/vda"), true) else {
         return;
     };
     let c = &out.console;
@@ -181,4 +189,121 @@ fn in_vmm_virtio_blk_fio_verify() {
         c.contains("stopped; 0 queue notifies went through the VMM"),
         "{c}"
     );
+}
+
+#[test]
+fn emulated_nvme_fio_verify() {
+    let script = format!(
+        "echo NVME-MODEL=$(cat /sys/class/nvme/nvme0/model | tr ' ' _)\n{}",
+        guest_script("/dev/nvme0n1")
+    );
+    let Some(out) = run(",model=nvme", &script, true) else {
+        return;
+    };
+    let c = &out.console;
+    for l in c
+        .lines()
+        .filter(|l| l.contains("nvme0") || l.contains("nvme:"))
+    {
+        eprintln!("{l}");
+    }
+    assert!(
+        out.value("NVME-MODEL=").starts_with("vmm_emulated_NVMe"),
+        "{c}"
+    );
+    check(&out, "2", "emulated NVMe");
+    // Only the guest's stock driver talked to it: no hostile-guest paths hit.
+    assert!(c.contains("bad_doorbells: 0"), "{c}");
+}
+
+/// Unbinding the guest driver resets the device, which stops and joins the
+/// queue threads; binding it again starts new ones on the same data.
+#[test]
+fn in_vmm_virtio_blk_driver_rebind_restarts_queue_threads() {
+    let script = format!(
+        "echo GUEST-READY\n\
+         dd if=/pattern.bin of=/dev/vda bs=4096 seek={PATTERN_BLOCK} conv=fsync 2>&1\n\
+         PCI=$(basename $(dirname $(readlink -f /sys/block/vda/device)))\n\
+         echo $PCI > /sys/bus/pci/drivers/virtio-pci/unbind\n\
+         [ -e /sys/block/vda ] && echo STILL-THERE\n\
+         echo $PCI > /sys/bus/pci/drivers/virtio-pci/bind\n\
+         for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.2; done\n\
+         echo 3 > /proc/sys/vm/drop_caches\n\
+         dd if=/dev/vda of=/tmp/rb bs=4096 skip={PATTERN_BLOCK} count=256 2>&1\n\
+         if cmp /tmp/rb /pattern.bin; then echo GUEST-CMP=equal; else echo GUEST-CMP=differs; fi\n"
+    );
+    let Some(out) = run(",queues=2", &script, false) else {
+        return;
+    };
+    let c = &out.console;
+    assert!(
+        !c.contains("STILL-THERE"),
+        "unbind did not remove vda:\n{c}"
+    );
+    assert_eq!(out.value("GUEST-CMP="), "equal", "{c}");
+    assert_eq!(out.value("LAB-CMP="), "equal", "{c}");
+    assert_eq!(c.matches("data path started").count(), 2, "{c}");
+    // Stopped once by the reset, once at VMM exit.
+    assert_eq!(c.matches("queue 0 stopped").count(), 2, "{c}");
+    assert_eq!(c.matches("queue 1 stopped").count(), 2, "{c}");
+    assert_eq!(out.value("GUEST-EXIT-STATUS="), "0", "{c}");
+    assert_eq!(out.vmm_status, 0, "{c}");
+}
+
+/// Both tiers in one VM and one lab run, so their ratio means something:
+/// virtio-blk on VMM queue threads (vda) and the emulated NVMe (nvme0n1),
+/// the same fio jobs on each.
+#[test]
+fn tiers_same_run_virtio_vs_nvme() {
+    let mut script = String::from("echo GUEST-READY\n");
+    for dev in ["vda", "nvme0n1"] {
+        for (job, bs, depth) in [("rw4k", "4k", 32), ("rw128k", "128k", 1)] {
+            let name = format!("{dev}-{job}");
+            script.push_str(&format!(
+                "fio --name={name} --filename=/dev/{dev} --rw=randwrite --bs={bs} --iodepth={depth} \
+                 --ioengine=libaio --direct=1 --offset={FIO_OFFSET_MIB}M --size={FIO_MIB}M \
+                 --verify=crc32c --do_verify=1 --output-format=json > /tmp/j.json 2>/tmp/j.err\n\
+                 echo FIO-{name}-STATUS=$?\n\
+                 echo FIO-{name}-JSON-BEGIN; cat /tmp/j.json; echo FIO-{name}-JSON-END\n"
+            ));
+        }
+    }
+    let Some(out) = run(
+        ",queues=2,queue_size=128 --disk path=/tmp/disk2.img,model=nvme",
+        &script,
+        true,
+    ) else {
+        return;
+    };
+    let c = &out.console;
+    let iops = |name: &str| -> (f64, f64) {
+        assert_eq!(out.value(&format!("FIO-{name}-STATUS=")), "0", "{c}");
+        let json = c
+            .split(&format!("FIO-{name}-JSON-BEGIN"))
+            .nth(1)
+            .and_then(|r| r.split(&format!("FIO-{name}-JSON-END")).next())
+            .unwrap_or_else(|| panic!("no fio JSON for {name}:\n{c}"));
+        let v: serde_json::Value = serde_json::from_str(json.trim())
+            .unwrap_or_else(|e| panic!("fio JSON for {name}: {e}\n{json}"));
+        let j = &v["jobs"][0];
+        assert_eq!(j["error"], 0, "{name}: {json}");
+        assert!(j["read"]["io_bytes"].as_u64().unwrap_or(0) >= FIO_MIB << 20);
+        (
+            j["write"]["iops"].as_f64().unwrap_or(0.0),
+            j["read"]["iops"].as_f64().unwrap_or(0.0),
+        )
+    };
+    for job in ["rw4k", "rw128k"] {
+        let (vw, vr) = iops(&format!("vda-{job}"));
+        let (nw, nr) = iops(&format!("nvme0n1-{job}"));
+        eprintln!(
+            "same run, {job} (TCG-nested, relative only): in-VMM virtio-blk write {vw:.0} / \
+             verify-read {vr:.0} IOPS; emulated NVMe write {nw:.0} / verify-read {nr:.0} IOPS; \
+             virtio/NVMe write ratio {:.2}",
+            vw / nw.max(1e-9)
+        );
+    }
+    assert_eq!(out.value("GUEST-EXIT-STATUS="), "0", "{c}");
+    assert_eq!(out.vmm_status, 0, "{c}");
+    assert!(c.contains("errors: 0, bad_doorbells: 0"), "{c}");
 }

@@ -96,6 +96,9 @@ impl Controller {
             0x01 => identify::controller(&self.serial, self.max_io_queues),
             0x02 if nsid < 0xffff_fffe => identify::active_namespaces(nsid),
             0x02 => return done(Status::INVALID_NAMESPACE),
+            // I/O command set specific Identify Controller for the NVM
+            // command set (CSI 0): all limits zero, i.e. none reported.
+            0x06 if cmd.cdw(11) >> 24 == 0 => vec![0u8; identify::IDENTIFY_LEN],
             _ => return done(Status::INVALID_FIELD),
         };
         let len = identify::IDENTIFY_LEN as u64;

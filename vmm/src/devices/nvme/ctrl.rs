@@ -399,6 +399,14 @@ impl Controller {
                 self.io(mem, &cmd)
             };
             if let Outcome::Done(status, dw0) = outcome {
+                if status != Status::SUCCESS && self.stats.errors < 16 {
+                    tracing::info!(
+                        "nvme: SQ {qid} opcode {:#x} nsid {} cdw10 {:#x}: status {status:?}",
+                        cmd.opcode(),
+                        cmd.nsid(),
+                        cmd.cdw(10)
+                    );
+                }
                 posted |= self.post(mem, qid, cmd.cid(), status, dw0);
             }
         }
