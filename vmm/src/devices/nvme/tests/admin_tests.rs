@@ -265,4 +265,38 @@ fn phase_tag_flips_and_full_cq_holds_the_sq() {
     }
     let expect: Vec<bool> = (0..20).map(|i| (i / 8) % 2 == 0).collect();
     assert_eq!(phases, expect);
+
+    // Fill the completion queue without consuming it: 7 entries fit in 8
+    // slots; the 8th command stays in the submission queue until the guest
+    // frees a CQ slot with the head doorbell.
+    let submit = |g: &mut Guest, cid: u32| {
+        let mut c = cmd(aop::GET_FEATURES, 0);
+        c[0] |= cid << 16;
+        c[10] = 7;
+        let raw: Vec<u8> = c.iter().flat_map(|d| d.to_le_bytes()).collect();
+        let slot = u64::from(g.sq_tail[0]) * 64;
+        g.mem.write_slice(&raw, GuestAddress(ASQ + slot)).unwrap();
+        g.sq_tail[0] = (g.sq_tail[0] + 1) % ADMIN_ENTRIES;
+        g.doorbell(0, u32::from(g.sq_tail[0]));
+    };
+    let before = g.ctrl.stats.commands;
+    for cid in 0..7 {
+        submit(&mut g, 0x200 + cid);
+    }
+    assert_eq!(g.ctrl.stats.commands - before, 7);
+    submit(&mut g, 0x300);
+    assert_eq!(
+        g.ctrl.stats.commands - before,
+        7,
+        "CQ full: the command waits"
+    );
+    let first = g.pop(0).expect("completion");
+    assert_eq!(first.cid, 0x200);
+    assert_eq!(
+        g.ctrl.stats.commands - before,
+        8,
+        "head doorbell resumed the SQ"
+    );
+    let cids: Vec<u16> = std::iter::from_fn(|| g.pop(0)).map(|e| e.cid).collect();
+    assert_eq!(cids, [0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x300]);
 }
