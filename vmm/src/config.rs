@@ -324,8 +324,65 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     /// Serial console destination.
     pub serial: SerialConfig,
-    /// Virtio-blk disks served by vhost-user backends.
+    /// Disks (vhost-user, in-VMM virtio-blk, emulated NVMe).
     pub disks: Vec<DiskConfig>,
+    /// Emulated NICs.
+    pub nets: Vec<NetConfig>,
+}
+
+/// An emulated e1000 NIC on a TAP interface: `tap=NAME[,mac=52:54:00:xx:xx:xx]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// TAP interface name (created if missing).
+    pub tap: String,
+    /// MAC address.
+    pub mac: [u8; 6],
+}
+
+impl FromStr for NetConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut tap = None;
+        let mut mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        for opt in s.split(',').filter(|o| !o.is_empty()) {
+            let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+            match key {
+                "tap" if !value.is_empty() && value.len() < 16 => tap = Some(value.to_string()),
+                "tap" => {
+                    return Err(ConfigError::BadValue {
+                        key: key.into(),
+                        value: value.into(),
+                        expected: "an interface name of 1 to 15 characters",
+                    })
+                }
+                "mac" => mac = parse_mac(value)?,
+                _ => return Err(ConfigError::UnknownOption(opt.to_string())),
+            }
+        }
+        Ok(Self {
+            tap: tap.ok_or(ConfigError::MissingOption("tap"))?,
+            mac,
+        })
+    }
+}
+
+fn parse_mac(value: &str) -> Result<[u8; 6], ConfigError> {
+    let bad = || ConfigError::BadValue {
+        key: "mac".into(),
+        value: value.into(),
+        expected: "a unicast address like 52:54:00:12:34:56",
+    };
+    let parts: Vec<u8> = value
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let mac: [u8; 6] = parts.try_into().map_err(|_| bad())?;
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(bad());
+    }
+    Ok(mac)
 }
 
 #[cfg(test)]
@@ -474,6 +531,26 @@ mod tests {
         ));
         assert_eq!(err("path="), ConfigError::MissingOption("path"));
         assert_eq!(err("queues=2"), ConfigError::DiskNotVhostUser);
+    }
+
+    #[test]
+    fn nets() {
+        let n: NetConfig = "tap=tap0".parse().unwrap();
+        assert_eq!(n.tap, "tap0");
+        let n: NetConfig = "tap=t,mac=02:00:00:00:00:01".parse().unwrap();
+        assert_eq!(n.mac, [2, 0, 0, 0, 0, 1]);
+        for bad in [
+            "",
+            "mac=02:00:00:00:00:01",
+            "tap=",
+            "tap=t,mac=01:00:00:00:00:00",
+            "tap=t,mac=1:2:3",
+            "tap=t,mac=zz:00:00:00:00:00",
+            "tap=t,x=1",
+            "tap=0123456789abcdef",
+        ] {
+            assert!(bad.parse::<NetConfig>().is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

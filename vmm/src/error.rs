@@ -63,6 +63,9 @@ pub enum Error {
     /// An NVMe controller could not be created.
     #[error(transparent)]
     Nvme(#[from] crate::devices::nvme::NvmeError),
+    /// A NIC could not be created.
+    #[error(transparent)]
+    Net(#[from] crate::devices::e1000::NetError),
     /// An OS call failed.
     #[error("{0}")]
     Io(#[source] io::Error),

@@ -15,8 +15,12 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{acpi, loader};
-use crate::config::{DiskBackend, DiskModel, SerialConfig, VmConfig};
+use crate::config::{DiskBackend, DiskModel, NetConfig, SerialConfig, VmConfig};
 use crate::devices::bus::lock;
+use crate::devices::e1000::nic::BAR_SIZE as E1000_BAR_SIZE;
+use crate::devices::e1000::pci::E1000PciDevice;
+use crate::devices::e1000::tap::{RxThread, Tap};
+use crate::devices::e1000::E1000;
 use crate::devices::i8042::I8042;
 use crate::devices::nvme::{self, pci::BAR_SIZE as NVME_BAR_SIZE, NvmePciDevice};
 use crate::devices::power::AcpiPower;
@@ -51,6 +55,7 @@ pub struct Machine {
     pub pci: Arc<Mutex<PciBus>>,
     disks: Vec<Arc<Mutex<VirtioPciDevice>>>,
     nvmes: Vec<Arc<Mutex<NvmePciDevice>>>,
+    nics: Vec<(Arc<Mutex<E1000PciDevice>>, RxThread)>,
     monitors: Vec<HangupMonitor>,
 }
 
@@ -170,6 +175,18 @@ impl Machine {
             disks.push(dev);
         }
 
+        let mut nics = Vec::new();
+        for net in &cfg.nets {
+            nics.push(Self::add_e1000(
+                net,
+                &irq_routing,
+                &buses,
+                &ram,
+                &pci,
+                &mut mmio64,
+            )?);
+        }
+
         let cpuid = vcpu::supported_cpuid(&vm.kvm)?;
         let tsc_deadline = vm.fd.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         let vcpus = (0..cfg.cpus)
@@ -199,8 +216,47 @@ impl Machine {
             pci,
             disks,
             nvmes,
+            nics,
             monitors,
         })
+    }
+
+    /// An e1000 on a TAP interface, its INTA bound (irqfd) to the GSI the
+    /// `_PRT` gives its slot, and its receive thread.
+    #[allow(clippy::too_many_arguments)]
+    fn add_e1000(
+        net: &NetConfig,
+        routing: &IrqRouting,
+        buses: &Arc<IoBuses>,
+        ram: &GuestRam,
+        pci: &Arc<Mutex<PciBus>>,
+        mmio64: &mut AddressAllocator,
+    ) -> Result<(Arc<Mutex<E1000PciDevice>>, RxThread), Error> {
+        let tap = Tap::open(&net.tap)?;
+        let reader = tap.try_clone().map_err(Error::Io)?;
+        let bar = mmio64
+            .allocate(E1000_BAR_SIZE, E1000_BAR_SIZE, AllocPolicy::FirstMatch)
+            .map_err(|_| VirtioError::NoBarSpace(E1000_BAR_SIZE))?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::Io)?;
+        let irq_reg = irq.try_clone().map_err(Error::Io)?;
+        let dev = E1000PciDevice::new(
+            E1000::new(net.mac),
+            Box::new(tap),
+            irq,
+            buses.clone(),
+            ram.mem.clone(),
+            bar.start(),
+        );
+        let slot = lock(pci).add(dev.clone())?;
+        let gsi = acpi::pci_intx_gsi(slot, 0);
+        routing.register_irqfd(&irq_reg, gsi)?;
+        tracing::info!(
+            "e1000 tap {} at 00:{slot:02x}.0, BAR {:#x}, INTA on GSI {gsi}",
+            net.tap,
+            bar.start()
+        );
+        let rx = RxThread::spawn(reader, dev.clone())?;
+        Ok((dev, rx))
     }
 
     fn add_legacy_devices(
@@ -291,6 +347,10 @@ impl Machine {
         }
         for d in &self.nvmes {
             lock(d).shutdown();
+        }
+        for (d, rx) in self.nics.drain(..) {
+            drop(rx);
+            lock(&d).shutdown();
         }
         let why = result?;
         tracing::debug!("VM of {} MiB stopped: {why}", self.ram.size >> 20);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use vmm::config::{DiskConfig, MemoryConfig, SerialConfig, VmConfig};
+use vmm::config::{DiskConfig, MemoryConfig, NetConfig, SerialConfig, VmConfig};
 use vmm::machine::Machine;
 
 #[derive(Parser)]
@@ -64,6 +64,10 @@ struct RunArgs {
     /// the VMM, path=FILE[,queues=N][,queue_size=M][,readonly=on][,model=virtio|nvme].
     #[arg(long = "disk")]
     disks: Vec<DiskConfig>,
+    /// An emulated e1000 NIC on a TAP interface (repeatable):
+    /// tap=NAME[,mac=52:54:00:12:34:56].
+    #[arg(long = "net")]
+    nets: Vec<NetConfig>,
 }
 
 fn init_logging() {
@@ -85,6 +89,7 @@ fn run(args: RunArgs) -> ExitCode {
         memory: args.memory,
         serial: args.serial,
         disks: args.disks,
+        nets: args.nets,
     };
     let outcome = Machine::build(&cfg).and_then(Machine::run);
     match outcome {
