@@ -303,3 +303,58 @@ impl Drop for InVmmBlk {
         self.reset();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(readonly: bool, queues: u16) -> (InVmmBlk, tempfile::NamedTempFile) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(8 << 20).unwrap();
+        (
+            InVmmBlk::open(f.path(), readonly, queues, 128, 0).unwrap(),
+            f,
+        )
+    }
+
+    #[test]
+    fn config_space_features_and_writeback() {
+        let (mut b, _f) = disk(false, 2);
+        let mut cap = [0u8; 8];
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), (8 << 20) / 512);
+        let mut nq = [0u8; 2];
+        b.read_config(34, &mut nq);
+        assert_eq!(u16::from_le_bytes(nq), 2);
+        assert_ne!(b.features() & VIRTIO_BLK_F_MQ, 0);
+        // Out of range and wrapping reads are zero, never a panic.
+        let mut big = [0xffu8; 8];
+        b.read_config(u64::MAX - 2, &mut big);
+        assert_eq!(big, [0; 8]);
+        b.read_config(4096, &mut big);
+        assert_eq!(big, [0; 8]);
+        // Only `wce` is writable.
+        let wce = CONFIG_WCE_OFFSET as u64;
+        let mut w = [9u8];
+        b.read_config(wce, &mut w);
+        assert_eq!(w, [1]);
+        b.write_config(wce, &[0]);
+        b.write_config(0, &[0; 8]);
+        b.read_config(wce, &mut w);
+        assert_eq!(w, [0]);
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), (8 << 20) / 512);
+        // No queue threads until activation; reset with none is a no-op.
+        b.reset();
+        let (ro, _g) = disk(true, 1);
+        let ro_bit = 1u64 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO;
+        assert_ne!(ro.features() & ro_bit, 0);
+        assert_eq!(ro.features() & VIRTIO_BLK_F_MQ, 0);
+    }
+
+    #[test]
+    fn missing_file_is_a_typed_error() {
+        let err = InVmmBlk::open(Path::new("/nonexistent/disk.img"), false, 1, 128, 3);
+        assert!(matches!(err, Err(VirtioError::Disk { .. })));
+    }
+}
