@@ -125,8 +125,10 @@ pub struct NetStats {
     pub tx_frames: u64,
     /// Frames delivered to the guest.
     pub rx_frames: u64,
-    /// Frames dropped (no receive buffers, receive disabled, oversize, TSO).
-    pub dropped: u64,
+    /// Transmits dropped (TSO, oversize, buffer outside guest memory).
+    pub tx_dropped: u64,
+    /// Frames from the host dropped (receive disabled, no buffers, bad ring).
+    pub rx_dropped: u64,
     /// Ring programming the device refused (bad base, length or index).
     pub bad_rings: u64,
 }
@@ -353,7 +355,7 @@ impl E1000 {
         let mut frame = std::mem::take(&mut self.tx_frame);
         let popts = std::mem::take(&mut self.tx_popts);
         if popts & 0xc0 != 0 {
-            self.stats.dropped += 1;
+            self.stats.tx_dropped += 1;
             tracing::debug!("e1000: dropped a transmit (TSO or bad buffer), popts {popts:#x}");
         } else {
             if popts & POPTS_IXSM != 0 {
@@ -387,18 +389,18 @@ impl E1000 {
     pub fn receive(&mut self, mem: &GuestMemoryMmap, irq: &mut dyn Irq, frame: &[u8]) -> bool {
         let rctl = self.r(reg::RCTL);
         if rctl & RCTL_EN == 0 || frame.len() > MAX_FRAME {
-            self.stats.dropped += 1;
+            self.stats.rx_dropped += 1;
             return false;
         }
         let Some((base, count)) = self.ring(reg::RDBAL, reg::RDBAH, reg::RDLEN, mem) else {
             self.stats.bad_rings += 1;
-            self.stats.dropped += 1;
+            self.stats.rx_dropped += 1;
             return false;
         };
         let (mut head, tail) = (self.r(reg::RDH), self.r(reg::RDT));
         if head >= count || tail >= count {
             self.stats.bad_rings += 1;
-            self.stats.dropped += 1;
+            self.stats.rx_dropped += 1;
             return false;
         }
         // The driver strips a 4-byte FCS unless SECRC is set; append one.
@@ -410,7 +412,7 @@ impl E1000 {
         let needed = data.len().div_ceil(bufsize) as u32;
         let free = (tail + count - head) % count;
         if free < needed {
-            self.stats.dropped += 1;
+            self.stats.rx_dropped += 1;
             self.raise(irq, icr::RXO);
             return false;
         }

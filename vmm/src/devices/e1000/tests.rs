@@ -174,7 +174,7 @@ fn transmit_and_receive() {
         assert!(t.nic.receive(&t.mem, &mut t.line, &frame));
     }
     assert!(!t.nic.receive(&t.mem, &mut t.line, &frame));
-    assert_eq!(t.nic.stats.dropped, 1);
+    assert_eq!(t.nic.stats.rx_dropped, 1);
     assert_ne!(t.r(reg::ICR) & icr::RXO, 0);
 }
 
@@ -204,7 +204,7 @@ fn hostile_rings_never_panic() {
         .unwrap(); // DTYP data
     t.w(reg::TDT, 2);
     assert!(t.sink.0.is_empty());
-    assert_eq!(t.nic.stats.dropped, 2);
+    assert_eq!(t.nic.stats.tx_dropped, 2);
     // Receive into a ring whose head is out of range, odd register accesses.
     t.w(reg::RDH, 50);
     assert!(!t.nic.receive(&t.mem, &mut t.line, &[0u8; 64]));
