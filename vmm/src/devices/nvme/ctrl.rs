@@ -352,11 +352,7 @@ impl Controller {
         self.aers.clear();
         self.events.clear();
         self.async_config = 0;
-        let cc = self.regs.cc;
-        self.regs = Regs {
-            cc,
-            ..Regs::default()
-        };
+        // AQA, ASQ and ACQ survive a controller reset (NVMe 1.4 §7.3.2).
         self.regs.csts = 0;
         tracing::info!("nvme: controller reset; {:?}", self.stats);
     }

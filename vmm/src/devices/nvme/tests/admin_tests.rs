@@ -25,6 +25,11 @@ fn registers_and_enable() {
     assert_eq!(g.read32(regs::CSTS) & 0xc, 0x8, "shutdown complete");
     g.reg32(regs::CC, 0);
     assert_eq!(g.read32(regs::CSTS), 0);
+    // The admin queue registers survive the reset; enabling again works.
+    assert_eq!(g.read32(regs::ASQ), ASQ as u32);
+    g.reg32(regs::CC, 1 | 6 << 16 | 4 << 20);
+    assert_eq!(g.read32(regs::CSTS), CSTS_RDY);
+    g.reg32(regs::CC, 0);
     // Enabling with an admin queue outside guest memory is fatal, not a panic.
     g.reg64(regs::ASQ, MEM + PAGE_SIZE);
     g.reg32(regs::CC, 1);
