@@ -84,6 +84,8 @@ const TCTL_EN: u32 = 1 << 1;
 const DESC_LEN: u64 = 16;
 /// Largest frame accepted either way (no jumbo frames).
 pub const MAX_FRAME: usize = 16384;
+/// Largest TCP segmentation offload send (header + 64 KiB payload).
+const MAX_TSO: usize = 65536 + 256;
 // Transmit descriptor bits.
 const TXD_EOP: u8 = 0x01;
 const TXD_DEXT: u8 = 0x20;
@@ -116,6 +118,10 @@ struct Context {
     tucss: usize,
     tucso: usize,
     tucse: usize,
+    /// TUCMD: bit 0 TCP, bit 1 IPv4.
+    tucmd: u8,
+    hdr_len: usize,
+    mss: usize,
 }
 
 /// Counters for logs and tests.
@@ -322,6 +328,9 @@ impl E1000 {
                 tucss: usize::from(d[4]),
                 tucso: usize::from(d[5]),
                 tucse: usize::from(u16::from_le_bytes([d[6], d[7]])),
+                tucmd: d[11],
+                hdr_len: usize::from(d[13]),
+                mss: usize::from(u16::from_le_bytes([d[14], d[15]])),
             };
             return;
         }
@@ -337,7 +346,12 @@ impl E1000 {
             }
         }
         let start = self.tx_frame.len();
-        if start + len <= MAX_FRAME {
+        let limit = if self.tx_popts & 0x80 != 0 {
+            MAX_TSO
+        } else {
+            MAX_FRAME
+        };
+        if start + len <= limit {
             self.tx_frame.resize(start + len, 0);
             if mem
                 .read_slice(&mut self.tx_frame[start..], GuestAddress(addr))
@@ -354,9 +368,11 @@ impl E1000 {
         }
         let mut frame = std::mem::take(&mut self.tx_frame);
         let popts = std::mem::take(&mut self.tx_popts);
-        if popts & 0xc0 != 0 {
+        if popts & 0x40 != 0 {
             self.stats.tx_dropped += 1;
-            tracing::debug!("e1000: dropped a transmit (TSO or bad buffer), popts {popts:#x}");
+            tracing::debug!("e1000: dropped a transmit (oversize or bad buffer)");
+        } else if popts & 0x80 != 0 {
+            self.segment(net, &frame);
         } else {
             if popts & POPTS_IXSM != 0 {
                 let c = self.ctx;
@@ -371,6 +387,72 @@ impl E1000 {
         }
         frame.clear();
         self.tx_frame = frame;
+    }
+
+    /// TCP segmentation offload: cuts `frame` (headers of `hdr_len` bytes,
+    /// then the payload) into MSS-sized TCP/IPv4 or TCP/IPv6 segments with
+    /// fixed lengths, IDs, sequence numbers, flags and checksums.
+    fn segment(&mut self, net: &mut dyn NetSink, frame: &[u8]) {
+        let c = self.ctx;
+        let ipv4 = c.tucmd & 0x02 != 0;
+        let tcp = c.tucmd & 0x01 != 0;
+        let sane = tcp
+            && c.mss > 0
+            && c.hdr_len <= frame.len()
+            && c.ipcss + 20 <= c.tucss
+            && c.tucss + 20 <= c.hdr_len
+            && c.tucso + 2 <= c.hdr_len
+            && c.ipcso + 2 <= c.hdr_len;
+        if !sane {
+            self.stats.tx_dropped += 1;
+            tracing::debug!("e1000: unusable TSO context {c:?}");
+            return;
+        }
+        let (hdr, payload) = frame.split_at(c.hdr_len);
+        let be16 = |b: &[u8], o: usize| u16::from_be_bytes([b[o], b[o + 1]]);
+        let ip_id = be16(hdr, c.ipcss + 4);
+        let seq = u32::from_be_bytes([
+            hdr[c.tucss + 4],
+            hdr[c.tucss + 5],
+            hdr[c.tucss + 6],
+            hdr[c.tucss + 7],
+        ]);
+        // The driver leaves the pseudo-header sum without the length here.
+        let pseudo = be16(hdr, c.tucso);
+        let chunks: Vec<&[u8]> = payload.chunks(c.mss).collect();
+        let n = chunks.len().max(1);
+        for i in 0..n {
+            let chunk = chunks.get(i).copied().unwrap_or(&[]);
+            let mut seg = Vec::with_capacity(hdr.len() + chunk.len());
+            seg.extend_from_slice(hdr);
+            seg.extend_from_slice(chunk);
+            let ip_len = seg.len() - c.ipcss;
+            if ipv4 {
+                seg[c.ipcss + 2..c.ipcss + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+                let id = ip_id.wrapping_add(i as u16);
+                seg[c.ipcss + 4..c.ipcss + 6].copy_from_slice(&id.to_be_bytes());
+                seg[c.ipcso..c.ipcso + 2].fill(0);
+                insert_checksum(&mut seg, c.ipcss, c.ipcso, c.tucss - 1);
+            } else {
+                let pl = (ip_len - 40) as u16;
+                seg[c.ipcss + 4..c.ipcss + 6].copy_from_slice(&pl.to_be_bytes());
+            }
+            let offset = (i * c.mss) as u32;
+            let s = seq.wrapping_add(offset).to_be_bytes();
+            seg[c.tucss + 4..c.tucss + 8].copy_from_slice(&s);
+            if i + 1 < n {
+                seg[c.tucss + 13] &= !(0x01 | 0x08); // FIN and PSH only on the last
+            }
+            let tcp_len = (seg.len() - c.tucss) as u32;
+            let mut sum = u32::from(pseudo) + tcp_len;
+            while sum >> 16 != 0 {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            seg[c.tucso..c.tucso + 2].copy_from_slice(&(sum as u16).to_be_bytes());
+            insert_checksum(&mut seg, c.tucss, c.tucso, 0);
+            net.send(&seg);
+            self.stats.tx_frames += 1;
+        }
     }
 
     /// Receive buffer size from RCTL.BSIZE/BSEX.

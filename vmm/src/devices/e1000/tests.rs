@@ -215,3 +215,102 @@ fn hostile_rings_never_panic() {
     t.nic
         .write(&t.mem, &mut t.sink, &mut t.line, 0x20000, &[1, 2, 3, 4]);
 }
+
+fn ones_sum(data: &[u8], mut sum: u32) -> u16 {
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+#[test]
+fn tcp_segmentation_offload() {
+    let mut t = T::new();
+    t.setup_rings();
+    // Ethernet + IPv4 + TCP headers as Linux hands them to the e1000 for TSO:
+    // IP total length and checksum 0, TCP checksum = pseudo-header sum without length.
+    let (src, dst) = ([10u8, 0, 2, 2], [10u8, 0, 2, 1]);
+    let mut hdr = vec![0u8; 54];
+    hdr[12..14].copy_from_slice(&[0x08, 0x00]);
+    hdr[14] = 0x45;
+    hdr[18..20].copy_from_slice(&0x1234u16.to_be_bytes()); // IP ID
+    hdr[22] = 64;
+    hdr[23] = 6;
+    hdr[26..30].copy_from_slice(&src);
+    hdr[30..34].copy_from_slice(&dst);
+    hdr[38..42].copy_from_slice(&1000u32.to_be_bytes()); // seq
+    hdr[46] = 0x50;
+    hdr[47] = 0x18 | 0x01; // PSH|ACK|FIN
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, 6]);
+    hdr[50..52].copy_from_slice(&ones_sum(&pseudo, 0).to_be_bytes());
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+    t.mem.write_slice(&hdr, GuestAddress(BUF)).unwrap();
+    t.mem
+        .write_slice(&payload, GuestAddress(BUF + 0x1000))
+        .unwrap();
+    // Context descriptor: ipcss 14, ipcso 24, ipcse 33, tucss 34, tucso 50,
+    // PAYLEN 3000, DTYP 0, TUCMD TCP|IP|TSE|DEXT, HDRLEN 54, MSS 1448.
+    let mut ctx = [0u8; 16];
+    ctx[0] = 14;
+    ctx[1] = 24;
+    ctx[2..4].copy_from_slice(&33u16.to_le_bytes());
+    ctx[4] = 34;
+    ctx[5] = 50;
+    ctx[8..11].copy_from_slice(&3000u32.to_le_bytes()[..3]);
+    ctx[11] = 0x01 | 0x02 | 0x04 | 0x20;
+    ctx[13] = 54;
+    ctx[14..16].copy_from_slice(&1448u16.to_le_bytes());
+    t.mem.write_slice(&ctx, GuestAddress(TX_RING)).unwrap();
+    // Two data descriptors (DTYP 1, DEXT|TSE, POPTS IXSM|TXSM), EOP on the last.
+    for (i, (addr, len, eop)) in [(BUF, 54u32, 0u8), (BUF + 0x1000, 3000, 1)]
+        .iter()
+        .enumerate()
+    {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..11].copy_from_slice(&len.to_le_bytes()[..3]);
+        d[10] |= 0x10;
+        d[11] = 0x20 | 0x04 | 0x08 | eop;
+        d[13] = 0x03;
+        t.mem
+            .write_slice(&d, GuestAddress(TX_RING + 16 * (i as u64 + 1)))
+            .unwrap();
+    }
+    t.w(reg::TDT, 3);
+    assert_eq!(t.sink.0.len(), 3, "3000 bytes in 1448-byte segments");
+    let mut data = Vec::new();
+    for (i, seg) in t.sink.0.iter().enumerate() {
+        let plen = seg.len() - 54;
+        assert_eq!(plen, [1448, 1448, 104][i]);
+        assert_eq!(
+            u16::from_be_bytes([seg[16], seg[17]]) as usize,
+            seg.len() - 14
+        );
+        assert_eq!(u16::from_be_bytes([seg[18], seg[19]]), 0x1234 + i as u16);
+        assert_eq!(
+            ones_sum(&seg[14..34], 0),
+            0xffff,
+            "IP checksum of segment {i}"
+        );
+        let seq = u32::from_be_bytes([seg[38], seg[39], seg[40], seg[41]]);
+        assert_eq!(seq, 1000 + 1448 * i as u32);
+        let flags = seg[47];
+        assert_eq!(flags & 0x09 != 0, i == 2, "FIN/PSH only on the last");
+        let tcp_len = (seg.len() - 34) as u32;
+        let sum = ones_sum(&pseudo, tcp_len);
+        assert_eq!(
+            ones_sum(&seg[34..], u32::from(sum)),
+            0xffff,
+            "TCP checksum {i}"
+        );
+        data.extend_from_slice(&seg[54..]);
+    }
+    assert_eq!(data, payload);
+    assert_eq!(t.nic.stats.tx_dropped, 0);
+}
