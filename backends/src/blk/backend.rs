@@ -293,6 +293,8 @@ mod tests {
     use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
     use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
+    use crate::blk::SIZE_MAX;
+
     fn backend(readonly: bool) -> (BlkBackend, tempfile::NamedTempFile) {
         let f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(8 << 20).unwrap();
