@@ -40,12 +40,15 @@ pub enum ConfigError {
     /// A required option is missing.
     #[error("missing option '{0}'")]
     MissingOption(&'static str),
-    /// Only vhost-user NICs exist so far.
-    #[error("--net needs vhost_user=on (the only network device type this VMM has)")]
-    NetNotVhostUser,
-    /// Only vhost-user disks exist so far.
-    #[error("--disk needs vhost_user=on (the only disk type this VMM has)")]
+    /// A NIC names neither a vhost-user socket nor a TAP.
+    #[error("--net needs vhost_user=on,socket=PATH or tap=NAME")]
+    NetKind,
+    /// A disk names neither a vhost-user socket nor a backing file.
+    #[error("--disk needs vhost_user=on,socket=PATH or path=FILE")]
     DiskNotVhostUser,
+    /// Options of two disk kinds were mixed.
+    #[error("--disk: {0}")]
+    DiskConflict(&'static str),
 }
 
 /// Parses a byte size such as `512M`, `2G`, `4096` (bytes) or `1.5G`.
@@ -168,15 +171,55 @@ pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Largest number of queues per disk.
 pub const MAX_QUEUES: u16 = 64;
 
-/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M]`.
+/// What the guest sees for a file-backed disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DiskModel {
+    /// virtio-blk served by queue threads inside the VMM.
+    #[default]
+    VirtioBlk,
+    /// An emulated NVMe controller (every register access traps to the VMM).
+    Nvme,
+}
+
+/// Where a disk's requests are served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskBackend {
+    /// An external vhost-user-blk backend.
+    VhostUser {
+        /// The backend's socket.
+        socket: PathBuf,
+    },
+    /// A file (or block device) opened by the VMM itself.
+    File {
+        /// The backing file.
+        path: PathBuf,
+        /// Refuse guest writes.
+        readonly: bool,
+        /// Device model.
+        model: DiskModel,
+    },
+}
+
+/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M]` or
+/// `path=FILE[,queues=N][,queue_size=M][,readonly=on][,model=virtio|nvme]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
-    /// The vhost-user backend's socket.
-    pub socket: PathBuf,
-    /// Number of queues (default: as many as the backend offers).
+    /// Who serves the requests.
+    pub backend: DiskBackend,
+    /// Number of queues (default: as many as a vhost-user backend offers, 1 for files).
     pub queues: Option<u16>,
     /// Virtqueue size (power of two).
     pub queue_size: u16,
+}
+
+impl DiskConfig {
+    /// The vhost-user socket, if this is a vhost-user disk.
+    pub fn socket(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            DiskBackend::VhostUser { socket } => Some(socket),
+            DiskBackend::File { .. } => None,
+        }
+    }
 }
 
 fn parse_count(key: &str, value: &str, max: u16, pow2: bool) -> Result<u16, ConfigError> {
@@ -203,6 +246,9 @@ impl FromStr for DiskConfig {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut vhost_user = false;
         let mut socket = None;
+        let mut path = None;
+        let mut readonly = None;
+        let mut model = None;
         let mut queues = None;
         let mut queue_size = DEFAULT_QUEUE_SIZE;
         for opt in s.split(',').filter(|o| !o.is_empty()) {
@@ -211,16 +257,57 @@ impl FromStr for DiskConfig {
                 "vhost_user" => vhost_user = parse_on_off(key, value)?,
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
                 "socket" => return Err(ConfigError::MissingOption("socket")),
+                "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
+                "path" => return Err(ConfigError::MissingOption("path")),
+                "readonly" => readonly = Some(parse_on_off(key, value)?),
+                "model" => {
+                    model = Some(match value {
+                        "virtio" | "virtio-blk" => DiskModel::VirtioBlk,
+                        "nvme" => DiskModel::Nvme,
+                        _ => {
+                            return Err(ConfigError::BadValue {
+                                key: key.to_string(),
+                                value: value.to_string(),
+                                expected: "virtio or nvme",
+                            })
+                        }
+                    })
+                }
                 "queues" => queues = Some(parse_count(key, value, MAX_QUEUES, false)?),
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
         }
-        if !vhost_user {
-            return Err(ConfigError::DiskNotVhostUser);
-        }
+        let backend = match (vhost_user, path) {
+            (true, Some(_)) => {
+                return Err(ConfigError::DiskConflict(
+                    "vhost_user=on and path= are exclusive",
+                ))
+            }
+            (true, None) => {
+                if readonly.is_some() || model.is_some() {
+                    return Err(ConfigError::DiskConflict(
+                        "readonly= and model= apply to path= disks (the backend decides for vhost-user)",
+                    ));
+                }
+                DiskBackend::VhostUser {
+                    socket: socket.ok_or(ConfigError::MissingOption("socket"))?,
+                }
+            }
+            (false, Some(path)) => {
+                if socket.is_some() {
+                    return Err(ConfigError::DiskConflict("socket= needs vhost_user=on"));
+                }
+                DiskBackend::File {
+                    path,
+                    readonly: readonly.unwrap_or(false),
+                    model: model.unwrap_or_default(),
+                }
+            }
+            (false, None) => return Err(ConfigError::DiskNotVhostUser),
+        };
         Ok(Self {
-            socket: socket.ok_or(ConfigError::MissingOption("socket"))?,
+            backend,
             queues,
             queue_size,
         })
@@ -247,9 +334,32 @@ impl FromStr for DeviceConfig {
     }
 }
 
-/// A NIC: `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M]`.
+/// A NIC given with `--net`: virtio-net on a vhost-user backend, or an
+/// emulated e1000 on a TAP interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetConfig {
+pub enum NetConfig {
+    /// `vhost_user=on,socket=PATH[,...]`.
+    VhostUser(VhostUserNetConfig),
+    /// `tap=NAME[,mac=MAC]`.
+    Tap(TapNetConfig),
+}
+
+impl FromStr for NetConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let has = |key: &str| s.split(',').any(|o| o.split('=').next() == Some(key));
+        match (has("vhost_user"), has("tap")) {
+            (true, false) => s.parse().map(Self::VhostUser),
+            (false, true) => s.parse().map(Self::Tap),
+            _ => Err(ConfigError::NetKind),
+        }
+    }
+}
+
+/// A vhost-user NIC: `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VhostUserNetConfig {
     /// The vhost-user backend's socket.
     pub socket: PathBuf,
     /// MAC address given to the guest (default: the backend's, else the guest picks one).
@@ -275,13 +385,14 @@ fn parse_mac(key: &str, value: &str) -> Result<[u8; 6], ConfigError> {
         }
         *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
     }
-    if parts.next().is_some() {
+    // A guest NIC needs a unicast, non-zero address.
+    if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
         return Err(bad());
     }
     Ok(mac)
 }
 
-impl FromStr for NetConfig {
+impl FromStr for VhostUserNetConfig {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -303,7 +414,7 @@ impl FromStr for NetConfig {
             }
         }
         if !vhost_user {
-            return Err(ConfigError::NetNotVhostUser);
+            return Err(ConfigError::NetKind);
         }
         Ok(Self {
             socket: socket.ok_or(ConfigError::MissingOption("socket"))?,
@@ -330,12 +441,49 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     /// Serial console destination.
     pub serial: SerialConfig,
-    /// Virtio-blk disks served by vhost-user backends.
+    /// Disks (vhost-user, in-VMM virtio-blk, emulated NVMe).
     pub disks: Vec<DiskConfig>,
     /// Host PCI devices passed through with VFIO.
     pub devices: Vec<DeviceConfig>,
     /// Virtio-net NICs served by vhost-user backends.
     pub nets: Vec<NetConfig>,
+}
+
+/// An emulated e1000 NIC on a TAP interface: `tap=NAME[,mac=52:54:00:xx:xx:xx]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapNetConfig {
+    /// TAP interface name (created if missing).
+    pub tap: String,
+    /// MAC address.
+    pub mac: [u8; 6],
+}
+
+impl FromStr for TapNetConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut tap = None;
+        let mut mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        for opt in s.split(',').filter(|o| !o.is_empty()) {
+            let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+            match key {
+                "tap" if !value.is_empty() && value.len() < 16 => tap = Some(value.to_string()),
+                "tap" => {
+                    return Err(ConfigError::BadValue {
+                        key: key.into(),
+                        value: value.into(),
+                        expected: "an interface name of 1 to 15 characters",
+                    })
+                }
+                "mac" => mac = parse_mac(key, value)?,
+                _ => return Err(ConfigError::UnknownOption(opt.to_string())),
+            }
+        }
+        Ok(Self {
+            tap: tap.ok_or(ConfigError::MissingOption("tap"))?,
+            mac,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -349,15 +497,20 @@ mod tests {
             .unwrap();
         assert_eq!(
             n,
-            NetConfig {
+            NetConfig::VhostUser(VhostUserNetConfig {
                 socket: "/s".into(),
                 mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
                 queues: None,
                 queue_size: 512,
-            }
+            })
         );
         let err = |s: &str| s.parse::<NetConfig>().unwrap_err();
-        assert_eq!(err("socket=/s"), ConfigError::NetNotVhostUser);
+        assert_eq!(err("socket=/s"), ConfigError::NetKind);
+        assert_eq!(err("vhost_user=on,socket=/s,tap=t"), ConfigError::NetKind);
+        assert!(matches!(
+            "tap=t0".parse::<NetConfig>(),
+            Ok(NetConfig::Tap(_))
+        ));
         assert_eq!(err("vhost_user=on"), ConfigError::MissingOption("socket"));
         assert!(matches!(
             err("vhost_user=on,socket=/s,mac=52:54:00:ab:cd"),
@@ -430,7 +583,9 @@ mod tests {
         assert_eq!(
             d,
             DiskConfig {
-                socket: "/tmp/vu.sock".into(),
+                backend: DiskBackend::VhostUser {
+                    socket: "/tmp/vu.sock".into()
+                },
                 queues: None,
                 queue_size: DEFAULT_QUEUE_SIZE
             }
@@ -488,6 +643,68 @@ mod tests {
             "path=/x,iommu=off",
         ] {
             assert!(bad.parse::<DeviceConfig>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn file_disks() {
+        let d: DiskConfig = "path=/d.img,queues=2,readonly=on".parse().unwrap();
+        assert_eq!(
+            d.backend,
+            DiskBackend::File {
+                path: "/d.img".into(),
+                readonly: true,
+                model: DiskModel::VirtioBlk
+            }
+        );
+        assert_eq!(d.queues, Some(2));
+        let d: DiskConfig = "path=/d.img,model=nvme".parse().unwrap();
+        assert!(matches!(
+            d.backend,
+            DiskBackend::File {
+                model: DiskModel::Nvme,
+                readonly: false,
+                ..
+            }
+        ));
+        let err = |s: &str| s.parse::<DiskConfig>().unwrap_err();
+        assert!(matches!(
+            err("path=/d,model=scsi"),
+            ConfigError::BadValue { .. }
+        ));
+        assert!(matches!(
+            err("path=/d,vhost_user=on,socket=/s"),
+            ConfigError::DiskConflict(_)
+        ));
+        assert!(matches!(
+            err("path=/d,socket=/s"),
+            ConfigError::DiskConflict(_)
+        ));
+        assert!(matches!(
+            err("vhost_user=on,socket=/s,model=nvme"),
+            ConfigError::DiskConflict(_)
+        ));
+        assert_eq!(err("path="), ConfigError::MissingOption("path"));
+        assert_eq!(err("queues=2"), ConfigError::DiskNotVhostUser);
+    }
+
+    #[test]
+    fn nets() {
+        let n: TapNetConfig = "tap=tap0".parse().unwrap();
+        assert_eq!(n.tap, "tap0");
+        let n: TapNetConfig = "tap=t,mac=02:00:00:00:00:01".parse().unwrap();
+        assert_eq!(n.mac, [2, 0, 0, 0, 0, 1]);
+        for bad in [
+            "",
+            "mac=02:00:00:00:00:01",
+            "tap=",
+            "tap=t,mac=01:00:00:00:00:00",
+            "tap=t,mac=1:2:3",
+            "tap=t,mac=zz:00:00:00:00:00",
+            "tap=t,x=1",
+            "tap=0123456789abcdef",
+        ] {
+            assert!(bad.parse::<TapNetConfig>().is_err(), "{bad} accepted");
         }
     }
 

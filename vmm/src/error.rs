@@ -63,6 +63,12 @@ pub enum Error {
     /// A passed-through device could not be set up.
     #[error(transparent)]
     Vfio(#[from] vfio::VfioError),
+    /// An NVMe controller could not be created.
+    #[error(transparent)]
+    Nvme(#[from] crate::devices::nvme::NvmeError),
+    /// A NIC could not be created.
+    #[error(transparent)]
+    Net(#[from] crate::devices::e1000::NetError),
     /// An OS call failed.
     #[error("{0}")]
     Io(#[source] io::Error),

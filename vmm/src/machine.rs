@@ -15,12 +15,18 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{acpi, loader};
-use crate::config::{SerialConfig, VmConfig};
+use crate::config::{DiskBackend, DiskModel, NetConfig, SerialConfig, TapNetConfig, VmConfig};
 use crate::devices::bus::lock;
+use crate::devices::e1000::nic::BAR_SIZE as E1000_BAR_SIZE;
+use crate::devices::e1000::pci::E1000PciDevice;
+use crate::devices::e1000::tap::{RxThread, Tap};
+use crate::devices::e1000::E1000;
 use crate::devices::i8042::I8042;
+use crate::devices::nvme::{self, pci::BAR_SIZE as NVME_BAR_SIZE, NvmePciDevice};
 use crate::devices::power::AcpiPower;
 use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice};
 use crate::devices::vfio::VfioDevices;
+use crate::devices::virtio::blk::InVmmBlk;
 use crate::devices::virtio::monitor::HangupMonitor;
 use crate::devices::virtio::pci::BAR_SIZE;
 use crate::devices::virtio::vhost_user_blk::VhostUserBlk;
@@ -51,6 +57,8 @@ pub struct Machine {
     pub pci: Arc<Mutex<PciBus>>,
     /// Virtio PCI devices (disks, then NICs).
     disks: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    nvmes: Vec<Arc<Mutex<NvmePciDevice>>>,
+    nics: Vec<(Arc<Mutex<E1000PciDevice>>, RxThread)>,
     monitors: Vec<HangupMonitor>,
     vfio: VfioDevices,
 }
@@ -114,18 +122,62 @@ impl Machine {
             .map_err(|e| Error::Config(format!("64-bit PCI window: {e}")))?;
         let mut disks = Vec::new();
         let mut monitors = Vec::new();
+        let mut nvmes = Vec::new();
         let mut backends: Vec<(Box<dyn VirtioBackend>, String)> = Vec::new();
         for (i, disk) in cfg.disks.iter().enumerate() {
-            backends.push((
-                Box::new(VhostUserBlk::connect(disk, i)?),
-                format!("vu-blk{i}-mon"),
-            ));
+            let backend: Box<dyn VirtioBackend> = match &disk.backend {
+                DiskBackend::VhostUser { socket } => {
+                    Box::new(VhostUserBlk::connect(socket, disk, i)?)
+                }
+                DiskBackend::File {
+                    path,
+                    readonly,
+                    model: DiskModel::VirtioBlk,
+                } => Box::new(InVmmBlk::open(
+                    path,
+                    *readonly,
+                    disk.queues.unwrap_or(1),
+                    disk.queue_size,
+                    i,
+                )?),
+                DiskBackend::File {
+                    path,
+                    readonly,
+                    model: DiskModel::Nvme,
+                } => {
+                    let queues = disk.queues.unwrap_or(u16::from(cfg.cpus));
+                    let bar = mmio64
+                        .allocate(NVME_BAR_SIZE, NVME_BAR_SIZE, AllocPolicy::FirstMatch)
+                        .map_err(|_| VirtioError::NoBarSpace(NVME_BAR_SIZE))?;
+                    let dev = nvme::create(
+                        path,
+                        *readonly,
+                        queues,
+                        i,
+                        vm.fd.clone(),
+                        buses.clone(),
+                        ram.mem.clone(),
+                        bar.start(),
+                    )?;
+                    let slot = lock(&pci).add(dev.clone())?;
+                    tracing::info!(
+                        "{} at 00:{slot:02x}.0, BAR {:#x}",
+                        lock(&dev).name(),
+                        bar.start()
+                    );
+                    nvmes.push(dev);
+                    continue;
+                }
+            };
+            backends.push((backend, format!("blk{i}-mon")));
         }
         for (i, net) in cfg.nets.iter().enumerate() {
-            backends.push((
-                Box::new(VhostUserNet::connect(net, i)?),
-                format!("vu-net{i}-mon"),
-            ));
+            if let NetConfig::VhostUser(net) = net {
+                backends.push((
+                    Box::new(VhostUserNet::connect(net, i)?),
+                    format!("vu-net{i}-mon"),
+                ));
+            }
         }
         for (backend, monitor) in backends {
             let bar = mmio64
@@ -149,6 +201,21 @@ impl Machine {
                 monitors.push(m);
             }
             disks.push(dev);
+        }
+
+        let mut nics = Vec::new();
+        for net in cfg.nets.iter().filter_map(|n| match n {
+            NetConfig::Tap(tap) => Some(tap),
+            NetConfig::VhostUser(_) => None,
+        }) {
+            nics.push(Self::add_e1000(
+                net,
+                &irq_routing,
+                &buses,
+                &ram,
+                &pci,
+                &mut mmio64,
+            )?);
         }
 
         let cpuid = vcpu::supported_cpuid(&vm.kvm)?;
@@ -179,9 +246,49 @@ impl Machine {
             irq_routing,
             pci,
             disks,
+            nvmes,
+            nics,
             monitors,
             vfio,
         })
+    }
+
+    /// An e1000 on a TAP interface, its INTA bound (irqfd) to the GSI the
+    /// `_PRT` gives its slot, and its receive thread.
+    #[allow(clippy::too_many_arguments)]
+    fn add_e1000(
+        net: &TapNetConfig,
+        routing: &IrqRouting,
+        buses: &Arc<IoBuses>,
+        ram: &GuestRam,
+        pci: &Arc<Mutex<PciBus>>,
+        mmio64: &mut AddressAllocator,
+    ) -> Result<(Arc<Mutex<E1000PciDevice>>, RxThread), Error> {
+        let tap = Tap::open(&net.tap)?;
+        let reader = tap.try_clone().map_err(Error::Io)?;
+        let bar = mmio64
+            .allocate(E1000_BAR_SIZE, E1000_BAR_SIZE, AllocPolicy::FirstMatch)
+            .map_err(|_| VirtioError::NoBarSpace(E1000_BAR_SIZE))?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::Io)?;
+        let irq_reg = irq.try_clone().map_err(Error::Io)?;
+        let dev = E1000PciDevice::new(
+            E1000::new(net.mac),
+            Box::new(tap),
+            irq,
+            buses.clone(),
+            ram.mem.clone(),
+            bar.start(),
+        );
+        let slot = lock(pci).add(dev.clone())?;
+        let gsi = acpi::pci_intx_gsi(slot, 0);
+        routing.register_irqfd(&irq_reg, gsi)?;
+        tracing::info!(
+            "e1000 tap {} at 00:{slot:02x}.0, BAR {:#x}, INTA on GSI {gsi}",
+            net.tap,
+            bar.start()
+        );
+        let rx = RxThread::spawn(reader, dev.clone())?;
+        Ok((dev, rx))
     }
 
     fn add_legacy_devices(
@@ -269,6 +376,13 @@ impl Machine {
         self.monitors.clear();
         for d in &self.disks {
             lock(d).shutdown();
+        }
+        for d in &self.nvmes {
+            lock(d).shutdown();
+        }
+        for (d, rx) in self.nics.drain(..) {
+            drop(rx);
+            lock(&d).shutdown();
         }
         self.vfio.shutdown();
         let why = result?;

@@ -59,16 +59,18 @@ struct RunArgs {
     /// Serial console: stdio, file=PATH or off.
     #[arg(long, default_value = "stdio")]
     serial: SerialConfig,
-    /// A virtio-blk disk served by a vhost-user backend (repeatable):
-    /// vhost_user=on,socket=PATH[,queues=N][,queue_size=M].
+    /// A disk (repeatable): virtio-blk served by a vhost-user backend,
+    /// vhost_user=on,socket=PATH[,queues=N][,queue_size=M]; or a file served by
+    /// the VMM, path=FILE[,queues=N][,queue_size=M][,readonly=on][,model=virtio|nvme].
     #[arg(long = "disk")]
     disks: Vec<DiskConfig>,
     /// Pass a host PCI device (bound to vfio-pci) through: path=/sys/bus/pci/devices/DDDD:BB:DD.F.
     /// Repeatable.
     #[arg(long = "device")]
     devices: Vec<DeviceConfig>,
-    /// A virtio-net NIC served by a vhost-user backend (repeatable):
-    /// vhost_user=on,socket=PATH[,mac=MAC][,queues=1][,queue_size=M].
+    /// A NIC (repeatable): virtio-net served by a vhost-user backend,
+    /// vhost_user=on,socket=PATH[,mac=MAC][,queues=1][,queue_size=M],
+    /// or an emulated e1000 on a TAP interface, tap=NAME[,mac=MAC].
     #[arg(long = "net")]
     nets: Vec<NetConfig>,
 }

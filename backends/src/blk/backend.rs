@@ -10,8 +10,6 @@ use std::time::Duration;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_blk::*;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{ByteValued, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -20,8 +18,8 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET, MAX_DISCARD_SECTORS, SEG_MAX,
-    SIZE_MAX,
+    device_config, device_features, BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET,
+    SEG_MAX,
 };
 use crate::engine::{Engine, EngineConfig, QueueStats, VhostMem, VringQueue};
 use crate::{Error, Result};
@@ -88,41 +86,9 @@ impl BlkBackend {
             write_zeroes: true,
         };
 
-        let mut cfg = virtio_blk_config {
-            capacity: sectors,
-            size_max: SIZE_MAX,
-            seg_max: SEG_MAX,
-            blk_size: 512,
-            min_io_size: 1,
-            opt_io_size: 0,
-            wce: 1,
-            num_queues: opts.queues,
-            max_discard_sectors: MAX_DISCARD_SECTORS,
-            max_discard_seg: 1,
-            discard_sector_alignment: 1,
-            max_write_zeroes_sectors: MAX_DISCARD_SECTORS,
-            max_write_zeroes_seg: 1,
-            write_zeroes_may_unmap: 1,
-            ..Default::default()
-        };
-        cfg.physical_block_exp = 0;
-
-        let mut features = (1u64 << VIRTIO_BLK_F_SEG_MAX)
-            | (1 << VIRTIO_BLK_F_SIZE_MAX)
-            | (1 << VIRTIO_BLK_F_BLK_SIZE)
-            | (1 << VIRTIO_BLK_F_TOPOLOGY)
-            | (1 << VIRTIO_BLK_F_MQ)
-            | (1 << VIRTIO_BLK_F_FLUSH)
-            | (1 << VIRTIO_BLK_F_CONFIG_WCE)
-            | (1 << VIRTIO_BLK_F_DISCARD)
-            | (1 << VIRTIO_BLK_F_WRITE_ZEROES)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | (1 << VIRTIO_F_VERSION_1)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if opts.readonly {
-            features |= 1 << VIRTIO_BLK_F_RO;
-        }
+        let cfg = device_config(sectors, opts.queues);
+        let features =
+            device_features(opts.readonly) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
         let file = Arc::new(disk.file);
         let writeback = Arc::new(AtomicBool::new(true));
@@ -146,7 +112,7 @@ impl BlkBackend {
         }
         let drained = (0..opts.queues).map(|_| AtomicBool::new(false)).collect();
         Ok(Self {
-            config: BlkConfig(cfg),
+            config: cfg,
             features,
             opts,
             engines,
@@ -324,6 +290,10 @@ impl VhostUserBackend for BlkBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+    use crate::blk::SIZE_MAX;
 
     fn backend(readonly: bool) -> (BlkBackend, tempfile::NamedTempFile) {
         let f = tempfile::NamedTempFile::new().unwrap();

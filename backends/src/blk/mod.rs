@@ -11,7 +11,9 @@ pub use backend::{BlkBackend, BlkOptions};
 pub use disk::Disk;
 pub use request::{BlkHandler, BlkReq, BlkSettings};
 
-use virtio_bindings::virtio_blk::virtio_blk_config;
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::ByteValued;
 
 /// virtio-blk sector size (fixed by the spec, independent of `blk_size`).
@@ -49,3 +51,46 @@ unsafe impl ByteValued for BlkConfig {}
 
 /// Byte offset of `wce` in the config space (the only writable field).
 pub const CONFIG_WCE_OFFSET: usize = std::mem::offset_of!(virtio_blk_config, wce);
+
+/// The device configuration space of a disk of `sectors` 512-byte sectors served by `queues`
+/// queues (shared by the vhost-user backend and the VMM's in-process device).
+pub fn device_config(sectors: u64, queues: u16) -> BlkConfig {
+    BlkConfig(virtio_blk_config {
+        capacity: sectors,
+        size_max: SIZE_MAX,
+        seg_max: SEG_MAX,
+        blk_size: 512,
+        min_io_size: 1,
+        opt_io_size: 0,
+        wce: 1,
+        num_queues: queues,
+        max_discard_sectors: MAX_DISCARD_SECTORS,
+        max_discard_seg: 1,
+        discard_sector_alignment: 1,
+        max_write_zeroes_sectors: MAX_DISCARD_SECTORS,
+        max_write_zeroes_seg: 1,
+        write_zeroes_may_unmap: 1,
+        ..Default::default()
+    })
+}
+
+/// The virtio feature bits a [`BlkHandler`] serves (without transport-specific bits such as
+/// vhost-user's PROTOCOL_FEATURES).
+pub fn device_features(readonly: bool) -> u64 {
+    let mut features = (1u64 << VIRTIO_BLK_F_SEG_MAX)
+        | (1 << VIRTIO_BLK_F_SIZE_MAX)
+        | (1 << VIRTIO_BLK_F_BLK_SIZE)
+        | (1 << VIRTIO_BLK_F_TOPOLOGY)
+        | (1 << VIRTIO_BLK_F_MQ)
+        | (1 << VIRTIO_BLK_F_FLUSH)
+        | (1 << VIRTIO_BLK_F_CONFIG_WCE)
+        | (1 << VIRTIO_BLK_F_DISCARD)
+        | (1 << VIRTIO_BLK_F_WRITE_ZEROES)
+        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        | (1 << VIRTIO_F_VERSION_1);
+    if readonly {
+        features |= 1 << VIRTIO_BLK_F_RO;
+    }
+    features
+}

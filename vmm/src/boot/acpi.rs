@@ -61,6 +61,37 @@ fn io_gas(port: u16) -> GAS {
     )
 }
 
+/// First IOAPIC input used for PCI INTx.
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+/// Number of IOAPIC inputs PCI INTx is spread over.
+pub const PCI_INTX_GSIS: u32 = 8;
+
+/// The GSI that INTx pin `pin` (0 = INTA) of the device in `slot` raises
+/// (the `_PRT` of the root bridge: a swizzle over GSIs 16–23, level, active low).
+pub fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    PCI_INTX_GSI_BASE + (u32::from(slot) + u32::from(pin)) % PCI_INTX_GSIS
+}
+
+/// `_PRT`: one entry per slot and INTx pin, straight to an IOAPIC GSI.
+struct PciRouting;
+
+impl Aml for PciRouting {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let entries: Vec<(u32, u8, u32)> = (0..32u8)
+            .flat_map(|slot| {
+                (0..4u8)
+                    .map(move |pin| (u32::from(slot) << 16 | 0xffff, pin, pci_intx_gsi(slot, pin)))
+            })
+            .collect();
+        let packages: Vec<Package> = entries
+            .iter()
+            .map(|(addr, pin, gsi)| Package::new(vec![addr, pin, &aml::ZERO, gsi]))
+            .collect();
+        let refs: Vec<&dyn Aml> = packages.iter().map(|p| p as &dyn Aml).collect();
+        Package::new(refs).to_aml_bytes(sink);
+    }
+}
+
 fn dsdt(p: &Platform) -> Vec<u8> {
     let mmio32_end = (layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE - 1) as u32;
     let mmio64_end = p.mmio64_start + layout::PCI_MMIO64_SIZE - 1;
@@ -107,6 +138,7 @@ fn dsdt(p: &Platform) -> Vec<u8> {
             &Name::new("_UID".into(), &aml::ZERO),
             &Name::new("_BBN".into(), &aml::ZERO),
             &Name::new("_CRS".into(), &pci_crs),
+            &Name::new("_PRT".into(), &PciRouting),
         ],
     )
     .to_aml_bytes(&mut body);

@@ -5,6 +5,7 @@
 //! tested), `msix` the MSI-X table, `pci` ties them to a PCI function with a
 //! BAR, ioeventfds and irqfds, and `vhost_user_blk` is the device behind it.
 
+pub mod blk;
 pub mod common_cfg;
 pub mod monitor;
 pub mod msix;
@@ -84,6 +85,15 @@ pub enum VirtioError {
     /// Interrupt routing failed.
     #[error(transparent)]
     Interrupt(#[from] crate::vstate::interrupts::InterruptError),
+    /// The backing file of an in-VMM disk could not be opened.
+    #[error("disk {path}: {source}")]
+    Disk {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        #[source]
+        source: backends::Error,
+    },
     /// No room for the BAR.
     #[error("no room for a {0:#x}-byte BAR in the 64-bit PCI window")]
     NoBarSpace(u64),

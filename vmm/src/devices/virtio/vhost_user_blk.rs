@@ -4,6 +4,7 @@
 //! pass through the VMM.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{
@@ -54,10 +55,10 @@ pub struct VhostUserBlk {
 }
 
 impl VhostUserBlk {
-    /// Connects to the backend at `cfg.socket` and negotiates everything
+    /// Connects to the backend at `path` and negotiates everything
     /// that does not depend on the guest driver.
-    pub fn connect(cfg: &DiskConfig, index: usize) -> Result<Self, VirtioError> {
-        let socket = cfg.socket.display().to_string();
+    pub fn connect(path: &Path, cfg: &DiskConfig, index: usize) -> Result<Self, VirtioError> {
+        let socket = path.display().to_string();
         let err = |what: &'static str| {
             let socket = socket.clone();
             move |source| VirtioError::VhostUser {
@@ -70,7 +71,7 @@ impl VhostUserBlk {
             socket: socket.clone(),
             what,
         };
-        let mut frontend = Frontend::connect(&cfg.socket, 1).map_err(err("connect"))?;
+        let mut frontend = Frontend::connect(path, 1).map_err(err("connect"))?;
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let features = frontend.get_features().map_err(err("GET_FEATURES"))?;
         if features & VIRTIO_F_VERSION_1 == 0 {

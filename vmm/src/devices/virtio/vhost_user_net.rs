@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::vhost_user_blk::host_addr;
 use super::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
-use crate::config::NetConfig;
+use crate::config::VhostUserNetConfig;
 
 /// Virtio device ID of a network card.
 pub const VIRTIO_ID_NET: u16 = 1;
@@ -65,7 +65,7 @@ pub struct VhostUserNet {
 impl VhostUserNet {
     /// Connects to the backend at `cfg.socket` and negotiates everything that does not depend
     /// on the guest driver.
-    pub fn connect(cfg: &NetConfig, index: usize) -> Result<Self, VirtioError> {
+    pub fn connect(cfg: &VhostUserNetConfig, index: usize) -> Result<Self, VirtioError> {
         let socket = cfg.socket.display().to_string();
         let err = |what: &'static str| {
             let socket = socket.clone();

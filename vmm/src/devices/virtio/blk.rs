@@ -1,0 +1,360 @@
+//! virtio-blk served inside the VMM process (the in-VMM tier): the same PCI
+//! transport as the vhost-user device, but each queue is served by a VMM
+//! thread (`blk-q<N>`) running the shared `backends` engine and virtio-blk
+//! handler. The thread sleeps in epoll on the queue's kick eventfd (a KVM
+//! ioeventfd on the notify address), the engine's io_uring completion
+//! eventfd and a stop eventfd; used-buffer interrupts go to the queue's call
+//! eventfd, which the transport binds to the MSI-X vector's GSI (irqfd).
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use backends::blk::{
+    device_config, device_features, BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET,
+    SEG_MAX,
+};
+use backends::engine::{Engine, EngineConfig, LocalQueue, QueueStats};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{ByteValued, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::vhost_user_blk::VIRTIO_ID_BLOCK;
+use super::{Activation, QueueState, VirtioBackend, VirtioError};
+
+const VIRTIO_BLK_F_MQ: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
+
+type BlkEngine = Engine<BlkHandler, GuestMemoryMmap>;
+
+/// One running queue thread.
+struct QueueThread {
+    queue: usize,
+    stop: EventFd,
+    handle: JoinHandle<()>,
+    stats: Arc<QueueStats>,
+}
+
+/// A virtio-blk device whose queues are served by VMM threads.
+pub struct InVmmBlk {
+    name: String,
+    file: Arc<std::fs::File>,
+    settings: BlkSettings,
+    config: BlkConfig,
+    features: u64,
+    num_queues: u16,
+    queue_size: u16,
+    writeback: Arc<AtomicBool>,
+    threads: Vec<QueueThread>,
+}
+
+impl InVmmBlk {
+    /// Opens `path` (read-only if asked) as disk number `index`.
+    pub fn open(
+        path: &Path,
+        readonly: bool,
+        queues: u16,
+        queue_size: u16,
+        index: usize,
+    ) -> Result<Self, VirtioError> {
+        let disk = Disk::open(path, readonly, false).map_err(|e| VirtioError::Disk {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let sectors = disk.sectors();
+        let mut serial = [0u8; virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES as usize];
+        let id = format!("vmm-blk{index}");
+        serial[..id.len()].copy_from_slice(id.as_bytes());
+        let settings = BlkSettings {
+            sectors,
+            readonly,
+            serial,
+            seg_max: SEG_MAX,
+            discard: true,
+            write_zeroes: true,
+        };
+        let mut features = device_features(readonly);
+        if queues == 1 {
+            features &= !VIRTIO_BLK_F_MQ;
+        }
+        tracing::info!(
+            "blk{index} {}: {sectors} sectors, {queues} queue(s) of {queue_size}, in-VMM{}",
+            path.display(),
+            if readonly { ", read-only" } else { "" }
+        );
+        Ok(Self {
+            name: format!("blk{index} {}", path.display()),
+            file: Arc::new(disk.file),
+            settings,
+            config: device_config(sectors, queues),
+            features,
+            num_queues: queues,
+            queue_size,
+            writeback: Arc::new(AtomicBool::new(true)),
+            threads: Vec::new(),
+        })
+    }
+
+    fn start_queue(
+        &mut self,
+        i: usize,
+        q: &QueueState,
+        event_idx: bool,
+        act: &Activation<'_>,
+    ) -> Result<(), VirtioError> {
+        let bad = |len| VirtioError::BadRing {
+            queue: i,
+            addr: q.desc,
+            len,
+        };
+        let mut queue = Queue::new(q.max_size).map_err(|_| bad(0))?;
+        queue.set_size(q.size);
+        queue.set_desc_table_address(Some(q.desc as u32), Some((q.desc >> 32) as u32));
+        queue.set_avail_ring_address(Some(q.avail as u32), Some((q.avail >> 32) as u32));
+        queue.set_used_ring_address(Some(q.used as u32), Some((q.used >> 32) as u32));
+        queue.set_event_idx(event_idx);
+        queue.set_ready(true);
+        if !queue.is_valid(act.mem) {
+            return Err(bad(q.ring_lengths().0));
+        }
+        let dup = |e: Option<&EventFd>| {
+            e.ok_or_else(|| VirtioError::Io(std::io::Error::other("missing eventfd")))?
+                .try_clone()
+                .map_err(VirtioError::Io)
+        };
+        let kick = dup(act.kicks.get(i))?;
+        let call = dup(act.calls.get(i))?;
+        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VirtioError::Io)?;
+        let stats = Arc::new(QueueStats::default());
+        let handler = BlkHandler::new(
+            self.file.clone(),
+            self.settings.clone(),
+            self.writeback.clone(),
+            stats.clone(),
+        );
+        let ecfg = EngineConfig {
+            queue_size: q.size,
+            poll: Duration::ZERO,
+            max_iov: SEG_MAX as usize,
+        };
+        let engine = Engine::new(handler, ecfg, stats.clone()).map_err(|e| {
+            VirtioError::Io(std::io::Error::other(format!("queue {i} engine: {e}")))
+        })?;
+        let lq = LocalQueue::new(queue, Arc::new(act.mem.clone()), Some(call));
+        let stop2 = stop.try_clone().map_err(VirtioError::Io)?;
+        let name = self.name.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("blk-q{i}"))
+            .spawn(move || {
+                if let Err(e) = serve(engine, lq, &kick, &stop2) {
+                    tracing::error!("{name}: queue {i} stopped: {e}");
+                }
+            })
+            .map_err(VirtioError::Io)?;
+        self.threads.push(QueueThread {
+            queue: i,
+            stop,
+            handle,
+            stats,
+        });
+        Ok(())
+    }
+}
+
+const KICK: u64 = 0;
+const COMPLETION: u64 = 1;
+const STOP: u64 = 2;
+
+/// The queue thread: process on kick and on completion, drain and return on stop.
+fn serve(
+    mut engine: BlkEngine,
+    mut q: LocalQueue<GuestMemoryMmap>,
+    kick: &EventFd,
+    stop: &EventFd,
+) -> Result<(), String> {
+    let epoll = Epoll::new().map_err(|e| e.to_string())?;
+    for (fd, token) in [
+        (kick.as_raw_fd(), KICK),
+        (engine.completion_fd().as_raw_fd(), COMPLETION),
+        (stop.as_raw_fd(), STOP),
+    ] {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    // Buffers made available before the thread started (or before a reset).
+    engine.process(&mut q).map_err(|e| e.to_string())?;
+    let mut events = [EpollEvent::default(); 3];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut work = false;
+        for ev in &events[..n] {
+            match ev.data() {
+                KICK => {
+                    let _ = kick.read();
+                    work = true;
+                }
+                COMPLETION => work = true,
+                _ => {
+                    engine.drain(&mut q).map_err(|e| e.to_string())?;
+                    return Ok(());
+                }
+            }
+        }
+        if work {
+            engine.process(&mut q).map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+impl VirtioBackend for InVmmBlk {
+    fn device_type(&self) -> u16 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn num_queues(&self) -> u16 {
+        self.num_queues
+    }
+
+    fn queue_max_size(&self) -> u16 {
+        self.queue_size
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let mut cfg = self.config;
+        cfg.0.wce = u8::from(self.writeback.load(Ordering::Relaxed));
+        let bytes = cfg.as_slice();
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = start
+            .checked_add(data.len())
+            .and_then(|end| bytes.get(start..end))
+        {
+            data.copy_from_slice(src);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `wce` is writable (CONFIG_WCE).
+        if offset == CONFIG_WCE_OFFSET as u64 && data.len() == 1 {
+            self.writeback.store(data[0] != 0, Ordering::Relaxed);
+            tracing::info!("{}: writeback={}", self.name, data[0] != 0);
+        } else {
+            tracing::debug!("{}: ignored config write at {offset:#x}", self.name);
+        }
+    }
+
+    fn activate(&mut self, act: Activation<'_>) -> Result<(), VirtioError> {
+        self.reset();
+        let event_idx = act.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for (i, q) in act.queues.iter().enumerate() {
+            if q.ready {
+                if let Err(e) = self.start_queue(i, q, event_idx, &act) {
+                    self.reset();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        for t in self.threads.drain(..) {
+            let i = t.queue;
+            if let Err(e) = t.stop.write(1) {
+                tracing::warn!("{}: queue {i}: stop: {e}", self.name);
+            }
+            if t.handle.join().is_err() {
+                tracing::error!("{}: queue {i} thread panicked", self.name);
+            }
+            tracing::info!("{}: queue {i} stopped: {:?}", self.name, t.stats.snapshot());
+        }
+    }
+
+    fn hangup_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl Drop for InVmmBlk {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(readonly: bool, queues: u16) -> (InVmmBlk, tempfile::NamedTempFile) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(8 << 20).unwrap();
+        (
+            InVmmBlk::open(f.path(), readonly, queues, 128, 0).unwrap(),
+            f,
+        )
+    }
+
+    #[test]
+    fn config_space_features_and_writeback() {
+        let (mut b, _f) = disk(false, 2);
+        let mut cap = [0u8; 8];
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), (8 << 20) / 512);
+        let mut nq = [0u8; 2];
+        b.read_config(34, &mut nq);
+        assert_eq!(u16::from_le_bytes(nq), 2);
+        assert_ne!(b.features() & VIRTIO_BLK_F_MQ, 0);
+        // Out of range and wrapping reads are zero, never a panic.
+        let mut big = [0xffu8; 8];
+        b.read_config(u64::MAX - 2, &mut big);
+        assert_eq!(big, [0; 8]);
+        b.read_config(4096, &mut big);
+        assert_eq!(big, [0; 8]);
+        // Only `wce` is writable.
+        let wce = CONFIG_WCE_OFFSET as u64;
+        let mut w = [9u8];
+        b.read_config(wce, &mut w);
+        assert_eq!(w, [1]);
+        b.write_config(wce, &[0]);
+        b.write_config(0, &[0; 8]);
+        b.read_config(wce, &mut w);
+        assert_eq!(w, [0]);
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), (8 << 20) / 512);
+        // No queue threads until activation; reset with none is a no-op.
+        b.reset();
+        let (ro, _g) = disk(true, 1);
+        let ro_bit = 1u64 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO;
+        assert_ne!(ro.features() & ro_bit, 0);
+        assert_eq!(ro.features() & VIRTIO_BLK_F_MQ, 0);
+    }
+
+    #[test]
+    fn missing_file_is_a_typed_error() {
+        let err = InVmmBlk::open(Path::new("/nonexistent/disk.img"), false, 1, 128, 3);
+        assert!(matches!(err, Err(VirtioError::Disk { .. })));
+    }
+}
