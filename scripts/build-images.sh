@@ -35,22 +35,36 @@ mkdir -p "$DEBS" "$IMAGES" "$STAGE"
 
 # --- kernel -------------------------------------------------------------------------------------
 
-KPKG="$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-    awk '/Depends: linux-image-[0-9]/ { print $2; exit }')"
+# Usage: kernel_package META   Prints the versioned linux-image package META depends on.
+kernel_package() {
+    apt-cache depends "$1" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
+}
+
+# Usage: unpack_package PKG DIR   apt-get download PKG (cached in $DEBS) and dpkg-deb -x it to DIR.
+unpack_package() {
+    local pkg=$1 dir=$2 deb
+    [ -d "$dir/lib/modules" ] && return 0
+    log "downloading $pkg"
+    deb="$(ls "$DEBS/${pkg}_"*.deb 2>/dev/null | head -n1 || true)"
+    if [ -z "$deb" ]; then
+        (cd "$DEBS" && apt-get download -q "$pkg" 2>&1 | grep -v 'unsandboxed' >&2 || true)
+        deb="$(ls "$DEBS/${pkg}_"*.deb 2>/dev/null | head -n1 || true)"
+        [ -n "$deb" ] || die "apt-get download $pkg failed"
+    fi
+    rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
+    dpkg-deb -x "$deb" "$dir.tmp"
+    mv "$dir.tmp" "$dir"
+}
+
+KPKG="$(kernel_package linux-image-cloud-amd64)"
 [ -n "$KPKG" ] || die "cannot resolve linux-image-cloud-amd64 (run apt-get update?)"
 KROOT="$CACHE/kernel/$KPKG"
-if [ ! -d "$KROOT/lib/modules" ]; then
-    log "downloading $KPKG"
-    deb="$(ls "$DEBS/${KPKG}_"*.deb 2>/dev/null | head -n1 || true)"
-    if [ -z "$deb" ]; then
-        (cd "$DEBS" && apt-get download -q "$KPKG" 2>&1 | grep -v 'unsandboxed' >&2 || true)
-        deb="$(ls "$DEBS/${KPKG}_"*.deb 2>/dev/null | head -n1 || true)"
-        [ -n "$deb" ] || die "apt-get download $KPKG failed"
-    fi
-    rm -rf "$KROOT.tmp"; mkdir -p "$KROOT.tmp"
-    dpkg-deb -x "$deb" "$KROOT.tmp"
-    mv "$KROOT.tmp" "$KROOT"
-fi
+unpack_package "$KPKG" "$KROOT"
+# The generic flavour of the same kernel has the e1000/e1000e drivers the cloud flavour lacks:
+# guests of the emulated-NIC tier boot it (vmm/tests/e1000_lab.rs).
+GPKG="$(kernel_package linux-image-amd64)"
+[ -n "$GPKG" ] || die "cannot resolve linux-image-amd64 (run apt-get update?)"
+unpack_package "$GPKG" "$CACHE/generic/root"
 KVER="$(ls "$KROOT/lib/modules" | head -n1)"
 MODDIR="$KROOT/lib/modules/$KVER"
 grep -q '^CONFIG_BLK_DEV_NVME=y' "$KROOT/boot/config-$KVER" ||
