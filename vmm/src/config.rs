@@ -340,7 +340,7 @@ impl FromStr for DeviceConfig {
 pub enum NetConfig {
     /// `vhost_user=on,socket=PATH[,...]`.
     VhostUser(VhostUserNetConfig),
-    /// `tap=NAME[,mac=MAC]`.
+    /// `tap=NAME[,mac=MAC][,model=virtio|e1000]`.
     Tap(TapNetConfig),
 }
 
@@ -456,6 +456,17 @@ pub struct TapNetConfig {
     pub tap: String,
     /// MAC address.
     pub mac: [u8; 6],
+    /// The device the guest sees.
+    pub model: NicModel,
+}
+
+/// The device model of a TAP-backed NIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NicModel {
+    /// virtio-net served by threads in the VMM (the default).
+    Virtio,
+    /// An emulated Intel 82540EM (e1000): every register access traps.
+    E1000,
 }
 
 impl FromStr for TapNetConfig {
@@ -464,6 +475,7 @@ impl FromStr for TapNetConfig {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut tap = None;
         let mut mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        let mut model = NicModel::Virtio;
         for opt in s.split(',').filter(|o| !o.is_empty()) {
             let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
             match key {
@@ -476,12 +488,26 @@ impl FromStr for TapNetConfig {
                     })
                 }
                 "mac" => mac = parse_mac(key, value)?,
+                "model" => {
+                    model = match value {
+                        "virtio" => NicModel::Virtio,
+                        "e1000" => NicModel::E1000,
+                        _ => {
+                            return Err(ConfigError::BadValue {
+                                key: key.into(),
+                                value: value.into(),
+                                expected: "virtio or e1000",
+                            })
+                        }
+                    }
+                }
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
         }
         Ok(Self {
             tap: tap.ok_or(ConfigError::MissingOption("tap"))?,
             mac,
+            model,
         })
     }
 }
@@ -692,6 +718,10 @@ mod tests {
     fn nets() {
         let n: TapNetConfig = "tap=tap0".parse().unwrap();
         assert_eq!(n.tap, "tap0");
+        assert_eq!(n.model, NicModel::Virtio);
+        let n: TapNetConfig = "tap=tap0,model=e1000".parse().unwrap();
+        assert_eq!(n.model, NicModel::E1000);
+        assert!("tap=t,model=rtl8139".parse::<TapNetConfig>().is_err());
         let n: TapNetConfig = "tap=t,mac=02:00:00:00:00:01".parse().unwrap();
         assert_eq!(n.mac, [2, 0, 0, 0, 0, 1]);
         for bad in [

@@ -15,7 +15,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{acpi, loader};
-use crate::config::{DiskBackend, DiskModel, NetConfig, SerialConfig, TapNetConfig, VmConfig};
+use crate::config::{
+    DiskBackend, DiskModel, NetConfig, NicModel, SerialConfig, TapNetConfig, VmConfig,
+};
 use crate::devices::bus::lock;
 use crate::devices::e1000::nic::BAR_SIZE as E1000_BAR_SIZE;
 use crate::devices::e1000::pci::E1000PciDevice;
@@ -208,6 +210,12 @@ impl Machine {
             NetConfig::Tap(tap) => Some(tap),
             NetConfig::VhostUser(_) => None,
         }) {
+            if net.model == NicModel::Virtio {
+                return Err(Error::Config(format!(
+                    "--net tap={}: in-VMM virtio-net is not built yet; use model=e1000 or vhost_user=on",
+                    net.tap
+                )));
+            }
             nics.push(Self::add_e1000(
                 net,
                 &irq_routing,

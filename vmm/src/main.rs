@@ -70,7 +70,7 @@ struct RunArgs {
     devices: Vec<DeviceConfig>,
     /// A NIC (repeatable): virtio-net served by a vhost-user backend,
     /// vhost_user=on,socket=PATH[,mac=MAC][,queues=1][,queue_size=M],
-    /// or an emulated e1000 on a TAP interface, tap=NAME[,mac=MAC].
+    /// or a TAP interface, tap=NAME[,mac=MAC][,model=virtio|e1000].
     #[arg(long = "net")]
     nets: Vec<NetConfig>,
 }
