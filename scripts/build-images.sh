@@ -27,7 +27,7 @@ FORCE="${FORCE:-0}"
 log() { echo "build-images: $*" >&2; }
 die() { echo "build-images: error: $*" >&2; exit 1; }
 
-for tool in apt-get apt-cache dpkg-deb cpio ldd busybox fio iperf3 qemu-system-x86_64 qemu-storage-daemon; do
+for tool in apt-get apt-cache dpkg-deb cpio ldd lz4 busybox fio iperf3 qemu-system-x86_64 qemu-storage-daemon; do
     command -v "$tool" >/dev/null || die "missing tool '$tool' (see scripts/packages.txt)"
 done
 
@@ -72,6 +72,17 @@ grep -q '^CONFIG_BLK_DEV_NVME=y' "$KROOT/boot/config-$KVER" ||
 grep -q '/nvme\.ko$' "$MODDIR/modules.builtin" || die "$KVER: nvme.ko not in modules.builtin"
 cmp -s "$KROOT/boot/vmlinuz-$KVER" "$IMAGES/vmlinuz" || cp -f "$KROOT/boot/vmlinuz-$KVER" "$IMAGES/vmlinuz"
 echo "$KVER" >"$IMAGES/KERNEL_VERSION"
+# The same kernel as an ELF vmlinux (the other format `vmm run --kernel` accepts): the bzImage
+# payload is LZ4 (CONFIG_KERNEL_LZ4), starting at the LZ4 legacy-frame magic.
+if [ ! -s "$IMAGES/vmlinux" ] || [ "$IMAGES/vmlinuz" -nt "$IMAGES/vmlinux" ]; then
+    grep -q '^CONFIG_KERNEL_LZ4=y' "$KROOT/boot/config-$KVER" || die "$KVER: payload is not LZ4"
+    off="$(grep -obUaP '\x02\x21\x4c\x18' "$IMAGES/vmlinuz" | head -n1 | cut -d: -f1)"
+    [ -n "$off" ] || die "no LZ4 payload in vmlinuz"
+    # lz4 stops at the end of the frame and complains about the trailing bytes: check the result.
+    tail -c +"$((off + 1))" "$IMAGES/vmlinuz" | lz4 -dc >"$IMAGES/vmlinux.tmp" 2>/dev/null || true
+    [ "$(head -c 4 "$IMAGES/vmlinux.tmp")" = "$(printf '\177ELF')" ] || die "vmlinux extraction failed"
+    mv "$IMAGES/vmlinux.tmp" "$IMAGES/vmlinux"
+fi
 log "kernel $KVER"
 
 # Archives are rebuilt when this script, the kernel or a packaged input changes.

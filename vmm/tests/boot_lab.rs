@@ -35,8 +35,23 @@ struct GuestRun {
     output: String,
 }
 
+/// The kernel image format to boot.
+#[derive(Clone, Copy, PartialEq)]
+enum KernelFormat {
+    /// Debian's vmlinuz.
+    BzImage,
+    /// The same kernel as an ELF vmlinux (extracted by scripts/build-images.sh).
+    Elf,
+}
+
+const LAB_GUEST_VMLINUX: &str = "/lab/vmlinux";
+
 /// Boots the guest with `guest_script` as its /test.sh and `vmm_args`.
 fn boot_guest(guest_script: &str, vmm_args: &str) -> Option<GuestRun> {
+    boot_guest_with(KernelFormat::BzImage, guest_script, vmm_args)
+}
+
+fn boot_guest_with(format: KernelFormat, guest_script: &str, vmm_args: &str) -> Option<GuestRun> {
     let images = images()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
@@ -52,7 +67,10 @@ fn boot_guest(guest_script: &str, vmm_args: &str) -> Option<GuestRun> {
         let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
             .arg("run")
             .arg("--kernel")
-            .arg(&images.kernel)
+            .arg(match format {
+                KernelFormat::BzImage => images.kernel.clone(),
+                KernelFormat::Elf => images.kernel.with_file_name("vmlinux"),
+            })
             .arg("--initramfs")
             .arg(&initrd)
             .args(vmm_args.split_whitespace())
@@ -67,13 +85,21 @@ fn boot_guest(guest_script: &str, vmm_args: &str) -> Option<GuestRun> {
             ),
         });
     }
+    let kernel = match format {
+        KernelFormat::BzImage => LAB_GUEST_KERNEL,
+        KernelFormat::Elf => LAB_GUEST_VMLINUX,
+    };
     let script = format!(
-        "RUST_LOG=${{RUST_LOG:-vmm=debug}} {VMM_IN_LAB} run --kernel {LAB_GUEST_KERNEL} --initramfs {LAB_GUEST_INITRD} {vmm_args} 2>&1\n\
+        "RUST_LOG=${{RUST_LOG:-vmm=debug}} {VMM_IN_LAB} run --kernel {kernel} --initramfs {LAB_GUEST_INITRD} {vmm_args} 2>&1\n\
          echo VMM-EXIT-STATUS=$?\n"
     );
-    let run = LabHost::new(&images)
+    let mut lab = LabHost::new(&images)
         .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
-        .with_guest(&initrd)
+        .with_guest(&initrd);
+    if format == KernelFormat::Elf {
+        lab = lab.file(images.kernel.with_file_name("vmlinux"), LAB_GUEST_VMLINUX);
+    }
+    let run = lab
         .script(script)
         .timeout(Duration::from_secs(240))
         .run()
@@ -118,6 +144,15 @@ fn boots_two_vcpus_and_powers_off() {
         run.vmm_status, 0,
         "vmm did not exit 0 after poweroff:\n{out}"
     );
+}
+
+#[test]
+fn boots_an_elf_vmlinux() {
+    let Some(run) = boot_guest_with(KernelFormat::Elf, "echo ELF-GUEST-UP\n", "--cpus 2") else {
+        return;
+    };
+    assert!(run.output.contains("ELF-GUEST-UP"), "{}", run.output);
+    assert_eq!(run.vmm_status, 0, "{}", run.output);
 }
 
 #[test]
