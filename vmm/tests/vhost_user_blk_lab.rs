@@ -223,9 +223,17 @@ fn qsd_disk_size_queues_and_data() {
     check_dd(&out);
 }
 
+/// randwrite then verify-read at 4 KiB and 128 KiB, iodepth 1 and 32.
+const FIO_JOBS: [(&str, &str, u32); 4] = [
+    ("rw4k-qd1", "4k", 1),
+    ("rw4k-qd32", "4k", 32),
+    ("rw128k-qd1", "128k", 1),
+    ("rw128k-qd32", "128k", 32),
+];
+
 fn fio_script() -> String {
     let mut s = String::from("echo GUEST-READY\n");
-    for (name, bs, depth) in [("rw4k", "4k", 32), ("rw128k", "128k", 1)] {
+    for (name, bs, depth) in FIO_JOBS {
         s.push_str(&format!(
             "fio --name={name} --filename=/dev/vda --rw=randwrite --bs={bs} --iodepth={depth} \
              --ioengine=libaio --direct=1 --size=32M --verify=crc32c --do_verify=1 \
@@ -241,7 +249,7 @@ fn fio_script() -> String {
 fn check_fio(out: &Outcome) {
     let c = &out.console;
     check_no_vmm_notifies(c);
-    for name in ["rw4k", "rw128k"] {
+    for (name, _, _) in FIO_JOBS {
         assert_eq!(out.value(&format!("FIO-{name}-STATUS=")), "0", "{c}");
         let json: String = c
             .split(&format!("FIO-{name}-JSON-BEGIN"))
@@ -377,6 +385,82 @@ fn ours_killed_while_guest_runs() {
         return;
     };
     check_killed(&out);
+}
+
+/// `text` without ANSI colour sequences (tracing colours its fields).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// `blkdiscard` in the guest punches a hole in the backing file, and `sync`
+/// reaches the backend as a FLUSH (an io_uring fdatasync).
+#[test]
+fn ours_discard_and_flush_reach_the_file() {
+    let script = "echo GUEST-READY\n\
+        dd if=/pattern.bin of=/dev/vda bs=4096 seek=2048 conv=fsync 2>&1\n\
+        blkdiscard -o 8388608 -l 1048576 /dev/vda\n\
+        echo DISCARD-STATUS=$?\n\
+        sync\n\
+        echo 3 > /proc/sys/vm/drop_caches\n\
+        echo GUEST-NONZERO=$(dd if=/dev/vda bs=4096 skip=2048 count=256 2>/dev/null | tr -d '\\000' | wc -c)\n";
+    let Some(out) = run(Scenario {
+        backend: Backend::Ours(""),
+        prepare: "export RUST_LOG=backends=trace,vmm=debug; BLOCKS0=$(stat -c %b /tmp/disk.img)",
+        guest_script: script,
+        with_tools: false,
+        during: "while kill -0 $VMM 2>/dev/null; do sleep 0.2; done\n\
+            echo BLOCKS-BEFORE=$BLOCKS0; echo BLOCKS-AFTER=$(stat -c %b /tmp/disk.img)\n\
+            echo LAB-NONZERO=$(dd if=/tmp/disk.img bs=4096 skip=2048 count=256 2>/dev/null | tr -d '\\000' | wc -c)",
+        disk_opts: "",
+    }) else {
+        return;
+    };
+    let c = &out.console;
+    assert_eq!(out.value("DISCARD-STATUS="), "0", "{c}");
+    assert_eq!(
+        out.value("GUEST-NONZERO="),
+        "0",
+        "discarded range not zero in the guest:\n{c}"
+    );
+    assert_eq!(
+        out.value("LAB-NONZERO="),
+        "0",
+        "discarded range not zero in the file:\n{c}"
+    );
+    let blocks = |k: &str| {
+        out.value(k)
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("{k}:\n{c}"))
+    };
+    // 1 MiB punched out of a fully allocated file: at least 2048 fewer 512-byte blocks.
+    assert!(
+        blocks("BLOCKS-AFTER=") + 2048 <= blocks("BLOCKS-BEFORE="),
+        "no hole punched in the backing file:\n{c}"
+    );
+    // The backend saw DISCARD (type 11) and FLUSH (type 4) requests.
+    let plain = strip_ansi(c);
+    assert!(
+        plain.contains("ty=11 "),
+        "no DISCARD request reached the backend:\n{plain}"
+    );
+    assert!(
+        plain.contains("ty=4 "),
+        "no FLUSH request reached the backend:\n{plain}"
+    );
+    assert_eq!(out.vmm_status, 0, "{c}");
 }
 
 /// The pattern is on the disk before the backend starts; the guest reads it,
