@@ -45,7 +45,7 @@ use crate::vstate::vcpu::{self, IoBuses, Vcpu};
 use crate::vstate::vm::Vm;
 
 /// Queue size of an in-VMM virtio-net queue.
-const NET_QUEUE_SIZE: u16 = 256;
+const NET_QUEUE_SIZE: u16 = crate::config::DEFAULT_QUEUE_SIZE;
 
 /// A VM ready to run.
 pub struct Machine {
