@@ -334,8 +334,8 @@ impl FromStr for DeviceConfig {
     }
 }
 
-/// A NIC given with `--net`: virtio-net on a vhost-user backend, or an
-/// emulated e1000 on a TAP interface.
+/// A NIC given with `--net`: virtio-net on a vhost-user backend, or a NIC on a
+/// TAP interface (in-VMM virtio-net or emulated e1000).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetConfig {
     /// `vhost_user=on,socket=PATH[,...]`.
