@@ -334,8 +334,8 @@ impl FromStr for DeviceConfig {
     }
 }
 
-/// A NIC given with `--net`: virtio-net on a vhost-user backend, or an
-/// emulated e1000 on a TAP interface.
+/// A NIC given with `--net`: virtio-net on a vhost-user backend, or a NIC on a
+/// TAP interface (in-VMM virtio-net or emulated e1000).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetConfig {
     /// `vhost_user=on,socket=PATH[,...]`.
@@ -445,11 +445,12 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Host PCI devices passed through with VFIO.
     pub devices: Vec<DeviceConfig>,
-    /// Virtio-net NICs served by vhost-user backends.
+    /// NICs: vhost-user virtio-net, in-VMM virtio-net or emulated e1000 on a TAP.
     pub nets: Vec<NetConfig>,
 }
 
-/// An emulated e1000 NIC on a TAP interface: `tap=NAME[,mac=52:54:00:xx:xx:xx]`.
+/// A NIC on a TAP interface (in-VMM virtio-net or emulated e1000):
+/// `tap=NAME[,mac=52:54:00:xx:xx:xx][,model=virtio|e1000]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TapNetConfig {
     /// TAP interface name (created if missing).

@@ -30,6 +30,7 @@ use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice}
 use crate::devices::vfio::VfioDevices;
 use crate::devices::virtio::blk::InVmmBlk;
 use crate::devices::virtio::monitor::HangupMonitor;
+use crate::devices::virtio::net::InVmmNet;
 use crate::devices::virtio::pci::BAR_SIZE;
 use crate::devices::virtio::vhost_user_blk::VhostUserBlk;
 use crate::devices::virtio::vhost_user_net::VhostUserNet;
@@ -42,6 +43,9 @@ use crate::vstate::exit::{ExitSignal, GuestExit};
 use crate::vstate::interrupts::IrqRouting;
 use crate::vstate::vcpu::{self, IoBuses, Vcpu};
 use crate::vstate::vm::Vm;
+
+/// Queue size of an in-VMM virtio-net queue.
+const NET_QUEUE_SIZE: u16 = crate::config::DEFAULT_QUEUE_SIZE;
 
 /// A VM ready to run.
 pub struct Machine {
@@ -174,11 +178,16 @@ impl Machine {
             backends.push((backend, format!("blk{i}-mon")));
         }
         for (i, net) in cfg.nets.iter().enumerate() {
-            if let NetConfig::VhostUser(net) = net {
-                backends.push((
+            match net {
+                NetConfig::VhostUser(net) => backends.push((
                     Box::new(VhostUserNet::connect(net, i)?),
                     format!("vu-net{i}-mon"),
-                ));
+                )),
+                NetConfig::Tap(tap) if tap.model == NicModel::Virtio => backends.push((
+                    Box::new(InVmmNet::open(tap, NET_QUEUE_SIZE, i)?),
+                    format!("net{i}-mon"),
+                )),
+                NetConfig::Tap(_) => {}
             }
         }
         for (backend, monitor) in backends {
@@ -210,11 +219,8 @@ impl Machine {
             NetConfig::Tap(tap) => Some(tap),
             NetConfig::VhostUser(_) => None,
         }) {
-            if net.model == NicModel::Virtio {
-                return Err(Error::Config(format!(
-                    "--net tap={}: in-VMM virtio-net is not built yet; use model=e1000 or vhost_user=on",
-                    net.tap
-                )));
+            if net.model != NicModel::E1000 {
+                continue;
             }
             nics.push(Self::add_e1000(
                 net,

@@ -19,7 +19,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{device_features, RxPath, Tap, TxHandler, TX_MAX_IOV};
+use super::{device_features, offload_features, RxPath, Tap, TxHandler, TX_MAX_IOV};
 use crate::engine::{Engine, EngineConfig, QueueStats, VhostMem, VringQueue};
 use crate::{Error, Result};
 use std::os::fd::{OwnedFd, RawFd};
@@ -76,20 +76,6 @@ impl PortFd {
             PortFd::Sock { rx, .. } => rx.as_raw_fd(),
         }
     }
-}
-
-/// Offload features not offered in link mode.
-fn offload_features() -> u64 {
-    [
-        VIRTIO_NET_F_CSUM,
-        VIRTIO_NET_F_GUEST_CSUM,
-        VIRTIO_NET_F_HOST_TSO4,
-        VIRTIO_NET_F_HOST_TSO6,
-        VIRTIO_NET_F_GUEST_TSO4,
-        VIRTIO_NET_F_GUEST_TSO6,
-    ]
-    .iter()
-    .fold(0, |acc, b| acc | (1u64 << b))
 }
 
 type TxEngine = Engine<TxHandler, VhostMem>;

@@ -64,6 +64,21 @@ pub fn device_features() -> u64 {
     .fold(0u64, |acc, bit| acc | (1u64 << bit))
 }
 
+/// The checksum and segmentation offload bits of [`device_features`]: not offered when the
+/// other end cannot take them (link mode, a TAP without `TUNSETOFFLOAD` support).
+pub fn offload_features() -> u64 {
+    [
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+    ]
+    .iter()
+    .fold(0, |acc, b| acc | (1u64 << b))
+}
+
 /// Whether feature `bit` is set in `features`.
 pub fn has(features: u64, bit: u32) -> bool {
     features & (1u64 << bit) != 0

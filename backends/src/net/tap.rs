@@ -108,6 +108,26 @@ impl Tap {
         Ok(())
     }
 
+    /// Whether the TAP accepts the checksum and TSO offloads (`TUNSETOFFLOAD` with
+    /// `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`); leaves the offloads off afterwards.
+    pub fn offloads_supported(&self) -> bool {
+        let all = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(all),
+            )
+        };
+        let ok = rc == 0;
+        if let Err(e) = self.set_offload(0) {
+            tracing::warn!("{e}");
+            return false;
+        }
+        ok
+    }
+
     /// Set the interface MTU (`SIOCSIFMTU`).
     pub fn set_mtu(&self, mtu: u16) -> Result<()> {
         let mut req = IfReq::new(&self.name)?;

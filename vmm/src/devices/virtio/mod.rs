@@ -9,6 +9,7 @@ pub mod blk;
 pub mod common_cfg;
 pub mod monitor;
 pub mod msix;
+pub mod net;
 pub mod pci;
 pub mod queue;
 pub mod vhost_user_blk;
@@ -90,6 +91,15 @@ pub enum VirtioError {
     Disk {
         /// The file.
         path: String,
+        /// What went wrong.
+        #[source]
+        source: backends::Error,
+    },
+    /// The TAP of an in-VMM NIC could not be set up.
+    #[error("tap {tap}: {source}")]
+    Tap {
+        /// The interface name.
+        tap: String,
         /// What went wrong.
         #[source]
         source: backends::Error,

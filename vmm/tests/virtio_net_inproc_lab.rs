@@ -1,0 +1,137 @@
+//! End-to-end: the in-VMM virtio-net (`vmm run --net tap=tap0`, model=virtio by default).
+//! The VMM creates tap0 in the lab host (10.0.2.1/24) and serves the queue pair with its own
+//! `net-q0` thread (the backends crate's TX handler and RX path); the guest configures eth0
+//! 10.0.2.2/24, pings the lab host and runs iperf3 (TCP both ways, UDP).
+//!
+//! Run: `cargo test -p vmm --test virtio_net_inproc_lab -- --nocapture`.
+//! Nested TCG: throughput is for relative comparison only.
+
+use std::time::Duration;
+
+use lab::{guest_initramfs, Cpio, Images, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
+
+fn images() -> Option<Images> {
+    if lab::qemu_binary().is_none() {
+        eprintln!("SKIP: qemu-system-x86_64 is not installed");
+        return None;
+    }
+    Some(Images::ensure_default().unwrap_or_else(|e| panic!("lab images: {e}")))
+}
+
+fn value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
+    console
+        .lines()
+        .find_map(|l| l.find(key).map(|i| l[i + key.len()..].trim()))
+}
+
+fn iperf_bps(console: &str, key: &str, udp: bool) -> f64 {
+    let raw = value(console, key).unwrap_or_else(|| panic!("no {key} in console:\n{console}"));
+    let json: serde_json::Value =
+        serde_json::from_str(raw).unwrap_or_else(|e| panic!("{key} is not JSON ({e}): {raw}"));
+    assert!(json.get("error").is_none(), "{key} iperf3 error: {json}");
+    let sum = if udp {
+        &json["end"]["sum"]
+    } else {
+        &json["end"]["sum_received"]
+    };
+    let bps = sum["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key}: no bits_per_second in {json}"));
+    assert!(bps > 0.0, "{key}: zero throughput: {json}");
+    bps
+}
+
+#[test]
+fn vmm_guest_pings_and_runs_iperf3_over_in_vmm_virtio_net() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let guest = r#"
+for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done
+echo NIC-DRIVER=$(basename $(readlink /sys/class/net/eth0/device/driver))
+echo NIC-PCI-ID=$(cat /sys/class/net/eth0/device/../vendor):$(cat /sys/class/net/eth0/device/../device)
+ip link set eth0 up
+ip addr add 10.0.2.2/24 dev eth0
+echo GUEST-MAC=$(cat /sys/class/net/eth0/address)
+echo GUEST-MTU=$(cat /sys/class/net/eth0/mtu)
+echo GUEST-FEATURES=$(cat /sys/class/net/eth0/device/features)
+ping -c 3 -W 5 10.0.2.1
+echo PING-STATUS=$?
+ping -c 3 -s 1400 -W 5 10.0.2.1
+echo PING-BIG-STATUS=$?
+echo "IPERF-TCP=$(iperf3 -c 10.0.2.1 -t 3 -i 0 -J | tr -d '\n')"
+echo "IPERF-TCPR=$(iperf3 -c 10.0.2.1 -t 3 -i 0 -J -R | tr -d '\n')"
+echo "IPERF-UDP=$(iperf3 -c 10.0.2.1 -t 3 -i 0 -J -u -b 50M | tr -d '\n')"
+"#;
+    let initrd = guest_initramfs(
+        &images,
+        guest,
+        true,
+        Cpio::new(),
+        &dir.path().join("g.cpio"),
+    )
+    .expect("guest initramfs");
+    let script = format!(
+        r#"
+export NO_COLOR=1
+[ -c /dev/net/tun ] || {{ mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }}
+iperf3 -s -D
+RUST_LOG=${{RUST_LOG:-vmm=info}} /lab/bin/vmm run --kernel {LAB_GUEST_KERNEL} \
+    --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 768M \
+    --net tap=tap0,mac=52:54:00:aa:bb:02 > /tmp/vmm.log 2>&1 &
+VMM=$!
+: > /tmp/threads
+for i in $(seq 100); do ip link show tap0 >/dev/null 2>&1 && break; sleep 0.1; done
+ip addr add 10.0.2.1/24 dev tap0
+ip link set tap0 up
+for i in $(seq 300); do
+  if grep -q net-q0 /proc/$VMM/task/*/comm 2>/dev/null; then echo NET-THREAD=net-q0 > /tmp/threads; break; fi
+  kill -0 $VMM 2>/dev/null || break
+  sleep 0.2
+done
+wait $VMM
+echo VMM-EXIT-STATUS=$?
+cat /tmp/threads
+cat /tmp/vmm.log
+grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
+"#
+    );
+    let run = LabHost::new(&images)
+        .memory_mib(3072)
+        .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
+        .with_guest(&initrd)
+        .script(script)
+        .timeout(Duration::from_secs(900))
+        .run()
+        .unwrap_or_else(|e| panic!("lab run: {e}"));
+    eprintln!("lab run took {:.1?}", run.duration);
+    let c = &run.console;
+    assert_eq!(value(c, "NIC-DRIVER="), Some("virtio_net"), "{c}");
+    assert_eq!(value(c, "NIC-PCI-ID="), Some("0x1af4:0x1041"), "{c}");
+    assert_eq!(value(c, "GUEST-MAC="), Some("52:54:00:aa:bb:02"), "{c}");
+    assert_eq!(value(c, "GUEST-MTU="), Some("1500"), "{c}");
+    assert_eq!(value(c, "NET-THREAD="), Some("net-q0"), "{c}");
+    assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
+    assert_eq!(
+        value(c, "PING-BIG-STATUS="),
+        Some("0"),
+        "ping -s 1400 failed:\n{c}"
+    );
+    let tx = iperf_bps(c, "IPERF-TCP=", false);
+    let rx = iperf_bps(c, "IPERF-TCPR=", false);
+    let udp = iperf_bps(c, "IPERF-UDP=", true);
+    eprintln!(
+        "RESULT in-VMM virtio-net, nested TCG, relative only: TCP guest->host {:.1} Mbit/s, \
+         host->guest {:.1} Mbit/s, UDP {:.1} Mbit/s",
+        tx / 1e6,
+        rx / 1e6,
+        udp / 1e6
+    );
+    for l in c
+        .lines()
+        .filter(|l| l.contains("net0") || l.contains("GUEST-FEATURES"))
+    {
+        eprintln!("{l}");
+    }
+    assert_eq!(value(c, "VMM-EXIT-STATUS="), Some("0"), "{c}");
+    assert_eq!(run.status, 0, "lab script failed:\n{c}");
+}
