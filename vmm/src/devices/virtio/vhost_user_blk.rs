@@ -3,17 +3,13 @@
 //! the backend each queue's rings and its kick/call eventfds. Requests never
 //! pass through the VMM.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::Path;
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
-use vhost::vhost_user::{
-    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
-};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
+use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 
+use super::vhost_user::{vhost_err, VhostUserLink};
 use super::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
 use crate::config::DiskConfig;
 
@@ -26,7 +22,6 @@ const BLK_CONFIG_NUM_QUEUES: usize = 34;
 /// `writeback`: the only field the driver may write (with CONFIG_WCE).
 const BLK_CONFIG_WRITEBACK: u64 = 32;
 const VIRTIO_BLK_F_MQ: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
-const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
 /// Features passed from the backend to the guest: the block-specific bits,
 /// indirect descriptors, event index and VERSION_1. Packed rings, platform
@@ -42,16 +37,10 @@ const GUEST_FEATURE_MASK: u64 = (((1 << 24) - 1)
 
 /// A vhost-user-blk device.
 pub struct VhostUserBlk {
-    name: String,
-    socket: String,
-    frontend: Frontend,
-    backend_features: u64,
+    link: VhostUserLink,
     num_queues: u16,
     queue_size: u16,
     config: [u8; BLK_CONFIG_LEN],
-    started: Vec<bool>,
-    errs: Vec<EventFd>,
-    lost: bool,
 }
 
 impl VhostUserBlk {
@@ -59,42 +48,25 @@ impl VhostUserBlk {
     /// that does not depend on the guest driver.
     pub fn connect(path: &Path, cfg: &DiskConfig, index: usize) -> Result<Self, VirtioError> {
         let socket = path.display().to_string();
-        let err = |what: &'static str| {
-            let socket = socket.clone();
-            move |source| VirtioError::VhostUser {
-                socket,
-                what,
-                source,
-            }
-        };
+        let mut link = VhostUserLink::connect(
+            path,
+            format!("vhost-user-blk{index} {socket}"),
+            1,
+            VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::REPLY_ACK,
+        )?;
+        let err = |what| vhost_err(&socket, what);
         let missing = |what: String| VirtioError::Backend {
             socket: socket.clone(),
             what,
         };
-        let mut frontend = Frontend::connect(path, 1).map_err(err("connect"))?;
-        frontend.set_owner().map_err(err("SET_OWNER"))?;
-        let features = frontend.get_features().map_err(err("GET_FEATURES"))?;
-        if features & VIRTIO_F_VERSION_1 == 0 {
-            return Err(missing("backend does not offer VIRTIO_F_VERSION_1".into()));
-        }
-        if features & PROTOCOL_FEATURES == 0 {
-            return Err(missing(
-                "backend does not offer VHOST_USER_F_PROTOCOL_FEATURES".into(),
-            ));
-        }
-        let offered = frontend
-            .get_protocol_features()
-            .map_err(err("GET_PROTOCOL_FEATURES"))?;
-        let wanted = VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK;
-        let protocol = offered & wanted;
+        let protocol = link.protocol;
         if !protocol.contains(VhostUserProtocolFeatures::CONFIG) {
             return Err(missing("backend lacks VHOST_USER_PROTOCOL_F_CONFIG".into()));
         }
-        frontend
-            .set_protocol_features(protocol)
-            .map_err(err("SET_PROTOCOL_FEATURES"))?;
+        let features = link.backend_features;
+        let frontend = &mut link.frontend;
         let backend_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
             frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?
         } else {
@@ -109,9 +81,6 @@ impl VhostUserBlk {
             Some(n) => n,
             None => u16::try_from(backend_queues.clamp(1, 64)).unwrap_or(1),
         };
-        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
         let (_, payload) = frontend
             .get_config(
                 0,
@@ -126,10 +95,7 @@ impl VhostUserBlk {
         // The guest sees the queue count we expose, not the backend's.
         config[BLK_CONFIG_NUM_QUEUES..BLK_CONFIG_NUM_QUEUES + 2]
             .copy_from_slice(&num_queues.to_le_bytes());
-        let errs = (0..num_queues)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(VirtioError::Io)?;
+        link.set_num_queues(usize::from(num_queues))?;
         let capacity = u64::from_le_bytes(config[..8].try_into().unwrap_or_default());
         tracing::info!(
             "vhost-user-blk{index} {socket}: {capacity} sectors, {num_queues} queue(s) \
@@ -138,90 +104,12 @@ impl VhostUserBlk {
             protocol.bits()
         );
         Ok(Self {
-            name: format!("vhost-user-blk{index} {socket}"),
-            socket,
-            frontend,
-            backend_features: features,
+            link,
             num_queues,
             queue_size: cfg.queue_size,
             config,
-            started: vec![false; usize::from(num_queues)],
-            errs,
-            lost: false,
         })
     }
-
-    fn err(&self, what: &'static str) -> impl FnOnce(vhost::Error) -> VirtioError {
-        let socket = self.socket.clone();
-        move |source| VirtioError::VhostUser {
-            socket,
-            what,
-            source,
-        }
-    }
-
-    fn start_queue(
-        &mut self,
-        i: usize,
-        act: &Activation<'_>,
-        q: &super::QueueState,
-    ) -> Result<(), VirtioError> {
-        let (dl, al, ul) = q.ring_lengths();
-        let data = VringConfigData {
-            queue_max_size: q.max_size,
-            queue_size: q.size,
-            flags: 0,
-            desc_table_addr: host_addr(act.mem, i, q.desc, dl)?,
-            used_ring_addr: host_addr(act.mem, i, q.used, ul)?,
-            avail_ring_addr: host_addr(act.mem, i, q.avail, al)?,
-            log_addr: None,
-        };
-        let (Some(kick), Some(call), Some(errfd)) =
-            (act.kicks.get(i), act.calls.get(i), self.errs.get(i))
-        else {
-            return Ok(());
-        };
-        let f = &mut self.frontend;
-        let e = |what| {
-            let socket = self.socket.clone();
-            move |source| VirtioError::VhostUser {
-                socket,
-                what,
-                source,
-            }
-        };
-        f.set_vring_num(i, q.size).map_err(e("SET_VRING_NUM"))?;
-        f.set_vring_addr(i, &data).map_err(e("SET_VRING_ADDR"))?;
-        f.set_vring_base(i, 0).map_err(e("SET_VRING_BASE"))?;
-        f.set_vring_kick(i, kick).map_err(e("SET_VRING_KICK"))?;
-        f.set_vring_call(i, call).map_err(e("SET_VRING_CALL"))?;
-        f.set_vring_err(i, errfd).map_err(e("SET_VRING_ERR"))?;
-        f.set_vring_enable(i, true).map_err(e("SET_VRING_ENABLE"))?;
-        self.started[i] = true;
-        Ok(())
-    }
-}
-
-/// Translates a guest ring address to this process's address, checking the
-/// whole ring lies in one RAM region.
-pub(super) fn host_addr(
-    mem: &GuestMemoryMmap,
-    queue: usize,
-    gpa: u64,
-    len: u64,
-) -> Result<u64, VirtioError> {
-    let bad = || VirtioError::BadRing {
-        queue,
-        addr: gpa,
-        len,
-    };
-    let region = mem.find_region(GuestAddress(gpa)).ok_or_else(bad)?;
-    let off = region.to_region_addr(GuestAddress(gpa)).ok_or_else(bad)?;
-    if off.0.checked_add(len).is_none_or(|end| end > region.len()) {
-        return Err(bad());
-    }
-    let ptr = region.get_host_address(off).map_err(|_| bad())?;
-    Ok(ptr as u64)
 }
 
 impl VirtioBackend for VhostUserBlk {
@@ -230,7 +118,7 @@ impl VirtioBackend for VhostUserBlk {
     }
 
     fn features(&self) -> u64 {
-        let mut f = self.backend_features & GUEST_FEATURE_MASK;
+        let mut f = self.link.backend_features & GUEST_FEATURE_MASK;
         if self.num_queues == 1 {
             f &= !VIRTIO_BLK_F_MQ;
         }
@@ -259,68 +147,34 @@ impl VirtioBackend for VhostUserBlk {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `writeback` is writable; pass it on with SET_CONFIG and keep
         // the cached copy in step when the backend accepts it.
-        if offset != BLK_CONFIG_WRITEBACK || data.len() != 1 || self.lost {
-            tracing::debug!("{}: ignored config write at {offset:#x}", self.name);
+        if offset != BLK_CONFIG_WRITEBACK || data.len() != 1 || self.link.lost {
+            tracing::debug!("{}: ignored config write at {offset:#x}", self.link.name);
             return;
         }
         match self
+            .link
             .frontend
             .set_config(offset as u32, VhostUserConfigFlags::empty(), data)
         {
             Ok(()) => self.config[BLK_CONFIG_WRITEBACK as usize] = data[0],
-            Err(e) => tracing::warn!("{}: SET_CONFIG writeback: {e}", self.name),
+            Err(e) => tracing::warn!("{}: SET_CONFIG writeback: {e}", self.link.name),
         }
     }
 
     fn activate(&mut self, act: Activation<'_>) -> Result<(), VirtioError> {
-        if self.lost {
-            return Err(VirtioError::Backend {
-                socket: self.socket.clone(),
-                what: "backend disconnected".into(),
-            });
-        }
-        let features = (act.acked_features & self.backend_features) | PROTOCOL_FEATURES;
-        self.frontend
-            .set_features(features)
-            .map_err(self.err("SET_FEATURES"))?;
-        let regions = act
-            .mem
-            .iter()
-            .map(VhostUserMemoryRegionInfo::from_guest_region)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.err("memory regions"))?;
-        self.frontend
-            .set_mem_table(&regions)
-            .map_err(self.err("SET_MEM_TABLE"))?;
-        for (i, q) in act.queues.iter().enumerate() {
-            if q.ready {
-                self.start_queue(i, &act, q)?;
-            }
-        }
-        Ok(())
+        self.link.activate(&act)
     }
 
     fn reset(&mut self) {
-        for i in 0..self.started.len() {
-            if !std::mem::take(&mut self.started[i]) || self.lost {
-                continue;
-            }
-            if let Err(e) = self.frontend.set_vring_enable(i, false) {
-                tracing::warn!("{}: queue {i}: SET_VRING_ENABLE 0: {e}", self.name);
-            }
-            match self.frontend.get_vring_base(i) {
-                Ok(base) => tracing::debug!("{}: queue {i} stopped at {base}", self.name),
-                Err(e) => tracing::warn!("{}: queue {i}: GET_VRING_BASE: {e}", self.name),
-            }
-        }
+        self.link.reset();
     }
 
     fn hangup_fd(&self) -> Option<RawFd> {
-        Some(self.frontend.as_raw_fd())
+        Some(self.link.hangup_fd())
     }
 
     fn disconnected(&mut self) {
-        self.lost = true;
+        self.link.lost = true;
         // Linux 6.1 does not act on DEVICE_NEEDS_RESET, but it does re-read
         // the capacity on a config interrupt: a zero-sized disk turns new
         // I/O into errors/EOF at once instead of requests that never finish.
@@ -328,6 +182,6 @@ impl VirtioBackend for VhostUserBlk {
     }
 
     fn name(&self) -> String {
-        self.name.clone()
+        self.link.name.clone()
     }
 }
