@@ -140,7 +140,7 @@ fn raw_json_survives_a_noisy_console() {
     }
 }
 
-fn avail_fake(t: Tier) -> Availability {
+fn avail_fake(t: Tier, _: Kind) -> Availability {
     match t {
         Tier::Native | Tier::Vmm => Availability::Available,
         other => Availability::Missing(format!("{} is not built (fake)", other.name())),
@@ -187,6 +187,8 @@ fn probe_explains_what_is_missing() {
         vhost_user_net: None,
         qemu: true,
         lab: true,
+        net_tap_probe: String::new(),
+        generic_kernel: None,
     };
     assert_eq!(p.availability(Tier::Native), Availability::Available);
     assert_eq!(p.availability(Tier::Vmm), Availability::Available);
@@ -214,6 +216,55 @@ fn probe_explains_what_is_missing() {
         p.availability(Tier::Emulated),
         Availability::Missing(_)
     ));
+    // With --disk: the emulated and in-VMM tiers run their disks; their NICs depend on the
+    // generic kernel (e1000) and on `vmm run` accepting `--net tap=NAME` (virtio-net).
+    let not_built = Probe {
+        net_tap_probe: "error: --net tap=x: in-VMM virtio-net is not built yet; use model=e1000"
+            .into(),
+        ..with_disk.clone()
+    };
+    for t in [Tier::Emulated, Tier::VirtioInVmm] {
+        assert_eq!(
+            not_built.availability_for(t, Kind::Block),
+            Availability::Available
+        );
+        assert_eq!(
+            not_built.availability_for(t, Kind::Boot),
+            Availability::Available
+        );
+    }
+    let Availability::Missing(r) = not_built.availability_for(Tier::Emulated, Kind::Net) else {
+        panic!("e1000 needs the generic kernel")
+    };
+    assert!(r.contains("generic kernel"), "{r}");
+    let Availability::Missing(r) = not_built.availability_for(Tier::VirtioInVmm, Kind::Net) else {
+        panic!("virtio-net is not built")
+    };
+    assert!(r.contains("not built yet"), "{r}");
+    let built = Probe {
+        net_tap_probe: "error: open /nonexistent: No such file or directory".into(),
+        generic_kernel: Some(("/g/vmlinuz-6.1".into(), "/g/e1000.ko".into())),
+        ..with_disk
+    };
+    for t in [Tier::Emulated, Tier::VirtioInVmm] {
+        assert_eq!(
+            built.availability_for(t, Kind::Net),
+            Availability::Available
+        );
+    }
+
+    // The plan runs the available kinds of a partly available tier and lists the rest.
+    let plan = matrix::plan(&[Tier::VirtioInVmm], &Workload::builtin(), |t, k| {
+        not_built.availability_for(t, k)
+    });
+    assert_eq!(plan.cells.len(), 8, "7 fio + boot");
+    assert_eq!(plan.missing_cells.len(), 3, "3 iperf3");
+    assert_eq!(plan.missing.len(), 1);
+    assert!(
+        plan.missing[0].1.starts_with("net cells: "),
+        "{:?}",
+        plan.missing
+    );
 }
 
 fn settings() -> Settings {

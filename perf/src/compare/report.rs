@@ -81,13 +81,20 @@ pub fn write_report(dir: &Path, set: &ResultSet, host: &str) -> Result<()> {
     md.push_str("## Tiers\n\n| tier | status |\n|---|---|\n");
     let tiers = tier_order(set.cells.iter().map(|c| c.tier.clone()));
     for t in &tiers {
-        let status = set
-            .missing_tiers
-            .iter()
-            .find(|(n, _)| n == t)
-            .map_or("available".to_string(), |(_, r)| {
-                format!("**missing**: {r}")
-            });
+        let status = set.missing_tiers.iter().find(|(n, _)| n == t).map_or(
+            "available".to_string(),
+            |(_, r)| {
+                let partly = set
+                    .cells
+                    .iter()
+                    .any(|c| &c.tier == t && !matches!(c.status, CellStatus::Missing(_)));
+                if partly {
+                    format!("available, **partly missing**: {r}")
+                } else {
+                    format!("**missing**: {r}")
+                }
+            },
+        );
         let _ = writeln!(md, "| {t} | {status} |");
     }
     let of_kind = |k: Kind| {

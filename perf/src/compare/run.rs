@@ -371,8 +371,12 @@ fn lab_paths() -> Paths {
         boot_initrd: "/lab/guest-boot.cpio".into(),
         work: "/tmp/vmm-perf".into(),
         jobs_dir: "/lab/jobs".into(),
+        generic_kernel: LAB_GENERIC_KERNEL.into(),
     }
 }
+
+/// Where the lab host gets Debian's generic kernel (the `emulated` tier's e1000 guest).
+const LAB_GENERIC_KERNEL: &str = "/lab/bin/vmlinuz-generic";
 
 fn lab_err(e: impl std::fmt::Display) -> Error {
     Error::Backend(format!("lab: {e}"))
@@ -552,6 +556,16 @@ fn run_group(
             _ => None,
         })
         .collect();
+    // The e1000 guest boots Debian's generic kernel and loads its e1000 module.
+    let generic = if g
+        .cells
+        .iter()
+        .any(|c| c.tier == Tier::Emulated && c.workload.kind() == Kind::Net)
+    {
+        super::matrix::generic_kernel(&lab::repo_root().join(".cache/generic/root"))
+    } else {
+        None
+    };
     let host_paths = Paths {
         vmm: opts.vmm.display().to_string(),
         bin_dir: opts.bin_dir.display().to_string(),
@@ -563,6 +577,9 @@ fn run_group(
         boot_initrd: boot_initrd.display().to_string(),
         work: tmp.join("work").display().to_string(),
         jobs_dir: tmp.join("jobs").display().to_string(),
+        generic_kernel: generic
+            .as_ref()
+            .map_or(String::new(), |(k, _)| k.display().to_string()),
     };
     let paths = match opts.mode {
         Mode::Lab => lab_paths(),
@@ -573,6 +590,11 @@ fn run_group(
         let (h, guest) = script::guest_scripts(tier, &g.cells, s, &paths);
         host_script = h;
         let mut extra = lab::Cpio::new();
+        if let Some((_, ko)) = &generic {
+            extra
+                .add_host_file("/e1000.ko", ko)
+                .map_err(|e| Error::Backend(format!("{}: {e}", ko.display())))?;
+        }
         for (name, path) in &jobs {
             extra
                 .add_host_file(format!("/jobs/{name}.fio"), path)
@@ -648,6 +670,9 @@ fn run_group(
             }
             for (name, path) in &jobs {
                 lab = lab.file(path, format!("/lab/jobs/{name}.fio"));
+            }
+            if let Some((k, _)) = &generic {
+                lab = lab.file(k, LAB_GENERIC_KERNEL);
             }
             if g.cells
                 .iter()
@@ -787,7 +812,7 @@ mod tests {
         let plan = super::super::matrix::plan(
             &[Tier::Native, Tier::VhostUserBlk, Tier::Vmm, Tier::VfioNvme],
             &Workload::builtin(),
-            |_| super::super::Availability::Available,
+            |_, _| super::super::Availability::Available,
         );
         let g = groups(&plan);
         let names: Vec<&str> = g.iter().map(|g| g.name.as_str()).collect();

@@ -44,6 +44,8 @@ pub struct Paths {
     pub work: String,
     /// Directory holding the user's fio job files (`<name>.fio`).
     pub jobs_dir: String,
+    /// Debian's generic kernel (the e1000 guest of the `emulated` tier; empty if absent).
+    pub generic_kernel: String,
 }
 
 /// The run id of a cell's repetition.
@@ -223,71 +225,183 @@ pub fn host_script(cells: &[PlannedCell], s: &Settings, p: &Paths) -> String {
     o
 }
 
-/// Device arguments and backend set-up of a guest tier (lab host side).
-struct GuestTier {
-    setup: String,
+/// One way of booting a guest tier: backend start/stop around the VMM, its device arguments,
+/// the guest kernel (empty = the default one), the I/O target and the guest's preparation.
+#[derive(Clone, Default)]
+struct Dev {
     start: String,
     stop: String,
     vmm_args: String,
-    guest_target: String,
-    teardown: String,
+    kernel: String,
+    target: String,
+    guest_prep: String,
+}
+
+/// A guest tier: lab-host set-up, the device of its block and net cells, and the one its boot
+/// cells boot with.
+struct GuestTier {
+    setup: String,
+    block: Dev,
+    net: Dev,
+    boot: Dev,
+}
+
+/// Name of the TAP interface of the net tiers.
+const TAP: &str = "vperf0";
+
+fn wait_block(dev: &str) -> String {
+    format!("n=0; while [ ! -b {dev} ] && [ $n -lt 50 ]; do sleep 0.2; n=$((n+1)); done\n")
+}
+
+/// Guest side of a net run: (e1000: load the generic kernel's module), address, link, carrier,
+/// and the lab host reachable.
+fn net_prep(insmod: bool) -> String {
+    let mut o = String::new();
+    if insmod {
+        o.push_str("insmod /e1000.ko\n");
+    }
+    let _ = write!(
+        o,
+        "n=0; while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 50 ]; do sleep 0.2; n=$((n+1)); done\n\
+         ip addr add {NET_GUEST_ADDR}/24 dev eth0; ip link set eth0 up\n\
+         n=0; while [ \"$(cat /sys/class/net/eth0/carrier 2>/dev/null)\" != 1 ] && [ $n -lt 50 ]; do sleep 0.2; n=$((n+1)); done\n\
+         n=0; while ! ping -c 1 -W 1 {NET_HOST_ADDR} > /dev/null 2>&1 && [ $n -lt 20 ]; do n=$((n+1)); done\n"
+    );
+    o
+}
+
+/// Lab-host side of a NIC on a TAP the VMM opens itself: address the TAP once it exists and
+/// serve iperf3 on all addresses meanwhile.
+fn tap_start() -> String {
+    format!(
+        "[ -c /dev/net/tun ] || {{ mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }}\n\
+         ( n=0; while ! ip link show {TAP} > /dev/null 2>&1 && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done; \
+         ip addr add {NET_HOST_ADDR}/24 dev {TAP}; ip link set {TAP} up ) & tpid=$!\n\
+         iperf3 -s -p {IPERF_PORT} > /dev/null 2>&1 & spid=$!\n"
+    )
 }
 
 fn guest_tier(tier: Tier, s: &Settings, p: &Paths) -> GuestTier {
     let bin = &p.bin_dir;
     let size = s.size_mib;
     let q = s.queues.max(1);
+    let disk_setup =
+        |img: &str| format!("dd if=/dev/zero of=\"$W/{img}\" bs=1M count={size} 2>/dev/null\n");
+    let tap_net = |vmm_args: String, kernel: &str, insmod: bool| Dev {
+        start: tap_start(),
+        stop: "kill $spid $tpid 2>/dev/null; wait $spid $tpid 2>/dev/null\n".into(),
+        vmm_args,
+        kernel: kernel.into(),
+        target: String::new(),
+        guest_prep: net_prep(insmod),
+    };
     match tier {
-        Tier::VhostUserBlk => GuestTier {
-            setup: format!("dd if=/dev/zero of=\"$W/vub.img\" bs=1M count={size} 2>/dev/null\n"),
-            start: format!(
-                "rm -f \"$W/vub.sock\"; {bin}/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues {q} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
-                 n=0; while [ ! -S \"$W/vub.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n"
-            ),
-            stop: "kill $bpid 2>/dev/null; wait $bpid 2>/dev/null\n".into(),
-            vmm_args: format!("--disk vhost_user=on,socket=\"$W/vub.sock\",queues={q}"),
-            guest_target: "/dev/vda".into(),
-            teardown: String::new(),
-        },
-        Tier::VfioNvme => GuestTier {
-            setup: "BDF=$(basename \"$(readlink -f /sys/class/nvme/nvme0/device)\")\n\
-                    echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override\n\
-                    echo $BDF > /sys/bus/pci/devices/$BDF/driver/unbind\n\
-                    echo $BDF > /sys/bus/pci/drivers_probe\n"
-                .into(),
-            start: String::new(),
-            stop: String::new(),
-            vmm_args: "--device path=/sys/bus/pci/devices/$BDF".into(),
-            guest_target: "/dev/nvme0n1".into(),
-            teardown: String::new(),
-        },
-        Tier::VhostUserNet => GuestTier {
-            setup: String::new(),
-            start: format!(
-                "rm -f \"$W/vun.sock\"; {bin}/vhost-user-net --socket \"$W/vun.sock\" --tap vperf0 >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
-                 n=0; while [ ! -S \"$W/vun.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n\
-                 ip addr add {NET_HOST_ADDR}/24 dev vperf0 2>/dev/null; ip link set vperf0 up\n\
-                 iperf3 -s -B {NET_HOST_ADDR} -p {IPERF_PORT} > /dev/null 2>&1 & spid=$!\n"
-            ),
-            stop: "kill $spid $bpid 2>/dev/null; wait $spid $bpid 2>/dev/null\n".into(),
-            vmm_args: "--net vhost_user=on,socket=\"$W/vun.sock\"".into(),
-            guest_target: String::new(),
-            teardown: String::new(),
-        },
+        Tier::VhostUserBlk => {
+            let d = Dev {
+                start: format!(
+                    "rm -f \"$W/vub.sock\"; {bin}/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues {q} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
+                     n=0; while [ ! -S \"$W/vub.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n"
+                ),
+                stop: "kill $bpid 2>/dev/null; wait $bpid 2>/dev/null\n".into(),
+                vmm_args: format!("--disk vhost_user=on,socket=\"$W/vub.sock\",queues={q}"),
+                target: "/dev/vda".into(),
+                guest_prep: wait_block("/dev/vda"),
+                ..Dev::default()
+            };
+            GuestTier {
+                setup: disk_setup("vub.img"),
+                block: d.clone(),
+                net: Dev::default(),
+                boot: d,
+            }
+        }
+        Tier::VfioNvme => {
+            let d = Dev {
+                vmm_args: "--device path=/sys/bus/pci/devices/$BDF".into(),
+                target: "/dev/nvme0n1".into(),
+                guest_prep: wait_block("/dev/nvme0n1"),
+                ..Dev::default()
+            };
+            GuestTier {
+                setup: "BDF=$(basename \"$(readlink -f /sys/class/nvme/nvme0/device)\")\n\
+                        echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override\n\
+                        echo $BDF > /sys/bus/pci/devices/$BDF/driver/unbind\n\
+                        echo $BDF > /sys/bus/pci/drivers_probe\n"
+                    .into(),
+                block: d.clone(),
+                net: Dev::default(),
+                boot: d,
+            }
+        }
+        Tier::VhostUserNet => {
+            let d = Dev {
+                start: format!(
+                    "[ -c /dev/net/tun ] || {{ mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }}\n\
+                     rm -f \"$W/vun.sock\"; {bin}/vhost-user-net --socket \"$W/vun.sock\" --tap {TAP} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
+                     n=0; while [ ! -S \"$W/vun.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n\
+                     ip addr add {NET_HOST_ADDR}/24 dev {TAP} 2>/dev/null; ip link set {TAP} up\n\
+                     iperf3 -s -B {NET_HOST_ADDR} -p {IPERF_PORT} > /dev/null 2>&1 & spid=$!\n"
+                ),
+                stop: "kill $spid $bpid 2>/dev/null; wait $spid $bpid 2>/dev/null\n".into(),
+                vmm_args: "--net vhost_user=on,socket=\"$W/vun.sock\"".into(),
+                guest_prep: net_prep(false),
+                ..Dev::default()
+            };
+            GuestTier {
+                setup: String::new(),
+                block: Dev::default(),
+                net: d.clone(),
+                boot: d,
+            }
+        }
+        Tier::Emulated => {
+            let d = Dev {
+                vmm_args: "--disk path=\"$W/emu.img\",model=nvme".into(),
+                target: "/dev/nvme0n1".into(),
+                guest_prep: wait_block("/dev/nvme0n1"),
+                ..Dev::default()
+            };
+            GuestTier {
+                setup: disk_setup("emu.img"),
+                block: d.clone(),
+                net: tap_net(
+                    format!("--net tap={TAP},model=e1000"),
+                    &p.generic_kernel,
+                    true,
+                ),
+                boot: d,
+            }
+        }
+        Tier::VirtioInVmm => {
+            let d = Dev {
+                vmm_args: format!("--disk path=\"$W/viv.img\",queues={q}"),
+                target: "/dev/vda".into(),
+                guest_prep: wait_block("/dev/vda"),
+                ..Dev::default()
+            };
+            GuestTier {
+                setup: disk_setup("viv.img"),
+                block: d.clone(),
+                net: tap_net(format!("--net tap={TAP}"), "", false),
+                boot: d,
+            }
+        }
         _ => GuestTier {
             setup: String::new(),
-            start: String::new(),
-            stop: String::new(),
-            vmm_args: String::new(),
-            guest_target: String::new(),
-            teardown: String::new(),
+            block: Dev::default(),
+            net: Dev::default(),
+            boot: Dev::default(),
         },
     }
 }
 
+/// Kernel command-line word telling the guest script which phase it is in.
+const PHASE_NET: &str = "vmmperf=net";
+
 /// The scripts of a guest tier: (host side, guest `/test.sh`). The host side boots the guest
-/// `repeat` times for the boot cells, then once with fio/iperf3 for the I/O cells, which the
-/// guest runs and reports on its console (passed through the VMM's stdout).
+/// `repeat` times for the boot cells, then once for the block cells and once for the net cells
+/// (each phase with its device; the net phase adds `vmmperf=net` to the kernel command line),
+/// which the guest runs and reports on its console (passed through the VMM's stdout).
 pub fn guest_scripts(
     tier: Tier,
     cells: &[PlannedCell],
@@ -299,54 +413,60 @@ pub fn guest_scripts(
     let mut host = prelude(&p.work);
     host.push_str(&boot::measure_fn());
     host.push_str(&g.setup);
+    let kernel = |d: &Dev| {
+        if d.kernel.is_empty() {
+            p.kernel.clone()
+        } else {
+            d.kernel.clone()
+        }
+    };
     for rep in 1..=s.repeat {
         if cells.iter().any(|c| c.workload == Workload::Boot) {
             let id = run_id(tier, "boot", rep);
             let _ = writeln!(
                 host,
                 "{}cell {id}\nmeasure {id} {} {}\n{}",
-                g.start,
-                boot::ours_cmd(&bb, &p.vmm, &p.kernel, &p.boot_initrd),
-                g.vmm_args,
-                g.stop
+                g.boot.start,
+                boot::ours_cmd(&bb, &p.vmm, &kernel(&g.boot), &p.boot_initrd),
+                g.boot.vmm_args,
+                g.boot.stop
             );
         }
     }
-    let io: Vec<&PlannedCell> = cells
-        .iter()
-        .filter(|c| c.workload != Workload::Boot)
-        .collect();
     let mut guest = prelude("/tmp/vmm-perf");
-    if !io.is_empty() {
+    let _ = writeln!(
+        guest,
+        "case \"$(cat /proc/cmdline)\" in *{PHASE_NET}*) PHASE=net ;; *) PHASE=block ;; esac"
+    );
+    for (phase, kind, dev) in [
+        ("block", super::Kind::Block, &g.block),
+        ("net", super::Kind::Net, &g.net),
+    ] {
+        let io: Vec<&PlannedCell> = cells.iter().filter(|c| c.workload.kind() == kind).collect();
+        if io.is_empty() {
+            continue;
+        }
+        let mut cmd = boot::ours_cmd(
+            &BootBench {
+                memory_mib: bb.memory_mib.max(1024),
+                ..boot_bench(s)
+            },
+            &p.vmm,
+            &kernel(dev),
+            &p.tools_initrd,
+        );
+        if phase == "net" {
+            cmd = cmd.replace(" quiet\"", &format!(" quiet {PHASE_NET}\""));
+        }
         let _ = writeln!(
             host,
-            "{}echo \"===GUEST-START {}===\"\n{} {}\necho \"===GUEST-END status=$?===\"\n{}",
-            g.start,
+            "{}echo \"===GUEST-START {} {phase}===\"\n{cmd} {}\necho \"===GUEST-END status=$?===\"\n{}",
+            dev.start,
             tier.name(),
-            boot::ours_cmd(
-                &BootBench {
-                    memory_mib: bb.memory_mib.max(1024),
-                    ..boot_bench(s)
-                },
-                &p.vmm,
-                &p.kernel,
-                &p.tools_initrd
-            ),
-            g.vmm_args,
-            g.stop
+            dev.vmm_args,
+            dev.stop
         );
-        if tier == Tier::VhostUserNet {
-            let _ = writeln!(
-                guest,
-                "ip addr add {NET_GUEST_ADDR}/24 dev eth0; ip link set eth0 up; sleep 1"
-            );
-        } else {
-            let t = &g.guest_target;
-            let _ = writeln!(
-                guest,
-                "n=0; while [ ! -b {t} ] && [ $n -lt 50 ]; do sleep 0.2; n=$((n+1)); done"
-            );
-        }
+        let _ = write!(guest, "if [ $PHASE = {phase} ]; then\n{}", dev.guest_prep);
         for rep in 1..=s.repeat {
             for c in &io {
                 let id = run_id(tier, c.workload.name(), rep);
@@ -355,7 +475,7 @@ pub fn guest_scripts(
                     &c.workload,
                     s,
                     &Target {
-                        path: &g.guest_target,
+                        path: &dev.target,
                         direct: true,
                         server: NET_HOST_ADDR,
                         local_server: false,
@@ -364,8 +484,8 @@ pub fn guest_scripts(
                 ));
             }
         }
+        guest.push_str("fi\n");
     }
-    host.push_str(&g.teardown);
     (host, guest)
 }
 
@@ -393,6 +513,7 @@ mod tests {
             boot_initrd: "/lab/guest-boot.cpio".into(),
             work: "/tmp/vmm-perf".into(),
             jobs_dir: "/lab/jobs".into(),
+            generic_kernel: "/lab/bin/vmlinuz-generic".into(),
         }
     }
 
@@ -455,6 +576,49 @@ mod tests {
         assert!(!guest.contains("iperf3 -c 10.99.0.2"));
         assert!(guest.contains("iperf3 -c 10.99.0.1 -p 5301 -t 5 -J -R"));
         assert!(guest.contains("-u -b 1G"));
+    }
+
+    #[test]
+    fn emulated_and_in_vmm_tiers_boot_a_block_and_a_net_phase() {
+        let (host, guest) = guest_scripts(
+            Tier::Emulated,
+            &cells(Tier::Emulated),
+            &settings(),
+            &paths(),
+        );
+        assert!(host.contains("dd if=/dev/zero of=\"$W/emu.img\" bs=1M count=64"));
+        assert!(host.contains("--disk path=\"$W/emu.img\",model=nvme"));
+        assert_eq!(host.matches("measure emulated.boot.").count(), 2);
+        // The net phase boots the generic kernel with the e1000 and the phase word.
+        assert!(host.contains(
+            "--kernel /lab/bin/vmlinuz-generic --initramfs /lab/guest.cpio --cpus 2 --memory 1024M --cmdline \"console=ttyS0 panic=-1 quiet vmmperf=net\" --net tap=vperf0,model=e1000"
+        ));
+        assert!(host.contains("ip addr add 10.99.0.1/24 dev vperf0"));
+        assert!(host.contains("iperf3 -s -p 5301"));
+        assert_eq!(host.matches("===GUEST-START emulated").count(), 2);
+        assert!(guest.contains("insmod /e1000.ko"));
+        assert!(guest.contains("--filename=/dev/nvme0n1"));
+        assert!(guest.contains("if [ $PHASE = net ]; then"));
+        assert!(guest.contains("iperf3 -c 10.99.0.1 -p 5301 -t 5 -J -R"));
+
+        let (host, guest) = guest_scripts(
+            Tier::VirtioInVmm,
+            &cells(Tier::VirtioInVmm),
+            &settings(),
+            &paths(),
+        );
+        assert!(host.contains("--disk path=\"$W/viv.img\",queues=2"));
+        assert!(host.contains("--kernel /lab/vmlinuz --initramfs /lab/guest.cpio --cpus 2 --memory 1024M --cmdline \"console=ttyS0 panic=-1 quiet vmmperf=net\" --net tap=vperf0\n"));
+        assert!(guest.contains("--filename=/dev/vda"));
+        assert!(!guest.contains("insmod"));
+        // Block cells only (net missing): no net phase at all.
+        let block: Vec<PlannedCell> = cells(Tier::VirtioInVmm)
+            .into_iter()
+            .filter(|c| c.workload.kind() != crate::compare::Kind::Net)
+            .collect();
+        let (host, guest) = guest_scripts(Tier::VirtioInVmm, &block, &settings(), &paths());
+        assert!(!host.contains("--net"));
+        assert!(!guest.contains("iperf3"));
     }
 
     #[test]
