@@ -329,7 +329,28 @@ impl LabHost {
     /// QEMU is always killed before this returns (timeout, error or success). The console is
     /// streamed to `console.log` in the run's temporary directory and to `tracing` (debug,
     /// target `lab::console`).
+    ///
+    /// If the lab host's *own* kernel dies (QEMU exits without the marker after a kernel
+    /// panic on the console — seen intermittently under TCG on a loaded machine, e.g. "stack
+    /// guard page was hit" inside KVM's SVM code), the run is repeated once, loudly. Every
+    /// other failure, including a guest that panics inside the lab, is returned as it is.
     pub fn run(&self) -> Result<LabRun> {
+        match self.run_once() {
+            Err(LabError::NoExitMarker { qemu_status, tail })
+                if tail.contains("Kernel panic - not syncing") =>
+            {
+                tracing::warn!("the lab host kernel died ({qemu_status}); retrying once");
+                eprintln!(
+                    "LAB HOST KERNEL PANIC ({qemu_status}) — infrastructure, not the test; \
+                     retrying once. Console tail:\n{tail}"
+                );
+                self.run_once()
+            }
+            other => other,
+        }
+    }
+
+    fn run_once(&self) -> Result<LabRun> {
         let qemu = qemu_binary().ok_or(LabError::QemuMissing)?;
         let tmp = tempfile::Builder::new()
             .prefix("lab-run-")
