@@ -93,7 +93,7 @@ fn run_lab(guest_script: &str, backend_args: &str, reference: bool) -> Option<la
         .binary(env!("CARGO_BIN_EXE_vhost-user-net"), "/lab/bin")
         .with_guest(&initrd)
         .script(lab_script(backend_args, 768, reference))
-        .timeout(Duration::from_secs(900))
+        .timeout(Duration::from_secs(400))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
@@ -294,7 +294,7 @@ grep -q '{marker}0' /lab/a.log && grep -q '{marker}0' /lab/b.log
         .binary(env!("CARGO_BIN_EXE_vhost-user-net"), "/lab/bin")
         .with_guest(&initrd)
         .script(script)
-        .timeout(Duration::from_secs(900))
+        .timeout(Duration::from_secs(400))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
