@@ -3,7 +3,10 @@
 
 /// Number of 32-bit registers in PCIe configuration space (4 KiB).
 pub const CONFIG_REGS: usize = 1024;
-const COMMAND_REG: usize = 1;
+/// The command/status register (dword index).
+pub const COMMAND_REG: usize = 1;
+/// Command register: memory space decode enable.
+pub const COMMAND_MEMORY: u32 = 1 << 1;
 const BAR0_REG: usize = 4;
 const CAP_PTR_REG: usize = 0xd;
 const STATUS_CAP_LIST: u32 = 1 << 20;

@@ -1,6 +1,7 @@
 //! The PCI root bus: configuration space through ports 0xCF8/0xCFC and ECAM,
 //! a host bridge at 00:00.0, and the device trait the VMM's PCI devices implement.
 
+pub mod bar_map;
 pub mod bus;
 pub mod config;
 

@@ -9,12 +9,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::nic::{Irq, NetSink, BAR_SIZE, E1000};
 use crate::devices::bus::{lock, BusDevice};
-use crate::pci::config::{Bar, PciConfig, PciIds};
+use crate::pci::bar_map::BarMapping;
+use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
 use crate::pci::PciDevice;
 use crate::vstate::vcpu::IoBuses;
 
-const COMMAND_REG: usize = 1;
-const COMMAND_MEMORY: u32 = 1 << 1;
 const INTERRUPT_REG: usize = 0xf;
 
 /// The INTx line: one irqfd write per edge.
@@ -37,8 +36,7 @@ pub struct E1000PciDevice {
     irq: EventFd,
     mem: GuestMemoryMmap,
     buses: Arc<IoBuses>,
-    mapped: Option<u64>,
-    self_ref: Weak<Mutex<E1000PciDevice>>,
+    mapping: BarMapping<E1000PciDevice>,
 }
 
 impl E1000PciDevice {
@@ -76,8 +74,7 @@ impl E1000PciDevice {
             irq,
             mem,
             buses,
-            mapped: None,
-            self_ref,
+            mapping: BarMapping::new(self_ref, "e1000"),
         };
         let dev = Arc::new_cyclic(|w: &Weak<Mutex<Self>>| Mutex::new(fields(w.clone())));
         lock(&dev).update_mapping(false);
@@ -96,32 +93,8 @@ impl E1000PciDevice {
     }
 
     fn update_mapping(&mut self, defer: bool) {
-        let addr = self.config.bar_addr(&self.bar);
-        let decode = self.config.read(COMMAND_REG) & COMMAND_MEMORY != 0;
-        let valid = addr != 0 && addr.checked_add(BAR_SIZE).is_some();
-        let want = (decode && valid).then_some(addr);
-        if want == self.mapped {
-            return;
-        }
-        let old = self.mapped.take();
-        self.mapped = want;
-        let me = self.self_ref.clone();
-        let op = move |buses: &IoBuses| {
-            let mut mmio = buses.mmio.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = old {
-                mmio.remove(old);
-            }
-            if let (Some(new), Some(dev)) = (want, me.upgrade()) {
-                if let Err(e) = mmio.insert(dev, new, BAR_SIZE) {
-                    tracing::warn!("e1000 BAR at {new:#x} not mapped: {e}");
-                }
-            }
-        };
-        if defer {
-            self.buses.defer(Box::new(op));
-        } else {
-            op(&self.buses);
-        }
+        self.mapping
+            .update(&self.config, &self.bar, &self.buses, defer);
     }
 }
 

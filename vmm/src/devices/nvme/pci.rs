@@ -11,7 +11,8 @@ use vm_memory::GuestMemoryMmap;
 use super::ctrl::{Controller, Interrupts, DOORBELL_BASE};
 use crate::devices::bus::{lock, BusDevice};
 use crate::devices::virtio::msix::{MsixTable, MSIX_CAP_ID};
-use crate::pci::config::{Bar, PciConfig, PciIds};
+use crate::pci::bar_map::BarMapping;
+use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
 use crate::pci::PciDevice;
 use crate::vstate::vcpu::IoBuses;
 
@@ -19,8 +20,6 @@ use crate::vstate::vcpu::IoBuses;
 pub const BAR_SIZE: u64 = 0x4000;
 const MSIX_TABLE_OFFSET: u64 = 0x2000;
 const MSIX_PBA_OFFSET: u64 = 0x3000;
-const COMMAND_REG: usize = 1;
-const COMMAND_MEMORY: u32 = 1 << 1;
 /// PCI class: mass storage, non-volatile memory, NVM Express.
 pub const CLASS_NVME: u32 = 0x01_08_02;
 
@@ -78,8 +77,7 @@ pub struct NvmePciDevice {
     mem: GuestMemoryMmap,
     vm: Arc<VmFd>,
     buses: Arc<IoBuses>,
-    mapped: Option<u64>,
-    self_ref: Weak<Mutex<NvmePciDevice>>,
+    mapping: BarMapping<NvmePciDevice>,
 }
 
 impl NvmePciDevice {
@@ -122,8 +120,7 @@ impl NvmePciDevice {
             mem,
             vm,
             buses,
-            mapped: None,
-            self_ref,
+            mapping: BarMapping::new(self_ref, "nvme"),
         };
         let dev = Arc::new_cyclic(|w: &Weak<Mutex<Self>>| Mutex::new(fields(w.clone())));
         lock(&dev).update_mapping(false);
@@ -154,32 +151,8 @@ impl NvmePciDevice {
     /// Maps or unmaps BAR0 after the command register or BAR changed;
     /// `defer` when called under a bus lock.
     fn update_mapping(&mut self, defer: bool) {
-        let addr = self.config.bar_addr(&self.bar);
-        let decode = self.config.read(COMMAND_REG) & COMMAND_MEMORY != 0;
-        let valid = addr != 0 && addr.checked_add(BAR_SIZE).is_some();
-        let want = (decode && valid).then_some(addr);
-        if want == self.mapped {
-            return;
-        }
-        let old = self.mapped.take();
-        self.mapped = want;
-        let me = self.self_ref.clone();
-        let op = move |buses: &IoBuses| {
-            let mut mmio = buses.mmio.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = old {
-                mmio.remove(old);
-            }
-            if let (Some(new), Some(dev)) = (want, me.upgrade()) {
-                if let Err(e) = mmio.insert(dev, new, BAR_SIZE) {
-                    tracing::warn!("nvme BAR at {new:#x} not mapped: {e}");
-                }
-            }
-        };
-        if defer {
-            self.buses.defer(Box::new(op));
-        } else {
-            op(&self.buses);
-        }
+        self.mapping
+            .update(&self.config, &self.bar, &self.buses, defer);
     }
 }
 

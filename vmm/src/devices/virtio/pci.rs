@@ -14,7 +14,8 @@ use super::common_cfg::{CommonCfg, CommonEvent, COMMON_CFG_LEN};
 use super::msix::{MsixRoutes, MsixTable, MSIX_CAP_ID};
 use super::{Activation, VirtioBackend, VirtioError, NO_VECTOR};
 use crate::devices::bus::{lock, BusDevice};
-use crate::pci::config::{Bar, PciConfig, PciIds};
+use crate::pci::bar_map::BarMapping;
+use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
 use crate::pci::PciDevice;
 use crate::vstate::interrupts::IrqRouting;
 use crate::vstate::vcpu::IoBuses;
@@ -32,8 +33,6 @@ const REGION_LEN: u64 = 0x1000;
 /// Bytes between two queues' notify addresses.
 pub const NOTIFY_OFF_MULTIPLIER: u32 = 4;
 const BAR_INDEX: u8 = 0;
-const COMMAND_REG: usize = 1;
-const COMMAND_MEMORY: u32 = 1 << 1;
 
 // virtio_pci_cap cfg_type values (virtio 1.x §4.1.4).
 const CAP_COMMON: u8 = 1;
@@ -73,13 +72,12 @@ pub struct VirtioPciDevice {
     config_evt: EventFd,
     /// GSI each interrupt source (queues, then config) is bound to.
     bound: Vec<Option<u32>>,
-    mapped: Option<u64>,
+    mapping: BarMapping<VirtioPciDevice>,
     /// Queue notifies that trapped to the VMM instead of an ioeventfd.
     slow_notifies: u64,
     vm: Arc<VmFd>,
     buses: Arc<IoBuses>,
     mem: GuestMemoryMmap,
-    self_ref: Weak<Mutex<VirtioPciDevice>>,
 }
 
 fn eventfd() -> Result<EventFd, VirtioError> {
@@ -161,12 +159,11 @@ impl VirtioPciDevice {
             calls,
             config_evt,
             bound: vec![None; usize::from(nq) + 1],
-            mapped: None,
+            mapping: BarMapping::new(self_ref, "virtio"),
             slow_notifies: 0,
             vm,
             buses,
             mem,
-            self_ref,
         };
         let dev = Arc::new_cyclic(|w: &Weak<Mutex<Self>>| Mutex::new(fields(w.clone())));
         lock(&dev).update_mapping(false);
@@ -293,14 +290,12 @@ impl VirtioPciDevice {
     /// Maps or unmaps the BAR according to the command register and BAR
     /// address; `defer` when called under a bus lock (config write via ECAM).
     fn update_mapping(&mut self, defer: bool) {
-        let addr = self.config.bar_addr(&self.bar);
-        let decode = self.config.read(COMMAND_REG) & COMMAND_MEMORY != 0;
-        let valid = addr != 0 && addr.checked_add(BAR_SIZE).is_some();
-        let want = (decode && valid).then_some(addr);
-        if want == self.mapped {
+        let Some((old, want)) = self
+            .mapping
+            .update(&self.config, &self.bar, &self.buses, defer)
+        else {
             return;
-        }
-        let old = self.mapped.take();
+        };
         if let Some(old) = old {
             for (q, k) in self.kicks.iter().enumerate() {
                 let a = IoEventAddress::Mmio(notify_addr(old, q));
@@ -320,24 +315,6 @@ impl VirtioPciDevice {
                 }
             }
             tracing::debug!("{}: BAR at {new:#x}", self.backend.name());
-        }
-        self.mapped = want;
-        let me = self.self_ref.clone();
-        let op = move |buses: &IoBuses| {
-            let mut mmio = buses.mmio.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = old {
-                mmio.remove(old);
-            }
-            if let (Some(new), Some(dev)) = (want, me.upgrade()) {
-                if let Err(e) = mmio.insert(dev, new, BAR_SIZE) {
-                    tracing::warn!("virtio BAR at {new:#x} not mapped: {e}");
-                }
-            }
-        };
-        if defer {
-            self.buses.defer(Box::new(op));
-        } else {
-            op(&self.buses);
         }
     }
 }
