@@ -22,8 +22,14 @@ fn images() -> Option<Images> {
 const MAC: &str = "52:54:00:12:34:56";
 
 /// Lab script: start the backend on tap0 (10.0.0.1/24), an iperf3 server, then the guest
-/// under QEMU with a vhost-user netdev; dump the backend log afterwards.
-fn lab_script(backend_args: &str, guest_mem_mib: u32, reference: bool) -> String {
+/// under QEMU with a vhost-user netdev (`device_props` appended to its `virtio-net-pci`);
+/// dump the backend log afterwards.
+fn lab_script(
+    backend_args: &str,
+    device_props: &str,
+    guest_mem_mib: u32,
+    reference: bool,
+) -> String {
     let reference = if reference {
         // The same guest under QEMU's own virtio-net over a TAP (no vhost), measured in the
         // same lab run as the reference; its console lines are prefixed with `REF: `.
@@ -57,7 +63,7 @@ iperf3 -s -D
 timeout 600 qemu-system-x86_64 -enable-kvm -cpu host -machine q35 -smp 2 -m {guest_mem_mib} \
     -object memory-backend-memfd,id=mem,size={guest_mem_mib}M,share=on -numa node,memdev=mem \
     -chardev socket,id=c0,path=/tmp/vn.sock -netdev vhost-user,id=n0,chardev=c0 \
-    -device virtio-net-pci,netdev=n0,mac={MAC},romfile= \
+    -device virtio-net-pci,netdev=n0,mac={MAC},romfile={device_props} \
     -nic none -display none -monitor none -serial stdio -no-reboot \
     -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet" </dev/null \
     | tee /lab/guest.log
@@ -76,7 +82,12 @@ grep -q '{marker}0' /lab/guest.log
     )
 }
 
-fn run_lab(guest_script: &str, backend_args: &str, reference: bool) -> Option<lab::LabRun> {
+fn run_lab(
+    guest_script: &str,
+    backend_args: &str,
+    device_props: &str,
+    reference: bool,
+) -> Option<lab::LabRun> {
     let images = images()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
@@ -92,7 +103,7 @@ fn run_lab(guest_script: &str, backend_args: &str, reference: bool) -> Option<la
         .memory_mib(3072)
         .binary(env!("CARGO_BIN_EXE_vhost-user-net"), "/lab/bin")
         .with_guest(&initrd)
-        .script(lab_script(backend_args, 768, reference))
+        .script(lab_script(backend_args, device_props, 768, reference))
         .timeout(Duration::from_secs(400))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
@@ -132,21 +143,45 @@ ip addr add 10.0.0.2/24 dev eth0
 ip link show eth0
 "#;
 
-#[test]
-fn qemu_guest_pings_and_runs_iperf3_over_vhost_user_net() {
-    let script = format!(
-        r#"{GUEST_NET}
+/// Guest: ping the lab host, then iperf3 TCP both ways and UDP.
+const GUEST_PING_IPERF: &str = r#"
 ping -c 3 -W 5 10.0.0.1
 echo PING-STATUS=$?
 echo "IPERF-TCP=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J | tr -d '\n')"
 echo "IPERF-TCPR=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J -R | tr -d '\n')"
 echo "IPERF-UDP=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J -u -b 50M | tr -d '\n')"
-"#
-    );
-    let Some(run) = run_lab(&script, "", true) else {
+"#;
+
+/// virtio-net offload feature bits: CSUM, GUEST_CSUM, GUEST_TSO4, GUEST_TSO6, HOST_TSO4,
+/// HOST_TSO6.
+const OFFLOAD_BITS: [u32; 6] = [0, 1, 7, 8, 11, 12];
+
+/// The features the driver acked last, from the backend's log.
+fn acked_features(console: &str) -> u64 {
+    let key = "driver features acked features=0x";
+    let hex = console
+        .lines()
+        .rev()
+        .find_map(|l| l.find(key).map(|i| &l[i + key.len()..]))
+        .unwrap_or_else(|| panic!("no acked features in the backend log:\n{console}"));
+    let hex: String = hex.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    u64::from_str_radix(&hex, 16).unwrap_or_else(|e| panic!("acked features {hex}: {e}"))
+}
+
+#[test]
+fn qemu_guest_pings_and_runs_iperf3_over_vhost_user_net() {
+    let script = format!("{GUEST_NET}{GUEST_PING_IPERF}");
+    let Some(run) = run_lab(&script, "", "", true) else {
         return;
     };
     let c = &run.console;
+    let acked = acked_features(c);
+    for bit in OFFLOAD_BITS {
+        assert!(
+            acked & (1 << bit) != 0,
+            "offload bit {bit} not negotiated: {acked:#x}"
+        );
+    }
     assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
     let tx = iperf(c, "IPERF-TCP=", false);
     let rx = iperf(c, "IPERF-TCPR=", false);
@@ -180,6 +215,37 @@ echo "IPERF-UDP=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J -u -b 50M | tr -d '\n')"
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
 }
 
+/// The guest's offloads off: QEMU's virtio-net offers no checksum or TSO feature, so frames
+/// cross the backend fully formed (no GSO, checksums computed by the guest), TUNSETOFFLOAD 0.
+#[test]
+fn qemu_guest_with_offloads_off_pings_and_runs_iperf3() {
+    let script = format!("{GUEST_NET}{GUEST_PING_IPERF}");
+    let props = ",csum=off,guest_csum=off,host_tso4=off,host_tso6=off,guest_tso4=off,\
+                 guest_tso6=off,host_ecn=off,guest_ecn=off,host_ufo=off,guest_ufo=off";
+    let Some(run) = run_lab(&script, "", props, false) else {
+        return;
+    };
+    let c = &run.console;
+    let acked = acked_features(c);
+    for bit in OFFLOAD_BITS {
+        assert!(
+            acked & (1 << bit) == 0,
+            "offload bit {bit} negotiated: {acked:#x}"
+        );
+    }
+    assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
+    let tx = iperf(c, "IPERF-TCP=", false);
+    let rx = iperf(c, "IPERF-TCPR=", false);
+    let udp = iperf(c, "IPERF-UDP=", true);
+    eprintln!(
+        "RESULT offloads off, nested TCG, relative only: TCP guest->host {:.1} Mbit/s, host->guest {:.1} Mbit/s, UDP {:.1} Mbit/s",
+        tx / 1e6,
+        rx / 1e6,
+        udp / 1e6
+    );
+    assert_eq!(run.status, 0, "lab script failed:\n{c}");
+}
+
 #[test]
 fn qemu_guest_jumbo_frames_mtu_9000() {
     let script = format!(
@@ -190,7 +256,7 @@ ping -c 3 -W 5 -s 8000 10.0.0.1
 echo PING-STATUS=$?
 "#
     );
-    let Some(run) = run_lab(&script, "--mtu 9000", false) else {
+    let Some(run) = run_lab(&script, "--mtu 9000", "", false) else {
         return;
     };
     let c = &run.console;
