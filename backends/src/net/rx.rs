@@ -1,21 +1,28 @@
-//! Receive: frames read from the TAP through io_uring into a per-queue bounce buffer, then
-//! copied into the driver's receive chains (several with MRG_RXBUF, `num_buffers` filled in).
+//! Receive: frames read from the TAP through io_uring into a small set of per-queue read
+//! slots, then copied into the driver's receive chains (several with MRG_RXBUF, `num_buffers`
+//! filled in).
 //!
-//! A read is only submitted while a receive chain is reserved, so nothing is taken from the
-//! TAP when the driver has posted no buffers (frames then queue in the TAP, and the kernel
-//! drops them past its queue length). When buffers run out, notifications are re-enabled and
-//! the next kick resumes. The bounce buffer is allocated once per queue: no per-frame heap
-//! allocation.
+//! Reads are batched: one `io_uring_enter` submits up to [`READ_SLOTS`] reads as one
+//! hard-linked chain (`IOSQE_IO_HARDLINK`), so the kernel runs them one after the other,
+//! frames land in the slots in arrival order (independent reads on one TAP could be served out
+//! of order), only the head of the chain waits on the TAP, and a short read (every TAP read is
+//! one) does not cut the chain. A new chain is submitted once the previous one has completed.
+//! Reads are only submitted for receive chains already reserved from the driver, so nothing is
+//! taken from the TAP when the driver has posted no buffers (frames then queue in the TAP, and
+//! the kernel drops them past its queue length). When buffers run out, notifications are
+//! re-enabled and the next kick resumes. The slots are allocated once per queue: no per-frame
+//! heap allocation.
 //!
 //! Why not the per-chain [`Engine`](crate::engine::Engine): with MRG_RXBUF one frame spans
 //! a number of chains that is only known once the frame has arrived; the engine maps one
 //! chain to one operation.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -26,21 +33,30 @@ use crate::{Error, Result};
 const WARN_BUDGET: u32 = 16;
 /// Frames moved per call before yielding to the other queue of the thread.
 const BATCH: usize = 64;
-const READ_TAG: u64 = 1;
-const CANCEL_TAG: u64 = 2;
+/// Reads in one submitted chain (and read slots per queue, [`RX_BUF_LEN`] bytes each).
+pub const READ_SLOTS: usize = 16;
+/// `user_data` of cancellations; reads carry their slot index.
+const CANCEL_TAG: u64 = u64::MAX;
 
 /// The receive side of one queue pair.
 pub struct RxPath {
     ring: IoUring,
     fd: RawFd,
-    buf: Box<[u8]>,
+    /// One buffer per read slot.
+    slots: Vec<Box<[u8]>>,
+    /// Slots with no read and no frame.
+    free: Vec<usize>,
+    /// Reads submitted and not yet completed.
+    inflight: usize,
+    /// Frames read, oldest first, waiting for receive buffers: `(slot, length with header)`.
+    ready: VecDeque<(usize, usize)>,
+    /// A read failed: submit no more until the driver kicks again.
+    read_error: bool,
     completion: EventFd,
-    reading: bool,
-    /// Length of a frame (with header) waiting in `buf` for receive buffers.
-    pending: Option<usize>,
+    /// Receive chains reserved from the driver, oldest first (`held[..nheld]`; the vector
+    /// keeps its entries to reuse their allocations).
     held: Vec<DescChain>,
     nheld: usize,
-    held_room: u64,
     max_chains: usize,
     used: Vec<(u16, u32)>,
     features: Arc<AtomicU64>,
@@ -56,7 +72,9 @@ impl RxPath {
         features: Arc<AtomicU64>,
         stats: Arc<QueueStats>,
     ) -> Result<Self> {
-        let ring = IoUring::builder().build(4).map_err(Error::UringSetup)?;
+        let ring = IoUring::builder()
+            .build(2 * READ_SLOTS as u32)
+            .map_err(Error::UringSetup)?;
         let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
         ring.submitter()
             .register_eventfd(completion.as_raw_fd())
@@ -64,13 +82,16 @@ impl RxPath {
         Ok(Self {
             ring,
             fd,
-            buf: vec![0u8; RX_BUF_LEN].into_boxed_slice(),
+            slots: (0..READ_SLOTS)
+                .map(|_| vec![0u8; RX_BUF_LEN].into_boxed_slice())
+                .collect(),
+            free: (0..READ_SLOTS).rev().collect(),
+            inflight: 0,
+            ready: VecDeque::with_capacity(READ_SLOTS),
+            read_error: false,
             completion,
-            reading: false,
-            pending: None,
             held: Vec::new(),
             nheld: 0,
-            held_room: 0,
             max_chains: usize::from(queue_size.max(1)),
             used: Vec::with_capacity(usize::from(queue_size.max(1))),
             features,
@@ -91,7 +112,7 @@ impl RxPath {
 
     /// Whether a read is outstanding on the TAP.
     pub fn reading(&self) -> bool {
-        self.reading
+        self.inflight > 0
     }
 
     fn fault(&mut self, head: u16, why: &dyn std::fmt::Display) {
@@ -104,7 +125,8 @@ impl RxPath {
         }
     }
 
-    /// Pop one usable receive chain into `held`; bad chains go back with length 0.
+    /// Reserve one more usable receive chain at `held[nheld]`; bad chains go back with
+    /// length 0. `false`: the driver has none.
     fn pop_one<Q: VirtQueue>(&mut self, q: &mut Q, mem: &Arc<Q::Mem>) -> bool {
         loop {
             let Some(chain) = q.pop(mem) else {
@@ -132,25 +154,29 @@ impl RxPath {
                 self.used.push((head, 0));
                 continue;
             }
-            self.held_room += c.writable_len();
             self.nheld += 1;
             return true;
         }
     }
 
-    /// Give every held chain back with length 0.
-    fn release_held(&mut self) {
-        for c in &self.held[..self.nheld] {
-            self.used.push((c.head(), 0));
-        }
-        self.nheld = 0;
-        self.held_room = 0;
+    /// Hand the first `k` held chains back (their used entries are already queued).
+    fn consume_held(&mut self, k: usize) {
+        self.held[..self.nheld].rotate_left(k);
+        self.nheld -= k;
     }
 
-    /// Copy the pending frame of `n` bytes into receive chains. `false`: not enough buffers
-    /// yet (the frame stays pending).
-    fn place<Q: VirtQueue>(&mut self, q: &mut Q, mem: &Arc<Q::Mem>, n: usize) -> bool {
-        let need = n as u64;
+    /// Drop a frame that cannot be delivered, returning the first held chain empty.
+    fn drop_frame(&mut self, why: &dyn std::fmt::Display) {
+        let head = self.held[0].head();
+        self.fault(head, why);
+        QueueStats::inc(&self.stats.dropped);
+        self.used.push((head, 0));
+        self.consume_held(1);
+    }
+
+    /// Copy the frame of `n` bytes in read slot `slot` into receive chains. `false`: not
+    /// enough buffers yet (the frame stays ready).
+    fn place<Q: VirtQueue>(&mut self, q: &mut Q, mem: &Arc<Q::Mem>, slot: usize, n: usize) -> bool {
         let mrg = has(
             self.features.load(Ordering::Relaxed),
             VIRTIO_NET_F_MRG_RXBUF,
@@ -158,94 +184,122 @@ impl RxPath {
         if self.nheld == 0 && !self.pop_one(q, mem) {
             return false;
         }
-        if !mrg {
-            if self.held[0].writable_len() < need {
-                let (head, room) = (self.held[0].head(), self.held[0].writable_len());
-                self.fault(
-                    head,
-                    &format!("frame of {n} bytes does not fit a {room}-byte buffer"),
-                );
-                QueueStats::inc(&self.stats.dropped);
-                self.release_held();
-                return true;
+        // How many chains the frame needs.
+        let need = n as u64;
+        let chains = if mrg {
+            let mut room = 0u64;
+            let mut k = 0usize;
+            loop {
+                if k == self.nheld {
+                    if k >= self.max_chains {
+                        self.drop_frame(&format!("{k} buffers cannot hold a {n}-byte frame"));
+                        return true;
+                    }
+                    if !self.pop_one(q, mem) {
+                        return false;
+                    }
+                }
+                room += self.held[k].writable_len();
+                k += 1;
+                if room >= need {
+                    break k;
+                }
             }
         } else {
-            while self.held_room < need {
-                if self.nheld >= self.max_chains {
-                    let head = self.held[0].head();
-                    self.fault(
-                        head,
-                        &format!("{} buffers cannot hold a {n}-byte frame", self.nheld),
-                    );
-                    QueueStats::inc(&self.stats.dropped);
-                    self.release_held();
-                    return true;
-                }
-                if !self.pop_one(q, mem) {
-                    return false;
-                }
+            let room = self.held[0].writable_len();
+            if room < need {
+                self.drop_frame(&format!(
+                    "frame of {n} bytes does not fit a {room}-byte buffer"
+                ));
+                return true;
             }
-        }
-        let nbuf = u16::try_from(self.nheld).unwrap_or(u16::MAX);
-        self.buf[10..12].copy_from_slice(&nbuf.to_le_bytes());
+            1
+        };
+        let buf = &mut self.slots[slot];
+        let nbuf = u16::try_from(chains).unwrap_or(u16::MAX);
+        buf[10..12].copy_from_slice(&nbuf.to_le_bytes());
         let mem = &**mem;
         let mut off = 0usize;
-        for i in 0..self.nheld {
-            let c = &self.held[i];
+        let mut faults = Vec::new();
+        for c in &self.held[..chains] {
             let take = (n - off).min(usize::try_from(c.writable_len()).unwrap_or(usize::MAX));
             let head = c.head();
-            match c.write_at(mem, Dir::Writable, 0, &self.buf[off..off + take]) {
+            match c.write_at(mem, Dir::Writable, 0, &buf[off..off + take]) {
                 Ok(()) => self.used.push((head, take as u32)),
                 Err(f) => {
-                    self.fault(head, &f);
+                    faults.push((head, f));
                     self.used.push((head, 0));
                 }
             }
             off += take;
         }
-        self.nheld = 0;
-        self.held_room = 0;
+        for (head, f) in faults {
+            self.fault(head, &f);
+        }
+        self.consume_held(chains);
         QueueStats::inc(&self.stats.ok);
         true
     }
 
+    /// Collect finished reads into `ready` (in completion order, which is arrival order).
     fn reap(&mut self) {
-        let Some(cqe) = self.ring.completion().next() else {
-            return;
-        };
-        if cqe.user_data() != READ_TAG {
-            return;
-        }
-        self.reading = false;
-        let res = cqe.result();
-        if res < 0 {
-            if res != -libc::EAGAIN && res != -libc::EINTR {
-                QueueStats::inc(&self.stats.io_errors);
-                if self.warned < WARN_BUDGET {
-                    self.warned += 1;
-                    tracing::warn!("rx read failed: {}", crate::engine::errno(res));
-                }
+        while let Some(cqe) = self.ring.completion().next() {
+            let Ok(slot) = usize::try_from(cqe.user_data()) else {
+                continue;
+            };
+            if slot >= self.slots.len() {
+                continue; // a cancellation
             }
-            return;
+            self.inflight = self.inflight.saturating_sub(1);
+            let res = cqe.result();
+            if res < 0 {
+                self.free.push(slot);
+                if res != -libc::ECANCELED {
+                    self.read_error = true;
+                    QueueStats::inc(&self.stats.io_errors);
+                    if self.warned < WARN_BUDGET {
+                        self.warned += 1;
+                        tracing::warn!("rx read failed: {}", crate::engine::errno(res));
+                    }
+                }
+                continue;
+            }
+            let n = res as usize;
+            if !(VNET_HDR_LEN + ETH_HLEN..RX_BUF_LEN).contains(&n) {
+                self.free.push(slot);
+                QueueStats::inc(&self.stats.dropped);
+                tracing::debug!(n, "rx: runt or oversized frame from the TAP dropped");
+                continue;
+            }
+            self.ready.push_back((slot, n));
         }
-        let n = res as usize;
-        if !(VNET_HDR_LEN + ETH_HLEN..RX_BUF_LEN).contains(&n) {
-            QueueStats::inc(&self.stats.dropped);
-            tracing::debug!(n, "rx: runt or oversized frame from the TAP dropped");
-            return;
-        }
-        self.pending = Some(n);
     }
 
-    fn submit_read(&mut self) -> Result<()> {
-        let sqe = opcode::Read::new(types::Fd(self.fd), self.buf.as_mut_ptr(), RX_BUF_LEN as u32)
-            .build()
-            .user_data(READ_TAG);
-        // SAFETY: `buf` lives as long as `self` and is not touched until the read completes
-        // (`reading`); `Drop` cancels and waits for an outstanding read.
-        unsafe { self.ring.submission().push(&sqe) }
-            .map_err(|_| Error::UringSubmit(std::io::Error::other("rx submission queue full")))?;
-        self.reading = true;
+    /// Submit one hard-linked chain of `reads` reads into free slots.
+    fn submit_reads(&mut self, reads: usize) -> Result<()> {
+        let reads = reads.min(self.free.len());
+        {
+            let mut sq = self.ring.submission();
+            for i in 0..reads {
+                let Some(slot) = self.free.pop() else { break };
+                let buf = &mut self.slots[slot];
+                let mut sqe =
+                    opcode::Read::new(types::Fd(self.fd), buf.as_mut_ptr(), RX_BUF_LEN as u32)
+                        .build()
+                        .user_data(slot as u64);
+                if i + 1 < reads {
+                    sqe = sqe.flags(squeue::Flags::IO_HARDLINK);
+                }
+                // SAFETY: the slot's buffer lives as long as `self` and is not touched until
+                // its read completes (it is in neither `free` nor `ready` meanwhile); `Drop`
+                // cancels and waits for outstanding reads.
+                if unsafe { sq.push(&sqe) }.is_err() {
+                    self.free.push(slot);
+                    break;
+                }
+                self.inflight += 1;
+            }
+        }
         loop {
             match self.ring.submit() {
                 Ok(_) => return Ok(()),
@@ -255,42 +309,49 @@ impl RxPath {
         }
     }
 
-    /// Move frames from the TAP into `q` until the TAP is empty (a read is outstanding) or
+    /// Move frames from the TAP into `q` until the TAP is empty (reads are outstanding) or
     /// the driver has no buffers left; signal the driver once. Call on every kick of the
     /// receive queue and every completion eventfd event.
     pub fn process<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
-        let _ = self.completion.read();
+        if self.completion.read().is_err() {
+            // Not a completion: a kick, which also restarts reading after an error.
+            self.read_error = false;
+        }
         q.disable_notification()?;
         let mut moved = 0usize;
         loop {
             let mem = q.memory();
-            loop {
-                if self.reading {
-                    self.reap();
-                }
-                if let Some(n) = self.pending {
-                    if !self.place(q, &mem, n) {
-                        break; // waiting for receive buffers
-                    }
-                    self.pending = None;
-                    moved += 1;
-                }
-                if self.reading {
-                    break; // the TAP is empty: the completion eventfd wakes us
-                }
+            self.reap();
+            let mut starved = false;
+            while let Some(&(slot, n)) = self.ready.front() {
                 if moved >= BATCH {
-                    // Yield to the transmit queue of this thread; come back at once.
-                    let _ = self.completion.write(1);
                     break;
                 }
-                if self.nheld == 0 && !self.pop_one(q, &mem) {
-                    break; // no receive buffers: wait for a kick
+                if !self.place(q, &mem, slot, n) {
+                    starved = true; // waiting for receive buffers
+                    break;
                 }
-                self.submit_read()?;
+                self.ready.pop_front();
+                self.free.push(slot);
+                moved += 1;
+            }
+            if moved >= BATCH {
+                // Yield to the transmit queue of this thread; come back at once.
+                self.flush(q)?;
+                let _ = self.completion.write(1);
+                return Ok(());
+            }
+            if !starved && self.inflight == 0 && !self.read_error {
+                // Every ready frame is placed: one read per reserved receive chain.
+                while self.nheld < READ_SLOTS && self.pop_one(q, &mem) {}
+                if self.nheld > 0 {
+                    self.submit_reads(self.nheld)?;
+                    continue; // reads on a non-empty TAP complete during the submit
+                }
+                starved = true;
             }
             self.flush(q)?;
-            let waiting_for_buffers = self.pending.is_some() || (!self.reading && self.nheld == 0);
-            if waiting_for_buffers && moved < BATCH && q.enable_notification()? {
+            if starved && q.enable_notification()? {
                 q.disable_notification()?;
                 continue; // buffers were posted meanwhile
             }
@@ -319,32 +380,28 @@ impl RxPath {
 
 impl Drop for RxPath {
     fn drop(&mut self) {
-        if !self.reading {
-            return;
-        }
-        let cancel = opcode::AsyncCancel::new(READ_TAG)
-            .build()
-            .user_data(CANCEL_TAG);
-        // SAFETY: the cancel SQE carries no buffers.
-        if unsafe { self.ring.submission().push(&cancel) }.is_err() {
-            return;
-        }
-        // Wait until the read is gone before `buf` is freed.
-        for _ in 0..16 {
-            if self.ring.submit_and_wait(1).is_err() {
-                break;
-            }
-            for cqe in self.ring.completion() {
-                if cqe.user_data() == READ_TAG {
-                    self.reading = false;
-                }
-            }
-            if !self.reading {
+        // Cancel outstanding reads and wait until they are gone before the slots are freed.
+        for _ in 0..4 * READ_SLOTS {
+            if self.inflight == 0 {
                 return;
             }
+            let mut pushed = 0;
+            for slot in 0..self.slots.len() as u64 {
+                let c = opcode::AsyncCancel::new(slot).build().user_data(CANCEL_TAG);
+                // SAFETY: cancel SQEs carry no buffers.
+                if unsafe { self.ring.submission().push(&c) }.is_ok() {
+                    pushed += 1;
+                }
+            }
+            if pushed == 0 || self.ring.submit_and_wait(1).is_err() {
+                break;
+            }
+            self.reap();
         }
-        // Could not confirm the cancellation: leak the buffer rather than free it under
-        // the kernel.
-        std::mem::forget(std::mem::take(&mut self.buf));
+        if self.inflight > 0 {
+            // Could not confirm the cancellation: leak the slots rather than free them under
+            // the kernel.
+            std::mem::forget(std::mem::take(&mut self.slots));
+        }
     }
 }
