@@ -36,6 +36,9 @@ pub struct RxPath {
     buf: Box<[u8]>,
     completion: EventFd,
     reading: bool,
+    /// Whether the queue pair is in use (VIRTIO_NET_CTRL_MQ); an inactive queue takes no
+    /// frames and no buffers.
+    active: bool,
     /// Length of a frame (with header) waiting in `buf` for receive buffers.
     pending: Option<usize>,
     held: Vec<DescChain>,
@@ -67,6 +70,7 @@ impl RxPath {
             buf: vec![0u8; RX_BUF_LEN].into_boxed_slice(),
             completion,
             reading: false,
+            active: true,
             pending: None,
             held: Vec::new(),
             nheld: 0,
@@ -92,6 +96,23 @@ impl RxPath {
     /// Whether a read is outstanding on the TAP.
     pub fn reading(&self) -> bool {
         self.reading
+    }
+
+    /// Start or stop receiving (virtio 1.2 §5.1.6.5.5: no frames on receive queues past the
+    /// active pairs). Stopping drops a frame that waits for buffers (an outstanding read is
+    /// left to finish, its frame dropped); starting wakes the queue's thread through the
+    /// completion eventfd so it resumes at once.
+    pub fn set_active(&mut self, active: bool) -> Result<()> {
+        if active == self.active {
+            return Ok(());
+        }
+        self.active = active;
+        if active {
+            self.completion.write(1).map_err(Error::EventFd)?;
+        } else if self.pending.take().is_some() {
+            QueueStats::inc(&self.stats.dropped);
+        }
+        Ok(())
     }
 
     fn fault(&mut self, head: u16, why: &dyn std::fmt::Display) {
@@ -257,9 +278,19 @@ impl RxPath {
 
     /// Move frames from the TAP into `q` until the TAP is empty (a read is outstanding) or
     /// the driver has no buffers left; signal the driver once. Call on every kick of the
-    /// receive queue and every completion eventfd event.
+    /// receive queue and every completion eventfd event. An inactive queue only reaps an
+    /// outstanding read (dropping its frame).
     pub fn process<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
         let _ = self.completion.read();
+        if !self.active {
+            if self.reading {
+                self.reap();
+            }
+            if self.pending.take().is_some() {
+                QueueStats::inc(&self.stats.dropped);
+            }
+            return self.flush(q);
+        }
         q.disable_notification()?;
         let mut moved = 0usize;
         loop {
