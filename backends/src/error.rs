@@ -72,6 +72,9 @@ pub enum Error {
         /// OS error.
         source: io::Error,
     },
+    /// A lock was poisoned by a panicking thread.
+    #[error("{0} lock poisoned")]
+    Poisoned(&'static str),
     /// The vhost-user daemon failed.
     #[error("vhost-user: {0}")]
     VhostUser(String),

@@ -170,6 +170,8 @@ pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Largest number of queues per disk.
 pub const MAX_QUEUES: u16 = 64;
+/// Largest number of queue pairs per vhost-user NIC (2N+1 virtqueues with the control queue).
+pub const MAX_NET_QUEUE_PAIRS: u16 = 8;
 
 /// What the guest sees for a file-backed disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -223,10 +225,10 @@ impl DiskConfig {
 }
 
 fn parse_count(key: &str, value: &str, max: u16, pow2: bool) -> Result<u16, ConfigError> {
-    let expected = if pow2 {
-        "a power of two from 1 to 32768"
-    } else {
-        "a number from 1 to 64"
+    let expected = match (pow2, max) {
+        (true, _) => "a power of two from 1 to 32768",
+        (false, MAX_NET_QUEUE_PAIRS) => "a number from 1 to 8",
+        (false, _) => "a number from 1 to 64",
     };
     let bad = || ConfigError::BadValue {
         key: key.to_string(),
@@ -364,7 +366,8 @@ pub struct VhostUserNetConfig {
     pub socket: PathBuf,
     /// MAC address given to the guest (default: the backend's, else the guest picks one).
     pub mac: Option<[u8; 6]>,
-    /// Queue pairs requested (only 1 is supported without a control queue).
+    /// Queue pairs (default 1); more than one needs a backend that serves the control
+    /// queue (VIRTIO_NET_F_CTRL_VQ with MQ).
     pub queues: Option<u16>,
     /// Virtqueue size (power of two).
     pub queue_size: u16,
@@ -408,7 +411,7 @@ impl FromStr for VhostUserNetConfig {
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
                 "socket" => return Err(ConfigError::MissingOption("socket")),
                 "mac" => mac = Some(parse_mac(key, value)?),
-                "queues" => queues = Some(parse_count(key, value, MAX_QUEUES, false)?),
+                "queues" => queues = Some(parse_count(key, value, MAX_NET_QUEUE_PAIRS, false)?),
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
@@ -551,6 +554,12 @@ mod tests {
             err("vhost_user=on,socket=/s,mac=5:54:00:ab:cd:ef"),
             ConfigError::BadValue { .. }
         ));
+        let n: NetConfig = "vhost_user=on,socket=/s,queues=8".parse().unwrap();
+        assert!(matches!(n, NetConfig::VhostUser(c) if c.queues == Some(8)));
+        for bad in ["queues=0", "queues=9", "queues=two"] {
+            let e = err(&format!("vhost_user=on,socket=/s,{bad}"));
+            assert!(e.to_string().contains("a number from 1 to 8"), "{bad}: {e}");
+        }
     }
 
     #[test]

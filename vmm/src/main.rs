@@ -69,7 +69,8 @@ struct RunArgs {
     #[arg(long = "device")]
     devices: Vec<DeviceConfig>,
     /// A NIC (repeatable): virtio-net served by a vhost-user backend,
-    /// vhost_user=on,socket=PATH[,mac=MAC][,queues=1][,queue_size=M],
+    /// vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M] (N queue pairs, at
+    /// most 8; N>1 needs a backend serving the control queue),
     /// or a TAP interface, tap=NAME[,mac=MAC][,model=virtio|e1000].
     #[arg(long = "net")]
     nets: Vec<NetConfig>,

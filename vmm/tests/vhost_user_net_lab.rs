@@ -125,3 +125,138 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
     }
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
 }
+
+/// `ok` of the `rx` or `tx` snapshot in the backend's "queue counters pair=N" log line.
+fn pair_ok(console: &str, pair: u16, dir: &str) -> u64 {
+    let tag = format!("pair={pair} ");
+    let line = console
+        .lines()
+        .find(|l| l.contains("queue counters") && l.contains(&tag))
+        .unwrap_or_else(|| panic!("no counters for pair {pair} in:\n{console}"));
+    snapshot_field(line, &format!("{dir}=StatsSnapshot {{"), "ok")
+        .unwrap_or_else(|| panic!("no {dir} ok count in {line:?}"))
+}
+
+/// `field: N` inside the `{ ... }` that follows `start` in `line`.
+fn snapshot_field(line: &str, start: &str, field: &str) -> Option<u64> {
+    let body = &line[line.find(start)? + start.len()..];
+    let body = &body[..body.find('}')?];
+    body.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once(':')?;
+        (k.trim() == field).then(|| v.trim().parse().ok())?
+    })
+}
+
+#[test]
+fn vmm_guest_uses_two_queue_pairs_with_the_backend_control_queue() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One iperf3 client per vCPU: the driver maps CPU k to transmit queue k (XPS), and the
+    // TAP sends a flow's replies to the queue it came from, so both pairs carry both ways.
+    let guest = r#"
+ip link set eth0 up
+ip addr add 10.0.0.2/24 dev eth0
+echo "GUEST-QUEUES=$(ls /sys/class/net/eth0/queues | tr '\n' ' ')"
+echo "GUEST-COMBINED=$(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)"
+echo "GUEST-XPS=$(cat /sys/class/net/eth0/queues/tx-*/xps_cpus | tr '\n' ' ')"
+ping -c 2 -W 5 10.0.0.1
+echo PING-STATUS=$?
+for dir in TX RX; do
+    flag=; [ $dir = RX ] && flag=-R
+    taskset 1 iperf3 -c 10.0.0.1 -p 5201 -t 3 -i 0 -P 4 -J $flag > /tmp/a.json &
+    A=$!
+    taskset 2 iperf3 -c 10.0.0.1 -p 5202 -t 3 -i 0 -P 4 -J $flag > /tmp/b.json &
+    B=$!
+    wait $A; echo "IPERF-$dir-A-STATUS=$?"
+    wait $B; echo "IPERF-$dir-B-STATUS=$?"
+    echo "IPERF-$dir-A=$(tr -d '\n' < /tmp/a.json)"
+    echo "IPERF-$dir-B=$(tr -d '\n' < /tmp/b.json)"
+done
+"#;
+    let initrd = guest_initramfs(
+        &images,
+        guest,
+        true,
+        Cpio::new(),
+        &dir.path().join("g.cpio"),
+    )
+    .expect("guest initramfs");
+    let script = format!(
+        r#"
+export NO_COLOR=1
+/lab/bin/vhost-user-net --socket /tmp/vn.sock --tap tap0 --mac 52:54:00:aa:bb:02 --queues 2 > /tmp/vn.log 2>&1 &
+VN=$!
+for i in $(seq 100); do [ -S /tmp/vn.sock ] && break; sleep 0.1; done
+ip addr add 10.0.0.1/24 dev tap0
+ip link set tap0 up
+iperf3 -s -D -p 5201
+iperf3 -s -D -p 5202
+RUST_LOG=${{RUST_LOG:-vmm=info}} /lab/bin/vmm run --kernel {LAB_GUEST_KERNEL} \
+    --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 768M \
+    --net vhost_user=on,socket=/tmp/vn.sock,queues=2 2>&1 | tee /tmp/vmm.log
+echo VMM-EXIT-STATUS=$?
+sleep 1
+kill $VN 2>/dev/null
+sleep 0.5
+echo '--- backend log'
+cat /tmp/vn.log
+grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
+"#
+    );
+    let run = LabHost::new(&images)
+        .memory_mib(3072)
+        .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
+        .binary(our_backend(), "/lab/bin")
+        .with_guest(&initrd)
+        .script(script)
+        .timeout(Duration::from_secs(400))
+        .run()
+        .unwrap_or_else(|e| panic!("lab run: {e}"));
+    eprintln!("lab run took {:.1?}", run.duration);
+    let c = &run.console;
+    assert_eq!(
+        value(c, "GUEST-QUEUES="),
+        Some("rx-0 rx-1 tx-0 tx-1"),
+        "{c}"
+    );
+    assert_eq!(value(c, "GUEST-COMBINED="), Some("2"), "{c}");
+    assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
+    for dir in ["TX", "RX"] {
+        for client in ["A", "B"] {
+            let key = format!("IPERF-{dir}-{client}");
+            assert_eq!(value(c, &format!("{key}-STATUS=")), Some("0"), "{c}");
+            let bps = iperf_bps(c, &format!("{key}="), false);
+            eprintln!(
+                "RESULT {key}: {:.1} Mbit/s (nested TCG, relative only)",
+                bps / 1e6
+            );
+        }
+    }
+    for l in c.lines().filter(|l| {
+        ["counters", "queue pairs", "GUEST-QUEUES", "GUEST-XPS"]
+            .iter()
+            .any(|k| l.contains(k))
+    }) {
+        eprintln!("{l}");
+    }
+    // The guest asked for both pairs through the backend's control queue...
+    let ctrl = c
+        .lines()
+        .find(|l| l.contains("control queue counters"))
+        .unwrap_or_else(|| panic!("no control queue counters:\n{c}"));
+    assert!(ctrl.contains("active_pairs=2"), "{ctrl}");
+    assert!(
+        snapshot_field(ctrl, "ctrl=StatsSnapshot {", "ok").is_some_and(|n| n >= 1),
+        "{ctrl}"
+    );
+    // ...and both pairs carried frames both ways.
+    for pair in 0..2 {
+        let (rx, tx) = (pair_ok(c, pair, "rx"), pair_ok(c, pair, "tx"));
+        eprintln!("pair {pair}: rx ok {rx}, tx ok {tx}");
+        assert!(
+            rx > 0 && tx > 0,
+            "pair {pair} idle (rx {rx}, tx {tx}):\n{c}"
+        );
+    }
+    assert_eq!(run.status, 0, "lab script failed:\n{c}");
+}

@@ -1,6 +1,13 @@
 //! The vhost-user-net device: features, config space, one TAP queue, one transmit [`Engine`]
 //! and one [`RxPath`] per queue pair, each pair served by its own vhost-user-backend worker
 //! thread (`net-q<N>`).
+//!
+//! With several pairs the device also offers VIRTIO_NET_F_CTRL_VQ and serves the control
+//! queue (index 2N, on the thread of pair 0, see [`CtrlQueue`]). Pairs past the number the
+//! driver set with `VQ_PAIRS_SET` are inactive: their TAP queue is detached
+//! (`TUNSETQUEUE`), so the kernel steers no flow to them, and their receive path is stopped.
+//! A frontend that keeps the control queue itself (QEMU acks MQ but not CTRL_VQ) switches
+//! pairs with `SET_VRING_ENABLE`; then every pair stays attached.
 
 use std::cell::Cell;
 use std::io;
@@ -19,7 +26,9 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{device_features, offload_features, RxPath, Tap, TxHandler, TX_MAX_IOV};
+use super::{
+    device_features, has, offload_features, CtrlQueue, RxPath, Tap, TxHandler, TX_MAX_IOV,
+};
 use crate::engine::{Engine, EngineConfig, QueueStats, VhostMem, VringQueue};
 use crate::{Error, Result};
 use std::os::fd::{OwnedFd, RawFd};
@@ -99,6 +108,9 @@ pub struct NetBackend {
     tx: Vec<Mutex<TxEngine>>,
     rx: Vec<Mutex<RxPath>>,
     stats: Vec<PairStats>,
+    ctrl: Option<Mutex<CtrlQueue>>,
+    /// Queue pairs in use (the rest are detached and stopped).
+    active: Mutex<u16>,
     mem: RwLock<GuestMemoryAtomic<VhostMem>>,
 }
 
@@ -110,6 +122,12 @@ thread_local! {
 const RX_VRING: u16 = 0;
 /// Local vring index of the transmit queue.
 const TX_VRING: u16 = 1;
+/// Local vring index of the control queue in the thread of pair 0.
+const CTRL_VRING: u16 = 2;
+
+fn poisoned<T>(what: &'static str) -> impl FnOnce(std::sync::PoisonError<T>) -> Error {
+    move |_| Error::Poisoned(what)
+}
 
 impl NetBackend {
     /// Open the TAP queues and build the device.
@@ -166,7 +184,7 @@ impl NetBackend {
 
         let mut features = device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if multi {
-            features |= 1 << VIRTIO_NET_F_MQ;
+            features |= (1 << VIRTIO_NET_F_MQ) | (1 << VIRTIO_NET_F_CTRL_VQ);
         }
         if link {
             features &= !offload_features();
@@ -204,6 +222,11 @@ impl NetBackend {
             )?));
             stats.push(st);
         }
+        let ctrl = multi.then(|| {
+            let st = Arc::new(QueueStats::default());
+            Mutex::new(CtrlQueue::new(opts.queue_pairs, acked.clone(), st))
+        });
+        let active = Mutex::new(opts.queue_pairs);
         Ok(Self {
             opts,
             features,
@@ -213,6 +236,8 @@ impl NetBackend {
             tx,
             rx,
             stats,
+            ctrl,
+            active,
             mem: RwLock::new(GuestMemoryAtomic::new(VhostMem::default())),
         })
     }
@@ -236,9 +261,66 @@ impl NetBackend {
         ))
     }
 
-    /// epoll `data` of the transmit completion eventfd (the receive one is this + 1).
+    /// epoll `data` of the transmit completion eventfd (the receive one is this + 1); past
+    /// the range vhost-user-backend reserves for the queues and its exit event.
     pub fn tx_completion_event(&self) -> u16 {
-        2 * self.opts.queue_pairs + 1
+        self.vring_count() + 1
+    }
+
+    /// Number of virtqueues: two per pair, plus the control queue.
+    fn vring_count(&self) -> u16 {
+        2 * self.opts.queue_pairs + u16::from(self.ctrl.is_some())
+    }
+
+    /// Queue pairs currently in use.
+    pub fn active_pairs(&self) -> Result<u16> {
+        Ok(*self.active.lock().map_err(poisoned("active pairs"))?)
+    }
+
+    /// Use pairs `0..n` only: stop the receive path and detach the TAP queue of the pairs
+    /// past `n`, attach and restart those below it. Pairs already in the wanted state are
+    /// left alone.
+    pub fn set_active_pairs(&self, n: u16) -> Result<()> {
+        if n == 0 || n > self.opts.queue_pairs {
+            return Err(Error::InvalidConfig(format!(
+                "{n} active pairs out of 1..={}",
+                self.opts.queue_pairs
+            )));
+        }
+        let mut active = self.active.lock().map_err(poisoned("active pairs"))?;
+        let mut result = Ok(());
+        // Receive stops before the TAP queue goes, so no read is issued on a detached queue.
+        for k in (n..*active).rev() {
+            let k = usize::from(k);
+            self.rx[k]
+                .lock()
+                .map_err(poisoned("rx"))?
+                .set_active(false)?;
+            if let PortFd::Tap(tap) = &self.ports[k] {
+                if let Err(e) = tap.set_attached(false) {
+                    tracing::error!(pair = k, "{e}");
+                    result = Err(e);
+                }
+            }
+        }
+        for k in *active..n {
+            let i = usize::from(k);
+            if let PortFd::Tap(tap) = &self.ports[i] {
+                if let Err(e) = tap.set_attached(true) {
+                    *active = k;
+                    return Err(e);
+                }
+            }
+            self.rx[i]
+                .lock()
+                .map_err(poisoned("rx"))?
+                .set_active(true)?;
+        }
+        if *active != n {
+            tracing::info!(from = *active, to = n, "active queue pairs changed");
+        }
+        *active = n;
+        result
     }
 
     fn rx_completion_event(&self) -> u16 {
@@ -250,6 +332,12 @@ impl NetBackend {
         for (q, s) in self.stats.iter().enumerate() {
             tracing::info!(pair = q, rx = ?s.rx.snapshot(), tx = ?s.tx.snapshot(), "queue counters");
         }
+        if let Some(ctrl) = &self.ctrl {
+            if let Ok(c) = ctrl.lock() {
+                let active = self.active_pairs().unwrap_or_default();
+                tracing::info!(active_pairs = active, ctrl = ?c.stats().snapshot(), "control queue counters");
+            }
+        }
     }
 }
 
@@ -258,7 +346,7 @@ impl VhostUserBackend for NetBackend {
     type Vring = VringRwLock<GuestMemoryAtomic<VhostMem>>;
 
     fn num_queues(&self) -> usize {
-        2 * usize::from(self.opts.queue_pairs)
+        usize::from(self.vring_count())
     }
 
     fn max_queue_size(&self) -> usize {
@@ -283,6 +371,17 @@ impl VhostUserBackend for NetBackend {
             features = format_args!("{features:#x}"),
             "driver features acked"
         );
+        // With our control queue the driver starts on one pair and asks for more with
+        // VQ_PAIRS_SET; a frontend that acks MQ without CTRL_VQ manages pairs itself; without
+        // MQ only the first pair exists for the driver.
+        let pairs = if has(features, VIRTIO_NET_F_MQ) && !has(features, VIRTIO_NET_F_CTRL_VQ) {
+            self.opts.queue_pairs
+        } else {
+            1
+        };
+        if let Err(e) = self.set_active_pairs(pairs) {
+            tracing::error!("{e}");
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -315,9 +414,13 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.opts.queue_pairs)
+        let mut masks: Vec<u64> = (0..self.opts.queue_pairs)
             .map(|q| 0b11u64 << (2 * q))
-            .collect()
+            .collect();
+        if let (Some(_), Some(first)) = (&self.ctrl, masks.first_mut()) {
+            *first |= 1u64 << (2 * self.opts.queue_pairs);
+        }
+        masks
     }
 
     fn handle_event(
@@ -360,6 +463,15 @@ impl VhostUserBackend for NetBackend {
                 .map_err(|_| io::Error::other("poisoned"))?;
             let mut q = VringQueue::new(vring, &mem);
             tx.process(&mut q).map_err(io::Error::other)
+        } else if device_event == CTRL_VRING && thread_id == 0 {
+            let (Some(ctrl), Some(vring)) = (&self.ctrl, vrings.get(usize::from(CTRL_VRING)))
+            else {
+                return Ok(());
+            };
+            let mut ctrl = ctrl.lock().map_err(|_| io::Error::other("poisoned"))?;
+            let mut q = VringQueue::new(vring, &mem);
+            ctrl.process(&mut q, |n| self.set_active_pairs(n))
+                .map_err(io::Error::other)
         } else {
             Ok(())
         }

@@ -8,6 +8,7 @@
 //! `num_buffers` is filled in by this device on receive.
 
 mod backend;
+mod ctrl;
 mod hdr;
 mod rx;
 mod tap;
@@ -16,6 +17,7 @@ mod tests;
 mod tx;
 
 pub use backend::{NetBackend, NetOptions, PairStats, Port};
+pub use ctrl::CtrlQueue;
 pub use hdr::{HdrError, VnetHdr};
 pub use rx::RxPath;
 pub use tap::Tap;
@@ -40,8 +42,8 @@ pub const DEFAULT_MTU: u16 = 1500;
 /// Largest iovec count for one transmitted frame.
 pub const TX_MAX_IOV: usize = 64;
 
-/// The virtio-net feature bits this device can offer (without `VIRTIO_NET_F_MQ`, which
-/// depends on the queue count).
+/// The virtio-net feature bits this device can offer (without `VIRTIO_NET_F_MQ` and
+/// `VIRTIO_NET_F_CTRL_VQ`, which depend on the queue count).
 pub fn device_features() -> u64 {
     use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
     use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};

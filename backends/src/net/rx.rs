@@ -52,6 +52,9 @@ pub struct RxPath {
     ready: VecDeque<(usize, usize)>,
     /// A read failed: submit no more until the driver kicks again.
     read_error: bool,
+    /// Whether the queue pair is in use (VIRTIO_NET_CTRL_MQ); an inactive queue takes no
+    /// frames and no buffers.
+    active: bool,
     completion: EventFd,
     /// Receive chains reserved from the driver, oldest first (`held[..nheld]`; the vector
     /// keeps its entries to reuse their allocations).
@@ -89,6 +92,7 @@ impl RxPath {
             inflight: 0,
             ready: VecDeque::with_capacity(READ_SLOTS),
             read_error: false,
+            active: true,
             completion,
             held: Vec::new(),
             nheld: 0,
@@ -113,6 +117,31 @@ impl RxPath {
     /// Whether a read is outstanding on the TAP.
     pub fn reading(&self) -> bool {
         self.inflight > 0
+    }
+
+    /// Start or stop receiving (virtio 1.2 §5.1.6.5.5: no frames on receive queues past the
+    /// active pairs). Stopping drops the frames that wait for buffers (outstanding reads are
+    /// left to finish, their frames dropped); starting wakes the queue's thread through the
+    /// completion eventfd so it resumes at once.
+    pub fn set_active(&mut self, active: bool) -> Result<()> {
+        if active == self.active {
+            return Ok(());
+        }
+        self.active = active;
+        if active {
+            self.completion.write(1).map_err(Error::EventFd)?;
+        } else {
+            self.drop_ready();
+        }
+        Ok(())
+    }
+
+    /// Drop every frame read but not delivered.
+    fn drop_ready(&mut self) {
+        while let Some((slot, _)) = self.ready.pop_front() {
+            QueueStats::inc(&self.stats.dropped);
+            self.free.push(slot);
+        }
     }
 
     fn fault(&mut self, head: u16, why: &dyn std::fmt::Display) {
@@ -311,11 +340,17 @@ impl RxPath {
 
     /// Move frames from the TAP into `q` until the TAP is empty (reads are outstanding) or
     /// the driver has no buffers left; signal the driver once. Call on every kick of the
-    /// receive queue and every completion eventfd event.
+    /// receive queue and every completion eventfd event. An inactive queue only reaps
+    /// outstanding reads (dropping their frames).
     pub fn process<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
         if self.completion.read().is_err() {
             // Not a completion: a kick, which also restarts reading after an error.
             self.read_error = false;
+        }
+        if !self.active {
+            self.reap();
+            self.drop_ready();
+            return self.flush(q);
         }
         q.disable_notification()?;
         let mut moved = 0usize;

@@ -128,6 +128,28 @@ impl Tap {
         ok
     }
 
+    /// Attach this queue to the interface or detach it (`TUNSETQUEUE`): the kernel steers
+    /// frames only to attached queues. Only for queues opened with `multi_queue`.
+    pub fn set_attached(&self, attached: bool) -> Result<()> {
+        let mut req = IfReq::new(&self.name)?;
+        let flags = if attached {
+            libc::IFF_ATTACH_QUEUE
+        } else {
+            libc::IFF_DETACH_QUEUE
+        };
+        req.data[..2].copy_from_slice(&(flags as u16).to_ne_bytes());
+        // SAFETY: TUNSETQUEUE reads one `struct ifreq` (only its flags), which `req` is laid
+        // out as; the fd is ours.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNSETQUEUE, &mut req) };
+        if rc < 0 {
+            return Err(tap_err(&self.name, "TUNSETQUEUE")(
+                io::Error::last_os_error(),
+            ));
+        }
+        tracing::debug!(tap = %self.name, attached, "TAP queue attach state set");
+        Ok(())
+    }
+
     /// Set the interface MTU (`SIOCSIFMTU`).
     pub fn set_mtu(&self, mtu: u16) -> Result<()> {
         let mut req = IfReq::new(&self.name)?;

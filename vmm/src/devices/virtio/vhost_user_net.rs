@@ -1,6 +1,11 @@
-//! virtio-net served by an external vhost-user backend (one queue pair, no control queue):
-//! like [`super::vhost_user_blk`], this side only negotiates, shares guest memory and hands
-//! the backend the rings and kick/call eventfds; frames never pass through the VMM.
+//! virtio-net served by an external vhost-user backend: like [`super::vhost_user_blk`],
+//! this side only negotiates, shares guest memory and hands the backend the rings and
+//! kick/call eventfds; frames never pass through the VMM.
+//!
+//! With `queues=N` (N>1) the device has N queue pairs and a control queue (index 2N), and
+//! offers VIRTIO_NET_F_MQ and VIRTIO_NET_F_CTRL_VQ: the backend must offer both and serve
+//! the control queue itself (VQ_PAIRS_SET), so the control path stays out of the VMM too.
+//! The control queue is handed over like any other queue (ioeventfd kick, irqfd call).
 //!
 //! The device config (MAC, status, max_virtqueue_pairs, MTU) is built here: the MAC from
 //! `--net mac=` (or the backend's config when it offers one), the MTU from the backend's
@@ -24,7 +29,7 @@ pub const NET_CONFIG_LEN: usize = 12;
 /// Features passed from the backend to the guest: the data-path net bits the backend
 /// implements, indirect descriptors, event index, VERSION_1. Not the control-queue family
 /// (CTRL_VQ, CTRL_RX, CTRL_VLAN, GUEST_ANNOUNCE, MQ, CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS):
-/// this VMM has no control queue yet, so the guest sees one queue pair.
+/// CTRL_VQ and MQ are added by [`MQ_FEATURES`] for more than one pair, the rest never.
 const GUEST_FEATURE_MASK: u64 = VIRTIO_F_VERSION_1
     | 1 << VIRTIO_NET_F_CSUM
     | 1 << VIRTIO_NET_F_GUEST_CSUM
@@ -41,11 +46,16 @@ const GUEST_FEATURE_MASK: u64 = VIRTIO_F_VERSION_1
     | 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC
     | 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
+/// Multiqueue: the backend serves the control queue and its `VQ_PAIRS_SET`.
+const MQ_FEATURES: u64 = 1 << VIRTIO_NET_F_MQ | 1 << VIRTIO_NET_F_CTRL_VQ;
+
 /// A vhost-user-net device.
 pub struct VhostUserNet {
     link: VhostUserLink,
     /// Features offered to the guest.
     offered: u64,
+    /// Virtqueues: 2 per pair, plus the control queue with several pairs.
+    num_queues: u16,
     queue_size: u16,
     config: [u8; NET_CONFIG_LEN],
 }
@@ -55,10 +65,13 @@ impl VhostUserNet {
     /// on the guest driver.
     pub fn connect(cfg: &VhostUserNetConfig, index: usize) -> Result<Self, VirtioError> {
         let socket = cfg.socket.display().to_string();
+        let pairs = cfg.queues.unwrap_or(1);
+        // Data queues plus the control queue when there are several pairs.
+        let num_queues = if pairs > 1 { 2 * pairs + 1 } else { 2 };
         let mut link = VhostUserLink::connect(
             &cfg.socket,
             format!("vhost-user-net{index} {socket}"),
-            2,
+            u64::from(num_queues),
             VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK,
@@ -71,10 +84,31 @@ impl VhostUserNet {
         let protocol = link.protocol;
         let features = link.backend_features;
         let frontend = &mut link.frontend;
-        if let Some(q) = cfg.queues.filter(|&q| q > 1) {
-            return Err(missing(format!(
-                "queues={q}: this VMM has no virtio-net control queue yet, only 1 queue pair"
-            )));
+        if pairs > 1 {
+            if !protocol.contains(VhostUserProtocolFeatures::MQ) {
+                return Err(missing(format!(
+                    "queues={pairs} needs VHOST_USER_PROTOCOL_F_MQ, which the backend lacks"
+                )));
+            }
+            if features & MQ_FEATURES != MQ_FEATURES {
+                return Err(missing(format!(
+                    "queues={pairs} needs a backend offering VIRTIO_NET_F_MQ and \
+                     VIRTIO_NET_F_CTRL_VQ (it serves the control queue); this one offers {}",
+                    if features & (1 << VIRTIO_NET_F_MQ) != 0 {
+                        "MQ without CTRL_VQ"
+                    } else {
+                        "neither"
+                    }
+                )));
+            }
+            let backend_queues = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
+            if backend_queues < u64::from(num_queues) {
+                return Err(missing(format!(
+                    "queues={pairs} needs {num_queues} virtqueues (with the control queue) \
+                     but the backend serves {backend_queues}; start it with --queues {pairs} \
+                     or more"
+                )));
+            }
         }
         let mut config = [0u8; NET_CONFIG_LEN];
         if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
@@ -90,6 +124,9 @@ impl VhostUserNet {
             config[..n].copy_from_slice(&payload[..n]);
         }
         let mut offered = features & GUEST_FEATURE_MASK;
+        if pairs > 1 {
+            offered |= MQ_FEATURES;
+        }
         if let Some(mac) = cfg.mac {
             config[..6].copy_from_slice(&mac);
             offered |= 1 << VIRTIO_NET_F_MAC;
@@ -101,13 +138,13 @@ impl VhostUserNet {
             offered &= !(1 << VIRTIO_NET_F_MTU);
         }
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        config[8..10].copy_from_slice(&1u16.to_le_bytes());
-        link.set_num_queues(2)?;
+        config[8..10].copy_from_slice(&pairs.to_le_bytes());
+        link.set_num_queues(usize::from(num_queues))?;
         let mac = &config[..6];
         let mtu = u16::from_le_bytes([config[10], config[11]]);
         tracing::info!(
             "vhost-user-net{index} {socket}: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, \
-             mtu {mtu}, queue size {}, backend features {features:#x}, guest features \
+             mtu {mtu}, {pairs} queue pair(s) of {}, backend features {features:#x}, guest features \
              {offered:#x}, protocol {:#x}",
             mac[0],
             mac[1],
@@ -121,6 +158,7 @@ impl VhostUserNet {
         Ok(Self {
             link,
             offered,
+            num_queues,
             queue_size: cfg.queue_size,
             config,
         })
@@ -137,7 +175,7 @@ impl VirtioBackend for VhostUserNet {
     }
 
     fn num_queues(&self) -> u16 {
-        2
+        self.num_queues
     }
 
     fn queue_max_size(&self) -> u16 {
@@ -156,8 +194,8 @@ impl VirtioBackend for VhostUserNet {
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        // virtio-net's config is read-only for the driver (MAC changes go through the
-        // control queue, which this device does not have).
+        // virtio-net's config is read-only for the driver (MAC changes would go through
+        // the control queue, with CTRL_MAC_ADDR, which is not offered).
         tracing::debug!("{}: ignored config write at {offset:#x}", self.link.name);
     }
 
