@@ -7,17 +7,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, Images, LabHost, GUEST_EXIT_MARKER};
+use lab::{guest_initramfs, Cpio, LabHost, GUEST_EXIT_MARKER};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn images() -> Option<Images> {
-    if lab::qemu_binary().is_none() {
-        eprintln!("SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-        return None;
-    }
-    Some(Images::ensure_default().unwrap_or_else(|e| panic!("lab images: {e}")))
-}
 
 const MAC: &str = "52:54:00:12:34:56";
 
@@ -88,7 +80,7 @@ fn run_lab(
     device_props: &str,
     reference: bool,
 ) -> Option<lab::LabRun> {
-    let images = images()?;
+    let images = lab::test_images()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let initrd = guest_initramfs(
@@ -111,30 +103,9 @@ fn run_lab(
     Some(run)
 }
 
-fn value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
-    console
-        .lines()
-        .find_map(|l| l.find(key).map(|i| l[i + key.len()..].trim()))
-}
-
 /// Parse one iperf3 JSON report printed as `KEY{...}`; returns bits per second received.
 fn iperf(console: &str, key: &str, udp: bool) -> f64 {
-    let raw = value(console, key).unwrap_or_else(|| panic!("no {key} in console:\n{console}"));
-    let json: serde_json::Value =
-        serde_json::from_str(raw).unwrap_or_else(|e| panic!("{key} is not JSON ({e}): {raw}"));
-    assert!(json.get("error").is_none(), "{key} iperf3 error: {json}");
-    let end = &json["end"];
-    let bps = if udp {
-        let sum = &end["sum"];
-        let lost = sum["lost_percent"].as_f64().unwrap_or(100.0);
-        eprintln!("{key} UDP lost {lost:.1}%");
-        sum["bits_per_second"].as_f64()
-    } else {
-        end["sum_received"]["bits_per_second"].as_f64()
-    }
-    .unwrap_or_else(|| panic!("{key}: no bits_per_second in {json}"));
-    assert!(bps > 0.0, "{key}: zero throughput: {json}");
-    bps
+    lab::iperf3_bits_per_second(console, key, udp).unwrap_or_else(|e| panic!("{e}:\n{console}"))
 }
 
 const GUEST_NET: &str = r#"
@@ -182,7 +153,11 @@ fn qemu_guest_pings_and_runs_iperf3_over_vhost_user_net() {
             "offload bit {bit} not negotiated: {acked:#x}"
         );
     }
-    assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
+    assert_eq!(
+        lab::console_value(c, "PING-STATUS="),
+        Some("0"),
+        "ping failed:\n{c}"
+    );
     let tx = iperf(c, "IPERF-TCP=", false);
     let rx = iperf(c, "IPERF-TCPR=", false);
     let udp = iperf(c, "IPERF-UDP=", true);
@@ -193,7 +168,7 @@ fn qemu_guest_pings_and_runs_iperf3_over_vhost_user_net() {
         udp / 1e6
     );
     // Same guest, QEMU's own virtio-net on a TAP, same lab run: ratios, not absolutes.
-    if value(c, "REF: IPERF-TCP=").is_some() {
+    if lab::console_value(c, "REF: IPERF-TCP=").is_some() {
         let r_tx = iperf(c, "REF: IPERF-TCP=", false);
         let r_rx = iperf(c, "REF: IPERF-TCPR=", false);
         let r_udp = iperf(c, "REF: IPERF-UDP=", true);
@@ -233,7 +208,11 @@ fn qemu_guest_with_offloads_off_pings_and_runs_iperf3() {
             "offload bit {bit} negotiated: {acked:#x}"
         );
     }
-    assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
+    assert_eq!(
+        lab::console_value(c, "PING-STATUS="),
+        Some("0"),
+        "ping failed:\n{c}"
+    );
     let tx = iperf(c, "IPERF-TCP=", false);
     let rx = iperf(c, "IPERF-TCPR=", false);
     let udp = iperf(c, "IPERF-UDP=", true);
@@ -260,9 +239,9 @@ echo PING-STATUS=$?
         return;
     };
     let c = &run.console;
-    assert_eq!(value(c, "GUEST-mtu "), Some("9000"), "{c}");
+    assert_eq!(lab::console_value(c, "GUEST-mtu "), Some("9000"), "{c}");
     assert_eq!(
-        value(c, "PING-STATUS="),
+        lab::console_value(c, "PING-STATUS="),
         Some("0"),
         "jumbo ping failed:\n{c}"
     );
@@ -273,7 +252,9 @@ echo PING-STATUS=$?
 /// iperf3 against it (TCP both ways, UDP).
 #[test]
 fn link_mode_two_qemu_guests_ping_and_iperf3() {
-    let Some(images) = images() else { return };
+    let Some(images) = lab::test_images() else {
+        return;
+    };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let guest = r#"
 ip link set eth0 up
@@ -365,7 +346,11 @@ grep -q '{marker}0' /lab/a.log && grep -q '{marker}0' /lab/b.log
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
     let c = &run.console;
-    assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
+    assert_eq!(
+        lab::console_value(c, "PING-STATUS="),
+        Some("0"),
+        "ping failed:\n{c}"
+    );
     let tx = iperf(c, "IPERF-TCP=", false);
     let rx = iperf(c, "IPERF-TCPR=", false);
     let udp = iperf(c, "IPERF-UDP=", true);

@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, Images, LabHost, LabRun, GUEST_EXIT_MARKER};
+use lab::{guest_initramfs, Cpio, LabHost, LabRun, GUEST_EXIT_MARKER};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -21,14 +21,6 @@ const PATTERN_LEN: usize = 64 << 10;
 /// keep it under ~90 s on a loaded 2-core machine.
 const FIO_IO_4K: u64 = 16 << 20;
 const FIO_IO_128K: u64 = 32 << 20;
-
-fn images() -> Option<Images> {
-    if lab::qemu_binary().is_none() {
-        eprintln!("SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-        return None;
-    }
-    Some(Images::ensure_default().unwrap_or_else(|e| panic!("lab images: {e}")))
-}
 
 /// A deterministic, non-repeating-per-block pattern (xorshift), so misplaced blocks show.
 fn pattern() -> Vec<u8> {
@@ -59,7 +51,7 @@ fn run_with_qemu_frontend(
     prefill: &str,
     after: &str,
 ) -> Option<LabRun> {
-    let images = images()?;
+    let images = lab::test_images()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let mut extra = Cpio::new();

@@ -13,11 +13,13 @@
 //! # Ok::<(), lab::LabError>(())
 //! ```
 
+mod console;
 mod cpio;
 mod error;
 mod host;
 mod images;
 
+pub use console::{console_value, iperf3_bits_per_second, test_images};
 pub use cpio::{shared_libraries, Cpio};
 pub use error::{LabError, Result};
 pub use host::{

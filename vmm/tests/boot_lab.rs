@@ -6,19 +6,11 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, Images, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
+use lab::{guest_initramfs, Cpio, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const VMM_IN_LAB: &str = "/lab/bin/vmm";
-
-fn images() -> Option<Images> {
-    if lab::qemu_binary().is_none() {
-        eprintln!("SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-        return None;
-    }
-    Some(Images::ensure_default().unwrap_or_else(|e| panic!("lab images: {e}")))
-}
 
 /// Where the VMM can boot Linux: directly on hardware KVM, else inside the lab.
 fn direct_mode() -> bool {
@@ -52,7 +44,7 @@ fn boot_guest(guest_script: &str, vmm_args: &str) -> Option<GuestRun> {
 }
 
 fn boot_guest_with(format: KernelFormat, guest_script: &str, vmm_args: &str) -> Option<GuestRun> {
-    let images = images()?;
+    let images = lab::test_images()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let initrd = guest_initramfs(
@@ -177,7 +169,9 @@ fn guest_panic_makes_vmm_fail_with_a_message() {
 
 #[test]
 fn check_inside_the_lab_reports_hardware_svm_and_vfio() {
-    let Some(images) = images() else { return };
+    let Some(images) = lab::test_images() else {
+        return;
+    };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let run = LabHost::new(&images)
         .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")

@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, Images, LabHost, LabRun, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
+use lab::{guest_initramfs, Cpio, LabHost, LabRun, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -19,14 +19,6 @@ const PATTERN_LEN: usize = 1 << 20;
 /// fio works on [FIO_OFFSET_MIB, FIO_OFFSET_MIB + FIO_MIB) so the pattern survives.
 const FIO_OFFSET_MIB: u64 = 8;
 const FIO_MIB: u64 = 32;
-
-fn images() -> Option<Images> {
-    if lab::qemu_binary().is_none() {
-        eprintln!("SKIP: qemu-system-x86_64 is not installed");
-        return None;
-    }
-    Some(Images::ensure_default().unwrap_or_else(|e| panic!("lab images: {e}")))
-}
 
 /// Deterministic, incompressible-looking bytes.
 fn pattern() -> Vec<u8> {
@@ -87,7 +79,7 @@ fn guest_script(dev: &str) -> String {
 }
 
 fn run(disk_opts: &str, script: &str, tools: bool) -> Option<Outcome> {
-    let images = images()?;
+    let images = lab::test_images()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let mut extra = Cpio::new();

@@ -6,21 +6,13 @@
 
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, Images, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
+use lab::{guest_initramfs, Cpio, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
 
 const BACKING_SIZE: u64 = 128 << 20;
 /// Where the guest writes the dd pattern (beyond fio's 64 MiB).
 const PATTERN_OFFSET: usize = 96 << 20;
 /// Seconds (lab clock) before a still-running VMM is dumped and killed.
 const WATCHDOG_SECS: u32 = 150;
-
-fn images() -> Option<Images> {
-    if lab::qemu_binary().is_none() {
-        eprintln!("SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-        return None;
-    }
-    Some(Images::ensure_default().unwrap_or_else(|e| panic!("lab images: {e}")))
-}
 
 fn pattern() -> Vec<u8> {
     let mut x: u32 = 0x9e37_79b9;
@@ -103,15 +95,11 @@ test -b /dev/nvme0n1 && echo "HOST-NVME-BACK=yes"
     )
 }
 
-fn value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
-    console
-        .lines()
-        .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
-}
-
 #[test]
 fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
-    let Some(images) = images() else { return };
+    let Some(images) = lab::test_images() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let backing = dir.path().join("nvme.img");
     std::fs::File::create(&backing)
@@ -183,38 +171,39 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
         eprintln!("  | {l}");
     }
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
-    let refused = value(c, "REFUSED-WHILE-NVME:").unwrap_or_default();
+    let refused = lab::console_value(c, "REFUSED-WHILE-NVME:").unwrap_or_default();
     assert!(
         refused.contains("is bound to nvme, not vfio-pci") && refused.contains("vfio-bind.sh"),
         "vmm must refuse a device still bound to nvme:\n{c}"
     );
-    assert_eq!(value(c, "GUEST-NVME="), Some("present"), "{c}");
+    assert_eq!(lab::console_value(c, "GUEST-NVME="), Some("present"), "{c}");
     assert_eq!(
-        value(c, "FIO-VERIFY-EXIT="),
+        lab::console_value(c, "FIO-VERIFY-EXIT="),
         Some("0"),
         "fio verify failed:\n{c}"
     );
     assert_eq!(
-        value(c, "FIO-VERIFY-ERR="),
+        lab::console_value(c, "FIO-VERIFY-ERR="),
         Some("0"),
         "fio reported errors:\n{c}"
     );
-    let irqs: u64 = value(c, "NVME-IRQ-TOTAL=")
+    let irqs: u64 = lab::console_value(c, "NVME-IRQ-TOTAL=")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no interrupt count:\n{c}"));
     assert!(irqs > 0, "no nvme MSI-X interrupts in the guest:\n{c}");
     assert_eq!(
-        value(c, "VMM-EXIT-STATUS="),
+        lab::console_value(c, "VMM-EXIT-STATUS="),
         Some("0"),
         "vmm did not exit 0:\n{c}"
     );
-    assert_eq!(value(c, "DRIVER-AFTER="), Some("nvme"), "{c}");
-    assert_eq!(value(c, "HOST-NVME-BACK="), Some("yes"), "{c}");
-    let iops: f64 = value(c, "FIO-READ-IOPS=")
+    assert_eq!(lab::console_value(c, "DRIVER-AFTER="), Some("nvme"), "{c}");
+    assert_eq!(lab::console_value(c, "HOST-NVME-BACK="), Some("yes"), "{c}");
+    let iops: f64 = lab::console_value(c, "FIO-READ-IOPS=")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(iops > 0.0, "no randread result:\n{c}");
-    let host_iops: Option<f64> = value(c, "HOST-READ-IOPS=").and_then(|v| v.parse().ok());
+    let host_iops: Option<f64> =
+        lab::console_value(c, "HOST-READ-IOPS=").and_then(|v| v.parse().ok());
     eprintln!(
         "VFIO NVMe, 4k randread qd32 (lab, relative only): guest via passthrough {iops} IOPS; \
          lab host's own nvme driver {host_iops:?} IOPS (ratio {:.2}); guest nvme interrupts {irqs}",
@@ -234,7 +223,9 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
 /// refused with the group, the other device and its driver named.
 #[test]
 fn group_with_a_device_on_a_host_driver_is_refused() {
-    let Some(images) = images() else { return };
+    let Some(images) = lab::test_images() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut lab = LabHost::new(&images)
         .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
@@ -299,11 +290,11 @@ echo "DRIVERS-AFTER=$(basename $(readlink /sys/bus/pci/devices/$a/driver)),$(bas
     }) {
         eprintln!("  | {l}");
     }
-    let other = value(c, "OTHER=").expect("OTHER=");
-    let group = value(c, "GROUPS=")
+    let other = lab::console_value(c, "OTHER=").expect("OTHER=");
+    let group = lab::console_value(c, "GROUPS=")
         .and_then(|g| g.split(',').next())
         .expect("GROUPS=");
-    let refused = value(c, "NOT-VIABLE:").unwrap_or_default();
+    let refused = lab::console_value(c, "NOT-VIABLE:").unwrap_or_default();
     assert!(
         refused.contains(&format!("IOMMU group {group} of "))
             && refused.contains(&format!(
@@ -311,10 +302,14 @@ echo "DRIVERS-AFTER=$(basename $(readlink /sys/bus/pci/devices/$a/driver)),$(bas
             )),
         "{c}"
     );
-    let both = value(c, "BOTH-BOUND:").unwrap_or_default();
+    let both = lab::console_value(c, "BOTH-BOUND:").unwrap_or_default();
     assert!(
         both.starts_with("vmm: error:") && !both.contains("viable") && !both.contains("vfio-pci"),
         "with the whole group on vfio-pci only the kernel should fail:\n{c}"
     );
-    assert_eq!(value(c, "DRIVERS-AFTER="), Some("nvme,nvme"), "{c}");
+    assert_eq!(
+        lab::console_value(c, "DRIVERS-AFTER="),
+        Some("nvme,nvme"),
+        "{c}"
+    );
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, Images, LabHost, LabRun, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
+use lab::{guest_initramfs, Cpio, LabHost, LabRun, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -17,14 +17,6 @@ const DISK_MIB: u64 = 64;
 /// Where the pattern goes on the disk (bytes) and its length.
 const PATTERN_OFFSET: u64 = 1 << 20;
 const PATTERN_LEN: usize = 1 << 20;
-
-fn images() -> Option<Images> {
-    if lab::qemu_binary().is_none() {
-        eprintln!("SKIP: qemu-system-x86_64 is not installed");
-        return None;
-    }
-    Some(Images::ensure_default().unwrap_or_else(|e| panic!("lab images: {e}")))
-}
 
 /// Deterministic, incompressible-looking bytes.
 fn pattern() -> Vec<u8> {
@@ -100,7 +92,7 @@ impl Outcome {
 }
 
 fn run(sc: Scenario<'_>) -> Option<Outcome> {
-    let images = images()?;
+    let images = lab::test_images()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let mut extra = Cpio::new();

@@ -8,15 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, Images, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
-
-fn images() -> Option<Images> {
-    if lab::qemu_binary().is_none() {
-        eprintln!("SKIP: qemu-system-x86_64 is not installed");
-        return None;
-    }
-    Some(Images::ensure_default().unwrap_or_else(|e| panic!("lab images: {e}")))
-}
+use lab::{guest_initramfs, Cpio, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
 
 fn our_backend() -> PathBuf {
     let p = lab::repo_root().join("target/debug/vhost-user-net");
@@ -28,32 +20,15 @@ fn our_backend() -> PathBuf {
     p
 }
 
-fn value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
-    console
-        .lines()
-        .find_map(|l| l.find(key).map(|i| l[i + key.len()..].trim()))
-}
-
 fn iperf_bps(console: &str, key: &str, udp: bool) -> f64 {
-    let raw = value(console, key).unwrap_or_else(|| panic!("no {key} in console:\n{console}"));
-    let json: serde_json::Value =
-        serde_json::from_str(raw).unwrap_or_else(|e| panic!("{key} is not JSON ({e}): {raw}"));
-    assert!(json.get("error").is_none(), "{key} iperf3 error: {json}");
-    let sum = if udp {
-        &json["end"]["sum"]
-    } else {
-        &json["end"]["sum_received"]
-    };
-    let bps = sum["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key}: no bits_per_second in {json}"));
-    assert!(bps > 0.0, "{key}: zero throughput: {json}");
-    bps
+    lab::iperf3_bits_per_second(console, key, udp).unwrap_or_else(|e| panic!("{e}:\n{console}"))
 }
 
 #[test]
 fn vmm_guest_pings_and_runs_iperf3_over_vhost_user_net() {
-    let Some(images) = images() else { return };
+    let Some(images) = lab::test_images() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let guest = r#"
 ip link set eth0 up
@@ -107,9 +82,17 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
     eprintln!("lab run took {:.1?}", run.duration);
     let c = &run.console;
     // The backend's MAC and MTU reach the guest through GET_CONFIG.
-    assert_eq!(value(c, "GUEST-MAC="), Some("52:54:00:aa:bb:01"), "{c}");
-    assert_eq!(value(c, "GUEST-MTU="), Some("1500"), "{c}");
-    assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
+    assert_eq!(
+        lab::console_value(c, "GUEST-MAC="),
+        Some("52:54:00:aa:bb:01"),
+        "{c}"
+    );
+    assert_eq!(lab::console_value(c, "GUEST-MTU="), Some("1500"), "{c}");
+    assert_eq!(
+        lab::console_value(c, "PING-STATUS="),
+        Some("0"),
+        "ping failed:\n{c}"
+    );
     let tx = iperf_bps(c, "IPERF-TCP=", false);
     let rx = iperf_bps(c, "IPERF-TCPR=", false);
     let udp = iperf_bps(c, "IPERF-UDP=", true);
@@ -149,7 +132,9 @@ fn snapshot_field(line: &str, start: &str, field: &str) -> Option<u64> {
 
 #[test]
 fn vmm_guest_uses_two_queue_pairs_with_the_backend_control_queue() {
-    let Some(images) = images() else { return };
+    let Some(images) = lab::test_images() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     // One iperf3 client per vCPU: the driver maps CPU k to transmit queue k (XPS), and the
     // TAP sends a flow's replies to the queue it came from, so both pairs carry both ways.
@@ -215,16 +200,24 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
     eprintln!("lab run took {:.1?}", run.duration);
     let c = &run.console;
     assert_eq!(
-        value(c, "GUEST-QUEUES="),
+        lab::console_value(c, "GUEST-QUEUES="),
         Some("rx-0 rx-1 tx-0 tx-1"),
         "{c}"
     );
-    assert_eq!(value(c, "GUEST-COMBINED="), Some("2"), "{c}");
-    assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
+    assert_eq!(lab::console_value(c, "GUEST-COMBINED="), Some("2"), "{c}");
+    assert_eq!(
+        lab::console_value(c, "PING-STATUS="),
+        Some("0"),
+        "ping failed:\n{c}"
+    );
     for dir in ["TX", "RX"] {
         for client in ["A", "B"] {
             let key = format!("IPERF-{dir}-{client}");
-            assert_eq!(value(c, &format!("{key}-STATUS=")), Some("0"), "{c}");
+            assert_eq!(
+                lab::console_value(c, &format!("{key}-STATUS=")),
+                Some("0"),
+                "{c}"
+            );
             let bps = iperf_bps(c, &format!("{key}="), false);
             eprintln!(
                 "RESULT {key}: {:.1} Mbit/s (nested TCG, relative only)",

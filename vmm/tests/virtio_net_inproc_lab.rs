@@ -8,42 +8,17 @@
 
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, Images, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
-
-fn images() -> Option<Images> {
-    if lab::qemu_binary().is_none() {
-        eprintln!("SKIP: qemu-system-x86_64 is not installed");
-        return None;
-    }
-    Some(Images::ensure_default().unwrap_or_else(|e| panic!("lab images: {e}")))
-}
-
-fn value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
-    console
-        .lines()
-        .find_map(|l| l.find(key).map(|i| l[i + key.len()..].trim()))
-}
+use lab::{guest_initramfs, Cpio, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
 
 fn iperf_bps(console: &str, key: &str, udp: bool) -> f64 {
-    let raw = value(console, key).unwrap_or_else(|| panic!("no {key} in console:\n{console}"));
-    let json: serde_json::Value =
-        serde_json::from_str(raw).unwrap_or_else(|e| panic!("{key} is not JSON ({e}): {raw}"));
-    assert!(json.get("error").is_none(), "{key} iperf3 error: {json}");
-    let sum = if udp {
-        &json["end"]["sum"]
-    } else {
-        &json["end"]["sum_received"]
-    };
-    let bps = sum["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key}: no bits_per_second in {json}"));
-    assert!(bps > 0.0, "{key}: zero throughput: {json}");
-    bps
+    lab::iperf3_bits_per_second(console, key, udp).unwrap_or_else(|e| panic!("{e}:\n{console}"))
 }
 
 #[test]
 fn vmm_guest_pings_and_runs_iperf3_over_in_vmm_virtio_net() {
-    let Some(images) = images() else { return };
+    let Some(images) = lab::test_images() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let guest = r#"
 for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done
@@ -105,14 +80,30 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
     let c = &run.console;
-    assert_eq!(value(c, "NIC-DRIVER="), Some("virtio_net"), "{c}");
-    assert_eq!(value(c, "NIC-PCI-ID="), Some("0x1af4:0x1041"), "{c}");
-    assert_eq!(value(c, "GUEST-MAC="), Some("52:54:00:aa:bb:02"), "{c}");
-    assert_eq!(value(c, "GUEST-MTU="), Some("1500"), "{c}");
-    assert_eq!(value(c, "NET-THREAD="), Some("net-q0"), "{c}");
-    assert_eq!(value(c, "PING-STATUS="), Some("0"), "ping failed:\n{c}");
     assert_eq!(
-        value(c, "PING-BIG-STATUS="),
+        lab::console_value(c, "NIC-DRIVER="),
+        Some("virtio_net"),
+        "{c}"
+    );
+    assert_eq!(
+        lab::console_value(c, "NIC-PCI-ID="),
+        Some("0x1af4:0x1041"),
+        "{c}"
+    );
+    assert_eq!(
+        lab::console_value(c, "GUEST-MAC="),
+        Some("52:54:00:aa:bb:02"),
+        "{c}"
+    );
+    assert_eq!(lab::console_value(c, "GUEST-MTU="), Some("1500"), "{c}");
+    assert_eq!(lab::console_value(c, "NET-THREAD="), Some("net-q0"), "{c}");
+    assert_eq!(
+        lab::console_value(c, "PING-STATUS="),
+        Some("0"),
+        "ping failed:\n{c}"
+    );
+    assert_eq!(
+        lab::console_value(c, "PING-BIG-STATUS="),
         Some("0"),
         "ping -s 1400 failed:\n{c}"
     );
@@ -132,6 +123,6 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
     {
         eprintln!("{l}");
     }
-    assert_eq!(value(c, "VMM-EXIT-STATUS="), Some("0"), "{c}");
+    assert_eq!(lab::console_value(c, "VMM-EXIT-STATUS="), Some("0"), "{c}");
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
 }
