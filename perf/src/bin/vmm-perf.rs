@@ -666,8 +666,8 @@ fn net(a: NetArgs) -> perf::Result<()> {
         a.tap, a.duration, a.queue_size, a.batch, a.repeat
     );
     println!(
-        "{:<8} {:<5} {:<3} {:>9} {:>9} {:>12} {:>10} {:>10}",
-        "frame", "path", "dir", "Mpps", "Gbit/s", "frames", "tap", "tap drop"
+        "{:<8} {:<5} {:<3} {:>9} {:>9} {:>12} {:>10} {:>10} {:>10}",
+        "frame", "path", "dir", "Mpps", "Gbit/s", "frames", "tap", "tap drop", "cpu ns/f"
     );
     let row = |r: &NetRun| {
         let (tap, drop) = match r.direction {
@@ -675,7 +675,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
             Direction::Rx => (r.tap.tx_packets, r.tap.tx_dropped),
         };
         println!(
-            "{:<8} {:<5} {:<3} {:>9.3} {:>9.2} {:>12} {:>10} {:>10}",
+            "{:<8} {:<5} {:<3} {:>9.3} {:>9.2} {:>12} {:>10} {:>10} {:>10.0}",
             r.frame.name(),
             match r.path {
                 Path::Ours => "ours",
@@ -689,7 +689,8 @@ fn net(a: NetArgs) -> perf::Result<()> {
             r.gbps,
             r.counts.frames,
             tap,
-            drop
+            drop,
+            r.cpu_ns_per_frame.unwrap_or(f64::NAN)
         );
     };
     let mut runs: Vec<NetRun> = Vec::new();
@@ -725,10 +726,15 @@ fn net(a: NetArgs) -> perf::Result<()> {
         a.repeat
     );
     println!(
-        "| frame | ours TX Mpps | ours TX Gbit/s | raw TX Mpps | raw TX Gbit/s | TX ours/raw | ours RX Mpps | ours RX Gbit/s | raw RX Mpps | raw RX Gbit/s | RX ours/raw |"
+        "| frame | ours TX Mpps (Gbit/s) | raw TX Mpps (Gbit/s) | TX ours/raw | TX CPU ns/frame ours / raw | ours RX Mpps (Gbit/s) | raw RX Mpps (Gbit/s) | RX ours/raw |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let fmt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    let rate = |r: Option<&NetRun>| {
+        r.map_or("-".to_string(), |r| {
+            format!("{:.3} ({:.2})", r.mpps, r.gbps)
+        })
+    };
     let mut medians = Vec::new();
     let mut ratios = Vec::new();
     for &kind in &kinds {
@@ -741,23 +747,32 @@ fn net(a: NetArgs) -> perf::Result<()> {
                 .map(|(o, r)| o.mpps / r.mpps)
         };
         let (tx_ratio, rx_ratio) = (ratio(otx, rtx), ratio(orx, rrx));
+        // Median CPU per frame over all runs (not only the median-rate run).
+        let cpu = |p| {
+            let mut v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.path == p && r.direction == Direction::Tx && r.frame == kind)
+                .filter_map(|r| r.cpu_ns_per_frame)
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
         println!(
-            "| {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | **{}** | {} / {} | {} | {} | {} |",
             kind.name(),
-            fmt(otx.map(|r| r.mpps), 3),
-            fmt(otx.map(|r| r.gbps), 2),
-            fmt(rtx.map(|r| r.mpps), 3),
-            fmt(rtx.map(|r| r.gbps), 2),
+            rate(otx),
+            rate(rtx),
             fmt(tx_ratio, 2),
-            fmt(orx.map(|r| r.mpps), 3),
-            fmt(orx.map(|r| r.gbps), 2),
-            fmt(rrx.map(|r| r.mpps), 3),
-            fmt(rrx.map(|r| r.gbps), 2),
+            fmt(cpu(Path::Ours), 0),
+            fmt(cpu(Path::Raw), 0),
+            rate(orx),
+            rate(rrx),
             fmt(rx_ratio, 2),
         );
         medians.extend([otx, rtx, orx, rrx].into_iter().flatten().cloned());
         ratios.push(serde_json::json!({
             "frame": kind, "tx_ours_over_raw": tx_ratio, "rx_ours_over_raw": rx_ratio,
+            "tx_cpu_ns_per_frame_ours": cpu(Path::Ours), "tx_cpu_ns_per_frame_raw": cpu(Path::Raw),
         }));
     }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -355,7 +355,9 @@ impl Driver {
             let want = if stopping {
                 outstanding
             } else {
-                (outstanding - outstanding / 4).max(batch - free.len() as u16).min(outstanding)
+                (outstanding - outstanding / 4)
+                    .max(batch - free.len() as u16)
+                    .min(outstanding)
             };
             q.ring.arm_interrupt(m, want)?;
             if !q.ring.has_used(m)? {

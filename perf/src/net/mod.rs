@@ -91,19 +91,22 @@ pub struct NetRun {
     pub tap: TapCounters,
     /// Frames the `AF_PACKET` sender got into the stack (receive only).
     pub injected: Option<u64>,
+    /// CPU time per frame in ns: backend process + generator thread (ours), the raw
+    /// thread (raw). Machine-noise independent, unlike the rates.
+    pub cpu_ns_per_frame: Option<f64>,
 }
 
 impl NetRun {
-    fn new(
-        path: Path,
-        direction: Direction,
-        frame: FrameKind,
-        rep: usize,
-        counts: Counts,
-        tap: TapCounters,
-        injected: Option<u64>,
-    ) -> NetRun {
+    fn new(path: Path, direction: Direction, frame: FrameKind, rep: usize, phase: Phase) -> NetRun {
+        let Phase {
+            counts,
+            tap,
+            injected,
+            cpu,
+        } = phase;
+        let per_frame = |c: Duration| c.as_nanos() as f64 / counts.frames.max(1) as f64;
         NetRun {
+            cpu_ns_per_frame: cpu.map(per_frame),
             path,
             direction,
             frame,
@@ -115,6 +118,14 @@ impl NetRun {
             injected,
         }
     }
+}
+
+/// What one phase measured.
+struct Phase {
+    counts: Counts,
+    tap: TapCounters,
+    injected: Option<u64>,
+    cpu: Option<Duration>,
 }
 
 /// Benchmark settings.
@@ -143,6 +154,7 @@ impl NetBench {
     pub fn run_ours(&self, tap: &SinkTap, kind: FrameKind, rep: usize) -> Result<Vec<NetRun>> {
         let socket = self.run_dir.join("net.sock");
         let _ = std::fs::remove_file(&socket);
+        tap.wait_free()?;
         let mut child = Command::new(&self.backend_bin)
             .arg("--socket")
             .arg(&socket)
@@ -158,26 +170,34 @@ impl NetBench {
             .stdin(Stdio::null())
             .spawn()
             .map_err(io_err(format!("spawn {}", self.backend_bin.display())))?;
+        let pid = child.id();
         let res = wait_for_socket(&socket, Some(&mut child)).and_then(|()| {
             let mem = driver::NetMem::new(self.queue_size, kind)?;
             let mut drv = driver::Driver::connect(&socket, mem, self.event_idx)?;
             let mut runs = Vec::new();
             let before = tap.counters()?;
+            let cpu = CpuMeter::start(Some(pid));
             let tx = drv.transmit(self.duration, self.batch)?;
+            let cpu = cpu.used();
             let tap_tx = tap.counters()?.since(&before);
             runs.push(NetRun::new(
                 Path::Ours,
                 Direction::Tx,
                 kind,
                 rep,
-                tx,
-                tap_tx,
-                None,
+                Phase {
+                    counts: tx,
+                    tap: tap_tx,
+                    injected: None,
+                    cpu,
+                },
             ));
             if self.rx {
                 let inj = inject::Injector::start(tap.ifindex()?, kind)?;
                 let before = tap.counters()?;
+                let cpu = CpuMeter::start(Some(pid));
                 let rx = drv.receive(self.duration, self.batch);
+                let cpu = cpu.used();
                 let tap_rx = tap.counters()?.since(&before);
                 let injected = inj.stop()?;
                 runs.push(NetRun::new(
@@ -185,9 +205,12 @@ impl NetBench {
                     Direction::Rx,
                     kind,
                     rep,
-                    rx?,
-                    tap_rx,
-                    Some(injected),
+                    Phase {
+                        counts: rx?,
+                        tap: tap_rx,
+                        injected: Some(injected),
+                        cpu,
+                    },
                 ));
             }
             Ok(runs)
@@ -203,21 +226,28 @@ impl NetBench {
         let q = tap.attach(driver::wanted_features(self.event_idx))?;
         let mut runs = Vec::new();
         let before = tap.counters()?;
+        let cpu = CpuMeter::start(None);
         let tx = raw::transmit(&q, &mem, self.duration, self.batch)?;
+        let cpu = cpu.used();
         let tap_tx = tap.counters()?.since(&before);
         runs.push(NetRun::new(
             Path::Raw,
             Direction::Tx,
             kind,
             rep,
-            tx,
-            tap_tx,
-            None,
+            Phase {
+                counts: tx,
+                tap: tap_tx,
+                injected: None,
+                cpu,
+            },
         ));
         if self.rx {
             let inj = inject::Injector::start(tap.ifindex()?, kind)?;
             let before = tap.counters()?;
+            let cpu = CpuMeter::start(None);
             let rx = raw::receive(&q, self.duration, self.batch);
+            let cpu = cpu.used();
             let tap_rx = tap.counters()?.since(&before);
             let injected = inj.stop()?;
             runs.push(NetRun::new(
@@ -225,12 +255,64 @@ impl NetBench {
                 Direction::Rx,
                 kind,
                 rep,
-                rx?,
-                tap_rx,
-                Some(injected),
+                Phase {
+                    counts: rx?,
+                    tap: tap_rx,
+                    injected: Some(injected),
+                    cpu,
+                },
             ));
         }
         Ok(runs)
+    }
+}
+
+/// CPU time (user + system) this thread has used.
+fn thread_cpu() -> Duration {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time (user + system, all threads) of process `pid`, from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1)))
+}
+
+/// CPU used since `start` by this thread and (if given) process `pid`.
+struct CpuMeter {
+    pid: Option<u32>,
+    thread: Duration,
+    process: Option<Duration>,
+}
+
+impl CpuMeter {
+    fn start(pid: Option<u32>) -> CpuMeter {
+        CpuMeter {
+            pid,
+            thread: thread_cpu(),
+            process: pid.and_then(process_cpu),
+        }
+    }
+
+    fn used(&self) -> Option<Duration> {
+        let thread = thread_cpu().saturating_sub(self.thread);
+        match (self.pid, self.process) {
+            (None, _) => Some(thread),
+            (Some(pid), Some(before)) => Some(thread + process_cpu(pid)?.saturating_sub(before)),
+            (Some(_), None) => None,
+        }
     }
 }
 
@@ -268,13 +350,16 @@ mod tests {
                 Direction::Tx,
                 FrameKind::Small,
                 rep,
-                Counts {
-                    frames: mpps_frames,
-                    bytes: 0,
-                    seconds: 1.0,
+                Phase {
+                    counts: Counts {
+                        frames: mpps_frames,
+                        bytes: 0,
+                        seconds: 1.0,
+                    },
+                    tap: TapCounters::default(),
+                    injected: None,
+                    cpu: None,
                 },
-                TapCounters::default(),
-                None,
             )
         };
         let runs = vec![run(3, 0), run(1, 1), run(2, 2)];

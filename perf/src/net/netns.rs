@@ -178,10 +178,34 @@ impl SinkTap {
         Ok(())
     }
 
+    /// Open a queue of the TAP, waiting up to 3 s while another user still holds it (a
+    /// process's io_uring with a read outstanding on the TAP is torn down asynchronously
+    /// after the process exits).
+    fn open_queue(&self) -> Result<Tap> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            match Tap::open(&self.name, false) {
+                Ok(tap) => return Ok(tap),
+                Err(backends::Error::Tap { source, .. })
+                    if source.raw_os_error() == Some(libc::EBUSY)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(Error::Backend(format!("TAP: {e}"))),
+            }
+        }
+    }
+
+    /// Wait until nobody is attached to the TAP (before starting a backend on it).
+    pub fn wait_free(&self) -> Result<()> {
+        self.open_queue().map(drop)
+    }
+
     /// Attach one queue with a 12-byte vnet header and the TUN offloads that `features`
     /// (virtio-net feature bits) imply — what our backend does when the driver acks them.
     pub fn attach(&self, features: u64) -> Result<Tap> {
-        let tap = Tap::open(&self.name, false).map_err(|e| Error::Backend(format!("TAP: {e}")))?;
+        let tap = self.open_queue()?;
         tap.set_offload(features)
             .map_err(|e| Error::Backend(format!("TAP: {e}")))?;
         Ok(tap)
@@ -209,7 +233,7 @@ impl SinkTap {
 
 impl Drop for SinkTap {
     fn drop(&mut self) {
-        match Tap::open(&self.name, false) {
+        match self.open_queue() {
             // SAFETY: TUNSETPERSIST takes an int by value; the fd is a live TAP queue.
             Ok(tap) => unsafe {
                 libc::ioctl(tap.as_raw_fd(), libc::TUNSETPERSIST, 0 as libc::c_ulong);
