@@ -722,13 +722,13 @@ fn net(a: NetArgs) -> perf::Result<()> {
     }
     println!();
     println!(
-        "median of {} runs (Gbit/s = Ethernet frame bytes, no virtio header/FCS):",
+        "median of {} runs (Gbit/s = Ethernet frame bytes, no virtio header/FCS; ours/raw = median of the per-run ratios; CPU ns/frame: backend + generator vs raw thread, raw/ours = the rate ratio if both were CPU-bound):",
         a.repeat
     );
     println!(
-        "| frame | ours TX Mpps (Gbit/s) | raw TX Mpps (Gbit/s) | TX ours/raw | TX CPU ns/frame ours / raw | ours RX Mpps (Gbit/s) | raw RX Mpps (Gbit/s) | RX ours/raw |"
+        "| frame | ours TX Mpps (Gbit/s) | raw TX Mpps (Gbit/s) | TX ours/raw | TX CPU ns/frame ours / raw (raw/ours) | ours RX Mpps (Gbit/s) | raw RX Mpps (Gbit/s) | RX ours/raw | RX CPU ns/frame ours / raw (raw/ours) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let fmt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
     let rate = |r: Option<&NetRun>| {
         r.map_or("-".to_string(), |r| {
@@ -741,38 +741,39 @@ fn net(a: NetArgs) -> perf::Result<()> {
         let m = |p, d| net::median(&runs, p, d, kind);
         let (otx, rtx) = (m(Path::Ours, Direction::Tx), m(Path::Raw, Direction::Tx));
         let (orx, rrx) = (m(Path::Ours, Direction::Rx), m(Path::Raw, Direction::Rx));
-        let ratio = |o: Option<&NetRun>, r: Option<&NetRun>| {
-            o.zip(r)
-                .filter(|(_, r)| r.mpps > 0.0)
-                .map(|(o, r)| o.mpps / r.mpps)
-        };
-        let (tx_ratio, rx_ratio) = (ratio(otx, rtx), ratio(orx, rrx));
-        // Median CPU per frame over all runs (not only the median-rate run).
-        let cpu = |p| {
-            let mut v: Vec<f64> = runs
-                .iter()
-                .filter(|r| r.path == p && r.direction == Direction::Tx && r.frame == kind)
-                .filter_map(|r| r.cpu_ns_per_frame)
-                .collect();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied()
+        let (tx_ratio, rx_ratio) = (
+            net::paired_ratio(&runs, Direction::Tx, kind),
+            net::paired_ratio(&runs, Direction::Rx, kind),
+        );
+        let cpu = |p, d| net::median_cpu(&runs, p, d, kind);
+        let cpu_cell = |d| {
+            let (o, r) = (cpu(Path::Ours, d), cpu(Path::Raw, d));
+            format!(
+                "{} / {} ({})",
+                fmt(o, 0),
+                fmt(r, 0),
+                fmt(o.zip(r).map(|(o, r)| r / o), 2)
+            )
         };
         println!(
-            "| {} | {} | {} | **{}** | {} / {} | {} | {} | {} |",
+            "| {} | {} | {} | **{}** | {} | {} | {} | {} | {} |",
             kind.name(),
             rate(otx),
             rate(rtx),
             fmt(tx_ratio, 2),
-            fmt(cpu(Path::Ours), 0),
-            fmt(cpu(Path::Raw), 0),
+            cpu_cell(Direction::Tx),
             rate(orx),
             rate(rrx),
             fmt(rx_ratio, 2),
+            cpu_cell(Direction::Rx),
         );
         medians.extend([otx, rtx, orx, rrx].into_iter().flatten().cloned());
         ratios.push(serde_json::json!({
             "frame": kind, "tx_ours_over_raw": tx_ratio, "rx_ours_over_raw": rx_ratio,
-            "tx_cpu_ns_per_frame_ours": cpu(Path::Ours), "tx_cpu_ns_per_frame_raw": cpu(Path::Raw),
+            "tx_cpu_ns_per_frame_ours": cpu(Path::Ours, Direction::Tx),
+            "tx_cpu_ns_per_frame_raw": cpu(Path::Raw, Direction::Tx),
+            "rx_cpu_ns_per_frame_ours": cpu(Path::Ours, Direction::Rx),
+            "rx_cpu_ns_per_frame_raw": cpu(Path::Raw, Direction::Rx),
         }));
     }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -331,6 +331,44 @@ pub fn median(
     v.get(v.len() / 2).copied()
 }
 
+fn median_of(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// Median over repetitions of ours/raw frame rate, each ratio taken between the two runs of
+/// the same repetition (measured back to back, so they share the machine's load then).
+pub fn paired_ratio(runs: &[NetRun], direction: Direction, frame: FrameKind) -> Option<f64> {
+    let of = |path, rep| {
+        runs.iter().find(|r| {
+            r.path == path && r.direction == direction && r.frame == frame && r.rep == rep
+        })
+    };
+    let ratios = runs
+        .iter()
+        .filter(|r| r.path == Path::Ours && r.direction == direction && r.frame == frame)
+        .filter_map(|o| of(Path::Raw, o.rep).map(|r| (o, r)))
+        .filter(|(_, r)| r.mpps > 0.0)
+        .map(|(o, r)| o.mpps / r.mpps)
+        .collect();
+    median_of(ratios)
+}
+
+/// Median CPU time per frame (ns) of `path`/`direction`/`frame` over all repetitions.
+pub fn median_cpu(
+    runs: &[NetRun],
+    path: Path,
+    direction: Direction,
+    frame: FrameKind,
+) -> Option<f64> {
+    median_of(
+        runs.iter()
+            .filter(|r| r.path == path && r.direction == direction && r.frame == frame)
+            .filter_map(|r| r.cpu_ns_per_frame)
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,9 +400,20 @@ mod tests {
                 },
             )
         };
-        let runs = vec![run(3, 0), run(1, 1), run(2, 2)];
+        let mut runs = vec![run(3, 0), run(1, 1), run(2, 2)];
         let m = median(&runs, Path::Ours, Direction::Tx, FrameKind::Small).unwrap();
         assert_eq!(m.rep, 2);
         assert!(median(&runs, Path::Raw, Direction::Tx, FrameKind::Small).is_none());
+        assert!(paired_ratio(&runs, Direction::Tx, FrameKind::Small).is_none());
+        // Raw runs at 6, 1 and 4 frames/s: per-repetition ratios 0.5, 1, 0.5.
+        for (frames, rep) in [(6, 0), (1, 1), (4, 2)] {
+            let mut r = run(frames, rep);
+            r.path = Path::Raw;
+            runs.push(r);
+        }
+        assert_eq!(
+            paired_ratio(&runs, Direction::Tx, FrameKind::Small),
+            Some(0.5)
+        );
     }
 }
