@@ -94,11 +94,6 @@ impl NetMem {
         })
     }
 
-    /// The mapping.
-    pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
-    }
-
     /// Guest address of transmit slot `i` (`wire_len` bytes of virtio header + frame).
     pub fn tx_slot(&self, i: u16) -> GuestAddress {
         GuestAddress(self.tx_bufs.0 + u64::from(i) * self.tx_slot)
@@ -185,7 +180,6 @@ impl Queue {
 pub struct Driver {
     frontend: Frontend,
     mem: NetMem,
-    features: u64,
     rx: Queue,
     tx: Queue,
     socket: String,
@@ -285,16 +279,10 @@ impl Driver {
         Ok(Driver {
             frontend,
             mem,
-            features,
             rx,
             tx,
             socket: name,
         })
-    }
-
-    /// The acked virtio features.
-    pub fn features(&self) -> u64 {
-        self.features
     }
 
     /// Transmit for `duration`: keep the ring full of frames, reclaim used descriptors and

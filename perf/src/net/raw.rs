@@ -39,9 +39,9 @@ pub fn transmit(tap: &Tap, mem: &NetMem, duration: Duration, batch: u16) -> Resu
     loop {
         let stopping = Instant::now() >= deadline;
         let mut queued = 0;
-        while !stopping && free.len() >= usize::from(batch) {
+        'fill: while !stopping && free.len() >= usize::from(batch) {
             for _ in 0..batch {
-                let Some(i) = free.pop() else { break };
+                let Some(i) = free.pop() else { break 'fill };
                 let sqe = opcode::Writev::new(fd, &iov[usize::from(i)], 1)
                     .build()
                     .user_data(u64::from(i));
@@ -49,7 +49,7 @@ pub fn transmit(tap: &Tap, mem: &NetMem, duration: Duration, batch: u16) -> Resu
                 // of them (every write is reaped before this function returns).
                 if unsafe { ring.submission().push(&sqe) }.is_err() {
                     free.push(i);
-                    break;
+                    break 'fill;
                 }
                 queued += 1;
             }

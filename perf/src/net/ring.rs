@@ -139,11 +139,6 @@ impl DriverRing {
         })
     }
 
-    /// The queue's layout.
-    pub fn layout(&self) -> &RingLayout {
-        &self.layout
-    }
-
     /// Write descriptor `index`: one buffer at `addr` of `len` bytes, device-writable when
     /// `writable` (receive) or device-readable (transmit). No chaining.
     pub fn set_desc(
