@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use blkio::{Blkio, Blkioq, Completion, ReqFlags};
 use serde::Serialize;
 
-use crate::{io_err, Error, Result};
+use crate::{io_err, stop_child, wait_for_socket, Error, Result};
 
 const BS: usize = 4096;
 
@@ -119,9 +119,7 @@ impl BlkBench {
         }
         let res = self.drive(target, &socket, iodepth, queues);
         if let Some(mut s) = server {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(s.id() as i32, libc::SIGTERM) };
-            let _ = s.wait();
+            stop_child(&mut s, Duration::ZERO);
         }
         let _ = std::fs::remove_file(&socket);
         res
@@ -323,21 +321,4 @@ fn drive_queue(
         }
     }
     Ok(res)
-}
-
-fn wait_for_socket(socket: &Path, mut server: Option<&mut Child>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        if let Some(Ok(Some(st))) = server.as_mut().map(|s| s.try_wait()) {
-            return Err(Error::Backend(format!("exited before listening: {st}")));
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Backend(format!(
-                "socket {} did not appear",
-                socket.display()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
 }

@@ -1,0 +1,76 @@
+//! The net benchmark's load generator really moves frames through our vhost-user-net backend:
+//! a short, untimed run per frame size whose counts must agree with the TAP's own counters.
+//! Needs root and /dev/net/tun (skips otherwise) and `target/debug/vhost-user-net`
+//! (`cargo build -p backends`).
+
+use std::time::Duration;
+
+use perf::net::frame::FrameKind;
+use perf::net::netns::{self, Netns, SinkTap};
+use perf::net::{Direction, NetBench, NetRun, Path};
+
+fn bench(run_dir: &std::path::Path) -> NetBench {
+    let backend_bin = lab::repo_root().join("target/debug/vhost-user-net");
+    assert!(
+        backend_bin.is_file(),
+        "{} is missing: run `cargo build -p backends` first",
+        backend_bin.display()
+    );
+    NetBench {
+        backend_bin,
+        backend_args: Vec::new(),
+        duration: Duration::from_millis(300),
+        queue_size: 64,
+        batch: 8,
+        event_idx: true,
+        rx: true,
+        run_dir: run_dir.to_path_buf(),
+    }
+}
+
+fn check_tx(r: &NetRun, kind: FrameKind) {
+    let len = kind.frame_len() as u64;
+    assert!(r.counts.frames > 0, "{r:?}");
+    assert_eq!(r.counts.bytes, r.counts.frames * len, "{r:?}");
+    // Every frame the backend returned as used arrived at the TAP's kernel side, whole.
+    assert_eq!(r.tap.rx_packets, r.counts.frames, "{r:?}");
+    assert_eq!(r.tap.rx_bytes, r.counts.bytes, "{r:?}");
+    assert_eq!(r.tap.rx_dropped, 0, "{r:?}");
+}
+
+fn check_rx(r: &NetRun, kind: FrameKind) {
+    let len = kind.frame_len() as u64;
+    assert!(r.counts.frames > 0, "{r:?}");
+    // Frames come back whole (64 KiB TSO frames as one GSO frame over several buffers).
+    assert_eq!(r.counts.bytes, r.counts.frames * len, "{r:?}");
+    // Read from the TAP no fewer than were delivered; sent no fewer than were read.
+    assert!(r.tap.tx_packets >= r.counts.frames, "{r:?}");
+    assert!(r.injected.unwrap_or(0) >= r.tap.tx_packets, "{r:?}");
+}
+
+#[test]
+fn generator_frames_reach_the_tap_and_come_back() {
+    if let Some(why) = netns::preflight() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bench = bench(dir.path());
+    // This test thread only: a private namespace, so parallel tests cannot interfere.
+    let _ns = Netns::enter().expect("network namespace");
+    let tap = SinkTap::create("vptest0").expect("TAP");
+    for kind in FrameKind::ALL {
+        let runs = bench.run_ours(&tap, kind, 0).expect("our backend");
+        assert_eq!(runs.len(), 2);
+        for r in &runs {
+            assert_eq!(r.path, Path::Ours);
+            match r.direction {
+                Direction::Tx => check_tx(r, kind),
+                Direction::Rx => check_rx(r, kind),
+            }
+        }
+    }
+    let runs = bench.run_raw(&tap, FrameKind::Tso, 0).expect("raw");
+    check_tx(&runs[0], FrameKind::Tso);
+    check_rx(&runs[1], FrameKind::Tso);
+}
