@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, parse_marker, Cpio, Images, LabHost, GUEST_EXIT_MARKER};
+use lab::{console_value, guest_initramfs, parse_marker, Cpio, Images, LabHost, GUEST_EXIT_MARKER};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -38,13 +38,6 @@ fn run(lab: LabHost) -> lab::LabRun {
     }
 }
 
-/// Value of `KEY=` on the console (first occurrence).
-fn console_value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
-    console
-        .lines()
-        .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
-}
-
 #[test]
 fn lab_boots_with_kvm_and_nested_paging() {
     let Some(images) = images() else { return };
@@ -71,6 +64,27 @@ fn script_exit_status_is_reported() {
     let r = run(LabHost::new(&images).script("echo about to exit\nexit 7\n"));
     assert_eq!(r.status, 7);
     assert!(r.console.contains("about to exit"));
+}
+
+/// By default the script and its children run on lab CPU 0 only; opted out, on both CPUs.
+#[test]
+fn script_is_pinned_to_cpu0_unless_opted_out() {
+    let Some(images) = images() else { return };
+    let script = "sleep 0.1 & echo \"MASK=$(taskset -p $! | sed 's/.*: //')\"\n";
+    let pinned = run(LabHost::new(&images).script(script));
+    assert_eq!(
+        console_value(&pinned.console, "MASK="),
+        Some("1"),
+        "{}",
+        pinned.console
+    );
+    let spread = run(LabHost::new(&images).pin_to_one_cpu(false).script(script));
+    assert_eq!(
+        console_value(&spread.console, "MASK="),
+        Some("3"),
+        "{}",
+        spread.console
+    );
 }
 
 #[test]
