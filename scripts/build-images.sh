@@ -232,6 +232,10 @@ if need guest-base.cpio; then
 #!/bin/sh
 # Generic nested-guest init: modules, loopback, then /test.sh (if any) or a console shell.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+# `poweroff -f` does not wait for the serial console: the last lines (exit markers) could be
+# lost in the tty's transmit buffer. Re-applying the settings is a tcsetattr(TCSADRAIN), which
+# returns once the output is sent; the sleep covers a stty that cannot.
+drain_console() { stty "$(stty -g)" 2>/dev/null; sleep 0.3; }
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 mount -t proc proc /proc
@@ -251,6 +255,7 @@ if [ -f /test.sh ]; then
     rc=$?
     sync
     echo "GUEST-EXIT-STATUS=$rc"
+    drain_console
     poweroff -f
 fi
 echo "guest-init: no /test.sh, starting a shell"
@@ -314,6 +319,10 @@ if need lab-base.cpio; then
 #!/bin/sh
 # Lab host init: modules (KVM, VFIO, virtio, vhost), then /lab/run.sh from the per-run overlay.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+# `poweroff -f` does not wait for the serial console: the last lines (exit markers) could be
+# lost in the tty's transmit buffer. Re-applying the settings is a tcsetattr(TCSADRAIN), which
+# returns once the output is sent; the sleep covers a stty that cannot.
+drain_console() { stty "$(stty -g)" 2>/dev/null; sleep 0.3; }
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 mount -t proc proc /proc
@@ -337,6 +346,7 @@ if [ -f /lab/run.sh ]; then
     cd /
     sync
     echo "LAB-EXIT-STATUS=$rc"
+    drain_console
     poweroff -f
 fi
 echo "lab-init: no /lab/run.sh, starting a shell"
