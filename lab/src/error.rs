@@ -40,6 +40,13 @@ pub enum LabError {
         /// The last console lines.
         tail: String,
     },
+    /// The lab host's own kernel reported a soft lockup of a nested VMM's vCPU thread (stuck in
+    /// `KVM_RUN`: TCG's nested SVM stopped delivering exits); QEMU was killed at once.
+    #[error("the lab host kernel stalled in a nested VMM's KVM_RUN; last console lines:\n{tail}")]
+    LabHostStalled {
+        /// The last console lines.
+        tail: String,
+    },
     /// QEMU exited without the lab printing `LAB-EXIT-STATUS=N`.
     #[error(
         "lab ended without LAB-EXIT-STATUS marker ({qemu_status}); last console lines:\n{tail}"

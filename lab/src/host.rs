@@ -360,6 +360,11 @@ impl LabHost {
     /// panic on the console — seen intermittently under TCG on a loaded machine, e.g. "stack
     /// guard page was hit" inside KVM's SVM code), the run is repeated once, loudly. Every
     /// other failure, including a guest that panics inside the lab, is returned as it is.
+    ///
+    /// The same holds when the lab kernel reports a soft lockup of a nested VMM's own process
+    /// (`[vmm:…]` or `[qemu-system-x86…]` stuck in `KVM_RUN`, seen once in CI with QEMU 7.2's
+    /// TCG): the run is stopped at that line instead of waiting for the timeout, and repeated
+    /// once. A nested *guest's* lockup names a guest task and is not retried.
     pub fn run(&self) -> Result<LabRun> {
         match self.run_once() {
             Err(LabError::NoExitMarker { qemu_status, tail })
@@ -369,6 +374,14 @@ impl LabHost {
                 eprintln!(
                     "LAB HOST KERNEL PANIC ({qemu_status}) — infrastructure, not the test; \
                      retrying once. Console tail:\n{tail}"
+                );
+                self.run_once()
+            }
+            Err(LabError::LabHostStalled { tail }) => {
+                tracing::warn!("the lab host kernel stalled in KVM_RUN; retrying once");
+                eprintln!(
+                    "LAB HOST KERNEL STALL — infrastructure, not the test; retrying once. \
+                     Console tail:\n{tail}"
                 );
                 self.run_once()
             }
@@ -440,6 +453,12 @@ impl LabHost {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    if is_lab_host_stall(&line) {
+                        console.push_str(&line);
+                        return Err(LabError::LabHostStalled {
+                            tail: tail_lines(&console, 40),
+                        });
+                    }
                     if status.is_none() {
                         status = parse_marker(&line, EXIT_MARKER);
                         if status.is_some() {
@@ -497,6 +516,13 @@ impl LabHost {
             _tmp: tmp,
         })
     }
+}
+
+/// Whether `line` is the lab kernel reporting that a nested VMM's own process is stuck on a
+/// CPU (its vCPU thread never leaves `KVM_RUN`).
+fn is_lab_host_stall(line: &str) -> bool {
+    line.contains("soft lockup - CPU#")
+        && (line.contains("[vmm:") || line.contains("[qemu-system-x86"))
 }
 
 /// Parses the integer after `marker` anywhere in `line` (kernel messages may share the line).
@@ -585,6 +611,21 @@ mod tests {
         );
         assert_eq!(parse_marker("LAB-EXIT-STATUS=", EXIT_MARKER), None);
         assert_eq!(parse_marker("nothing", EXIT_MARKER), None);
+    }
+
+    #[test]
+    fn only_a_nested_vmm_process_stall_is_a_lab_host_stall() {
+        assert!(is_lab_host_stall(
+            "[  188.580621] watchdog: BUG: soft lockup - CPU#0 stuck for 48s! [vmm:138]"
+        ));
+        assert!(is_lab_host_stall(
+            "[ 90.1] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [qemu-system-x86:201]"
+        ));
+        // A nested guest's own lockup names a guest task: that is the test's business.
+        assert!(!is_lab_host_stall(
+            "[ 30.2] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [fio:77]"
+        ));
+        assert!(!is_lab_host_stall("vmm: starting [vmm:1]"));
     }
 
     #[test]
