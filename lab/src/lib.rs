@@ -28,6 +28,8 @@ pub use host::{
 };
 pub use images::{guest_initramfs, repo_root, Images};
 
+/// The marker the nested guest's `/init` prints once its modules are loaded, before `/test.sh`.
+pub const GUEST_BOOT_MARKER: &str = "GUEST-BOOT-OK uptime=";
 /// The marker the nested guest's `/init` prints after `/test.sh` returns.
 pub const GUEST_EXIT_MARKER: &str = "GUEST-EXIT-STATUS=";
 

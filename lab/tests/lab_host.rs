@@ -66,24 +66,24 @@ fn script_exit_status_is_reported() {
     assert!(r.console.contains("about to exit"));
 }
 
-/// By default the script and its children run on lab CPU 0 only; opted out, on both CPUs.
+/// By default the script and its children may run on both lab CPUs; pinned, on CPU 0 only.
 #[test]
-fn script_is_pinned_to_cpu0_unless_opted_out() {
+fn script_runs_on_both_cpus_unless_pinned() {
     let Some(images) = images() else { return };
     let script = "sleep 0.1 & echo \"MASK=$(taskset -p $! | sed 's/.*: //')\"\n";
-    let pinned = run(LabHost::new(&images).script(script));
-    assert_eq!(
-        console_value(&pinned.console, "MASK="),
-        Some("1"),
-        "{}",
-        pinned.console
-    );
-    let spread = run(LabHost::new(&images).pin_to_one_cpu(false).script(script));
+    let spread = run(LabHost::new(&images).script(script));
     assert_eq!(
         console_value(&spread.console, "MASK="),
         Some("3"),
         "{}",
         spread.console
+    );
+    let pinned = run(LabHost::new(&images).pin_to_one_cpu(true).script(script));
+    assert_eq!(
+        console_value(&pinned.console, "MASK="),
+        Some("1"),
+        "{}",
+        pinned.console
     );
 }
 

@@ -232,8 +232,6 @@ impl BootBench {
                     lab::LAB_GUEST_INITRD,
                 );
                 let run = lab::LabHost::new(&images)
-                    // Throughput and boot time are measured on both lab CPUs.
-                    .pin_to_one_cpu(false)
                     .binary(&self.vmm, "/lab/bin")
                     .with_guest(&initrd)
                     .script(s)

@@ -657,8 +657,6 @@ fn run_group(
                 boot_initrd.clone()
             };
             let mut lab = lab::LabHost::new(need_images()?)
-                // Throughput and boot time are measured on both lab CPUs.
-                .pin_to_one_cpu(false)
                 .binary(&opts.vmm, "/lab/bin")
                 .with_guest(guest_initrd)
                 .file(&boot_initrd, "/lab/guest-boot.cpio")
