@@ -75,15 +75,13 @@ fn e1000_guest_pings_the_lab_host() {
     let script = format!(
         "[ -c /dev/net/tun ] || {{ mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }}\n\
          iperf3 -s -D\n\
-         : > /tmp/vmm.log; tail -f /tmp/vmm.log & TAIL=$!\n\
          RUST_LOG=${{RUST_LOG:-vmm=info}} /lab/bin/vmm run --kernel /lab/bin/{kernel_name} \
-           --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 512M --net tap=tap0,model=e1000 >> /tmp/vmm.log 2>&1 &\n\
+           --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 512M --net tap=tap0,model=e1000 2>&1 &\n\
          VMM=$!\n\
          for i in $(seq 100); do ip link show tap0 >/dev/null 2>&1 && break; sleep 0.1; done\n\
          ip addr add 10.0.2.1/24 dev tap0; ip link set tap0 up\n\
          wait $VMM\n\
-         echo VMM-EXIT-STATUS=$?\n\
-         sleep 1; kill $TAIL\n"
+         echo VMM-EXIT-STATUS=$?\n"
     );
     let run = LabHost::new(&images)
         .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")

@@ -97,12 +97,10 @@ fn run(disk_opts: &str, script: &str, tools: bool) -> Option<Outcome> {
     let script = format!(
         "dd if=/dev/zero of=/tmp/disk.img bs=1M count={DISK_MIB} 2>/dev/null\n\
          dd if=/dev/zero of=/tmp/disk2.img bs=1M count=0 seek={DISK_MIB} 2>/dev/null\n\
-         : > /tmp/vmm.log; tail -f /tmp/vmm.log & TAIL=$!\n\
          RUST_LOG=${{RUST_LOG:-vmm=info}} {VMM_IN_LAB} run --kernel {LAB_GUEST_KERNEL} \
            --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 512M \
-           --disk path=/tmp/disk.img{disk_opts} >> /tmp/vmm.log 2>&1\n\
+           --disk path=/tmp/disk.img{disk_opts} 2>&1\n\
          echo VMM-EXIT-STATUS=$?\n\
-         sleep 1; kill $TAIL\n\
          dd if=/tmp/disk.img of=/tmp/readback bs=4096 skip={PATTERN_BLOCK} count={count} 2>/dev/null\n\
          if cmp /tmp/readback /lab/pattern.bin; then echo LAB-CMP=equal; else echo LAB-CMP=differs; fi\n\
          echo LAB-MD5=$(dd if=/tmp/disk.img bs=1M skip={FIO_OFFSET_MIB} count={FIO_MIB} 2>/dev/null | md5sum | cut -d' ' -f1)\n",
