@@ -129,6 +129,8 @@ impl RxPath {
         }
         self.active = active;
         if active {
+            // Reads on a detached TAP queue fail; a re-attached one reads again.
+            self.read_error = false;
             self.completion.write(1).map_err(Error::EventFd)?;
         } else {
             self.drop_ready();
