@@ -139,6 +139,26 @@ fn acked_features(console: &str) -> u64 {
     u64::from_str_radix(&hex, 16).unwrap_or_else(|e| panic!("acked features {hex}: {e}"))
 }
 
+/// Asserts the guest's ping of [`GUEST_PING_IPERF`] passed, prints its iperf3 figures and
+/// returns them (bits/s): TCP guest→host, TCP host→guest, UDP.
+fn ping_and_iperf_results(c: &str, label: &str) -> (f64, f64, f64) {
+    assert_eq!(
+        lab::console_value(c, "PING-STATUS="),
+        Some("0"),
+        "ping failed:\n{c}"
+    );
+    let tx = iperf(c, "IPERF-TCP=", false);
+    let rx = iperf(c, "IPERF-TCPR=", false);
+    let udp = iperf(c, "IPERF-UDP=", true);
+    eprintln!(
+        "RESULT {label}, nested TCG, relative only: TCP guest->host {:.1} Mbit/s, host->guest {:.1} Mbit/s, UDP {:.1} Mbit/s",
+        tx / 1e6,
+        rx / 1e6,
+        udp / 1e6
+    );
+    (tx, rx, udp)
+}
+
 #[test]
 fn qemu_guest_pings_and_runs_iperf3_over_vhost_user_net() {
     let script = format!("{GUEST_NET}{GUEST_PING_IPERF}");
@@ -153,20 +173,7 @@ fn qemu_guest_pings_and_runs_iperf3_over_vhost_user_net() {
             "offload bit {bit} not negotiated: {acked:#x}"
         );
     }
-    assert_eq!(
-        lab::console_value(c, "PING-STATUS="),
-        Some("0"),
-        "ping failed:\n{c}"
-    );
-    let tx = iperf(c, "IPERF-TCP=", false);
-    let rx = iperf(c, "IPERF-TCPR=", false);
-    let udp = iperf(c, "IPERF-UDP=", true);
-    eprintln!(
-        "RESULT nested TCG, relative only: TCP guest->host {:.1} Mbit/s, host->guest {:.1} Mbit/s, UDP {:.1} Mbit/s",
-        tx / 1e6,
-        rx / 1e6,
-        udp / 1e6
-    );
+    let (tx, rx, udp) = ping_and_iperf_results(c, "offloads on");
     // Same guest, QEMU's own virtio-net on a TAP, same lab run: ratios, not absolutes.
     if lab::console_value(c, "REF: IPERF-TCP=").is_some() {
         let r_tx = iperf(c, "REF: IPERF-TCP=", false);
@@ -208,20 +215,7 @@ fn qemu_guest_with_offloads_off_pings_and_runs_iperf3() {
             "offload bit {bit} negotiated: {acked:#x}"
         );
     }
-    assert_eq!(
-        lab::console_value(c, "PING-STATUS="),
-        Some("0"),
-        "ping failed:\n{c}"
-    );
-    let tx = iperf(c, "IPERF-TCP=", false);
-    let rx = iperf(c, "IPERF-TCPR=", false);
-    let udp = iperf(c, "IPERF-UDP=", true);
-    eprintln!(
-        "RESULT offloads off, nested TCG, relative only: TCP guest->host {:.1} Mbit/s, host->guest {:.1} Mbit/s, UDP {:.1} Mbit/s",
-        tx / 1e6,
-        rx / 1e6,
-        udp / 1e6
-    );
+    ping_and_iperf_results(c, "offloads off");
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
 }
 
