@@ -333,8 +333,12 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
 mount -t hugetlbfs hugetlbfs /dev/hugepages 2>/dev/null
 echo "LAB-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
+# Module parameters come from the kernel command line as `module.param=value`, as modprobe
+# would take them (insmod does not read /proc/cmdline itself).
 while read -r m; do
-    insmod "/lib/modules/$m.ko" || echo "lab-init: insmod $m failed"
+    # shellcheck disable=SC2046 # one word per parameter
+    insmod "/lib/modules/$m.ko" $(tr ' ' '\n' </proc/cmdline | sed -n "s/^$m\.//p") ||
+        echo "lab-init: insmod $m failed"
 done </etc/modules.load
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 hostname lab

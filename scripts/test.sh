@@ -9,4 +9,12 @@ scripts/build-images.sh
 cargo build --workspace --all-targets
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace --no-fail-fast -- --test-threads=1
+# One test at a time, lab tests retried once and reported FLAKY if only the retry passes
+# (.config/nextest.toml). cargo-nextest comes with the build machines' toolchain.
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+    cargo test --workspace --doc
+else
+    echo "test.sh: cargo-nextest not found; plain cargo test (no retries)" >&2
+    cargo test --workspace --no-fail-fast -- --test-threads=1
+fi

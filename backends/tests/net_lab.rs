@@ -332,8 +332,6 @@ grep -q '{marker}0' /lab/a.log && grep -q '{marker}0' /lab/b.log
     );
     let run = LabHost::new(&images)
         .memory_mib(4096)
-        // Two nested guests at once: keep their vCPUs off the second lab CPU (see `LabHost`).
-        .pin_to_one_cpu(true)
         .binary(env!("CARGO_BIN_EXE_vhost-user-net"), "/lab/bin")
         .with_guest(&initrd)
         .script(script)

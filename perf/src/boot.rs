@@ -65,7 +65,6 @@ pub struct BootSample {
     pub rss_guest_ram_kib: u64,
 }
 
-const MARKER: &str = "GUEST-BOOT-OK";
 const QEMU: &str = "qemu-system-x86_64";
 
 /// The shell function `measure NAME CMD...` used by [`script`]: runs CMD with its console on a
@@ -82,7 +81,7 @@ measure() {{
   "$@" > "$fifo" 2>&1 &
   pid=$!
   while IFS= read -r line; do
-    case "$line" in *{MARKER}*)
+    case "$line" in *"{marker}"*)
       t1=$(now)
       rss=$(awk '/^VmRSS:/ {{ print $2 }}' /proc/$pid/status)
       ram=$(awk '/^[0-9a-f]+-[0-9a-f]+ / {{ g = ($0 ~ /memfd:guest-ram/) }} g && /^Rss:/ {{ s += $2 }} END {{ print s + 0 }}' /proc/$pid/smaps)
@@ -92,7 +91,8 @@ measure() {{
   wait $pid; st=$?
   echo "BOOT-END name=$name t0=$t0 t=$(now) status=$st"
 }}
-"#
+"#,
+        marker = lab::GUEST_BOOT_MARKER
     )
 }
 

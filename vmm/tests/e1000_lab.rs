@@ -88,7 +88,7 @@ fn e1000_guest_pings_the_lab_host() {
         .binary(&vmlinuz, "/lab/bin")
         .with_guest(&initrd)
         .script(script)
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(200))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);

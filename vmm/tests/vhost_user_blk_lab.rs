@@ -113,16 +113,15 @@ fn run(sc: Scenario<'_>) -> Option<Outcome> {
          {backend} > /tmp/backend.log 2>&1 &\n\
          BACKEND=$!\n\
          for i in $(seq 100); do [ -S /tmp/vu.sock ] && break; sleep 0.1; done\n\
-         RUST_LOG=${{RUST_LOG:-vmm=debug}} {VMM_IN_LAB} run --kernel {LAB_GUEST_KERNEL} \
+         {{ RUST_LOG=${{RUST_LOG:-vmm=debug}} {VMM_IN_LAB} run --kernel {LAB_GUEST_KERNEL} \
            --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 512M \
-           --disk vhost_user=on,socket=/tmp/vu.sock{opts} > /tmp/vmm.log 2>&1 &\n\
+           --disk vhost_user=on,socket=/tmp/vu.sock{opts}; echo VMM-EXIT-STATUS=$?; }} 2>&1 \
+           | tee /tmp/vmm.log &\n\
          VMM=$!\n\
          for i in $(seq 600); do grep -q GUEST-READY /tmp/vmm.log && break; \
            kill -0 $VMM 2>/dev/null || break; sleep 0.1; done\n\
          {during}\n\
          wait $VMM\n\
-         echo VMM-EXIT-STATUS=$?\n\
-         cat /tmp/vmm.log\n\
          kill $BACKEND 2>/dev/null; wait $BACKEND 2>/dev/null\n\
          echo '--- backend log'; cat /tmp/backend.log\n\
          dd if=/tmp/disk.img of=/tmp/readback bs=4096 skip={skip} count={count} 2>/dev/null\n\
@@ -139,7 +138,7 @@ fn run(sc: Scenario<'_>) -> Option<Outcome> {
         .bytes("/lab/pattern.bin", pattern(), 0o644)
         .with_guest(&initrd)
         .script(script)
-        .timeout(Duration::from_secs(400));
+        .timeout(Duration::from_secs(300));
     if let Backend::Ours(_) = &sc.backend {
         host = host.binary(our_backend(), "/lab/bin");
     }

@@ -203,7 +203,7 @@ pub fn vendor_module(root: &HostRoot, facts: &HostFacts, kind: KvmKind) -> Vec<C
             Check::warn(
                 "kvm-nested-paging",
                 na,
-                "use lab mode (its kvm_amd runs with nested paging, npt=1)",
+                "use lab mode (its kvm_amd runs nested guests)",
             ),
         ];
     };
