@@ -96,7 +96,7 @@ fn run_lab(
         .binary(env!("CARGO_BIN_EXE_vhost-user-net"), "/lab/bin")
         .with_guest(&initrd)
         .script(lab_script(backend_args, device_props, 768, reference))
-        .timeout(Duration::from_secs(400))
+        .timeout(Duration::from_secs(240))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
@@ -335,7 +335,7 @@ grep -q '{marker}0' /lab/a.log && grep -q '{marker}0' /lab/b.log
         .binary(env!("CARGO_BIN_EXE_vhost-user-net"), "/lab/bin")
         .with_guest(&initrd)
         .script(script)
-        .timeout(Duration::from_secs(400))
+        .timeout(Duration::from_secs(240))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);

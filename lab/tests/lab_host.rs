@@ -229,7 +229,7 @@ grep -q '{marker}0' /lab/guest.log
     );
     let r = run(LabHost::new(&images)
         .with_guest(initrd)
-        .timeout(Duration::from_secs(400))
+        .timeout(Duration::from_secs(240))
         .script(script));
     assert_eq!(r.status, 0, "console:\n{}", r.console);
     assert!(r.console.contains("NESTED-GUEST-HELLO"));
@@ -286,7 +286,7 @@ grep -q '{marker}0' /lab/guest.log
     let r = run(LabHost::new(&images)
         .memory_mib(3072)
         .with_guest(initrd)
-        .timeout(Duration::from_secs(500))
+        .timeout(Duration::from_secs(240))
         .script(script));
     assert_eq!(r.status, 0, "console:\n{}", r.console);
     let iops: f64 = console_value(&r.console, "FIO-READ-IOPS=")

@@ -93,7 +93,7 @@ fn boot_guest_with(format: KernelFormat, guest_script: &str, vmm_args: &str) -> 
     }
     let run = lab
         .script(script)
-        .timeout(Duration::from_secs(240))
+        .timeout(Duration::from_secs(150))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     let status = run

@@ -111,7 +111,7 @@ fn run(disk_opts: &str, script: &str, tools: bool) -> Option<Outcome> {
         .bytes("/lab/pattern.bin", pattern(), 0o644)
         .with_guest(&initrd)
         .script(script)
-        .timeout(Duration::from_secs(500))
+        .timeout(Duration::from_secs(300))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);

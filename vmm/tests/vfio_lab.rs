@@ -127,7 +127,7 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
         .file(scripts.join("vfio-unbind.sh"), "/lab/bin/vfio-unbind.sh")
         .with_guest(&initrd)
         .script(lab_script())
-        .timeout(Duration::from_secs(400));
+        .timeout(Duration::from_secs(240));
     // The nested lab (KVM on TCG-emulated SVM) occasionally dies while the
     // guest kernel unpacks its 86 MB initramfs, before any device access:
     // a lab-host panic ("stack guard page" in the vcpu0 thread) or a guest

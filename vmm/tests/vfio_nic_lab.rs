@@ -106,7 +106,7 @@ fn nic_passthrough_links_pings_and_carries_iperf3() {
         .file(scripts.join("vfio-unbind.sh"), "/lab/bin/vfio-unbind.sh")
         .with_guest(&initrd)
         .script(lab_script())
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(200))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     let c = &run.console;

@@ -76,6 +76,20 @@ struct Scenario<'a> {
     disk_opts: &'a str,
 }
 
+impl<'a> Scenario<'a> {
+    /// `guest_script` against `backend`, with nothing else around it.
+    fn new(backend: Backend, guest_script: &'a str) -> Self {
+        Scenario {
+            backend,
+            prepare: "",
+            guest_script,
+            with_tools: false,
+            during: "",
+            disk_opts: "",
+        }
+    }
+}
+
 struct Outcome {
     vmm_status: i32,
     console: String,
@@ -201,33 +215,28 @@ fn check_dd(out: &Outcome) {
 
 #[test]
 fn qsd_disk_size_queues_and_data() {
-    let Some(out) = run(Scenario {
-        backend: Backend::Qsd,
-        prepare: "",
-        guest_script: DD_SCRIPT,
-        with_tools: false,
-        during: "",
-        disk_opts: "",
-    }) else {
+    let Some(out) = run(Scenario::new(Backend::Qsd, DD_SCRIPT)) else {
         return;
     };
     check_dd(&out);
 }
 
-/// randwrite then verify-read at 4 KiB and 128 KiB, iodepth 1 and 32.
-const FIO_JOBS: [(&str, &str, u32); 4] = [
-    ("rw4k-qd1", "4k", 1),
-    ("rw4k-qd32", "4k", 32),
-    ("rw128k-qd1", "128k", 1),
-    ("rw128k-qd32", "128k", 32),
+/// randwrite then verify-read at 4 KiB and 128 KiB, iodepth 1 and 32: name, block size, iodepth,
+/// MiB written and read back (4k jobs smaller:
+/// thousands of nested I/Os at queue depth 1 are what makes the lab slow, not the bytes).
+const FIO_JOBS: [(&str, &str, u32, u64); 4] = [
+    ("rw4k-qd1", "4k", 1, 8),
+    ("rw4k-qd32", "4k", 32, 8),
+    ("rw128k-qd1", "128k", 1, 32),
+    ("rw128k-qd32", "128k", 32, 32),
 ];
 
 fn fio_script() -> String {
     let mut s = String::from("echo GUEST-READY\n");
-    for (name, bs, depth) in FIO_JOBS {
+    for (name, bs, depth, mib) in FIO_JOBS {
         s.push_str(&format!(
             "fio --name={name} --filename=/dev/vda --rw=randwrite --bs={bs} --iodepth={depth} \
-             --ioengine=libaio --direct=1 --size=32M --verify=crc32c --do_verify=1 \
+             --ioengine=libaio --direct=1 --size={mib}M --verify=crc32c --do_verify=1 \
              --output-format=json > /tmp/{name}.json 2>/tmp/{name}.err\n\
              echo FIO-{name}-STATUS=$?\n\
              echo FIO-{name}-JSON-BEGIN; cat /tmp/{name}.json; echo FIO-{name}-JSON-END\n\
@@ -240,7 +249,7 @@ fn fio_script() -> String {
 fn check_fio(out: &Outcome) {
     let c = &out.console;
     check_no_vmm_notifies(c);
-    for (name, _, _) in FIO_JOBS {
+    for (name, _, _, mib) in FIO_JOBS {
         assert_eq!(out.value(&format!("FIO-{name}-STATUS=")), "0", "{c}");
         let json: String = c
             .split(&format!("FIO-{name}-JSON-BEGIN"))
@@ -253,9 +262,9 @@ fn check_fio(out: &Outcome) {
         let job = &v["jobs"][0];
         assert_eq!(job["error"], 0, "{name}: {json}");
         let written = job["write"]["io_bytes"].as_u64().unwrap_or(0);
-        assert!(written >= 32 << 20, "{name} wrote only {written} bytes");
+        assert!(written >= mib << 20, "{name} wrote only {written} bytes");
         let read = job["read"]["io_bytes"].as_u64().unwrap_or(0);
-        assert!(read >= 32 << 20, "{name} verified only {read} bytes");
+        assert!(read >= mib << 20, "{name} verified only {read} bytes");
         eprintln!(
             "fio {name} (TCG-nested, relative only): write {:.0} IOPS, {:.1} MiB/s; verify read {:.0} IOPS",
             job["write"]["iops"].as_f64().unwrap_or(0.0),
@@ -271,12 +280,9 @@ fn check_fio(out: &Outcome) {
 fn qsd_fio_verify() {
     let script = fio_script();
     let Some(out) = run(Scenario {
-        backend: Backend::Qsd,
-        prepare: "",
-        guest_script: &script,
         with_tools: true,
-        during: "",
         disk_opts: ",queue_size=128",
+        ..Scenario::new(Backend::Qsd, &script)
     }) else {
         return;
     };
@@ -320,12 +326,8 @@ fn check_killed(out: &Outcome) {
 #[test]
 fn qsd_killed_while_guest_runs() {
     let Some(out) = run(Scenario {
-        backend: Backend::Qsd,
-        prepare: "",
-        guest_script: KILL_SCRIPT,
-        with_tools: false,
         during: "sleep 1; kill -9 $BACKEND; echo BACKEND-KILLED",
-        disk_opts: "",
+        ..Scenario::new(Backend::Qsd, KILL_SCRIPT)
     }) else {
         return;
     };
@@ -334,14 +336,7 @@ fn qsd_killed_while_guest_runs() {
 
 #[test]
 fn ours_disk_size_queues_and_data() {
-    let Some(out) = run(Scenario {
-        backend: Backend::Ours(""),
-        prepare: "",
-        guest_script: DD_SCRIPT,
-        with_tools: false,
-        during: "",
-        disk_opts: "",
-    }) else {
+    let Some(out) = run(Scenario::new(Backend::Ours(""), DD_SCRIPT)) else {
         return;
     };
     check_dd(&out);
@@ -351,12 +346,9 @@ fn ours_disk_size_queues_and_data() {
 fn ours_fio_verify() {
     let script = fio_script();
     let Some(out) = run(Scenario {
-        backend: Backend::Ours(""),
-        prepare: "",
-        guest_script: &script,
         with_tools: true,
-        during: "",
         disk_opts: ",queue_size=128",
+        ..Scenario::new(Backend::Ours(""), &script)
     }) else {
         return;
     };
@@ -366,12 +358,8 @@ fn ours_fio_verify() {
 #[test]
 fn ours_killed_while_guest_runs() {
     let Some(out) = run(Scenario {
-        backend: Backend::Ours(""),
-        prepare: "",
-        guest_script: KILL_SCRIPT,
-        with_tools: false,
         during: "sleep 1; kill -9 $BACKEND; echo BACKEND-KILLED",
-        disk_opts: "",
+        ..Scenario::new(Backend::Ours(""), KILL_SCRIPT)
     }) else {
         return;
     };
@@ -408,14 +396,11 @@ fn ours_discard_and_flush_reach_the_file() {
         echo 3 > /proc/sys/vm/drop_caches\n\
         echo GUEST-NONZERO=$(dd if=/dev/vda bs=4096 skip=2048 count=256 2>/dev/null | tr -d '\\000' | wc -c)\n";
     let Some(out) = run(Scenario {
-        backend: Backend::Ours(""),
         prepare: "export RUST_LOG=backends=trace,vmm=debug; BLOCKS0=$(stat -c %b /tmp/disk.img)",
-        guest_script: script,
-        with_tools: false,
         during: "while kill -0 $VMM 2>/dev/null; do sleep 0.2; done\n\
             echo BLOCKS-BEFORE=$BLOCKS0; echo BLOCKS-AFTER=$(stat -c %b /tmp/disk.img)\n\
             echo LAB-NONZERO=$(dd if=/tmp/disk.img bs=4096 skip=2048 count=256 2>/dev/null | tr -d '\\000' | wc -c)",
-        disk_opts: "",
+        ..Scenario::new(Backend::Ours(""), script)
     }) else {
         return;
     };
@@ -468,13 +453,9 @@ fn ours_readonly_refuses_writes_and_serves_reads() {
         echo READ-STATUS=$?\n\
         if cmp /tmp/rb /pattern.bin; then echo GUEST-CMP=equal; else echo GUEST-CMP=differs; fi\n";
     let Some(out) = run(Scenario {
-        backend: Backend::Ours("--readonly"),
         prepare:
             "dd if=/lab/pattern.bin of=/tmp/disk.img bs=4096 seek=256 conv=notrunc 2>/dev/null",
-        guest_script: script,
-        with_tools: false,
-        during: "",
-        disk_opts: "",
+        ..Scenario::new(Backend::Ours("--readonly"), script)
     }) else {
         return;
     };
@@ -505,14 +486,7 @@ fn qsd_driver_rebind_resets_and_restarts() {
         for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.2; done\n\
         dd if=/dev/vda of=/tmp/rb bs=4096 skip=256 count=256 2>&1\n\
         if cmp /tmp/rb /pattern.bin; then echo GUEST-CMP=equal; else echo GUEST-CMP=differs; fi\n";
-    let Some(out) = run(Scenario {
-        backend: Backend::Qsd,
-        prepare: "",
-        guest_script: script,
-        with_tools: false,
-        during: "",
-        disk_opts: "",
-    }) else {
+    let Some(out) = run(Scenario::new(Backend::Qsd, script)) else {
         return;
     };
     let c = &out.console;
@@ -549,12 +523,9 @@ fn qsd_two_disks() {
         dd if=/dev/vdb of=/tmp/rb bs=4096 skip=256 count=256 2>&1\n\
         if cmp /tmp/rb /pattern.bin; then echo GUEST-CMP=equal; else echo GUEST-CMP=differs; fi\n";
     let Some(out) = run(Scenario {
-        backend: Backend::Qsd,
         prepare,
-        guest_script: script,
-        with_tools: false,
-        during: "",
         disk_opts: " --disk vhost_user=on,socket=/tmp/vu2.sock",
+        ..Scenario::new(Backend::Qsd, script)
     }) else {
         return;
     };

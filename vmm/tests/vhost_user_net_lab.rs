@@ -76,7 +76,7 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
         .binary(our_backend(), "/lab/bin")
         .with_guest(&initrd)
         .script(script)
-        .timeout(Duration::from_secs(400))
+        .timeout(Duration::from_secs(240))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
@@ -194,7 +194,7 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
         .binary(our_backend(), "/lab/bin")
         .with_guest(&initrd)
         .script(script)
-        .timeout(Duration::from_secs(400))
+        .timeout(Duration::from_secs(240))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);

@@ -75,7 +75,7 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
         .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
         .with_guest(&initrd)
         .script(script)
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(200))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
