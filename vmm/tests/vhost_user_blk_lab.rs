@@ -127,6 +127,7 @@ fn run(sc: Scenario<'_>) -> Option<Outcome> {
          {backend} > /tmp/backend.log 2>&1 &\n\
          BACKEND=$!\n\
          for i in $(seq 100); do [ -S /tmp/vu.sock ] && break; sleep 0.1; done\n\
+         echo LAB-STEP=backend-listening-$([ -S /tmp/vu.sock ] && echo yes || echo no)\n\
          {{ RUST_LOG=${{RUST_LOG:-vmm=debug}} {VMM_IN_LAB} run --kernel {LAB_GUEST_KERNEL} \
            --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 512M \
            --disk vhost_user=on,socket=/tmp/vu.sock{opts}; echo VMM-EXIT-STATUS=$?; }} 2>&1 \
