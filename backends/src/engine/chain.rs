@@ -4,15 +4,23 @@
 //! A chain is seen as two byte streams, the device-readable one followed by the
 //! device-writable one (virtio 1.2 §2.7.4: the device must not assume any particular
 //! framing). Every byte range handed to the kernel or copied goes through
-//! [`DescChain::iovecs`], [`DescChain::read_at`] or [`DescChain::write_at`], which resolve
-//! guest addresses with vm-memory's checked `get_slices` / `read_slice` / `write_slice`.
+//! [`DescChain::iovecs`], [`DescChain::read_at`] or [`DescChain::write_at`].
+//!
+//! The walk resolves each descriptor once: it finds the guest memory region holding the
+//! whole buffer (vm-memory's `find_region`, a binary search) and records the host address,
+//! so that building iovecs for the kernel is pointer arithmetic on already-checked ranges.
+//! Buffers that span two regions, and memory behind an IOMMU, take vm-memory's checked
+//! `get_slices` / `read_slice` / `write_slice` instead.
 
 use std::ops::Deref;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion,
+    MemoryRegionAddress, Permissions, VolatileSlice,
+};
 
 use crate::GuestFault;
 
@@ -27,6 +35,9 @@ pub struct Seg {
     pub addr: GuestAddress,
     /// Length in bytes.
     pub len: u32,
+    /// Host address of the whole buffer inside one mapped region (0: not resolved; the
+    /// buffer spans regions or the memory has no direct mapping).
+    host: usize,
 }
 
 /// Which half of a chain a byte range refers to.
@@ -50,6 +61,38 @@ pub struct DescChain {
     readable_len: u64,
     writable_len: u64,
     fault: Option<GuestFault>,
+    /// Identity of the guest memory object the host addresses were resolved in.
+    resolved_in: usize,
+}
+
+/// Identity of a guest memory object (its address), to match a chain with the memory it
+/// was walked against.
+fn identity<M: ?Sized>(mem: &M) -> usize {
+    (mem as *const M).cast::<()>() as usize
+}
+
+/// Host address of `[addr, addr+len)` when it lies inside one directly mapped region;
+/// writable buffers are marked dirty in the region's bitmap (for live migration).
+fn resolve<M: GuestMemory + ?Sized>(mem: &M, addr: GuestAddress, len: u32, write: bool) -> usize {
+    let Some(region) = mem.physical_memory().and_then(|m| m.find_region(addr)) else {
+        return 0;
+    };
+    let Some(offset) = addr.checked_offset_from(region.start_addr()) else {
+        return 0;
+    };
+    if offset
+        .checked_add(u64::from(len))
+        .is_none_or(|end| end > region.len())
+    {
+        return 0;
+    }
+    let Ok(host) = region.get_host_address(MemoryRegionAddress(offset)) else {
+        return 0;
+    };
+    if write {
+        region.bitmap().mark_dirty(offset as usize, len as usize);
+    }
+    host as usize
 }
 
 impl DescChain {
@@ -76,6 +119,7 @@ impl DescChain {
         self.readable_len = 0;
         self.writable_len = 0;
         self.fault = None;
+        self.resolved_in = identity(chain.memory());
         let mut last: Option<Descriptor> = None;
         let mut count = 0usize;
         while let Some(desc) = chain.next() {
@@ -84,16 +128,18 @@ impl DescChain {
                 self.fault = Some(GuestFault::ChainTooLong);
                 return;
             }
+            let write = desc.is_write_only();
             let seg = Seg {
                 addr: desc.addr(),
                 len: desc.len(),
+                host: resolve(chain.memory(), desc.addr(), desc.len(), write),
             };
-            let perm = if desc.is_write_only() {
+            let perm = if write {
                 Permissions::Write
             } else {
                 Permissions::Read
             };
-            if !chain.memory().check_range(seg.addr, seg.len as usize, perm) {
+            if seg.host == 0 && !chain.memory().check_range(seg.addr, seg.len as usize, perm) {
                 self.note(GuestFault::OutOfBounds);
             }
             if desc.is_write_only() {
@@ -156,13 +202,15 @@ impl DescChain {
         }
     }
 
-    /// Calls `f(addr, len)` for the guest pieces covering `[offset, offset+len)` of a stream.
+    /// Calls `f(addr, len, done, host)` for the guest pieces covering `[offset, offset+len)` of
+    /// a stream (`done`: bytes handed over before this piece; `host`: the piece's host address,
+    /// 0 if its descriptor was not resolved).
     fn for_range(
         &self,
         dir: Dir,
         offset: u64,
         len: u64,
-        mut f: impl FnMut(GuestAddress, usize, usize) -> Result<(), GuestFault>,
+        mut f: impl FnMut(GuestAddress, usize, usize, usize) -> Result<(), GuestFault>,
     ) -> Result<(), GuestFault> {
         let total = match dir {
             Dir::Readable => self.readable_len,
@@ -184,7 +232,12 @@ impl DescChain {
                     .checked_add(start - pos)
                     .ok_or(GuestFault::OutOfBounds)?;
                 let n = (stop - start) as usize;
-                f(addr, n, done)?;
+                let host = if seg.host == 0 {
+                    0
+                } else {
+                    seg.host + (start - pos) as usize
+                };
+                f(addr, n, done, host)?;
                 done += n;
             }
             if seg_end >= end {
@@ -195,7 +248,8 @@ impl DescChain {
         Ok(())
     }
 
-    /// Copy `buf.len()` bytes from stream `dir` at `offset` into `buf`.
+    /// Copy `buf.len()` bytes from stream `dir` at `offset` into `buf` (through the walk's host
+    /// addresses when `mem` is the object the chain was walked against, as for [`Self::iovecs`]).
     pub fn read_at<M: GuestMemory + ?Sized>(
         &self,
         mem: &M,
@@ -203,13 +257,21 @@ impl DescChain {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), GuestFault> {
-        self.for_range(dir, offset, buf.len() as u64, |addr, n, done| {
-            mem.read_slice(&mut buf[done..done + n], addr)
+        let resolved = identity(mem) == self.resolved_in;
+        self.for_range(dir, offset, buf.len() as u64, |addr, n, done, host| {
+            let dst = &mut buf[done..done + n];
+            if resolved && host != 0 {
+                // SAFETY: `host..host+n` lies inside a region of `mem` (checked by the walk
+                // against this same, immutable, memory object, which the caller keeps alive).
+                unsafe { VolatileSlice::new(host as *mut u8, n) }.copy_to(dst);
+                return Ok(());
+            }
+            mem.read_slice(dst, addr)
                 .map_err(|_| GuestFault::OutOfBounds)
         })
     }
 
-    /// Copy `buf` into stream `dir` at `offset`.
+    /// Copy `buf` into stream `dir` at `offset` (host addresses used as in [`Self::read_at`]).
     pub fn write_at<M: GuestMemory + ?Sized>(
         &self,
         mem: &M,
@@ -217,8 +279,15 @@ impl DescChain {
         offset: u64,
         buf: &[u8],
     ) -> Result<(), GuestFault> {
-        self.for_range(dir, offset, buf.len() as u64, |addr, n, done| {
-            mem.write_slice(&buf[done..done + n], addr)
+        let resolved = identity(mem) == self.resolved_in;
+        self.for_range(dir, offset, buf.len() as u64, |addr, n, done, host| {
+            let src = &buf[done..done + n];
+            if resolved && host != 0 && dir == Dir::Writable {
+                // SAFETY: as in `read_at`; writable buffers were marked dirty by the walk.
+                unsafe { VolatileSlice::new(host as *mut u8, n) }.copy_from(src);
+                return Ok(());
+            }
+            mem.write_slice(src, addr)
                 .map_err(|_| GuestFault::OutOfBounds)
         })
     }
@@ -229,6 +298,8 @@ impl DescChain {
     /// The pointers stay valid while the guest memory object (`mem`) is alive and not
     /// remapped: callers keep an `Arc` of it for as long as the kernel may use them.
     /// Writable ranges are marked dirty in the memory's bitmap (for live migration).
+    /// Host addresses resolved by the walk are used when `mem` is the object the chain was
+    /// walked against; anything else goes through vm-memory's `get_slices`.
     pub fn iovecs<M: GuestMemory + ?Sized>(
         &self,
         mem: &M,
@@ -242,7 +313,18 @@ impl DescChain {
             Dir::Readable => Permissions::Read,
             Dir::Writable => Permissions::Write,
         };
-        self.for_range(dir, offset, len, |addr, n, _| {
+        let resolved = identity(mem) == self.resolved_in;
+        self.for_range(dir, offset, len, |addr, n, _, host| {
+            if resolved && host != 0 {
+                if out.len() >= max_iov {
+                    return Err(GuestFault::TooManySegments);
+                }
+                out.push(libc::iovec {
+                    iov_base: host as *mut libc::c_void,
+                    iov_len: n,
+                });
+                return Ok(());
+            }
             let slices = mem
                 .get_slices(addr, n, perm)
                 .map_err(|_| GuestFault::OutOfBounds)?;
@@ -262,5 +344,116 @@ impl DescChain {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{GuestMemoryMmap, GuestRegionCollection};
+
+    use super::*;
+
+    type Mem = GuestMemoryMmap<()>;
+
+    /// Two adjacent 64 KiB regions: a buffer at 0xff00..0x10100 spans both.
+    fn two_regions() -> Mem {
+        let mem = Mem::from_ranges(&[
+            (GuestAddress(0), 0x1_0000),
+            (GuestAddress(0x1_0000), 0x1_0000),
+        ])
+        .unwrap();
+        let pattern: Vec<u8> = (0..0x2_0000u32).map(|i| (i % 253) as u8).collect();
+        mem.write_slice(&pattern, GuestAddress(0)).unwrap();
+        mem
+    }
+
+    fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
+        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    fn chain_of(mem: &Mem, descs: &[RawDescriptor]) -> DescChain {
+        let vq = MockSplitQueue::create(mem, GuestAddress(0x1_8000), 16);
+        DescChain::walk(vq.build_desc_chain(descs).unwrap())
+    }
+
+    fn expected(addr: u64, len: usize) -> Vec<u8> {
+        (addr..addr + len as u64).map(|i| (i % 253) as u8).collect()
+    }
+
+    #[test]
+    fn buffer_inside_one_region_becomes_its_host_address() {
+        let mem = two_regions();
+        let c = chain_of(
+            &mem,
+            &[desc(0x1000, 0x200, false), desc(0x1_2000, 0x100, true)],
+        );
+        assert_eq!(c.fault(), None);
+        let mut iov = Vec::new();
+        c.iovecs(&mem, Dir::Readable, 0x10, 0x100, 8, &mut iov)
+            .unwrap();
+        assert_eq!(iov.len(), 1);
+        let host = mem.get_host_address(GuestAddress(0x1010)).unwrap();
+        assert_eq!(iov[0].iov_base, host.cast());
+        assert_eq!(iov[0].iov_len, 0x100);
+
+        c.write_at(&mem, Dir::Writable, 4, b"abcd").unwrap();
+        let mut back = [0u8; 4];
+        mem.read_slice(&mut back, GuestAddress(0x1_2004)).unwrap();
+        assert_eq!(&back, b"abcd");
+    }
+
+    #[test]
+    fn buffer_spanning_two_regions_is_split_at_the_boundary() {
+        let mem = two_regions();
+        let c = chain_of(&mem, &[desc(0xff00, 0x200, false)]);
+        assert_eq!(c.fault(), None);
+        let mut iov = Vec::new();
+        c.iovecs(&mem, Dir::Readable, 0, 0x200, 8, &mut iov)
+            .unwrap();
+        assert_eq!(
+            iov.iter().map(|v| v.iov_len).collect::<Vec<_>>(),
+            [0x100, 0x100]
+        );
+        let mut buf = vec![0u8; 0x200];
+        c.read_at(&mem, Dir::Readable, 0, &mut buf).unwrap();
+        assert_eq!(buf, expected(0xff00, 0x200));
+    }
+
+    #[test]
+    fn another_memory_object_is_read_through_its_own_mapping() {
+        let mem = two_regions();
+        let c = chain_of(&mem, &[desc(0x3000, 0x40, false)]);
+        // Same layout, different mappings: the chain's cached host addresses must not be used.
+        let other: Mem =
+            GuestRegionCollection::from_ranges(&[(GuestAddress(0), 0x2_0000)]).unwrap();
+        other
+            .write_slice(&[0x5a; 0x40], GuestAddress(0x3000))
+            .unwrap();
+        let mut buf = [0u8; 0x40];
+        c.read_at(&other, Dir::Readable, 0, &mut buf).unwrap();
+        assert_eq!(buf, [0x5a; 0x40]);
+        let mut iov = Vec::new();
+        c.iovecs(&other, Dir::Readable, 0, 0x40, 8, &mut iov)
+            .unwrap();
+        assert_eq!(
+            iov[0].iov_base,
+            other.get_host_address(GuestAddress(0x3000)).unwrap().cast()
+        );
+    }
+
+    #[test]
+    fn buffer_past_the_end_of_memory_is_a_fault() {
+        let mem = two_regions();
+        let c = chain_of(&mem, &[desc(0x1_ff00, 0x200, false)]);
+        assert_eq!(c.fault(), Some(GuestFault::OutOfBounds));
+        let mut iov = Vec::new();
+        assert!(c
+            .iovecs(&mem, Dir::Readable, 0, 0x200, 8, &mut iov)
+            .is_err());
     }
 }

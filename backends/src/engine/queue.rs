@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -20,6 +20,21 @@ pub trait VirtQueue {
     fn memory(&self) -> Arc<Self::Mem>;
     /// Pop the next available chain.
     fn pop(&mut self, mem: &Arc<Self::Mem>) -> Option<DescriptorChain<Arc<Self::Mem>>>;
+    /// Pop up to `max` available chains, handing each to `f`; returns how many were popped.
+    fn pop_batch(
+        &mut self,
+        mem: &Arc<Self::Mem>,
+        max: usize,
+        mut f: impl FnMut(DescriptorChain<Arc<Self::Mem>>),
+    ) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(chain) = self.pop(mem) else { break };
+            f(chain);
+            n += 1;
+        }
+        n
+    }
     /// Put `(head, len)` entries on the used ring; returns how many were rejected
     /// (for example a head index past the queue size).
     fn add_used(&mut self, used: &[(u16, u32)]) -> usize;
@@ -81,6 +96,23 @@ impl VirtQueue for VringQueue<'_> {
             );
         }
         chain
+    }
+
+    /// One vring lock and one read of the avail index for the whole batch.
+    fn pop_batch(
+        &mut self,
+        mem: &Arc<VhostMem>,
+        max: usize,
+        mut f: impl FnMut(DescriptorChain<Arc<VhostMem>>),
+    ) -> usize {
+        let mut state = self.vring.get_mut();
+        match state.get_queue_mut().iter(mem.clone()) {
+            Ok(iter) => iter.take(max).map(&mut f).count(),
+            Err(e) => {
+                tracing::debug!("queue not poppable: {e}");
+                0
+            }
+        }
     }
 
     fn add_used(&mut self, used: &[(u16, u32)]) -> usize {

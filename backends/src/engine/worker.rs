@@ -124,11 +124,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             if !self.stopping {
                 q.disable_notification()?;
                 let mem = q.memory();
-                while !self.free.is_empty() {
-                    let Some(chain) = q.pop(&mem) else { break };
-                    self.start(chain, &mem);
-                    progress += 1;
-                }
+                progress += q.pop_batch(&mem, self.free.len(), |chain| self.start(chain, &mem));
                 if progress > 0 && idle_since.is_some() {
                     self.stats
                         .polled
