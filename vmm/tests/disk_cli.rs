@@ -1,5 +1,5 @@
-//! `vmm run --disk`: parse errors and an unreachable backend fail with a
-//! message naming the problem, before any guest runs.
+//! `vmm run --disk`: parse errors, an unreachable backend and a backend that never answers
+//! fail with a message naming the problem, before any guest runs.
 
 use std::process::Command;
 
@@ -59,4 +59,41 @@ fn unreachable_backend_is_reported() {
         err.contains(&format!("vhost-user {}: connect", sock.display())),
         "{err}"
     );
+}
+
+#[test]
+fn backend_that_never_answers_is_given_up_after_the_reply_timeout() {
+    let kernel = lab::repo_root().join(".cache/images/vmlinuz");
+    if !kernel.is_file() {
+        eprintln!("SKIP: no cached kernel image");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("silent.sock");
+    // Listens but never accepts: the kernel completes the VMM's connect from the backlog and
+    // nobody ever reads its SET_OWNER / GET_FEATURES.
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let start = std::time::Instant::now();
+    let (rc, err) = vmm(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap_or_default(),
+        "--serial",
+        "off",
+        "--disk",
+        &format!("vhost_user=on,socket={}", sock.display()),
+    ]);
+    if err.contains("/dev/kvm") || err.contains("KVM") {
+        eprintln!("SKIP: KVM unusable here: {err}");
+        return;
+    }
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "vhost-user {}: handshake: no answer within",
+            sock.display()
+        )),
+        "{err}"
+    );
+    eprintln!("gave up after {:?}", start.elapsed());
 }

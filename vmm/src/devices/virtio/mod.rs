@@ -12,6 +12,7 @@ pub mod msix;
 pub mod net;
 pub mod pci;
 pub mod queue;
+pub mod reply_deadline;
 pub mod vhost_user;
 pub mod vhost_user_blk;
 pub mod vhost_user_net;

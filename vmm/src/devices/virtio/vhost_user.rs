@@ -2,7 +2,7 @@
 //! negotiation, activation by the guest driver (features, memory table,
 //! vrings with their kick/call/err eventfds) and orderly teardown.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
 use vhost::vhost_user::message::VhostUserHeaderFlag;
@@ -13,6 +13,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::reply_deadline::ReplyDeadline;
 use super::{Activation, QueueState, VirtioError, VIRTIO_F_VERSION_1};
 
 /// VHOST_USER_F_PROTOCOL_FEATURES in the feature word.
@@ -24,6 +25,8 @@ pub(super) struct VhostUserLink {
     pub(super) name: String,
     /// The backend's socket, for error messages.
     pub(super) socket: String,
+    /// Bounds every exchange with the backend (dropped before `frontend`).
+    pub(super) deadline: ReplyDeadline,
     /// The protocol connection.
     pub(super) frontend: Frontend,
     /// Virtio features the backend offers.
@@ -62,33 +65,42 @@ impl VhostUserLink {
         let socket = path.display().to_string();
         let err = |what| vhost_err(&socket, what);
         let mut frontend = Frontend::connect(path, max_queues).map_err(err("connect"))?;
-        frontend.set_owner().map_err(err("SET_OWNER"))?;
-        let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
-        if backend_features & VIRTIO_F_VERSION_1 == 0 {
-            return Err(VirtioError::Backend {
-                socket,
-                what: "backend does not offer VIRTIO_F_VERSION_1".into(),
-            });
-        }
-        if backend_features & PROTOCOL_FEATURES == 0 {
-            return Err(VirtioError::Backend {
-                socket,
-                what: "backend does not offer VHOST_USER_F_PROTOCOL_FEATURES".into(),
-            });
-        }
-        let protocol = frontend
-            .get_protocol_features()
-            .map_err(err("GET_PROTOCOL_FEATURES"))?
-            & wanted;
-        frontend
-            .set_protocol_features(protocol)
-            .map_err(err("SET_PROTOCOL_FEATURES"))?;
+        // SAFETY: the frontend's socket is open for the whole call; `start` duplicates it.
+        let deadline = ReplyDeadline::start(
+            unsafe { BorrowedFd::borrow_raw(frontend.as_raw_fd()) },
+            &socket,
+        )?;
+        let (backend_features, protocol) = deadline.guard("handshake", || {
+            frontend.set_owner().map_err(err("SET_OWNER"))?;
+            let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
+            if backend_features & VIRTIO_F_VERSION_1 == 0 {
+                return Err(VirtioError::Backend {
+                    socket: socket.clone(),
+                    what: "backend does not offer VIRTIO_F_VERSION_1".into(),
+                });
+            }
+            if backend_features & PROTOCOL_FEATURES == 0 {
+                return Err(VirtioError::Backend {
+                    socket: socket.clone(),
+                    what: "backend does not offer VHOST_USER_F_PROTOCOL_FEATURES".into(),
+                });
+            }
+            let protocol = frontend
+                .get_protocol_features()
+                .map_err(err("GET_PROTOCOL_FEATURES"))?
+                & wanted;
+            frontend
+                .set_protocol_features(protocol)
+                .map_err(err("SET_PROTOCOL_FEATURES"))?;
+            Ok((backend_features, protocol))
+        })?;
         if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
         Ok(Self {
             name,
             socket,
+            deadline,
             frontend,
             backend_features,
             protocol,
@@ -108,11 +120,6 @@ impl VhostUserLink {
         Ok(())
     }
 
-    /// A `vhost` error of this link, naming `what` was being sent.
-    pub(super) fn err(&self, what: &'static str) -> impl FnOnce(vhost::Error) -> VirtioError {
-        vhost_err(&self.socket, what)
-    }
-
     /// DRIVER_OK: acked features (+ protocol features), the memory table,
     /// then every ready queue's rings and eventfds.
     pub(super) fn activate(&mut self, act: &Activation<'_>) -> Result<(), VirtioError> {
@@ -123,74 +130,64 @@ impl VhostUserLink {
             });
         }
         let features = (act.acked_features & self.backend_features) | PROTOCOL_FEATURES;
-        self.frontend
-            .set_features(features)
-            .map_err(self.err("SET_FEATURES"))?;
-        let regions = act
-            .mem
-            .iter()
-            .map(VhostUserMemoryRegionInfo::from_guest_region)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.err("memory regions"))?;
-        self.frontend
-            .set_mem_table(&regions)
-            .map_err(self.err("SET_MEM_TABLE"))?;
-        for (i, q) in act.queues.iter().enumerate() {
-            if q.ready {
-                self.start_queue(i, act, q)?;
+        let Self {
+            deadline,
+            frontend,
+            socket,
+            started,
+            errs,
+            ..
+        } = self;
+        deadline.guard("activation", || {
+            let err = |what| vhost_err(socket, what);
+            frontend
+                .set_features(features)
+                .map_err(err("SET_FEATURES"))?;
+            let regions = act
+                .mem
+                .iter()
+                .map(VhostUserMemoryRegionInfo::from_guest_region)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err("memory regions"))?;
+            frontend
+                .set_mem_table(&regions)
+                .map_err(err("SET_MEM_TABLE"))?;
+            for (i, q) in act.queues.iter().enumerate() {
+                if q.ready && start_queue(frontend, socket, errs, i, act, q)? {
+                    if let Some(s) = started.get_mut(i) {
+                        *s = true;
+                    }
+                }
             }
-        }
-        Ok(())
-    }
-
-    fn start_queue(
-        &mut self,
-        i: usize,
-        act: &Activation<'_>,
-        q: &QueueState,
-    ) -> Result<(), VirtioError> {
-        let (dl, al, ul) = q.ring_lengths();
-        let data = VringConfigData {
-            queue_max_size: q.max_size,
-            queue_size: q.size,
-            flags: 0,
-            desc_table_addr: host_addr(act.mem, i, q.desc, dl)?,
-            used_ring_addr: host_addr(act.mem, i, q.used, ul)?,
-            avail_ring_addr: host_addr(act.mem, i, q.avail, al)?,
-            log_addr: None,
-        };
-        let (Some(kick), Some(call), Some(errfd)) =
-            (act.kicks.get(i), act.calls.get(i), self.errs.get(i))
-        else {
-            return Ok(());
-        };
-        let e = |what| vhost_err(&self.socket, what);
-        let f = &mut self.frontend;
-        f.set_vring_num(i, q.size).map_err(e("SET_VRING_NUM"))?;
-        f.set_vring_addr(i, &data).map_err(e("SET_VRING_ADDR"))?;
-        f.set_vring_base(i, 0).map_err(e("SET_VRING_BASE"))?;
-        f.set_vring_kick(i, kick).map_err(e("SET_VRING_KICK"))?;
-        f.set_vring_call(i, call).map_err(e("SET_VRING_CALL"))?;
-        f.set_vring_err(i, errfd).map_err(e("SET_VRING_ERR"))?;
-        f.set_vring_enable(i, true).map_err(e("SET_VRING_ENABLE"))?;
-        if let Some(s) = self.started.get_mut(i) {
-            *s = true;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Device reset or VMM exit: stop every started ring (GET_VRING_BASE).
     pub(super) fn reset(&mut self) {
-        for i in 0..self.started.len() {
-            if !std::mem::take(&mut self.started[i]) || self.lost {
+        let Self {
+            deadline,
+            frontend,
+            socket,
+            name,
+            started,
+            lost,
+            ..
+        } = self;
+        for (i, was_started) in started.iter_mut().enumerate() {
+            if !std::mem::take(was_started) || *lost {
                 continue;
             }
-            if let Err(e) = self.frontend.set_vring_enable(i, false) {
-                tracing::warn!("{}: queue {i}: SET_VRING_ENABLE 0: {e}", self.name);
-            }
-            match self.frontend.get_vring_base(i) {
-                Ok(base) => tracing::debug!("{}: queue {i} stopped at {base}", self.name),
-                Err(e) => tracing::warn!("{}: queue {i}: GET_VRING_BASE: {e}", self.name),
+            let stopped = deadline.guard("reset", || {
+                let err = |what| vhost_err(socket, what);
+                frontend
+                    .set_vring_enable(i, false)
+                    .map_err(err("SET_VRING_ENABLE 0"))?;
+                frontend.get_vring_base(i).map_err(err("GET_VRING_BASE"))
+            });
+            match stopped {
+                Ok(base) => tracing::debug!("{name}: queue {i} stopped at {base}"),
+                Err(e) => tracing::warn!("{name}: queue {i}: {e}"),
             }
         }
     }
@@ -199,6 +196,41 @@ impl VhostUserLink {
     pub(super) fn hangup_fd(&self) -> RawFd {
         self.frontend.as_raw_fd()
     }
+}
+
+/// Hands queue `i`'s size, ring addresses, base and eventfds to the backend and enables it;
+/// `false` if the queue has no eventfds (nothing was sent).
+fn start_queue(
+    f: &mut Frontend,
+    socket: &str,
+    errs: &[EventFd],
+    i: usize,
+    act: &Activation<'_>,
+    q: &QueueState,
+) -> Result<bool, VirtioError> {
+    let (dl, al, ul) = q.ring_lengths();
+    let data = VringConfigData {
+        queue_max_size: q.max_size,
+        queue_size: q.size,
+        flags: 0,
+        desc_table_addr: host_addr(act.mem, i, q.desc, dl)?,
+        used_ring_addr: host_addr(act.mem, i, q.used, ul)?,
+        avail_ring_addr: host_addr(act.mem, i, q.avail, al)?,
+        log_addr: None,
+    };
+    let (Some(kick), Some(call), Some(errfd)) = (act.kicks.get(i), act.calls.get(i), errs.get(i))
+    else {
+        return Ok(false);
+    };
+    let e = |what| vhost_err(socket, what);
+    f.set_vring_num(i, q.size).map_err(e("SET_VRING_NUM"))?;
+    f.set_vring_addr(i, &data).map_err(e("SET_VRING_ADDR"))?;
+    f.set_vring_base(i, 0).map_err(e("SET_VRING_BASE"))?;
+    f.set_vring_kick(i, kick).map_err(e("SET_VRING_KICK"))?;
+    f.set_vring_call(i, call).map_err(e("SET_VRING_CALL"))?;
+    f.set_vring_err(i, errfd).map_err(e("SET_VRING_ERR"))?;
+    f.set_vring_enable(i, true).map_err(e("SET_VRING_ENABLE"))?;
+    Ok(true)
 }
 
 /// Translates a guest ring address to this process's address, checking the

@@ -66,12 +66,23 @@ impl VhostUserBlk {
             return Err(missing("backend lacks VHOST_USER_PROTOCOL_F_CONFIG".into()));
         }
         let features = link.backend_features;
-        let frontend = &mut link.frontend;
-        let backend_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?
-        } else {
-            1
-        };
+        let (deadline, frontend) = (&link.deadline, &mut link.frontend);
+        let (backend_queues, payload) = deadline.guard("configuration", || {
+            let queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
+                frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?
+            } else {
+                1
+            };
+            let (_, payload) = frontend
+                .get_config(
+                    0,
+                    BLK_CONFIG_LEN as u32,
+                    VhostUserConfigFlags::empty(),
+                    &[0u8; BLK_CONFIG_LEN],
+                )
+                .map_err(err("GET_CONFIG"))?;
+            Ok((queues, payload))
+        })?;
         let num_queues = match cfg.queues {
             Some(n) if u64::from(n) > backend_queues => {
                 return Err(missing(format!(
@@ -81,14 +92,6 @@ impl VhostUserBlk {
             Some(n) => n,
             None => u16::try_from(backend_queues.clamp(1, 64)).unwrap_or(1),
         };
-        let (_, payload) = frontend
-            .get_config(
-                0,
-                BLK_CONFIG_LEN as u32,
-                VhostUserConfigFlags::empty(),
-                &[0u8; BLK_CONFIG_LEN],
-            )
-            .map_err(err("GET_CONFIG"))?;
         let mut config = [0u8; BLK_CONFIG_LEN];
         let n = payload.len().min(BLK_CONFIG_LEN);
         config[..n].copy_from_slice(&payload[..n]);
@@ -151,13 +154,16 @@ impl VirtioBackend for VhostUserBlk {
             tracing::debug!("{}: ignored config write at {offset:#x}", self.link.name);
             return;
         }
-        match self
-            .link
-            .frontend
-            .set_config(offset as u32, VhostUserConfigFlags::empty(), data)
-        {
+        let link = &mut self.link;
+        let (deadline, frontend) = (&link.deadline, &mut link.frontend);
+        let err = vhost_err(&link.socket, "SET_CONFIG writeback");
+        match deadline.guard("SET_CONFIG", || {
+            frontend
+                .set_config(offset as u32, VhostUserConfigFlags::empty(), data)
+                .map_err(err)
+        }) {
             Ok(()) => self.config[BLK_CONFIG_WRITEBACK as usize] = data[0],
-            Err(e) => tracing::warn!("{}: SET_CONFIG writeback: {e}", self.link.name),
+            Err(e) => tracing::warn!("{}: {e}", link.name),
         }
     }
 
