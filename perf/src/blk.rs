@@ -73,6 +73,8 @@ pub struct BlkBench {
     pub ours_args: Vec<String>,
     /// qemu-storage-daemon binary.
     pub qsd_bin: PathBuf,
+    /// vhost-user clients poll for completions (libblkio poll queues).
+    pub client_poll: bool,
     /// Directory for sockets.
     pub run_dir: PathBuf,
 }
@@ -191,17 +193,21 @@ impl BlkBench {
         // Reads only: a read-only session also matches qemu-storage-daemon's default export.
         b.set_bool("read-only", true).map_err(be("read-only"))?;
         b.connect().map_err(be("connect"))?;
-        b.set_i32("num-queues", queues as i32)
+        let poll = self.client_poll && target != Target::Raw;
+        let (interrupt_queues, poll_queues) = if poll { (0, queues) } else { (queues, 0) };
+        b.set_i32("num-queues", interrupt_queues as i32)
             .map_err(be("num-queues"))?;
+        b.set_i32("num-poll-queues", poll_queues as i32)
+            .map_err(be("num-poll-queues"))?;
         let out = b.start().map_err(be("start"))?;
+        let client_queues = if poll { out.poll_queues } else { out.queues };
         let region = b
             .alloc_mem_region(iodepth * queues * BS)
             .map_err(be("alloc region"))?;
         b.map_mem_region(&region).map_err(be("map region"))?;
         let sectors = self.size / BS as u64;
         let deadline = Instant::now() + self.duration;
-        let threads: Vec<_> = out
-            .queues
+        let threads: Vec<_> = client_queues
             .into_iter()
             .enumerate()
             .map(|(i, q)| {

@@ -192,6 +192,11 @@ struct BlkArgs {
     /// Skip qemu-storage-daemon.
     #[arg(long)]
     no_qsd: bool,
+    /// The vhost-user client polls its queues for completions (libblkio poll queues, as a guest
+    /// with virtio-blk `poll_queues` and polled I/O does) instead of sleeping on the call
+    /// eventfd; raw io_uring on a page-cached file completes inline either way.
+    #[arg(long)]
+    client_poll: bool,
     /// JSON report path.
     #[arg(long, default_value = "perf-blk.json")]
     json: PathBuf,
@@ -505,6 +510,7 @@ fn blk(a: BlkArgs) -> perf::Result<()> {
         ours_bin,
         ours_args: a.ours_arg.clone(),
         qsd_bin: a.qsd_bin.clone(),
+        client_poll: a.client_poll,
         run_dir: run_dir.clone(),
     };
     eprintln!(
@@ -513,6 +519,9 @@ fn blk(a: BlkArgs) -> perf::Result<()> {
         a.size_mib
     );
     bench.prepare_file()?;
+    if a.client_poll {
+        eprintln!("client polls its vhost-user queues for completions (libblkio poll queues)");
+    }
     let mut targets = vec![Target::Ours, Target::Raw];
     if !a.no_qsd {
         targets.insert(1, Target::Qsd);
@@ -597,6 +606,7 @@ fn blk(a: BlkArgs) -> perf::Result<()> {
         "file_mib": a.size_mib,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "ours_args": a.ours_arg,
+        "client_poll": a.client_poll,
         "repeat": a.repeat,
         "results": results,
         "runs": runs,
