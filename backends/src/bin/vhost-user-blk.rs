@@ -40,6 +40,11 @@ struct Args {
     /// Busy-poll window in microseconds after each batch (0 = off).
     #[arg(long, default_value_t = 0)]
     poll_us: u64,
+    /// Kernel submission polling (io_uring SQPOLL) for each queue: a kernel thread picks up
+    /// requests and runs them beside the queue thread, sleeping after this many idle
+    /// milliseconds. Needs a spare CPU per busy queue (0 = off).
+    #[arg(long, default_value_t = 0)]
+    sqpoll_idle_ms: u64,
     /// Serial returned by GET_ID (at most 20 bytes).
     #[arg(long, default_value = "vhost-user-blk")]
     serial: String,
@@ -94,6 +99,8 @@ fn run(args: Args) -> Result<std::convert::Infallible, Error> {
             queue_size: args.queue_size,
             readonly: args.readonly,
             poll: Duration::from_micros(args.poll_us),
+            sqpoll_idle: (args.sqpoll_idle_ms > 0)
+                .then(|| Duration::from_millis(args.sqpoll_idle_ms)),
             serial: args.serial.clone(),
         },
     )?);

@@ -47,6 +47,11 @@ struct Args {
     /// Busy-poll window in microseconds after each transmit batch (0 = off).
     #[arg(long, default_value_t = 0)]
     poll_us: u64,
+    /// Kernel submission polling (io_uring SQPOLL) for each transmit queue: a kernel thread picks up
+    /// requests and runs them beside the queue thread, sleeping after this many idle
+    /// milliseconds. Needs a spare CPU per busy queue (0 = off).
+    #[arg(long, default_value_t = 0)]
+    sqpoll_idle_ms: u64,
     /// Serve the socket directly, without the relay that holds back `SET_VRING_ENABLE` sent
     /// before `SET_FEATURES` (QEMU's vhost-user netdev does that; see `backends::vhost_shim`).
     #[arg(long)]
@@ -150,6 +155,7 @@ fn run(args: Args) -> Result<(), Error> {
         queue_pairs: args.queues,
         queue_size: args.queue_size,
         poll: Duration::from_micros(args.poll_us),
+        sqpoll_idle: (args.sqpoll_idle_ms > 0).then(|| Duration::from_millis(args.sqpoll_idle_ms)),
     };
     let mut devices: Vec<(Arc<NetBackend>, PathBuf)> = Vec::new();
     match (&args.link, &args.socket, &args.tap) {

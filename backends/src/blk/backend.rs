@@ -35,6 +35,8 @@ pub struct BlkOptions {
     pub readonly: bool,
     /// Busy-poll window after each batch.
     pub poll: Duration,
+    /// Kernel submission-polling idle time (io_uring SQPOLL); `None` = off.
+    pub sqpoll_idle: Option<Duration>,
     /// GET_ID serial (truncated to 20 bytes).
     pub serial: String,
 }
@@ -96,6 +98,7 @@ impl BlkBackend {
             queue_size: opts.queue_size,
             poll: opts.poll,
             max_iov: SEG_MAX as usize,
+            sqpoll_idle: opts.sqpoll_idle,
         };
         let mut engines = Vec::new();
         let mut stats = Vec::new();
@@ -304,6 +307,7 @@ mod tests {
             queue_size: 128,
             readonly,
             poll: Duration::ZERO,
+            sqpoll_idle: None,
             serial: "x".into(),
         };
         (BlkBackend::new(disk, opts).unwrap(), f)

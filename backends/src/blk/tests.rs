@@ -93,6 +93,7 @@ impl Harness {
             queue_size: QSIZE,
             poll: Duration::ZERO,
             max_iov: SEG_MAX as usize,
+            sqpoll_idle: None,
         };
         let engine = Engine::new(handler, cfg, stats).unwrap();
         let q = LocalQueue::new(queue, Arc::new(mem.clone()), None);
@@ -556,6 +557,7 @@ fn used_ring_survives_bad_file_fd_errors() {
         queue_size: QSIZE,
         poll: Duration::ZERO,
         max_iov: SEG_MAX as usize,
+        sqpoll_idle: None,
     };
     h.engine = Engine::new(handler, cfg, stats).unwrap();
     let (_, st) = h.one(
@@ -565,6 +567,42 @@ fn used_ring_survives_bad_file_fd_errors() {
     );
     assert_eq!(st, IOERR);
     h.good_read(0, 1);
+}
+
+#[test]
+fn kernel_submission_polling_serves_writes_and_reads() {
+    // With SQPOLL a kernel thread picks the requests up; completions arrive asynchronously
+    // and must still wake the queue thread through the completion eventfd (`run` sleeps on it).
+    let mut h = Harness::new(false);
+    let stats = h.engine.stats().clone();
+    let handler = BlkHandler::new(
+        Arc::new(h.file.reopen().unwrap()),
+        h.engine.handler().settings().clone(),
+        Arc::new(AtomicBool::new(true)),
+        stats.clone(),
+    );
+    let cfg = EngineConfig {
+        queue_size: QSIZE,
+        poll: Duration::ZERO,
+        max_iov: SEG_MAX as usize,
+        sqpoll_idle: Some(Duration::from_millis(1)),
+    };
+    h.engine = Engine::new(handler, cfg, stats).unwrap();
+    for round in 0..16u64 {
+        let pattern: Vec<u8> = (0..4096u64).map(|i| (i * 13 + round) as u8).collect();
+        h.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+        let (len, st) = h.one(
+            VIRTIO_BLK_T_OUT,
+            round * 8,
+            &[r(HDR, 16), r(DATA, 4096), w(STATUS, 1)],
+        );
+        assert_eq!((len, st), (1, OK));
+        assert_eq!(h.file_bytes(round * 8 * 512, 4096), pattern);
+        h.mem.write_slice(&[0u8; 4096], GuestAddress(DATA)).unwrap();
+        h.good_read(round * 8, 8);
+        // Past the idle time the kernel thread sleeps and the next submission must wake it.
+        std::thread::sleep(Duration::from_millis(3));
+    }
 }
 
 #[test]
@@ -605,6 +643,7 @@ fn advertised_limits(file: &std::path::Path) -> (u32, u32, u32) {
         queue_size: QSIZE,
         readonly: false,
         poll: Duration::ZERO,
+        sqpoll_idle: None,
         serial: String::new(),
     };
     let b = BlkBackend::new(disk, opts).unwrap();

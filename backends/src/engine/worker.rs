@@ -22,6 +22,10 @@ pub struct EngineConfig {
     pub poll: Duration,
     /// Largest iovec count one request may use.
     pub max_iov: usize,
+    /// Kernel submission polling (io_uring `SQPOLL`): a kernel thread per queue picks up
+    /// submissions without `io_uring_enter` and runs them beside this thread, sleeping after
+    /// this much idle time. Costs up to a CPU per busy queue; `None` = off.
+    pub sqpoll_idle: Option<Duration>,
 }
 
 /// One in-flight request.
@@ -57,10 +61,13 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     /// [`Engine::completion_fd`].
     pub fn new(handler: H, cfg: EngineConfig, stats: Arc<QueueStats>) -> Result<Self> {
         let entries = u32::from(cfg.queue_size.max(1)).next_power_of_two();
-        let ring = IoUring::builder()
-            .setup_cqsize(entries * 2)
-            .build(entries)
-            .map_err(Error::UringSetup)?;
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(entries * 2);
+        if let Some(idle) = cfg.sqpoll_idle {
+            let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
+            builder.setup_sqpoll(ms);
+        }
+        let ring = builder.build(entries).map_err(Error::UringSetup)?;
         let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
         // Not `register_eventfd_async`: buffered reads that miss the page cache complete
         // through task_work in this thread's context, which the async variant does not

@@ -48,6 +48,9 @@ pub struct NetOptions {
     pub queue_size: u16,
     /// Busy-poll window of the transmit engine after each batch.
     pub poll: Duration,
+    /// Kernel submission-polling idle time of the transmit engine (io_uring SQPOLL);
+    /// `None` = off.
+    pub sqpoll_idle: Option<Duration>,
 }
 
 /// The other end of the device's wire.
@@ -203,6 +206,7 @@ impl NetBackend {
             queue_size: opts.queue_size,
             poll: opts.poll,
             max_iov: TX_MAX_IOV,
+            sqpoll_idle: opts.sqpoll_idle,
         };
         let mut tx = Vec::new();
         let mut rx = Vec::new();

@@ -181,6 +181,7 @@ impl Harness {
             queue_size: QSIZE,
             poll: Duration::ZERO,
             max_iov: TX_MAX_IOV,
+            sqpoll_idle: None,
         };
         let tx = Engine::new(handler, cfg, tx_stats).unwrap();
         let shared = Arc::new(mem.clone());

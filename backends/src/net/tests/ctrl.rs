@@ -281,6 +281,7 @@ fn link_backend(pairs: u16) -> (NetBackend, Vec<OwnedFd>) {
         queue_pairs: pairs,
         queue_size: QSIZE,
         poll: Duration::ZERO,
+        sqpoll_idle: None,
     };
     (NetBackend::new(opts).unwrap(), peers)
 }

@@ -140,6 +140,7 @@ impl InVmmBlk {
             queue_size: q.size,
             poll: Duration::ZERO,
             max_iov: SEG_MAX as usize,
+            sqpoll_idle: None,
         };
         let engine = Engine::new(handler, ecfg, stats.clone()).map_err(|e| {
             VirtioError::Io(std::io::Error::other(format!("queue {i} engine: {e}")))

@@ -143,6 +143,7 @@ impl InVmmNet {
             queue_size: txq.size,
             poll: Duration::ZERO,
             max_iov: TX_MAX_IOV,
+            sqpoll_idle: None,
         };
         let tx = Engine::new(handler, ecfg, tx_stats.clone()).map_err(|e| engine_err("tx", e))?;
         let rx = RxPath::new(fd, rxq.size, self.acked.clone(), rx_stats.clone())
