@@ -9,7 +9,7 @@ use std::time::Duration;
 use lab::{guest_initramfs, Cpio, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
 
 const BACKING_SIZE: u64 = 128 << 20;
-/// Where the guest writes the dd pattern (beyond fio's 64 MiB).
+/// Where the guest writes the dd pattern (beyond fio's 16 MiB verify and 64 MiB read range).
 const PATTERN_OFFSET: usize = 96 << 20;
 /// Seconds (lab clock) before a still-running VMM is dumped and killed.
 const WATCHDOG_SECS: u32 = 150;
@@ -34,7 +34,7 @@ while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 if [ ! -b /dev/nvme0n1 ]; then echo "GUEST-NVME=missing"; dmesg | grep -i -e nvme -e pci | tail -40; exit 1; fi
 echo "GUEST-NVME=present"
 fio --name=verify --filename=/dev/nvme0n1 --rw=randwrite --bs=4k --iodepth=32 \
-    --ioengine=libaio --direct=1 --size=64M --verify=crc32c --output-format=terse \
+    --ioengine=libaio --direct=1 --size=16M --verify=crc32c --output-format=terse \
     > /tmp/verify.txt 2>&1
 echo "FIO-VERIFY-EXIT=$?"
 grep -i -e verify -e error /tmp/verify.txt | grep -v '^3;' | head -5
@@ -42,7 +42,7 @@ awk -F';' '/^3;/ { print "FIO-VERIFY-ERR=" $5 }' /tmp/verify.txt
 dd if=/pattern.bin of=/dev/nvme0n1 bs=4096 seek=24576 oflag=direct conv=fsync 2>&1 | tail -1
 echo "DD-EXIT=$?"
 fio --name=randread --filename=/dev/nvme0n1 --rw=randread --bs=4k --iodepth=32 \
-    --ioengine=libaio --direct=1 --size=64M --runtime=5 --time_based --output-format=terse \
+    --ioengine=libaio --direct=1 --size=64M --runtime=3 --time_based --output-format=terse \
     | awk -F';' '/^3;/ { print "FIO-READ-IOPS=" $8 }'
 grep nvme /proc/interrupts
 awk '/nvme/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print "NVME-IRQ-TOTAL=" s+0 }' /proc/interrupts

@@ -51,6 +51,16 @@ fn w(addr: u64, len: u32) -> D {
     }
 }
 
+/// The engine settings of these tests, with optional kernel submission polling.
+fn engine_config(sqpoll_idle: Option<Duration>) -> EngineConfig {
+    EngineConfig {
+        queue_size: QSIZE,
+        poll: Duration::ZERO,
+        max_iov: SEG_MAX as usize,
+        sqpoll_idle,
+    }
+}
+
 struct Harness {
     mem: Mem,
     engine: Engine<BlkHandler, Mem>,
@@ -89,12 +99,7 @@ impl Harness {
             Arc::new(AtomicBool::new(true)),
             stats.clone(),
         );
-        let cfg = EngineConfig {
-            queue_size: QSIZE,
-            poll: Duration::ZERO,
-            max_iov: SEG_MAX as usize,
-            sqpoll_idle: None,
-        };
+        let cfg = engine_config(None);
         let engine = Engine::new(handler, cfg, stats).unwrap();
         let q = LocalQueue::new(queue, Arc::new(mem.clone()), None);
         let (avail, used) = (vq.avail_addr().0, vq.used_addr().0);
@@ -553,12 +558,7 @@ fn used_ring_survives_bad_file_fd_errors() {
     let mut settings = h.engine.handler().settings().clone();
     settings.readonly = false;
     let handler = BlkHandler::new(ro, settings, Arc::new(AtomicBool::new(true)), stats.clone());
-    let cfg = EngineConfig {
-        queue_size: QSIZE,
-        poll: Duration::ZERO,
-        max_iov: SEG_MAX as usize,
-        sqpoll_idle: None,
-    };
+    let cfg = engine_config(None);
     h.engine = Engine::new(handler, cfg, stats).unwrap();
     let (_, st) = h.one(
         VIRTIO_BLK_T_OUT,
@@ -581,12 +581,7 @@ fn kernel_submission_polling_serves_writes_and_reads() {
         Arc::new(AtomicBool::new(true)),
         stats.clone(),
     );
-    let cfg = EngineConfig {
-        queue_size: QSIZE,
-        poll: Duration::ZERO,
-        max_iov: SEG_MAX as usize,
-        sqpoll_idle: Some(Duration::from_millis(1)),
-    };
+    let cfg = engine_config(Some(Duration::from_millis(1)));
     h.engine = Engine::new(handler, cfg, stats).unwrap();
     for round in 0..16u64 {
         let pattern: Vec<u8> = (0..4096u64).map(|i| (i * 13 + round) as u8).collect();

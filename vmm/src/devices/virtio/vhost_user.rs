@@ -5,7 +5,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
-use vhost::vhost_user::message::VhostUserHeaderFlag;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
@@ -196,6 +196,20 @@ impl VhostUserLink {
     pub(super) fn hangup_fd(&self) -> RawFd {
         self.frontend.as_raw_fd()
     }
+}
+
+/// GET_CONFIG of the device's first `N` config bytes (zero-filled past what the backend sends).
+pub(super) fn read_config<const N: usize>(
+    frontend: &mut Frontend,
+    socket: &str,
+) -> Result<[u8; N], VirtioError> {
+    let (_, payload) = frontend
+        .get_config(0, N as u32, VhostUserConfigFlags::empty(), &[0u8; N])
+        .map_err(vhost_err(socket, "GET_CONFIG"))?;
+    let mut config = [0u8; N];
+    let n = payload.len().min(N);
+    config[..n].copy_from_slice(&payload[..n]);
+    Ok(config)
 }
 
 /// Hands queue `i`'s size, ring addresses, base and eventfds to the backend and enables it;

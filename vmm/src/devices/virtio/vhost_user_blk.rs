@@ -9,7 +9,7 @@ use std::path::Path;
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 
-use super::vhost_user::{vhost_err, VhostUserLink};
+use super::vhost_user::{read_config, vhost_err, VhostUserLink};
 use super::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
 use crate::config::DiskConfig;
 
@@ -73,15 +73,7 @@ impl VhostUserBlk {
             } else {
                 1
             };
-            let (_, payload) = frontend
-                .get_config(
-                    0,
-                    BLK_CONFIG_LEN as u32,
-                    VhostUserConfigFlags::empty(),
-                    &[0u8; BLK_CONFIG_LEN],
-                )
-                .map_err(err("GET_CONFIG"))?;
-            Ok((queues, payload))
+            Ok((queues, read_config::<BLK_CONFIG_LEN>(frontend, &socket)?))
         })?;
         let num_queues = match cfg.queues {
             Some(n) if u64::from(n) > backend_queues => {
@@ -92,9 +84,7 @@ impl VhostUserBlk {
             Some(n) => n,
             None => u16::try_from(backend_queues.clamp(1, 64)).unwrap_or(1),
         };
-        let mut config = [0u8; BLK_CONFIG_LEN];
-        let n = payload.len().min(BLK_CONFIG_LEN);
-        config[..n].copy_from_slice(&payload[..n]);
+        let mut config = payload;
         // The guest sees the queue count we expose, not the backend's.
         config[BLK_CONFIG_NUM_QUEUES..BLK_CONFIG_NUM_QUEUES + 2]
             .copy_from_slice(&num_queues.to_le_bytes());

@@ -13,11 +13,10 @@
 
 use std::os::fd::RawFd;
 
-use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use virtio_bindings::virtio_net::*;
 
-use super::vhost_user::{vhost_err, VhostUserLink};
+use super::vhost_user::{read_config, vhost_err, VhostUserLink};
 use super::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
 use crate::config::VhostUserNetConfig;
 
@@ -111,20 +110,11 @@ impl VhostUserNet {
                     )));
                 }
             }
-            let mut config = [0u8; NET_CONFIG_LEN];
             if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
-                let (_, payload) = frontend
-                    .get_config(
-                        0,
-                        NET_CONFIG_LEN as u32,
-                        VhostUserConfigFlags::empty(),
-                        &[0u8; NET_CONFIG_LEN],
-                    )
-                    .map_err(err("GET_CONFIG"))?;
-                let n = payload.len().min(NET_CONFIG_LEN);
-                config[..n].copy_from_slice(&payload[..n]);
+                read_config::<NET_CONFIG_LEN>(frontend, &socket)
+            } else {
+                Ok([0u8; NET_CONFIG_LEN])
             }
-            Ok(config)
         })?;
         let mut offered = features & GUEST_FEATURE_MASK;
         if pairs > 1 {
