@@ -17,6 +17,7 @@
 //! a number of chains that is only known once the frame has arrived; the engine maps one
 //! chain to one operation.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +61,11 @@ pub struct RxPath {
     /// keeps its entries to reuse their allocations).
     held: Vec<DescChain>,
     nheld: usize,
+    /// The guest memory snapshots the held chains were walked against, kept alive while they
+    /// are held: a chain's cached host addresses are only used with the very object it was
+    /// walked in, and a freed snapshot's address could be reused by its successor after a
+    /// memory-table update.
+    held_mem: Vec<Arc<dyn Any + Send + Sync>>,
     max_chains: usize,
     used: Vec<(u16, u32)>,
     features: Arc<AtomicU64>,
@@ -96,6 +102,7 @@ impl RxPath {
             completion,
             held: Vec::new(),
             nheld: 0,
+            held_mem: Vec::new(),
             max_chains: usize::from(queue_size.max(1)),
             used: Vec::with_capacity(usize::from(queue_size.max(1))),
             features,
@@ -186,6 +193,12 @@ impl RxPath {
                 continue;
             }
             self.nheld += 1;
+            let same = |m: &Arc<dyn Any + Send + Sync>| {
+                std::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(mem))
+            };
+            if !self.held_mem.last().is_some_and(same) {
+                self.held_mem.push(mem.clone());
+            }
             return true;
         }
     }
@@ -194,6 +207,9 @@ impl RxPath {
     fn consume_held(&mut self, k: usize) {
         self.held[..self.nheld].rotate_left(k);
         self.nheld -= k;
+        if self.nheld == 0 {
+            self.held_mem.clear();
+        }
     }
 
     /// Drop a frame that cannot be delivered, returning the first held chain empty.

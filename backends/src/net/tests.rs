@@ -554,6 +554,49 @@ fn rx_mergeable_frame_waits_for_more_buffers() {
 }
 
 #[test]
+fn rx_chains_held_across_a_memory_update_write_into_the_new_memory() {
+    let mut h = Harness::new(base_features());
+    let head = h.rxv.add(&h.mem, &[w(BUF, 2048)]);
+    // No frame yet: the receive chain is reserved and a read waits on the "TAP".
+    h.rx.process(&mut h.rxq).unwrap();
+    assert!(h.rx.reading());
+    // The frontend replaces the memory table: a new mapping with the same contents. The old
+    // snapshot is released before the new one is allocated, so the allocator may hand the
+    // new object the old one's address.
+    let mut image = vec![0u8; MEM_SIZE];
+    h.mem.read_slice(&mut image, GuestAddress(0)).unwrap();
+    let fresh = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    fresh.write_slice(&image, GuestAddress(0)).unwrap();
+    let fresh_view = fresh.clone();
+    let placeholder = Arc::new(Mem::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap());
+    h.rxq.mem = placeholder.clone();
+    h.txq.mem = placeholder;
+    let shared = Arc::new(fresh);
+    h.rxq.mem = shared.clone();
+    h.txq.mem = shared;
+    let old = std::mem::replace(&mut h.mem, fresh_view);
+
+    let pkt = packet(VnetHdr::default(), 300, 9);
+    h.peer_send(&pkt);
+    h.run_rx_until(1);
+    assert_eq!(h.rxv.used(&h.mem), (u32::from(head), pkt.len() as u32));
+    let mut got = vec![0u8; pkt.len()];
+    h.mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    assert_eq!(
+        &got[VNET_HDR_LEN..],
+        &pkt[VNET_HDR_LEN..],
+        "frame not in the new memory"
+    );
+    let mut stale = vec![0u8; pkt.len()];
+    old.read_slice(&mut stale, GuestAddress(BUF)).unwrap();
+    assert_ne!(
+        &stale[VNET_HDR_LEN..],
+        &pkt[VNET_HDR_LEN..],
+        "frame written to the old memory"
+    );
+}
+
+#[test]
 fn rx_nothing_is_read_without_buffers() {
     let mut h = Harness::new(base_features());
     h.peer_send(&packet(VnetHdr::default(), 100, 1));
