@@ -53,6 +53,11 @@ pub enum Dir {
 ///
 /// Walking never stops at a bad address so that the status byte at the end of the
 /// writable stream can still be located and answered.
+///
+/// The host addresses recorded by the walk belong to the guest memory object the chain was
+/// walked against, recognised by its address: whoever keeps a chain beyond the call that
+/// popped it must keep that object alive too (the engine's in-flight slots and the receive
+/// path's held chains do), or a successor allocated at the same address would pass for it.
 #[derive(Debug, Default)]
 pub struct DescChain {
     head: u16,
