@@ -25,7 +25,7 @@ pub(super) struct VhostUserLink {
     pub(super) name: String,
     /// The backend's socket, for error messages.
     pub(super) socket: String,
-    /// Bounds every exchange with the backend (dropped before `frontend`).
+    /// Bounds every exchange with the backend (it watches a duplicate of the socket).
     pub(super) deadline: ReplyDeadline,
     /// The protocol connection.
     pub(super) frontend: Frontend,
@@ -179,11 +179,13 @@ impl VhostUserLink {
                 continue;
             }
             let stopped = deadline.guard("reset", || {
-                let err = |what| vhost_err(socket, what);
+                // GET_VRING_BASE stops the ring even if disabling it failed.
+                if let Err(e) = frontend.set_vring_enable(i, false) {
+                    tracing::warn!("{name}: queue {i}: SET_VRING_ENABLE 0: {e}");
+                }
                 frontend
-                    .set_vring_enable(i, false)
-                    .map_err(err("SET_VRING_ENABLE 0"))?;
-                frontend.get_vring_base(i).map_err(err("GET_VRING_BASE"))
+                    .get_vring_base(i)
+                    .map_err(vhost_err(socket, "GET_VRING_BASE"))
             });
             match stopped {
                 Ok(base) => tracing::debug!("{name}: queue {i} stopped at {base}"),

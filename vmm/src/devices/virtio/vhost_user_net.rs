@@ -82,40 +82,45 @@ impl VhostUserNet {
         };
         let protocol = link.protocol;
         let features = link.backend_features;
+        if pairs > 1 {
+            if !protocol.contains(VhostUserProtocolFeatures::MQ) {
+                return Err(missing(format!(
+                    "queues={pairs} needs VHOST_USER_PROTOCOL_F_MQ, which the backend lacks"
+                )));
+            }
+            if features & MQ_FEATURES != MQ_FEATURES {
+                return Err(missing(format!(
+                    "queues={pairs} needs a backend offering VIRTIO_NET_F_MQ and \
+                     VIRTIO_NET_F_CTRL_VQ (it serves the control queue); this one offers {}",
+                    if features & (1 << VIRTIO_NET_F_MQ) != 0 {
+                        "MQ without CTRL_VQ"
+                    } else {
+                        "neither"
+                    }
+                )));
+            }
+        }
         let (deadline, frontend) = (&link.deadline, &mut link.frontend);
-        let mut config = deadline.guard("configuration", || {
-            if pairs > 1 {
-                if !protocol.contains(VhostUserProtocolFeatures::MQ) {
-                    return Err(missing(format!(
-                        "queues={pairs} needs VHOST_USER_PROTOCOL_F_MQ, which the backend lacks"
-                    )));
-                }
-                if features & MQ_FEATURES != MQ_FEATURES {
-                    return Err(missing(format!(
-                        "queues={pairs} needs a backend offering VIRTIO_NET_F_MQ and \
-                         VIRTIO_NET_F_CTRL_VQ (it serves the control queue); this one offers {}",
-                        if features & (1 << VIRTIO_NET_F_MQ) != 0 {
-                            "MQ without CTRL_VQ"
-                        } else {
-                            "neither"
-                        }
-                    )));
-                }
-                let backend_queues = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
-                if backend_queues < u64::from(num_queues) {
-                    return Err(missing(format!(
-                        "queues={pairs} needs {num_queues} virtqueues (with the control queue) \
-                         but the backend serves {backend_queues}; start it with --queues {pairs} \
-                         or more"
-                    )));
-                }
-            }
-            if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
-                read_config::<NET_CONFIG_LEN>(frontend, &socket)
+        let (backend_queues, mut config) = deadline.guard("configuration", || {
+            let queues = if pairs > 1 {
+                Some(frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?)
             } else {
-                Ok([0u8; NET_CONFIG_LEN])
-            }
+                None
+            };
+            let config = if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+                read_config::<NET_CONFIG_LEN>(frontend, &socket)?
+            } else {
+                [0u8; NET_CONFIG_LEN]
+            };
+            Ok((queues, config))
         })?;
+        if let Some(backend_queues) = backend_queues.filter(|&q| q < u64::from(num_queues)) {
+            return Err(missing(format!(
+                "queues={pairs} needs {num_queues} virtqueues (with the control queue) \
+                 but the backend serves {backend_queues}; start it with --queues {pairs} \
+                 or more"
+            )));
+        }
         let mut offered = features & GUEST_FEATURE_MASK;
         if pairs > 1 {
             offered |= MQ_FEATURES;
