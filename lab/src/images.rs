@@ -130,9 +130,15 @@ impl FileLock {
     }
 }
 
+/// Kernel messages below warning level stay off the guest console while the test script runs
+/// (`dmesg` still has them): the kernel prints them asynchronously, so one could land inside
+/// the script's output, such as a fio JSON document (seen: `drop_caches: 3` in the middle of
+/// one). Warnings, oopses and panics are still printed.
+const QUIET_CONSOLE: &str = "echo 5 > /proc/sys/kernel/printk\n";
+
 /// Builds a nested-guest initramfs at `out`: `guest-base` + (optionally) `guest-tools` + an
-/// overlay holding `extra` and `/test.sh` = `test_script`. The guest `/init` runs `/test.sh`,
-/// prints `GUEST-EXIT-STATUS=N` and powers off. Returns `out`.
+/// overlay holding `extra` and `/test.sh` = [`QUIET_CONSOLE`] + `test_script`. The guest
+/// `/init` runs `/test.sh`, prints `GUEST-EXIT-STATUS=N` and powers off. Returns `out`.
 pub fn guest_initramfs(
     images: &Images,
     test_script: &str,
@@ -140,7 +146,8 @@ pub fn guest_initramfs(
     mut extra: Cpio,
     out: &Path,
 ) -> Result<PathBuf> {
-    extra.add_file("/test.sh", test_script.as_bytes().to_vec(), 0o755)?;
+    let script = format!("{QUIET_CONSOLE}{test_script}");
+    extra.add_file("/test.sh", script.into_bytes(), 0o755)?;
     let mut parts = vec![images.guest_base.as_path()];
     if with_tools {
         parts.push(images.guest_tools.as_path());
