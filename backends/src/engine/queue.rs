@@ -2,11 +2,16 @@
 //! memory and call eventfd", implemented for vhost-user-backend vrings and for a plain
 //! in-process [`virtio_queue::Queue`] (in-VMM tier, tests).
 
+use std::num::Wrapping;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic,
+    GuestMemoryMmap,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{Error, Result};
@@ -38,6 +43,12 @@ pub trait VirtQueue {
     /// Put `(head, len)` entries on the used ring; returns how many were rejected
     /// (for example a head index past the queue size).
     fn add_used(&mut self, used: &[(u16, u32)]) -> usize;
+    /// Put `(head, len)` entries on the used ring and make them visible with one store of the
+    /// used index, so the driver sees them together (virtio 1.2 §5.1.6.4.2: the buffers of one
+    /// received frame must be used together). Returns how many were rejected and whether the
+    /// driver asked to be notified of them. Independent of [`VirtQueue::add_used`] and
+    /// [`VirtQueue::needs_notification`]: a queue uses one or the other.
+    fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)>;
     /// Disable driver notifications (no-op with EVENT_IDX).
     fn disable_notification(&mut self) -> Result<()>;
     /// Re-enable notifications; `true` if new buffers arrived meanwhile.
@@ -132,6 +143,12 @@ impl VirtQueue for VringQueue<'_> {
         rejected
     }
 
+    fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)> {
+        let mem = self.mem.memory();
+        let mut state = self.vring.get_mut();
+        publish_used(state.get_queue_mut(), &*mem, used)
+    }
+
     fn disable_notification(&mut self) -> Result<()> {
         Ok(self.vring.disable_notification()?)
     }
@@ -190,6 +207,10 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
             .count()
     }
 
+    fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)> {
+        publish_used(&mut self.queue, &*self.mem, used)
+    }
+
     fn disable_notification(&mut self) -> Result<()> {
         Ok(self.queue.disable_notification(&*self.mem)?)
     }
@@ -208,5 +229,120 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
             Some(evt) => evt.write(1).map_err(Error::Signal),
             None => Ok(()),
         }
+    }
+}
+
+/// Split virtqueue layout (virtio 1.2 §2.7.6, §2.7.8): `flags` and `idx` before the ring
+/// entries, then `used_event` after the avail ring.
+const RING_HEADER: u64 = 4;
+const USED_ELEMENT: u64 = 8;
+const AVAIL_ELEMENT: u64 = 2;
+
+/// [`VirtQueue::publish_used`] on a virtio-queue [`Queue`] (which only offers one used-index
+/// store per entry). The notification test is virtio-queue's own (EVENT_IDX: `used_event`
+/// within the entries just published; without it, always), over exactly these entries.
+fn publish_used<M: GuestMemory>(
+    q: &mut Queue,
+    mem: &M,
+    used: &[(u16, u32)],
+) -> Result<(usize, bool)> {
+    let overflow = || Error::Queue(virtio_queue::Error::AddressOverflow);
+    let size = q.size();
+    let ring = GuestAddress(q.used_ring());
+    let start = Wrapping(q.next_used());
+    let mut next = start;
+    let mut rejected = 0;
+    for &(head, len) in used {
+        if head >= size {
+            rejected += 1;
+            continue;
+        }
+        let offset = RING_HEADER + u64::from(next.0 % size) * USED_ELEMENT;
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_obj(elem, ring.checked_add(offset).ok_or_else(overflow)?)
+            .map_err(|e| Error::Queue(virtio_queue::Error::GuestMemory(e)))?;
+        next += Wrapping(1);
+    }
+    if next == start {
+        return Ok((rejected, false));
+    }
+    let idx_addr = ring.checked_add(2).ok_or_else(overflow)?;
+    mem.store(next.0.to_le(), idx_addr, Ordering::Release)
+        .map_err(|e| Error::Queue(virtio_queue::Error::GuestMemory(e)))?;
+    q.set_next_used(next.0);
+    if !q.event_idx_enabled() {
+        return Ok((rejected, true));
+    }
+    // The used index must be visible before `used_event` is read.
+    fence(Ordering::SeqCst);
+    let event_offset = RING_HEADER + u64::from(size) * AVAIL_ELEMENT;
+    let event_addr = GuestAddress(q.avail_ring())
+        .checked_add(event_offset)
+        .ok_or_else(overflow)?;
+    let used_event: u16 = mem
+        .load(event_addr, Ordering::Acquire)
+        .map_err(|e| Error::Queue(virtio_queue::Error::GuestMemory(e)))?;
+    let used_event = Wrapping(u16::from_le(used_event));
+    Ok((rejected, next - used_event - Wrapping(1) < next - start))
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_queue::QueueT;
+
+    use super::*;
+
+    type Mem = GuestMemoryMmap<()>;
+
+    fn used_ring(mem: &Mem, used: GuestAddress, n: u64) -> (u16, Vec<(u32, u32)>) {
+        let idx: u16 = mem.read_obj(used.unchecked_add(2)).unwrap();
+        let entries = (0..n)
+            .map(|i| {
+                let e = used.unchecked_add(4 + 8 * i);
+                (
+                    mem.read_obj(e).unwrap(),
+                    mem.read_obj(e.unchecked_add(4)).unwrap(),
+                )
+            })
+            .collect();
+        (idx, entries)
+    }
+
+    #[test]
+    fn published_entries_land_together_and_notify_as_used_event_asks() {
+        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        // Rings of their own (virtio-queue's mock lays the used ring over `used_event`).
+        let (avail, used) = (GuestAddress(0x1000), GuestAddress(0x2000));
+        let mut queue = Queue::new(16).unwrap();
+        queue.set_desc_table_address(Some(0), Some(0));
+        queue.set_avail_ring_address(Some(avail.0 as u32), Some(0));
+        queue.set_used_ring_address(Some(used.0 as u32), Some(0));
+        queue.set_ready(true);
+        queue.set_event_idx(true);
+        let used_event = avail.unchecked_add(4 + 2 * 16);
+        let mut q = LocalQueue::new(queue, Arc::new(mem.clone()), None);
+
+        // The driver wants a notification once the used index passes 2.
+        mem.write_obj(2u16, used_event).unwrap();
+        assert_eq!(q.publish_used(&[(0, 10), (1, 20)]).unwrap(), (0, false));
+        assert_eq!(used_ring(&mem, used, 2), (2, vec![(0, 10), (1, 20)]));
+        // A head past the queue size is rejected; the rest cross `used_event`.
+        assert_eq!(
+            q.publish_used(&[(2, 30), (99, 1), (3, 40)]).unwrap(),
+            (1, true)
+        );
+        assert_eq!(
+            used_ring(&mem, used, 4),
+            (4, vec![(0, 10), (1, 20), (2, 30), (3, 40)])
+        );
+        assert_eq!(q.queue.next_used(), 4);
+        // Nothing published: nothing to notify.
+        assert_eq!(q.publish_used(&[(99, 1)]).unwrap(), (1, false));
+
+        // Without EVENT_IDX every publication asks for a notification.
+        q.queue.set_event_idx(false);
+        assert_eq!(q.publish_used(&[(4, 50)]).unwrap(), (0, true));
     }
 }
