@@ -247,6 +247,7 @@ fn publish_used<M: GuestMemory>(
     used: &[(u16, u32)],
 ) -> Result<(usize, bool)> {
     let overflow = || Error::Queue(virtio_queue::Error::AddressOverflow);
+    let guest = |e| Error::Queue(virtio_queue::Error::GuestMemory(e));
     let size = q.size();
     let ring = GuestAddress(q.used_ring());
     let start = Wrapping(q.next_used());
@@ -262,7 +263,7 @@ fn publish_used<M: GuestMemory>(
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
         mem.write_obj(elem, ring.checked_add(offset).ok_or_else(overflow)?)
-            .map_err(|e| Error::Queue(virtio_queue::Error::GuestMemory(e)))?;
+            .map_err(guest)?;
         next += Wrapping(1);
     }
     if next == start {
@@ -270,7 +271,7 @@ fn publish_used<M: GuestMemory>(
     }
     let idx_addr = ring.checked_add(2).ok_or_else(overflow)?;
     mem.store(next.0.to_le(), idx_addr, Ordering::Release)
-        .map_err(|e| Error::Queue(virtio_queue::Error::GuestMemory(e)))?;
+        .map_err(guest)?;
     q.set_next_used(next.0);
     if !q.event_idx_enabled() {
         return Ok((rejected, true));
@@ -281,9 +282,7 @@ fn publish_used<M: GuestMemory>(
     let event_addr = GuestAddress(q.avail_ring())
         .checked_add(event_offset)
         .ok_or_else(overflow)?;
-    let used_event: u16 = mem
-        .load(event_addr, Ordering::Acquire)
-        .map_err(|e| Error::Queue(virtio_queue::Error::GuestMemory(e)))?;
+    let used_event: u16 = mem.load(event_addr, Ordering::Acquire).map_err(guest)?;
     let used_event = Wrapping(u16::from_le(used_event));
     Ok((rejected, next - used_event - Wrapping(1) < next - start))
 }
