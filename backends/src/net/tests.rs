@@ -503,20 +503,26 @@ fn rx_frame_lands_in_one_buffer_with_num_buffers_1() {
     );
 }
 
-/// Frames of `n` used entries each, reassembled in used-ring order (MRG_RXBUF: the first
-/// buffer's `num_buffers` says how many entries the frame spans).
-fn rx_frames(h: &mut Harness, frames: usize, buf_addr: impl Fn(u32) -> u64) -> Vec<Vec<u8>> {
+/// Guest address of the receive buffer with descriptor index `head`, for tests that post
+/// one single-descriptor buffer per 4 KiB page from [`BUF`] on.
+fn rx_buf(head: u32) -> u64 {
+    BUF + u64::from(head) * 0x1000
+}
+
+/// The next `frames` frames from the used ring, each reassembled from its buffers
+/// (MRG_RXBUF: the first buffer's `num_buffers` says how many used entries the frame spans).
+fn rx_frames(h: &mut Harness, frames: usize) -> Vec<Vec<u8>> {
     (0..frames)
         .map(|_| {
             let (head, len) = h.rxv.used(&h.mem);
-            let first = buf_addr(head);
+            let first = rx_buf(head);
             let mut frame = vec![0u8; len as usize];
             h.mem.read_slice(&mut frame, GuestAddress(first)).unwrap();
             for _ in 1..rx_num_buffers(h, first) {
                 let (head, len) = h.rxv.used(&h.mem);
                 let mut part = vec![0u8; len as usize];
                 h.mem
-                    .read_slice(&mut part, GuestAddress(buf_addr(head)))
+                    .read_slice(&mut part, GuestAddress(rx_buf(head)))
                     .unwrap();
                 frame.extend(part);
             }
@@ -536,7 +542,7 @@ fn rx_mergeable_frame_spans_buffers() {
     h.peer_send(&pkt);
     h.run_rx_until(3);
     assert_eq!(rx_num_buffers(&h, BUF), 3);
-    let got = rx_frames(&mut h, 1, |head| BUF + u64::from(head) * 0x1000);
+    let got = rx_frames(&mut h, 1);
     assert_eq!(got[0].len(), pkt.len());
     assert_eq!(&got[0][VNET_HDR_LEN..], &pkt[VNET_HDR_LEN..]);
     assert_eq!(h.rx_stats().ok, 1);
@@ -547,7 +553,6 @@ fn rx_mergeable_frame_spans_buffers() {
 #[test]
 fn rx_mergeable_frames_of_mixed_sizes_arrive_in_order() {
     let mut h = Harness::new(base_features() | (1 << VIRTIO_NET_F_MRG_RXBUF));
-    let addr = |head: u32| BUF + u64::from(head) * 0x1000;
     let mut posted = 0u64;
     let mut post = |h: &mut Harness, n: u64| {
         for _ in 0..n {
@@ -570,7 +575,7 @@ fn rx_mergeable_frames_of_mixed_sizes_arrive_in_order() {
             let p = packet(VnetHdr::default(), n, (10 * i + k) as u8);
             h.peer_send(&p);
             h.run_rx_until((p.len()).div_ceil(1024) as u16);
-            received.extend(rx_frames(&mut h, 1, addr));
+            received.extend(rx_frames(&mut h, 1));
             sent.push(p);
         }
     }
@@ -612,7 +617,7 @@ fn rx_frames_waiting_for_buffers_arrive_intact_in_order() {
     h.run_rx_until(3);
     h.rxv.add(&h.mem, &[w(BUF + 0x3000, 1000)]);
     h.run_rx_until(4);
-    let got = rx_frames(&mut h, 2, |head| BUF + u64::from(head) * 0x1000);
+    let got = rx_frames(&mut h, 2);
     for (got, want) in got.iter().zip([&big, &small]) {
         assert_eq!(got.len(), want.len());
         assert_eq!(&got[VNET_HDR_LEN..], &want[VNET_HDR_LEN..]);
@@ -839,7 +844,7 @@ fn rx_many_frames_arrive_in_order() {
         assert_eq!(len as usize, p.len(), "frame {i}");
         let mut got = vec![0u8; p.len()];
         h.mem
-            .read_slice(&mut got, GuestAddress(BUF + u64::from(head) * 0x1000))
+            .read_slice(&mut got, GuestAddress(rx_buf(head)))
             .unwrap();
         assert_eq!(&got[VNET_HDR_LEN..], &p[VNET_HDR_LEN..], "frame {i}");
     }
