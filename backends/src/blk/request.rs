@@ -10,7 +10,7 @@ use virtio_bindings::virtio_blk::*;
 use vm_memory::GuestMemory;
 
 use super::{HEADER_LEN, MAX_DISCARD_SECTORS, SECTOR_SIZE, SIZE_MAX};
-use crate::engine::{DescChain, Dir, Prepared, QueueStats, RequestHandler};
+use crate::engine::{rw_sqe, DescChain, Dir, Prepared, QueueStats, RequestHandler};
 
 /// Guest faults logged at `warn` level per queue before switching to `debug`.
 const WARN_BUDGET: u32 = 16;
@@ -183,7 +183,6 @@ impl BlkHandler {
         }
         req.expect = len;
         let fd = types::Fd(self.fd);
-        let n = iov.len() as u32;
         if write {
             req.op = Op::Write;
             let flags = if self.writeback.load(Ordering::Relaxed) {
@@ -191,19 +190,10 @@ impl BlkHandler {
             } else {
                 libc::RWF_DSYNC
             };
-            Prepared::Submit(
-                opcode::Writev::new(fd, iov.as_ptr(), n)
-                    .offset(offset)
-                    .rw_flags(flags)
-                    .build(),
-            )
+            Prepared::Submit(rw_sqe(fd, iov, offset, flags, true))
         } else {
             req.op = Op::Read;
-            Prepared::Submit(
-                opcode::Readv::new(fd, iov.as_ptr(), n)
-                    .offset(offset)
-                    .build(),
-            )
+            Prepared::Submit(rw_sqe(fd, iov, offset, 0, false))
         }
     }
 

@@ -24,7 +24,33 @@ pub use worker::{Engine, EngineConfig};
 
 pub use io_uring::squeue::Entry as Sqe;
 
+use io_uring::{opcode, types};
 use vm_memory::GuestMemory;
+
+/// A read or a write of `iov` at `offset` (ignored by streams such as a TAP), with
+/// `RWF_*` flags: plain `READ`/`WRITE` for one buffer, so the kernel does not import an
+/// iovec array for the common single-descriptor request, `READV`/`WRITEV` otherwise.
+/// `iov` must stay untouched until the operation completes (the slot's `iov` does).
+pub fn rw_sqe(fd: types::Fd, iov: &[libc::iovec], offset: u64, rw_flags: i32, write: bool) -> Sqe {
+    match (iov, write) {
+        ([one], true) => opcode::Write::new(fd, one.iov_base.cast(), one.iov_len as u32)
+            .offset(offset)
+            .rw_flags(rw_flags)
+            .build(),
+        ([one], false) => opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32)
+            .offset(offset)
+            .rw_flags(rw_flags)
+            .build(),
+        (_, true) => opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32)
+            .offset(offset)
+            .rw_flags(rw_flags)
+            .build(),
+        (_, false) => opcode::Readv::new(fd, iov.as_ptr(), iov.len() as u32)
+            .offset(offset)
+            .rw_flags(rw_flags)
+            .build(),
+    }
+}
 
 /// What a handler decided for one chain.
 pub enum Prepared {

@@ -10,7 +10,7 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic,
-    GuestMemoryMmap,
+    GuestMemoryBackend, GuestMemoryMmap,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -40,22 +40,17 @@ pub trait VirtQueue {
         }
         n
     }
-    /// Put `(head, len)` entries on the used ring; returns how many were rejected
-    /// (for example a head index past the queue size).
-    fn add_used(&mut self, used: &[(u16, u32)]) -> usize;
     /// Put `(head, len)` entries on the used ring and make them visible with one store of the
     /// used index, so the driver sees them together (virtio 1.2 §5.1.6.4.2: the buffers of one
-    /// received frame must be used together). Returns how many were rejected and whether the
-    /// driver asked to be notified of them. Independent of [`VirtQueue::add_used`] and
-    /// [`VirtQueue::needs_notification`]: a queue uses one or the other.
+    /// received frame must be used together) and the index cache line moves once per batch.
+    /// Returns how many were rejected (a head index past the queue size) and whether the
+    /// driver asked to be notified of the published ones (EVENT_IDX `used_event`, or
+    /// `VRING_AVAIL_F_NO_INTERRUPT` without it).
     fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)>;
     /// Disable driver notifications (no-op with EVENT_IDX).
     fn disable_notification(&mut self) -> Result<()>;
     /// Re-enable notifications; `true` if new buffers arrived meanwhile.
     fn enable_notification(&mut self) -> Result<bool>;
-    /// Whether the driver wants an interrupt for the used entries added so far
-    /// (EVENT_IDX `used_event`, or `VRING_AVAIL_F_NO_INTERRUPT`).
-    fn needs_notification(&mut self) -> Result<bool>;
     /// Signal the driver (call eventfd / irqfd).
     fn signal(&mut self) -> Result<()>;
 }
@@ -126,23 +121,6 @@ impl VirtQueue for VringQueue<'_> {
         }
     }
 
-    fn add_used(&mut self, used: &[(u16, u32)]) -> usize {
-        let mem = self.mem.memory();
-        let mut state = self.vring.get_mut();
-        let q = state.get_queue_mut();
-        let rejected = used
-            .iter()
-            .filter(|(h, l)| q.add_used(&*mem, *h, *l).is_err())
-            .count();
-        tracing::trace!(
-            ?used,
-            next_used = q.next_used(),
-            used_idx = ?q.used_idx(&*mem, std::sync::atomic::Ordering::Acquire).ok(),
-            "added used"
-        );
-        rejected
-    }
-
     fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)> {
         let mem = self.mem.memory();
         let mut state = self.vring.get_mut();
@@ -155,10 +133,6 @@ impl VirtQueue for VringQueue<'_> {
 
     fn enable_notification(&mut self) -> Result<bool> {
         Ok(self.vring.enable_notification()?)
-    }
-
-    fn needs_notification(&mut self) -> Result<bool> {
-        Ok(self.vring.needs_notification()?)
     }
 
     fn signal(&mut self) -> Result<()> {
@@ -201,12 +175,6 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
         self.queue.pop_descriptor_chain(mem.clone())
     }
 
-    fn add_used(&mut self, used: &[(u16, u32)]) -> usize {
-        used.iter()
-            .filter(|(h, l)| self.queue.add_used(&*self.mem, *h, *l).is_err())
-            .count()
-    }
-
     fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)> {
         publish_used(&mut self.queue, &*self.mem, used)
     }
@@ -217,10 +185,6 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
 
     fn enable_notification(&mut self) -> Result<bool> {
         Ok(self.queue.enable_notification(&*self.mem)?)
-    }
-
-    fn needs_notification(&mut self) -> Result<bool> {
-        Ok(self.queue.needs_notification(&*self.mem)?)
     }
 
     fn signal(&mut self) -> Result<()> {
@@ -238,9 +202,18 @@ const RING_HEADER: u64 = 4;
 const USED_ELEMENT: u64 = 8;
 const AVAIL_ELEMENT: u64 = 2;
 
+/// `flags` bit of the avail ring: the driver asks for no used-buffer notifications
+/// (virtio 1.2 §2.7.7; only meaningful without EVENT_IDX).
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
 /// [`VirtQueue::publish_used`] on a virtio-queue [`Queue`] (which only offers one used-index
-/// store per entry). The notification test is virtio-queue's own (EVENT_IDX: `used_event`
-/// within the entries just published; without it, always), over exactly these entries.
+/// store per entry). The notification test is virtio-queue's own EVENT_IDX formula, over
+/// exactly the entries just published; without EVENT_IDX the driver's
+/// `VRING_AVAIL_F_NO_INTERRUPT` flag is honoured.
+///
+/// The used ring is looked up once per call (one region search) when it lies inside one
+/// directly mapped region, which is what every VMM lays out; otherwise each access goes
+/// through vm-memory's checked, region-splitting path.
 fn publish_used<M: GuestMemory>(
     q: &mut Queue,
     mem: &M,
@@ -250,6 +223,10 @@ fn publish_used<M: GuestMemory>(
     let guest = |e| Error::Queue(virtio_queue::Error::GuestMemory(e));
     let size = q.size();
     let ring = GuestAddress(q.used_ring());
+    let ring_len = RING_HEADER + u64::from(size) * USED_ELEMENT;
+    let direct = mem
+        .physical_memory()
+        .and_then(|m| m.get_slice(ring, ring_len as usize).ok());
     let start = Wrapping(q.next_used());
     let mut next = start;
     let mut rejected = 0;
@@ -262,26 +239,42 @@ fn publish_used<M: GuestMemory>(
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
-        mem.write_obj(elem, ring.checked_add(offset).ok_or_else(overflow)?)
-            .map_err(guest)?;
+        match &direct {
+            Some(ring) => ring
+                .write_obj(elem, offset as usize)
+                .map_err(|e| guest(e.into()))?,
+            None => mem
+                .write_obj(elem, ring.checked_add(offset).ok_or_else(overflow)?)
+                .map_err(guest)?,
+        }
         next += Wrapping(1);
     }
     if next == start {
         return Ok((rejected, false));
     }
-    let idx_addr = ring.checked_add(2).ok_or_else(overflow)?;
-    mem.store(next.0.to_le(), idx_addr, Ordering::Release)
-        .map_err(guest)?;
-    q.set_next_used(next.0);
-    if !q.event_idx_enabled() {
-        return Ok((rejected, true));
+    let idx = next.0.to_le();
+    match &direct {
+        Some(ring) => ring
+            .store(idx, 2, Ordering::Release)
+            .map_err(|e| guest(e.into()))?,
+        None => mem
+            .store(
+                idx,
+                ring.checked_add(2).ok_or_else(overflow)?,
+                Ordering::Release,
+            )
+            .map_err(guest)?,
     }
-    // The used index must be visible before `used_event` is read.
+    q.set_next_used(next.0);
+    // The used index must be visible before the driver's suppression state is read.
     fence(Ordering::SeqCst);
+    let avail = GuestAddress(q.avail_ring());
+    if !q.event_idx_enabled() {
+        let flags: u16 = mem.load(avail, Ordering::Acquire).map_err(guest)?;
+        return Ok((rejected, u16::from_le(flags) & AVAIL_F_NO_INTERRUPT == 0));
+    }
     let event_offset = RING_HEADER + u64::from(size) * AVAIL_ELEMENT;
-    let event_addr = GuestAddress(q.avail_ring())
-        .checked_add(event_offset)
-        .ok_or_else(overflow)?;
+    let event_addr = avail.checked_add(event_offset).ok_or_else(overflow)?;
     let used_event: u16 = mem.load(event_addr, Ordering::Acquire).map_err(guest)?;
     let used_event = Wrapping(u16::from_le(used_event));
     Ok((rejected, next - used_event - Wrapping(1) < next - start))
@@ -340,8 +333,30 @@ mod tests {
         // Nothing published: nothing to notify.
         assert_eq!(q.publish_used(&[(99, 1)]).unwrap(), (1, false));
 
-        // Without EVENT_IDX every publication asks for a notification.
+        // Without EVENT_IDX every publication asks for a notification unless the driver set
+        // VRING_AVAIL_F_NO_INTERRUPT.
         q.queue.set_event_idx(false);
         assert_eq!(q.publish_used(&[(4, 50)]).unwrap(), (0, true));
+        mem.write_obj(1u16, avail).unwrap();
+        assert_eq!(q.publish_used(&[(5, 60)]).unwrap(), (0, false));
+        assert_eq!(used_ring(&mem, used, 6).0, 6);
+    }
+
+    #[test]
+    fn a_used_ring_across_two_regions_is_written_address_by_address() {
+        let mem =
+            Mem::from_ranges(&[(GuestAddress(0), 0x2000), (GuestAddress(0x2000), 0x2000)]).unwrap();
+        // 4 + 16 * 8 bytes from 0x1fc0: entries 7 and up live in the second region.
+        let (avail, used) = (GuestAddress(0x1000), GuestAddress(0x1fc0));
+        let mut queue = Queue::new(16).unwrap();
+        queue.set_desc_table_address(Some(0), Some(0));
+        queue.set_avail_ring_address(Some(avail.0 as u32), Some(0));
+        queue.set_used_ring_address(Some(used.0 as u32), Some(0));
+        queue.set_ready(true);
+        let mut q = LocalQueue::new(queue, Arc::new(mem.clone()), None);
+        let entries: Vec<(u16, u32)> = (0..10).map(|i| (i, 100 + u32::from(i))).collect();
+        assert_eq!(q.publish_used(&entries).unwrap(), (0, true));
+        let expected = entries.iter().map(|&(h, l)| (u32::from(h), l)).collect();
+        assert_eq!(used_ring(&mem, used, 10), (10, expected));
     }
 }

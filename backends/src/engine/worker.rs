@@ -275,15 +275,21 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         if self.used.is_empty() {
             return Ok(());
         }
-        let rejected = q.add_used(&self.used);
+        let published = q.publish_used(&self.used);
+        let count = self.used.len();
+        self.used.clear();
+        let (rejected, notify) = published.inspect_err(|_| {
+            self.stats
+                .used_rejected
+                .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+        })?;
         if rejected > 0 {
             self.stats
                 .used_rejected
                 .fetch_add(rejected as u64, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(rejected, "used ring refused entries (bad head index)");
         }
-        self.used.clear();
-        if q.needs_notification()? {
+        if notify {
             QueueStats::inc(&self.stats.notifications);
             q.signal()?;
         }

@@ -78,12 +78,13 @@ impl CtrlQueue {
                 self.used.push((self.chain.head(), len));
             }
             if !self.used.is_empty() {
-                let rejected = q.add_used(&self.used);
+                let published = q.publish_used(&self.used);
+                self.used.clear();
+                let (rejected, notify) = published?;
                 self.stats
                     .used_rejected
                     .fetch_add(rejected as u64, Ordering::Relaxed);
-                self.used.clear();
-                if q.needs_notification()? {
+                if notify {
                     QueueStats::inc(&self.stats.notifications);
                     q.signal()?;
                 }

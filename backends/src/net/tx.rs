@@ -1,15 +1,15 @@
-//! Transmit: one driver chain (`virtio_net_hdr_v1` + frame) becomes one `writev` on the TAP
+//! Transmit: one driver chain (`virtio_net_hdr_v1` + frame) becomes one write on the TAP
 //! through the shared engine; the header passes through to the TAP unchanged.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use io_uring::{opcode, types};
+use io_uring::types;
 use vm_memory::GuestMemory;
 
 use super::{VnetHdr, TX_MAX_IOV, VNET_HDR_LEN};
-use crate::engine::{DescChain, Dir, Prepared, QueueStats, RequestHandler};
+use crate::engine::{rw_sqe, DescChain, Dir, Prepared, QueueStats, RequestHandler};
 
 /// Guest faults logged at `warn` level per queue before switching to `debug`.
 const WARN_BUDGET: u32 = 16;
@@ -88,9 +88,7 @@ impl RequestHandler for TxHandler {
             return self.drop_frame(chain.head(), &f);
         }
         req.len = total;
-        Prepared::Submit(
-            opcode::Writev::new(types::Fd(self.fd), iov.as_ptr(), iov.len() as u32).build(),
-        )
+        Prepared::Submit(rw_sqe(types::Fd(self.fd), iov, 0, 0, true))
     }
 
     fn complete<M: GuestMemory>(
