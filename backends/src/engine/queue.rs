@@ -24,13 +24,13 @@ pub trait VirtQueue {
     /// Current guest memory snapshot; in-flight requests keep it alive.
     fn memory(&self) -> Arc<Self::Mem>;
     /// Pop the next available chain.
-    fn pop(&mut self, mem: &Arc<Self::Mem>) -> Option<DescriptorChain<Arc<Self::Mem>>>;
+    fn pop<'m>(&mut self, mem: &'m Arc<Self::Mem>) -> Option<DescriptorChain<&'m Self::Mem>>;
     /// Pop up to `max` available chains, handing each to `f`; returns how many were popped.
     fn pop_batch(
         &mut self,
         mem: &Arc<Self::Mem>,
         max: usize,
-        mut f: impl FnMut(DescriptorChain<Arc<Self::Mem>>),
+        mut f: impl FnMut(DescriptorChain<&Self::Mem>),
     ) -> usize {
         let mut n = 0;
         while n < max {
@@ -81,10 +81,10 @@ impl VirtQueue for VringQueue<'_> {
         self.mem.memory().into_inner()
     }
 
-    fn pop(&mut self, mem: &Arc<VhostMem>) -> Option<DescriptorChain<Arc<VhostMem>>> {
+    fn pop<'m>(&mut self, mem: &'m Arc<VhostMem>) -> Option<DescriptorChain<&'m VhostMem>> {
         let mut state = self.vring.get_mut();
         let q = state.get_queue_mut();
-        let chain = q.pop_descriptor_chain(mem.clone());
+        let chain = q.pop_descriptor_chain(&**mem);
         if let Some(c) = &chain {
             tracing::trace!(
                 head = c.head_index(),
@@ -109,10 +109,10 @@ impl VirtQueue for VringQueue<'_> {
         &mut self,
         mem: &Arc<VhostMem>,
         max: usize,
-        mut f: impl FnMut(DescriptorChain<Arc<VhostMem>>),
+        mut f: impl FnMut(DescriptorChain<&VhostMem>),
     ) -> usize {
         let mut state = self.vring.get_mut();
-        match state.get_queue_mut().iter(mem.clone()) {
+        match state.get_queue_mut().iter(&**mem) {
             Ok(iter) => iter.take(max).map(&mut f).count(),
             Err(e) => {
                 tracing::debug!("queue not poppable: {e}");
@@ -171,8 +171,8 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
         self.mem.clone()
     }
 
-    fn pop(&mut self, mem: &Arc<M>) -> Option<DescriptorChain<Arc<M>>> {
-        self.queue.pop_descriptor_chain(mem.clone())
+    fn pop<'m>(&mut self, mem: &'m Arc<M>) -> Option<DescriptorChain<&'m M>> {
+        self.queue.pop_descriptor_chain(&**mem)
     }
 
     fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)> {

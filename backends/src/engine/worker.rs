@@ -2,6 +2,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,12 +132,15 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             if !self.stopping {
                 q.disable_notification()?;
                 let mem = q.memory();
-                progress += q.pop_batch(&mem, self.free.len(), |chain| self.start(chain, &mem));
-                if progress > 0 && idle_since.is_some() {
-                    self.stats
-                        .polled
-                        .fetch_add(progress as u64, std::sync::atomic::Ordering::Relaxed);
+                let popped = q.pop_batch(&mem, self.free.len(), |chain| self.start(chain, &mem));
+                if popped > 0 {
+                    let n = popped as u64;
+                    self.stats.requests.fetch_add(n, Ordering::Relaxed);
+                    if idle_since.is_some() {
+                        self.stats.polled.fetch_add(n, Ordering::Relaxed);
+                    }
                 }
+                progress += popped;
             }
             self.submit()?;
             progress += self.reap();
@@ -185,8 +189,9 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         self.flush_used(q)
     }
 
-    fn start(&mut self, chain: DescriptorChain<Arc<M>>, mem: &Arc<M>) {
-        QueueStats::inc(&self.stats.requests);
+    /// Prepare and queue one popped chain (the caller pops at most as many as there are free
+    /// slots, and counts them).
+    fn start(&mut self, chain: DescriptorChain<&M>, mem: &Arc<M>) {
         let Some(idx) = self.free.pop() else { return };
         let slot = &mut self.slots[idx as usize];
         slot.chain.reset_from(chain);
@@ -281,12 +286,12 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         let (rejected, notify) = published.inspect_err(|_| {
             self.stats
                 .used_rejected
-                .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(count as u64, Ordering::Relaxed);
         })?;
         if rejected > 0 {
             self.stats
                 .used_rejected
-                .fetch_add(rejected as u64, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(rejected as u64, Ordering::Relaxed);
             tracing::warn!(rejected, "used ring refused entries (bad head index)");
         }
         if notify {
