@@ -302,19 +302,24 @@ mod tests {
         (idx, entries)
     }
 
-    #[test]
-    fn published_entries_land_together_and_notify_as_used_event_asks() {
-        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        // Rings of their own (virtio-queue's mock lays the used ring over `used_event`).
-        let (avail, used) = (GuestAddress(0x1000), GuestAddress(0x2000));
+    /// A ready 16-entry queue with its avail and used rings where the test puts them
+    /// (virtio-queue's mock lays the used ring over `used_event`).
+    fn queue_with_rings(mem: &Mem, avail: GuestAddress, used: GuestAddress) -> LocalQueue<Mem> {
         let mut queue = Queue::new(16).unwrap();
         queue.set_desc_table_address(Some(0), Some(0));
         queue.set_avail_ring_address(Some(avail.0 as u32), Some(0));
         queue.set_used_ring_address(Some(used.0 as u32), Some(0));
         queue.set_ready(true);
-        queue.set_event_idx(true);
+        LocalQueue::new(queue, Arc::new(mem.clone()), None)
+    }
+
+    #[test]
+    fn published_entries_land_together_and_notify_as_used_event_asks() {
+        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let (avail, used) = (GuestAddress(0x1000), GuestAddress(0x2000));
+        let mut q = queue_with_rings(&mem, avail, used);
+        q.queue.set_event_idx(true);
         let used_event = avail.unchecked_add(4 + 2 * 16);
-        let mut q = LocalQueue::new(queue, Arc::new(mem.clone()), None);
 
         // The driver wants a notification once the used index passes 2.
         mem.write_obj(2u16, used_event).unwrap();
@@ -348,12 +353,7 @@ mod tests {
             Mem::from_ranges(&[(GuestAddress(0), 0x2000), (GuestAddress(0x2000), 0x2000)]).unwrap();
         // 4 + 16 * 8 bytes from 0x1fc0: entries 7 and up live in the second region.
         let (avail, used) = (GuestAddress(0x1000), GuestAddress(0x1fc0));
-        let mut queue = Queue::new(16).unwrap();
-        queue.set_desc_table_address(Some(0), Some(0));
-        queue.set_avail_ring_address(Some(avail.0 as u32), Some(0));
-        queue.set_used_ring_address(Some(used.0 as u32), Some(0));
-        queue.set_ready(true);
-        let mut q = LocalQueue::new(queue, Arc::new(mem.clone()), None);
+        let mut q = queue_with_rings(&mem, avail, used);
         let entries: Vec<(u16, u32)> = (0..10).map(|i| (i, 100 + u32::from(i))).collect();
         assert_eq!(q.publish_used(&entries).unwrap(), (0, true));
         let expected = entries.iter().map(|&(h, l)| (u32::from(h), l)).collect();
