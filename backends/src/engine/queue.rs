@@ -240,7 +240,7 @@ fn publish_used<M: GuestMemory>(
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
         match &direct {
-            Some(ring) => ring
+            Some(used_ring) => used_ring
                 .write_obj(elem, offset as usize)
                 .map_err(|e| guest(e.into()))?,
             None => mem
@@ -254,7 +254,7 @@ fn publish_used<M: GuestMemory>(
     }
     let idx = next.0.to_le();
     match &direct {
-        Some(ring) => ring
+        Some(used_ring) => used_ring
             .store(idx, 2, Ordering::Release)
             .map_err(|e| guest(e.into()))?,
         None => mem
