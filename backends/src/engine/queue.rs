@@ -14,6 +14,7 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use super::QueueStats;
 use crate::{Error, Result};
 
 /// What the engine needs from a virtqueue.
@@ -47,6 +48,31 @@ pub trait VirtQueue {
     /// driver asked to be notified of the published ones (EVENT_IDX `used_event`, or
     /// `VRING_AVAIL_F_NO_INTERRUPT` without it).
     fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)>;
+    /// Publish `used` (see [`VirtQueue::publish_used`]) and empty it, count refused entries in
+    /// `stats` (all of them when the used ring cannot be written), and signal the driver once
+    /// if it asked.
+    fn flush_used(&mut self, used: &mut Vec<(u16, u32)>, stats: &QueueStats) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let published = self.publish_used(used);
+        let count = used.len() as u64;
+        used.clear();
+        let (rejected, notify) = published.inspect_err(|_| {
+            stats.used_rejected.fetch_add(count, Ordering::Relaxed);
+        })?;
+        if rejected > 0 {
+            stats
+                .used_rejected
+                .fetch_add(rejected as u64, Ordering::Relaxed);
+            tracing::warn!(rejected, "used ring refused entries (bad head index)");
+        }
+        if notify {
+            QueueStats::inc(&stats.notifications);
+            self.signal()?;
+        }
+        Ok(())
+    }
     /// Disable driver notifications (no-op with EVENT_IDX).
     fn disable_notification(&mut self) -> Result<()>;
     /// Re-enable notifications; `true` if new buffers arrived meanwhile.

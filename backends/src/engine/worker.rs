@@ -144,7 +144,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             }
             self.submit()?;
             progress += self.reap();
-            self.flush_used(q)?;
+            q.flush_used(&mut self.used, &self.stats)?;
             if progress > 0 {
                 idle_since = None;
                 continue;
@@ -186,7 +186,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             }
             self.reap();
         }
-        self.flush_used(q)
+        q.flush_used(&mut self.used, &self.stats)
     }
 
     /// Prepare and queue one popped chain (the caller pops at most as many as there are free
@@ -274,31 +274,6 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             n += 1;
         }
         n
-    }
-
-    fn flush_used<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
-        if self.used.is_empty() {
-            return Ok(());
-        }
-        let published = q.publish_used(&self.used);
-        let count = self.used.len();
-        self.used.clear();
-        let (rejected, notify) = published.inspect_err(|_| {
-            self.stats
-                .used_rejected
-                .fetch_add(count as u64, Ordering::Relaxed);
-        })?;
-        if rejected > 0 {
-            self.stats
-                .used_rejected
-                .fetch_add(rejected as u64, Ordering::Relaxed);
-            tracing::warn!(rejected, "used ring refused entries (bad head index)");
-        }
-        if notify {
-            QueueStats::inc(&self.stats.notifications);
-            q.signal()?;
-        }
-        Ok(())
     }
 }
 

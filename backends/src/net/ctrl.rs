@@ -77,18 +77,7 @@ impl CtrlQueue {
                 let len = self.answer(&*mem, &mut set_pairs);
                 self.used.push((self.chain.head(), len));
             }
-            if !self.used.is_empty() {
-                let published = q.publish_used(&self.used);
-                self.used.clear();
-                let (rejected, notify) = published?;
-                self.stats
-                    .used_rejected
-                    .fetch_add(rejected as u64, Ordering::Relaxed);
-                if notify {
-                    QueueStats::inc(&self.stats.notifications);
-                    q.signal()?;
-                }
-            }
+            q.flush_used(&mut self.used, &self.stats)?;
             if !q.enable_notification()? {
                 return Ok(());
             }

@@ -421,23 +421,9 @@ impl RxPath {
         }
     }
 
+    /// Publish the used entries: a frame's buffers become visible to the driver together.
     fn flush<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
-        if self.used.is_empty() {
-            return Ok(());
-        }
-        // A frame's buffers become visible to the driver together.
-        let (rejected, notify) = q.publish_used(&self.used)?;
-        if rejected > 0 {
-            self.stats
-                .used_rejected
-                .fetch_add(rejected as u64, Ordering::Relaxed);
-        }
-        self.used.clear();
-        if notify {
-            QueueStats::inc(&self.stats.notifications);
-            q.signal()?;
-        }
-        Ok(())
+        q.flush_used(&mut self.used, &self.stats)
     }
 }
 
