@@ -223,6 +223,14 @@ impl Harness {
         }
     }
 
+    /// Post receive buffers `heads` of `len` bytes each, one descriptor each, buffer `i` at
+    /// [`rx_buf`]`(i)` (its head index when the receive queue's descriptors are used in order).
+    fn post_rx_buffers(&mut self, heads: std::ops::Range<u32>, len: u32) {
+        for i in heads {
+            self.rxv.add(&self.mem, &[w(rx_buf(i), len)]);
+        }
+    }
+
     /// Process the receive queue until `n` used entries appeared (or time out).
     fn run_rx_until(&mut self, n: u16) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -535,9 +543,7 @@ fn rx_frames(h: &mut Harness, frames: usize) -> Vec<Vec<u8>> {
 #[test]
 fn rx_mergeable_frame_spans_buffers() {
     let mut h = Harness::new(base_features() | (1 << VIRTIO_NET_F_MRG_RXBUF));
-    for i in 0..3 {
-        h.rxv.add(&h.mem, &[w(BUF + i * 0x1000, 1000)]);
-    }
+    h.post_rx_buffers(0..3, 1000);
     let pkt = packet(VnetHdr::default(), 2500 - VNET_HDR_LEN, 1);
     h.peer_send(&pkt);
     h.run_rx_until(3);
@@ -596,9 +602,7 @@ fn rx_mergeable_frames_of_mixed_sizes_arrive_in_order() {
 #[test]
 fn rx_frames_waiting_for_buffers_arrive_intact_in_order() {
     let mut h = Harness::new(base_features() | (1 << VIRTIO_NET_F_MRG_RXBUF));
-    for i in 0..2 {
-        h.rxv.add(&h.mem, &[w(BUF + i * 0x1000, 1000)]);
-    }
+    h.post_rx_buffers(0..2, 1000);
     let big = packet(VnetHdr::default(), 2500 - VNET_HDR_LEN, 1);
     let small = packet(VnetHdr::default(), 100, 2);
     h.peer_send(&big);
@@ -613,9 +617,9 @@ fn rx_frames_waiting_for_buffers_arrive_intact_in_order() {
         0,
         "the big frame went out partly"
     );
-    h.rxv.add(&h.mem, &[w(BUF + 0x2000, 1000)]);
+    h.post_rx_buffers(2..3, 1000);
     h.run_rx_until(3);
-    h.rxv.add(&h.mem, &[w(BUF + 0x3000, 1000)]);
+    h.post_rx_buffers(3..4, 1000);
     h.run_rx_until(4);
     let got = rx_frames(&mut h, 2);
     for (got, want) in got.iter().zip([&big, &small]) {
@@ -807,9 +811,7 @@ fn rx_inactive_queue_takes_nothing_until_reactivated() {
 #[test]
 fn rx_batch_signals_once() {
     let mut h = Harness::new(base_features());
-    for i in 0..8 {
-        h.rxv.add(&h.mem, &[w(BUF + i * 0x1000, 2048)]);
-    }
+    h.post_rx_buffers(0..8, 2048);
     for i in 0..8 {
         h.peer_send(&packet(VnetHdr::default(), 100, i));
     }
@@ -829,9 +831,7 @@ fn rx_batch_signals_once() {
 fn rx_many_frames_arrive_in_order() {
     let mut h = Harness::new(base_features());
     let n = 2 * super::rx::READ_SLOTS - 2;
-    for i in 0..n as u64 {
-        h.rxv.add(&h.mem, &[w(BUF + i * 0x1000, 2048)]);
-    }
+    h.post_rx_buffers(0..n as u32, 2048);
     let pkts: Vec<Vec<u8>> = (0..n)
         .map(|i| packet(VnetHdr::default(), 60 + i, i as u8))
         .collect();
