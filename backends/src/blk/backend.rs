@@ -280,13 +280,20 @@ impl VhostUserBackend for BlkBackend {
         let mut engine = engine.lock().map_err(|_| io::Error::other("poisoned"))?;
         let mut q = VringQueue::new(vring, &mem);
         if self.stopping.load(Ordering::SeqCst) {
-            engine.drain(&mut q).map_err(io::Error::other)?;
+            if let Err(e) = engine.drain(&mut q) {
+                engine
+                    .stats()
+                    .report_failure(&format!("q{thread_id} drain"), &e);
+            }
             if let Some(d) = self.drained.get(thread_id) {
                 d.store(true, Ordering::SeqCst);
             }
             return Ok(());
         }
-        engine.process(&mut q).map_err(io::Error::other)
+        if let Err(e) = engine.process(&mut q) {
+            engine.stats().report_failure(&format!("q{thread_id}"), &e);
+        }
+        Ok(())
     }
 }
 

@@ -615,6 +615,34 @@ fn head_index_past_queue_is_counted_not_fatal() {
 }
 
 #[test]
+fn a_used_ring_outside_memory_fails_the_pass_and_the_queue_serves_on() {
+    let mut h = Harness::new(false);
+    // With EVENT_IDX the first used-ring access of a pass is the publish.
+    h.q.queue.set_event_idx(true);
+    let ring = GuestAddress(h.used);
+    h.q.queue
+        .try_set_used_ring_address(GuestAddress(MEM_SIZE as u64))
+        .unwrap();
+    h.header(HDR, VIRTIO_BLK_T_IN, 0);
+    h.add(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
+    // The read may complete within the first pass or in a later one; the pass that
+    // publishes it fails.
+    let failed = (0..1000).find_map(|_| match h.engine.process(&mut h.q) {
+        Ok(()) => {
+            std::thread::sleep(Duration::from_millis(1));
+            None
+        }
+        Err(e) => Some(e),
+    });
+    assert!(failed.is_some(), "no pass failed");
+    assert_eq!(h.stats().used_rejected, 1);
+    assert_eq!(h.engine.inflight(), 0);
+    // A driver that fixes its ring (after a reset, say) is served again.
+    h.q.queue.try_set_used_ring_address(ring).unwrap();
+    h.good_read(8, 1);
+}
+
+#[test]
 fn uncached_reads_wake_the_queue_thread() {
     // Reads that miss the page cache complete via task_work in the submitting thread; the
     // completion eventfd must still fire (regression: `register_eventfd_async` did not).

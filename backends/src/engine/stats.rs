@@ -25,6 +25,8 @@ pub struct QueueStats {
     pub notifications: AtomicU64,
     /// Requests found while busy-polling (no kick needed).
     pub polled: AtomicU64,
+    /// Passes over the queue that ended in an error (logged; the queue keeps being served).
+    pub failures: AtomicU64,
 }
 
 /// Plain copy of [`QueueStats`].
@@ -41,6 +43,7 @@ pub struct StatsSnapshot {
     pub submits: u64,
     pub notifications: u64,
     pub polled: u64,
+    pub failures: u64,
 }
 
 impl QueueStats {
@@ -63,6 +66,37 @@ impl QueueStats {
             submits: r(&self.submits),
             notifications: r(&self.notifications),
             polled: r(&self.polled),
+            failures: r(&self.failures),
         }
+    }
+
+    /// Count and log a pass over queue `queue` that failed with `error`. The caller keeps
+    /// serving the queue: vhost-user-backend ends a queue thread whose handler returns an
+    /// error, which would stall the queue for good. The first few failures are errors in
+    /// the log, later ones debug messages (a guest can make every pass fail).
+    pub fn report_failure(&self, queue: &str, error: &dyn std::fmt::Display) {
+        let earlier = self.failures.fetch_add(1, Ordering::Relaxed);
+        if earlier < LOGGED_FAILURES {
+            tracing::error!(queue, "queue pass failed: {error}");
+        } else {
+            tracing::debug!(queue, "queue pass failed: {error}");
+        }
+    }
+}
+
+/// Failures per queue logged as errors before they are only counted.
+const LOGGED_FAILURES: u64 = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_past_the_logged_ones() {
+        let stats = QueueStats::default();
+        for _ in 0..LOGGED_FAILURES + 3 {
+            stats.report_failure("q0", &"used ring outside guest memory");
+        }
+        assert_eq!(stats.snapshot().failures, LOGGED_FAILURES + 3);
     }
 }

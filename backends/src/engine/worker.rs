@@ -126,6 +126,16 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     pub fn process<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
         // No eventfd signals while this thread is reaping anyway.
         self.ring.completion().disable_eventfd();
+        let served = self.serve(q);
+        if served.is_err() {
+            // Completions still in flight must wake the thread again.
+            self.ring.completion().enable_eventfd();
+        }
+        served
+    }
+
+    /// [`Engine::process`] with the completion eventfd disabled; re-enables it on success.
+    fn serve<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
         let mut idle_since: Option<Instant> = None;
         loop {
             let mut progress = 0usize;

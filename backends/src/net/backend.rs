@@ -456,7 +456,10 @@ impl VhostUserBackend for NetBackend {
                 .lock()
                 .map_err(|_| io::Error::other("poisoned"))?;
             let mut q = VringQueue::new(vring, &mem);
-            rx.process(&mut q).map_err(io::Error::other)
+            if let Err(e) = rx.process(&mut q) {
+                rx.stats().report_failure(&format!("rx{thread_id}"), &e);
+            }
+            Ok(())
         } else if device_event == TX_VRING || device_event == self.tx_completion_event() {
             let vring = vrings.get(usize::from(TX_VRING)).ok_or_else(missing)?;
             let mut tx = self
@@ -466,7 +469,10 @@ impl VhostUserBackend for NetBackend {
                 .lock()
                 .map_err(|_| io::Error::other("poisoned"))?;
             let mut q = VringQueue::new(vring, &mem);
-            tx.process(&mut q).map_err(io::Error::other)
+            if let Err(e) = tx.process(&mut q) {
+                tx.stats().report_failure(&format!("tx{thread_id}"), &e);
+            }
+            Ok(())
         } else if device_event == CTRL_VRING && thread_id == 0 {
             let (Some(ctrl), Some(vring)) = (&self.ctrl, vrings.get(usize::from(CTRL_VRING)))
             else {
@@ -474,8 +480,10 @@ impl VhostUserBackend for NetBackend {
             };
             let mut ctrl = ctrl.lock().map_err(|_| io::Error::other("poisoned"))?;
             let mut q = VringQueue::new(vring, &mem);
-            ctrl.process(&mut q, |n| self.set_active_pairs(n))
-                .map_err(io::Error::other)
+            if let Err(e) = ctrl.process(&mut q, |n| self.set_active_pairs(n)) {
+                ctrl.stats().report_failure("ctrl", &e);
+            }
+            Ok(())
         } else {
             Ok(())
         }
