@@ -20,6 +20,12 @@ fn our_backend() -> PathBuf {
     p
 }
 
+/// The VMM's log filter in these tests: on exit the virtio-pci transport logs every queue's
+/// ring indices at debug level, which tells a missed kick from a missed interrupt if a
+/// transfer stalls (each iperf3 run is bounded by `timeout 60`, so a stall ends the guest
+/// script instead of the lab run).
+const VMM_LOG: &str = "vmm=info,vmm::devices::virtio::pci=debug";
+
 fn iperf_bps(console: &str, key: &str, udp: bool) -> f64 {
     lab::iperf3_bits_per_second(console, key, udp).unwrap_or_else(|e| panic!("{e}:\n{console}"))
 }
@@ -37,10 +43,11 @@ echo GUEST-MAC=$(cat /sys/class/net/eth0/address)
 echo GUEST-MTU=$(cat /sys/class/net/eth0/mtu)
 ping -c 3 -W 5 10.0.0.1
 echo PING-STATUS=$?
-echo "IPERF-TCP=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J | tr -d '\n')"
-echo "IPERF-TCPR=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J -R | tr -d '\n')"
-echo "IPERF-UDP=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J -u -b 50M | tr -d '\n')"
+echo "IPERF-TCP=$(timeout 60 iperf3 -c 10.0.0.1 -t 3 -i 0 -J | tr -d '\n')"
+echo "IPERF-TCPR=$(timeout 60 iperf3 -c 10.0.0.1 -t 3 -i 0 -J -R | tr -d '\n')"
+echo "IPERF-UDP=$(timeout 60 iperf3 -c 10.0.0.1 -t 3 -i 0 -J -u -b 50M | tr -d '\n')"
 echo GUEST-RX-LENGTH-ERRORS=$(cat /sys/class/net/eth0/statistics/rx_length_errors)
+echo "GUEST-VIRTIO-IRQS=$(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' '|')"
 "#;
     let initrd = guest_initramfs(
         &images,
@@ -59,7 +66,7 @@ for i in $(seq 100); do [ -S /tmp/vn.sock ] && break; sleep 0.1; done
 ip addr add 10.0.0.1/24 dev tap0
 ip link set tap0 up
 iperf3 -s -D
-RUST_LOG=${{RUST_LOG:-vmm=info}} /lab/bin/vmm run --kernel {LAB_GUEST_KERNEL} \
+RUST_LOG=${{RUST_LOG:-{VMM_LOG}}} /lab/bin/vmm run --kernel {LAB_GUEST_KERNEL} \
     --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 768M \
     --net vhost_user=on,socket=/tmp/vn.sock 2>&1 | tee /tmp/vmm.log
 echo VMM-EXIT-STATUS=$?
@@ -77,7 +84,7 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
         .binary(our_backend(), "/lab/bin")
         .with_guest(&initrd)
         .script(script)
-        .timeout(Duration::from_secs(240))
+        .timeout(Duration::from_secs(300))
         .run()
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
@@ -111,7 +118,9 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
         rx / 1e6,
         udp / 1e6
     );
-    for l in c.lines().filter(|l| l.contains("queue counters")) {
+    for l in c.lines().filter(|l| {
+        l.contains("queue counters") || l.contains(" at exit: ") || l.contains(" at reset: ")
+    }) {
         eprintln!("{l}");
     }
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
@@ -156,15 +165,16 @@ ping -c 2 -W 5 10.0.0.1
 echo PING-STATUS=$?
 for dir in TX RX; do
     flag=; [ $dir = RX ] && flag=-R
-    taskset 1 iperf3 -c 10.0.0.1 -p 5201 -t 3 -i 0 -P 4 -J $flag > /tmp/a.json &
+    timeout 60 taskset 1 iperf3 -c 10.0.0.1 -p 5201 -t 3 -i 0 -P 4 -J $flag > /tmp/a.json &
     A=$!
-    taskset 2 iperf3 -c 10.0.0.1 -p 5202 -t 3 -i 0 -P 4 -J $flag > /tmp/b.json &
+    timeout 60 taskset 2 iperf3 -c 10.0.0.1 -p 5202 -t 3 -i 0 -P 4 -J $flag > /tmp/b.json &
     B=$!
     wait $A; echo "IPERF-$dir-A-STATUS=$?"
     wait $B; echo "IPERF-$dir-B-STATUS=$?"
     echo "IPERF-$dir-A=$(tr -d '\n' < /tmp/a.json)"
     echo "IPERF-$dir-B=$(tr -d '\n' < /tmp/b.json)"
 done
+echo "GUEST-VIRTIO-IRQS=$(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' '|')"
 "#;
     let initrd = guest_initramfs(
         &images,
@@ -184,7 +194,7 @@ ip addr add 10.0.0.1/24 dev tap0
 ip link set tap0 up
 iperf3 -s -D -p 5201
 iperf3 -s -D -p 5202
-RUST_LOG=${{RUST_LOG:-vmm=info}} /lab/bin/vmm run --kernel {LAB_GUEST_KERNEL} \
+RUST_LOG=${{RUST_LOG:-{VMM_LOG}}} /lab/bin/vmm run --kernel {LAB_GUEST_KERNEL} \
     --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 768M \
     --net vhost_user=on,socket=/tmp/vn.sock,queues=2 2>&1 | tee /tmp/vmm.log
 echo VMM-EXIT-STATUS=$?

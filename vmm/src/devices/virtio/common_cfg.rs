@@ -155,6 +155,12 @@ impl CommonCfg {
         data.copy_from_slice(&bytes[at..at + data.len()]);
     }
 
+    /// Whether writing `data` at `offset` resets the device (0 to the device status), so the
+    /// transport can look at the queues before they are cleared.
+    pub fn resets_device(offset: u64, data: &[u8]) -> bool {
+        offset == DEVICE_STATUS && data == [0]
+    }
+
     /// A guest write; malformed accesses are ignored.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Option<CommonEvent> {
         let (start, size) = field(offset)?;
@@ -294,6 +300,8 @@ mod tests {
         c.write(DRIVER_FEATURE, &0u32.to_le_bytes());
         assert_eq!(c.driver_features, VIRTIO_F_VERSION_1 | 1 << 12);
         assert_eq!(c.write(DEVICE_STATUS, &[15]), Some(CommonEvent::DriverOk));
+        assert!(CommonCfg::resets_device(DEVICE_STATUS, &[0]));
+        assert!(!CommonCfg::resets_device(DEVICE_STATUS, &[1]));
         assert_eq!(c.write(DEVICE_STATUS, &[0]), Some(CommonEvent::Reset));
         assert_eq!(c.status, 0);
         assert_eq!(c.driver_features, 0);

@@ -200,12 +200,38 @@ impl VirtioPciDevice {
 
     /// Stops the data path (VMM exit).
     pub fn shutdown(&mut self) {
+        self.log_rings("exit");
         self.backend.reset();
         tracing::info!(
             "{}: stopped; {} queue notifies went through the VMM",
             self.backend.name(),
             self.slow_notifies
         );
+    }
+
+    /// Debug log of every ready queue's ring indices and interrupt wiring (what tells a missed
+    /// kick from a missed interrupt after a stall).
+    fn log_rings(&self, when: &str) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let name = self.backend.name();
+        for (i, q) in self.common.queues.iter().enumerate() {
+            if !q.ready {
+                continue;
+            }
+            let rings = q
+                .ring_snapshot(&self.mem)
+                .map_or_else(|| "rings outside guest memory".into(), |s| s.to_string());
+            let call_pending = self.calls.get(i).is_some_and(|e| readable(e.as_raw_fd()));
+            tracing::debug!(
+                "{name}: queue {i} at {when}: {rings}; vector {} deliverable {} bound {:?} \
+                 call pending {call_pending}",
+                q.msix_vector,
+                self.msix.deliverable(q.msix_vector),
+                self.bound.get(i).copied().flatten(),
+            );
+        }
     }
 
     /// Whether the driver has been told the device needs a reset.
@@ -404,6 +430,9 @@ impl BusDevice for VirtioPciDevice {
         let (region, off) = (offset & !(REGION_LEN - 1), offset & (REGION_LEN - 1));
         match region {
             COMMON_OFFSET => {
+                if CommonCfg::resets_device(off, data) {
+                    self.log_rings("reset");
+                }
                 if let Some(ev) = self.common.write(off, data) {
                     self.on_common_event(ev);
                 }

@@ -1,6 +1,10 @@
 //! Per-queue state the driver programs through the common configuration,
 //! with every guest-supplied value validated on the way in.
 
+use std::fmt;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
 use super::NO_VECTOR;
 
 /// One virtqueue as the driver configured it.
@@ -57,6 +61,57 @@ impl QueueState {
         let n = u64::from(self.size);
         (16 * n, 6 + 2 * n, 6 + 8 * n)
     }
+
+    /// The split rings' indices and suppression fields as they are in guest memory now;
+    /// `None` if a field lies outside it.
+    pub fn ring_snapshot(&self, mem: &GuestMemoryMmap) -> Option<RingSnapshot> {
+        let n = u64::from(self.size);
+        let read = |base: u64, off: u64| -> Option<u16> {
+            let addr = GuestAddress(base.checked_add(off)?);
+            mem.read_obj::<u16>(addr).ok().map(u16::from_le)
+        };
+        Some(RingSnapshot {
+            avail_flags: read(self.avail, 0)?,
+            avail_idx: read(self.avail, 2)?,
+            used_event: read(self.avail, 4 + 2 * n)?,
+            used_flags: read(self.used, 0)?,
+            used_idx: read(self.used, 2)?,
+            avail_event: read(self.used, 4 + 8 * n)?,
+        })
+    }
+}
+
+/// What driver and device last wrote to a split virtqueue's rings (virtio 1.2 §2.7):
+/// enough to tell a missed kick from a missed interrupt when a queue stalls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingSnapshot {
+    /// Driver ring `flags` (bit 0: no interrupts, without EVENT_IDX).
+    pub avail_flags: u16,
+    /// Driver ring `idx`: buffers made available.
+    pub avail_idx: u16,
+    /// Driver's `used_event`: notify once the used index passes it (EVENT_IDX).
+    pub used_event: u16,
+    /// Device ring `flags` (bit 0: no kicks, without EVENT_IDX).
+    pub used_flags: u16,
+    /// Device ring `idx`: buffers used.
+    pub used_idx: u16,
+    /// Device's `avail_event`: kick once the available index passes it (EVENT_IDX).
+    pub avail_event: u16,
+}
+
+impl fmt::Display for RingSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "avail idx {} flags {:#x} used_event {}; used idx {} flags {:#x} avail_event {}",
+            self.avail_idx,
+            self.avail_flags,
+            self.used_event,
+            self.used_idx,
+            self.used_flags,
+            self.avail_event
+        )
+    }
 }
 
 #[cfg(test)]
@@ -77,5 +132,38 @@ mod tests {
         q.ready = true;
         q.reset();
         assert_eq!(q, QueueState::new(256));
+    }
+
+    #[test]
+    fn ring_snapshot_reads_both_rings_and_refuses_rings_outside_memory() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x4000)]).unwrap();
+        let mut q = QueueState::new(8);
+        q.avail = 0x1000;
+        q.used = 0x2000;
+        for (addr, v) in [
+            (0x1000, 1u16),
+            (0x1002, 7),
+            (0x1000 + 4 + 16, 5),
+            (0x2002, 6),
+            (0x2000 + 4 + 64, 7),
+        ] {
+            mem.write_obj(v.to_le(), GuestAddress(addr)).unwrap();
+        }
+        let s = q.ring_snapshot(&mem).unwrap();
+        assert_eq!(
+            s,
+            RingSnapshot {
+                avail_flags: 1,
+                avail_idx: 7,
+                used_event: 5,
+                used_flags: 0,
+                used_idx: 6,
+                avail_event: 7,
+            }
+        );
+        q.used = 0x4000 - 8;
+        assert_eq!(q.ring_snapshot(&mem), None);
+        q.avail = u64::MAX - 1;
+        assert_eq!(q.ring_snapshot(&mem), None);
     }
 }
