@@ -65,7 +65,8 @@ impl QueueState {
     /// The split rings' indices and suppression fields as they are in guest memory now;
     /// `None` if a field lies outside it.
     pub fn ring_snapshot(&self, mem: &GuestMemoryMmap) -> Option<RingSnapshot> {
-        let n = u64::from(self.size);
+        // Each ring ends with its event field (`used_event`, `avail_event`).
+        let (_, avail_len, used_len) = self.ring_lengths();
         let read = |base: u64, off: u64| -> Option<u16> {
             let addr = GuestAddress(base.checked_add(off)?);
             mem.read_obj::<u16>(addr).ok().map(u16::from_le)
@@ -73,10 +74,10 @@ impl QueueState {
         Some(RingSnapshot {
             avail_flags: read(self.avail, 0)?,
             avail_idx: read(self.avail, 2)?,
-            used_event: read(self.avail, 4 + 2 * n)?,
+            used_event: read(self.avail, avail_len - 2)?,
             used_flags: read(self.used, 0)?,
             used_idx: read(self.used, 2)?,
-            avail_event: read(self.used, 4 + 8 * n)?,
+            avail_event: read(self.used, used_len - 2)?,
         })
     }
 }
