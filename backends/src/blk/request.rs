@@ -10,7 +10,7 @@ use virtio_bindings::virtio_blk::*;
 use vm_memory::GuestMemory;
 
 use super::{HEADER_LEN, MAX_DISCARD_SECTORS, SECTOR_SIZE, SIZE_MAX};
-use crate::engine::{rw_sqe, DescChain, Dir, Prepared, QueueStats, RequestHandler};
+use crate::engine::{rw_sqe, DescChain, Dir, Prepared, QueueStats, RequestHandler, FIXED_FILE};
 
 /// Guest faults logged at `warn` level per queue before switching to `debug`.
 const WARN_BUDGET: u32 = 16;
@@ -182,7 +182,6 @@ impl BlkHandler {
             return self.ioerr(mem, chain, &f.to_string());
         }
         req.expect = len;
-        let fd = types::Fd(self.fd);
         if write {
             req.op = Op::Write;
             let flags = if self.writeback.load(Ordering::Relaxed) {
@@ -190,10 +189,10 @@ impl BlkHandler {
             } else {
                 libc::RWF_DSYNC
             };
-            Prepared::Submit(rw_sqe(fd, iov, offset, flags, true))
+            Prepared::Submit(rw_sqe(iov, offset, flags, true))
         } else {
             req.op = Op::Read;
-            Prepared::Submit(rw_sqe(fd, iov, offset, 0, false))
+            Prepared::Submit(rw_sqe(iov, offset, 0, false))
         }
     }
 
@@ -257,7 +256,7 @@ impl BlkHandler {
         };
         req.op = Op::Fallocate;
         Prepared::Submit(
-            opcode::Fallocate::new(types::Fd(self.fd), len)
+            opcode::Fallocate::new(FIXED_FILE, len)
                 .offset(offset)
                 .mode(mode)
                 .build(),
@@ -267,6 +266,10 @@ impl BlkHandler {
 
 impl RequestHandler for BlkHandler {
     type Req = BlkReq;
+
+    fn file(&self) -> RawFd {
+        self.fd
+    }
 
     fn prepare<M: GuestMemory>(
         &mut self,
@@ -311,7 +314,7 @@ impl RequestHandler for BlkHandler {
             VIRTIO_BLK_T_FLUSH => {
                 req.op = Op::Flush;
                 Prepared::Submit(
-                    opcode::Fsync::new(types::Fd(self.fd))
+                    opcode::Fsync::new(FIXED_FILE)
                         .flags(types::FsyncFlags::DATASYNC)
                         .build(),
                 )

@@ -1,12 +1,13 @@
 //! The shared request engine.
 //!
-//! An [`Engine`] owns one io_uring and serves one virtqueue ([`VirtQueue`]): it pops every
-//! available chain, validates it into a [`DescChain`], lets a device-specific
-//! [`RequestHandler`] turn it into one io_uring operation (or answer it at once), submits the
-//! whole batch with one `io_uring_enter`, reaps completions, fills the used ring and signals
-//! the driver once per batch when EVENT_IDX says it wants it. Before going back to sleep it
-//! optionally busy-polls the avail ring and the completion ring for a window, then re-enables
-//! notifications and re-checks the ring so no kick is lost.
+//! An [`Engine`] owns one io_uring, with its handler's file registered, and serves one
+//! virtqueue ([`VirtQueue`]): it pops every available chain, validates it into a
+//! [`DescChain`], lets a device-specific [`RequestHandler`] turn it into one io_uring
+//! operation (or answer it at once), submits the whole batch with one `io_uring_enter`, reaps
+//! completions, fills the used ring and signals the driver once per batch when EVENT_IDX says
+//! it wants it. Before going back to sleep it optionally busy-polls the avail ring and the
+//! completion ring for a window, then re-enables notifications and re-checks the ring so no
+//! kick is lost.
 //!
 //! The same engine serves the vhost-user backends ([`VringQueue`]) and the in-VMM virtio tier
 //! ([`LocalQueue`], or any other [`VirtQueue`] implementation).
@@ -24,14 +25,29 @@ pub use worker::{Engine, EngineConfig};
 
 pub use io_uring::squeue::Entry as Sqe;
 
-use io_uring::{opcode, types};
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, types, IoUring};
 use vm_memory::GuestMemory;
 
-/// A read or a write of `iov` at `offset` (ignored by streams such as a TAP), with
-/// `RWF_*` flags: plain `READ`/`WRITE` for one buffer, so the kernel does not import an
-/// iovec array for the common single-descriptor request, `READV`/`WRITEV` otherwise.
-/// `iov` must stay untouched until the operation completes (the slot's `iov` does).
-pub fn rw_sqe(fd: types::Fd, iov: &[libc::iovec], offset: u64, rw_flags: i32, write: bool) -> Sqe {
+/// The handler's file ([`RequestHandler::file`]) as every operation names it: the engine
+/// registers that one file with its io_uring, so submissions skip the per-operation file
+/// table lookup and reference counting (`IOSQE_FIXED_FILE`).
+pub const FIXED_FILE: types::Fixed = types::Fixed(0);
+
+/// Register `fd` as `ring`'s only fixed file ([`FIXED_FILE`]).
+pub fn register_file(ring: &IoUring, fd: RawFd) -> crate::Result<()> {
+    ring.submitter()
+        .register_files(&[fd])
+        .map_err(crate::Error::UringSetup)
+}
+
+/// A read or a write of `iov` on [`FIXED_FILE`] at `offset` (ignored by streams such as a
+/// TAP), with `RWF_*` flags: plain `READ`/`WRITE` for one buffer, so the kernel does not
+/// import an iovec array for the common single-descriptor request, `READV`/`WRITEV`
+/// otherwise. `iov` must stay untouched until the operation completes (the slot's `iov` does).
+pub fn rw_sqe(iov: &[libc::iovec], offset: u64, rw_flags: i32, write: bool) -> Sqe {
+    let fd = FIXED_FILE;
     match (iov, write) {
         ([one], true) => opcode::Write::new(fd, one.iov_base.cast(), one.iov_len as u32)
             .offset(offset)
@@ -67,6 +83,10 @@ pub enum Prepared {
 pub trait RequestHandler {
     /// Per-request state kept while the operation is in flight.
     type Req: Default + Send;
+
+    /// The file every operation of this handler works on, kept open by the handler's owner:
+    /// the engine registers it, and operations name it as [`FIXED_FILE`].
+    fn file(&self) -> RawFd;
 
     /// Parse and validate `chain`. Fill `iov` (cleared, owned by the request slot and kept
     /// stable until completion) and return an operation, or answer the request directly.

@@ -76,6 +76,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         ring.submitter()
             .register_eventfd(completion.as_raw_fd())
             .map_err(Error::UringSetup)?;
+        super::register_file(&ring, handler.file())?;
         let n = usize::from(cfg.queue_size.max(1));
         let slots = (0..n)
             .map(|_| Slot {

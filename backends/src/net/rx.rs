@@ -23,12 +23,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{opcode, squeue, IoUring};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{has, ETH_HLEN, RX_BUF_LEN, VNET_HDR_LEN};
-use crate::engine::{DescChain, Dir, QueueStats, VirtQueue};
+use crate::engine::{register_file, DescChain, Dir, QueueStats, VirtQueue, FIXED_FILE};
 use crate::{Error, Result};
 
 const WARN_BUDGET: u32 = 16;
@@ -42,7 +42,6 @@ const CANCEL_TAG: u64 = u64::MAX;
 /// The receive side of one queue pair.
 pub struct RxPath {
     ring: IoUring,
-    fd: RawFd,
     /// One buffer per read slot.
     slots: Vec<Box<[u8]>>,
     /// Slots with no read and no frame.
@@ -74,7 +73,8 @@ pub struct RxPath {
 }
 
 impl RxPath {
-    /// Receive from `fd` (kept open by the owner) for a queue of at most `queue_size` entries.
+    /// Receive from `fd` (registered with the ring, which keeps the file open while the ring
+    /// lives) for a queue of at most `queue_size` entries.
     pub fn new(
         fd: RawFd,
         queue_size: u16,
@@ -88,9 +88,9 @@ impl RxPath {
         ring.submitter()
             .register_eventfd(completion.as_raw_fd())
             .map_err(Error::UringSetup)?;
+        register_file(&ring, fd)?;
         Ok(Self {
             ring,
-            fd,
             slots: (0..READ_SLOTS)
                 .map(|_| vec![0u8; RX_BUF_LEN].into_boxed_slice())
                 .collect(),
@@ -332,10 +332,9 @@ impl RxPath {
             for i in 0..reads {
                 let Some(slot) = self.free.pop() else { break };
                 let buf = &mut self.slots[slot];
-                let mut sqe =
-                    opcode::Read::new(types::Fd(self.fd), buf.as_mut_ptr(), RX_BUF_LEN as u32)
-                        .build()
-                        .user_data(slot as u64);
+                let mut sqe = opcode::Read::new(FIXED_FILE, buf.as_mut_ptr(), RX_BUF_LEN as u32)
+                    .build()
+                    .user_data(slot as u64);
                 if i + 1 < reads {
                     sqe = sqe.flags(squeue::Flags::IO_HARDLINK);
                 }

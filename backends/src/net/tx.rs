@@ -5,7 +5,6 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use io_uring::types;
 use vm_memory::GuestMemory;
 
 use super::{VnetHdr, TX_MAX_IOV, VNET_HDR_LEN};
@@ -60,6 +59,10 @@ impl TxHandler {
 impl RequestHandler for TxHandler {
     type Req = TxReq;
 
+    fn file(&self) -> RawFd {
+        self.fd
+    }
+
     fn prepare<M: GuestMemory>(
         &mut self,
         mem: &M,
@@ -88,7 +91,7 @@ impl RequestHandler for TxHandler {
             return self.drop_frame(chain.head(), &f);
         }
         req.len = total;
-        Prepared::Submit(rw_sqe(types::Fd(self.fd), iov, 0, 0, true))
+        Prepared::Submit(rw_sqe(iov, 0, 0, true))
     }
 
     fn complete<M: GuestMemory>(

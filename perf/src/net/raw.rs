@@ -1,9 +1,10 @@
-//! The reference: this process on the same TAP with io_uring, no virtio in between. Transmit
-//! writes the same virtio header + frame buffers (the same guest memory slots) `batch` per
-//! `io_uring_enter`, one `write` each, as our backend does for a frame in one descriptor, and
-//! cycles through all the slots in ring order as a virtqueue consumer must (reusing the few
-//! slots a batch needs would keep them hot in this CPU's cache, an advantage no device behind
-//! a full ring has); receive keeps `batch` reads in flight.
+//! The reference: this process on the same TAP with io_uring, no virtio in between, the TAP
+//! registered as the ring's fixed file as our backend's engine does. Transmit writes the same
+//! virtio header + frame buffers (the same guest memory slots) `batch` per `io_uring_enter`,
+//! one `write` each, as our backend does for a frame in one descriptor, and cycles through all
+//! the slots in ring order as a virtqueue consumer must (reusing the few slots a batch needs
+//! would keep them hot in this CPU's cache, an advantage no device behind a full ring has);
+//! receive keeps `batch` reads in flight.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -20,6 +21,14 @@ fn uring_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     io_err(format!("io_uring {what}"))
 }
 
+/// `ring` with the TAP registered as its fixed file, as our backend's engine does.
+fn with_fixed_file(ring: IoUring, tap: &Tap) -> Result<(IoUring, types::Fixed)> {
+    ring.submitter()
+        .register_files(&[tap.as_raw_fd()])
+        .map_err(uring_err("register the TAP"))?;
+    Ok((ring, types::Fixed(0)))
+}
+
 /// Write the transmit slots of `mem` to `tap` for `duration`, oldest free slot first.
 pub fn transmit(tap: &Tap, mem: &NetMem, duration: Duration, batch: u16) -> Result<Counts> {
     let size = mem.tx.size;
@@ -33,8 +42,8 @@ pub fn transmit(tap: &Tap, mem: &NetMem, duration: Duration, batch: u16) -> Resu
         })
         .collect::<Result<_>>()?;
     let frame_len = (mem.wire_len() - VNET_HDR_LEN) as u64;
-    let mut ring = IoUring::new(u32::from(size).next_power_of_two()).map_err(uring_err("setup"))?;
-    let fd = types::Fd(tap.as_raw_fd());
+    let ring = IoUring::new(u32::from(size).next_power_of_two()).map_err(uring_err("setup"))?;
+    let (mut ring, fd) = with_fixed_file(ring, tap)?;
     let mut free: VecDeque<u16> = (0..size).collect();
     let (mut frames, mut errors) = (0u64, 0u64);
     let start = Instant::now();
@@ -97,8 +106,8 @@ pub fn transmit(tap: &Tap, mem: &NetMem, duration: Duration, batch: u16) -> Resu
 pub fn receive(tap: &Tap, duration: Duration, batch: u16) -> Result<Counts> {
     let n = usize::from(batch.max(1));
     let mut bufs = vec![0u8; n * RX_BUF_LEN];
-    let mut ring = IoUring::new((2 * n as u32).next_power_of_two()).map_err(uring_err("setup"))?;
-    let fd = types::Fd(tap.as_raw_fd());
+    let ring = IoUring::new((2 * n as u32).next_power_of_two()).map_err(uring_err("setup"))?;
+    let (mut ring, fd) = with_fixed_file(ring, tap)?;
     let base = bufs.as_mut_ptr();
     let read = |i: usize| {
         // SAFETY: `i < n`, so the pointer stays inside `bufs`.
