@@ -114,13 +114,16 @@ ip addr add 10.0.0.2/24 dev eth0
 ip link show eth0
 "#;
 
-/// Guest: ping the lab host, then iperf3 TCP both ways and UDP.
+/// Guest: ping the lab host, then iperf3 TCP both ways and UDP, each bounded by 60 s so that
+/// a stalled transfer ends the guest script (the backend's log with its queue counters and the
+/// guest's virtio interrupt counts are then on the console) instead of the lab run.
 const GUEST_PING_IPERF: &str = r#"
 ping -c 3 -W 5 10.0.0.1
 echo PING-STATUS=$?
-echo "IPERF-TCP=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J | tr -d '\n')"
-echo "IPERF-TCPR=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J -R | tr -d '\n')"
-echo "IPERF-UDP=$(iperf3 -c 10.0.0.1 -t 3 -i 0 -J -u -b 50M | tr -d '\n')"
+echo "IPERF-TCP=$(timeout 60 iperf3 -c 10.0.0.1 -t 3 -i 0 -J | tr -d '\n')"
+echo "IPERF-TCPR=$(timeout 60 iperf3 -c 10.0.0.1 -t 3 -i 0 -J -R | tr -d '\n')"
+echo "IPERF-UDP=$(timeout 60 iperf3 -c 10.0.0.1 -t 3 -i 0 -J -u -b 50M | tr -d '\n')"
+echo "GUEST-VIRTIO-IRQS=$(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' '|')"
 "#;
 
 /// virtio-net offload feature bits: CSUM, GUEST_CSUM, GUEST_TSO4, GUEST_TSO6, HOST_TSO4,
