@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use backends::engine::{register_file, FIXED_FILE};
 use backends::net::{Tap, RX_BUF_LEN, VNET_HDR_LEN};
 use io_uring::{opcode, types, IoUring};
 
@@ -21,12 +22,11 @@ fn uring_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     io_err(format!("io_uring {what}"))
 }
 
-/// `ring` with the TAP registered as its fixed file, as our backend's engine does.
+/// `ring` with the TAP registered as its fixed file, through our backend's engine's own code.
 fn with_fixed_file(ring: IoUring, tap: &Tap) -> Result<(IoUring, types::Fixed)> {
-    ring.submitter()
-        .register_files(&[tap.as_raw_fd()])
-        .map_err(uring_err("register the TAP"))?;
-    Ok((ring, types::Fixed(0)))
+    register_file(&ring, tap.as_raw_fd())
+        .map_err(|e| Error::Backend(format!("register the TAP with io_uring: {e}")))?;
+    Ok((ring, FIXED_FILE))
 }
 
 /// Write the transmit slots of `mem` to `tap` for `duration`, oldest free slot first.
