@@ -22,11 +22,12 @@ fn uring_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     io_err(format!("io_uring {what}"))
 }
 
-/// `ring` with the TAP registered as its fixed file, through our backend's engine's own code.
-fn with_fixed_file(ring: IoUring, tap: &Tap) -> Result<(IoUring, types::Fixed)> {
-    register_file(&ring, tap.as_raw_fd())
+/// Register the TAP as `ring`'s fixed file through our backend's engine's own code; returns how
+/// operations name it.
+fn register_tap(ring: &IoUring, tap: &Tap) -> Result<types::Fixed> {
+    register_file(ring, tap.as_raw_fd())
         .map_err(|e| Error::Backend(format!("register the TAP with io_uring: {e}")))?;
-    Ok((ring, FIXED_FILE))
+    Ok(FIXED_FILE)
 }
 
 /// Write the transmit slots of `mem` to `tap` for `duration`, oldest free slot first.
@@ -42,8 +43,8 @@ pub fn transmit(tap: &Tap, mem: &NetMem, duration: Duration, batch: u16) -> Resu
         })
         .collect::<Result<_>>()?;
     let frame_len = (mem.wire_len() - VNET_HDR_LEN) as u64;
-    let ring = IoUring::new(u32::from(size).next_power_of_two()).map_err(uring_err("setup"))?;
-    let (mut ring, fd) = with_fixed_file(ring, tap)?;
+    let mut ring = IoUring::new(u32::from(size).next_power_of_two()).map_err(uring_err("setup"))?;
+    let fd = register_tap(&ring, tap)?;
     let mut free: VecDeque<u16> = (0..size).collect();
     let (mut frames, mut errors) = (0u64, 0u64);
     let start = Instant::now();
@@ -106,8 +107,8 @@ pub fn transmit(tap: &Tap, mem: &NetMem, duration: Duration, batch: u16) -> Resu
 pub fn receive(tap: &Tap, duration: Duration, batch: u16) -> Result<Counts> {
     let n = usize::from(batch.max(1));
     let mut bufs = vec![0u8; n * RX_BUF_LEN];
-    let ring = IoUring::new((2 * n as u32).next_power_of_two()).map_err(uring_err("setup"))?;
-    let (mut ring, fd) = with_fixed_file(ring, tap)?;
+    let mut ring = IoUring::new((2 * n as u32).next_power_of_two()).map_err(uring_err("setup"))?;
+    let fd = register_tap(&ring, tap)?;
     let base = bufs.as_mut_ptr();
     let read = |i: usize| {
         // SAFETY: `i < n`, so the pointer stays inside `bufs`.
