@@ -103,27 +103,10 @@ fn run_lab(
     Some(run)
 }
 
-/// Parse one iperf3 JSON report printed as `KEY{...}`; returns bits per second received.
-fn iperf(console: &str, key: &str, udp: bool) -> f64 {
-    lab::iperf3_bits_per_second(console, key, udp).unwrap_or_else(|e| panic!("{e}:\n{console}"))
-}
-
 const GUEST_NET: &str = r#"
 ip link set eth0 up
 ip addr add 10.0.0.2/24 dev eth0
 ip link show eth0
-"#;
-
-/// Guest: ping the lab host, then iperf3 TCP both ways and UDP, each bounded by 60 s so that
-/// a stalled transfer ends the guest script (the backend's log with its queue counters and the
-/// guest's virtio interrupt counts are then on the console) instead of the lab run.
-const GUEST_PING_IPERF: &str = r#"
-ping -c 3 -W 5 10.0.0.1
-echo PING-STATUS=$?
-echo "IPERF-TCP=$(timeout 60 iperf3 -c 10.0.0.1 -t 3 -i 0 -J | tr -d '\n')"
-echo "IPERF-TCPR=$(timeout 60 iperf3 -c 10.0.0.1 -t 3 -i 0 -J -R | tr -d '\n')"
-echo "IPERF-UDP=$(timeout 60 iperf3 -c 10.0.0.1 -t 3 -i 0 -J -u -b 50M | tr -d '\n')"
-echo "GUEST-VIRTIO-IRQS=$(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' '|')"
 "#;
 
 /// virtio-net offload feature bits: CSUM, GUEST_CSUM, GUEST_TSO4, GUEST_TSO6, HOST_TSO4,
@@ -142,29 +125,17 @@ fn acked_features(console: &str) -> u64 {
     u64::from_str_radix(&hex, 16).unwrap_or_else(|e| panic!("acked features {hex}: {e}"))
 }
 
-/// Asserts the guest's ping of [`GUEST_PING_IPERF`] passed, prints its iperf3 figures and
-/// returns them (bits/s): TCP guest→host, TCP host→guest, UDP.
-fn ping_and_iperf_results(c: &str, label: &str) -> (f64, f64, f64) {
-    assert_eq!(
-        lab::console_value(c, "PING-STATUS="),
-        Some("0"),
-        "ping failed:\n{c}"
-    );
-    let tx = iperf(c, "IPERF-TCP=", false);
-    let rx = iperf(c, "IPERF-TCPR=", false);
-    let udp = iperf(c, "IPERF-UDP=", true);
-    eprintln!(
-        "RESULT {label}, nested TCG, relative only: TCP guest->host {:.1} Mbit/s, host->guest {:.1} Mbit/s, UDP {:.1} Mbit/s",
-        tx / 1e6,
-        rx / 1e6,
-        udp / 1e6
-    );
-    (tx, rx, udp)
+/// The results of the guest's [`lab::guest_ping_iperf3`] run whose console lines follow
+/// `prefix`, printed with `label`; a failed ping or iperf3 run fails the test.
+fn ping_and_iperf_results(c: &str, prefix: &str, label: &str) -> lab::PingIperf3 {
+    let r = lab::PingIperf3::from_console(c, prefix).unwrap_or_else(|e| panic!("{e}:\n{c}"));
+    eprintln!("RESULT {label}, nested TCG, relative only: {r}");
+    r
 }
 
 #[test]
 fn qemu_guest_pings_and_runs_iperf3_over_vhost_user_net() {
-    let script = format!("{GUEST_NET}{GUEST_PING_IPERF}");
+    let script = format!("{GUEST_NET}{}", lab::guest_ping_iperf3("10.0.0.1"));
     let Some(run) = run_lab(&script, "", "", true) else {
         return;
     };
@@ -176,20 +147,15 @@ fn qemu_guest_pings_and_runs_iperf3_over_vhost_user_net() {
             "offload bit {bit} not negotiated: {acked:#x}"
         );
     }
-    let (tx, rx, udp) = ping_and_iperf_results(c, "offloads on");
+    let ours = ping_and_iperf_results(c, "", "offloads on");
     // Same guest, QEMU's own virtio-net on a TAP, same lab run: ratios, not absolutes.
-    if lab::console_value(c, "REF: IPERF-TCP=").is_some() {
-        let r_tx = iperf(c, "REF: IPERF-TCP=", false);
-        let r_rx = iperf(c, "REF: IPERF-TCPR=", false);
-        let r_udp = iperf(c, "REF: IPERF-UDP=", true);
+    if lab::console_value(c, "REF: PING-STATUS=").is_some() {
+        let r = ping_and_iperf_results(c, "REF: ", "reference QEMU virtio-net (tap, vhost=off)");
         eprintln!(
-            "RESULT reference QEMU virtio-net (tap, vhost=off): TCP guest->host {:.1} Mbit/s, host->guest {:.1} Mbit/s, UDP {:.1} Mbit/s; ratio ours/ref {:.2} / {:.2} / {:.2}",
-            r_tx / 1e6,
-            r_rx / 1e6,
-            r_udp / 1e6,
-            tx / r_tx,
-            rx / r_rx,
-            udp / r_udp
+            "RESULT ratio ours/ref: TCP guest->host {:.2}, host->guest {:.2}, UDP {:.2}",
+            ours.tcp_out / r.tcp_out,
+            ours.tcp_in / r.tcp_in,
+            ours.udp / r.udp
         );
     } else {
         eprintln!("no reference run output");
@@ -204,7 +170,7 @@ fn qemu_guest_pings_and_runs_iperf3_over_vhost_user_net() {
 /// cross the backend fully formed (no GSO, checksums computed by the guest), TUNSETOFFLOAD 0.
 #[test]
 fn qemu_guest_with_offloads_off_pings_and_runs_iperf3() {
-    let script = format!("{GUEST_NET}{GUEST_PING_IPERF}");
+    let script = format!("{GUEST_NET}{}", lab::guest_ping_iperf3("10.0.0.1"));
     let props = ",csum=off,guest_csum=off,host_tso4=off,host_tso6=off,guest_tso4=off,\
                  guest_tso6=off,host_ecn=off,guest_ecn=off,host_ufo=off,guest_ufo=off";
     let Some(run) = run_lab(&script, "", props, false) else {
@@ -218,7 +184,7 @@ fn qemu_guest_with_offloads_off_pings_and_runs_iperf3() {
             "offload bit {bit} negotiated: {acked:#x}"
         );
     }
-    ping_and_iperf_results(c, "offloads off");
+    ping_and_iperf_results(c, "", "offloads off");
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
 }
 
@@ -343,20 +309,7 @@ grep -q '{marker}0' /lab/a.log && grep -q '{marker}0' /lab/b.log
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
     let c = &run.console;
-    assert_eq!(
-        lab::console_value(c, "PING-STATUS="),
-        Some("0"),
-        "ping failed:\n{c}"
-    );
-    let tx = iperf(c, "IPERF-TCP=", false);
-    let rx = iperf(c, "IPERF-TCPR=", false);
-    let udp = iperf(c, "IPERF-UDP=", true);
-    eprintln!(
-        "RESULT link mode, nested TCG, relative only: TCP B->A {:.1} Mbit/s, A->B {:.1} Mbit/s, UDP {:.1} Mbit/s",
-        tx / 1e6,
-        rx / 1e6,
-        udp / 1e6
-    );
+    ping_and_iperf_results(c, "", "link mode (TCP B->A, A->B, UDP B->A)");
     for l in c.lines().filter(|l| l.contains("queue counters")) {
         eprintln!("{l}");
     }

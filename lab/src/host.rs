@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::console::fault_lines;
 use crate::cpio::Cpio;
 use crate::error::{LabError, Result};
 use crate::images::{concat_with_overlay, Images};
@@ -409,6 +410,7 @@ impl LabHost {
                 Ok(line) => {
                     if is_lab_host_stall(&line) {
                         console.push_str(&line);
+                        print_faults(&console);
                         return Err(LabError::LabHostStalled {
                             tail: tail_lines(&console, 40),
                         });
@@ -427,6 +429,7 @@ impl LabHost {
                         tracing::warn!("lab did not power off after its exit marker; killing");
                         break;
                     }
+                    print_faults(&console);
                     return Err(LabError::Timeout {
                         timeout: self.timeout,
                         tail: tail_lines(&console, 40),
@@ -437,6 +440,7 @@ impl LabHost {
         }
         let exit = qemu_proc.finish(Duration::from_secs(5));
         let duration = start.elapsed();
+        print_faults(&console);
         let _ = out_thread.join();
         let _ = err_thread.join();
 
@@ -469,6 +473,18 @@ impl LabHost {
             work_dir,
             _tmp: tmp,
         })
+    }
+}
+
+/// Prints the console's [`fault_lines`] to stderr, where a test's output starts: a failing
+/// test's console may be cut short where it is shown (a CI summary keeps its head and tail).
+fn print_faults(console: &str) {
+    let faults = fault_lines(console, 40);
+    if !faults.is_empty() {
+        eprintln!("lab: kernel faults or VMM verdicts on the console:");
+        for l in faults {
+            eprintln!("  ! {l}");
+        }
     }
 }
 

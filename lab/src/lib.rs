@@ -19,7 +19,9 @@ mod error;
 mod host;
 mod images;
 
-pub use console::{console_value, iperf3_bits_per_second, test_images};
+pub use console::{
+    console_value, guest_ping_iperf3, iperf3_bits_per_second, test_images, PingIperf3,
+};
 pub use cpio::{shared_libraries, Cpio};
 pub use error::{LabError, Result};
 pub use host::{

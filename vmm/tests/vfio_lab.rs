@@ -136,6 +136,8 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
         [
             "GUEST-NVME=",
             "FIO-",
+            "DD-EXIT=",
+            "GUEST-EXIT-STATUS=",
             "NVME-IRQ",
             "nvme",
             "VMM-",
