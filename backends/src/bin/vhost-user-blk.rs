@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backends::blk::{BlkBackend, BlkOptions, Disk};
+use backends::engine::{Tuning, TuningArgs};
 use backends::Error;
 use clap::Parser;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
@@ -37,14 +38,9 @@ struct Args {
     /// Open the backing file with O_DIRECT.
     #[arg(long)]
     direct: bool,
-    /// Busy-poll window in microseconds after each batch (0 = off).
-    #[arg(long, default_value_t = 0)]
-    poll_us: u64,
-    /// Kernel submission polling (io_uring SQPOLL) for each queue: a kernel thread picks up
-    /// requests and runs them beside the queue thread, sleeping after this many idle
-    /// milliseconds. Needs a spare CPU per busy queue (0 = off).
-    #[arg(long, default_value_t = 0)]
-    sqpoll_idle_ms: u64,
+    /// Polling and batching of the queues.
+    #[command(flatten)]
+    tuning: TuningArgs,
     /// Serial returned by GET_ID (at most 20 bytes).
     #[arg(long, default_value = "vhost-user-blk")]
     serial: String,
@@ -98,9 +94,7 @@ fn run(args: Args) -> Result<std::convert::Infallible, Error> {
             queues: args.queues,
             queue_size: args.queue_size,
             readonly: args.readonly,
-            poll: Duration::from_micros(args.poll_us),
-            sqpoll_idle: (args.sqpoll_idle_ms > 0)
-                .then(|| Duration::from_millis(args.sqpoll_idle_ms)),
+            tuning: Tuning::from(&args.tuning),
             serial: args.serial.clone(),
         },
     )?);

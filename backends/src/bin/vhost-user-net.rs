@@ -7,8 +7,8 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
+use backends::engine::{Tuning, TuningArgs};
 use backends::net::{parse_mac, NetBackend, NetOptions, Port, DEFAULT_MTU};
 use backends::Error;
 use clap::Parser;
@@ -44,14 +44,9 @@ struct Args {
     /// Maximum queue size.
     #[arg(long, default_value_t = 256)]
     queue_size: u16,
-    /// Busy-poll window in microseconds after each transmit batch (0 = off).
-    #[arg(long, default_value_t = 0)]
-    poll_us: u64,
-    /// Kernel submission polling (io_uring SQPOLL) for each transmit queue: a kernel thread picks up
-    /// requests and runs them beside the queue thread, sleeping after this many idle
-    /// milliseconds. Needs a spare CPU per busy queue (0 = off).
-    #[arg(long, default_value_t = 0)]
-    sqpoll_idle_ms: u64,
+    /// Polling and batching of the transmit queues.
+    #[command(flatten)]
+    tuning: TuningArgs,
     /// Serve the socket directly, without the relay that holds back `SET_VRING_ENABLE` sent
     /// before `SET_FEATURES` (QEMU's vhost-user netdev does that; see `backends::vhost_shim`).
     #[arg(long)]
@@ -154,8 +149,7 @@ fn run(args: Args) -> Result<(), Error> {
         mtu: args.mtu,
         queue_pairs: args.queues,
         queue_size: args.queue_size,
-        poll: Duration::from_micros(args.poll_us),
-        sqpoll_idle: (args.sqpoll_idle_ms > 0).then(|| Duration::from_millis(args.sqpoll_idle_ms)),
+        tuning: Tuning::from(&args.tuning),
     };
     let mut devices: Vec<(Arc<NetBackend>, PathBuf)> = Vec::new();
     match (&args.link, &args.socket, &args.tap) {

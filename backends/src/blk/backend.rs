@@ -5,7 +5,6 @@ use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
@@ -21,7 +20,7 @@ use super::{
     device_config, device_features, BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET,
     SEG_MAX,
 };
-use crate::engine::{Engine, EngineConfig, QueueStats, VhostMem, VringQueue};
+use crate::engine::{Engine, EngineConfig, QueueStats, Tuning, VhostMem, VringQueue};
 use crate::{Error, Result};
 
 /// Options of a vhost-user-blk device.
@@ -33,10 +32,8 @@ pub struct BlkOptions {
     pub queue_size: u16,
     /// Export read-only.
     pub readonly: bool,
-    /// Busy-poll window after each batch.
-    pub poll: Duration,
-    /// Kernel submission-polling idle time (io_uring SQPOLL); `None` = off.
-    pub sqpoll_idle: Option<Duration>,
+    /// Polling and batching of the queues' engines.
+    pub tuning: Tuning,
     /// GET_ID serial (truncated to 20 bytes).
     pub serial: String,
 }
@@ -95,10 +92,8 @@ impl BlkBackend {
         let file = Arc::new(disk.file);
         let writeback = Arc::new(AtomicBool::new(true));
         let ecfg = EngineConfig {
-            queue_size: opts.queue_size,
-            poll: opts.poll,
-            max_iov: SEG_MAX as usize,
-            sqpoll_idle: opts.sqpoll_idle,
+            tuning: opts.tuning,
+            ..EngineConfig::new(opts.queue_size, SEG_MAX as usize)
         };
         let mut engines = Vec::new();
         let mut stats = Vec::new();
@@ -313,8 +308,7 @@ mod tests {
             queues: 2,
             queue_size: 128,
             readonly,
-            poll: Duration::ZERO,
-            sqpoll_idle: None,
+            tuning: Tuning::default(),
             serial: "x".into(),
         };
         (BlkBackend::new(disk, opts).unwrap(), f)

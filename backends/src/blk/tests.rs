@@ -17,7 +17,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{BlkHandler, BlkSettings, SEG_MAX};
-use crate::engine::{Engine, EngineConfig, LocalQueue, QueueStats, StatsSnapshot};
+use crate::engine::{Engine, EngineConfig, LocalQueue, QueueStats, StatsSnapshot, Tuning};
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -53,12 +53,9 @@ fn w(addr: u64, len: u32) -> D {
 
 /// The engine settings of these tests, with optional kernel submission polling.
 fn engine_config(sqpoll_idle: Option<Duration>) -> EngineConfig {
-    EngineConfig {
-        queue_size: QSIZE,
-        poll: Duration::ZERO,
-        max_iov: SEG_MAX as usize,
-        sqpoll_idle,
-    }
+    let mut cfg = EngineConfig::new(QSIZE, SEG_MAX as usize);
+    cfg.tuning.sqpoll_idle = sqpoll_idle;
+    cfg
 }
 
 struct Harness {
@@ -534,6 +531,54 @@ fn one_notification_per_batch() {
 }
 
 #[test]
+fn passes_are_capped_at_the_batch_and_publish_as_they_go() {
+    // Ten requests with a batch of four: three passes, each one submission, and each
+    // pass's used entries are published (and signalled) before the next pass pops.
+    let mut h = Harness::new(false);
+    let stats = h.engine.stats().clone();
+    let handler = BlkHandler::new(
+        Arc::new(h.file.reopen().unwrap()),
+        h.engine.handler().settings().clone(),
+        Arc::new(AtomicBool::new(true)),
+        stats.clone(),
+    );
+    let mut cfg = engine_config(None);
+    cfg.tuning.batch = 4;
+    h.engine = Engine::new(handler, cfg, stats).unwrap();
+    let mut heads = Vec::new();
+    for i in 0..10u64 {
+        h.header(HDR + i * 16, VIRTIO_BLK_T_IN, i);
+        heads.push(h.add(&[
+            r(HDR + i * 16, 16),
+            w(DATA + i * 4096, 512),
+            w(STATUS + i, 1),
+        ]));
+    }
+    h.run();
+    let mut used: Vec<u32> = (0..10).map(|_| h.used().0).collect();
+    used.sort_unstable();
+    assert_eq!(
+        used,
+        heads.iter().map(|&h| u32::from(h)).collect::<Vec<_>>()
+    );
+    for i in 0..10u64 {
+        assert_eq!(h.status(STATUS + i), OK);
+        let mut got = vec![0u8; 512];
+        h.mem
+            .read_slice(&mut got, GuestAddress(DATA + i * 4096))
+            .unwrap();
+        assert_eq!(got, h.file_bytes(i * 512, 512));
+    }
+    let s = h.stats();
+    assert_eq!(
+        (s.ok, s.submits),
+        (10, 3),
+        "ceil(10 / 4) passes, one submission each"
+    );
+    assert!(h.q.signals >= 3, "a signal per pass, got {}", h.q.signals);
+}
+
+#[test]
 fn event_idx_suppresses_notifications() {
     let mut h = Harness::new(false);
     h.q.queue.set_event_idx(true);
@@ -665,8 +710,7 @@ fn advertised_limits(file: &std::path::Path) -> (u32, u32, u32) {
         queues: 1,
         queue_size: QSIZE,
         readonly: false,
-        poll: Duration::ZERO,
-        sqpoll_idle: None,
+        tuning: Tuning::default(),
         serial: String::new(),
     };
     let b = BlkBackend::new(disk, opts).unwrap();

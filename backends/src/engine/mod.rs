@@ -1,11 +1,11 @@
 //! The shared request engine.
 //!
 //! An [`Engine`] owns one io_uring, with its handler's file registered, and serves one
-//! virtqueue ([`VirtQueue`]): it pops every available chain, validates it into a
-//! [`DescChain`], lets a device-specific [`RequestHandler`] turn it into one io_uring
-//! operation (or answer it at once), submits the whole batch with one `io_uring_enter`, reaps
-//! completions, fills the used ring and signals the driver once per batch when EVENT_IDX says
-//! it wants it. Before going back to sleep it optionally busy-polls the avail ring and the
+//! virtqueue ([`VirtQueue`]): it pops up to a batch of available chains ([`Tuning::batch`]),
+//! validates each into a [`DescChain`], lets a device-specific [`RequestHandler`] turn it
+//! into one io_uring operation (or answer it at once), submits the batch with one
+//! `io_uring_enter`, reaps completions, fills the used ring and signals the driver once per
+//! batch when EVENT_IDX says it wants it. Before going back to sleep it optionally busy-polls the avail ring and the
 //! completion ring for a window, then re-enables notifications and re-checks the ring so no
 //! kick is lost.
 //!
@@ -15,11 +15,13 @@
 mod chain;
 mod queue;
 mod stats;
+mod tuning;
 mod worker;
 
 pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
 pub use queue::{LocalQueue, VhostMem, VirtQueue, VringQueue};
 pub use stats::{QueueStats, StatsSnapshot};
+pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};
 pub(crate) use worker::errno;
 pub use worker::{Engine, EngineConfig};
 

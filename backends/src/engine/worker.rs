@@ -4,29 +4,37 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use io_uring::IoUring;
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{DescChain, Prepared, QueueStats, RequestHandler, VirtQueue};
+use super::{DescChain, Prepared, QueueStats, RequestHandler, Tuning, VirtQueue};
 use crate::{Error, Result};
 
-/// Engine tuning.
+/// What an engine serves and how.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     /// Largest queue size the engine must serve (bounds in-flight requests and ring size).
     pub queue_size: u16,
-    /// Busy-poll window after the last work seen before sleeping again (0 = off).
-    pub poll: Duration,
     /// Largest iovec count one request may use.
     pub max_iov: usize,
-    /// Kernel submission polling (io_uring `SQPOLL`): a kernel thread per queue picks up
-    /// submissions without `io_uring_enter` and runs them beside this thread, sleeping after
-    /// this much idle time. Costs up to a CPU per busy queue; `None` = off.
-    pub sqpoll_idle: Option<Duration>,
+    /// Polling and batching.
+    pub tuning: Tuning,
+}
+
+impl EngineConfig {
+    /// A queue of up to `queue_size` entries whose requests use up to `max_iov` iovecs,
+    /// with the default [`Tuning`].
+    pub fn new(queue_size: u16, max_iov: usize) -> Self {
+        Self {
+            queue_size,
+            max_iov,
+            tuning: Tuning::default(),
+        }
+    }
 }
 
 /// One in-flight request.
@@ -64,7 +72,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         let entries = u32::from(cfg.queue_size.max(1)).next_power_of_two();
         let mut builder = IoUring::builder();
         builder.setup_cqsize(entries * 2);
-        if let Some(idle) = cfg.sqpoll_idle {
+        if let Some(idle) = cfg.tuning.sqpoll_idle {
             let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
             builder.setup_sqpoll(ms);
         }
@@ -121,9 +129,9 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         self.inflight
     }
 
-    /// Serve `q` until it is empty and no completion is pending: pop, submit as one batch,
-    /// reap, update the used ring, signal once, optionally busy-poll, re-enable notifications
-    /// and re-check. Call on every kick and every completion eventfd event.
+    /// Serve `q` until it is empty and no completion is pending: pass after pass, pop up to
+    /// a batch, submit it with one `io_uring_enter`, reap, update the used ring and signal
+    /// once; then optionally busy-poll, re-enable notifications and re-check. Call on every kick and every completion eventfd event.
     pub fn process<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
         // No eventfd signals while this thread is reaping anyway.
         self.ring.completion().disable_eventfd();
@@ -143,7 +151,11 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             if !self.stopping {
                 q.disable_notification()?;
                 let mem = q.memory();
-                let popped = q.pop_batch(&mem, self.free.len(), |chain| self.start(chain, &mem));
+                let max = self
+                    .free
+                    .len()
+                    .min(usize::from(self.cfg.tuning.batch.max(1)));
+                let popped = q.pop_batch(&mem, max, |chain| self.start(chain, &mem));
                 if popped > 0 {
                     let n = popped as u64;
                     self.stats.requests.fetch_add(n, Ordering::Relaxed);
@@ -164,9 +176,10 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                 self.ring.completion().enable_eventfd();
                 return Ok(());
             }
-            if !self.cfg.poll.is_zero() {
+            let poll = self.cfg.tuning.poll;
+            if !poll.is_zero() {
                 let since = *idle_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < self.cfg.poll {
+                if since.elapsed() < poll {
                     std::hint::spin_loop();
                     continue;
                 }

@@ -14,7 +14,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
@@ -29,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{
     device_features, has, offload_features, CtrlQueue, RxPath, Tap, TxHandler, TX_MAX_IOV,
 };
-use crate::engine::{Engine, EngineConfig, QueueStats, VhostMem, VringQueue};
+use crate::engine::{Engine, EngineConfig, QueueStats, Tuning, VhostMem, VringQueue};
 use crate::{Error, Result};
 use std::os::fd::{OwnedFd, RawFd};
 
@@ -46,11 +45,8 @@ pub struct NetOptions {
     pub queue_pairs: u16,
     /// Maximum queue size.
     pub queue_size: u16,
-    /// Busy-poll window of the transmit engine after each batch.
-    pub poll: Duration,
-    /// Kernel submission-polling idle time of the transmit engine (io_uring SQPOLL);
-    /// `None` = off.
-    pub sqpoll_idle: Option<Duration>,
+    /// Polling and batching of the transmit engines.
+    pub tuning: Tuning,
 }
 
 /// The other end of the device's wire.
@@ -203,10 +199,8 @@ impl NetBackend {
 
         let acked = Arc::new(AtomicU64::new(0));
         let ecfg = EngineConfig {
-            queue_size: opts.queue_size,
-            poll: opts.poll,
-            max_iov: TX_MAX_IOV,
-            sqpoll_idle: opts.sqpoll_idle,
+            tuning: opts.tuning,
+            ..EngineConfig::new(opts.queue_size, TX_MAX_IOV)
         };
         let mut tx = Vec::new();
         let mut rx = Vec::new();

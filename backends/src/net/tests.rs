@@ -177,12 +177,7 @@ impl Harness {
         let tx_stats = Arc::new(QueueStats::default());
         let rx = RxPath::new(dev.as_raw_fd(), QSIZE, features.clone(), rx_stats).unwrap();
         let handler = TxHandler::new(dev.as_raw_fd(), features.clone(), MTU, tx_stats.clone());
-        let cfg = EngineConfig {
-            queue_size: QSIZE,
-            poll: Duration::ZERO,
-            max_iov: TX_MAX_IOV,
-            sqpoll_idle: None,
-        };
+        let cfg = EngineConfig::new(QSIZE, TX_MAX_IOV);
         let tx = Engine::new(handler, cfg, tx_stats).unwrap();
         let shared = Arc::new(mem.clone());
         Harness {

@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use vhost_user_backend::VhostUserBackend;
 
 use super::*;
+use crate::engine::Tuning;
 use crate::net::{CtrlQueue, NetBackend, NetOptions, Port};
 use crate::Error;
 
@@ -280,8 +281,7 @@ fn link_backend(pairs: u16) -> (NetBackend, Vec<OwnedFd>) {
         mtu: MTU,
         queue_pairs: pairs,
         queue_size: QSIZE,
-        poll: Duration::ZERO,
-        sqpoll_idle: None,
+        tuning: Tuning::default(),
     };
     (NetBackend::new(opts).unwrap(), peers)
 }

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use backends::blk::{
     device_config, device_features, BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET,
@@ -136,12 +135,7 @@ impl InVmmBlk {
             self.writeback.clone(),
             stats.clone(),
         );
-        let ecfg = EngineConfig {
-            queue_size: q.size,
-            poll: Duration::ZERO,
-            max_iov: SEG_MAX as usize,
-            sqpoll_idle: None,
-        };
+        let ecfg = EngineConfig::new(q.size, SEG_MAX as usize);
         let engine = Engine::new(handler, ecfg, stats.clone()).map_err(|e| {
             VirtioError::Io(std::io::Error::other(format!("queue {i} engine: {e}")))
         })?;

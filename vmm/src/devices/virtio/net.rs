@@ -12,7 +12,6 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use backends::engine::{Engine, EngineConfig, LocalQueue, QueueStats};
 use backends::net::{
@@ -139,12 +138,7 @@ impl InVmmNet {
             VirtioError::Io(std::io::Error::other(format!("{what}: {e}")))
         };
         let handler = TxHandler::new(fd, self.acked.clone(), self.mtu, tx_stats.clone());
-        let ecfg = EngineConfig {
-            queue_size: txq.size,
-            poll: Duration::ZERO,
-            max_iov: TX_MAX_IOV,
-            sqpoll_idle: None,
-        };
+        let ecfg = EngineConfig::new(txq.size, TX_MAX_IOV);
         let tx = Engine::new(handler, ecfg, tx_stats.clone()).map_err(|e| engine_err("tx", e))?;
         let rx = RxPath::new(fd, rxq.size, self.acked.clone(), rx_stats.clone())
             .map_err(|e| engine_err("rx", e))?;
@@ -361,6 +355,7 @@ impl Drop for InVmmNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use virtio_bindings::virtio_net::{
         VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
     };

@@ -1,0 +1,63 @@
+//! [`Tuning`]: the run-time knobs of an [`Engine`](super::Engine), and the command-line
+//! arguments ([`TuningArgs`]) both backends take for them.
+
+use std::time::Duration;
+
+/// Chains an engine takes from the avail ring per pass by default ([`Tuning::batch`]).
+pub const DEFAULT_BATCH: u16 = 32;
+
+/// How an engine trades CPU time for latency and throughput; the same for every queue of a
+/// device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Busy-poll window after the last work seen before sleeping again (zero = off).
+    pub poll: Duration,
+    /// Kernel submission polling (io_uring `SQPOLL`): a kernel thread per queue picks up
+    /// submissions without `io_uring_enter` and runs them beside the queue thread, sleeping
+    /// after this much idle time. Costs up to a CPU per busy queue; `None` = off.
+    pub sqpoll_idle: Option<Duration>,
+    /// Most chains taken from the avail ring per pass (at least 1). Each pass publishes its
+    /// used entries, and signals the driver if it asked, before the next one starts, so a
+    /// driver that keeps the ring full gets buffers back and refills while the rest of the
+    /// ring is served, instead of waiting for the whole ring.
+    pub batch: u16,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            poll: Duration::ZERO,
+            sqpoll_idle: None,
+            batch: DEFAULT_BATCH,
+        }
+    }
+}
+
+/// Command-line arguments for [`Tuning`] (flattened into each backend's arguments).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TuningArgs {
+    /// Busy-poll window in microseconds after each batch before sleeping (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub poll_us: u64,
+    /// Kernel submission polling (io_uring SQPOLL) for each queue the engine serves (block
+    /// queues, network transmit queues): a kernel thread picks up requests and runs them
+    /// beside the queue thread, sleeping after this many idle milliseconds. Needs a spare
+    /// CPU per busy queue (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub sqpoll_idle_ms: u64,
+    /// Most requests taken from a queue per pass; their used entries are returned to the
+    /// driver before the next pass starts.
+    #[arg(long, default_value_t = DEFAULT_BATCH, value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch: u16,
+}
+
+impl From<&TuningArgs> for Tuning {
+    fn from(args: &TuningArgs) -> Self {
+        Self {
+            poll: Duration::from_micros(args.poll_us),
+            sqpoll_idle: (args.sqpoll_idle_ms > 0)
+                .then(|| Duration::from_millis(args.sqpoll_idle_ms)),
+            batch: args.batch,
+        }
+    }
+}
