@@ -75,6 +75,9 @@ pub struct BlkBench {
     pub qsd_bin: PathBuf,
     /// vhost-user clients poll for completions (libblkio poll queues).
     pub client_poll: bool,
+    /// qemu-storage-daemon serves its export from an IOThread (adaptive polling) instead of
+    /// its main loop.
+    pub qsd_iothread: bool,
     /// Directory for sockets.
     pub run_dir: PathBuf,
 }
@@ -146,17 +149,24 @@ impl BlkBench {
     }
 
     fn spawn_qsd(&self, socket: &Path, queues: usize) -> Result<Child> {
-        Command::new(&self.qsd_bin)
-            .arg("--blockdev")
+        let mut cmd = Command::new(&self.qsd_bin);
+        let mut export = format!(
+            "type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path={},num-queues={queues}",
+            socket.display()
+        );
+        if self.qsd_iothread {
+            // An IOThread's event loop busy-polls up to 32 µs (QEMU's default poll-max-ns)
+            // before sleeping; the main loop does not poll.
+            cmd.arg("--object").arg("iothread,id=iot0");
+            export.push_str(",iothread=iot0");
+        }
+        cmd.arg("--blockdev")
             .arg(format!(
                 "file,filename={},aio=io_uring,node-name=n",
                 self.file.display()
             ))
             .arg("--export")
-            .arg(format!(
-                "type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path={},num-queues={queues}",
-                socket.display()
-            ))
+            .arg(export)
             .stdin(Stdio::null())
             .spawn()
             .map_err(io_err("spawn qemu-storage-daemon"))
