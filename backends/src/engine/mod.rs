@@ -5,9 +5,9 @@
 //! validates each into a [`DescChain`], lets a device-specific [`RequestHandler`] turn it
 //! into one io_uring operation (or answer it at once), submits the batch with one
 //! `io_uring_enter`, reaps completions, fills the used ring and signals the driver once per
-//! batch when EVENT_IDX says it wants it. Before going back to sleep it optionally busy-polls the avail ring and the
-//! completion ring for a window, then re-enables notifications and re-checks the ring so no
-//! kick is lost.
+//! batch when EVENT_IDX says it wants it, pass after pass until the queue is empty. Before
+//! going back to sleep it optionally busy-polls the avail ring and the completion ring for a
+//! window, then re-enables notifications and re-checks the ring so no kick is lost.
 //!
 //! The same engine serves the vhost-user backends ([`VringQueue`]) and the in-VMM virtio tier
 //! ([`LocalQueue`], or any other [`VirtQueue`] implementation).
@@ -21,7 +21,7 @@ mod worker;
 pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
 pub use queue::{LocalQueue, VhostMem, VirtQueue, VringQueue};
 pub use stats::{QueueStats, StatsSnapshot};
-pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};
+pub use tuning::{Tuning, TuningArgs};
 pub(crate) use worker::errno;
 pub use worker::{Engine, EngineConfig};
 

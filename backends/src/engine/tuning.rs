@@ -61,3 +61,38 @@ impl From<&TuningArgs> for Tuning {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        tuning: TuningArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Tuning, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("backend").chain(args.iter().copied()))?;
+        Ok(Tuning::from(&cli.tuning))
+    }
+
+    #[test]
+    fn defaults_and_every_knob_parse() {
+        assert_eq!(parse(&[]).unwrap(), Tuning::default());
+        assert_eq!(
+            parse(&["--poll-us", "50", "--sqpoll-idle-ms", "10", "--batch", "8"]).unwrap(),
+            Tuning {
+                poll: Duration::from_micros(50),
+                sqpoll_idle: Some(Duration::from_millis(10)),
+                batch: 8,
+            }
+        );
+    }
+
+    #[test]
+    fn a_batch_of_zero_is_refused() {
+        assert!(parse(&["--batch", "0"]).is_err());
+    }
+}

@@ -131,7 +131,8 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
 
     /// Serve `q` until it is empty and no completion is pending: pass after pass, pop up to
     /// a batch, submit it with one `io_uring_enter`, reap, update the used ring and signal
-    /// once; then optionally busy-poll, re-enable notifications and re-check. Call on every kick and every completion eventfd event.
+    /// once; then optionally busy-poll, re-enable notifications and re-check. Call on every
+    /// kick and every completion eventfd event.
     pub fn process<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
         // No eventfd signals while this thread is reaping anyway.
         self.ring.completion().disable_eventfd();
