@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backends::blk::{BlkBackend, BlkOptions, Disk};
-use backends::engine::{Tuning, TuningArgs};
+use backends::engine::TuningArgs;
 use backends::Error;
 use clap::Parser;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
@@ -94,7 +94,7 @@ fn run(args: Args) -> Result<std::convert::Infallible, Error> {
             queues: args.queues,
             queue_size: args.queue_size,
             readonly: args.readonly,
-            tuning: Tuning::from(&args.tuning),
+            tuning: args.tuning.tuning(backends::blk::DEFAULT_BATCH),
             serial: args.serial.clone(),
         },
     )?);

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use backends::engine::{Tuning, TuningArgs};
+use backends::engine::{TuningArgs, DEFAULT_BATCH};
 use backends::net::{parse_mac, NetBackend, NetOptions, Port, DEFAULT_MTU};
 use backends::Error;
 use clap::Parser;
@@ -149,7 +149,7 @@ fn run(args: Args) -> Result<(), Error> {
         mtu: args.mtu,
         queue_pairs: args.queues,
         queue_size: args.queue_size,
-        tuning: Tuning::from(&args.tuning),
+        tuning: args.tuning.tuning(DEFAULT_BATCH),
     };
     let mut devices: Vec<(Arc<NetBackend>, PathBuf)> = Vec::new();
     match (&args.link, &args.socket, &args.tap) {

@@ -22,6 +22,15 @@ pub const SECTOR_SIZE: u64 = 512;
 pub const HEADER_LEN: u64 = 16;
 /// Maximum data segments per request advertised in `seg_max`.
 pub const SEG_MAX: u32 = 128;
+
+/// Requests a block queue's engine takes per pass by default ([`Tuning::batch`]). Smaller
+/// than the engine's default: a driver waiting on reads resubmits as soon as it sees a pass's
+/// completions, so short passes keep it and the queue thread working side by side. At iodepth
+/// 32 on one queue, 8 gave 2.5–3× the IOPS of 32 on a machine with dear wake-ups
+/// (2026-12-02); with two busy queues it cost ~20 %.
+///
+/// [`Tuning::batch`]: crate::engine::Tuning::batch
+pub const DEFAULT_BATCH: u16 = 8;
 /// Maximum bytes per segment advertised in `size_max`.
 ///
 /// `size_max * seg_max` (the largest request, 16 MiB) must stay below 32 MiB: SeaBIOS's

@@ -21,7 +21,7 @@ mod worker;
 pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
 pub use queue::{LocalQueue, VhostMem, VirtQueue, VringQueue};
 pub use stats::{QueueStats, StatsSnapshot};
-pub use tuning::{Tuning, TuningArgs};
+pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};
 pub(crate) use worker::errno;
 pub use worker::{Engine, EngineConfig};
 

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-/// Chains an engine takes from the avail ring per pass by default ([`Tuning::batch`]).
+/// Chains an engine takes from the avail ring per pass unless its device says otherwise
+/// ([`Tuning::batch`]).
 pub const DEFAULT_BATCH: u16 = 32;
 
 /// How an engine trades CPU time for latency and throughput; the same for every queue of a
@@ -46,18 +47,20 @@ pub struct TuningArgs {
     #[arg(long, default_value_t = 0)]
     pub sqpoll_idle_ms: u64,
     /// Most requests taken from a queue per pass; their used entries are returned to the
-    /// driver before the next pass starts.
-    #[arg(long, default_value_t = DEFAULT_BATCH, value_parser = clap::value_parser!(u16).range(1..))]
-    pub batch: u16,
+    /// driver before the next pass starts [default: 8 for block queues, 32 for network
+    /// transmit queues].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch: Option<u16>,
 }
 
-impl From<&TuningArgs> for Tuning {
-    fn from(args: &TuningArgs) -> Self {
-        Self {
-            poll: Duration::from_micros(args.poll_us),
-            sqpoll_idle: (args.sqpoll_idle_ms > 0)
-                .then(|| Duration::from_millis(args.sqpoll_idle_ms)),
-            batch: args.batch,
+impl TuningArgs {
+    /// The tuning asked for, with `default_batch` where `--batch` was not given.
+    pub fn tuning(&self, default_batch: u16) -> Tuning {
+        Tuning {
+            poll: Duration::from_micros(self.poll_us),
+            sqpoll_idle: (self.sqpoll_idle_ms > 0)
+                .then(|| Duration::from_millis(self.sqpoll_idle_ms)),
+            batch: self.batch.unwrap_or(default_batch),
         }
     }
 }
@@ -75,12 +78,14 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Tuning, clap::Error> {
         let cli = Cli::try_parse_from(std::iter::once("backend").chain(args.iter().copied()))?;
-        Ok(Tuning::from(&cli.tuning))
+        Ok(cli.tuning.tuning(DEFAULT_BATCH))
     }
 
     #[test]
     fn defaults_and_every_knob_parse() {
         assert_eq!(parse(&[]).unwrap(), Tuning::default());
+        let cli = Cli::try_parse_from(["backend"]).unwrap();
+        assert_eq!(cli.tuning.tuning(8).batch, 8, "the device's default batch");
         assert_eq!(
             parse(&["--poll-us", "50", "--sqpoll-idle-ms", "10", "--batch", "8"]).unwrap(),
             Tuning {

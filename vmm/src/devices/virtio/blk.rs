@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use backends::blk::{
     device_config, device_features, BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET,
-    SEG_MAX,
+    DEFAULT_BATCH, SEG_MAX,
 };
 use backends::engine::{Engine, EngineConfig, LocalQueue, QueueStats};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -135,7 +135,8 @@ impl InVmmBlk {
             self.writeback.clone(),
             stats.clone(),
         );
-        let ecfg = EngineConfig::new(q.size, SEG_MAX as usize);
+        let mut ecfg = EngineConfig::new(q.size, SEG_MAX as usize);
+        ecfg.tuning.batch = DEFAULT_BATCH;
         let engine = Engine::new(handler, ecfg, stats.clone()).map_err(|e| {
             VirtioError::Io(std::io::Error::other(format!("queue {i} engine: {e}")))
         })?;
