@@ -113,6 +113,18 @@ impl Harness {
         }
     }
 
+    /// Replace the engine with one built from `cfg`, on the same file and settings.
+    fn rebuild_engine(&mut self, cfg: EngineConfig) {
+        let stats = self.engine.stats().clone();
+        let handler = BlkHandler::new(
+            Arc::new(self.file.reopen().unwrap()),
+            self.engine.handler().settings().clone(),
+            Arc::new(AtomicBool::new(true)),
+            stats.clone(),
+        );
+        self.engine = Engine::new(handler, cfg, stats).unwrap();
+    }
+
     /// Address of the driver's `used_event` field (after the avail ring).
     fn used_event_addr(&self) -> u64 {
         self.avail + 4 + 2 * u64::from(QSIZE)
@@ -535,16 +547,9 @@ fn passes_are_capped_at_the_batch_and_publish_as_they_go() {
     // Ten requests with a batch of four: three passes, each one submission, and each
     // pass's used entries are published (and signalled) before the next pass pops.
     let mut h = Harness::new(false);
-    let stats = h.engine.stats().clone();
-    let handler = BlkHandler::new(
-        Arc::new(h.file.reopen().unwrap()),
-        h.engine.handler().settings().clone(),
-        Arc::new(AtomicBool::new(true)),
-        stats.clone(),
-    );
     let mut cfg = engine_config(None);
     cfg.tuning.batch = 4;
-    h.engine = Engine::new(handler, cfg, stats).unwrap();
+    h.rebuild_engine(cfg);
     let mut heads = Vec::new();
     for i in 0..10u64 {
         h.header(HDR + i * 16, VIRTIO_BLK_T_IN, i);
@@ -619,15 +624,7 @@ fn kernel_submission_polling_serves_writes_and_reads() {
     // With SQPOLL a kernel thread picks the requests up; completions arrive asynchronously
     // and must still wake the queue thread through the completion eventfd (`run` sleeps on it).
     let mut h = Harness::new(false);
-    let stats = h.engine.stats().clone();
-    let handler = BlkHandler::new(
-        Arc::new(h.file.reopen().unwrap()),
-        h.engine.handler().settings().clone(),
-        Arc::new(AtomicBool::new(true)),
-        stats.clone(),
-    );
-    let cfg = engine_config(Some(Duration::from_millis(1)));
-    h.engine = Engine::new(handler, cfg, stats).unwrap();
+    h.rebuild_engine(engine_config(Some(Duration::from_millis(1))));
     for round in 0..16u64 {
         let pattern: Vec<u8> = (0..4096u64).map(|i| (i * 13 + round) as u8).collect();
         h.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
