@@ -30,7 +30,7 @@ pub fn console_value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
 /// Console lines that show a kernel fault (panic, oops, BUG, lockup, RCU stall, the faulting
 /// instruction and call trace, a `WARN`) or a nested VMM's verdict on stderr (`vmm: …`, which
 /// it prints for every exit but a power-off), at most `max`.
-pub(crate) fn fault_lines(console: &str, max: usize) -> Vec<&str> {
+pub fn fault_lines(console: &str, max: usize) -> Vec<&str> {
     const FAULTS: [&str; 9] = [
         "Kernel panic",
         "BUG:",

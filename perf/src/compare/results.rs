@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fio::FioMetrics;
 use super::iperf::IperfMetrics;
-use super::matrix::{Kind, Tier};
+use super::matrix::{Kind, PlannedCell, Tier};
 
 /// What one run measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +36,13 @@ pub struct RunRecord {
     pub raw_file: Option<String>,
     /// Metrics, or the reason the run failed.
     pub outcome: Result<Metrics, String>,
+}
+
+impl RunRecord {
+    /// Whether this is a run of `cell`.
+    pub fn is_of(&self, cell: &PlannedCell) -> bool {
+        self.tier == cell.tier.name() && self.workload == cell.workload.name()
+    }
 }
 
 /// Median and spread of one metric over a cell's successful runs.

@@ -139,6 +139,24 @@ fn groups(plan: &Plan) -> Vec<Group> {
     all
 }
 
+/// The cells of `g` with fewer than `repeat` runs recorded (a run that failed with a reason
+/// is recorded).
+fn incomplete_cells(g: &Group, records: &[RunRecord], repeat: usize) -> Vec<PlannedCell> {
+    g.cells
+        .iter()
+        .filter(|c| records.iter().filter(|r| r.is_of(c)).count() < repeat)
+        .cloned()
+        .collect()
+}
+
+/// The first kernel-fault or nested-VMM verdict line of a group's console log, if any.
+fn first_fault(console_log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(console_log).ok()?;
+    lab::fault_lines(&text, 1)
+        .first()
+        .map(|l| l.trim().chars().take(160).collect())
+}
+
 /// Turns a raw output into the run's outcome according to the workload kind.
 pub fn outcome(kind: Kind, raw: &[u8]) -> std::result::Result<Metrics, String> {
     match kind {
@@ -439,23 +457,45 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<ResultSet> {
             st.interrupted = true;
             break;
         }
-        let res = run_group(opts, g, images.as_ref(), tmp.path(), &mut st, &stop);
+        let mut res = run_group(opts, g, images.as_ref(), tmp.path(), &mut st, &stop);
+        let mut console_name = g.name.clone();
         if stop.load(Ordering::SeqCst) {
             st.interrupted = true;
+        }
+        // A guest or lab kernel that faults (the lab's nested virtualization has faults of its
+        // own) ends the group's script early: run its incomplete cells once more.
+        let incomplete = incomplete_cells(g, &st.records, s.repeat);
+        let console_log = st.dir.join(format!("console-{}.log", g.name));
+        if !st.interrupted && !incomplete.is_empty() {
+            if let Some(fault) = first_fault(&console_log) {
+                eprintln!(
+                    "group {}: {} cell(s) incomplete after a fault ({fault}); running them once more",
+                    g.name,
+                    incomplete.len()
+                );
+                st.records
+                    .retain(|r| !incomplete.iter().any(|c| r.is_of(c)));
+                st.pb.inc_length((incomplete.len() * s.repeat) as u64);
+                let retry = Group {
+                    name: format!("{}-retry", g.name),
+                    cells: incomplete,
+                    guest_tier: g.guest_tier,
+                };
+                res = run_group(opts, &retry, images.as_ref(), tmp.path(), &mut st, &stop);
+                console_name = retry.name;
+                if stop.load(Ordering::SeqCst) {
+                    st.interrupted = true;
+                }
+            }
         }
         let unreported: Vec<&PlannedCell> = g
             .cells
             .iter()
-            .filter(|c| {
-                !st.records
-                    .iter()
-                    .any(|r| r.tier == c.tier.name() && r.workload == c.workload.name())
-            })
+            .filter(|c| !st.records.iter().any(|r| r.is_of(c)))
             .collect();
         if res.is_ok() && !unreported.is_empty() {
             let why = format!(
-                "no result for this cell in the console output (see console-{}.log)",
-                g.name
+                "no result for this cell in the console output (see console-{console_name}.log)"
             );
             for c in unreported {
                 st.group_errors
@@ -818,5 +858,48 @@ mod tests {
         let names: Vec<&str> = g.iter().map(|g| g.name.as_str()).collect();
         assert_eq!(names, ["host", "vhost-user-blk", "vfio-nvme"]);
         assert_eq!(g[0].cells.len(), 11);
+    }
+
+    #[test]
+    fn a_faulted_group_retries_exactly_its_incomplete_cells() {
+        let plan = super::super::matrix::plan(&[Tier::VfioNvme], &Workload::builtin(), |_, _| {
+            super::super::Availability::Available
+        });
+        let g = &groups(&plan)[0];
+        let run = |c: &PlannedCell, rep, outcome: std::result::Result<Metrics, String>| RunRecord {
+            tier: c.tier.name().into(),
+            workload: c.workload.name().into(),
+            rep,
+            raw_file: None,
+            outcome,
+        };
+        // Cell 0 ran twice (once failing with a reason), cell 1 once, the rest never.
+        let records = vec![
+            run(&g.cells[0], 1, Err("fio error 5".into())),
+            run(&g.cells[0], 2, Err("fio error 5".into())),
+            run(&g.cells[1], 1, Err("no JSON".into())),
+        ];
+        let incomplete = incomplete_cells(g, &records, 2);
+        assert_eq!(incomplete.len(), g.cells.len() - 1);
+        assert!(!incomplete.iter().any(|c| records[0].is_of(c)));
+        assert!(incomplete.iter().any(|c| records[2].is_of(c)));
+        assert_eq!(incomplete_cells(g, &records, 1).len(), g.cells.len() - 2);
+
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console-vfio-nvme.log");
+        std::fs::write(&log, "GUEST-BOOT-OK uptime=12\nfio: started\n").unwrap();
+        assert_eq!(first_fault(&log), None);
+        std::fs::write(
+            &log,
+            "GUEST-BOOT-OK uptime=12\n[   24.23] traps: PANIC: double fault, error_code: 0x0\n\
+             [   24.23] RIP: 0010:entry_SYSCALL_64+0x0/0x29\n\
+             vmm: guest kernel panicked: Kernel panic - not syncing: Fatal exception\n",
+        )
+        .unwrap();
+        assert_eq!(
+            first_fault(&log).as_deref(),
+            Some("[   24.23] RIP: 0010:entry_SYSCALL_64+0x0/0x29")
+        );
+        assert_eq!(first_fault(&dir.path().join("missing.log")), None);
     }
 }
