@@ -40,6 +40,15 @@ pub enum LabError {
         /// The last console lines.
         tail: String,
     },
+    /// The lab host did not print its boot marker in time (its own kernel hung while booting,
+    /// a fault of the emulation); QEMU was killed without waiting for the run's timeout.
+    #[error("the lab host did not finish booting within {after:?}; last console lines:\n{tail}")]
+    BootStalled {
+        /// The boot deadline.
+        after: Duration,
+        /// The last console lines.
+        tail: String,
+    },
     /// The lab host's own kernel reported a soft lockup of a nested VMM's vCPU thread (stuck in
     /// `KVM_RUN`: TCG's nested SVM stopped delivering exits); QEMU was killed at once.
     #[error("the lab host kernel stalled in a nested VMM's KVM_RUN; last console lines:\n{tail}")]

@@ -39,6 +39,9 @@ pub const LAB_GUEST_INITRD: &str = "/lab/guest.cpio";
 pub const EXIT_MARKER: &str = "LAB-EXIT-STATUS=";
 /// The marker the lab `/init` prints once modules are loaded (`uptime=` seconds follow).
 pub const BOOT_MARKER: &str = "LAB-BOOT-OK uptime=";
+/// Default time the lab host gets to print [`BOOT_MARKER`]; it boots in ~10 s, and a boot that
+/// hangs (the emulation's own faults) would otherwise hold a run until its whole timeout.
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Grace period for the lab to power off after printing its exit marker.
 const POWEROFF_GRACE: Duration = Duration::from_secs(20);
@@ -105,6 +108,7 @@ pub struct LabHost {
     files: Vec<LabFile>,
     script: String,
     timeout: Duration,
+    boot_deadline: Duration,
     kernel_args: String,
     qemu_args: Vec<String>,
 }
@@ -157,6 +161,7 @@ impl LabHost {
             files: Vec::new(),
             script: String::new(),
             timeout: Duration::from_secs(300),
+            boot_deadline: BOOT_DEADLINE,
             kernel_args: String::new(),
             qemu_args: Vec::new(),
         }
@@ -231,6 +236,13 @@ impl LabHost {
     /// Wall-clock limit for the whole run; QEMU is killed when it expires.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long the lab host may take to print its boot marker (default [`BOOT_DEADLINE`])
+    /// before the run ends with [`LabError::BootStalled`].
+    pub fn boot_deadline(mut self, deadline: Duration) -> Self {
+        self.boot_deadline = deadline;
         self
     }
 
@@ -404,10 +416,18 @@ impl LabHost {
         let mut console = String::new();
         let mut status = None;
         let mut deadline = start + self.timeout;
+        let boot_by = start + self.boot_deadline;
+        let mut booted = false;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let until = if booted {
+                deadline
+            } else {
+                deadline.min(boot_by)
+            };
+            let left = until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    booted |= line.contains(BOOT_MARKER);
                     if is_lab_host_stall(&line) {
                         console.push_str(&line);
                         print_faults(&console);
@@ -430,6 +450,12 @@ impl LabHost {
                         break;
                     }
                     print_faults(&console);
+                    if !booted && boot_by < deadline {
+                        return Err(LabError::BootStalled {
+                            after: self.boot_deadline,
+                            tail: tail_lines(&console, 40),
+                        });
+                    }
                     return Err(LabError::Timeout {
                         timeout: self.timeout,
                         tail: tail_lines(&console, 40),

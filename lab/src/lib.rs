@@ -25,8 +25,8 @@ pub use console::{
 pub use cpio::{shared_libraries, Cpio};
 pub use error::{LabError, Result};
 pub use host::{
-    parse_marker, qemu_binary, LabHost, LabNic, LabRun, NicBackend, BOOT_MARKER, EXIT_MARKER,
-    LAB_CMDLINE, LAB_GUEST_INITRD, LAB_GUEST_KERNEL,
+    parse_marker, qemu_binary, LabHost, LabNic, LabRun, NicBackend, BOOT_DEADLINE, BOOT_MARKER,
+    EXIT_MARKER, LAB_CMDLINE, LAB_GUEST_INITRD, LAB_GUEST_KERNEL,
 };
 pub use images::{guest_initramfs, repo_root, Images};
 

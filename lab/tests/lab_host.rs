@@ -85,6 +85,27 @@ fn timeout_kills_lab_and_reports_console_tail() {
 }
 
 #[test]
+fn a_lab_that_does_not_boot_in_time_is_given_up_early() {
+    let Some(images) = images() else { return };
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let started = std::time::Instant::now();
+    // No lab host boots in a second; the run's own timeout is far away.
+    let err = LabHost::new(&images)
+        .boot_deadline(Duration::from_secs(1))
+        .script("echo NEVER-REACHED\n")
+        .run()
+        .expect_err("a lab that has not booted must be given up");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    match err {
+        lab::LabError::BootStalled { after, tail } => {
+            assert_eq!(after, Duration::from_secs(1));
+            assert!(!tail.contains("NEVER-REACHED"), "{tail}");
+        }
+        other => panic!("expected a boot stall, got {other}"),
+    }
+}
+
+#[test]
 fn missing_exit_marker_is_an_error() {
     let Some(images) = images() else { return };
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
