@@ -488,11 +488,8 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<ResultSet> {
                 }
             }
         }
-        let unreported: Vec<&PlannedCell> = g
-            .cells
-            .iter()
-            .filter(|c| !st.records.iter().any(|r| r.is_of(c)))
-            .collect();
+        // Cells without a single recorded run.
+        let unreported = incomplete_cells(g, &st.records, 1);
         if res.is_ok() && !unreported.is_empty() {
             let why = format!(
                 "no result for this cell in the console output (see console-{console_name}.log)"
