@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, LabHost, LabRun, GUEST_EXIT_MARKER};
+use lab::{guest_initramfs, Cpio, FioReport, LabHost, LabRun, GUEST_EXIT_MARKER};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -21,6 +21,22 @@ const PATTERN_LEN: usize = 64 << 10;
 /// keep it under ~90 s on a loaded 2-core machine.
 const FIO_IO_4K: u64 = 16 << 20;
 const FIO_IO_128K: u64 = 32 << 20;
+
+/// The read-write test's fio: 16 MiB of 4 KiB writes at depth 32, then 32 MiB of 128 KiB
+/// writes at depth 1, within the first 64 MiB, each verified.
+fn rw_fio() -> String {
+    lab::guest_fio(
+        "--filename=/dev/vda --rw=randwrite --ioengine=libaio --direct=1 --size=64M \
+         --verify=crc32c --do_verify=1",
+        &[
+            ("4k", format!("--bs=4k --iodepth=32 --io_size={FIO_IO_4K}")),
+            (
+                "128k",
+                format!("--bs=128k --iodepth=1 --io_size={FIO_IO_128K}"),
+            ),
+        ],
+    )
+}
 
 /// A deterministic, non-repeating-per-block pattern (xorshift), so misplaced blocks show.
 fn pattern() -> Vec<u8> {
@@ -140,40 +156,13 @@ fn int(console: &str, key: &str) -> i64 {
         .unwrap_or_else(|| panic!("no integer {key} on the console:\n{console}"))
 }
 
-/// The fio JSON document printed between `FIO-JSON-BEGIN-{tag}` and `FIO-JSON-END-{tag}`.
-fn fio_json(console: &str, tag: &str) -> serde_json::Value {
-    let begin = format!("FIO-JSON-BEGIN-{tag}");
-    let end = format!("FIO-JSON-END-{tag}");
-    let text: String = console
-        .lines()
-        .skip_while(|l| !l.contains(&begin))
-        .skip(1)
-        .take_while(|l| !l.contains(&end))
-        .collect::<Vec<_>>()
-        .join("\n");
-    // fio may print notes before the document; it starts at the first '{'.
-    let doc = text.find('{').map_or("", |i| &text[i..]);
-    serde_json::from_str(doc)
-        .unwrap_or_else(|e| panic!("fio {tag} JSON does not parse ({e}):\n{text}\n---\n{console}"))
-}
-
-/// Guest side of the read-write test: geometry, two fio runs with verification, a dd pattern.
+/// Guest side of the read-write test: geometry, two verified fio jobs ([`rw_fio`], in place of
+/// `FIO_JOBS`), a dd pattern.
 const RW_GUEST: &str = r#"
 echo VDA-SECTORS=$(cat /sys/block/vda/size)
 echo VDA-MQ=$(ls /sys/block/vda/mq | wc -l)
 echo VDA-RO=$(cat /sys/block/vda/ro)
-for spec in "4k 32 FIO_IO_4K" "128k 1 FIO_IO_128K"; do
-    set -- $spec
-    echo FIO-START-$1
-    fio --name=w --filename=/dev/vda --rw=randwrite --bs=$1 --iodepth=$2 --ioengine=libaio \
-        --direct=1 --size=64M --io_size=$3 --verify=crc32c --do_verify=1 --output-format=json \
-        >/tmp/fio.json 2>/tmp/fio.err
-    echo FIO-STATUS-$1=$?
-    echo FIO-JSON-BEGIN-$1
-    cat /tmp/fio.json
-    echo FIO-JSON-END-$1
-    cat /tmp/fio.err
-done
+FIO_JOBS
 dd if=/pattern.bin of=/dev/vda bs=4096 seek=$((PATTERN_OFFSET / 4096)) conv=fsync 2>/dev/null
 echo DD-WRITE-STATUS=$?
 echo 3 > /proc/sys/vm/drop_caches
@@ -191,8 +180,7 @@ fn guest_script(template: &str) -> String {
     format!("{BIOS_LINE}{template}")
         .replace("PATTERN_OFFSET", &PATTERN_OFFSET.to_string())
         .replace("PATTERN_BLOCKS", &(PATTERN_LEN / 4096).to_string())
-        .replace("FIO_IO_4K", &FIO_IO_4K.to_string())
-        .replace("FIO_IO_128K", &FIO_IO_128K.to_string())
+        .replace("FIO_JOBS", &rw_fio())
 }
 
 #[test]
@@ -215,31 +203,20 @@ fn qemu_guest_fio_verify_and_dd_pattern_reach_backing_file() {
     assert_eq!(int(c, "VDA-MQ="), 2, "guest should see 2 queues:\n{c}");
     assert_eq!(int(c, "VDA-RO="), 0, "{c}");
 
-    for (tag, bs, io) in [("4k", 4096u64, FIO_IO_4K), ("128k", 128 << 10, FIO_IO_128K)] {
+    let report = FioReport::from_console(c).unwrap_or_else(|e| panic!("{e}:\n{c}"));
+    for (name, io) in [("4k", FIO_IO_4K), ("128k", FIO_IO_128K)] {
+        let job = report
+            .verified(name, io)
+            .unwrap_or_else(|e| panic!("{e}:\n{c}"));
         assert_eq!(
-            int(c, &format!("FIO-STATUS-{tag}=")),
-            0,
-            "fio {tag} failed:\n{c}"
+            job.write_bytes, io,
+            "fio {name} should write {io} bytes: {job:?}"
         );
-        let doc = fio_json(c, tag);
-        let job = &doc["jobs"][0];
-        assert_eq!(job["error"], 0, "fio {tag} job error: {job:#}");
-        let written = job["write"]["io_bytes"].as_u64().unwrap_or(0);
-        let verified = job["read"]["io_bytes"].as_u64().unwrap_or(0);
-        assert_eq!(written, io, "fio {tag} should write {io} bytes: {job:#}");
         assert_eq!(
-            verified, written,
-            "fio {tag} verify phase should read back all it wrote: {job:#}"
+            job.read_bytes, io,
+            "fio {name} verify phase should read back all it wrote: {job:?}"
         );
-        assert_eq!(written % bs, 0);
-        eprintln!(
-            "FIO (TCG-nested, relative only) randwrite bs={tag}: write {:.0} IOPS {:.1} MiB/s, \
-             verify-read {:.0} IOPS {:.1} MiB/s",
-            job["write"]["iops"].as_f64().unwrap_or(0.0),
-            job["write"]["bw"].as_f64().unwrap_or(0.0) / 1024.0,
-            job["read"]["iops"].as_f64().unwrap_or(0.0),
-            job["read"]["bw"].as_f64().unwrap_or(0.0) / 1024.0,
-        );
+        eprintln!("FIO (TCG-nested, relative only) randwrite bs={name}: {job}");
     }
     assert_eq!(int(c, "DD-WRITE-STATUS="), 0, "{c}");
     assert_eq!(int(c, "GUEST-READBACK-CMP="), 0, "{c}");

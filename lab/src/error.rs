@@ -56,6 +56,26 @@ pub enum LabError {
         /// The last console lines.
         tail: String,
     },
+    /// The console printed nothing for the run's silence limit (a nested guest whose vCPUs
+    /// stopped running, or a script step that hangs); QEMU was killed without waiting for the
+    /// timeout.
+    #[error("the lab console was silent for {after:?}; last console lines:\n{tail}")]
+    Silent {
+        /// The silence limit.
+        after: Duration,
+        /// The last console lines.
+        tail: String,
+    },
+    /// A nested guest's kernel reported one of its CPUs stuck for at least
+    /// [`GUEST_STALL`](crate::GUEST_STALL) (a vCPU that stopped running under the lab's nested
+    /// virtualization, or a guest that hangs); QEMU was killed without waiting for the timeout.
+    #[error("a nested guest's CPU has been stuck for {stuck:?}; last console lines:\n{tail}")]
+    GuestStalled {
+        /// How long the guest said its CPU had been stuck.
+        stuck: Duration,
+        /// The last console lines.
+        tail: String,
+    },
     /// QEMU exited without the lab printing `LAB-EXIT-STATUS=N`.
     #[error(
         "lab ended without LAB-EXIT-STATUS marker ({qemu_status}); last console lines:\n{tail}"
@@ -75,6 +95,18 @@ impl LabError {
             context: context.into(),
             source,
         }
+    }
+
+    /// Whether the run was given up because the lab stopped making progress (a boot that
+    /// hangs, a stalled nested VMM or guest CPU, a silent console) rather than failing.
+    pub fn is_stall(&self) -> bool {
+        matches!(
+            self,
+            LabError::BootStalled { .. }
+                | LabError::LabHostStalled { .. }
+                | LabError::GuestStalled { .. }
+                | LabError::Silent { .. }
+        )
     }
 }
 

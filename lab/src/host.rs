@@ -39,6 +39,10 @@ pub const LAB_GUEST_INITRD: &str = "/lab/guest.cpio";
 pub const EXIT_MARKER: &str = "LAB-EXIT-STATUS=";
 /// The marker the lab `/init` prints once modules are loaded (`uptime=` seconds follow).
 pub const BOOT_MARKER: &str = "LAB-BOOT-OK uptime=";
+/// Default time the console may stay silent before a run is given up: a nested guest whose
+/// vCPUs stopped running (the emulation's fault; seen at its boot and mid-test) prints nothing
+/// more, and no test step of ours is quiet for half as long.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(150);
 /// Default time the lab host gets to print [`BOOT_MARKER`]; it boots in ~10 s, and a boot that
 /// hangs (the emulation's own faults) would otherwise hold a run until its whole timeout.
 pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
@@ -109,6 +113,7 @@ pub struct LabHost {
     script: String,
     timeout: Duration,
     boot_deadline: Duration,
+    silence_limit: Duration,
     kernel_args: String,
     qemu_args: Vec<String>,
 }
@@ -162,6 +167,7 @@ impl LabHost {
             script: String::new(),
             timeout: Duration::from_secs(300),
             boot_deadline: BOOT_DEADLINE,
+            silence_limit: SILENCE_LIMIT,
             kernel_args: String::new(),
             qemu_args: Vec::new(),
         }
@@ -243,6 +249,13 @@ impl LabHost {
     /// before the run ends with [`LabError::BootStalled`].
     pub fn boot_deadline(mut self, deadline: Duration) -> Self {
         self.boot_deadline = deadline;
+        self
+    }
+
+    /// How long the console may stay silent (default [`SILENCE_LIMIT`]) before the run ends
+    /// with [`LabError::Silent`]; a script with a longer quiet step must raise it.
+    pub fn silence_limit(mut self, limit: Duration) -> Self {
+        self.silence_limit = limit;
         self
     }
 
@@ -354,7 +367,9 @@ impl LabHost {
     ///
     /// A lab-host kernel soft lockup naming a nested VMM's own process (`[vmm:…]` or
     /// `[qemu-system-x86…]` never leaving `KVM_RUN`) stops the run at that line with
-    /// [`LabError::LabHostStalled`] instead of waiting for the timeout. The run is not repeated
+    /// [`LabError::LabHostStalled`] instead of waiting for the timeout; a nested guest whose
+    /// kernel reports a CPU stuck for [`GUEST_STALL`] or longer stops it with
+    /// [`LabError::GuestStalled`]. The run is not repeated
     /// here: retrying is the test runner's policy (`.config/nextest.toml`), where it is reported.
     pub fn run(&self) -> Result<LabRun> {
         let qemu = qemu_binary().ok_or(LabError::QemuMissing)?;
@@ -418,20 +433,29 @@ impl LabHost {
         let mut deadline = start + self.timeout;
         let boot_by = start + self.boot_deadline;
         let mut booted = false;
+        let mut silent_by = start + self.silence_limit;
         loop {
-            let until = if booted {
-                deadline
-            } else {
-                deadline.min(boot_by)
-            };
+            let mut until = deadline.min(silent_by);
+            if !booted {
+                until = until.min(boot_by);
+            }
             let left = until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    silent_by = Instant::now() + self.silence_limit;
                     booted |= line.contains(BOOT_MARKER);
                     if is_lab_host_stall(&line) {
                         console.push_str(&line);
                         print_faults(&console);
                         return Err(LabError::LabHostStalled {
+                            tail: tail_lines(&console, 40),
+                        });
+                    }
+                    if let Some(stuck) = guest_cpu_stuck(&line).filter(|&s| s >= GUEST_STALL) {
+                        console.push_str(&line);
+                        print_faults(&console);
+                        return Err(LabError::GuestStalled {
+                            stuck,
                             tail: tail_lines(&console, 40),
                         });
                     }
@@ -450,15 +474,23 @@ impl LabHost {
                         break;
                     }
                     print_faults(&console);
-                    if !booted && boot_by < deadline {
+                    let tail = tail_lines(&console, 40);
+                    let now = Instant::now();
+                    if !booted && now >= boot_by && boot_by < deadline {
                         return Err(LabError::BootStalled {
                             after: self.boot_deadline,
-                            tail: tail_lines(&console, 40),
+                            tail,
+                        });
+                    }
+                    if now >= silent_by && silent_by < deadline {
+                        return Err(LabError::Silent {
+                            after: self.silence_limit,
+                            tail,
                         });
                     }
                     return Err(LabError::Timeout {
                         timeout: self.timeout,
-                        tail: tail_lines(&console, 40),
+                        tail,
                     });
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -519,6 +551,22 @@ fn print_faults(console: &str) {
 fn is_lab_host_stall(line: &str) -> bool {
     line.contains("soft lockup - CPU#")
         && (line.contains("[vmm:") || line.contains("[qemu-system-x86"))
+}
+
+/// How long a nested guest's CPU may be reported stuck before its run is given up. The guest
+/// watchdog's first report (~22 s) can be a pause of the emulation that passes; its second
+/// (~50 s) has so far always been a vCPU that never ran again (its sibling then waits on it).
+pub const GUEST_STALL: Duration = Duration::from_secs(45);
+
+/// How long a guest task's soft lockup line says its CPU has been stuck; `None` for other
+/// lines and for the lab host's own stalls ([`is_lab_host_stall`]).
+fn guest_cpu_stuck(line: &str) -> Option<Duration> {
+    if !line.contains("soft lockup - CPU#") || is_lab_host_stall(line) {
+        return None;
+    }
+    let rest = &line[line.find(" stuck for ")? + " stuck for ".len()..];
+    let secs = rest.split('s').next()?.parse().ok()?;
+    Some(Duration::from_secs(secs))
 }
 
 /// Parses the integer after `marker` anywhere in `line` (kernel messages may share the line).
@@ -622,6 +670,20 @@ mod tests {
             "[ 30.2] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [fio:77]"
         ));
         assert!(!is_lab_host_stall("vmm: starting [vmm:1]"));
+    }
+
+    #[test]
+    fn a_guest_cpu_stuck_is_read_from_its_watchdog_line() {
+        let line =
+            "[  216.741519] watchdog: BUG: soft lockup - CPU#1 stuck for 52s! [khugepaged:36]";
+        assert_eq!(guest_cpu_stuck(line), Some(Duration::from_secs(52)));
+        assert!(guest_cpu_stuck(line).is_some_and(|s| s >= GUEST_STALL));
+        let first = "[ 30.2] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [fio:77]";
+        assert!(guest_cpu_stuck(first).is_some_and(|s| s < GUEST_STALL));
+        // The lab host's own stall is reported as such, not as the guest's.
+        let host = "[ 188.5] watchdog: BUG: soft lockup - CPU#0 stuck for 48s! [vmm:138]";
+        assert_eq!(guest_cpu_stuck(host), None);
+        assert_eq!(guest_cpu_stuck("fio: stuck for 99s"), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 mod console;
 mod cpio;
 mod error;
+mod fio;
 mod host;
 mod images;
 
@@ -24,9 +25,10 @@ pub use console::{
 };
 pub use cpio::{shared_libraries, Cpio};
 pub use error::{LabError, Result};
+pub use fio::{guest_fio, FioJobResult, FioReport};
 pub use host::{
     parse_marker, qemu_binary, LabHost, LabNic, LabRun, NicBackend, BOOT_DEADLINE, BOOT_MARKER,
-    EXIT_MARKER, LAB_CMDLINE, LAB_GUEST_INITRD, LAB_GUEST_KERNEL,
+    EXIT_MARKER, GUEST_STALL, LAB_CMDLINE, LAB_GUEST_INITRD, LAB_GUEST_KERNEL, SILENCE_LIMIT,
 };
 pub use images::{guest_initramfs, repo_root, Images};
 

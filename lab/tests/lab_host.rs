@@ -106,6 +106,29 @@ fn a_lab_that_does_not_boot_in_time_is_given_up_early() {
 }
 
 #[test]
+fn a_silent_lab_is_given_up_before_its_timeout() {
+    let Some(images) = images() else { return };
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let started = std::time::Instant::now();
+    // A quiet step shorter than the limit is fine; then the console stays silent for good.
+    let err = LabHost::new(&images)
+        .silence_limit(Duration::from_secs(20))
+        .timeout(Duration::from_secs(200))
+        .script("echo SPEAKING\nsleep 8\necho STILL-SPEAKING\nsleep 1000\n")
+        .run()
+        .expect_err("a silent lab must be given up");
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(90), "{elapsed:?}");
+    match err {
+        lab::LabError::Silent { after, tail } => {
+            assert_eq!(after, Duration::from_secs(20));
+            assert!(tail.contains("STILL-SPEAKING"), "{tail}");
+        }
+        other => panic!("expected a silent lab, got {other}"),
+    }
+}
+
+#[test]
 fn missing_exit_marker_is_an_error() {
     let Some(images) = images() else { return };
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -27,6 +27,9 @@ pub enum Error {
     /// Starting or talking to a backend process failed.
     #[error("backend {0}")]
     Backend(String),
+    /// A lab host run failed.
+    #[error("lab: {0}")]
+    Lab(#[from] lab::LabError),
     /// Writing the report or a chart failed.
     #[error("report: {0}")]
     Report(String),

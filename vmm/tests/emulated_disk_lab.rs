@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, LabHost, LabRun, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
+use lab::{guest_initramfs, Cpio, FioReport, LabHost, LabRun, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -19,6 +19,11 @@ const PATTERN_LEN: usize = 1 << 20;
 /// fio works on [FIO_OFFSET_MIB, FIO_OFFSET_MIB + FIO_MIB) so the pattern survives.
 const FIO_OFFSET_MIB: u64 = 8;
 const FIO_MIB: u64 = 32;
+/// fio's jobs (name, options), run one after another on that range with verification.
+const FIO_JOBS: [(&str, &str); 2] = [
+    ("rw4k", "--rw=randwrite --bs=4k --iodepth=32"),
+    ("rw128k", "--rw=randwrite --bs=128k --iodepth=1"),
+];
 
 /// Deterministic, incompressible-looking bytes.
 fn pattern() -> Vec<u8> {
@@ -61,16 +66,13 @@ fn guest_script(dev: &str) -> String {
          dd if={dev} of=/tmp/rb bs=4096 skip={PATTERN_BLOCK} count=256 2>&1\n\
          if cmp /tmp/rb /pattern.bin; then echo GUEST-CMP=equal; else echo GUEST-CMP=differs; fi\n"
     );
-    for (job, bs, depth) in [("rw4k", "4k", 32), ("rw128k", "128k", 1)] {
-        s.push_str(&format!(
-            "fio --name={job} --filename={dev} --rw=randwrite --bs={bs} --iodepth={depth} \
-             --ioengine=libaio --direct=1 --offset={FIO_OFFSET_MIB}M --size={FIO_MIB}M \
-             --verify=crc32c --do_verify=1 --output-format=json > /tmp/{job}.json 2>/tmp/{job}.err\n\
-             echo FIO-{job}-STATUS=$?\n\
-             echo FIO-{job}-JSON-BEGIN; cat /tmp/{job}.json; echo FIO-{job}-JSON-END\n\
-             cat /tmp/{job}.err\n"
-        ));
-    }
+    s.push_str(&lab::guest_fio(
+        &format!(
+            "--filename={dev} --ioengine=libaio --direct=1 --offset={FIO_OFFSET_MIB}M \
+             --size={FIO_MIB}M --verify=crc32c --do_verify=1"
+        ),
+        &FIO_JOBS,
+    ));
     s.push_str(&format!(
         "sync; echo 3 > /proc/sys/vm/drop_caches\n\
          echo GUEST-MD5=$(dd if={dev} bs=1M skip={FIO_OFFSET_MIB} count={FIO_MIB} 2>/dev/null | md5sum | cut -d' ' -f1)\n"
@@ -132,28 +134,12 @@ fn check(out: &Outcome, queues: &str, label: &str) {
     assert_eq!(out.value("QUEUES="), queues, "{c}");
     assert_eq!(out.value("GUEST-CMP="), "equal", "{c}");
     assert_eq!(out.value("LAB-CMP="), "equal", "{c}");
-    for job in ["rw4k", "rw128k"] {
-        assert_eq!(out.value(&format!("FIO-{job}-STATUS=")), "0", "{c}");
-        let json: String = c
-            .split(&format!("FIO-{job}-JSON-BEGIN"))
-            .nth(1)
-            .and_then(|r| r.split(&format!("FIO-{job}-JSON-END")).next())
-            .unwrap_or_else(|| panic!("no fio JSON for {job}:\n{c}"))
-            .to_string();
-        let v: serde_json::Value = serde_json::from_str(json.trim())
-            .unwrap_or_else(|e| panic!("fio JSON for {job}: {e}\n{json}"));
-        let j = &v["jobs"][0];
-        assert_eq!(j["error"], 0, "{job}: {json}");
-        let written = j["write"]["io_bytes"].as_u64().unwrap_or(0);
-        assert!(written >= FIO_MIB << 20, "{job} wrote only {written} bytes");
-        let read = j["read"]["io_bytes"].as_u64().unwrap_or(0);
-        assert!(read >= FIO_MIB << 20, "{job} verified only {read} bytes");
-        eprintln!(
-            "{label} fio {job} (TCG-nested, relative only): write {:.0} IOPS, {:.1} MiB/s; verify read {:.0} IOPS",
-            j["write"]["iops"].as_f64().unwrap_or(0.0),
-            j["write"]["bw"].as_f64().unwrap_or(0.0) / 1024.0,
-            j["read"]["iops"].as_f64().unwrap_or(0.0),
-        );
+    let report = FioReport::from_console(c).unwrap_or_else(|e| panic!("{e}:\n{c}"));
+    for (name, _) in FIO_JOBS {
+        let job = report
+            .verified(name, FIO_MIB << 20)
+            .unwrap_or_else(|e| panic!("{e}:\n{c}"));
+        eprintln!("{label} fio {name} (TCG-nested, relative only): {job}");
     }
     // What fio left on the disk, seen by the guest and in the backing file.
     assert_eq!(out.value("GUEST-MD5="), out.value("LAB-MD5="), "{c}");

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, LabHost, LabRun, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
+use lab::{guest_initramfs, Cpio, FioReport, LabHost, LabRun, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -233,45 +233,26 @@ const FIO_JOBS: [(&str, &str, u32, u64); 4] = [
 ];
 
 fn fio_script() -> String {
-    let mut s = String::from("echo GUEST-READY\n");
-    for (name, bs, depth, mib) in FIO_JOBS {
-        s.push_str(&format!(
-            "fio --name={name} --filename=/dev/vda --rw=randwrite --bs={bs} --iodepth={depth} \
-             --ioengine=libaio --direct=1 --size={mib}M --verify=crc32c --do_verify=1 \
-             --output-format=json > /tmp/{name}.json 2>/tmp/{name}.err\n\
-             echo FIO-{name}-STATUS=$?\n\
-             echo FIO-{name}-JSON-BEGIN; cat /tmp/{name}.json; echo FIO-{name}-JSON-END\n\
-             cat /tmp/{name}.err\n"
-        ));
-    }
-    s
+    let jobs: Vec<_> = FIO_JOBS
+        .iter()
+        .map(|(name, bs, depth, mib)| {
+            let options = format!("--rw=randwrite --bs={bs} --iodepth={depth} --size={mib}M");
+            (name, options)
+        })
+        .collect();
+    let common = "--filename=/dev/vda --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1";
+    format!("echo GUEST-READY\n{}", lab::guest_fio(common, &jobs))
 }
 
 fn check_fio(out: &Outcome) {
     let c = &out.console;
     check_no_vmm_notifies(c);
+    let report = FioReport::from_console(c).unwrap_or_else(|e| panic!("{e}:\n{c}"));
     for (name, _, _, mib) in FIO_JOBS {
-        assert_eq!(out.value(&format!("FIO-{name}-STATUS=")), "0", "{c}");
-        let json: String = c
-            .split(&format!("FIO-{name}-JSON-BEGIN"))
-            .nth(1)
-            .and_then(|r| r.split(&format!("FIO-{name}-JSON-END")).next())
-            .unwrap_or_else(|| panic!("no fio JSON for {name}:\n{c}"))
-            .to_string();
-        let v: serde_json::Value = serde_json::from_str(json.trim())
-            .unwrap_or_else(|e| panic!("fio JSON for {name}: {e}\n{json}"));
-        let job = &v["jobs"][0];
-        assert_eq!(job["error"], 0, "{name}: {json}");
-        let written = job["write"]["io_bytes"].as_u64().unwrap_or(0);
-        assert!(written >= mib << 20, "{name} wrote only {written} bytes");
-        let read = job["read"]["io_bytes"].as_u64().unwrap_or(0);
-        assert!(read >= mib << 20, "{name} verified only {read} bytes");
-        eprintln!(
-            "fio {name} (TCG-nested, relative only): write {:.0} IOPS, {:.1} MiB/s; verify read {:.0} IOPS",
-            job["write"]["iops"].as_f64().unwrap_or(0.0),
-            job["write"]["bw"].as_f64().unwrap_or(0.0) / 1024.0,
-            job["read"]["iops"].as_f64().unwrap_or(0.0),
-        );
+        let job = report
+            .verified(name, mib << 20)
+            .unwrap_or_else(|e| panic!("{e}:\n{c}"));
+        eprintln!("fio {name} (TCG-nested, relative only): {job}");
     }
     assert_eq!(out.value("GUEST-EXIT-STATUS="), "0", "{c}");
     assert_eq!(out.vmm_status, 0, "{c}");

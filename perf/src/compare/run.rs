@@ -157,6 +157,16 @@ fn first_fault(console_log: &Path) -> Option<String> {
         .map(|l| l.trim().chars().take(160).collect())
 }
 
+/// Why a group whose cells are incomplete deserves one more run: a kernel fault or nested-VMM
+/// verdict on its console, or a lab run given up because the emulation stopped making progress
+/// ([`lab::LabError::is_stall`]); `None` for a plain failure.
+fn retry_reason(res: &Result<()>, console_log: &Path) -> Option<String> {
+    first_fault(console_log).or_else(|| match res {
+        Err(Error::Lab(e)) if e.is_stall() => e.to_string().lines().next().map(String::from),
+        _ => None,
+    })
+}
+
 /// Turns a raw output into the run's outcome according to the workload kind.
 pub fn outcome(kind: Kind, raw: &[u8]) -> std::result::Result<Metrics, String> {
     match kind {
@@ -396,10 +406,6 @@ fn lab_paths() -> Paths {
 /// Where the lab host gets Debian's generic kernel (the `emulated` tier's e1000 guest).
 const LAB_GENERIC_KERNEL: &str = "/lab/bin/vmlinuz-generic";
 
-fn lab_err(e: impl std::fmt::Display) -> Error {
-    Error::Backend(format!("lab: {e}"))
-}
-
 /// Runs the plan, writes `results/<ts>/…`, prints the summary; returns the result set.
 /// `stop` is set by the Ctrl-C handler: the current script is stopped and the cells measured
 /// so far are kept.
@@ -462,12 +468,12 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<ResultSet> {
         if stop.load(Ordering::SeqCst) {
             st.interrupted = true;
         }
-        // A guest or lab kernel that faults (the lab's nested virtualization has faults of its
-        // own) ends the group's script early: run its incomplete cells once more.
+        // A guest or lab kernel that faults or stalls (the lab's nested virtualization has
+        // faults of its own) ends the group's script early: run its incomplete cells once more.
         let incomplete = incomplete_cells(g, &st.records, s.repeat);
         let console_log = st.dir.join(format!("console-{}.log", g.name));
         if !st.interrupted && !incomplete.is_empty() {
-            if let Some(fault) = first_fault(&console_log) {
+            if let Some(fault) = retry_reason(&res, &console_log) {
                 eprintln!(
                     "group {}: {} cell(s) incomplete after a fault ({fault}); running them once more",
                     g.name,
@@ -698,7 +704,8 @@ fn run_group(
                 .with_guest(guest_initrd)
                 .file(&boot_initrd, "/lab/guest-boot.cpio")
                 .script(host_script)
-                .timeout(timeout);
+                .timeout(timeout)
+                .silence_limit(lab::SILENCE_LIMIT.max(Duration::from_secs(s.duration_s * 3 + 60)));
             for b in ["vhost-user-blk", "vhost-user-net"] {
                 let p = opts.bin_dir.join(b);
                 if p.is_file() && g.guest_tier.is_some() {
@@ -752,8 +759,7 @@ fn run_group(
             }
             let run = worker
                 .join()
-                .map_err(|_| Error::Backend("lab thread panicked".into()))?
-                .map_err(lab_err)?;
+                .map_err(|_| Error::Backend("lab thread panicked".into()))??;
             if !got_lines {
                 // No tracing tap installed: replay the console now.
                 for line in run.console.lines() {
@@ -898,5 +904,35 @@ mod tests {
             Some("[   24.23] RIP: 0010:entry_SYSCALL_64+0x0/0x29")
         );
         assert_eq!(first_fault(&dir.path().join("missing.log")), None);
+    }
+
+    #[test]
+    fn a_stalled_lab_is_a_reason_to_retry_and_a_plain_failure_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console-virtio.log");
+        std::fs::write(
+            &log,
+            "GUEST-BOOT-OK uptime=12
+",
+        )
+        .unwrap();
+        let silent = Err(Error::Lab(lab::LabError::Silent {
+            after: Duration::from_secs(150),
+            tail: "GUEST-BOOT-OK uptime=12".into(),
+        }));
+        assert_eq!(
+            retry_reason(&silent, &log).as_deref(),
+            Some("the lab console was silent for 150s; last console lines:")
+        );
+        let timeout = Err(Error::Lab(lab::LabError::Timeout {
+            timeout: Duration::from_secs(300),
+            tail: String::new(),
+        }));
+        assert_eq!(retry_reason(&timeout, &log), None);
+        assert_eq!(retry_reason(&Ok(()), &log), None);
+        assert_eq!(
+            retry_reason(&Err(Error::Backend("refused".into())), &log),
+            None
+        );
     }
 }
