@@ -24,7 +24,9 @@ fn lab_script(
 ) -> String {
     let reference = if reference {
         // The same guest under QEMU's own virtio-net over a TAP (no vhost), measured in the
-        // same lab run as the reference; its console lines are prefixed with `REF: `.
+        // same lab run as the reference; its console lines are prefixed with `REF: ` by a shell
+        // loop, line by line (busybox sed holds its output until QEMU exits, a silence that
+        // could outlast `lab::SILENCE_LIMIT`).
         format!(
             r#"
 printf '#!/bin/sh\nip addr add 10.0.0.1/24 dev $1\nip link set $1 up\n' > /lab/ifup
@@ -34,7 +36,7 @@ timeout 600 qemu-system-x86_64 -enable-kvm -cpu host -machine q35 -smp 2 -m {gue
     -device virtio-net-pci,netdev=n0,mac={MAC},romfile= \
     -nic none -display none -monitor none -serial stdio -no-reboot \
     -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet" </dev/null \
-    | sed 's/^/REF: /'
+    | while IFS= read -r line || [ -n "$line" ]; do printf 'REF: %s\n' "$line"; done
 "#,
             kernel = lab::LAB_GUEST_KERNEL,
             initrd = lab::LAB_GUEST_INITRD,

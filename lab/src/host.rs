@@ -43,6 +43,10 @@ pub const BOOT_MARKER: &str = "LAB-BOOT-OK uptime=";
 /// vCPUs stopped running (the emulation's fault; seen at its boot and mid-test) prints nothing
 /// more, and no test step of ours is quiet for half as long.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(150);
+/// How long a nested guest's CPU may be reported stuck before its run is given up. The guest
+/// watchdog's first report (~22 s) can be a pause of the emulation that passes; in the case seen
+/// (2026-12-02) its second (~50 s) was a CPU spinning on a sibling vCPU that never ran again.
+pub const GUEST_STALL: Duration = Duration::from_secs(45);
 /// Default time the lab host gets to print [`BOOT_MARKER`]; it boots in ~10 s, and a boot that
 /// hangs (the emulation's own faults) would otherwise hold a run until its whole timeout.
 pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
@@ -552,11 +556,6 @@ fn is_lab_host_stall(line: &str) -> bool {
     line.contains("soft lockup - CPU#")
         && (line.contains("[vmm:") || line.contains("[qemu-system-x86"))
 }
-
-/// How long a nested guest's CPU may be reported stuck before its run is given up. The guest
-/// watchdog's first report (~22 s) can be a pause of the emulation that passes; its second
-/// (~50 s) has so far always been a vCPU that never ran again (its sibling then waits on it).
-pub const GUEST_STALL: Duration = Duration::from_secs(45);
 
 /// How long a guest task's soft lockup line says its CPU has been stuck; `None` for other
 /// lines and for the lab host's own stalls ([`is_lab_host_stall`]).
