@@ -9,8 +9,8 @@
 use std::fmt::{self, Display};
 
 /// The fields [`guest_fio`] keeps from a terse (version 3) line, 1-based as `cut` counts them:
-/// job name, error, read KiB, read KiB/s, read IOPS, write KiB, write KiB/s, write IOPS.
-const TERSE_FIELDS: &str = "3,5,6,7,8,47,48,49";
+/// job name, error, read KiB, read IOPS, write KiB, write KiB/s, write IOPS.
+const TERSE_FIELDS: &str = "3,5,6,8,47,48,49";
 
 /// Shell for a nested guest: one fio process runs `jobs` (name, job options) one after another
 /// (`--stonewall`), each with the `common` options (device, engine, verification); then it
@@ -112,9 +112,8 @@ impl Display for FioJobResult {
 
 fn parse_job(line: &str) -> Result<FioJobResult, String> {
     let f: Vec<&str> = line.split(';').collect();
-    let [name, error, read_kib, _read_bw, read_iops, write_kib, write_bw, write_iops] = f[..]
-    else {
-        return Err(format!("FIO-JOB={line}: expected 8 fields"));
+    let [name, error, read_kib, read_iops, write_kib, write_bw, write_iops] = f[..] else {
+        return Err(format!("FIO-JOB={line}: expected 7 fields"));
     };
     let num = |what: &str, v: &str| -> Result<f64, String> {
         v.parse::<f64>()
@@ -204,10 +203,10 @@ mod tests {
 
     #[test]
     fn missing_status_and_damaged_lines_are_errors() {
-        assert!(FioReport::from_console("FIO-JOB=a;0;1;1;1;1;1;1").is_err());
+        assert!(FioReport::from_console("FIO-JOB=a;0;1;1;1;1;1").is_err());
         let short = FioReport::from_console("FIO-STATUS=0\nFIO-JOB=a;0;1\n");
-        assert!(short.unwrap_err().contains("8 fields"));
-        let text = FioReport::from_console("FIO-STATUS=0\nFIO-JOB=a;0;x;1;1;1;1;1\n");
+        assert!(short.unwrap_err().contains("7 fields"));
+        let text = FioReport::from_console("FIO-STATUS=0\nFIO-JOB=a;0;x;1;1;1;1\n");
         assert!(text.unwrap_err().contains("read KiB"));
         let failed = FioReport::from_console("FIO-STATUS=1\n").expect("report");
         assert_eq!((failed.status, failed.jobs.len()), (1, 0));

@@ -236,8 +236,7 @@ impl BootBench {
                     .with_guest(&initrd)
                     .script(s)
                     .timeout(Duration::from_secs(120 + 60 * self.repeat as u64))
-                    .run()
-                    .map_err(|e| Error::Backend(format!("lab: {e}")))?;
+                    .run()?;
                 run.console
             }
         };
