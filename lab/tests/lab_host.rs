@@ -4,7 +4,10 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{console_value, guest_initramfs, parse_marker, Cpio, Images, LabHost, GUEST_EXIT_MARKER};
+use lab::{
+    console_value, guest_initramfs, parse_marker, Cpio, FioReport, Images, LabHost,
+    GUEST_EXIT_MARKER,
+};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -296,18 +299,22 @@ grep -q '{marker}0' /lab/guest.log
 fn nested_guest_runs_fio_and_iperf3_from_tools_archive() {
     let Some(images) = images() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let test_sh = r#"
+    let fio = lab::guest_fio(
+        "--filename=/dev/vda --bs=4k --iodepth=16 --ioengine=libaio --direct=1",
+        &[("randread", "--rw=randread --runtime=3 --time_based")],
+    );
+    let test_sh = format!(
+        r#"
 set -e
-fio --name=randread --filename=/dev/vda --rw=randread --bs=4k --iodepth=16 \
-    --ioengine=libaio --direct=1 --runtime=3 --time_based --output-format=terse \
-    | awk -F';' '{ print "FIO-READ-IOPS=" $8 }'
+{fio}
 iperf3 -s -D -1
 sleep 1
-iperf3 -c 127.0.0.1 -t 2 -f m | awk '/receiver/ { print "IPERF3-MBITS=" $7 }'
-"#;
+iperf3 -c 127.0.0.1 -t 2 -f m | awk '/receiver/ {{ print "IPERF3-MBITS=" $7 }}'
+"#
+    );
     let initrd = guest_initramfs(
         &images,
-        test_sh,
+        &test_sh,
         true,
         Cpio::new(),
         &dir.path().join("guest.cpio"),
@@ -333,9 +340,9 @@ grep -q '{marker}0' /lab/guest.log
         .timeout(Duration::from_secs(240))
         .script(script));
     assert_eq!(r.status, 0, "console:\n{}", r.console);
-    let iops: f64 = console_value(&r.console, "FIO-READ-IOPS=")
-        .and_then(|v| v.parse().ok())
-        .expect("no fio result");
+    let fio = FioReport::from_console(&r.console).expect("fio report");
+    assert_eq!(fio.status, 0, "console:\n{}", r.console);
+    let iops = fio.job("randread").expect("no fio result").read_iops;
     let mbits: f64 = console_value(&r.console, "IPERF3-MBITS=")
         .and_then(|v| v.parse().ok())
         .expect("no iperf3 result");

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
+use lab::{guest_initramfs, Cpio, FioReport, LabHost, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
 
 const BACKING_SIZE: u64 = 128 << 20;
 /// Where the guest writes the dd pattern (beyond fio's 16 MiB verify and 64 MiB read range).
@@ -26,27 +26,39 @@ fn pattern() -> Vec<u8> {
         .collect()
 }
 
-/// Runs in the guest: waits for the passed-through controller, verifies
-/// data with fio, writes the pattern, measures random reads, reports MSI-X counts.
-const GUEST_SCRIPT: &str = r#"
+/// Bytes fio writes and verifies on the passed-through namespace.
+const VERIFY_BYTES: u64 = 16 << 20;
+
+/// Runs in the guest: waits for the passed-through controller, verifies data and measures
+/// random reads with fio (one process, two jobs), writes the pattern, reports MSI-X counts.
+fn guest_script() -> String {
+    let fio = lab::guest_fio(
+        "--filename=/dev/nvme0n1 --bs=4k --iodepth=32 --ioengine=libaio --direct=1",
+        &[
+            (
+                "verify",
+                format!("--rw=randwrite --size={VERIFY_BYTES} --verify=crc32c"),
+            ),
+            (
+                "randread",
+                "--rw=randread --size=64M --runtime=3 --time_based".to_string(),
+            ),
+        ],
+    );
+    format!(
+        r#"
 i=0
 while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 if [ ! -b /dev/nvme0n1 ]; then echo "GUEST-NVME=missing"; dmesg | grep -i -e nvme -e pci | tail -40; exit 1; fi
 echo "GUEST-NVME=present"
-fio --name=verify --filename=/dev/nvme0n1 --rw=randwrite --bs=4k --iodepth=32 \
-    --ioengine=libaio --direct=1 --size=16M --verify=crc32c --output-format=terse \
-    > /tmp/verify.txt 2>&1
-echo "FIO-VERIFY-EXIT=$?"
-grep -i -e verify -e error /tmp/verify.txt | grep -v '^3;' | head -5
-awk -F';' '/^3;/ { print "FIO-VERIFY-ERR=" $5 }' /tmp/verify.txt
-dd if=/pattern.bin of=/dev/nvme0n1 bs=4096 seek=24576 oflag=direct conv=fsync 2>&1 | tail -1
+{fio}
+dd if=/pattern.bin of=/dev/nvme0n1 bs=4096 seek=24576 oflag=direct conv=fsync 2>/tmp/dd.err
 echo "DD-EXIT=$?"
-fio --name=randread --filename=/dev/nvme0n1 --rw=randread --bs=4k --iodepth=32 \
-    --ioengine=libaio --direct=1 --size=64M --runtime=3 --time_based --output-format=terse \
-    | awk -F';' '/^3;/ { print "FIO-READ-IOPS=" $8 }'
 grep nvme /proc/interrupts
-awk '/nvme/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print "NVME-IRQ-TOTAL=" s+0 }' /proc/interrupts
-"#;
+awk '/nvme/ {{ for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i }} END {{ print "NVME-IRQ-TOTAL=" s+0 }}' /proc/interrupts
+"#
+    )
+}
 
 /// Runs in the lab host.
 fn lab_script() -> String {
@@ -112,7 +124,7 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
         .expect("pattern");
     let initrd = guest_initramfs(
         &images,
-        GUEST_SCRIPT,
+        &guest_script(),
         true,
         extra,
         &dir.path().join("guest.cpio"),
@@ -156,16 +168,9 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
         "vmm must refuse a device still bound to nvme:\n{c}"
     );
     assert_eq!(lab::console_value(c, "GUEST-NVME="), Some("present"), "{c}");
-    assert_eq!(
-        lab::console_value(c, "FIO-VERIFY-EXIT="),
-        Some("0"),
-        "fio verify failed:\n{c}"
-    );
-    assert_eq!(
-        lab::console_value(c, "FIO-VERIFY-ERR="),
-        Some("0"),
-        "fio reported errors:\n{c}"
-    );
+    let fio = FioReport::from_console(c).unwrap_or_else(|e| panic!("{e}:\n{c}"));
+    fio.verified("verify", VERIFY_BYTES)
+        .unwrap_or_else(|e| panic!("{e}:\n{c}"));
     let irqs: u64 = lab::console_value(c, "NVME-IRQ-TOTAL=")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no interrupt count:\n{c}"));
@@ -177,9 +182,7 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
     );
     assert_eq!(lab::console_value(c, "DRIVER-AFTER="), Some("nvme"), "{c}");
     assert_eq!(lab::console_value(c, "HOST-NVME-BACK="), Some("yes"), "{c}");
-    let iops: f64 = lab::console_value(c, "FIO-READ-IOPS=")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let iops = fio.job("randread").map_or(0.0, |j| j.read_iops);
     assert!(iops > 0.0, "no randread result:\n{c}");
     let host_iops: Option<f64> =
         lab::console_value(c, "HOST-READ-IOPS=").and_then(|v| v.parse().ok());
