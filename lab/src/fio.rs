@@ -14,15 +14,18 @@ const TERSE_FIELDS: &str = "3,5,6,8,47,48,49";
 
 /// Shell for a nested guest: one fio process runs `jobs` (name, job options) one after another
 /// (`--stonewall`), each with the `common` options (device, engine, verification); then it
-/// prints `FIO-STATUS=N`, one `FIO-JOB=` line per finished job and fio's stderr.
+/// prints `FIO-STATUS=N`, one `FIO-JOB=` line per finished job and fio's stderr (also in a
+/// script run with `set -e`: a failing fio does not end it before the report).
 pub fn guest_fio(common: &str, jobs: &[(impl Display, impl Display)]) -> String {
     let jobs: String = jobs
         .iter()
         .map(|(name, options)| format!(" --name={name} --stonewall {options}"))
         .collect();
     format!(
-        "fio --output-format=terse --terse-version=3 {common}{jobs} >/tmp/fio.terse 2>/tmp/fio.err\n\
-         echo FIO-STATUS=$?\n\
+        "fio_status=0\n\
+         fio --output-format=terse --terse-version=3 {common}{jobs} >/tmp/fio.terse 2>/tmp/fio.err \
+         || fio_status=$?\n\
+         echo FIO-STATUS=$fio_status\n\
          grep '^3;' /tmp/fio.terse | cut -d';' -f{TERSE_FIELDS} | sed 's/^/FIO-JOB=/'\n\
          cat /tmp/fio.err\n"
     )

@@ -340,7 +340,8 @@ grep -q '{marker}0' /lab/guest.log
         .timeout(Duration::from_secs(240))
         .script(script));
     assert_eq!(r.status, 0, "console:\n{}", r.console);
-    let fio = FioReport::from_console(&r.console).expect("fio report");
+    let fio = FioReport::from_console(&r.console)
+        .unwrap_or_else(|e| panic!("{e}; console:\n{}", r.console));
     assert_eq!(fio.status, 0, "console:\n{}", r.console);
     let iops = fio.job("randread").expect("no fio result").read_iops;
     let mbits: f64 = console_value(&r.console, "IPERF3-MBITS=")

@@ -54,6 +54,7 @@ echo "GUEST-NVME=present"
 {fio}
 dd if=/pattern.bin of=/dev/nvme0n1 bs=4096 seek=24576 oflag=direct conv=fsync 2>/tmp/dd.err
 echo "DD-EXIT=$?"
+tail -1 /tmp/dd.err
 grep nvme /proc/interrupts
 awk '/nvme/ {{ for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i }} END {{ print "NVME-IRQ-TOTAL=" s+0 }}' /proc/interrupts
 "#
