@@ -226,6 +226,19 @@ impl Harness {
         }
     }
 
+    /// The next used entries are `pkts`, in order, each whole in its own buffer.
+    fn expect_rx_frames_in_order(&mut self, pkts: &[Vec<u8>]) {
+        for (i, p) in pkts.iter().enumerate() {
+            let (head, len) = self.rxv.used(&self.mem);
+            assert_eq!(len as usize, p.len(), "frame {i}");
+            let mut got = vec![0u8; p.len()];
+            self.mem
+                .read_slice(&mut got, GuestAddress(rx_buf(head)))
+                .unwrap();
+            assert_eq!(&got[VNET_HDR_LEN..], &p[VNET_HDR_LEN..], "frame {i}");
+        }
+    }
+
     /// Process the receive queue until `n` used entries appeared (or time out).
     fn run_rx_until(&mut self, n: u16) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -834,16 +847,49 @@ fn rx_many_frames_arrive_in_order() {
         h.peer_send(p);
     }
     h.run_rx_until(n as u16);
-    for (i, p) in pkts.iter().enumerate() {
-        let (head, len) = h.rxv.used(&h.mem);
-        assert_eq!(len as usize, p.len(), "frame {i}");
-        let mut got = vec![0u8; p.len()];
-        h.mem
-            .read_slice(&mut got, GuestAddress(rx_buf(head)))
-            .unwrap();
-        assert_eq!(&got[VNET_HDR_LEN..], &p[VNET_HDR_LEN..], "frame {i}");
-    }
+    h.expect_rx_frames_in_order(&pkts);
     assert_eq!(h.rx_stats().ok, n as u64);
+}
+
+/// Frames that come while the TAP is empty or only partly full: the reads that find nothing
+/// end quietly (no read error, nothing dropped), one read waits, and every frame still lands
+/// in order — whether frames trickle in one by one or come in bursts shorter than a batch.
+#[test]
+fn rx_frames_trickling_into_an_empty_tap_arrive_in_order() {
+    frames_trickle_in(false);
+}
+
+/// The same with hard-linked reads, the fallback for kernels that refuse `RWF_NOWAIT`.
+#[test]
+fn rx_frames_trickling_in_arrive_in_order_with_linked_reads() {
+    frames_trickle_in(true);
+}
+
+fn frames_trickle_in(linked_reads: bool) {
+    let mut h = Harness::new(base_features());
+    if linked_reads {
+        h.rx.link_reads();
+    }
+    let n = 2 * super::rx::READ_SLOTS - 2;
+    h.post_rx_buffers(0..n as u32, 2048);
+    h.rx.process(&mut h.rxq).unwrap();
+    assert!(h.rx.reading(), "a read waits on the empty TAP");
+    assert_eq!(h.rxv.pending_used(&h.mem), 0);
+    let pkts: Vec<Vec<u8>> = (0..n)
+        .map(|i| packet(VnetHdr::default(), 60 + 3 * i, i as u8))
+        .collect();
+    // One by one, then bursts of 3 and 7, then the rest at once.
+    let mut sent = 0;
+    for burst in [1, 1, 1, 1, 3, 7, n - 14] {
+        for p in &pkts[sent..sent + burst] {
+            h.peer_send(p);
+        }
+        sent += burst;
+        h.run_rx_until(sent as u16);
+    }
+    h.expect_rx_frames_in_order(&pkts);
+    let s = h.rx_stats();
+    assert_eq!((s.ok, s.dropped, s.io_errors), (n as u64, 0, 0));
 }
 
 #[test]
