@@ -96,15 +96,14 @@ BPID=$!
 i=0
 while [ ! -S /tmp/vu.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 t0=$(cut -d' ' -f1 /proc/uptime)
-# The guest's console goes to the lab console as it comes (a file shown at the end left the
-# lab console silent for the whole nested run, which a slow run could take past the limit).
-{{ timeout 150 qemu-system-x86_64 -enable-kvm -cpu host -machine q35,memory-backend=mem -smp 2 -m 512 \
+# The guest's console goes straight to the lab console (a file shown at the end left the lab
+# console silent for the whole nested run, which a slow run could take past the limit).
+timeout 150 qemu-system-x86_64 -enable-kvm -cpu host -machine q35,memory-backend=mem -smp 2 -m 512 \
     -object memory-backend-memfd,id=mem,size=512M,share=on \
     -chardev socket,id=vu0,path=/tmp/vu.sock -device vhost-user-blk-pci,chardev=vu0,num-queues=2 \
     -nic none -display none -monitor none -serial stdio -no-reboot \
     -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet" </dev/null 2>&1
-  echo $? > /lab/qemu.status; }} | tee /lab/guest.log
-echo QEMU-EXIT-STATUS=$(cat /lab/qemu.status)
+echo QEMU-EXIT-STATUS=$?
 t1=$(cut -d' ' -f1 /proc/uptime)
 echo "NESTED-QEMU-SECONDS=$(awk "BEGIN {{ print $t1 - $t0 }}")"
 if kill -TERM $BPID 2>/dev/null; then echo BACKEND-WAS-RUNNING=1; else echo BACKEND-WAS-RUNNING=0; fi

@@ -11,7 +11,9 @@
 //! this thread). Kernels whose TAP does not take `RWF_NOWAIT` (Linux 6.1 answers
 //! `EOPNOTSUPP` before reading anything) get hard-linked reads instead (`IOSQE_IO_HARDLINK`):
 //! the same order, but each link runs as task_work after the previous read (~13 % of the queue
-//! thread in a 64-byte flood); the first such answer switches the queue over. A new batch is submitted once the previous one has completed. Reads are only submitted for
+//! thread in a 64-byte flood); the first such answer switches the queue over.
+//!
+//! A new batch is submitted once the previous one has completed. Reads are only submitted for
 //! receive chains already reserved from the driver, so nothing is taken from the TAP when the
 //! driver has posted no buffers (frames then queue in the TAP, and the kernel drops them past
 //! its queue length). When buffers run out, notifications are re-enabled and the next kick
@@ -398,8 +400,8 @@ impl RxPath {
     /// outstanding reads (dropping their frames).
     pub fn process<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
         // No eventfd signal while this thread reaps anyway: each one would cost a system call
-        // in the kernel and a needless wake-up of this thread afterwards (with the hard-linked
-        // reads of before, one signal per frame was ~10 % of the queue thread).
+        // in the kernel and a needless wake-up of this thread afterwards (with hard-linked
+        // reads, completing one by one, a signal per frame was ~10 % of the queue thread).
         self.ring.completion().disable_eventfd();
         let served = self.serve(q);
         self.ring.completion().enable_eventfd();
