@@ -16,6 +16,7 @@ pub mod inject;
 pub mod netns;
 pub mod raw;
 pub mod ring;
+pub mod wake;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -36,6 +37,8 @@ pub struct Counts {
     pub bytes: u64,
     /// Wall-clock time.
     pub seconds: f64,
+    /// Used-buffer notifications the device sent (call eventfd writes; 0 for raw).
+    pub notifications: u64,
 }
 
 impl Counts {
@@ -143,6 +146,8 @@ pub struct NetBench {
     pub batch: u16,
     /// Negotiate VIRTIO_RING_F_EVENT_IDX.
     pub event_idx: bool,
+    /// How the generator learns of used buffers (interrupts or polling).
+    pub completion: driver::Completion,
     /// Also measure receive.
     pub rx: bool,
     /// Directory for the vhost-user socket.
@@ -173,7 +178,7 @@ impl NetBench {
         let pid = child.id();
         let res = wait_for_socket(&socket, Some(&mut child)).and_then(|()| {
             let mem = driver::NetMem::new(self.queue_size, kind)?;
-            let mut drv = driver::Driver::connect(&socket, mem, self.event_idx)?;
+            let mut drv = driver::Driver::connect(&socket, mem, self.event_idx, self.completion)?;
             let mut runs = Vec::new();
             let before = tap.counters()?;
             let cpu = CpuMeter::start(Some(pid));
@@ -379,6 +384,7 @@ mod tests {
             frames: 2_000_000,
             bytes: 2_000_000 * 64,
             seconds: 2.0,
+            notifications: 0,
         };
         assert!((c.mpps() - 1.0).abs() < 1e-9);
         assert!((c.gbps() - 0.512).abs() < 1e-9);
@@ -393,6 +399,7 @@ mod tests {
                         frames: mpps_frames,
                         bytes: 0,
                         seconds: 1.0,
+                        notifications: 0,
                     },
                     tap: TapCounters::default(),
                     injected: None,

@@ -100,6 +100,7 @@ pub fn transmit(tap: &Tap, mem: &NetMem, duration: Duration, batch: u16) -> Resu
         frames,
         bytes: frames * frame_len,
         seconds: start.elapsed().as_secs_f64(),
+        notifications: 0,
     })
 }
 
@@ -182,5 +183,6 @@ pub fn receive(tap: &Tap, duration: Duration, batch: u16) -> Result<Counts> {
         frames,
         bytes,
         seconds: duration.as_secs_f64(),
+        notifications: 0,
     })
 }

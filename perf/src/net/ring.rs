@@ -5,7 +5,9 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY};
+use virtio_bindings::virtio_ring::{
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 const DESC_LEN: u64 = 16;
@@ -255,6 +257,20 @@ impl DriverRing {
         self.used_seen = self.last_used; // force a fresh read of the used index
         Ok(())
     }
+
+    /// Ask for no interrupts, as a polling driver does: `VRING_AVAIL_F_NO_INTERRUPT` without
+    /// EVENT_IDX; with it (where the flag must stay 0), `used_event` half an index wrap ahead of
+    /// the entries consumed so far. Call again as entries are consumed so it is never reached.
+    pub fn suppress_interrupts(&mut self, mem: &GuestMemoryMmap) -> Result<(), RingError> {
+        if self.event_idx {
+            let event = self.last_used.wrapping_add(0x8000);
+            mem.store(event.to_le(), self.layout.used_event(), Ordering::Relaxed)?;
+        } else {
+            let flags = (VRING_AVAIL_F_NO_INTERRUPT as u16).to_le();
+            mem.store(flags, self.layout.avail, Ordering::Relaxed)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -323,5 +339,31 @@ mod tests {
 
         r.arm_interrupt(&m, 4).unwrap();
         assert_eq!(m.read_obj::<u16>(l.used_event()).unwrap(), 1 + 3);
+    }
+
+    /// A polling driver's `used_event` is never crossed by the entries still to come.
+    #[test]
+    fn suppressed_interrupts_are_not_due_until_half_a_wrap() {
+        let m = mem();
+        let (l, _) = RingLayout::new(GuestAddress(0), 4).unwrap();
+        let mut r = DriverRing::new(&m, l, true).unwrap();
+        r.last_used = 0xfff0;
+        r.suppress_interrupts(&m).unwrap();
+        let event: u16 = m.read_obj(l.used_event()).unwrap();
+        assert_eq!(event, 0x7ff0);
+        assert!(!need_event(event, 0xfff0u16.wrapping_add(0x7fff), 0xfff0));
+        assert!(need_event(event, 0xfff0u16.wrapping_add(0x8001), 0xfff0));
+        assert_eq!(
+            m.read_obj::<u16>(l.avail).unwrap(),
+            0,
+            "flags stay 0 with EVENT_IDX"
+        );
+
+        let mut r = DriverRing::new(&m, l, false).unwrap();
+        r.suppress_interrupts(&m).unwrap();
+        assert_eq!(
+            m.read_obj::<u16>(l.avail).unwrap(),
+            VRING_AVAIL_F_NO_INTERRUPT as u16
+        );
     }
 }
