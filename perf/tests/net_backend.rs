@@ -50,19 +50,39 @@ fn check_rx(r: &NetRun, kind: FrameKind) {
     assert!(r.injected.unwrap_or(0) >= r.tap.tx_packets, "{r:?}");
 }
 
-#[test]
-fn generator_frames_reach_the_tap_and_come_back() {
+/// A sink TAP named `tap` in a private network namespace of this test thread (so parallel
+/// tests cannot interfere) and the benchmark settings; `None` (after saying why) where the
+/// host cannot have them.
+struct Setup {
+    tap: SinkTap,
+    _ns: Netns,
+    bench: NetBench,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(tap: &str) -> Option<Setup> {
     if let Some(why) = netns::preflight() {
         eprintln!("SKIP: {why}");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let bench = bench(dir.path());
-    // This test thread only: a private namespace, so parallel tests cannot interfere.
-    let _ns = Netns::enter().expect("network namespace");
-    let tap = SinkTap::create("vptest0").expect("TAP");
+    let ns = Netns::enter().expect("network namespace");
+    Some(Setup {
+        tap: SinkTap::create(tap).expect("TAP"),
+        _ns: ns,
+        bench,
+        _dir: dir,
+    })
+}
+
+#[test]
+fn generator_frames_reach_the_tap_and_come_back() {
+    let Some(Setup { tap, bench, .. }) = &setup("vptest0") else {
+        return;
+    };
     for kind in FrameKind::ALL {
-        let runs = bench.run_ours(&tap, kind, 0).expect("our backend");
+        let runs = bench.run_ours(tap, kind, 0).expect("our backend");
         assert_eq!(runs.len(), 2);
         for r in &runs {
             assert_eq!(r.path, Path::Ours);
@@ -75,27 +95,23 @@ fn generator_frames_reach_the_tap_and_come_back() {
             assert!(r.counts.notifications > 0, "{r:?}");
         }
     }
-    let runs = bench.run_raw(&tap, FrameKind::Tso, 0).expect("raw");
+    let runs = bench.run_raw(tap, FrameKind::Tso, 0).expect("raw");
     check_tx(&runs[0], FrameKind::Tso);
     check_rx(&runs[1], FrameKind::Tso);
 }
 
 #[test]
 fn a_polling_generator_gets_every_frame_back_without_notifications() {
-    if let Some(why) = netns::preflight() {
-        eprintln!("SKIP: {why}");
+    let Some(mut s) = setup("vptest1") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut bench = bench(dir.path());
-    bench.completion = Completion::Poll;
-    let _ns = Netns::enter().expect("network namespace");
-    let tap = SinkTap::create("vptest1").expect("TAP");
+    };
+    s.bench.completion = Completion::Poll;
+    let Setup { tap, bench, .. } = &mut s;
     // Without EVENT_IDX too: then the avail ring's NO_INTERRUPT flag does the asking.
     for event_idx in [true, false] {
         bench.event_idx = event_idx;
         for kind in [FrameKind::Small, FrameKind::Tso] {
-            let runs = bench.run_ours(&tap, kind, 0).expect("our backend");
+            let runs = bench.run_ours(tap, kind, 0).expect("our backend");
             assert_eq!(runs.len(), 2);
             check_tx(&runs[0], kind);
             check_rx(&runs[1], kind);
