@@ -2,7 +2,7 @@
 //! qemu-storage-daemon) and a raw io_uring baseline with libblkio as the client;
 //! [`net`] drives our vhost-user-net backend with the project's own virtio-net load
 //! generator against raw io_uring on the same TAP; [`boot`] times guest boot-to-init
-//! against QEMU.
+//! against QEMU; [`idle`] keeps idle CPUs polling while a backend benchmark runs.
 
 use std::path::Path;
 use std::process::Child;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod blk;
 pub mod boot;
 pub mod compare;
+pub mod idle;
 pub mod net;
 
 /// Errors of the `perf` crate.

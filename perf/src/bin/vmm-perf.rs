@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use perf::blk::{BlkBench, JobResult, Target};
+use perf::idle::{CpuLatencyHold, CPU_DMA_LATENCY};
 
 #[derive(Parser)]
 #[command(version, about = "VMM benchmarks")]
@@ -157,6 +158,8 @@ struct NetArgs {
     /// Transmit only.
     #[arg(long)]
     no_rx: bool,
+    #[command(flatten)]
+    idle: IdleArgs,
     /// TAP name inside the benchmark's network namespace.
     #[arg(long, default_value = "vperf0")]
     tap: String,
@@ -207,9 +210,39 @@ struct BlkArgs {
     /// main loop, which does not poll.
     #[arg(long)]
     qsd_iothread: bool,
+    #[command(flatten)]
+    idle: IdleArgs,
     /// JSON report path.
     #[arg(long, default_value = "perf-blk.json")]
     json: PathBuf,
+}
+
+/// How a backend benchmark treats idle CPUs.
+#[derive(clap::Args)]
+struct IdleArgs {
+    /// Let idle CPUs enter deep idle states (on a VM: halt, handing the physical CPU back to
+    /// the host) instead of holding a 0 µs CPU-latency request (`/dev/cpu_dma_latency`) for
+    /// the run, under which idle CPUs poll.
+    #[arg(long)]
+    allow_deep_idle: bool,
+}
+
+impl IdleArgs {
+    /// Keep idle CPUs polling until the returned hold is dropped, unless deep idle is allowed;
+    /// says which on stderr.
+    fn hold(&self) -> perf::Result<Option<CpuLatencyHold>> {
+        if self.allow_deep_idle {
+            eprintln!("idle CPUs: deep idle states allowed (--allow-deep-idle)");
+            return Ok(None);
+        }
+        let hold = CpuLatencyHold::request(0).map_err(|e| {
+            perf::Error::Unavailable(format!("{e} (needs root; or pass --allow-deep-idle)"))
+        })?;
+        eprintln!(
+            "idle CPUs: polling, not halting, for the run ({CPU_DMA_LATENCY} held at 0 µs; --allow-deep-idle to measure without)"
+        );
+        Ok(Some(hold))
+    }
 }
 
 fn main() {
@@ -530,6 +563,7 @@ fn blk(a: BlkArgs) -> perf::Result<()> {
         a.size_mib
     );
     bench.prepare_file()?;
+    let idle_hold = a.idle.hold()?;
     if a.client_poll {
         eprintln!("client polls its vhost-user queues for completions (libblkio poll queues)");
     }
@@ -619,6 +653,7 @@ fn blk(a: BlkArgs) -> perf::Result<()> {
         "ours_args": a.ours_arg,
         "client_poll": a.client_poll,
         "qsd_iothread": a.qsd_iothread,
+        "cpu_latency_limit_us": idle_hold.as_ref().map(CpuLatencyHold::limit_us),
         "repeat": a.repeat,
         "results": results,
         "runs": runs,
@@ -688,6 +723,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
     // vanishes with the process.
     let _ns = netns::Netns::enter()?;
     let tap = netns::SinkTap::create(&a.tap)?;
+    let idle_hold = a.idle.hold()?;
     let wake_ns = net::wake::eventfd_wake_ns(200)?;
     eprintln!(
         "net benchmark: TAP {} in a fresh network namespace, {} s per phase, queue {}, batch {}, {} repeats, generator {}",
@@ -840,6 +876,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
         "event_idx": !a.no_event_idx,
         "driver_poll": a.driver_poll,
         "eventfd_wake_ns": wake_ns,
+        "cpu_latency_limit_us": idle_hold.as_ref().map(CpuLatencyHold::limit_us),
         "backend": bench.backend_bin,
         "backend_args": backend_args,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
