@@ -253,6 +253,32 @@ impl DescChain {
         Ok(())
     }
 
+    /// Host address of `[offset, offset+len)` of stream `dir` when that range lies inside one
+    /// descriptor the walk resolved in `mem` (the common case: a header or a whole frame in one
+    /// buffer), so that it can be used without splitting it into pieces.
+    fn within_one_descriptor<M: ?Sized>(
+        &self,
+        mem: &M,
+        dir: Dir,
+        offset: u64,
+        len: u64,
+    ) -> Option<usize> {
+        if len == 0 || identity(mem) != self.resolved_in {
+            return None;
+        }
+        let end = offset.checked_add(len)?;
+        let mut pos = 0u64;
+        for seg in self.segs(dir) {
+            let seg_end = pos + u64::from(seg.len);
+            if offset < seg_end {
+                let inside = seg.host != 0 && end <= seg_end;
+                return inside.then(|| seg.host + (offset - pos) as usize);
+            }
+            pos = seg_end;
+        }
+        None
+    }
+
     /// Copy `buf.len()` bytes from stream `dir` at `offset` into `buf` (through the walk's host
     /// addresses when `mem` is the object the chain was walked against, as for [`Self::iovecs`]).
     pub fn read_at<M: GuestMemory + ?Sized>(
@@ -262,6 +288,11 @@ impl DescChain {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), GuestFault> {
+        if let Some(host) = self.within_one_descriptor(mem, dir, offset, buf.len() as u64) {
+            // SAFETY: as below; the range lies inside one resolved descriptor.
+            unsafe { VolatileSlice::new(host as *mut u8, buf.len()) }.copy_to(buf);
+            return Ok(());
+        }
         let resolved = identity(mem) == self.resolved_in;
         self.for_range(dir, offset, buf.len() as u64, |addr, n, done, host| {
             let dst = &mut buf[done..done + n];
@@ -284,6 +315,13 @@ impl DescChain {
         offset: u64,
         buf: &[u8],
     ) -> Result<(), GuestFault> {
+        if dir == Dir::Writable {
+            if let Some(host) = self.within_one_descriptor(mem, dir, offset, buf.len() as u64) {
+                // SAFETY: as in `read_at`; the walk marked the buffer dirty.
+                unsafe { VolatileSlice::new(host as *mut u8, buf.len()) }.copy_from(buf);
+                return Ok(());
+            }
+        }
         let resolved = identity(mem) == self.resolved_in;
         self.for_range(dir, offset, buf.len() as u64, |addr, n, done, host| {
             let src = &buf[done..done + n];
@@ -314,6 +352,15 @@ impl DescChain {
         max_iov: usize,
         out: &mut Vec<libc::iovec>,
     ) -> Result<(), GuestFault> {
+        if out.len() < max_iov {
+            if let Some(host) = self.within_one_descriptor(mem, dir, offset, len) {
+                out.push(libc::iovec {
+                    iov_base: host as *mut libc::c_void,
+                    iov_len: len as usize,
+                });
+                return Ok(());
+            }
+        }
         let perm = match dir {
             Dir::Readable => Permissions::Read,
             Dir::Writable => Permissions::Write,
@@ -460,5 +507,59 @@ mod tests {
         assert!(c
             .iovecs(&mem, Dir::Readable, 0, 0x200, 8, &mut iov)
             .is_err());
+    }
+
+    #[test]
+    fn ranges_inside_one_descriptor_and_across_descriptors_read_and_write_the_same_bytes() {
+        let mem = two_regions();
+        let c = chain_of(
+            &mem,
+            &[
+                desc(0x1000, 0x10, false),
+                desc(0x3000, 0x20, false),
+                desc(0x5000, 0x10, true),
+                desc(0x6000, 0x10, true),
+            ],
+        );
+        assert_eq!(c.fault(), None);
+        // Inside the second readable descriptor, across the first two, up to the very end.
+        for (offset, len, pieces) in [(0x12u64, 8usize, 1usize), (0xc, 8, 2), (0x28, 8, 1)] {
+            let mut got = vec![0u8; len];
+            c.read_at(&mem, Dir::Readable, offset, &mut got).unwrap();
+            let mut want = Vec::new();
+            let mut iov = Vec::new();
+            c.iovecs(&mem, Dir::Readable, offset, len as u64, 8, &mut iov)
+                .unwrap();
+            assert_eq!(iov.len(), pieces, "offset {offset:#x}");
+            for v in &iov {
+                // SAFETY: the iovec points into `mem`, alive for the whole test.
+                want.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+                });
+            }
+            assert_eq!(got, want, "offset {offset:#x}");
+        }
+        let mut four = [0u8; 4];
+        c.read_at(&mem, Dir::Readable, 0x12, &mut four).unwrap();
+        assert_eq!(four.to_vec(), expected(0x3002, 4));
+        // One past the end, and no room for even one iovec, are refused.
+        assert_eq!(
+            c.read_at(&mem, Dir::Readable, 0x29, &mut [0u8; 8]),
+            Err(GuestFault::OutOfBounds)
+        );
+        assert_eq!(
+            c.iovecs(&mem, Dir::Readable, 0, 4, 0, &mut Vec::new()),
+            Err(GuestFault::TooManySegments)
+        );
+        // Writes inside the second writable descriptor and across both land where they should.
+        c.write_at(&mem, Dir::Writable, 0x12, b"in").unwrap();
+        c.write_at(&mem, Dir::Writable, 0xe, b"span").unwrap();
+        let mut back = [0u8; 2];
+        mem.read_slice(&mut back, GuestAddress(0x6002)).unwrap();
+        assert_eq!(&back, b"in");
+        mem.read_slice(&mut back, GuestAddress(0x500e)).unwrap();
+        assert_eq!(&back, b"sp");
+        mem.read_slice(&mut back, GuestAddress(0x6000)).unwrap();
+        assert_eq!(&back, b"an");
     }
 }

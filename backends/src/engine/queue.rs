@@ -227,6 +227,8 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
 const RING_HEADER: u64 = 4;
 const USED_ELEMENT: u64 = 8;
 const AVAIL_ELEMENT: u64 = 2;
+/// Used elements written to guest memory in one access (at most).
+const USED_RUN: usize = 64;
 
 /// `flags` bit of the avail ring: the driver asks for no used-buffer notifications
 /// (virtio 1.2 §2.7.7; only meaningful without EVENT_IDX).
@@ -253,7 +255,23 @@ fn publish_used<M: GuestMemory>(
     let direct = mem
         .physical_memory()
         .and_then(|m| m.get_slice(ring, ring_len as usize).ok());
+    // Elements are encoded into a small buffer and written one contiguous run at a time (a
+    // run ends where the ring wraps), not one guest-memory access per element.
+    let write_run = |bytes: &[u8], first: Wrapping<u16>| -> Result<()> {
+        let offset = RING_HEADER + u64::from(first.0 % size) * USED_ELEMENT;
+        match &direct {
+            Some(used_ring) => used_ring
+                .write_slice(bytes, offset as usize)
+                .map_err(|e| guest(e.into())),
+            None => mem
+                .write_slice(bytes, ring.checked_add(offset).ok_or_else(overflow)?)
+                .map_err(guest),
+        }
+    };
+    let mut run = [0u8; USED_RUN * USED_ELEMENT as usize];
+    let mut run_len = 0usize;
     let start = Wrapping(q.next_used());
+    let mut run_first = start;
     let mut next = start;
     let mut rejected = 0;
     for &(head, len) in used {
@@ -261,19 +279,19 @@ fn publish_used<M: GuestMemory>(
             rejected += 1;
             continue;
         }
-        let offset = RING_HEADER + u64::from(next.0 % size) * USED_ELEMENT;
-        let mut elem = [0u8; 8];
+        let elem = &mut run[run_len * USED_ELEMENT as usize..][..USED_ELEMENT as usize];
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
-        match &direct {
-            Some(used_ring) => used_ring
-                .write_obj(elem, offset as usize)
-                .map_err(|e| guest(e.into()))?,
-            None => mem
-                .write_obj(elem, ring.checked_add(offset).ok_or_else(overflow)?)
-                .map_err(guest)?,
-        }
+        run_len += 1;
         next += Wrapping(1);
+        if run_len == USED_RUN || next.0.is_multiple_of(size) {
+            write_run(&run[..run_len * USED_ELEMENT as usize], run_first)?;
+            run_first = next;
+            run_len = 0;
+        }
+    }
+    if run_len > 0 {
+        write_run(&run[..run_len * USED_ELEMENT as usize], run_first)?;
     }
     if next == start {
         return Ok((rejected, false));
@@ -331,7 +349,16 @@ mod tests {
     /// A ready 16-entry queue with its avail and used rings where the test puts them
     /// (virtio-queue's mock lays the used ring over `used_event`).
     fn queue_with_rings(mem: &Mem, avail: GuestAddress, used: GuestAddress) -> LocalQueue<Mem> {
-        let mut queue = Queue::new(16).unwrap();
+        sized_queue_with_rings(mem, 16, avail, used)
+    }
+
+    fn sized_queue_with_rings(
+        mem: &Mem,
+        size: u16,
+        avail: GuestAddress,
+        used: GuestAddress,
+    ) -> LocalQueue<Mem> {
+        let mut queue = Queue::new(size).unwrap();
         queue.set_desc_table_address(Some(0), Some(0));
         queue.set_avail_ring_address(Some(avail.0 as u32), Some(0));
         queue.set_used_ring_address(Some(used.0 as u32), Some(0));
@@ -384,5 +411,26 @@ mod tests {
         assert_eq!(q.publish_used(&entries).unwrap(), (0, true));
         let expected = entries.iter().map(|&(h, l)| (u32::from(h), l)).collect();
         assert_eq!(used_ring(&mem, used, 10), (10, expected));
+    }
+
+    #[test]
+    fn a_long_batch_wrapping_the_ring_end_lands_in_ring_order() {
+        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let (avail, used) = (GuestAddress(0x1000), GuestAddress(0x2000));
+        let mut q = sized_queue_with_rings(&mem, 128, avail, used);
+        q.queue.set_next_used(90);
+        // 100 entries from position 90: 38 up to the ring's end, the rest from its start;
+        // more than one run of USED_RUN; one bad head in the middle is left out.
+        let mut entries: Vec<(u16, u32)> = (0..100).map(|i| (i, 1000 + u32::from(i))).collect();
+        entries.insert(50, (128, 7));
+        assert_eq!(q.publish_used(&entries).unwrap(), (1, true));
+        let (idx, ring) = used_ring(&mem, used, 128);
+        assert_eq!(idx, 190);
+        for i in 0..100u32 {
+            let pos = (90 + i as usize) % 128;
+            assert_eq!(ring[pos], (i, 1000 + i), "entry {i} at ring position {pos}");
+        }
+        // Positions 62..90 were not written.
+        assert!(ring[62..90].iter().all(|&e| e == (0, 0)));
     }
 }

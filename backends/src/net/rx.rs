@@ -31,6 +31,8 @@ use std::sync::Arc;
 
 use io_uring::{opcode, squeue, IoUring};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_queue::DescriptorChain;
+use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{has, ETH_HLEN, RX_BUF_LEN, VNET_HDR_LEN};
@@ -182,43 +184,57 @@ impl RxPath {
         }
     }
 
-    /// Reserve one more usable receive chain at `held[nheld]`; bad chains go back with
-    /// length 0. `false`: the driver has none.
-    fn pop_one<Q: VirtQueue>(&mut self, q: &mut Q, mem: &Arc<Q::Mem>) -> bool {
-        loop {
-            let Some(chain) = q.pop(mem) else {
-                return false;
-            };
-            if self.held.len() <= self.nheld {
-                self.held.push(DescChain::default());
+    /// Reserve receive chains from the driver until `want` are held (capped at the queue
+    /// size), in one pass over the avail ring per attempt; bad chains go back with length 0.
+    /// `false`: the driver had none to add.
+    fn reserve<Q: VirtQueue>(&mut self, q: &mut Q, mem: &Arc<Q::Mem>, want: usize) -> bool {
+        let want = want.min(self.max_chains);
+        let before = self.nheld;
+        while self.nheld < want {
+            if q.pop_batch(mem, want - self.nheld, |chain| self.hold(chain)) == 0 {
+                break;
             }
-            let c = &mut self.held[self.nheld];
-            c.reset_from(chain);
-            let head = c.head();
-            QueueStats::inc(&self.stats.requests);
-            let problem: Option<String> = if let Some(f) = c.fault() {
-                Some(f.to_string())
-            } else if c.readable_len() != 0 {
-                Some("device-readable descriptor in an rx chain".into())
-            } else if c.writable_len() < VNET_HDR_LEN as u64 {
-                Some(format!("rx buffer of {} bytes too small", c.writable_len()))
-            } else {
-                None
-            };
-            if let Some(p) = problem {
+        }
+        if self.nheld == before {
+            return false;
+        }
+        let same =
+            |m: &Arc<dyn Any + Send + Sync>| std::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(mem));
+        if !self.held_mem.last().is_some_and(same) {
+            self.held_mem.push(mem.clone());
+        }
+        true
+    }
+
+    /// Keep a popped chain at `held[nheld]` if it can take a frame; answer it empty if not.
+    fn hold<M>(&mut self, chain: DescriptorChain<M>)
+    where
+        M: std::ops::Deref,
+        M::Target: GuestMemory,
+    {
+        if self.held.len() <= self.nheld {
+            self.held.push(DescChain::default());
+        }
+        let c = &mut self.held[self.nheld];
+        c.reset_from(chain);
+        let head = c.head();
+        QueueStats::inc(&self.stats.requests);
+        let problem: Option<String> = if let Some(f) = c.fault() {
+            Some(f.to_string())
+        } else if c.readable_len() != 0 {
+            Some("device-readable descriptor in an rx chain".into())
+        } else if c.writable_len() < VNET_HDR_LEN as u64 {
+            Some(format!("rx buffer of {} bytes too small", c.writable_len()))
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => {
                 self.fault(head, &p);
                 QueueStats::inc(&self.stats.dropped);
                 self.used.push((head, 0));
-                continue;
             }
-            self.nheld += 1;
-            let same = |m: &Arc<dyn Any + Send + Sync>| {
-                std::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(mem))
-            };
-            if !self.held_mem.last().is_some_and(same) {
-                self.held_mem.push(mem.clone());
-            }
-            return true;
+            None => self.nheld += 1,
         }
     }
 
@@ -247,7 +263,7 @@ impl RxPath {
             self.features.load(Ordering::Relaxed),
             VIRTIO_NET_F_MRG_RXBUF,
         );
-        if self.nheld == 0 && !self.pop_one(q, mem) {
+        if self.nheld == 0 && !self.reserve(q, mem, READ_SLOTS) {
             return false;
         }
         // How many chains the frame needs.
@@ -261,7 +277,7 @@ impl RxPath {
                         self.drop_frame(&format!("{k} buffers cannot hold a {n}-byte frame"));
                         return true;
                     }
-                    if !self.pop_one(q, mem) {
+                    if !self.reserve(q, mem, k + READ_SLOTS) {
                         return false;
                     }
                 }
@@ -459,7 +475,7 @@ impl RxPath {
             }
             if !starved && self.inflight == 0 {
                 // Every ready frame is placed: one read per reserved receive chain.
-                while self.nheld < READ_SLOTS && self.pop_one(q, &mem) {}
+                self.reserve(q, &mem, READ_SLOTS);
                 if self.nheld > 0 {
                     self.submit_reads(self.nheld)?;
                     continue; // reads on a non-empty TAP complete during the submit
