@@ -458,6 +458,17 @@ fn ours_readonly_refuses_writes_and_serves_reads() {
 /// GET_VRING_BASE); binding it again renegotiates and restarts the data path.
 #[test]
 fn qsd_driver_rebind_resets_and_restarts() {
+    driver_rebind_resets_and_restarts(Backend::Qsd);
+}
+
+/// The same with our backend, which must answer what it took before it reports each
+/// ring's base and serve the fresh rings afterwards.
+#[test]
+fn ours_driver_rebind_resets_and_restarts() {
+    driver_rebind_resets_and_restarts(Backend::Ours(""));
+}
+
+fn driver_rebind_resets_and_restarts(backend: Backend) {
     let script = "echo GUEST-READY\n\
         dd if=/pattern.bin of=/dev/vda bs=4096 seek=256 conv=fsync 2>&1\n\
         PCI=$(basename $(dirname $(readlink -f /sys/block/vda/device)))\n\
@@ -468,7 +479,7 @@ fn qsd_driver_rebind_resets_and_restarts() {
         for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.2; done\n\
         dd if=/dev/vda of=/tmp/rb bs=4096 skip=256 count=256 2>&1\n\
         if cmp /tmp/rb /pattern.bin; then echo GUEST-CMP=equal; else echo GUEST-CMP=differs; fi\n";
-    let Some(out) = run(Scenario::new(Backend::Qsd, script)) else {
+    let Some(out) = run(Scenario::new(backend, script)) else {
         return;
     };
     let c = &out.console;

@@ -26,6 +26,56 @@ fn our_backend() -> PathBuf {
 /// script instead of the lab run).
 const VMM_LOG: &str = "vmm=info,vmm::devices::virtio::pci=debug";
 
+/// Boot a guest running the shell script `guest` with this VMM in a lab host whose tap0
+/// (10.0.0.1/24) is served by our backend (`vhost-user-net --socket /tmp/vn.sock --tap tap0
+/// {backend_args}`), after the lab-host commands `prelude`, with `--net
+/// vhost_user=on,socket=/tmp/vn.sock{net_opts}`. The console ends with the backend's log;
+/// the lab script fails unless the guest's script exited 0.
+fn run_in_lab(
+    images: &lab::Images,
+    guest: &str,
+    backend_args: &str,
+    prelude: &str,
+    net_opts: &str,
+    timeout_s: u64,
+) -> lab::LabRun {
+    let script = format!(
+        r#"
+export NO_COLOR=1
+/lab/bin/vhost-user-net --socket /tmp/vn.sock --tap tap0 {backend_args} > /tmp/vn.log 2>&1 &
+VN=$!
+for i in $(seq 100); do [ -S /tmp/vn.sock ] && break; sleep 0.1; done
+ip addr add 10.0.0.1/24 dev tap0
+ip link set tap0 up
+{prelude}
+RUST_LOG=${{RUST_LOG:-{VMM_LOG}}} /lab/bin/vmm run --kernel {LAB_GUEST_KERNEL} \
+    --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 768M \
+    --net vhost_user=on,socket=/tmp/vn.sock{net_opts} 2>&1 | tee /tmp/vmm.log
+echo VMM-EXIT-STATUS=$?
+sleep 1
+kill $VN 2>/dev/null
+sleep 0.5
+echo '--- backend log'
+cat /tmp/vn.log
+grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
+"#
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = dir.path().join("g.cpio");
+    guest_initramfs(images, guest, true, Cpio::new(), &initrd).expect("guest initramfs");
+    let run = LabHost::new(images)
+        .memory_mib(3072)
+        .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
+        .binary(our_backend(), "/lab/bin")
+        .with_guest(&initrd)
+        .script(script)
+        .timeout(Duration::from_secs(timeout_s))
+        .run()
+        .unwrap_or_else(|e| panic!("lab run: {e}"));
+    eprintln!("lab run took {:.1?}", run.duration);
+    run
+}
+
 fn iperf_bps(console: &str, key: &str, udp: bool) -> f64 {
     lab::iperf3_bits_per_second(console, key, udp).unwrap_or_else(|e| panic!("{e}:\n{console}"))
 }
@@ -35,7 +85,6 @@ fn vmm_guest_pings_and_runs_iperf3_over_vhost_user_net() {
     let Some(images) = lab::test_images() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
     let guest = format!(
         r#"
 ip link set eth0 up
@@ -47,45 +96,14 @@ echo GUEST-RX-LENGTH-ERRORS=$(cat /sys/class/net/eth0/statistics/rx_length_error
 "#,
         lab::guest_ping_iperf3("10.0.0.1")
     );
-    let initrd = guest_initramfs(
+    let run = run_in_lab(
         &images,
         &guest,
-        true,
-        Cpio::new(),
-        &dir.path().join("g.cpio"),
-    )
-    .expect("guest initramfs");
-    let script = format!(
-        r#"
-export NO_COLOR=1
-/lab/bin/vhost-user-net --socket /tmp/vn.sock --tap tap0 --mac 52:54:00:aa:bb:01 > /tmp/vn.log 2>&1 &
-VN=$!
-for i in $(seq 100); do [ -S /tmp/vn.sock ] && break; sleep 0.1; done
-ip addr add 10.0.0.1/24 dev tap0
-ip link set tap0 up
-iperf3 -s -D
-RUST_LOG=${{RUST_LOG:-{VMM_LOG}}} /lab/bin/vmm run --kernel {LAB_GUEST_KERNEL} \
-    --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 768M \
-    --net vhost_user=on,socket=/tmp/vn.sock 2>&1 | tee /tmp/vmm.log
-echo VMM-EXIT-STATUS=$?
-sleep 1
-kill $VN 2>/dev/null
-sleep 0.5
-echo '--- backend log'
-cat /tmp/vn.log
-grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
-"#
+        "--mac 52:54:00:aa:bb:01",
+        "iperf3 -s -D",
+        "",
+        300,
     );
-    let run = LabHost::new(&images)
-        .memory_mib(3072)
-        .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
-        .binary(our_backend(), "/lab/bin")
-        .with_guest(&initrd)
-        .script(script)
-        .timeout(Duration::from_secs(300))
-        .run()
-        .unwrap_or_else(|e| panic!("lab run: {e}"));
-    eprintln!("lab run took {:.1?}", run.duration);
     let c = &run.console;
     // The backend's MAC and MTU reach the guest through GET_CONFIG.
     assert_eq!(
@@ -137,7 +155,6 @@ fn vmm_guest_uses_two_queue_pairs_with_the_backend_control_queue() {
     let Some(images) = lab::test_images() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
     // One iperf3 client per vCPU: the driver maps CPU k to transmit queue k (XPS), and the
     // TAP sends a flow's replies to the queue it came from, so both pairs carry both ways.
     let guest = r#"
@@ -161,46 +178,14 @@ for dir in TX RX; do
 done
 echo "GUEST-VIRTIO-IRQS=$(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' '|')"
 "#;
-    let initrd = guest_initramfs(
+    let run = run_in_lab(
         &images,
         guest,
-        true,
-        Cpio::new(),
-        &dir.path().join("g.cpio"),
-    )
-    .expect("guest initramfs");
-    let script = format!(
-        r#"
-export NO_COLOR=1
-/lab/bin/vhost-user-net --socket /tmp/vn.sock --tap tap0 --mac 52:54:00:aa:bb:02 --queues 2 > /tmp/vn.log 2>&1 &
-VN=$!
-for i in $(seq 100); do [ -S /tmp/vn.sock ] && break; sleep 0.1; done
-ip addr add 10.0.0.1/24 dev tap0
-ip link set tap0 up
-iperf3 -s -D -p 5201
-iperf3 -s -D -p 5202
-RUST_LOG=${{RUST_LOG:-{VMM_LOG}}} /lab/bin/vmm run --kernel {LAB_GUEST_KERNEL} \
-    --initramfs {LAB_GUEST_INITRD} --cpus 2 --memory 768M \
-    --net vhost_user=on,socket=/tmp/vn.sock,queues=2 2>&1 | tee /tmp/vmm.log
-echo VMM-EXIT-STATUS=$?
-sleep 1
-kill $VN 2>/dev/null
-sleep 0.5
-echo '--- backend log'
-cat /tmp/vn.log
-grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
-"#
+        "--mac 52:54:00:aa:bb:02 --queues 2",
+        "iperf3 -s -D -p 5201\niperf3 -s -D -p 5202",
+        ",queues=2",
+        240,
     );
-    let run = LabHost::new(&images)
-        .memory_mib(3072)
-        .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
-        .binary(our_backend(), "/lab/bin")
-        .with_guest(&initrd)
-        .script(script)
-        .timeout(Duration::from_secs(240))
-        .run()
-        .unwrap_or_else(|e| panic!("lab run: {e}"));
-    eprintln!("lab run took {:.1?}", run.duration);
     let c = &run.console;
     assert_eq!(
         lab::console_value(c, "GUEST-QUEUES="),
@@ -254,5 +239,73 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
             "pair {pair} idle (rx {rx}, tx {tx}):\n{c}"
         );
     }
+    assert_eq!(run.status, 0, "lab script failed:\n{c}");
+}
+
+/// Unbinding the guest's driver resets the device: the VMM stops the rings (GET_VRING_BASE)
+/// while the backend holds receive buffers and a TAP read, and the lab host keeps sending
+/// to the guest. Bound again, the driver gets fresh rings: no frame may land in a buffer of
+/// the old ones or carry one of their heads (Linux: "id N is not a head", a broken queue),
+/// and traffic flows again.
+#[test]
+fn vmm_guest_driver_rebind_restarts_vhost_user_net() {
+    let Some(images) = lab::test_images() else {
+        return;
+    };
+    let guest = r#"
+ip link set eth0 up
+ip addr add 10.0.0.2/24 dev eth0
+ping -c 2 -W 5 10.0.0.1 > /dev/null
+echo PING-BEFORE-STATUS=$?
+PCI=$(basename $(readlink -f /sys/class/net/eth0/device/..))
+echo PCI=$PCI
+echo $PCI > /sys/bus/pci/drivers/virtio-pci/unbind
+[ -e /sys/class/net/eth0 ] && echo STILL-THERE
+sleep 2
+echo $PCI > /sys/bus/pci/drivers/virtio-pci/bind
+for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done
+ip link set eth0 up
+ip addr add 10.0.0.2/24 dev eth0
+ping -c 5 -W 5 10.0.0.1 > /dev/null
+echo PING-AFTER-STATUS=$?
+timeout 60 iperf3 -c 10.0.0.1 -t 3 -i 0 -R > /dev/null
+echo IPERF-RX-STATUS=$?
+echo "GUEST-RING-ERRORS=$(dmesg | grep -c -e 'is not a head' -e 'unexpected' -e 'rx error')"
+echo GUEST-RX-LENGTH-ERRORS=$(cat /sys/class/net/eth0/statistics/rx_length_errors)
+"#;
+    // Frames for the guest all along, through the reset: pings to its address and, while it
+    // has no driver, the ARP requests they cause.
+    let run = run_in_lab(
+        &images,
+        guest,
+        "--mac 52:54:00:aa:bb:03",
+        "iperf3 -s -D\n(while :; do ping -c 1 -W 1 10.0.0.2 > /dev/null; sleep 0.05; done) &",
+        "",
+        240,
+    );
+    let c = &run.console;
+    assert!(!c.contains("STILL-THERE"), "unbind left eth0:\n{c}");
+    for key in [
+        "PING-BEFORE-STATUS=",
+        "PING-AFTER-STATUS=",
+        "IPERF-RX-STATUS=",
+    ] {
+        assert_eq!(lab::console_value(c, key), Some("0"), "{key}\n{c}");
+    }
+    assert_eq!(
+        lab::console_value(c, "GUEST-RING-ERRORS="),
+        Some("0"),
+        "{c}"
+    );
+    assert_eq!(
+        lab::console_value(c, "GUEST-RX-LENGTH-ERRORS="),
+        Some("0"),
+        "{c}"
+    );
+    assert_eq!(
+        c.matches("data path started").count(),
+        2,
+        "expected two activations:\n{c}"
+    );
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
 }

@@ -4,10 +4,10 @@
 use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_blk::*;
 use vm_memory::{ByteValued, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
@@ -20,7 +20,10 @@ use super::{
     device_config, device_features, BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET,
     SEG_MAX,
 };
-use crate::engine::{Engine, EngineConfig, QueueStats, Tuning, VhostMem, VringQueue};
+use crate::engine::{
+    BackendMemory, Engine, EngineConfig, QueueStats, Tuning, VhostMem, Vring, VringQueue,
+    WorkerVrings,
+};
 use crate::{Error, Result};
 
 /// Options of a vhost-user-blk device.
@@ -47,10 +50,12 @@ pub struct BlkBackend {
     opts: BlkOptions,
     engines: Vec<Mutex<BlkEngine>>,
     stats: Vec<Arc<QueueStats>>,
-    mem: RwLock<GuestMemoryAtomic<VhostMem>>,
+    mem: BackendMemory,
     writeback: Arc<AtomicBool>,
     stopping: AtomicBool,
     drained: Vec<AtomicBool>,
+    /// Each queue's worker's vring, for [`VhostUserBackend::stop_vring`].
+    vrings: WorkerVrings,
 }
 
 thread_local! {
@@ -109,16 +114,18 @@ impl BlkBackend {
             stats.push(st);
         }
         let drained = (0..opts.queues).map(|_| AtomicBool::new(false)).collect();
+        let vrings = WorkerVrings::new(usize::from(opts.queues));
         Ok(Self {
             config: cfg,
             features,
             opts,
             engines,
             stats,
-            mem: RwLock::new(GuestMemoryAtomic::new(VhostMem::default())),
+            mem: BackendMemory::default(),
             writeback,
             stopping: AtomicBool::new(false),
             drained,
+            vrings,
         })
     }
 
@@ -168,7 +175,7 @@ impl BlkBackend {
 
 impl VhostUserBackend for BlkBackend {
     type Bitmap = ();
-    type Vring = VringRwLock<GuestMemoryAtomic<VhostMem>>;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         usize::from(self.opts.queues)
@@ -234,7 +241,25 @@ impl VhostUserBackend for BlkBackend {
                 .collect();
             tracing::debug!(?regions, "guest memory table updated");
         }
-        *self.mem.write().map_err(|_| io::Error::other("poisoned"))? = mem;
+        self.mem.set(mem)
+    }
+
+    /// GET_VRING_BASE: wait for the queue's in-flight requests and answer them before the
+    /// frontend reads the base, so none completes into a ring the driver took back.
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let index = usize::try_from(queue_index).unwrap_or(usize::MAX);
+        let (Some(vring), Some(engine)) = (self.vrings.get(index, 0), self.engines.get(index))
+        else {
+            return Ok(()); // never served: nothing taken
+        };
+        let mem = self.mem.get()?;
+        let mut engine = engine.lock().map_err(|_| io::Error::other("poisoned"))?;
+        let inflight = engine.inflight();
+        // The base is reported even if publishing failed: nothing is left to wait for.
+        if let Err(e) = engine.settle(&mut VringQueue::new(vring, &mem)) {
+            engine.stats().report_failure(&format!("q{index} stop"), &e);
+        }
+        tracing::debug!(queue_index, inflight, "ring stopped");
         Ok(())
     }
 
@@ -264,14 +289,11 @@ impl VhostUserBackend for BlkBackend {
         let (Some(vring), Some(engine)) = (vrings.first(), self.engines.get(thread_id)) else {
             return Err(io::Error::other(format!("no queue for thread {thread_id}")));
         };
+        self.vrings.remember(thread_id, vrings);
         if device_event != 0 && device_event != self.completion_event() {
             return Ok(());
         }
-        let mem = self
-            .mem
-            .read()
-            .map_err(|_| io::Error::other("poisoned"))?
-            .clone();
+        let mem = self.mem.get()?;
         let mut engine = engine.lock().map_err(|_| io::Error::other("poisoned"))?;
         let mut q = VringQueue::new(vring, &mem);
         if self.stopping.load(Ordering::SeqCst) {

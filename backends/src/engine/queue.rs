@@ -2,9 +2,10 @@
 //! memory and call eventfd", implemented for vhost-user-backend vrings and for a plain
 //! in-process [`virtio_queue::Queue`] (in-VMM tier, tests).
 
+use std::io;
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -73,6 +74,12 @@ pub trait VirtQueue {
         }
         Ok(())
     }
+    /// Whether the ring is running: false before the frontend starts it and once it stopped
+    /// it (vhost-user GET_VRING_BASE); a stopped ring's memory may belong to the driver again.
+    fn ready(&self) -> bool;
+    /// Give the last `n` popped chains back to the avail ring: the next pops (and the ring
+    /// base reported when it stops) start at them again.
+    fn rewind(&mut self, n: u16);
     /// Disable driver notifications (no-op with EVENT_IDX).
     fn disable_notification(&mut self) -> Result<()>;
     /// Re-enable notifications; `true` if new buffers arrived meanwhile.
@@ -84,18 +91,70 @@ pub trait VirtQueue {
 /// Guest memory as vhost-user-backend hands it out.
 pub type VhostMem = GuestMemoryMmap<()>;
 
+/// The guest memory a vhost-user backend serves, replaced on each memory-table update
+/// (`VhostUserBackend::update_memory`) and read by every event and ring stop.
+pub struct BackendMemory(RwLock<GuestMemoryAtomic<VhostMem>>);
+
+impl Default for BackendMemory {
+    fn default() -> Self {
+        Self(RwLock::new(GuestMemoryAtomic::new(VhostMem::default())))
+    }
+}
+
+impl BackendMemory {
+    /// The current memory (a cheap handle).
+    pub fn get(&self) -> io::Result<GuestMemoryAtomic<VhostMem>> {
+        Ok(self.0.read().map_err(|_| poisoned())?.clone())
+    }
+
+    /// Replace the memory.
+    pub fn set(&self, mem: GuestMemoryAtomic<VhostMem>) -> io::Result<()> {
+        *self.0.write().map_err(|_| poisoned())? = mem;
+        Ok(())
+    }
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("guest memory lock poisoned")
+}
+
+/// A vhost-user-backend vring over [`VhostMem`].
+pub type Vring = VringRwLock<GuestMemoryAtomic<VhostMem>>;
+
+/// The vrings of each vhost-user-backend worker thread, kept from the first event the thread
+/// handles: the daemon hands a backend its vrings only with events, while
+/// `VhostUserBackend::stop_vring` (vhost-user GET_VRING_BASE) names just a ring index.
+pub struct WorkerVrings(Vec<OnceLock<Vec<Vring>>>);
+
+impl WorkerVrings {
+    /// Room for `threads` worker threads.
+    pub fn new(threads: usize) -> Self {
+        Self((0..threads).map(|_| OnceLock::new()).collect())
+    }
+
+    /// Keep the vrings of worker `thread` (called on each event; only the first one stores).
+    pub fn remember(&self, thread: usize, vrings: &[Vring]) {
+        if let Some(cell) = self.0.get(thread) {
+            cell.get_or_init(|| vrings.to_vec());
+        }
+    }
+
+    /// Vring `local` of worker `thread`, if that thread has handled an event: a ring no event
+    /// reached has had nothing taken from it.
+    pub fn get(&self, thread: usize, local: usize) -> Option<&Vring> {
+        self.0.get(thread)?.get()?.get(local)
+    }
+}
+
 /// [`VirtQueue`] over a vhost-user-backend [`VringRwLock`].
 pub struct VringQueue<'a> {
-    vring: &'a VringRwLock<GuestMemoryAtomic<VhostMem>>,
+    vring: &'a Vring,
     mem: &'a GuestMemoryAtomic<VhostMem>,
 }
 
 impl<'a> VringQueue<'a> {
     /// Wrap `vring`; `mem` is the backend's view of guest memory.
-    pub fn new(
-        vring: &'a VringRwLock<GuestMemoryAtomic<VhostMem>>,
-        mem: &'a GuestMemoryAtomic<VhostMem>,
-    ) -> Self {
+    pub fn new(vring: &'a Vring, mem: &'a GuestMemoryAtomic<VhostMem>) -> Self {
         Self { vring, mem }
     }
 }
@@ -153,6 +212,15 @@ impl VirtQueue for VringQueue<'_> {
         publish_used(state.get_queue_mut(), &*mem, used)
     }
 
+    fn ready(&self) -> bool {
+        self.vring.get_ref().get_queue().ready()
+    }
+
+    fn rewind(&mut self, n: u16) {
+        let next = self.vring.queue_next_avail().wrapping_sub(n);
+        self.vring.set_queue_next_avail(next);
+    }
+
     fn disable_notification(&mut self) -> Result<()> {
         Ok(self.vring.disable_notification()?)
     }
@@ -203,6 +271,15 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
 
     fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)> {
         publish_used(&mut self.queue, &*self.mem, used)
+    }
+
+    fn ready(&self) -> bool {
+        self.queue.ready()
+    }
+
+    fn rewind(&mut self, n: u16) {
+        let next = self.queue.next_avail().wrapping_sub(n);
+        self.queue.set_next_avail(next);
     }
 
     fn disable_notification(&mut self) -> Result<()> {

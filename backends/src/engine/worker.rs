@@ -152,6 +152,13 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
 
     /// [`Engine::process`] with the completion eventfd disabled; re-enables it on success.
     fn serve<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+        if !q.ready() {
+            // Stopped ([`Engine::settle`] answered everything taken): its rings are not ours.
+            // Consume the wake-up, or the thread's epoll would report it again and again.
+            self.ring.completion().enable_eventfd();
+            let _ = self.completion.read();
+            return Ok(());
+        }
         let mut idle_since: Option<Instant> = None;
         loop {
             let mut progress = 0usize;
@@ -209,6 +216,13 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     /// Stop taking new requests, wait for every in-flight one and complete it.
     pub fn drain<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
         self.stopping = true;
+        self.settle(q)
+    }
+
+    /// Wait for every in-flight request and put it on the used ring: what a backend owes the
+    /// frontend before it reports the base of a stopped ring (vhost-user GET_VRING_BASE).
+    /// The engine serves the ring again once it is restarted.
+    pub fn settle<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
         while self.inflight > 0 {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -316,7 +330,8 @@ pub(crate) fn errno(res: i32) -> io::Error {
 #[cfg(test)]
 mod tests {
     use std::fs::File;
-    use std::os::fd::RawFd;
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, RawFd};
     use std::time::Duration;
 
     use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -443,6 +458,114 @@ mod tests {
             failed.len(),
             ROUNDS * usize::from(QUEUE),
             &failed[..failed.len().min(8)]
+        );
+    }
+
+    /// Reads a pipe into each chain's writable buffer: requests stay in flight until the
+    /// test writes to the pipe.
+    struct PipeReader {
+        pipe: File,
+    }
+
+    impl RequestHandler for PipeReader {
+        type Req = ();
+
+        fn file(&self) -> RawFd {
+            self.pipe.as_raw_fd()
+        }
+
+        fn prepare<M: GuestMemory>(
+            &mut self,
+            mem: &M,
+            chain: &DescChain,
+            _req: &mut (),
+            iov: &mut Vec<libc::iovec>,
+        ) -> Prepared {
+            match chain.iovecs(mem, Dir::Writable, 0, chain.writable_len(), 1, iov) {
+                Ok(()) => Prepared::Submit(rw_sqe(iov, 0, 0, false)),
+                Err(_) => Prepared::Done(0),
+            }
+        }
+
+        fn complete<M: GuestMemory>(
+            &mut self,
+            _mem: &M,
+            _chain: &DescChain,
+            _req: &mut (),
+            result: i32,
+        ) -> u32 {
+            u32::try_from(result).unwrap_or(0)
+        }
+    }
+
+    #[test]
+    fn settle_answers_in_flight_requests_and_a_stopped_queue_is_left_alone() {
+        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = virtio_queue::mock::MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        for i in 0..3u16 {
+            let desc = RawDescriptor::from(SplitDescriptor::new(
+                0x8_0000 + 0x100 * u64::from(i),
+                64,
+                virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16,
+                0,
+            ));
+            vq.desc_table().store(i, desc).unwrap();
+        }
+        let avail_ring = vq.avail_addr();
+        let offer = |n: u16| {
+            for i in 0..n {
+                mem.write_obj(i, avail_ring.unchecked_add(4 + 2 * u64::from(i)))
+                    .unwrap();
+            }
+            mem.write_obj(n, avail_ring.unchecked_add(2)).unwrap();
+        };
+        offer(2);
+        let used_idx = || -> u16 { mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap() };
+        let mut q = LocalQueue::new(vq.create_queue().unwrap(), Arc::new(mem.clone()), None);
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 fills two fds on success; both are wrapped at once.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh fds owned by nobody else.
+        let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let handler = PipeReader { pipe: rd };
+        let cfg = EngineConfig::new(16, 1);
+        let mut engine = Engine::new(handler, cfg, Arc::new(QueueStats::default())).unwrap();
+        engine.process(&mut q).unwrap();
+        assert_eq!(
+            (engine.inflight(), used_idx()),
+            (2, 0),
+            "reads wait on the pipe"
+        );
+
+        // The frontend stops the ring (vhost-user GET_VRING_BASE): not ready, then settle.
+        q.queue.set_ready(false);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            wr.write_all(&[7u8; 128]).unwrap();
+        });
+        engine.settle(&mut q).unwrap();
+        assert_eq!(engine.inflight(), 0);
+        assert_eq!(used_idx(), 2, "settle returned before answering the reads");
+        writer.join().unwrap();
+
+        // Buffers offered to the stopped ring are not taken, and the completion wake-up is
+        // consumed (a queue thread would otherwise be woken for it without end).
+        offer(3);
+        engine.process(&mut q).unwrap();
+        assert_eq!(
+            (engine.inflight(), used_idx(), q.queue.next_avail()),
+            (0, 2, 2)
+        );
+        let mut pfd = libc::pollfd {
+            fd: engine.completion_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert_eq!(
+            ready, 0,
+            "completion eventfd left readable on a stopped ring"
         );
     }
 }

@@ -13,10 +13,10 @@ use std::cell::Cell;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_net::*;
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
@@ -28,7 +28,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{
     device_features, has, offload_features, CtrlQueue, RxPath, Tap, TxHandler, TX_MAX_IOV,
 };
-use crate::engine::{Engine, EngineConfig, QueueStats, Tuning, VhostMem, VringQueue};
+use crate::engine::{
+    BackendMemory, Engine, EngineConfig, QueueStats, Tuning, VhostMem, Vring, VringQueue,
+    WorkerVrings,
+};
 use crate::{Error, Result};
 use std::os::fd::{OwnedFd, RawFd};
 
@@ -110,7 +113,9 @@ pub struct NetBackend {
     ctrl: Option<Mutex<CtrlQueue>>,
     /// Queue pairs in use (the rest are detached and stopped).
     active: Mutex<u16>,
-    mem: RwLock<GuestMemoryAtomic<VhostMem>>,
+    mem: BackendMemory,
+    /// Each pair's worker's vrings, for [`VhostUserBackend::stop_vring`].
+    vrings: WorkerVrings,
 }
 
 thread_local! {
@@ -225,6 +230,7 @@ impl NetBackend {
             Mutex::new(CtrlQueue::new(opts.queue_pairs, acked.clone(), st))
         });
         let active = Mutex::new(opts.queue_pairs);
+        let vrings = WorkerVrings::new(usize::from(opts.queue_pairs));
         Ok(Self {
             opts,
             features,
@@ -236,7 +242,8 @@ impl NetBackend {
             stats,
             ctrl,
             active,
-            mem: RwLock::new(GuestMemoryAtomic::new(VhostMem::default())),
+            mem: BackendMemory::default(),
+            vrings,
         })
     }
 
@@ -341,7 +348,7 @@ impl NetBackend {
 
 impl VhostUserBackend for NetBackend {
     type Bitmap = ();
-    type Vring = VringRwLock<GuestMemoryAtomic<VhostMem>>;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         usize::from(self.vring_count())
@@ -403,7 +410,45 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<VhostMem>) -> io::Result<()> {
-        *self.mem.write().map_err(|_| io::Error::other("poisoned"))? = mem;
+        self.mem.set(mem)
+    }
+
+    /// GET_VRING_BASE: the transmit queue completes what it took; the receive queue publishes
+    /// what it owes and gives its reserved buffers back ([`RxPath::stop`]). The control
+    /// queue answers each request as it takes it.
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let index = usize::try_from(queue_index).unwrap_or(usize::MAX);
+        let pair = index / 2;
+        if pair >= usize::from(self.opts.queue_pairs) {
+            return Ok(());
+        }
+        let local = index % 2;
+        let Some(vring) = self.vrings.get(pair, local) else {
+            return Ok(()); // never served: nothing taken
+        };
+        let mem = self.mem.get()?;
+        let mut q = VringQueue::new(vring, &mem);
+        // The base is reported even if publishing failed: nothing is left to wait for.
+        if local == usize::from(RX_VRING) {
+            let mut rx = self.rx[pair]
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?;
+            if let Err(e) = rx.stop(&mut q) {
+                rx.stats().report_failure(&format!("rx{pair} stop"), &e);
+            }
+        } else {
+            let mut tx = self.tx[pair]
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?;
+            if let Err(e) = tx.settle(&mut q) {
+                tx.stats().report_failure(&format!("tx{pair} stop"), &e);
+            }
+        }
+        tracing::debug!(
+            queue_index,
+            next_avail = vring.queue_next_avail(),
+            "ring stopped"
+        );
         Ok(())
     }
 
@@ -434,12 +479,9 @@ impl VhostUserBackend for NetBackend {
                 crate::name_thread(&format!("net-q{thread_id}"));
             }
         });
-        let mem = self
-            .mem
-            .read()
-            .map_err(|_| io::Error::other("poisoned"))?
-            .clone();
+        let mem = self.mem.get()?;
         tracing::trace!(device_event, thread_id, "event");
+        self.vrings.remember(thread_id, vrings);
         let missing = || io::Error::other(format!("no queue pair for thread {thread_id}"));
         if device_event == RX_VRING || device_event == self.rx_completion_event() {
             let vring = vrings.get(usize::from(RX_VRING)).ok_or_else(missing)?;

@@ -78,6 +78,9 @@ pub struct RxPath {
     /// walked in, and a freed snapshot's address could be reused by its successor after a
     /// memory-table update.
     held_mem: Vec<Arc<dyn Any + Send + Sync>>,
+    /// How many of the held chains (the newest) were popped after the last chain answered at
+    /// once (a bad one): those can go back to the avail ring when the ring stops.
+    rewindable: usize,
     max_chains: usize,
     used: Vec<(u16, u32)>,
     features: Arc<AtomicU64>,
@@ -118,6 +121,7 @@ impl RxPath {
             held: Vec::new(),
             nheld: 0,
             held_mem: Vec::new(),
+            rewindable: 0,
             max_chains: usize::from(queue_size.max(1)),
             used: Vec::with_capacity(usize::from(queue_size.max(1))),
             features,
@@ -233,8 +237,12 @@ impl RxPath {
                 self.fault(head, &p);
                 QueueStats::inc(&self.stats.dropped);
                 self.used.push((head, 0));
+                self.rewindable = 0;
             }
-            None => self.nheld += 1,
+            None => {
+                self.nheld += 1;
+                self.rewindable += 1;
+            }
         }
     }
 
@@ -242,6 +250,7 @@ impl RxPath {
     fn consume_held(&mut self, k: usize) {
         self.held[..self.nheld].rotate_left(k);
         self.nheld -= k;
+        self.rewindable = self.rewindable.min(self.nheld);
         if self.nheld == 0 {
             self.held_mem.clear();
         }
@@ -437,6 +446,14 @@ impl RxPath {
             // Not a completion: a kick, which also restarts reading after an error.
             self.read_error = false;
         }
+        if !q.ready() {
+            // Stopped: its rings belong to the driver again; frames wait for the restart.
+            self.reap();
+            if !self.active {
+                self.drop_ready();
+            }
+            return Ok(());
+        }
         if !self.active {
             self.reap();
             self.drop_ready();
@@ -489,6 +506,31 @@ impl RxPath {
             }
             return Ok(());
         }
+    }
+
+    /// The frontend stops the ring (vhost-user GET_VRING_BASE, a device reset): publish every
+    /// answer owed, give the reserved receive chains back to the avail ring so the base the
+    /// frontend reads excludes them and nothing is written into them after the driver took
+    /// its buffers back, and drop the frames read but not delivered. Reads still outstanding
+    /// complete into the read slots; their frames go to the restarted ring.
+    ///
+    /// Held chains popped before a chain that was answered at once (a bad one, already on
+    /// the used ring) cannot be rewound past it: they are answered empty instead.
+    pub fn stop<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
+        let rewind = self.rewindable.min(self.nheld);
+        for c in &self.held[..self.nheld - rewind] {
+            self.used.push((c.head(), 0));
+        }
+        self.nheld = 0;
+        self.rewindable = 0;
+        self.held_mem.clear();
+        self.drop_ready();
+        let flushed = self.flush(q);
+        q.rewind(u16::try_from(rewind).unwrap_or(u16::MAX));
+        if rewind > 0 {
+            tracing::debug!(rewind, "rx: reserved buffers returned to the stopped ring");
+        }
+        flushed
     }
 
     /// Publish the used entries: a frame's buffers become visible to the driver together.

@@ -13,7 +13,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{RxPath, TxHandler, VnetHdr, TX_MAX_IOV, VNET_HDR_LEN};
@@ -924,4 +924,79 @@ fn header_roundtrip_and_validation() {
         super::tap::tun_offload_flags(1 << VIRTIO_NET_F_GUEST_TSO4),
         0
     );
+}
+
+/// Stop the receive ring as vhost-user GET_VRING_BASE does: marked not ready, then
+/// [`RxPath::stop`].
+fn stop_rx(h: &mut Harness) {
+    h.rxq.queue.set_ready(false);
+    h.rx.stop(&mut h.rxq).unwrap();
+}
+
+#[test]
+fn rx_stop_gives_reserved_buffers_back_and_a_reset_driver_gets_frames_in_its_new_ones() {
+    let mut h = Harness::new(base_features());
+    let marker = vec![0xa5u8; 2048];
+    for i in 0..4 {
+        h.mem.write_slice(&marker, GuestAddress(rx_buf(i))).unwrap();
+    }
+    h.post_rx_buffers(0..4, 2048);
+    h.rx.process(&mut h.rxq).unwrap();
+    assert!(h.rx.reading(), "buffers reserved, a read waits");
+    stop_rx(&mut h);
+    assert_eq!(
+        h.rxq.queue.next_avail(),
+        0,
+        "the ring base must exclude the reserved, unused buffers"
+    );
+    assert_eq!(h.rxv.pending_used(&h.mem), 0);
+    // A frame arriving while the ring is stopped goes nowhere near the driver's memory.
+    let pkt = packet(VnetHdr::default(), 300, 7);
+    h.peer_send(&pkt);
+    wait_readable(h.rx.completion_fd().as_raw_fd(), 1000);
+    h.rx.process(&mut h.rxq).unwrap();
+    assert_eq!(
+        h.rxv.pending_used(&h.mem),
+        0,
+        "used entry on a stopped ring"
+    );
+    // The driver resets: fresh rings (same place, zeroed) and new buffers elsewhere, whose
+    // descriptor indices start at 0 again.
+    h.mem
+        .write_slice(&vec![0u8; TXQ as usize], GuestAddress(RXQ))
+        .unwrap();
+    let (rxv, rq) = Vq::new(&h.mem, RXQ);
+    h.rxv = rxv;
+    h.rxq.queue = rq;
+    let fresh = rx_buf(32);
+    let head = h.rxv.add(&h.mem, &[w(fresh, 2048)]);
+    h.run_rx_until(1);
+    assert_eq!(h.rxv.used(&h.mem), (u32::from(head), pkt.len() as u32));
+    let mut got = vec![0u8; pkt.len()];
+    h.mem.read_slice(&mut got, GuestAddress(fresh)).unwrap();
+    assert_eq!(&got[VNET_HDR_LEN..], &pkt[VNET_HDR_LEN..]);
+    for i in 0..4 {
+        let mut old = vec![0u8; 2048];
+        h.mem.read_slice(&mut old, GuestAddress(rx_buf(i))).unwrap();
+        assert_eq!(
+            old, marker,
+            "buffer {i} of the old ring written after the stop"
+        );
+    }
+}
+
+#[test]
+fn rx_stop_answers_reserved_buffers_older_than_a_bad_chain_empty() {
+    let mut h = Harness::new(base_features());
+    let first = h.rxv.add(&h.mem, &[w(rx_buf(0), 2048)]);
+    let bad = h.rxv.add(&h.mem, &[r(rx_buf(1), 2048)]);
+    h.post_rx_buffers(2..4, 2048);
+    h.rx.process(&mut h.rxq).unwrap();
+    assert_eq!(h.rxv.used(&h.mem), (u32::from(bad), 0));
+    stop_rx(&mut h);
+    // The two buffers after the bad chain go back to the avail ring; the one before it
+    // cannot (rewinding past the answered chain would offer it twice): answered empty.
+    assert_eq!(h.rxq.queue.next_avail(), 2);
+    assert_eq!(h.rxv.used(&h.mem), (u32::from(first), 0));
+    assert_eq!(h.rxv.pending_used(&h.mem), 0);
 }
