@@ -389,6 +389,17 @@ mod tests {
         }
     }
 
+    /// Whether an engine's completion eventfd becomes readable within `ms` milliseconds.
+    fn completion_signalled(fd: &EventFd, ms: i32) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+    }
+
     #[test]
     fn kernel_submission_polling_finds_room_for_every_request() {
         // Under SQPOLL the kernel thread posts a batch's completions before it releases the
@@ -440,14 +451,10 @@ mod tests {
             engine.process(&mut q).unwrap();
             while mem.read_obj::<u16>(used.unchecked_add(2)).unwrap() != next_avail {
                 assert!(engine.inflight() > 0, "chains left in the avail ring");
-                let mut pfd = libc::pollfd {
-                    fd: engine.completion_fd().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
-                assert!(n != 0, "completion eventfd never signalled");
+                assert!(
+                    completion_signalled(engine.completion_fd(), 5000),
+                    "completion eventfd never signalled"
+                );
                 engine.process(&mut q).unwrap();
             }
         }
@@ -556,15 +563,8 @@ mod tests {
             (engine.inflight(), used_idx(), q.queue.next_avail()),
             (0, 2, 2)
         );
-        let mut pfd = libc::pollfd {
-            fd: engine.completion_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
-        assert_eq!(
-            ready, 0,
+        assert!(
+            !completion_signalled(engine.completion_fd(), 0),
             "completion eventfd left readable on a stopped ring"
         );
     }
