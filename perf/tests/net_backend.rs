@@ -93,11 +93,23 @@ fn generator_frames_reach_the_tap_and_come_back() {
             // The generator sleeps until notified: a backend that never signalled would leave
             // it to its 100 ms timeouts.
             assert!(r.counts.notifications > 0, "{r:?}");
+            // CPU per frame: the backend process's own share (it moved every frame) and the
+            // generator's on top of it.
+            let (total, device) = (
+                r.cpu_ns_per_frame.unwrap(),
+                r.device_cpu_ns_per_frame.unwrap(),
+            );
+            assert!(device > 0.0 && total > device, "{r:?}");
         }
     }
     let runs = bench.run_raw(tap, FrameKind::Tso, 0).expect("raw");
     check_tx(&runs[0], FrameKind::Tso);
     check_rx(&runs[1], FrameKind::Tso);
+    // Raw has no generator: its one thread is the frame mover.
+    for r in &runs {
+        assert!(r.cpu_ns_per_frame.unwrap() > 0.0, "{r:?}");
+        assert_eq!(r.cpu_ns_per_frame, r.device_cpu_ns_per_frame, "{r:?}");
+    }
 }
 
 #[test]

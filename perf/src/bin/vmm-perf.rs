@@ -739,7 +739,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
         wake_ns / 1000.0
     );
     println!(
-        "{:<8} {:<5} {:<3} {:>9} {:>9} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "{:<8} {:<5} {:<3} {:>9} {:>9} {:>12} {:>10} {:>10} {:>10} {:>10} {:>8}",
         "frame",
         "path",
         "dir",
@@ -749,6 +749,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
         "tap",
         "tap drop",
         "cpu ns/f",
+        "dev ns/f",
         "notified"
     );
     let row = |r: &NetRun| {
@@ -757,7 +758,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
             Direction::Rx => (r.tap.tx_packets, r.tap.tx_dropped),
         };
         println!(
-            "{:<8} {:<5} {:<3} {:>9.3} {:>9.2} {:>12} {:>10} {:>10} {:>10.0} {:>8}",
+            "{:<8} {:<5} {:<3} {:>9.3} {:>9.2} {:>12} {:>10} {:>10} {:>10.0} {:>10.0} {:>8}",
             r.frame.name(),
             match r.path {
                 Path::Ours => "ours",
@@ -773,6 +774,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
             tap,
             drop,
             r.cpu_ns_per_frame.unwrap_or(f64::NAN),
+            r.device_cpu_ns_per_frame.unwrap_or(f64::NAN),
             r.counts.notifications
         );
     };
@@ -825,6 +827,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
     };
     let mut medians = Vec::new();
     let mut ratios = Vec::new();
+    let mut device_rows = Vec::new();
     for &kind in &kinds {
         let m = |p, d| net::median(&runs, p, d, kind);
         let (otx, rtx) = (m(Path::Ours, Direction::Tx), m(Path::Raw, Direction::Tx));
@@ -833,8 +836,9 @@ fn net(a: NetArgs) -> perf::Result<()> {
             net::paired_ratio(&runs, Direction::Tx, kind),
             net::paired_ratio(&runs, Direction::Rx, kind),
         );
-        let cpu = |p, d| net::median_cpu(&runs, p, d, kind);
-        let cpu_cell = |d| {
+        let cpu = |p, d| net::median_cpu(&runs, p, d, kind, |r| r.cpu_ns_per_frame);
+        let device_cpu = |p, d| net::median_cpu(&runs, p, d, kind, |r| r.device_cpu_ns_per_frame);
+        let cpu_cell = |d, cpu: &dyn Fn(Path, Direction) -> Option<f64>| {
             let (o, r) = (cpu(Path::Ours, d), cpu(Path::Raw, d));
             format!(
                 "{} / {} ({})",
@@ -849,12 +853,18 @@ fn net(a: NetArgs) -> perf::Result<()> {
             rate(otx),
             rate(rtx),
             fmt(tx_ratio, 2),
-            cpu_cell(Direction::Tx),
+            cpu_cell(Direction::Tx, &cpu),
             rate(orx),
             rate(rrx),
             fmt(rx_ratio, 2),
-            cpu_cell(Direction::Rx),
+            cpu_cell(Direction::Rx, &cpu),
         );
+        device_rows.push(format!(
+            "| {} | {} | {} |",
+            kind.name(),
+            cpu_cell(Direction::Tx, &device_cpu),
+            cpu_cell(Direction::Rx, &device_cpu)
+        ));
         medians.extend([otx, rtx, orx, rrx].into_iter().flatten().cloned());
         ratios.push(serde_json::json!({
             "frame": kind, "tx_ours_over_raw": tx_ratio, "rx_ours_over_raw": rx_ratio,
@@ -862,7 +872,18 @@ fn net(a: NetArgs) -> perf::Result<()> {
             "tx_cpu_ns_per_frame_raw": cpu(Path::Raw, Direction::Tx),
             "rx_cpu_ns_per_frame_ours": cpu(Path::Ours, Direction::Rx),
             "rx_cpu_ns_per_frame_raw": cpu(Path::Raw, Direction::Rx),
+            "tx_device_cpu_ns_per_frame_ours": device_cpu(Path::Ours, Direction::Tx),
+            "rx_device_cpu_ns_per_frame_ours": device_cpu(Path::Ours, Direction::Rx),
         }));
+    }
+    println!();
+    println!(
+        "CPU ns/frame of the frame mover alone: the backend process (the generator, which plays the guest's driver, left out) vs the raw thread:"
+    );
+    println!("| frame | TX backend / raw (raw/backend) | RX backend / raw (raw/backend) |");
+    println!("|---|---|---|");
+    for row in &device_rows {
+        println!("{row}");
     }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())

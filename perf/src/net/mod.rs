@@ -97,6 +97,10 @@ pub struct NetRun {
     /// CPU time per frame in ns: backend process + generator thread (ours), the raw
     /// thread (raw). Machine-noise independent, unlike the rates.
     pub cpu_ns_per_frame: Option<f64>,
+    /// CPU time per frame in ns of the frame mover alone: the backend process (ours, without
+    /// the generator, which plays the guest's driver and in a VM runs on the guest's vCPU),
+    /// the raw thread (raw).
+    pub device_cpu_ns_per_frame: Option<f64>,
 }
 
 impl NetRun {
@@ -109,7 +113,8 @@ impl NetRun {
         } = phase;
         let per_frame = |c: Duration| c.as_nanos() as f64 / counts.frames.max(1) as f64;
         NetRun {
-            cpu_ns_per_frame: cpu.map(per_frame),
+            cpu_ns_per_frame: cpu.map(|c| per_frame(c.total)),
+            device_cpu_ns_per_frame: cpu.map(|c| per_frame(c.device)),
             path,
             direction,
             frame,
@@ -128,7 +133,16 @@ struct Phase {
     counts: Counts,
     tap: TapCounters,
     injected: Option<u64>,
-    cpu: Option<Duration>,
+    cpu: Option<CpuUse>,
+}
+
+/// CPU time one phase used on our side.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    /// Backend process + generator thread (ours), the raw thread (raw).
+    total: Duration,
+    /// The backend process (ours), the raw thread (raw).
+    device: Duration,
 }
 
 /// Benchmark settings.
@@ -311,11 +325,20 @@ impl CpuMeter {
         }
     }
 
-    fn used(&self) -> Option<Duration> {
+    fn used(&self) -> Option<CpuUse> {
         let thread = thread_cpu().saturating_sub(self.thread);
         match (self.pid, self.process) {
-            (None, _) => Some(thread),
-            (Some(pid), Some(before)) => Some(thread + process_cpu(pid)?.saturating_sub(before)),
+            (None, _) => Some(CpuUse {
+                total: thread,
+                device: thread,
+            }),
+            (Some(pid), Some(before)) => {
+                let backend = process_cpu(pid)?.saturating_sub(before);
+                Some(CpuUse {
+                    total: thread + backend,
+                    device: backend,
+                })
+            }
             (Some(_), None) => None,
         }
     }
@@ -359,17 +382,19 @@ pub fn paired_ratio(runs: &[NetRun], direction: Direction, frame: FrameKind) -> 
     median_of(ratios)
 }
 
-/// Median CPU time per frame (ns) of `path`/`direction`/`frame` over all repetitions.
+/// Median over all repetitions of `path`/`direction`/`frame` of a per-frame CPU figure
+/// (`cpu`: [`NetRun::cpu_ns_per_frame`] or [`NetRun::device_cpu_ns_per_frame`]).
 pub fn median_cpu(
     runs: &[NetRun],
     path: Path,
     direction: Direction,
     frame: FrameKind,
+    cpu: fn(&NetRun) -> Option<f64>,
 ) -> Option<f64> {
     median_of(
         runs.iter()
             .filter(|r| r.path == path && r.direction == direction && r.frame == frame)
-            .filter_map(|r| r.cpu_ns_per_frame)
+            .filter_map(cpu)
             .collect(),
     )
 }
@@ -421,6 +446,42 @@ mod tests {
         assert_eq!(
             paired_ratio(&runs, Direction::Tx, FrameKind::Small),
             Some(0.5)
+        );
+    }
+
+    #[test]
+    fn cpu_per_frame_splits_the_frame_mover_from_the_generator() {
+        let run = |frames: u64, total_ms: u64, device_ms: u64| {
+            NetRun::new(
+                Path::Ours,
+                Direction::Rx,
+                FrameKind::Tso,
+                0,
+                Phase {
+                    counts: Counts {
+                        frames,
+                        ..Counts::default()
+                    },
+                    tap: TapCounters::default(),
+                    injected: None,
+                    cpu: Some(CpuUse {
+                        total: Duration::from_millis(total_ms),
+                        device: Duration::from_millis(device_ms),
+                    }),
+                },
+            )
+        };
+        // 1000 frames in 20 ms of CPU, 15 of them the backend's: 20 and 15 µs per frame.
+        let runs = [run(1000, 20, 15), run(1000, 30, 24), run(2000, 30, 20)];
+        assert_eq!(runs[0].cpu_ns_per_frame, Some(20_000.0));
+        assert_eq!(runs[0].device_cpu_ns_per_frame, Some(15_000.0));
+        let median = |cpu| median_cpu(&runs, Path::Ours, Direction::Rx, FrameKind::Tso, cpu);
+        assert_eq!(median(|r| r.cpu_ns_per_frame), Some(20_000.0));
+        assert_eq!(median(|r| r.device_cpu_ns_per_frame), Some(15_000.0));
+        assert_eq!(
+            median_cpu(&runs, Path::Raw, Direction::Rx, FrameKind::Tso, |r| r
+                .cpu_ns_per_frame),
+            None
         );
     }
 }
