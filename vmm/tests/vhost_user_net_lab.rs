@@ -24,7 +24,7 @@ fn our_backend() -> PathBuf {
 /// ring indices at debug level, which tells a missed kick from a missed interrupt if a
 /// transfer stalls (each iperf3 run is bounded by `timeout 60`, so a stall ends the guest
 /// script instead of the lab run).
-const VMM_LOG: &str = "vmm=info,vmm::devices::virtio::pci=debug";
+const VMM_LOG: &str = "vmm=info,vmm::devices::virtio::transport::pci=debug";
 
 /// Boot a guest running the shell script `guest` with this VMM in a lab host whose tap0
 /// (10.0.0.1/24) is served by our backend (`vhost-user-net --socket /tmp/vn.sock --tap tap0

@@ -4,6 +4,7 @@
 pub mod bar_map;
 pub mod bus;
 pub mod config;
+pub mod msix;
 
 pub use bus::{PciBus, PciConfigIo, PciEcam};
 pub use config::PciConfig;

@@ -10,9 +10,9 @@ use vm_memory::GuestMemoryMmap;
 
 use super::ctrl::{Controller, Interrupts, DOORBELL_BASE};
 use crate::devices::bus::{lock, BusDevice};
-use crate::devices::virtio::msix::{MsixTable, MSIX_CAP_ID};
 use crate::pci::bar_map::BarMapping;
 use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
+use crate::pci::msix::{MsixTable, MSIX_CAP_ID};
 use crate::pci::PciDevice;
 use crate::vstate::vcpu::IoBuses;
 

@@ -1,29 +1,24 @@
-//! Virtio devices: the modern (virtio 1.x) PCI transport, MSI-X, and the
-//! vhost-user-blk frontend that hands the data path to an external backend.
+//! Virtio devices, in three tiers that share one transport:
 //!
-//! `common_cfg` and `queue` hold the register logic a guest drives (pure, unit
-//! tested), `msix` the MSI-X table, `pci` ties them to a PCI function with a
-//! BAR, ioeventfds and irqfds, and `vhost_user_blk` is the device behind it.
+//! * [`transport`] — the virtio-pci modern transport the guest driver sees
+//!   (common configuration, queue registers, BAR, MSI-X, ioeventfds, irqfds);
+//! * [`vhost_user`] — devices whose queues an external vhost-user backend
+//!   serves (the frontend link, blk, net, reply deadline, hangup monitor);
+//! * [`local`] — devices whose queues VMM threads serve (in-VMM blk and net).
+//!
+//! This module holds what they share: status bits, errors, the
+//! [`VirtioBackend`] trait a device implements and the [`Activation`] it gets.
 
-pub mod blk;
-pub mod common_cfg;
-pub mod monitor;
-pub mod msix;
-pub mod net;
-pub mod pci;
-pub mod queue;
-pub mod reply_deadline;
+pub mod local;
+pub mod transport;
 pub mod vhost_user;
-pub mod vhost_user_blk;
-pub mod vhost_user_net;
 
 use std::os::fd::RawFd;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use pci::VirtioPciDevice;
-pub use queue::QueueState;
+pub use transport::{QueueState, VirtioPciDevice};
 
 /// Device status bits (virtio 1.x §2.1).
 pub mod status {

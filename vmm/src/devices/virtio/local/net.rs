@@ -24,9 +24,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::vhost_user_net::{NET_CONFIG_LEN, VIRTIO_ID_NET};
-use super::{Activation, QueueState, VirtioBackend, VirtioError};
 use crate::config::TapNetConfig;
+use crate::devices::virtio::vhost_user::net::{NET_CONFIG_LEN, VIRTIO_ID_NET};
+use crate::devices::virtio::{Activation, QueueState, VirtioBackend, VirtioError};
 
 type TxEngine = Engine<TxHandler, GuestMemoryMmap>;
 
@@ -405,7 +405,7 @@ mod tests {
         ] {
             assert_ne!(f & (1 << bit), 0, "bit {bit}");
         }
-        assert_ne!(f & super::super::VIRTIO_F_VERSION_1, 0);
+        assert_ne!(f & crate::devices::virtio::VIRTIO_F_VERSION_1, 0);
         for bit in [VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ] {
             assert_eq!(f & (1 << bit), 0, "bit {bit}");
         }
@@ -456,7 +456,7 @@ mod tests {
         let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let kicks = [evt(), evt()];
         let calls = [evt(), evt()];
-        let acked = super::super::VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF;
+        let acked = crate::devices::virtio::VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF;
         d.activate(Activation {
             acked_features: acked,
             queues: &queues,

@@ -1,4 +1,4 @@
-//! virtio-net served by an external vhost-user backend: like [`super::vhost_user_blk`],
+//! virtio-net served by an external vhost-user backend: like [`super::blk`],
 //! this side only negotiates, shares guest memory and hands the backend the rings and
 //! kick/call eventfds; frames never pass through the VMM.
 //!
@@ -16,9 +16,9 @@ use std::os::fd::RawFd;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use virtio_bindings::virtio_net::*;
 
-use super::vhost_user::{read_config, vhost_err, VhostUserLink};
-use super::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
+use super::link::{read_config, vhost_err, VhostUserLink};
 use crate::config::VhostUserNetConfig;
+use crate::devices::virtio::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
 
 /// Virtio device ID of a network card.
 pub const VIRTIO_ID_NET: u16 = 1;

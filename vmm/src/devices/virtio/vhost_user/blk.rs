@@ -9,9 +9,9 @@ use std::path::Path;
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 
-use super::vhost_user::{read_config, vhost_err, VhostUserLink};
-use super::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
+use super::link::{read_config, vhost_err, VhostUserLink};
 use crate::config::DiskConfig;
+use crate::devices::virtio::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
 
 /// Virtio device ID of a block device.
 pub const VIRTIO_ID_BLOCK: u16 = 2;

@@ -11,11 +11,11 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::common_cfg::{CommonCfg, CommonEvent, COMMON_CFG_LEN};
-use super::msix::{MsixRoutes, MsixTable, MSIX_CAP_ID};
-use super::{Activation, VirtioBackend, VirtioError, NO_VECTOR};
 use crate::devices::bus::{lock, BusDevice};
+use crate::devices::virtio::{status, Activation, VirtioBackend, VirtioError, NO_VECTOR};
 use crate::pci::bar_map::BarMapping;
 use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
+use crate::pci::msix::{MsixRoutes, MsixTable, MSIX_CAP_ID};
 use crate::pci::PciDevice;
 use crate::vstate::interrupts::IrqRouting;
 use crate::vstate::vcpu::IoBuses;
@@ -236,7 +236,7 @@ impl VirtioPciDevice {
 
     /// Whether the driver has been told the device needs a reset.
     pub fn needs_reset(&self) -> bool {
-        self.common.status & super::status::DEVICE_NEEDS_RESET != 0
+        self.common.status & status::DEVICE_NEEDS_RESET != 0
     }
 
     /// Binds each interrupt source's eventfd to the GSI of its vector when

@@ -23,8 +23,8 @@ use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::vhost_user_blk::VIRTIO_ID_BLOCK;
-use super::{Activation, QueueState, VirtioBackend, VirtioError};
+use crate::devices::virtio::vhost_user::blk::VIRTIO_ID_BLOCK;
+use crate::devices::virtio::{Activation, QueueState, VirtioBackend, VirtioError};
 
 const VIRTIO_BLK_F_MQ: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
 
