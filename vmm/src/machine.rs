@@ -32,7 +32,7 @@ use crate::devices::virtio::local::{InVmmBlk, InVmmNet};
 use crate::devices::virtio::transport::pci::BAR_SIZE;
 use crate::devices::virtio::vhost_user::monitor::HangupMonitor;
 use crate::devices::virtio::vhost_user::{VhostUserBlk, VhostUserNet};
-use crate::devices::virtio::{VirtioBackend, VirtioError, VirtioPciDevice};
+use crate::devices::virtio::{VirtioDevice, VirtioError, VirtioPciDevice};
 use crate::error::Error;
 use crate::layout;
 use crate::memory::{self, GuestRam};
@@ -127,9 +127,9 @@ impl Machine {
         let mut disks = Vec::new();
         let mut monitors = Vec::new();
         let mut nvmes = Vec::new();
-        let mut backends: Vec<(Box<dyn VirtioBackend>, String)> = Vec::new();
+        let mut backends: Vec<(Box<dyn VirtioDevice>, String)> = Vec::new();
         for (i, disk) in cfg.disks.iter().enumerate() {
-            let backend: Box<dyn VirtioBackend> = match &disk.backend {
+            let backend: Box<dyn VirtioDevice> = match &disk.backend {
                 DiskBackend::VhostUser { socket } => {
                     Box::new(VhostUserBlk::connect(socket, disk, i)?)
                 }

@@ -7,7 +7,7 @@
 //! * [`local`] — devices whose queues VMM threads serve (in-VMM blk and net).
 //!
 //! This module holds what they share: status bits, errors, the
-//! [`VirtioBackend`] trait a device implements and the [`Activation`] it gets.
+//! [`VirtioDevice`] trait a device implements and the [`Activation`] it gets.
 
 pub mod local;
 pub mod transport;
@@ -106,7 +106,7 @@ pub enum VirtioError {
     NoBarSpace(u64),
 }
 
-/// What a device backend gets when the driver sets DRIVER_OK.
+/// What a device gets when the driver sets DRIVER_OK.
 pub struct Activation<'a> {
     /// Features the driver acknowledged.
     pub acked_features: u64,
@@ -120,8 +120,9 @@ pub struct Activation<'a> {
     pub mem: &'a GuestMemoryMmap,
 }
 
-/// A virtio device model behind the PCI transport.
-pub trait VirtioBackend: Send {
+/// A virtio device model behind the PCI transport: the transport drives it;
+/// a vhost-user backend or VMM threads serve its queues.
+pub trait VirtioDevice: Send {
     /// Virtio device ID (2 = block); the PCI device ID is 0x1040 + this.
     fn device_type(&self) -> u16;
     /// Features offered to the guest.

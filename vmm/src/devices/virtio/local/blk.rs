@@ -24,7 +24,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio::vhost_user::blk::VIRTIO_ID_BLOCK;
-use crate::devices::virtio::{Activation, QueueState, VirtioBackend, VirtioError};
+use crate::devices::virtio::{Activation, QueueState, VirtioDevice, VirtioError};
 
 const VIRTIO_BLK_F_MQ: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
 
@@ -215,7 +215,7 @@ fn serve(
     }
 }
 
-impl VirtioBackend for InVmmBlk {
+impl VirtioDevice for InVmmBlk {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_BLOCK
     }

@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::TapNetConfig;
 use crate::devices::virtio::vhost_user::net::{NET_CONFIG_LEN, VIRTIO_ID_NET};
-use crate::devices::virtio::{Activation, QueueState, VirtioBackend, VirtioError};
+use crate::devices::virtio::{Activation, QueueState, VirtioDevice, VirtioError};
 
 type TxEngine = Engine<TxHandler, GuestMemoryMmap>;
 
@@ -261,7 +261,7 @@ impl Pair {
     }
 }
 
-impl VirtioBackend for InVmmNet {
+impl VirtioDevice for InVmmNet {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_NET
     }

@@ -4,7 +4,7 @@
 //! `common_cfg` and `queue` hold the register logic the driver programs (pure,
 //! unit tested); `pci` ties them to a PCI function with one BAR, MSI-X,
 //! ioeventfds for queue notifies and irqfds for interrupts, and hands the
-//! queues to a [`VirtioDevice`](super::VirtioBackend) at DRIVER_OK.
+//! queues to a [`VirtioDevice`](super::VirtioDevice) at DRIVER_OK.
 
 pub mod common_cfg;
 pub mod pci;

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::common_cfg::{CommonCfg, CommonEvent, COMMON_CFG_LEN};
 use crate::devices::bus::{lock, BusDevice};
-use crate::devices::virtio::{status, Activation, VirtioBackend, VirtioError, NO_VECTOR};
+use crate::devices::virtio::{status, Activation, VirtioDevice, VirtioError, NO_VECTOR};
 use crate::pci::bar_map::BarMapping;
 use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
 use crate::pci::msix::{MsixRoutes, MsixTable, MSIX_CAP_ID};
@@ -66,7 +66,7 @@ pub struct VirtioPciDevice {
     msix: MsixTable,
     routes: MsixRoutes,
     isr: u8,
-    backend: Box<dyn VirtioBackend>,
+    device: Box<dyn VirtioDevice>,
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
     config_evt: EventFd,
@@ -85,21 +85,21 @@ fn eventfd() -> Result<EventFd, VirtioError> {
 }
 
 impl VirtioPciDevice {
-    /// Wraps `backend` in a PCI function whose BAR starts at `bar_addr` and
+    /// Wraps `device` in a PCI function whose BAR starts at `bar_addr` and
     /// maps the BAR (MMIO bus range and ioeventfds).
     pub fn new(
-        backend: Box<dyn VirtioBackend>,
+        device: Box<dyn VirtioDevice>,
         vm: Arc<VmFd>,
         routing: Arc<IrqRouting>,
         buses: Arc<IoBuses>,
         mem: GuestMemoryMmap,
         bar_addr: u64,
     ) -> Result<Arc<Mutex<Self>>, VirtioError> {
-        let nq = backend.num_queues();
+        let nq = device.num_queues();
         let vectors = nq + 1;
         let mut config = PciConfig::new(PciIds {
             vendor: 0x1af4,
-            device: 0x1040 + backend.device_type(),
+            device: 0x1040 + device.device_type(),
             class: 0x01_80_00,
             revision: 1,
             subsystem_vendor: 0x1af4,
@@ -144,7 +144,7 @@ impl VirtioPciDevice {
         let calls = (0..nq).map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
         let config_evt = eventfd()?;
         let routes = MsixRoutes::new(routing, vectors)?;
-        let common = CommonCfg::new(backend.features(), nq, backend.queue_max_size(), vectors);
+        let common = CommonCfg::new(device.features(), nq, device.queue_max_size(), vectors);
         let fields = |self_ref| Self {
             config,
             bar,
@@ -154,7 +154,7 @@ impl VirtioPciDevice {
             msix,
             routes,
             isr: 0,
-            backend,
+            device,
             kicks,
             calls,
             config_evt,
@@ -172,21 +172,21 @@ impl VirtioPciDevice {
 
     /// A name for logs.
     pub fn name(&self) -> String {
-        self.backend.name()
+        self.device.name()
     }
 
     /// The descriptor whose hangup means the backend is gone.
     pub fn hangup_fd(&self) -> Option<RawFd> {
-        self.backend.hangup_fd()
+        self.device.hangup_fd()
     }
 
     /// The backend went away: DEVICE_NEEDS_RESET and a config interrupt.
     pub fn backend_lost(&mut self) {
         tracing::error!(
             "{}: backend disconnected; device marked DEVICE_NEEDS_RESET",
-            self.backend.name()
+            self.device.name()
         );
-        self.backend.disconnected();
+        self.device.disconnected();
         self.fail();
     }
 
@@ -194,17 +194,17 @@ impl VirtioPciDevice {
         self.common.set_needs_reset();
         self.isr |= ISR_CONFIG;
         if let Err(e) = self.config_evt.write(1) {
-            tracing::warn!("{}: config interrupt: {e}", self.backend.name());
+            tracing::warn!("{}: config interrupt: {e}", self.device.name());
         }
     }
 
     /// Stops the data path (VMM exit).
     pub fn shutdown(&mut self) {
         self.log_rings("exit");
-        self.backend.reset();
+        self.device.reset();
         tracing::info!(
             "{}: stopped; {} queue notifies went through the VMM",
-            self.backend.name(),
+            self.device.name(),
             self.slow_notifies
         );
     }
@@ -215,7 +215,7 @@ impl VirtioPciDevice {
         if !tracing::enabled!(tracing::Level::DEBUG) {
             return;
         }
-        let name = self.backend.name();
+        let name = self.device.name();
         for (i, q) in self.common.queues.iter().enumerate() {
             if !q.ready {
                 continue;
@@ -288,8 +288,8 @@ impl VirtioPciDevice {
     fn on_common_event(&mut self, ev: CommonEvent) {
         match ev {
             CommonEvent::Reset => {
-                tracing::debug!("{}: reset by the driver", self.backend.name());
-                self.backend.reset();
+                tracing::debug!("{}: reset by the driver", self.device.name());
+                self.device.reset();
                 self.isr = 0;
                 self.sync_irqfds();
             }
@@ -302,10 +302,10 @@ impl VirtioPciDevice {
                     calls: &self.calls,
                     mem: &self.mem,
                 };
-                match self.backend.activate(act) {
-                    Ok(()) => tracing::info!("{}: data path started", self.backend.name()),
+                match self.device.activate(act) {
+                    Ok(()) => tracing::info!("{}: data path started", self.device.name()),
                     Err(e) => {
-                        tracing::error!("{}: cannot start: {e}", self.backend.name());
+                        tracing::error!("{}: cannot start: {e}", self.device.name());
                         self.fail();
                     }
                 }
@@ -340,7 +340,7 @@ impl VirtioPciDevice {
                     );
                 }
             }
-            tracing::debug!("{}: BAR at {new:#x}", self.backend.name());
+            tracing::debug!("{}: BAR at {new:#x}", self.device.name());
         }
     }
 }
@@ -416,7 +416,7 @@ impl BusDevice for VirtioPciDevice {
                     self.isr = 0;
                 }
             }
-            DEVICE_OFFSET => self.backend.read_config(off, data),
+            DEVICE_OFFSET => self.device.read_config(off, data),
             MSIX_TABLE_OFFSET => self.msix.read_table(off, data),
             MSIX_PBA_OFFSET => {
                 let msix = &self.msix;
@@ -437,7 +437,7 @@ impl BusDevice for VirtioPciDevice {
                     self.on_common_event(ev);
                 }
             }
-            DEVICE_OFFSET => self.backend.write_config(off, data),
+            DEVICE_OFFSET => self.device.write_config(off, data),
             NOTIFY_OFFSET => {
                 // Only reached when the ioeventfd is not registered: the
                 // data path is going through the VMM, which it must not.
@@ -447,7 +447,7 @@ impl BusDevice for VirtioPciDevice {
                     if self.slow_notifies == 1 {
                         tracing::warn!(
                             "{}: queue {q} notify reached the VMM (no ioeventfd)",
-                            self.backend.name()
+                            self.device.name()
                         );
                     }
                     let _ = k.write(1);

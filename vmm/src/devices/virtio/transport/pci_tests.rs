@@ -5,7 +5,7 @@ use crate::devices::virtio::vhost_user::monitor::HangupMonitor;
 use crate::vstate::vm::Vm;
 
 struct Fake(Option<RawFd>);
-impl VirtioBackend for Fake {
+impl VirtioDevice for Fake {
     fn device_type(&self) -> u16 {
         2
     }

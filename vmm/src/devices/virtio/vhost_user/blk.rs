@@ -11,7 +11,7 @@ use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 
 use super::link::{read_config, vhost_err, VhostUserLink};
 use crate::config::DiskConfig;
-use crate::devices::virtio::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
 
 /// Virtio device ID of a block device.
 pub const VIRTIO_ID_BLOCK: u16 = 2;
@@ -105,7 +105,7 @@ impl VhostUserBlk {
     }
 }
 
-impl VirtioBackend for VhostUserBlk {
+impl VirtioDevice for VhostUserBlk {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_BLOCK
     }

@@ -18,7 +18,7 @@ use virtio_bindings::virtio_net::*;
 
 use super::link::{read_config, vhost_err, VhostUserLink};
 use crate::config::VhostUserNetConfig;
-use crate::devices::virtio::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
 
 /// Virtio device ID of a network card.
 pub const VIRTIO_ID_NET: u16 = 1;
@@ -163,7 +163,7 @@ impl VhostUserNet {
     }
 }
 
-impl VirtioBackend for VhostUserNet {
+impl VirtioDevice for VhostUserNet {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_NET
     }
