@@ -101,9 +101,39 @@ pub enum VirtioError {
         #[source]
         source: backends::Error,
     },
+    /// The transport has no kick or call eventfd for a queue.
+    #[error("queue {queue}: no eventfd")]
+    MissingEventfd {
+        /// Queue index.
+        queue: usize,
+    },
+    /// The request engine of an in-VMM queue failed.
+    #[error("queue {queue}: request engine: {source}")]
+    Engine {
+        /// Queue index.
+        queue: usize,
+        /// What went wrong.
+        #[source]
+        source: backends::Error,
+    },
     /// No room for the BAR.
     #[error("no room for a {0:#x}-byte BAR in the 64-bit PCI window")]
     NoBarSpace(u64),
+}
+
+/// A driver read of `data.len()` bytes at `offset` in the device-specific
+/// configuration `config`: out-of-range (or wrapping) reads return zeros.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = start
+        .checked_add(data.len())
+        .and_then(|end| config.get(start..end))
+    {
+        data.copy_from_slice(src);
+    }
 }
 
 /// What a device gets when the driver sets DRIVER_OK.
@@ -141,7 +171,9 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// A descriptor whose hangup means the backend is gone (watched by a
     /// monitor thread), if the device has one.
-    fn hangup_fd(&self) -> Option<RawFd>;
+    fn hangup_fd(&self) -> Option<RawFd> {
+        None
+    }
     /// The backend connection is gone: stop talking to it.
     fn disconnected(&mut self) {}
     /// A short name for logs (`vhost-user-blk0 /tmp/vu.sock`).

@@ -4,6 +4,7 @@
 
 pub mod blk;
 pub mod net;
+mod queue_thread;
 
 pub use blk::InVmmBlk;
 pub use net::InVmmNet;

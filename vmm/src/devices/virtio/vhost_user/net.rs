@@ -18,7 +18,9 @@ use virtio_bindings::virtio_net::*;
 
 use super::link::{read_config, vhost_err, VhostUserLink};
 use crate::config::VhostUserNetConfig;
-use crate::devices::virtio::{Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    read_config_bytes, Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
+};
 
 /// Virtio device ID of a network card.
 pub const VIRTIO_ID_NET: u16 = 1;
@@ -181,14 +183,7 @@ impl VirtioDevice for VhostUserNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let start = offset as usize;
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| self.config.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
