@@ -15,8 +15,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{BarInfo, BarKind, ConfigModel, MsiConfig, MsixCap, WriteAction, LEGACY_REGS};
 use crate::context::VfioContext;
 use crate::error::{Result, VfioError};
-use crate::msix::{MsiMessage, MsixTable};
 use crate::sysfs::CheckedDevice;
+use pci::msix::MsixTable;
+use pci::MsiMessage;
 
 const PAGE: u64 = 4096;
 
@@ -158,8 +159,11 @@ impl VfioPciDevice {
             .device
             .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
             .map_or(0, |i| i.count);
-        let n = usize::from(cap.table_size).min(irq_count as usize);
-        let mut vectors = Vec::with_capacity(n);
+        let n = cap
+            .body
+            .table_size
+            .min(u16::try_from(irq_count).unwrap_or(u16::MAX));
+        let mut vectors = Vec::with_capacity(usize::from(n));
         for _ in 0..n {
             match new_vector(self.ops.as_ref()) {
                 Ok(v) => vectors.push(v),
@@ -240,11 +244,12 @@ impl VfioPciDevice {
             .unwrap_or_else(|| vec![(0, bar.size)]);
         let mut holes = Vec::new();
         if let Some(m) = &self.msix {
-            if m.cap.table_bar == bar.index {
-                holes.push(page_span(m.cap.table_offset, m.cap.table_len()));
+            let c = m.cap.body;
+            if c.table_bar == bar.index {
+                holes.push(page_span(c.table_offset, c.table_len()));
             }
-            if m.cap.pba_bar == bar.index {
-                holes.push(page_span(m.cap.pba_offset, m.cap.pba_len()));
+            if c.pba_bar == bar.index {
+                holes.push(page_span(c.pba_offset, c.pba_len()));
             }
         }
         for hole in holes {
@@ -362,21 +367,21 @@ impl VfioPciDevice {
             m.on_device = false;
         }
         tracing::debug!(bdf = %self.bdf, ctrl = format_args!("{ctrl:#x}"), "MSI-X control");
-        for v in 0..m.vectors.len() {
+        for v in 0..m.table.len() {
             self.sync_vector(v);
         }
     }
 
     /// Brings MSI-X vector `v` in line with the guest's table.
-    fn sync_vector(&mut self, v: usize) {
+    fn sync_vector(&mut self, v: u16) {
         let Some(m) = self.msix.as_mut() else { return };
         let active = if m.on_device {
             m.table.active_message(v)
         } else {
             None
         };
-        if let Some(vec) = m.vectors.get_mut(v) {
-            sync_route(self.ops.as_ref(), &self.bdf, v, vec, active);
+        if let Some(vec) = m.vectors.get_mut(usize::from(v)) {
+            sync_route(self.ops.as_ref(), &self.bdf, usize::from(v), vec, active);
         }
     }
 
@@ -440,15 +445,18 @@ impl VfioPciDevice {
             return;
         };
         if let Some(m) = &self.msix {
-            let c = m.cap;
+            let c = m.cap.body;
             if c.table_bar == index && in_range(offset, data.len(), c.table_offset, c.table_len()) {
-                m.table.read(offset - c.table_offset, data);
+                // Malformed accesses read as all-ones, like a missing device.
+                if !m.table.read_table(offset - c.table_offset, data) {
+                    data.fill(0xff);
+                }
                 return;
             }
             if c.pba_bar == index && in_range(offset, data.len(), c.pba_offset, c.pba_len()) {
                 // Pending bits live in the eventfds of masked vectors; the
                 // model does not report them (Linux does not read the PBA).
-                data.fill(0);
+                m.table.read_pba(offset - c.pba_offset, data, |_| false);
                 return;
             }
         }
@@ -465,9 +473,9 @@ impl VfioPciDevice {
             return;
         };
         if let Some(m) = self.msix.as_mut() {
-            let c = m.cap;
+            let c = m.cap.body;
             if c.table_bar == index && in_range(offset, data.len(), c.table_offset, c.table_len()) {
-                for v in m.table.write(offset - c.table_offset, data) {
+                if let Some(v) = m.table.write_table(offset - c.table_offset, data) {
                     self.sync_vector(v);
                 }
                 return;

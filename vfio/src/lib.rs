@@ -14,9 +14,8 @@ pub use sysfs::{check_device, check_devices, CheckedDevice};
 pub mod config;
 pub mod context;
 pub mod device;
-pub mod msix;
 
 pub use config::{BarInfo, BarKind};
 pub use context::VfioContext;
 pub use device::{OpsError, VfioPciDevice, VmmOps};
-pub use msix::MsiMessage;
+pub use pci::MsiMessage;

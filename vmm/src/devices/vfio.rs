@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::layout;
 use crate::memory::GuestRam;
 use crate::pci::{PciBus, PciDevice};
-use crate::vstate::interrupts::{self, IrqRouting};
+use crate::vstate::interrupts::IrqRouting;
 use crate::vstate::vcpu::IoBuses;
 
 /// First KVM slot used for BAR mappings (guest RAM uses the low slots).
@@ -73,13 +73,8 @@ impl vfio::VmmOps for KvmOps {
     }
 
     fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), OpsError> {
-        let m = interrupts::MsiMessage {
-            address_lo: msg.address_lo,
-            address_hi: msg.address_hi,
-            data: msg.data,
-        };
         self.routing
-            .set_msi_route(gsi, m)
+            .set_msi_route(gsi, msg)
             .map_err(|e| e.to_string())
     }
 

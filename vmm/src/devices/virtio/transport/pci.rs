@@ -15,7 +15,7 @@ use crate::devices::bus::{lock, BusDevice};
 use crate::devices::virtio::{status, Activation, VirtioDevice, VirtioError, NO_VECTOR};
 use crate::pci::bar_map::BarMapping;
 use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
-use crate::pci::msix::{MsixRoutes, MsixTable, MSIX_CAP_ID};
+use crate::pci::msix::{MsixCapability, MsixRoutes, MsixTable, MSIX_CAP_ID};
 use crate::pci::PciDevice;
 use crate::vstate::interrupts::IrqRouting;
 use crate::vstate::vcpu::IoBuses;
@@ -112,8 +112,14 @@ impl VirtioPciDevice {
         };
         config.add_bar(bar, bar_addr);
         let msix = MsixTable::new(vectors);
-        let body =
-            msix.capability_body(BAR_INDEX, MSIX_TABLE_OFFSET as u32, MSIX_PBA_OFFSET as u32);
+        let body = MsixCapability {
+            table_size: vectors,
+            table_bar: usize::from(BAR_INDEX),
+            table_offset: MSIX_TABLE_OFFSET,
+            pba_bar: usize::from(BAR_INDEX),
+            pba_offset: MSIX_PBA_OFFSET,
+        }
+        .body();
         // Message control bits 14 (function mask) and 15 (enable) are writable.
         let msix_cap = config.add_capability(MSIX_CAP_ID, &body, &[0xc000_0000]);
         let caps = [
@@ -417,7 +423,9 @@ impl BusDevice for VirtioPciDevice {
                 }
             }
             DEVICE_OFFSET => self.device.read_config(off, data),
-            MSIX_TABLE_OFFSET => self.msix.read_table(off, data),
+            MSIX_TABLE_OFFSET => {
+                self.msix.read_table(off, data);
+            }
             MSIX_PBA_OFFSET => {
                 let msix = &self.msix;
                 msix.read_pba(off, data, |v| self.eventfd_pending(v));
