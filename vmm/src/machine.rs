@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use backends::net::Tap;
 use vm_allocator::{AddressAllocator, AllocPolicy};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -21,8 +22,8 @@ use crate::config::{
 use crate::devices::bus::lock;
 use crate::devices::e1000::nic::BAR_SIZE as E1000_BAR_SIZE;
 use crate::devices::e1000::pci::E1000PciDevice;
-use crate::devices::e1000::tap::{RxThread, Tap};
-use crate::devices::e1000::E1000;
+use crate::devices::e1000::tap::RxThread;
+use crate::devices::e1000::{NetError, E1000};
 use crate::devices::i8042::I8042;
 use crate::devices::nvme::{self, pci::BAR_SIZE as NVME_BAR_SIZE, NvmePciDevice};
 use crate::devices::power::AcpiPower;
@@ -276,8 +277,8 @@ impl Machine {
         pci: &Arc<Mutex<PciBus>>,
         mmio64: &mut AddressAllocator,
     ) -> Result<(Arc<Mutex<E1000PciDevice>>, RxThread), Error> {
-        let tap = Tap::open(&net.tap)?;
-        let reader = tap.try_clone().map_err(Error::Io)?;
+        let tap = Tap::open_plain(&net.tap).map_err(NetError::Tap)?;
+        let reader = tap.try_clone().map_err(NetError::Tap)?;
         let bar = mmio64
             .allocate(E1000_BAR_SIZE, E1000_BAR_SIZE, AllocPolicy::FirstMatch)
             .map_err(|_| VirtioError::NoBarSpace(E1000_BAR_SIZE))?;
