@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod check;
 pub mod config;
+pub mod device_manager;
 pub mod devices;
 pub mod error;
 pub mod layout;

@@ -174,7 +174,8 @@ impl BarPlacer {
     }
 }
 
-/// The VM's passed-through devices and their container.
+/// The VM's passed-through devices and their container (none by default).
+#[derive(Default)]
 pub struct VfioDevices {
     devices: Vec<SharedDevice>,
     ctx: Option<VfioContext>,
