@@ -21,8 +21,18 @@ use pci::MsiMessage;
 
 const PAGE: u64 = 4096;
 
-/// An error string from the VMM side of [`VmmOps`].
-pub type OpsError = String;
+/// An error from the VMM side of [`VmmOps`]: the VMM's own error, boxed
+/// because this crate does not know its type.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct OpsError(Box<dyn std::error::Error + Send + Sync>);
+
+impl OpsError {
+    /// Wraps an error of the VMM.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(e))
+    }
+}
 
 /// What the device model needs from the VMM.
 pub trait VmmOps: Send + Sync {
@@ -210,9 +220,9 @@ impl VfioPciDevice {
             let slot = self
                 .ops
                 .map_guest_mmio(gpa, len, host.addr as u64)
-                .map_err(|message| VfioError::Vmm {
+                .map_err(|source| VfioError::Vmm {
                     what: "map BAR into the guest",
-                    message,
+                    source,
                 })?;
             tracing::debug!(bdf = %self.bdf, bar = bar.index, gpa = format_args!("{gpa:#x}"), len, slot, "BAR area mapped");
             self.areas.push(MappedArea {
@@ -554,9 +564,9 @@ fn new_vector(ops: &dyn VmmOps) -> Result<Vector> {
             what: "eventfd",
             source,
         })?;
-    let gsi = ops.allocate_gsi().map_err(|message| VfioError::Vmm {
+    let gsi = ops.allocate_gsi().map_err(|source| VfioError::Vmm {
         what: "allocate GSI",
-        message,
+        source,
     })?;
     Ok(Vector {
         evt,

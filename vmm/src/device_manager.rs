@@ -77,7 +77,7 @@ impl DeviceManager {
     /// 64-bit PCI window starting at `mmio64_start`.
     pub fn new(vm: &Arc<VmFd>, ram: &GuestRam, mmio64_start: u64) -> Result<Self, Error> {
         let mmio64 = AddressAllocator::new(mmio64_start, layout::PCI_MMIO64_SIZE / 2)
-            .map_err(|e| Error::Config(format!("64-bit PCI window: {e}")))?;
+            .map_err(Error::PciWindow)?;
         Ok(Self {
             vm: vm.clone(),
             mem: ram.mem.clone(),
@@ -340,7 +340,10 @@ fn serial_output(serial: &SerialConfig) -> Result<Option<Box<dyn Write + Send>>,
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| Error::Config(format!("--serial file={}: {e}", path.display())))?,
+                .map_err(|source| Error::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
         )),
     })
 }
