@@ -5,6 +5,8 @@
 //! Run: `cargo build -p backends && cargo test -p vmm --test vhost_user_net_lab -- --nocapture`.
 //! Nested TCG: throughput is for relative comparison only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
