@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-pub use ::pci::msix::{MsixCapability, MsixEntry, MsixTable, MSIX_CAP_ID};
+pub use ::pci::msix::{MsixCapability, MsixTable, CTRL_ENABLE, CTRL_FUNCTION_MASK, MSIX_CAP_ID};
 
 use crate::vstate::interrupts::{InterruptError, IrqRouting};
 

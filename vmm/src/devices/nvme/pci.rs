@@ -12,7 +12,7 @@ use super::ctrl::{Controller, Interrupts, DOORBELL_BASE};
 use crate::devices::bus::{lock, BusDevice};
 use crate::pci::bar_map::BarMapping;
 use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
-use crate::pci::msix::{MsixCapability, MsixTable, MSIX_CAP_ID};
+use crate::pci::msix::{MsixCapability, MsixTable};
 use crate::pci::PciDevice;
 use crate::vstate::vcpu::IoBuses;
 
@@ -107,15 +107,13 @@ impl NvmePciDevice {
         };
         config.add_bar(bar, bar_addr);
         let msix = MsixTable::new(vectors);
-        let body = MsixCapability {
+        let msix_cap = config.add_msix_capability(&MsixCapability {
             table_size: vectors,
             table_bar: 0,
             table_offset: MSIX_TABLE_OFFSET,
             pba_bar: 0,
             pba_offset: MSIX_PBA_OFFSET,
-        }
-        .body();
-        let msix_cap = config.add_capability(MSIX_CAP_ID, &body, &[0xc000_0000]);
+        });
         config.set_reg(COMMAND_REG, config.read(COMMAND_REG) | COMMAND_MEMORY);
         let fields = |self_ref| Self {
             name,

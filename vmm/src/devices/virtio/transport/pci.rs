@@ -15,7 +15,7 @@ use crate::devices::bus::{lock, BusDevice};
 use crate::devices::virtio::{status, Activation, VirtioDevice, VirtioError, NO_VECTOR};
 use crate::pci::bar_map::BarMapping;
 use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
-use crate::pci::msix::{MsixCapability, MsixRoutes, MsixTable, MSIX_CAP_ID};
+use crate::pci::msix::{MsixCapability, MsixRoutes, MsixTable};
 use crate::pci::PciDevice;
 use crate::vstate::interrupts::IrqRouting;
 use crate::vstate::vcpu::IoBuses;
@@ -53,6 +53,77 @@ fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: Option<u32>) -> Vec
         b.extend_from_slice(&x.to_le_bytes());
     }
     b
+}
+
+/// The configuration space of a virtio function: IDs, the BAR, the MSI-X
+/// capability (table and PBA in the BAR) and the virtio capabilities
+/// locating the common, ISR, device and notify structures, plus the
+/// VIRTIO_PCI_CAP_PCI_CFG window.
+struct ConfigLayout {
+    config: PciConfig,
+    bar: Bar,
+    /// Config offset of the MSI-X capability.
+    msix_cap: usize,
+    /// Config offset of the VIRTIO_PCI_CAP_PCI_CFG window.
+    cfg_cap: usize,
+}
+
+impl ConfigLayout {
+    /// For a device of virtio type `device_type` with `nq` queues (and one
+    /// MSI-X vector more), the BAR at `bar_addr`.
+    fn new(device_type: u16, nq: u16, bar_addr: u64) -> Self {
+        let vectors = nq + 1;
+        let mut config = PciConfig::new(PciIds {
+            vendor: 0x1af4,
+            device: 0x1040 + device_type,
+            class: 0x01_80_00,
+            revision: 1,
+            subsystem_vendor: 0x1af4,
+            subsystem: 0x40,
+        });
+        let bar = Bar {
+            index: usize::from(BAR_INDEX),
+            size: BAR_SIZE,
+            is_64bit: true,
+        };
+        config.add_bar(bar, bar_addr);
+        let msix_cap = config.add_msix_capability(&MsixCapability {
+            table_size: vectors,
+            table_bar: usize::from(BAR_INDEX),
+            table_offset: MSIX_TABLE_OFFSET,
+            pba_bar: usize::from(BAR_INDEX),
+            pba_offset: MSIX_PBA_OFFSET,
+        });
+        let caps = [
+            virtio_cap(CAP_COMMON, COMMON_OFFSET, COMMON_CFG_LEN, None),
+            virtio_cap(CAP_ISR, ISR_OFFSET, 1, None),
+            virtio_cap(CAP_DEVICE, DEVICE_OFFSET, DEVICE_LEN, None),
+            virtio_cap(
+                CAP_NOTIFY,
+                NOTIFY_OFFSET,
+                u64::from(nq) * u64::from(NOTIFY_OFF_MULTIPLIER),
+                Some(NOTIFY_OFF_MULTIPLIER),
+            ),
+        ];
+        for c in &caps {
+            config.add_capability(VENDOR_CAP_ID, c, &[]);
+        }
+        // The config-space window into the BAR: bar, offset, length and data
+        // are writable.
+        let cfg_cap = config.add_capability(
+            VENDOR_CAP_ID,
+            &virtio_cap(CAP_PCI_CFG, 0, 0, Some(0)),
+            &[0, 0xff, u32::MAX, u32::MAX, u32::MAX],
+        );
+        // Firmware-style: memory decoding on at the VMM's placement.
+        config.set_reg(COMMAND_REG, config.read(COMMAND_REG) | COMMAND_MEMORY);
+        Self {
+            config,
+            bar,
+            msix_cap,
+            cfg_cap,
+        }
+    }
 }
 
 /// A virtio device on the PCI bus.
@@ -97,54 +168,8 @@ impl VirtioPciDevice {
     ) -> Result<Arc<Mutex<Self>>, VirtioError> {
         let nq = device.num_queues();
         let vectors = nq + 1;
-        let mut config = PciConfig::new(PciIds {
-            vendor: 0x1af4,
-            device: 0x1040 + device.device_type(),
-            class: 0x01_80_00,
-            revision: 1,
-            subsystem_vendor: 0x1af4,
-            subsystem: 0x40,
-        });
-        let bar = Bar {
-            index: usize::from(BAR_INDEX),
-            size: BAR_SIZE,
-            is_64bit: true,
-        };
-        config.add_bar(bar, bar_addr);
+        let layout = ConfigLayout::new(device.device_type(), nq, bar_addr);
         let msix = MsixTable::new(vectors);
-        let body = MsixCapability {
-            table_size: vectors,
-            table_bar: usize::from(BAR_INDEX),
-            table_offset: MSIX_TABLE_OFFSET,
-            pba_bar: usize::from(BAR_INDEX),
-            pba_offset: MSIX_PBA_OFFSET,
-        }
-        .body();
-        // Message control bits 14 (function mask) and 15 (enable) are writable.
-        let msix_cap = config.add_capability(MSIX_CAP_ID, &body, &[0xc000_0000]);
-        let caps = [
-            virtio_cap(CAP_COMMON, COMMON_OFFSET, COMMON_CFG_LEN, None),
-            virtio_cap(CAP_ISR, ISR_OFFSET, 1, None),
-            virtio_cap(CAP_DEVICE, DEVICE_OFFSET, DEVICE_LEN, None),
-            virtio_cap(
-                CAP_NOTIFY,
-                NOTIFY_OFFSET,
-                u64::from(nq) * u64::from(NOTIFY_OFF_MULTIPLIER),
-                Some(NOTIFY_OFF_MULTIPLIER),
-            ),
-        ];
-        for c in &caps {
-            config.add_capability(VENDOR_CAP_ID, c, &[]);
-        }
-        // The config-space window into the BAR: bar, offset, length and data
-        // are writable.
-        let cfg_cap = config.add_capability(
-            VENDOR_CAP_ID,
-            &virtio_cap(CAP_PCI_CFG, 0, 0, Some(0)),
-            &[0, 0xff, u32::MAX, u32::MAX, u32::MAX],
-        );
-        // Firmware-style: memory decoding on at the VMM's placement.
-        config.set_reg(COMMAND_REG, config.read(COMMAND_REG) | COMMAND_MEMORY);
 
         let kicks = (0..nq).map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
         let calls = (0..nq).map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
@@ -152,10 +177,10 @@ impl VirtioPciDevice {
         let routes = MsixRoutes::new(routing, vectors)?;
         let common = CommonCfg::new(device.features(), nq, device.queue_max_size(), vectors);
         let fields = |self_ref| Self {
-            config,
-            bar,
-            msix_cap,
-            cfg_cap,
+            config: layout.config,
+            bar: layout.bar,
+            msix_cap: layout.msix_cap,
+            cfg_cap: layout.cfg_cap,
             common,
             msix,
             routes,
