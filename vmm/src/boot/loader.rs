@@ -257,7 +257,7 @@ pub fn write_boot_params(
 /// empty memory.
 const RESET_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
 
-/// Writes [`RESET_STUB`] at [`layout::RESET_VECTOR`].
+/// Writes `RESET_STUB` at [`layout::RESET_VECTOR`].
 pub fn write_reset_stub(mem: &GuestMemoryMmap) -> Result<(), BootError> {
     mem.write_slice(&RESET_STUB, layout::RESET_VECTOR)?;
     Ok(())
