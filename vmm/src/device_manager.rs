@@ -42,7 +42,7 @@ use crate::devices::virtio::{VirtioDevice, VirtioError, VirtioPciDevice};
 use crate::error::Error;
 use crate::layout;
 use crate::memory::GuestRam;
-use crate::pci::{PciBus, PciConfigIo, PciEcam};
+use crate::pci::{PciBus, PciConfigIo, PciDevice, PciEcam};
 use crate::vstate::exit::ExitSignal;
 use crate::vstate::interrupts::IrqRouting;
 use crate::vstate::vcpu::IoBuses;
@@ -233,8 +233,8 @@ impl DeviceManager {
             self.mem.clone(),
             bar,
         )?;
-        let slot = lock(&self.pci).add(dev.clone())?;
-        tracing::info!("{} at 00:{slot:02x}.0, BAR {bar:#x}", lock(&dev).name());
+        let name = lock(&dev).name().to_string();
+        self.plug(dev.clone(), &name, bar)?;
         self.nvmes.push(dev);
         Ok(None)
     }
@@ -251,8 +251,8 @@ impl DeviceManager {
             self.mem.clone(),
             bar,
         )?;
-        let slot = lock(&self.pci).add(dev.clone())?;
-        tracing::info!("{} at 00:{slot:02x}.0, BAR {bar:#x}", lock(&dev).name());
+        let name = lock(&dev).name().to_string();
+        self.plug(dev.clone(), &name, bar)?;
         if let Some(m) = HangupMonitor::spawn(&dev, monitor)? {
             self.monitors.push(m);
         }
@@ -286,6 +286,13 @@ impl DeviceManager {
         let rx = RxThread::spawn(reader, dev.clone())?;
         self.nics.push((dev, rx));
         Ok(())
+    }
+
+    /// Puts `dev` (called `name`, BAR at `bar`) in the next free PCI slot.
+    fn plug(&self, dev: Arc<Mutex<dyn PciDevice>>, name: &str, bar: u64) -> Result<u8, Error> {
+        let slot = lock(&self.pci).add(dev)?;
+        tracing::info!("{name} at 00:{slot:02x}.0, BAR {bar:#x}");
+        Ok(slot)
     }
 
     /// A naturally aligned `size`-byte BAR in the lower half of the 64-bit window.
