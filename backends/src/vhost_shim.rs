@@ -74,6 +74,15 @@ fn run(listener: UnixListener, inner: &Path) -> io::Result<()> {
     res
 }
 
+/// One message read from the frontend: its header fields, and the
+/// descriptors that came with it (closed once forwarded).
+struct Message {
+    request: u32,
+    flags: u32,
+    size: usize,
+    files: Vec<File>,
+}
+
 fn requests(front: &UnixStream, back: &UnixStream) -> io::Result<()> {
     let mut features_set = false;
     // (ring index, enable) held back until SET_FEATURES.
@@ -81,89 +90,132 @@ fn requests(front: &UnixStream, back: &UnixStream) -> io::Result<()> {
     let mut hdr = [0u8; HDR_LEN];
     let mut payload = vec![0u8; MAX_PAYLOAD];
     loop {
-        let mut fds = [-1 as RawFd; MAX_FDS];
-        let mut iov = [libc::iovec {
-            iov_base: hdr.as_mut_ptr().cast(),
-            iov_len: HDR_LEN,
-        }];
-        // SAFETY: the iovec points at `hdr`, which may hold arbitrary bytes.
-        let (n, nfds) = unsafe { front.recv_with_fds(&mut iov, &mut fds) }
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-        // Own the received descriptors so they are closed after forwarding.
-        let files: Vec<File> = fds[..nfds]
-            .iter()
-            // SAFETY: recv_with_fds handed these fresh descriptors to us.
-            .map(|&fd| unsafe { File::from_raw_fd(fd) })
-            .collect();
-        if n == 0 {
+        let Some(msg) = receive(front, &mut hdr, &mut payload)? else {
             return Ok(()); // frontend closed
-        }
-        let mut front_r = front;
-        front_r.read_exact(&mut hdr[n..])?;
-        let request = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let flags = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
-        let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
-        if size > MAX_PAYLOAD {
-            return Err(io::Error::other(format!(
-                "oversized message {request} ({size} bytes)"
-            )));
-        }
-        front_r.read_exact(&mut payload[..size])?;
+        };
+        let (request, size) = (msg.request, msg.size);
         if request == SET_FEATURES && size >= 8 {
             let mut b = [0u8; 8];
             b.copy_from_slice(&payload[..8]);
             features_set = u64::from_le_bytes(b) & PROTOCOL_FEATURES_BIT != 0;
         }
         if request == SET_VRING_ENABLE && !features_set && size >= 8 {
-            let index = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-            let num = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]);
-            tracing::debug!(
-                index,
-                num,
-                "holding SET_VRING_ENABLE sent before SET_FEATURES"
-            );
-            match deferred.iter_mut().find(|(i, _)| *i == index) {
-                Some(e) => e.1 = num,
-                None => deferred.push((index, num)),
-            }
-            if flags & FLAG_NEED_REPLY != 0 {
-                let mut reply = [0u8; HDR_LEN + 8];
-                reply[..4].copy_from_slice(&request.to_le_bytes());
-                reply[4..8].copy_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
-                reply[8..12].copy_from_slice(&8u32.to_le_bytes());
-                let mut w = front;
-                w.write_all(&reply)?;
-            }
+            hold_vring_enable(front, &msg, &payload, &mut deferred)?;
             continue;
         }
-        let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
-        let bufs: [&[u8]; 2] = [&hdr, &payload[..size]];
-        let total = HDR_LEN + size;
-        let sent = back
-            .send_with_fds(&bufs, &raw)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-        if sent < total {
-            // The descriptors went with the first byte; push the rest as plain data.
-            let mut rest = Vec::with_capacity(total);
-            rest.extend_from_slice(&hdr);
-            rest.extend_from_slice(&payload[..size]);
-            let mut w = back;
-            w.write_all(&rest[sent..])?;
-        }
+        forward(back, &msg, &hdr, &payload[..size])?;
         if request == SET_FEATURES && features_set {
-            for (index, num) in deferred.drain(..) {
-                tracing::debug!(index, num, "replaying SET_VRING_ENABLE");
-                let mut msg = [0u8; HDR_LEN + 8];
-                msg[..4].copy_from_slice(&SET_VRING_ENABLE.to_le_bytes());
-                msg[4..8].copy_from_slice(&FLAG_VERSION.to_le_bytes());
-                msg[8..12].copy_from_slice(&8u32.to_le_bytes());
-                msg[12..16].copy_from_slice(&index.to_le_bytes());
-                msg[16..20].copy_from_slice(&num.to_le_bytes());
-                let mut w = back;
-                w.write_all(&msg)?;
-            }
+            replay_vring_enables(back, &mut deferred)?;
         }
     }
+}
+
+/// Reads one message (header, descriptors, payload) into `hdr` and
+/// `payload`; `None` when the frontend closed.
+fn receive(
+    front: &UnixStream,
+    hdr: &mut [u8; HDR_LEN],
+    payload: &mut [u8],
+) -> io::Result<Option<Message>> {
+    let mut fds = [-1 as RawFd; MAX_FDS];
+    let mut iov = [libc::iovec {
+        iov_base: hdr.as_mut_ptr().cast(),
+        iov_len: HDR_LEN,
+    }];
+    // SAFETY: the iovec points at `hdr`, which may hold arbitrary bytes.
+    let (n, nfds) = unsafe { front.recv_with_fds(&mut iov, &mut fds) }
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    // Own the received descriptors so they are closed after forwarding.
+    let files: Vec<File> = fds[..nfds]
+        .iter()
+        // SAFETY: recv_with_fds handed these fresh descriptors to us.
+        .map(|&fd| unsafe { File::from_raw_fd(fd) })
+        .collect();
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut front_r = front;
+    front_r.read_exact(&mut hdr[n..])?;
+    let request = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+    let flags = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+    let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+    if size > MAX_PAYLOAD {
+        return Err(io::Error::other(format!(
+            "oversized message {request} ({size} bytes)"
+        )));
+    }
+    front_r.read_exact(&mut payload[..size])?;
+    Ok(Some(Message {
+        request,
+        flags,
+        size,
+        files,
+    }))
+}
+
+/// Notes an early SET_VRING_ENABLE in `deferred` (the last state per ring)
+/// and acks it if the frontend asked for a reply.
+fn hold_vring_enable(
+    front: &UnixStream,
+    msg: &Message,
+    payload: &[u8],
+    deferred: &mut Vec<(u32, u32)>,
+) -> io::Result<()> {
+    let index = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    let num = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]);
+    tracing::debug!(
+        index,
+        num,
+        "holding SET_VRING_ENABLE sent before SET_FEATURES"
+    );
+    match deferred.iter_mut().find(|(i, _)| *i == index) {
+        Some(e) => e.1 = num,
+        None => deferred.push((index, num)),
+    }
+    if msg.flags & FLAG_NEED_REPLY != 0 {
+        let mut reply = [0u8; HDR_LEN + 8];
+        reply[..4].copy_from_slice(&msg.request.to_le_bytes());
+        reply[4..8].copy_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
+        reply[8..12].copy_from_slice(&8u32.to_le_bytes());
+        let mut w = front;
+        w.write_all(&reply)?;
+    }
+    Ok(())
+}
+
+/// Sends the message on to the daemon, descriptors with its first byte.
+fn forward(back: &UnixStream, msg: &Message, hdr: &[u8], payload: &[u8]) -> io::Result<()> {
+    let raw: Vec<RawFd> = msg.files.iter().map(|f| f.as_raw_fd()).collect();
+    let bufs: [&[u8]; 2] = [hdr, payload];
+    let total = hdr.len() + payload.len();
+    let sent = back
+        .send_with_fds(&bufs, &raw)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    if sent < total {
+        // The descriptors went with the first byte; push the rest as plain data.
+        let mut rest = Vec::with_capacity(total);
+        rest.extend_from_slice(hdr);
+        rest.extend_from_slice(payload);
+        let mut w = back;
+        w.write_all(&rest[sent..])?;
+    }
+    Ok(())
+}
+
+/// Replays the held SET_VRING_ENABLE state of each ring, right after SET_FEATURES.
+fn replay_vring_enables(back: &UnixStream, deferred: &mut Vec<(u32, u32)>) -> io::Result<()> {
+    for (index, num) in deferred.drain(..) {
+        tracing::debug!(index, num, "replaying SET_VRING_ENABLE");
+        let mut msg = [0u8; HDR_LEN + 8];
+        msg[..4].copy_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+        msg[4..8].copy_from_slice(&FLAG_VERSION.to_le_bytes());
+        msg[8..12].copy_from_slice(&8u32.to_le_bytes());
+        msg[12..16].copy_from_slice(&index.to_le_bytes());
+        msg[16..20].copy_from_slice(&num.to_le_bytes());
+        let mut w = back;
+        w.write_all(&msg)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! `virtio_blk` driver is the client and fio (with crc32c verification) plus busybox dd are the
 //! workloads. Bytes the guest writes are checked in the backing file after QEMU exits.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Mutex;
 use std::time::Duration;
 

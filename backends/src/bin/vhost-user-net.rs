@@ -137,8 +137,41 @@ fn link_sockets(pairs: u16) -> Result<(Vec<(OwnedFd, OwnedFd)>, Vec<(OwnedFd, Ow
     Ok((a, b))
 }
 
+/// A device and the socket it listens on.
+type Device = (Arc<NetBackend>, PathBuf);
+
 fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
+    let devices = create_devices(&args)?;
+    spawn_signal_thread(sigset, devices.clone())?;
+
+    let no_relay = args.no_relay;
+    let threads: Vec<_> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(i, (backend, socket))| {
+            std::thread::Builder::new()
+                .name(format!("net-dev{i}"))
+                .spawn(move || serve(backend, socket, no_relay))
+                .map_err(|e| Error::VhostUser(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut result = Ok(());
+    for t in threads {
+        let r = t
+            .join()
+            .unwrap_or_else(|_| Err(Error::VhostUser("device thread panicked".into())));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result?;
+    // Exit rather than drop the daemons (their drop joins the worker threads).
+    std::process::exit(0);
+}
+
+/// The devices `args` ask for: one on a TAP, or two joined by a link.
+fn create_devices(args: &Args) -> Result<Vec<Device>, Error> {
     let mac = match &args.mac {
         Some(m) => Some(parse_mac(m).ok_or_else(|| Error::InvalidConfig(format!("bad MAC {m}")))?),
         None => None,
@@ -151,7 +184,7 @@ fn run(args: Args) -> Result<(), Error> {
         queue_size: args.queue_size,
         tuning: args.tuning.tuning(DEFAULT_BATCH),
     };
-    let mut devices: Vec<(Arc<NetBackend>, PathBuf)> = Vec::new();
+    let mut devices: Vec<Device> = Vec::new();
     match (&args.link, &args.socket, &args.tap) {
         (Some(link), _, _) if link.len() != 2 => {
             return Err(Error::InvalidConfig(
@@ -187,48 +220,27 @@ fn run(args: Args) -> Result<(), Error> {
             ))
         }
     }
+    Ok(devices)
+}
 
-    {
-        let devices: Vec<_> = devices.clone();
-        std::thread::Builder::new()
-            .name("net-signal".into())
-            .spawn(move || {
-                let mut sig = 0;
-                // SAFETY: `sigset` is an initialised signal set and `sig` a valid out pointer.
-                while unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {}
-                tracing::info!(signal = sig, "shutting down");
-                for (backend, socket) in &devices {
-                    backend.log_stats();
-                    let _ = std::fs::remove_file(socket);
-                }
-                std::process::exit(0);
-            })
-            .map_err(|e| Error::VhostUser(e.to_string()))?;
-    }
-
-    let no_relay = args.no_relay;
-    let threads: Vec<_> = devices
-        .into_iter()
-        .enumerate()
-        .map(|(i, (backend, socket))| {
-            std::thread::Builder::new()
-                .name(format!("net-dev{i}"))
-                .spawn(move || serve(backend, socket, no_relay))
-                .map_err(|e| Error::VhostUser(e.to_string()))
+/// A thread (`net-signal`) that waits for SIGTERM/SIGINT, logs the counters,
+/// removes the sockets and exits.
+fn spawn_signal_thread(sigset: libc::sigset_t, devices: Vec<Device>) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name("net-signal".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `sigset` is an initialised signal set and `sig` a valid out pointer.
+            while unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {}
+            tracing::info!(signal = sig, "shutting down");
+            for (backend, socket) in &devices {
+                backend.log_stats();
+                let _ = std::fs::remove_file(socket);
+            }
+            std::process::exit(0);
         })
-        .collect::<Result<_, _>>()?;
-    let mut result = Ok(());
-    for t in threads {
-        let r = t
-            .join()
-            .unwrap_or_else(|_| Err(Error::VhostUser("device thread panicked".into())));
-        if result.is_ok() {
-            result = r;
-        }
-    }
-    result?;
-    // Exit rather than drop the daemons (their drop joins the worker threads).
-    std::process::exit(0);
+        .map_err(|e| Error::VhostUser(e.to_string()))?;
+    Ok(())
 }
 
 /// Serve one device on `socket` until its frontend disconnects.

@@ -3,7 +3,8 @@
 //! status, and per-queue setup. Pure register logic; the transport acts on
 //! the [`CommonEvent`]s it returns.
 
-use super::{status, QueueState, NO_VECTOR, VIRTIO_F_VERSION_1};
+use super::QueueState;
+use crate::devices::virtio::{status, NO_VECTOR, VIRTIO_F_VERSION_1};
 
 /// Size of the structure in the BAR (up to and including `queue_device`).
 pub const COMMON_CFG_LEN: u64 = 0x38;

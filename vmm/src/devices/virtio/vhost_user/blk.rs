@@ -9,9 +9,11 @@ use std::path::Path;
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 
-use super::vhost_user::{read_config, vhost_err, VhostUserLink};
-use super::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
+use super::link::{read_config, vhost_err, VhostUserLink};
 use crate::config::DiskConfig;
+use crate::devices::virtio::{
+    read_config_bytes, Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
+};
 
 /// Virtio device ID of a block device.
 pub const VIRTIO_ID_BLOCK: u16 = 2;
@@ -105,7 +107,7 @@ impl VhostUserBlk {
     }
 }
 
-impl VirtioBackend for VhostUserBlk {
+impl VirtioDevice for VhostUserBlk {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_BLOCK
     }
@@ -127,14 +129,7 @@ impl VirtioBackend for VhostUserBlk {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let start = offset as usize;
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| self.config.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

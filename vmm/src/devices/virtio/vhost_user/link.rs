@@ -14,7 +14,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use vmm_sys_util::eventfd::EventFd;
 
 use super::reply_deadline::ReplyDeadline;
-use super::{Activation, QueueState, VirtioError, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{Activation, QueueState, VirtioError, VIRTIO_F_VERSION_1};
 
 /// VHOST_USER_F_PROTOCOL_FEATURES in the feature word.
 pub(super) const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();

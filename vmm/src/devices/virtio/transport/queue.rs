@@ -5,7 +5,7 @@ use std::fmt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::NO_VECTOR;
+use crate::devices::virtio::NO_VECTOR;
 
 /// One virtqueue as the driver configured it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,16 +1,16 @@
 //! Tests of the virtio-pci transport against a real KVM VM (skipped without /dev/kvm).
 
-use super::super::monitor::HangupMonitor;
 use super::*;
+use crate::devices::virtio::vhost_user::monitor::HangupMonitor;
 use crate::vstate::vm::Vm;
 
 struct Fake(Option<RawFd>);
-impl VirtioBackend for Fake {
+impl VirtioDevice for Fake {
     fn device_type(&self) -> u16 {
         2
     }
     fn features(&self) -> u64 {
-        super::super::VIRTIO_F_VERSION_1
+        crate::devices::virtio::VIRTIO_F_VERSION_1
     }
     fn num_queues(&self) -> u16 {
         2
@@ -72,7 +72,7 @@ fn backend_hangup_sets_needs_reset() {
     assert!(lock(&dev).needs_reset());
     let mut st = [0u8; 1];
     lock(&dev).read(0x14, &mut st);
-    assert_ne!(st[0] & super::super::status::DEVICE_NEEDS_RESET, 0);
+    assert_ne!(st[0] & status::DEVICE_NEEDS_RESET, 0);
     // The config generation moved and the ISR shows a config change.
     let mut isr = [0u8; 1];
     lock(&dev).read(ISR_OFFSET, &mut isr);

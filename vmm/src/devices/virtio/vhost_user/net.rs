@@ -1,4 +1,4 @@
-//! virtio-net served by an external vhost-user backend: like [`super::vhost_user_blk`],
+//! virtio-net served by an external vhost-user backend: like [`super::blk`],
 //! this side only negotiates, shares guest memory and hands the backend the rings and
 //! kick/call eventfds; frames never pass through the VMM.
 //!
@@ -16,9 +16,11 @@ use std::os::fd::RawFd;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use virtio_bindings::virtio_net::*;
 
-use super::vhost_user::{read_config, vhost_err, VhostUserLink};
-use super::{Activation, VirtioBackend, VirtioError, VIRTIO_F_VERSION_1};
+use super::link::{read_config, vhost_err, VhostUserLink};
 use crate::config::VhostUserNetConfig;
+use crate::devices::virtio::{
+    read_config_bytes, Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
+};
 
 /// Virtio device ID of a network card.
 pub const VIRTIO_ID_NET: u16 = 1;
@@ -75,65 +77,12 @@ impl VhostUserNet {
                 | VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK,
         )?;
-        let err = |what| vhost_err(&socket, what);
-        let missing = |what: String| VirtioError::Backend {
-            socket: socket.clone(),
-            what,
-        };
-        let protocol = link.protocol;
-        let features = link.backend_features;
-        if pairs > 1 {
-            if !protocol.contains(VhostUserProtocolFeatures::MQ) {
-                return Err(missing(format!(
-                    "queues={pairs} needs VHOST_USER_PROTOCOL_F_MQ, which the backend lacks"
-                )));
-            }
-            if features & MQ_FEATURES != MQ_FEATURES {
-                return Err(missing(format!(
-                    "queues={pairs} needs a backend offering VIRTIO_NET_F_MQ and \
-                     VIRTIO_NET_F_CTRL_VQ (it serves the control queue); this one offers {}",
-                    if features & (1 << VIRTIO_NET_F_MQ) != 0 {
-                        "MQ without CTRL_VQ"
-                    } else {
-                        "neither"
-                    }
-                )));
-            }
-        }
-        let (deadline, frontend) = (&link.deadline, &mut link.frontend);
-        let (backend_queues, mut config) = deadline.guard("configuration", || {
-            let queues = if pairs > 1 {
-                Some(frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?)
-            } else {
-                None
-            };
-            let config = if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
-                read_config::<NET_CONFIG_LEN>(frontend, &socket)?
-            } else {
-                [0u8; NET_CONFIG_LEN]
-            };
-            Ok((queues, config))
-        })?;
-        if let Some(backend_queues) = backend_queues.filter(|&q| q < u64::from(num_queues)) {
-            return Err(missing(format!(
-                "queues={pairs} needs {num_queues} virtqueues (with the control queue) \
-                 but the backend serves {backend_queues}; start it with --queues {pairs} \
-                 or more"
-            )));
-        }
-        let mut offered = features & GUEST_FEATURE_MASK;
-        if pairs > 1 {
-            offered |= MQ_FEATURES;
-        }
+        require_multiqueue(&link, pairs)?;
+        let mut config = query_backend(&mut link, pairs, num_queues)?;
+        let (protocol, features) = (link.protocol, link.backend_features);
+        let offered = guest_features(features, protocol, pairs, cfg.mac);
         if let Some(mac) = cfg.mac {
             config[..6].copy_from_slice(&mac);
-            offered |= 1 << VIRTIO_NET_F_MAC;
-        } else if !protocol.contains(VhostUserProtocolFeatures::CONFIG) {
-            // Without the backend's config the MAC is unknown: let the guest pick one.
-            offered &= !(1 << VIRTIO_NET_F_MAC);
-        }
-        if !protocol.contains(VhostUserProtocolFeatures::CONFIG) {
-            offered &= !(1 << VIRTIO_NET_F_MTU);
         }
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         config[8..10].copy_from_slice(&pairs.to_le_bytes());
@@ -163,7 +112,108 @@ impl VhostUserNet {
     }
 }
 
-impl VirtioBackend for VhostUserNet {
+/// The error for a backend that lacks what the configuration needs.
+fn missing(link: &VhostUserLink, what: String) -> VirtioError {
+    VirtioError::Backend {
+        socket: link.socket.clone(),
+        what,
+    }
+}
+
+/// More than one pair needs the backend's MQ protocol feature and its
+/// VIRTIO_NET_F_MQ and VIRTIO_NET_F_CTRL_VQ (it serves the control queue).
+fn require_multiqueue(link: &VhostUserLink, pairs: u16) -> Result<(), VirtioError> {
+    if pairs <= 1 {
+        return Ok(());
+    }
+    if !link.protocol.contains(VhostUserProtocolFeatures::MQ) {
+        return Err(missing(
+            link,
+            format!("queues={pairs} needs VHOST_USER_PROTOCOL_F_MQ, which the backend lacks"),
+        ));
+    }
+    let features = link.backend_features;
+    if features & MQ_FEATURES != MQ_FEATURES {
+        return Err(missing(
+            link,
+            format!(
+                "queues={pairs} needs a backend offering VIRTIO_NET_F_MQ and \
+                 VIRTIO_NET_F_CTRL_VQ (it serves the control queue); this one offers {}",
+                if features & (1 << VIRTIO_NET_F_MQ) != 0 {
+                    "MQ without CTRL_VQ"
+                } else {
+                    "neither"
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Asks the backend how many queues it serves (with several pairs; too few
+/// is an error) and for its config space (zeros without the CONFIG feature).
+fn query_backend(
+    link: &mut VhostUserLink,
+    pairs: u16,
+    num_queues: u16,
+) -> Result<[u8; NET_CONFIG_LEN], VirtioError> {
+    let protocol = link.protocol;
+    let socket = link.socket.clone();
+    let err = |what| vhost_err(&socket, what);
+    let (deadline, frontend) = (&link.deadline, &mut link.frontend);
+    let (backend_queues, config) = deadline.guard("configuration", || {
+        let queues = if pairs > 1 {
+            Some(frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?)
+        } else {
+            None
+        };
+        let config = if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            read_config::<NET_CONFIG_LEN>(frontend, &socket)?
+        } else {
+            [0u8; NET_CONFIG_LEN]
+        };
+        Ok((queues, config))
+    })?;
+    if let Some(backend_queues) = backend_queues.filter(|&q| q < u64::from(num_queues)) {
+        return Err(missing(
+            link,
+            format!(
+                "queues={pairs} needs {num_queues} virtqueues (with the control queue) \
+                 but the backend serves {backend_queues}; start it with --queues {pairs} \
+                 or more"
+            ),
+        ));
+    }
+    Ok(config)
+}
+
+/// The features offered to the guest: the backend's within
+/// [`GUEST_FEATURE_MASK`], multiqueue with several pairs, MAC when configured
+/// (or known from the backend's config), MTU only from the backend's config.
+fn guest_features(
+    backend: u64,
+    protocol: VhostUserProtocolFeatures,
+    pairs: u16,
+    mac: Option<[u8; 6]>,
+) -> u64 {
+    let has_config = protocol.contains(VhostUserProtocolFeatures::CONFIG);
+    let mut offered = backend & GUEST_FEATURE_MASK;
+    if pairs > 1 {
+        offered |= MQ_FEATURES;
+    }
+    if mac.is_some() {
+        offered |= 1 << VIRTIO_NET_F_MAC;
+    } else if !has_config {
+        // Without the backend's config the MAC is unknown: let the guest pick one.
+        offered &= !(1 << VIRTIO_NET_F_MAC);
+    }
+    if !has_config {
+        offered &= !(1 << VIRTIO_NET_F_MTU);
+    }
+    offered
+}
+
+impl VirtioDevice for VhostUserNet {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_NET
     }
@@ -181,14 +231,7 @@ impl VirtioBackend for VhostUserNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let start = offset as usize;
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| self.config.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {

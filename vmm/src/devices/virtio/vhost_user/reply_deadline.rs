@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::VirtioError;
+use crate::devices::virtio::VirtioError;
 
 /// How long a backend may take to answer one group of messages (a handshake, an
 /// activation, a reset) before the connection is given up.

@@ -1,16 +1,12 @@
 //! virtio-blk served inside the VMM process (the in-VMM tier): the same PCI
 //! transport as the vhost-user device, but each queue is served by a VMM
-//! thread (`blk-q<N>`) running the shared `backends` engine and virtio-blk
-//! handler. The thread sleeps in epoll on the queue's kick eventfd (a KVM
-//! ioeventfd on the notify address), the engine's io_uring completion
-//! eventfd and a stop eventfd; used-buffer interrupts go to the queue's call
-//! eventfd, which the transport binds to the MSI-X vector's GSI (irqfd).
+//! thread (`blk-q<N>`, see `queue_thread`) running the shared
+//! `backends` engine and virtio-blk handler.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use backends::blk::{
     device_config, device_features, BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET,
@@ -18,28 +14,29 @@ use backends::blk::{
 };
 use backends::engine::{Engine, EngineConfig, LocalQueue, QueueStats};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::vhost_user_blk::VIRTIO_ID_BLOCK;
-use super::{Activation, QueueState, VirtioBackend, VirtioError};
+use super::queue_thread::{dup_eventfd, engine_err, ready_queue, QueueThread, QueueWorker};
+use crate::devices::virtio::vhost_user::blk::VIRTIO_ID_BLOCK;
+use crate::devices::virtio::{
+    read_config_bytes, Activation, QueueState, VirtioDevice, VirtioError,
+};
 
 const VIRTIO_BLK_F_MQ: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
 
 type BlkEngine = Engine<BlkHandler, GuestMemoryMmap>;
 
 /// One running queue thread.
-struct QueueThread {
+struct RunningQueue {
     queue: usize,
-    stop: EventFd,
-    handle: JoinHandle<()>,
+    thread: QueueThread,
     stats: Arc<QueueStats>,
 }
 
-/// A virtio-blk device whose queues are served by VMM threads.
+/// A virtio-blk device whose queues are served by VMM threads (stopped
+/// when it is dropped).
 pub struct InVmmBlk {
+    threads: Vec<RunningQueue>,
     name: String,
     file: Arc<std::fs::File>,
     settings: BlkSettings,
@@ -48,7 +45,6 @@ pub struct InVmmBlk {
     num_queues: u16,
     queue_size: u16,
     writeback: Arc<AtomicBool>,
-    threads: Vec<QueueThread>,
 }
 
 impl InVmmBlk {
@@ -105,29 +101,7 @@ impl InVmmBlk {
         event_idx: bool,
         act: &Activation<'_>,
     ) -> Result<(), VirtioError> {
-        let bad = |len| VirtioError::BadRing {
-            queue: i,
-            addr: q.desc,
-            len,
-        };
-        let mut queue = Queue::new(q.max_size).map_err(|_| bad(0))?;
-        queue.set_size(q.size);
-        queue.set_desc_table_address(Some(q.desc as u32), Some((q.desc >> 32) as u32));
-        queue.set_avail_ring_address(Some(q.avail as u32), Some((q.avail >> 32) as u32));
-        queue.set_used_ring_address(Some(q.used as u32), Some((q.used >> 32) as u32));
-        queue.set_event_idx(event_idx);
-        queue.set_ready(true);
-        if !queue.is_valid(act.mem) {
-            return Err(bad(q.ring_lengths().0));
-        }
-        let dup = |e: Option<&EventFd>| {
-            e.ok_or_else(|| VirtioError::Io(std::io::Error::other("missing eventfd")))?
-                .try_clone()
-                .map_err(VirtioError::Io)
-        };
-        let kick = dup(act.kicks.get(i))?;
-        let call = dup(act.calls.get(i))?;
-        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VirtioError::Io)?;
+        let queue = ready_queue(i, q, event_idx, act.mem)?;
         let stats = Arc::new(QueueStats::default());
         let handler = BlkHandler::new(
             self.file.clone(),
@@ -137,87 +111,57 @@ impl InVmmBlk {
         );
         let mut ecfg = EngineConfig::new(q.size, SEG_MAX as usize);
         ecfg.tuning.batch = DEFAULT_BATCH;
-        let engine = Engine::new(handler, ecfg, stats.clone()).map_err(|e| {
-            VirtioError::Io(std::io::Error::other(format!("queue {i} engine: {e}")))
-        })?;
-        let lq = LocalQueue::new(queue, Arc::new(act.mem.clone()), Some(call));
-        let stop2 = stop.try_clone().map_err(VirtioError::Io)?;
-        let name = self.name.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("blk-q{i}"))
-            .spawn(move || {
-                if let Err(e) = serve(engine, lq, &kick, &stop2) {
-                    tracing::error!("{name}: queue {i} stopped: {e}");
-                }
-            })
-            .map_err(VirtioError::Io)?;
-        self.threads.push(QueueThread {
+        let engine = Engine::new(handler, ecfg, stats.clone()).map_err(engine_err(i))?;
+        let call = dup_eventfd(act.calls, i)?;
+        let worker = BlkWorker {
             queue: i,
-            stop,
-            handle,
+            engine,
+            q: LocalQueue::new(queue, Arc::new(act.mem.clone()), Some(call)),
+        };
+        let kicks = vec![dup_eventfd(act.kicks, i)?];
+        let name = format!("{}: queue {i}", self.name);
+        let thread = QueueThread::spawn(format!("blk-q{i}"), name, worker, kicks)?;
+        self.threads.push(RunningQueue {
+            queue: i,
+            thread,
             stats,
         });
         Ok(())
     }
 }
 
-const KICK: u64 = 0;
-const COMPLETION: u64 = 1;
-const STOP: u64 = 2;
+/// What a `blk-q<N>` thread owns: one queue and its request engine.
+struct BlkWorker {
+    queue: usize,
+    engine: BlkEngine,
+    q: LocalQueue<GuestMemoryMmap>,
+}
 
-/// The queue thread: process on kick and on completion, drain and return on stop.
-fn serve(
-    mut engine: BlkEngine,
-    mut q: LocalQueue<GuestMemoryMmap>,
-    kick: &EventFd,
-    stop: &EventFd,
-) -> Result<(), String> {
-    let epoll = Epoll::new().map_err(|e| e.to_string())?;
-    for (fd, token) in [
-        (kick.as_raw_fd(), KICK),
-        (engine.completion_fd().as_raw_fd(), COMPLETION),
-        (stop.as_raw_fd(), STOP),
-    ] {
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-            .map_err(|e| e.to_string())?;
+impl QueueWorker for BlkWorker {
+    fn completion_fds(&self) -> Vec<RawFd> {
+        vec![self.engine.completion_fd().as_raw_fd()]
     }
-    // Buffers made available before the thread started (or before a reset).
-    engine.process(&mut q).map_err(|e| e.to_string())?;
-    let mut events = [EpollEvent::default(); 3];
-    loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.to_string()),
-        };
-        let mut work = false;
-        for ev in &events[..n] {
-            match ev.data() {
-                KICK => {
-                    let _ = kick.read();
-                    work = true;
-                }
-                COMPLETION => work = true,
-                _ => {
-                    engine.drain(&mut q).map_err(|e| e.to_string())?;
-                    return Ok(());
-                }
-            }
-        }
-        if work {
-            engine.process(&mut q).map_err(|e| e.to_string())?;
-        }
+
+    fn process(&mut self, _ready: &[bool]) -> Result<(), VirtioError> {
+        self.engine
+            .process(&mut self.q)
+            .map_err(engine_err(self.queue))
+    }
+
+    fn drain(&mut self) -> Result<(), VirtioError> {
+        self.engine
+            .drain(&mut self.q)
+            .map_err(engine_err(self.queue))
     }
 }
 
-impl VirtioBackend for InVmmBlk {
+impl VirtioDevice for InVmmBlk {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_BLOCK
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
     }
 
     fn features(&self) -> u64 {
@@ -233,19 +177,9 @@ impl VirtioBackend for InVmmBlk {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
         let mut cfg = self.config;
         cfg.0.wce = u8::from(self.writeback.load(Ordering::Relaxed));
-        let bytes = cfg.as_slice();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| bytes.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
+        read_config_bytes(cfg.as_slice(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -275,28 +209,9 @@ impl VirtioBackend for InVmmBlk {
     fn reset(&mut self) {
         for t in self.threads.drain(..) {
             let i = t.queue;
-            if let Err(e) = t.stop.write(1) {
-                tracing::warn!("{}: queue {i}: stop: {e}", self.name);
-            }
-            if t.handle.join().is_err() {
-                tracing::error!("{}: queue {i} thread panicked", self.name);
-            }
+            t.thread.stop();
             tracing::info!("{}: queue {i} stopped: {:?}", self.name, t.stats.snapshot());
         }
-    }
-
-    fn hangup_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
-    }
-
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-}
-
-impl Drop for InVmmBlk {
-    fn drop(&mut self) {
-        self.reset();
     }
 }
 

@@ -11,11 +11,11 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::common_cfg::{CommonCfg, CommonEvent, COMMON_CFG_LEN};
-use super::msix::{MsixRoutes, MsixTable, MSIX_CAP_ID};
-use super::{Activation, VirtioBackend, VirtioError, NO_VECTOR};
 use crate::devices::bus::{lock, BusDevice};
+use crate::devices::virtio::{status, Activation, VirtioDevice, VirtioError, NO_VECTOR};
 use crate::pci::bar_map::BarMapping;
 use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
+use crate::pci::msix::{MsixCapability, MsixRoutes, MsixTable};
 use crate::pci::PciDevice;
 use crate::vstate::interrupts::IrqRouting;
 use crate::vstate::vcpu::IoBuses;
@@ -55,51 +55,27 @@ fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: Option<u32>) -> Vec
     b
 }
 
-/// A virtio device on the PCI bus.
-pub struct VirtioPciDevice {
+/// The configuration space of a virtio function: IDs, the BAR, the MSI-X
+/// capability (table and PBA in the BAR) and the virtio capabilities
+/// locating the common, ISR, device and notify structures, plus the
+/// VIRTIO_PCI_CAP_PCI_CFG window.
+struct ConfigLayout {
     config: PciConfig,
     bar: Bar,
+    /// Config offset of the MSI-X capability.
     msix_cap: usize,
     /// Config offset of the VIRTIO_PCI_CAP_PCI_CFG window.
     cfg_cap: usize,
-    common: CommonCfg,
-    msix: MsixTable,
-    routes: MsixRoutes,
-    isr: u8,
-    backend: Box<dyn VirtioBackend>,
-    kicks: Vec<EventFd>,
-    calls: Vec<EventFd>,
-    config_evt: EventFd,
-    /// GSI each interrupt source (queues, then config) is bound to.
-    bound: Vec<Option<u32>>,
-    mapping: BarMapping<VirtioPciDevice>,
-    /// Queue notifies that trapped to the VMM instead of an ioeventfd.
-    slow_notifies: u64,
-    vm: Arc<VmFd>,
-    buses: Arc<IoBuses>,
-    mem: GuestMemoryMmap,
 }
 
-fn eventfd() -> Result<EventFd, VirtioError> {
-    EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VirtioError::Io)
-}
-
-impl VirtioPciDevice {
-    /// Wraps `backend` in a PCI function whose BAR starts at `bar_addr` and
-    /// maps the BAR (MMIO bus range and ioeventfds).
-    pub fn new(
-        backend: Box<dyn VirtioBackend>,
-        vm: Arc<VmFd>,
-        routing: Arc<IrqRouting>,
-        buses: Arc<IoBuses>,
-        mem: GuestMemoryMmap,
-        bar_addr: u64,
-    ) -> Result<Arc<Mutex<Self>>, VirtioError> {
-        let nq = backend.num_queues();
+impl ConfigLayout {
+    /// For a device of virtio type `device_type` with `nq` queues (and one
+    /// MSI-X vector more), the BAR at `bar_addr`.
+    fn new(device_type: u16, nq: u16, bar_addr: u64) -> Self {
         let vectors = nq + 1;
         let mut config = PciConfig::new(PciIds {
             vendor: 0x1af4,
-            device: 0x1040 + backend.device_type(),
+            device: 0x1040 + device_type,
             class: 0x01_80_00,
             revision: 1,
             subsystem_vendor: 0x1af4,
@@ -111,11 +87,13 @@ impl VirtioPciDevice {
             is_64bit: true,
         };
         config.add_bar(bar, bar_addr);
-        let msix = MsixTable::new(vectors);
-        let body =
-            msix.capability_body(BAR_INDEX, MSIX_TABLE_OFFSET as u32, MSIX_PBA_OFFSET as u32);
-        // Message control bits 14 (function mask) and 15 (enable) are writable.
-        let msix_cap = config.add_capability(MSIX_CAP_ID, &body, &[0xc000_0000]);
+        let msix_cap = config.add_msix_capability(&MsixCapability {
+            table_size: vectors,
+            table_bar: usize::from(BAR_INDEX),
+            table_offset: MSIX_TABLE_OFFSET,
+            pba_bar: usize::from(BAR_INDEX),
+            pba_offset: MSIX_PBA_OFFSET,
+        });
         let caps = [
             virtio_cap(CAP_COMMON, COMMON_OFFSET, COMMON_CFG_LEN, None),
             virtio_cap(CAP_ISR, ISR_OFFSET, 1, None),
@@ -139,22 +117,75 @@ impl VirtioPciDevice {
         );
         // Firmware-style: memory decoding on at the VMM's placement.
         config.set_reg(COMMAND_REG, config.read(COMMAND_REG) | COMMAND_MEMORY);
+        Self {
+            config,
+            bar,
+            msix_cap,
+            cfg_cap,
+        }
+    }
+}
+
+/// A virtio device on the PCI bus.
+pub struct VirtioPciDevice {
+    config: PciConfig,
+    bar: Bar,
+    msix_cap: usize,
+    /// Config offset of the VIRTIO_PCI_CAP_PCI_CFG window.
+    cfg_cap: usize,
+    common: CommonCfg,
+    msix: MsixTable,
+    routes: MsixRoutes,
+    isr: u8,
+    device: Box<dyn VirtioDevice>,
+    kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+    config_evt: EventFd,
+    /// GSI each interrupt source (queues, then config) is bound to.
+    bound: Vec<Option<u32>>,
+    mapping: BarMapping<VirtioPciDevice>,
+    /// Queue notifies that trapped to the VMM instead of an ioeventfd.
+    slow_notifies: u64,
+    vm: Arc<VmFd>,
+    buses: Arc<IoBuses>,
+    mem: GuestMemoryMmap,
+}
+
+fn eventfd() -> Result<EventFd, VirtioError> {
+    EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VirtioError::Io)
+}
+
+impl VirtioPciDevice {
+    /// Wraps `device` in a PCI function whose BAR starts at `bar_addr` and
+    /// maps the BAR (MMIO bus range and ioeventfds).
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        vm: Arc<VmFd>,
+        routing: Arc<IrqRouting>,
+        buses: Arc<IoBuses>,
+        mem: GuestMemoryMmap,
+        bar_addr: u64,
+    ) -> Result<Arc<Mutex<Self>>, VirtioError> {
+        let nq = device.num_queues();
+        let vectors = nq + 1;
+        let layout = ConfigLayout::new(device.device_type(), nq, bar_addr);
+        let msix = MsixTable::new(vectors);
 
         let kicks = (0..nq).map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
         let calls = (0..nq).map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
         let config_evt = eventfd()?;
         let routes = MsixRoutes::new(routing, vectors)?;
-        let common = CommonCfg::new(backend.features(), nq, backend.queue_max_size(), vectors);
+        let common = CommonCfg::new(device.features(), nq, device.queue_max_size(), vectors);
         let fields = |self_ref| Self {
-            config,
-            bar,
-            msix_cap,
-            cfg_cap,
+            config: layout.config,
+            bar: layout.bar,
+            msix_cap: layout.msix_cap,
+            cfg_cap: layout.cfg_cap,
             common,
             msix,
             routes,
             isr: 0,
-            backend,
+            device,
             kicks,
             calls,
             config_evt,
@@ -172,21 +203,21 @@ impl VirtioPciDevice {
 
     /// A name for logs.
     pub fn name(&self) -> String {
-        self.backend.name()
+        self.device.name()
     }
 
     /// The descriptor whose hangup means the backend is gone.
     pub fn hangup_fd(&self) -> Option<RawFd> {
-        self.backend.hangup_fd()
+        self.device.hangup_fd()
     }
 
     /// The backend went away: DEVICE_NEEDS_RESET and a config interrupt.
     pub fn backend_lost(&mut self) {
         tracing::error!(
             "{}: backend disconnected; device marked DEVICE_NEEDS_RESET",
-            self.backend.name()
+            self.device.name()
         );
-        self.backend.disconnected();
+        self.device.disconnected();
         self.fail();
     }
 
@@ -194,17 +225,17 @@ impl VirtioPciDevice {
         self.common.set_needs_reset();
         self.isr |= ISR_CONFIG;
         if let Err(e) = self.config_evt.write(1) {
-            tracing::warn!("{}: config interrupt: {e}", self.backend.name());
+            tracing::warn!("{}: config interrupt: {e}", self.device.name());
         }
     }
 
     /// Stops the data path (VMM exit).
     pub fn shutdown(&mut self) {
         self.log_rings("exit");
-        self.backend.reset();
+        self.device.reset();
         tracing::info!(
             "{}: stopped; {} queue notifies went through the VMM",
-            self.backend.name(),
+            self.device.name(),
             self.slow_notifies
         );
     }
@@ -215,7 +246,7 @@ impl VirtioPciDevice {
         if !tracing::enabled!(tracing::Level::DEBUG) {
             return;
         }
-        let name = self.backend.name();
+        let name = self.device.name();
         for (i, q) in self.common.queues.iter().enumerate() {
             if !q.ready {
                 continue;
@@ -236,7 +267,7 @@ impl VirtioPciDevice {
 
     /// Whether the driver has been told the device needs a reset.
     pub fn needs_reset(&self) -> bool {
-        self.common.status & super::status::DEVICE_NEEDS_RESET != 0
+        self.common.status & status::DEVICE_NEEDS_RESET != 0
     }
 
     /// Binds each interrupt source's eventfd to the GSI of its vector when
@@ -288,8 +319,8 @@ impl VirtioPciDevice {
     fn on_common_event(&mut self, ev: CommonEvent) {
         match ev {
             CommonEvent::Reset => {
-                tracing::debug!("{}: reset by the driver", self.backend.name());
-                self.backend.reset();
+                tracing::debug!("{}: reset by the driver", self.device.name());
+                self.device.reset();
                 self.isr = 0;
                 self.sync_irqfds();
             }
@@ -302,10 +333,10 @@ impl VirtioPciDevice {
                     calls: &self.calls,
                     mem: &self.mem,
                 };
-                match self.backend.activate(act) {
-                    Ok(()) => tracing::info!("{}: data path started", self.backend.name()),
+                match self.device.activate(act) {
+                    Ok(()) => tracing::info!("{}: data path started", self.device.name()),
                     Err(e) => {
-                        tracing::error!("{}: cannot start: {e}", self.backend.name());
+                        tracing::error!("{}: cannot start: {e}", self.device.name());
                         self.fail();
                     }
                 }
@@ -340,7 +371,7 @@ impl VirtioPciDevice {
                     );
                 }
             }
-            tracing::debug!("{}: BAR at {new:#x}", self.backend.name());
+            tracing::debug!("{}: BAR at {new:#x}", self.device.name());
         }
     }
 }
@@ -416,8 +447,10 @@ impl BusDevice for VirtioPciDevice {
                     self.isr = 0;
                 }
             }
-            DEVICE_OFFSET => self.backend.read_config(off, data),
-            MSIX_TABLE_OFFSET => self.msix.read_table(off, data),
+            DEVICE_OFFSET => self.device.read_config(off, data),
+            MSIX_TABLE_OFFSET => {
+                self.msix.read_table(off, data);
+            }
             MSIX_PBA_OFFSET => {
                 let msix = &self.msix;
                 msix.read_pba(off, data, |v| self.eventfd_pending(v));
@@ -437,7 +470,7 @@ impl BusDevice for VirtioPciDevice {
                     self.on_common_event(ev);
                 }
             }
-            DEVICE_OFFSET => self.backend.write_config(off, data),
+            DEVICE_OFFSET => self.device.write_config(off, data),
             NOTIFY_OFFSET => {
                 // Only reached when the ioeventfd is not registered: the
                 // data path is going through the VMM, which it must not.
@@ -447,7 +480,7 @@ impl BusDevice for VirtioPciDevice {
                     if self.slow_notifies == 1 {
                         tracing::warn!(
                             "{}: queue {q} notify reached the VMM (no ioeventfd)",
-                            self.backend.name()
+                            self.device.name()
                         );
                     }
                     let _ = k.write(1);

@@ -1,17 +1,12 @@
 //! virtio-net served inside the VMM process (the in-VMM tier): the same PCI
 //! transport and config space as the vhost-user-net device, but the queue
-//! pair is served by one VMM thread (`net-q0`) running the `backends` crate's
-//! transmit handler (on the shared engine) and receive path over a TAP opened
-//! with the same code as the vhost-user-net backend. The thread sleeps in
-//! epoll on both kick eventfds (KVM ioeventfds on the notify address), both
-//! io_uring completion eventfds and a stop eventfd; used-buffer interrupts go
-//! to each queue's call eventfd, which the transport binds to the MSI-X
-//! vector's GSI (irqfd).
+//! pair is served by one VMM thread (`net-q0`, see `queue_thread`) running
+//! the `backends` crate's transmit handler (on the shared engine) and receive
+//! path over a TAP opened with the same code as the vhost-user-net backend.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use backends::engine::{Engine, EngineConfig, LocalQueue, QueueStats};
 use backends::net::{
@@ -19,14 +14,14 @@ use backends::net::{
 };
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_S_LINK_UP};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::vhost_user_net::{NET_CONFIG_LEN, VIRTIO_ID_NET};
-use super::{Activation, QueueState, VirtioBackend, VirtioError};
+use super::queue_thread::{dup_eventfd, engine_err, ready_queue, QueueThread, QueueWorker};
 use crate::config::TapNetConfig;
+use crate::devices::virtio::vhost_user::net::{NET_CONFIG_LEN, VIRTIO_ID_NET};
+use crate::devices::virtio::{
+    read_config_bytes, Activation, QueueState, VirtioDevice, VirtioError,
+};
 
 type TxEngine = Engine<TxHandler, GuestMemoryMmap>;
 
@@ -37,14 +32,15 @@ const TXQ: usize = 1;
 
 /// The running queue-pair thread.
 struct PairThread {
-    stop: EventFd,
-    handle: JoinHandle<()>,
+    thread: QueueThread,
     rx: Arc<QueueStats>,
     tx: Arc<QueueStats>,
 }
 
 /// A virtio-net device on a TAP whose queue pair is served by a VMM thread.
 pub struct InVmmNet {
+    /// First field, so dropped (stopped and joined) before the TAP it uses.
+    thread: Option<PairThread>,
     name: String,
     tap: Tap,
     features: u64,
@@ -52,7 +48,6 @@ pub struct InVmmNet {
     config: [u8; NET_CONFIG_LEN],
     mtu: u16,
     queue_size: u16,
-    thread: Option<PairThread>,
 }
 
 impl InVmmNet {
@@ -113,88 +108,37 @@ impl InVmmNet {
     ) -> Result<(), VirtioError> {
         let event_idx = act.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mem = Arc::new(act.mem.clone());
-        let dup = |e: Option<&EventFd>| {
-            e.ok_or_else(|| VirtioError::Io(std::io::Error::other("missing eventfd")))?
-                .try_clone()
-                .map_err(VirtioError::Io)
-        };
         let local =
             |i: usize, q: &QueueState| -> Result<LocalQueue<GuestMemoryMmap>, VirtioError> {
                 let queue = ready_queue(i, q, event_idx, act.mem)?;
                 Ok(LocalQueue::new(
                     queue,
                     mem.clone(),
-                    Some(dup(act.calls.get(i))?),
+                    Some(dup_eventfd(act.calls, i)?),
                 ))
             };
         let rx_q = local(RXQ, rxq)?;
         let tx_q = local(TXQ, txq)?;
-        let kicks = [dup(act.kicks.get(RXQ))?, dup(act.kicks.get(TXQ))?];
+        let kicks = vec![dup_eventfd(act.kicks, RXQ)?, dup_eventfd(act.kicks, TXQ)?];
 
         let rx_stats = Arc::new(QueueStats::default());
         let tx_stats = Arc::new(QueueStats::default());
         let fd = self.tap.as_raw_fd();
-        let engine_err = |what: &str, e: backends::Error| {
-            VirtioError::Io(std::io::Error::other(format!("{what}: {e}")))
-        };
         let handler = TxHandler::new(fd, self.acked.clone(), self.mtu, tx_stats.clone());
         let ecfg = EngineConfig::new(txq.size, TX_MAX_IOV);
-        let tx = Engine::new(handler, ecfg, tx_stats.clone()).map_err(|e| engine_err("tx", e))?;
+        let tx = Engine::new(handler, ecfg, tx_stats.clone()).map_err(engine_err(TXQ))?;
         let rx = RxPath::new(fd, rxq.size, self.acked.clone(), rx_stats.clone())
-            .map_err(|e| engine_err("rx", e))?;
-
-        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VirtioError::Io)?;
-        let stop2 = stop.try_clone().map_err(VirtioError::Io)?;
-        let name = self.name.clone();
-        let handle = std::thread::Builder::new()
-            .name("net-q0".into())
-            .spawn(move || {
-                let mut pair = Pair { rx, tx, rx_q, tx_q };
-                if let Err(e) = pair.serve(&kicks, &stop2) {
-                    tracing::error!("{name}: queue pair stopped: {e}");
-                }
-            })
-            .map_err(VirtioError::Io)?;
+            .map_err(engine_err(RXQ))?;
+        let pair = Pair { rx, tx, rx_q, tx_q };
+        let thread = QueueThread::spawn("net-q0".into(), self.name.clone(), pair, kicks)?;
         self.thread = Some(PairThread {
-            stop,
-            handle,
+            thread,
             rx: rx_stats,
             tx: tx_stats,
         });
         Ok(())
     }
 }
-
-/// A `virtio_queue::Queue` set up from the transport's queue registers.
-fn ready_queue(
-    i: usize,
-    q: &QueueState,
-    event_idx: bool,
-    mem: &GuestMemoryMmap,
-) -> Result<Queue, VirtioError> {
-    let bad = |len| VirtioError::BadRing {
-        queue: i,
-        addr: q.desc,
-        len,
-    };
-    let mut queue = Queue::new(q.max_size).map_err(|_| bad(0))?;
-    queue.set_size(q.size);
-    queue.set_desc_table_address(Some(q.desc as u32), Some((q.desc >> 32) as u32));
-    queue.set_avail_ring_address(Some(q.avail as u32), Some((q.avail >> 32) as u32));
-    queue.set_used_ring_address(Some(q.used as u32), Some((q.used >> 32) as u32));
-    queue.set_event_idx(event_idx);
-    queue.set_ready(true);
-    if !queue.is_valid(mem) {
-        return Err(bad(q.ring_lengths().0));
-    }
-    Ok(queue)
-}
-
-const RX_KICK: u64 = 0;
-const TX_KICK: u64 = 1;
-const RX_DONE: u64 = 2;
-const TX_DONE: u64 = 3;
-const STOP: u64 = 4;
 
 /// What the `net-q0` thread owns.
 struct Pair {
@@ -204,72 +148,38 @@ struct Pair {
     tx_q: LocalQueue<GuestMemoryMmap>,
 }
 
-impl Pair {
-    /// Process on kicks and completions; drain the transmit side and return on stop.
-    fn serve(&mut self, kicks: &[EventFd; 2], stop: &EventFd) -> Result<(), String> {
-        let epoll = Epoll::new().map_err(|e| e.to_string())?;
-        for (fd, token) in [
-            (kicks[RXQ].as_raw_fd(), RX_KICK),
-            (kicks[TXQ].as_raw_fd(), TX_KICK),
-            (self.rx.completion_fd().as_raw_fd(), RX_DONE),
-            (self.tx.completion_fd().as_raw_fd(), TX_DONE),
-            (stop.as_raw_fd(), STOP),
-        ] {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(|e| e.to_string())?;
+impl QueueWorker for Pair {
+    fn completion_fds(&self) -> Vec<RawFd> {
+        // In kick order: receive, then transmit.
+        vec![
+            self.rx.completion_fd().as_raw_fd(),
+            self.tx.completion_fd().as_raw_fd(),
+        ]
+    }
+
+    /// Transmit first, then receive.
+    fn process(&mut self, ready: &[bool]) -> Result<(), VirtioError> {
+        if ready.get(TXQ) == Some(&true) {
+            self.tx.process(&mut self.tx_q).map_err(engine_err(TXQ))?;
         }
-        // Buffers made available before the thread started (or before a reset).
-        self.tx.process(&mut self.tx_q).map_err(|e| e.to_string())?;
-        self.rx.process(&mut self.rx_q).map_err(|e| e.to_string())?;
-        let mut events = [EpollEvent::default(); 5];
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.to_string()),
-            };
-            let (mut rx, mut tx) = (false, false);
-            for ev in &events[..n] {
-                match ev.data() {
-                    RX_KICK => {
-                        let _ = kicks[RXQ].read();
-                        rx = true;
-                    }
-                    TX_KICK => {
-                        let _ = kicks[TXQ].read();
-                        tx = true;
-                    }
-                    RX_DONE => rx = true,
-                    TX_DONE => tx = true,
-                    _ => {
-                        return self.tx.drain(&mut self.tx_q).map_err(|e| e.to_string());
-                    }
-                }
-            }
-            if tx {
-                self.tx.process(&mut self.tx_q).map_err(|e| e.to_string())?;
-            }
-            if rx {
-                self.rx.process(&mut self.rx_q).map_err(|e| e.to_string())?;
-            }
+        if ready.get(RXQ) == Some(&true) {
+            self.rx.process(&mut self.rx_q).map_err(engine_err(RXQ))?;
         }
+        Ok(())
+    }
+
+    /// Only the transmit side has requests in flight to finish.
+    fn drain(&mut self) -> Result<(), VirtioError> {
+        self.tx.drain(&mut self.tx_q).map_err(engine_err(TXQ))
     }
 }
 
-impl VirtioBackend for InVmmNet {
+impl VirtioDevice for InVmmNet {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_NET
     }
 
-    fn features(&self) -> u64 {
-        self.features
-    }
-
+    /// One receive and one transmit queue.
     fn num_queues(&self) -> u16 {
         2
     }
@@ -278,17 +188,16 @@ impl VirtioBackend for InVmmNet {
         self.queue_size
     }
 
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| self.config.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
@@ -319,12 +228,7 @@ impl VirtioBackend for InVmmNet {
         let Some(t) = self.thread.take() else {
             return;
         };
-        if let Err(e) = t.stop.write(1) {
-            tracing::warn!("{}: stop: {e}", self.name);
-        }
-        if t.handle.join().is_err() {
-            tracing::error!("{}: queue thread panicked", self.name);
-        }
+        t.thread.stop();
         tracing::info!(
             "{}: stopped: rx {:?}, tx {:?}",
             self.name,
@@ -336,20 +240,6 @@ impl VirtioBackend for InVmmNet {
             tracing::warn!("{}: {e}", self.name);
         }
     }
-
-    fn hangup_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
-    }
-
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-}
-
-impl Drop for InVmmNet {
-    fn drop(&mut self) {
-        self.reset();
-    }
 }
 
 #[cfg(test)]
@@ -360,6 +250,7 @@ mod tests {
         VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
     };
     use vm_memory::{Address, Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
 
     /// A TAP of our own (removed when the fd closes), or `None` without CAP_NET_ADMIN.
     fn device(tag: &str) -> Option<InVmmNet> {
@@ -405,7 +296,7 @@ mod tests {
         ] {
             assert_ne!(f & (1 << bit), 0, "bit {bit}");
         }
-        assert_ne!(f & super::super::VIRTIO_F_VERSION_1, 0);
+        assert_ne!(f & crate::devices::virtio::VIRTIO_F_VERSION_1, 0);
         for bit in [VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ] {
             assert_eq!(f & (1 << bit), 0, "bit {bit}");
         }
@@ -456,7 +347,7 @@ mod tests {
         let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let kicks = [evt(), evt()];
         let calls = [evt(), evt()];
-        let acked = super::super::VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF;
+        let acked = crate::devices::virtio::VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF;
         d.activate(Activation {
             acked_features: acked,
             queues: &queues,

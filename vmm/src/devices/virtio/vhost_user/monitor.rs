@@ -7,8 +7,8 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{VirtioError, VirtioPciDevice};
 use crate::devices::bus::lock;
+use crate::devices::virtio::{VirtioError, VirtioPciDevice};
 
 /// Watches a device's backend connection and reports a hangup to the device.
 pub struct HangupMonitor {
