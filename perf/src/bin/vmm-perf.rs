@@ -25,10 +25,14 @@ enum Cmd {
     Boot(BootArgs),
     /// Tier × workload comparison (native, vhost-user, VFIO, …): fio, iperf3, boot.
     Compare(CompareArgs),
-    /// Re-render report.md and results.csv of a `compare` results directory.
+    /// Render report.md, its charts and results.csv from a `compare` results.json alone (the
+    /// same bytes as the run that wrote it).
     Report {
-        /// The results directory (`results/<timestamp>`).
-        dir: PathBuf,
+        /// The results.json (or the results directory holding it).
+        results: PathBuf,
+        /// Where to write the report (default: beside results.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -257,15 +261,28 @@ fn main() {
         } => net(args),
         Cmd::Boot(args) => boot(args),
         Cmd::Compare(args) => compare(args),
-        Cmd::Report { dir } => perf::compare::rerender(&dir).map(|set| {
-            println!("{}", perf::compare::report::summary_table(&set));
-            println!("report: {}/report.md", dir.display());
-        }),
+        Cmd::Report { results, out } => report(&results, out),
     };
     if let Err(e) = result {
         eprintln!("vmm-perf: {e}");
         std::process::exit(1);
     }
+}
+
+fn report(results: &std::path::Path, out: Option<PathBuf>) -> perf::Result<()> {
+    let out = out.unwrap_or_else(|| {
+        if results.is_dir() {
+            results.to_path_buf()
+        } else {
+            results
+                .parent()
+                .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+        }
+    });
+    let set = perf::compare::report_from_json(results, &out)?;
+    println!("{}", perf::compare::report::summary_table(&set));
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
 }
 
 /// Logs to stderr (`RUST_LOG`, default warn) and taps the lab console for `compare`.
@@ -411,7 +428,7 @@ fn compare(a: CompareArgs) -> perf::Result<()> {
         })
         .map_err(|e| perf::Error::Backend(format!("Ctrl-C handler: {e}")))?;
     }
-    let out_dir = a.out.join(compare::timestamp());
+    let out_dir = a.out.join(perf::provenance::timestamp());
     let opts = compare::Options {
         mode,
         plan,
@@ -912,7 +929,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
     })?;
     let json = a
         .out
-        .join(format!("net-{}.json", perf::compare::timestamp()));
+        .join(format!("net-{}.json", perf::provenance::timestamp()));
     std::fs::write(
         &json,
         serde_json::to_string_pretty(&report).unwrap_or_default(),

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::fio::FioMetrics;
 use super::iperf::IperfMetrics;
 use super::matrix::{Kind, PlannedCell, Tier};
+use crate::provenance::Provenance;
 
 /// What one run measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -226,9 +227,28 @@ impl CellSummary {
     }
 }
 
+/// Layout version of `results.json`: 2 added the provenance fields, the run's start, wall
+/// clock and host; files without a version are version 1 and still load.
+pub const SCHEMA_VERSION: u32 = 2;
+
 /// Everything `results.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResultSet {
+    /// Schema version, source commit and command line.
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    /// When the run started, UTC `YYYY-MM-DD HH:MM:SS`.
+    #[serde(default)]
+    pub started_utc: Option<String>,
+    /// When the results were last written, UTC (the end of the run once it has finished).
+    #[serde(default)]
+    pub finished_utc: Option<String>,
+    /// Seconds from the start to `finished_utc`.
+    #[serde(default)]
+    pub wall_clock_s: Option<u64>,
+    /// The host: CPU, kernel, `vmm check --json` here and (lab mode) inside the lab host.
+    #[serde(default)]
+    pub host: serde_json::Value,
     /// `direct` or `lab`.
     pub mode: String,
     /// Repetitions per cell.
