@@ -1,6 +1,8 @@
 //! The comparison harness against fio/iperf3 JSON captured from real runs in the lab host
 //! (`perf/tests/fixtures/capture.sh`), and report generation from a synthetic result set.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
