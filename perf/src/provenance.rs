@@ -7,7 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// The fields every `vmm-perf` result file starts with.
+/// Layout version of the JSON files of `vmm-perf backend blk|net` and `vmm-perf boot`: 2 added
+/// the provenance fields (files without them are version 1).
+pub const BENCH_SCHEMA_VERSION: u32 = 2;
+
+/// The fields every `vmm-perf` result file carries at its top level.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     /// Version of the file's layout; files written before it was recorded read as 1.
