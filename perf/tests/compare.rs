@@ -303,6 +303,32 @@ fn fio_m(iops: f64) -> Metrics {
     })
 }
 
+/// The CSV of `set`: the header, the median/min/max of a cell, its raw files, a failed and a
+/// missing cell; returns it.
+fn assert_csv_rows(set: &results::ResultSet) -> String {
+    let csv = results::csv(set);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with(
+        "tier,workload,kind,status,reason,runs_ok,runs,iops_median,iops_min,iops_max"
+    ));
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with("native,randread-4k-qd1,"))
+        .expect("row");
+    assert!(row.contains(",ok,,3,3,2000,1000,3000,"), "{row}");
+    assert!(row.ends_with(
+        "raw/native.randread-4k-qd1.1.json;raw/native.randread-4k-qd1.2.json;raw/native.randread-4k-qd1.3.json"
+    ));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("native,tcp-tx,net,FAILED,iperf3: unable to connect")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("vhost-user-blk,randread-4k-qd1,block,missing,")));
+
+    csv
+}
+
 #[test]
 fn report_and_csv_from_a_synthetic_result_set() {
     let tiers = [Tier::Native, Tier::Vmm, Tier::VhostUserBlk];
@@ -339,26 +365,14 @@ fn report_and_csv_from_a_synthetic_result_set() {
     let s = rr.stat("iops").unwrap();
     assert_eq!((s.median, s.min, s.max), (2000.0, 1000.0, 3000.0));
 
-    let csv = results::csv(&set);
-    let lines: Vec<&str> = csv.lines().collect();
-    assert!(lines[0].starts_with(
-        "tier,workload,kind,status,reason,runs_ok,runs,iops_median,iops_min,iops_max"
-    ));
-    let row = lines
-        .iter()
-        .find(|l| l.starts_with("native,randread-4k-qd1,"))
-        .expect("row");
-    assert!(row.contains(",ok,,3,3,2000,1000,3000,"), "{row}");
-    assert!(row.ends_with(
-        "raw/native.randread-4k-qd1.1.json;raw/native.randread-4k-qd1.2.json;raw/native.randread-4k-qd1.3.json"
-    ));
-    assert!(lines
-        .iter()
-        .any(|l| l.starts_with("native,tcp-tx,net,FAILED,iperf3: unable to connect")));
-    assert!(lines
-        .iter()
-        .any(|l| l.starts_with("vhost-user-blk,randread-4k-qd1,block,missing,")));
+    let csv = assert_csv_rows(&set);
 
+    let mut set = set;
+    set.retries.push(results::Retry {
+        group: "vhost-user-blk".into(),
+        cells: 7,
+        reason: "[   46.8] BUG: TASK stack guard page was hit".into(),
+    });
     let dir = tempfile::tempdir().unwrap();
     report::write_report(dir.path(), &set).unwrap();
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
@@ -373,6 +387,13 @@ fn report_and_csv_from_a_synthetic_result_set() {
     assert!(md.contains("| tier | randread-4k-qd1 |\n|---|---|\n| native | 2000 |\n| vhost-user-blk | missing |\n"), "{md}");
     assert!(md.contains("| native | FAILED |"), "{md}");
     assert!(md.contains("Host: not recorded."), "{md}");
+    assert!(md.contains("## Retried groups"), "{md}");
+    assert!(
+        md.contains(
+            "- vhost-user-blk: 7 cell(s) after `[   46.8] BUG: TASK stack guard page was hit`"
+        ),
+        "{md}"
+    );
     assert_embedded_once(
         dir.path(),
         &md,
@@ -502,6 +523,28 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// `out/results.json` has the provenance fields, and `vmm-perf report` renders the run's
+/// report again from it alone (into `again`), byte for byte.
+fn assert_provenance_and_round_trip(out: &Path, again: &Path) {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["schema_version"], results::SCHEMA_VERSION);
+    assert_eq!(json["host"]["mode"], "direct");
+    assert!(json["command_line"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty()));
+    assert!(json["wall_clock_s"].as_u64().is_some());
+    // `vmm-perf report` renders the run's report again from results.json alone, byte for byte.
+    perf::compare::report_from_json(&out.join("results.json"), again).expect("re-render");
+    for f in ["report.md", "results.csv", "iops.svg"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(again.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
 /// End to end in direct mode on this host, native tier only (no guest, no lab): fio and
 /// iperf3 over loopback, a user fio job that fails, and a (fake) missing tier next to them.
 #[test]
@@ -576,22 +619,5 @@ fn direct_native_run_end_to_end_with_a_missing_tier_and_a_failing_job() {
     ] {
         assert!(out.join(f).is_file(), "{f}");
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    assert_eq!(json["schema_version"], results::SCHEMA_VERSION);
-    assert_eq!(json["host"]["mode"], "direct");
-    assert!(json["command_line"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty()));
-    assert!(json["wall_clock_s"].as_u64().is_some());
-    // `vmm-perf report` renders the run's report again from results.json alone, byte for byte.
-    let again = dir.path().join("again");
-    perf::compare::report_from_json(&out.join("results.json"), &again).expect("re-render");
-    for f in ["report.md", "results.csv", "iops.svg"] {
-        assert_eq!(
-            std::fs::read(out.join(f)).unwrap(),
-            std::fs::read(again.join(f)).unwrap(),
-            "{f}"
-        );
-    }
+    assert_provenance_and_round_trip(&out, &dir.path().join("again"));
 }

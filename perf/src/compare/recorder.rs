@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::collect::Event;
 use super::matrix::{Kind, Plan};
-use super::results::{Metrics, ResultSet, RunRecord, SCHEMA_VERSION};
+use super::results::{Metrics, ResultSet, Retry, RunRecord, SCHEMA_VERSION};
 use super::run::{result_set, Options};
 use super::script::{self, Settings};
 use super::{fio, iperf};
@@ -43,6 +43,8 @@ pub(super) struct Recorder {
     boot_lines: Vec<String>,
     /// True once Ctrl-C stopped the run.
     pub interrupted: bool,
+    /// Groups run again after a fault.
+    pub retries: Vec<Retry>,
     /// The progress bar (hidden without `--progress`).
     pub pb: ProgressBar,
     host: serde_json::Value,
@@ -80,6 +82,7 @@ impl Recorder {
             group_errors: BTreeMap::new(),
             boot_lines: Vec::new(),
             interrupted: false,
+            retries: Vec::new(),
             pb: progress_bar(opts),
             host: opts.host.clone(),
             provenance: Provenance::capture(SCHEMA_VERSION),
@@ -216,6 +219,7 @@ impl Recorder {
         set.finished_utc = Some(provenance::utc(self.started + elapsed as i64));
         set.wall_clock_s = Some(elapsed);
         set.host = self.host.clone();
+        set.retries = self.retries.clone();
         set
     }
 

@@ -132,6 +132,7 @@ pub fn write_report(dir: &Path, set: &ResultSet) -> Result<()> {
     md.push_str(&block_section(dir, set)?);
     md.push_str(&net_section(dir, set)?);
     md.push_str(&boot_section(dir, set)?);
+    md.push_str(&retries_section(set));
     md.push_str(&failed_section(set));
     let path = dir.join("report.md");
     std::fs::write(&path, md).map_err(io_err(format!("write {}", path.display())))
@@ -477,6 +478,28 @@ fn ratio_by_workload(
         series,
         reference: Some((1.0, "= reference".into())),
     }
+}
+
+fn retries_section(set: &ResultSet) -> String {
+    if set.retries.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n## Retried groups\n\nA group whose script ended early on a kernel fault or a stall of the lab \
+         ran once more for its incomplete cells; their runs from the first attempt were discarded.\n\n",
+    );
+    for r in &set.retries {
+        let _ = writeln!(
+            md,
+            "- {}: {} cell(s) after `{}` (second attempt: `script-{}-retry.sh`, `console-{}-retry.log`)",
+            r.group,
+            r.cells,
+            r.reason.replace('`', "'"),
+            r.group,
+            r.group
+        );
+    }
+    md
 }
 
 fn failed_section(set: &ResultSet) -> String {

@@ -265,6 +265,21 @@ pub struct ResultSet {
     pub runs: Vec<RunRecord>,
     /// True if the run was interrupted (Ctrl-C).
     pub interrupted: bool,
+    /// Groups run a second time for their incomplete cells after a fault.
+    #[serde(default)]
+    pub retries: Vec<Retry>,
+}
+
+/// A group whose script ended early on a kernel fault or stall, run once more for its
+/// incomplete cells (their partial runs are discarded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// The group (`host` or a guest tier).
+    pub group: String,
+    /// How many of its cells ran again.
+    pub cells: usize,
+    /// The fault: the first fault line of its console, or the stall.
+    pub reason: String,
 }
 
 fn csv_field(s: &str) -> String {

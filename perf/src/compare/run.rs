@@ -11,7 +11,7 @@ use super::group::{run_group, Group, GroupRun};
 use super::matrix::{Kind, Plan, PlannedCell, Tier};
 use super::recorder::Recorder;
 use super::report;
-use super::results::{self, CellStatus, CellSummary, ResultSet, RunRecord, SCHEMA_VERSION};
+use super::results::{self, CellStatus, CellSummary, ResultSet, Retry, RunRecord, SCHEMA_VERSION};
 use super::script::Settings;
 use crate::boot::Mode;
 use crate::{io_err, Error, Result};
@@ -76,12 +76,28 @@ fn incomplete_cells(g: &Group, records: &[RunRecord], repeat: usize) -> Vec<Plan
         .collect()
 }
 
-/// The first kernel-fault or nested-VMM verdict line of a group's console log, if any.
+/// The first kernel-fault or nested-VMM verdict line of a group's console log, if any, from
+/// its kernel timestamp on (a kernel message may land inside a line of base64 output).
 fn first_fault(console_log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(console_log).ok()?;
     lab::fault_lines(&text, 1)
         .first()
-        .map(|l| l.trim().chars().take(160).collect())
+        .map(|l| from_kernel_timestamp(l.trim()).chars().take(160).collect())
+}
+
+/// `line` from its first kernel timestamp (`[   46.825441]`) on, or all of it.
+fn from_kernel_timestamp(line: &str) -> &str {
+    let is_stamp = |rest: &str| {
+        let Some(end) = rest.find(']') else {
+            return false;
+        };
+        let inner = rest[1..end].trim_start();
+        !inner.is_empty() && inner.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    };
+    line.match_indices('[')
+        .map(|(i, _)| i)
+        .find(|&i| is_stamp(&line[i..]))
+        .map_or(line, |i| &line[i..])
 }
 
 /// Why a group whose cells are incomplete deserves one more run: a kernel fault or nested-VMM
@@ -166,6 +182,7 @@ pub fn result_set(
         cells,
         runs: records.to_vec(),
         interrupted,
+        retries: Vec::new(),
     }
 }
 
@@ -247,6 +264,11 @@ fn run_with_retry(ctx: &GroupRun, g: &Group, rec: &mut Recorder) {
                 g.name,
                 incomplete.len()
             );
+            rec.retries.push(Retry {
+                group: g.name.clone(),
+                cells: incomplete.len(),
+                reason: fault,
+            });
             rec.records
                 .retain(|r| !incomplete.iter().any(|c| r.is_of(c)));
             rec.pb.inc_length((incomplete.len() * repeat) as u64);
@@ -400,6 +422,16 @@ mod tests {
             Some("[   24.23] RIP: 0010:entry_SYSCALL_64+0x0/0x29")
         );
         assert_eq!(first_fault(&dir.path().join("missing.log")), None);
+        std::fs::write(
+            &log,
+            "MDAwLAogICAgICAgIC[   46.825441] BUG: TASK stack guard page was hit at 0000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            first_fault(&log).as_deref(),
+            Some("[   46.825441] BUG: TASK stack guard page was hit at 0000")
+        );
+        assert_eq!(from_kernel_timestamp("no [stamp] here"), "no [stamp] here");
     }
 
     #[test]
