@@ -84,11 +84,14 @@ fn ratio_cell(set: &ResultSet, c: &CellSummary, metric: &str) -> String {
     ratio_of(set, c, metric).map_or("–".into(), |(r, t)| format!("{} (vs {t})", fmt_ratio(r)))
 }
 
-fn status_cell(c: &CellSummary) -> String {
+fn status_cell(set: &ResultSet, c: &CellSummary) -> String {
     match c.status_word() {
         "ok" => format!("ok {}/{}", c.runs_ok, c.runs.max(c.planned)),
         w => {
-            let r = c.reason().replace('|', "\\|").replace('\n', " ");
+            let r = c
+                .reason(set.interrupted)
+                .replace('|', "\\|")
+                .replace('\n', " ");
             format!("**{w}** {}/{}: {r}", c.runs_ok, c.runs.max(c.planned))
         }
     }
@@ -294,7 +297,7 @@ fn block_section(dir: &Path, set: &ResultSet) -> Result<String> {
             fmt_stat(c.stat("clat_p99_us"), 1),
             fmt_stat(c.stat("clat_p999_us"), 1),
             ratio_cell(set, c, "iops"),
-            status_cell(c),
+            status_cell(set, c),
         );
     }
     md.push_str(&missing_note(set, Kind::Block));
@@ -355,7 +358,7 @@ fn net_section(dir: &Path, set: &ResultSet) -> Result<String> {
             fmt_med(c.stat("jitter_ms"), 3),
             fmt_med(c.stat("lost_percent"), 2),
             ratio_cell(set, c, "gbit_s"),
-            status_cell(c),
+            status_cell(set, c),
         );
     }
     md.push_str(&missing_note(set, Kind::Net));
@@ -395,7 +398,7 @@ fn boot_section(dir: &Path, set: &ResultSet) -> Result<String> {
             c.tier,
             fmt_stat(c.stat("boot_to_init_s"), 2),
             ratio_cell(set, c, "boot_to_init_s"),
-            status_cell(c),
+            status_cell(set, c),
         );
     }
     md.push_str(&missing_note(set, Kind::Boot));
@@ -546,7 +549,7 @@ pub fn summary_table(set: &ResultSet) -> String {
                 s.max,
                 p = h.precision
             ),
-            None => c.reason().chars().take(60).collect(),
+            None => c.reason(set.interrupted).chars().take(60).collect(),
         };
         let _ = writeln!(
             o,

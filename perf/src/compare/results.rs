@@ -215,11 +215,17 @@ impl CellSummary {
         }
     }
 
-    /// The reason for a non-ok cell (first failure for partial cells).
-    pub fn reason(&self) -> String {
+    /// The reason for a non-ok cell (first failure for partial cells); `interrupted` is the
+    /// set's: whether missing runs were cut short by Ctrl-C or by the end of the group's script.
+    pub fn reason(&self, interrupted: bool) -> String {
         match &self.status {
             CellStatus::Ok if self.failures.is_empty() && self.runs < self.planned => {
-                format!("{} of {} runs done (interrupted)", self.runs, self.planned)
+                let why = if interrupted {
+                    "interrupted"
+                } else {
+                    "the group's script ended early"
+                };
+                format!("{} of {} runs done ({why})", self.runs, self.planned)
             }
             CellStatus::Ok => self.failures.first().cloned().unwrap_or_default(),
             CellStatus::Failed(r) | CellStatus::Missing(r) | CellStatus::Skipped(r) => r.clone(),
@@ -310,7 +316,7 @@ pub fn csv(set: &ResultSet) -> String {
             csv_field(&c.workload),
             kind,
             c.status_word(),
-            csv_field(&c.reason()),
+            csv_field(&c.reason(set.interrupted)),
             c.runs_ok,
             c.runs
         );

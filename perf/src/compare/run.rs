@@ -153,6 +153,17 @@ pub fn result_set(
         if !matches!(cell.status, CellStatus::Missing(_)) {
             cell.planned = settings.repeat;
         }
+        // Runs that never happened because the group's script failed: say why.
+        if let (false, Some(e)) = (interrupted, group_errors.get(t)) {
+            if cell.status == CellStatus::Ok && cell.runs < cell.planned {
+                let missing = if cell.runs + 1 == cell.planned {
+                    format!("run {}", cell.planned)
+                } else {
+                    format!("runs {}-{}", cell.runs + 1, cell.planned)
+                };
+                cell.failures.push(format!("{missing} not done: {e}"));
+            }
+        }
         cells.push(cell);
     }
     cells.sort_by_key(|c| {
@@ -432,6 +443,55 @@ mod tests {
             Some("[   46.825441] BUG: TASK stack guard page was hit at 0000")
         );
         assert_eq!(from_kernel_timestamp("no [stamp] here"), "no [stamp] here");
+    }
+
+    #[test]
+    fn runs_cut_short_by_a_failed_script_are_partial_with_its_reason() {
+        let plan = super::super::matrix::plan(&[Tier::VfioNvme], &Workload::builtin(), |_, _| {
+            super::super::Availability::Available
+        });
+        let c = &plan.cells[0];
+        let records = vec![RunRecord {
+            tier: c.tier.name().into(),
+            workload: c.workload.name().into(),
+            rep: 1,
+            raw_file: None,
+            outcome: Ok(Metrics::Boot { to_init_s: 1.0 }),
+        }];
+        let settings = Settings {
+            repeat: 3,
+            duration_s: 2,
+            size_mib: 64,
+            cpus: 2,
+            memory_mib: 512,
+            queues: 1,
+        };
+        let errors =
+            BTreeMap::from([("vfio-nvme".to_string(), "lab: silent for 150s".to_string())]);
+        let set = result_set(&plan, &records, &settings, Mode::Lab, false, &errors);
+        let cell = &set
+            .cells
+            .iter()
+            .find(|x| x.workload == c.workload.name())
+            .unwrap();
+        assert_eq!(cell.status_word(), "partial");
+        assert_eq!(
+            cell.reason(false),
+            "runs 2-3 not done: lab: silent for 150s"
+        );
+        // Without the group's error (an older results.json), the count and the likely cause.
+        let bare = CellSummary {
+            failures: Vec::new(),
+            ..(*cell).clone()
+        };
+        assert_eq!(
+            bare.reason(false),
+            "1 of 3 runs done (the group's script ended early)"
+        );
+        assert_eq!(bare.reason(true), "1 of 3 runs done (interrupted)");
+        // An interrupted run is not blamed on the script.
+        let set = result_set(&plan, &records, &settings, Mode::Lab, true, &errors);
+        assert!(set.cells.iter().all(|x| x.failures.is_empty()));
     }
 
     #[test]

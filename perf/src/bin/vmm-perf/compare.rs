@@ -22,8 +22,8 @@ pub struct CompareArgs {
     /// randrw-70-30-4k-qd32, tcp-tx, tcp-rx, udp, boot; or a group: block, net.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
-    /// Runs per cell (median and min/max are reported). 2 runs of 2 s keep the default matrix
-    /// (all nine tiers, ~20 guest boots) within 15 minutes in lab mode on a 2-core machine.
+    /// Runs per cell (median and min/max are reported). With 2 runs of 2 s the default matrix
+    /// (all nine tiers, ~20 guest boots) takes 15-20 minutes in lab mode on a 2-core machine.
     #[arg(long, default_value_t = 2)]
     repeat: usize,
     /// Seconds per fio/iperf3 run.
