@@ -24,8 +24,8 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex, RwLock};
 
 use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
-    VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserInflight,
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
 };
 use vhost::vhost_user::Backend;
 use vm_memory::bitmap::Bitmap;
@@ -145,6 +145,38 @@ pub trait VhostUserBackend: Send + Sync {
     fn stop_vring(&self, _queue_index: u32) -> Result<()> {
         Ok(())
     }
+
+    /// Create the shared region in which the backend tracks in-flight requests
+    /// (`VHOST_USER_GET_INFLIGHT_FD`), laid out for `inflight.num_queues` queues of
+    /// `inflight.queue_size` descriptors, and return its size, offset and file.
+    ///
+    /// The frontend keeps the file and hands it back with `VHOST_USER_SET_INFLIGHT_FD` on every
+    /// start, including after the backend restarted. A backend implementing this and
+    /// [`set_inflight_fd`](Self::set_inflight_fd) offers
+    /// `VhostUserProtocolFeatures::INFLIGHT_SHMFD` in
+    /// [`protocol_features`](Self::protocol_features); the default answers `Unsupported`.
+    fn get_inflight_fd(&self, _inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support inflight I/O tracking",
+        ))
+    }
+
+    /// Use the region described by `inflight` in `file` (`VHOST_USER_SET_INFLIGHT_FD`) to track
+    /// in-flight requests, and resubmit the requests it records as in flight when the rings
+    /// start. See [`get_inflight_fd`](Self::get_inflight_fd).
+    fn set_inflight_fd(&self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support inflight I/O tracking",
+        ))
+    }
+
+    /// The frontend connection ended. Every vring that was started has been stopped (see
+    /// [`stop_vring`](Self::stop_vring)) and reset, and the guest memory replaced by an empty
+    /// one ([`update_memory`](Self::update_memory)); drop any other per-connection state (such
+    /// as an inflight region) so that the next frontend starts from a fresh device.
+    fn connection_closed(&self) {}
 
     /// Handle IO events for backend registered file descriptors.
     ///
@@ -306,6 +338,41 @@ pub trait VhostUserBackendMut: Send + Sync {
         Ok(())
     }
 
+    /// Create the shared region in which the backend tracks in-flight requests
+    /// (`VHOST_USER_GET_INFLIGHT_FD`), laid out for `inflight.num_queues` queues of
+    /// `inflight.queue_size` descriptors, and return its size, offset and file.
+    ///
+    /// The frontend keeps the file and hands it back with `VHOST_USER_SET_INFLIGHT_FD` on every
+    /// start, including after the backend restarted. A backend implementing this and
+    /// [`set_inflight_fd`](Self::set_inflight_fd) offers
+    /// `VhostUserProtocolFeatures::INFLIGHT_SHMFD` in
+    /// [`protocol_features`](Self::protocol_features); the default answers `Unsupported`.
+    fn get_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+    ) -> Result<(VhostUserInflight, File)> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support inflight I/O tracking",
+        ))
+    }
+
+    /// Use the region described by `inflight` in `file` (`VHOST_USER_SET_INFLIGHT_FD`) to track
+    /// in-flight requests, and resubmit the requests it records as in flight when the rings
+    /// start. See [`get_inflight_fd`](Self::get_inflight_fd).
+    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support inflight I/O tracking",
+        ))
+    }
+
+    /// The frontend connection ended. Every vring that was started has been stopped (see
+    /// [`stop_vring`](Self::stop_vring)) and reset, and the guest memory replaced by an empty
+    /// one ([`update_memory`](Self::update_memory)); drop any other per-connection state (such
+    /// as an inflight region) so that the next frontend starts from a fresh device.
+    fn connection_closed(&mut self) {}
+
     /// Handle IO events for backend registered file descriptors.
     ///
     /// This function gets called if the backend registered some additional listeners onto specific
@@ -424,6 +491,18 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
         self.deref().stop_vring(queue_index)
     }
 
+    fn get_inflight_fd(&self, inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        self.deref().get_inflight_fd(inflight)
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> Result<()> {
+        self.deref().set_inflight_fd(inflight, file)
+    }
+
+    fn connection_closed(&self) {
+        self.deref().connection_closed()
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
@@ -519,6 +598,18 @@ impl<T: VhostUserBackendMut> VhostUserBackend for Mutex<T> {
 
     fn stop_vring(&self, queue_index: u32) -> Result<()> {
         self.lock().unwrap().stop_vring(queue_index)
+    }
+
+    fn get_inflight_fd(&self, inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        self.lock().unwrap().get_inflight_fd(inflight)
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> Result<()> {
+        self.lock().unwrap().set_inflight_fd(inflight, file)
+    }
+
+    fn connection_closed(&self) {
+        self.lock().unwrap().connection_closed()
     }
 
     fn handle_event(
@@ -619,6 +710,18 @@ impl<T: VhostUserBackendMut> VhostUserBackend for RwLock<T> {
 
     fn stop_vring(&self, queue_index: u32) -> Result<()> {
         self.write().unwrap().stop_vring(queue_index)
+    }
+
+    fn get_inflight_fd(&self, inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        self.write().unwrap().get_inflight_fd(inflight)
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> Result<()> {
+        self.write().unwrap().set_inflight_fd(inflight, file)
+    }
+
+    fn connection_closed(&self) {
+        self.write().unwrap().connection_closed()
     }
 
     fn handle_event(

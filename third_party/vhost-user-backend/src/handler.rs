@@ -290,6 +290,48 @@ where
         Ok(())
     }
 
+    /// Forget what the ended connection set up so that the next frontend finds a fresh device:
+    /// stop every started vring (as `GET_VRING_BASE` does, so the backend answers what it
+    /// took), drop the vrings' eventfds and ring addresses, the negotiated features, the
+    /// ownership and the guest memory, then tell the backend
+    /// ([`VhostUserBackend::connection_closed`]).
+    pub(crate) fn reset_connection(&mut self) {
+        for (index, vring) in self.vrings.iter().enumerate() {
+            let started = vring.get_ref().get_queue().ready();
+            vring.set_queue_ready(false);
+            vring.set_enabled(false);
+            if let Err(e) = self.update_vring_registration(vring, index as u8) {
+                warn!("vring {index}: cannot unregister its kick at disconnect: {e}");
+            }
+            if started {
+                if let Err(e) = self.backend.stop_vring(index as u32) {
+                    warn!("vring {index}: stop at disconnect failed: {e}");
+                }
+            }
+            vring.set_kick(None);
+            vring.set_call(None);
+            vring.set_err(None);
+            vring.get_mut().get_queue_mut().reset();
+        }
+        self.owned = false;
+        self.features_acked = false;
+        self.acked_features = 0;
+        self.acked_protocol_features = 0;
+        self.mappings.clear();
+        #[cfg(feature = "postcopy")]
+        {
+            self.uffd = None;
+            self.pending_mem = None;
+        }
+        if let Ok(mem) = self.atomic_mem.lock() {
+            mem.replace(GuestMemoryMmap::new());
+        }
+        if let Err(e) = self.backend.update_memory(self.atomic_mem.clone()) {
+            warn!("cannot drop the guest memory at disconnect: {e}");
+        }
+        self.backend.connection_closed();
+    }
+
     /// Helper to check if VirtioFeature enabled
     fn check_feature(&self, feat: VhostUserVirtioFeatures) -> VhostUserResult<()> {
         if self.acked_features & feat.bits() != 0 {
@@ -665,20 +707,23 @@ where
 
     fn get_inflight_fd(
         &mut self,
-        _inflight: &vhost::vhost_user::message::VhostUserInflight,
+        inflight: &vhost::vhost_user::message::VhostUserInflight,
     ) -> VhostUserResult<(vhost::vhost_user::message::VhostUserInflight, File)> {
-        // Assume the backend hasn't negotiated the inflight feature; it
-        // wouldn't be correct for the backend to do so, as we don't (yet)
-        // provide a way for it to handle such requests.
-        Err(VhostUserError::InvalidOperation("not supported"))
+        // Only reached when INFLIGHT_SHMFD was negotiated, which a backend offers when it
+        // implements the inflight methods (the defaults answer `Unsupported`).
+        self.backend
+            .get_inflight_fd(inflight)
+            .map_err(VhostUserError::ReqHandlerError)
     }
 
     fn set_inflight_fd(
         &mut self,
-        _inflight: &vhost::vhost_user::message::VhostUserInflight,
-        _file: File,
+        inflight: &vhost::vhost_user::message::VhostUserInflight,
+        file: File,
     ) -> VhostUserResult<()> {
-        Err(VhostUserError::InvalidOperation("not supported"))
+        self.backend
+            .set_inflight_fd(inflight, file)
+            .map_err(VhostUserError::ReqHandlerError)
     }
 
     fn get_max_mem_slots(&mut self) -> VhostUserResult<u64> {

@@ -174,6 +174,7 @@ where
         });
 
         let thread_state = state.clone();
+        let device = self.handler.clone();
         let handle = thread::Builder::new()
             .name(self.name.clone())
             .spawn(move || {
@@ -183,6 +184,11 @@ where
                     }
                 };
                 let _ = thread_state.conn.shutdown(Shutdown::Both);
+                // The next connection (`start*` again after `wait`) finds a fresh device.
+                match device.lock() {
+                    Ok(mut device) => device.reset_connection(),
+                    Err(_) => error!("vhost-user handler lock poisoned; device state not reset"),
+                }
                 result
             })
             .map_err(Error::StartDaemon)?;
@@ -209,6 +215,12 @@ where
     /// This runs in an infinite loop that should be terminating once the other end of the socket
     /// (the VMM) disconnects.
     ///
+    /// When a connection ends, the device forgets what it set up (started vrings are stopped
+    /// through [`VhostUserBackend::stop_vring`], then [`VhostUserBackend::connection_closed`] is
+    /// called), so that once [`wait`](Self::wait) returned, `start`, [`start_client`](Self::start_client)
+    /// or [`start_connection`](Self::start_connection) may serve the next frontend with the
+    /// same backend and worker threads.
+    ///
     /// *Note:* A convenience function [VhostUserDaemon::serve] exists that
     /// may be a better option than this for simple use-cases.
     pub fn start(&mut self, listener: &mut Listener) -> Result<()> {
@@ -216,6 +228,13 @@ where
             .map_err(Error::CreateBackendListener)?;
         let backend_handler = self.accept(&mut backend_listener)?;
         self.start_daemon(backend_handler)
+    }
+
+    /// Serve a frontend connection the caller accepted itself (for instance to refuse a second
+    /// frontend while one is served) in a dedicated thread; see [`start`](Self::start).
+    pub fn start_connection(&mut self, stream: UnixStream) -> Result<()> {
+        let handler = BackendReqHandler::from_stream(stream, self.handler.clone());
+        self.start_daemon(handler)
     }
 
     fn accept(
