@@ -9,6 +9,7 @@
 pub mod blk;
 pub mod engine;
 mod error;
+pub mod inflight;
 pub mod net;
 pub mod vhost_shim;
 

@@ -22,6 +22,7 @@ use vm_memory::{
     MemoryRegionAddress, Permissions, VolatileSlice,
 };
 
+use super::SplitWalk;
 use crate::GuestFault;
 
 /// Upper bound on descriptors kept for one chain (a queue has at most 32768 entries, an
@@ -104,7 +105,7 @@ impl DescChain {
     /// Walk `chain`, recording every descriptor and checking each against guest memory.
     pub fn walk<M>(chain: DescriptorChain<M>) -> Self
     where
-        M: Deref,
+        M: Deref + Clone,
         M::Target: GuestMemory,
     {
         let mut c = DescChain::default();
@@ -113,23 +114,47 @@ impl DescChain {
     }
 
     /// Like [`DescChain::walk`], reusing this value's allocations.
-    pub fn reset_from<M>(&mut self, mut chain: DescriptorChain<M>)
+    pub fn reset_from<M>(&mut self, chain: DescriptorChain<M>)
     where
-        M: Deref,
+        M: Deref + Clone,
         M::Target: GuestMemory,
     {
-        self.head = chain.head_index();
+        let head = chain.head_index();
+        let descriptors = chain.clone();
+        self.record(head, chain.memory(), descriptors);
+    }
+
+    /// Walk the chain whose head is descriptor `head` of the split virtqueue descriptor table
+    /// at `table` (`size` entries), with exactly the checks of [`DescChain::reset_from`]: for
+    /// a chain that did not come from the avail ring just now (a request resubmitted after a
+    /// backend restart). See [`SplitWalk`].
+    pub fn reset_from_head<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        table: GuestAddress,
+        size: u16,
+        head: u16,
+    ) {
+        self.record(head, mem, SplitWalk::new(mem, table, size, head));
+    }
+
+    /// The walk itself, over the descriptors `descriptors` yields for the chain at `head`.
+    fn record<M: GuestMemory + ?Sized>(
+        &mut self,
+        head: u16,
+        mem: &M,
+        descriptors: impl Iterator<Item = Descriptor>,
+    ) {
+        self.head = head;
         self.readable.clear();
         self.writable.clear();
         self.readable_len = 0;
         self.writable_len = 0;
         self.fault = None;
-        self.resolved_in = identity(chain.memory());
+        self.resolved_in = identity(mem);
         let mut last: Option<Descriptor> = None;
-        let mut count = 0usize;
-        while let Some(desc) = chain.next() {
-            count += 1;
-            if count > MAX_CHAIN_DESCRIPTORS {
+        for (count, desc) in descriptors.enumerate() {
+            if count == MAX_CHAIN_DESCRIPTORS {
                 self.fault = Some(GuestFault::ChainTooLong);
                 return;
             }
@@ -137,14 +162,14 @@ impl DescChain {
             let seg = Seg {
                 addr: desc.addr(),
                 len: desc.len(),
-                host: resolve(chain.memory(), desc.addr(), desc.len(), write),
+                host: resolve(mem, desc.addr(), desc.len(), write),
             };
             let perm = if write {
                 Permissions::Write
             } else {
                 Permissions::Read
             };
-            if seg.host == 0 && !chain.memory().check_range(seg.addr, seg.len as usize, perm) {
+            if seg.host == 0 && !mem.check_range(seg.addr, seg.len as usize, perm) {
                 self.note(GuestFault::OutOfBounds);
             }
             if desc.is_write_only() {
@@ -159,8 +184,8 @@ impl DescChain {
             }
             last = Some(desc);
         }
-        // virtio-queue's iterator ends silently on loops (TTL), bad `next` indexes, unreadable
-        // descriptors and bad indirect tables: the last descriptor then still has NEXT set.
+        // The walk ends silently on loops (TTL), bad `next` indexes, unreadable descriptors
+        // and bad indirect tables: the last descriptor then still has NEXT set.
         match last {
             Some(d) if !d.has_next() => {}
             _ => self.fault = Some(GuestFault::BrokenChain),
@@ -435,6 +460,172 @@ mod tests {
 
     fn expected(addr: u64, len: usize) -> Vec<u8> {
         (addr..addr + len as u64).map(|i| (i % 253) as u8).collect()
+    }
+
+    /// What a walk recorded, for comparing two walks of the same chain.
+    fn summary(c: &DescChain) -> (u16, Option<GuestFault>, Vec<Seg>, Vec<Seg>, u64, u64) {
+        (
+            c.head(),
+            c.fault(),
+            c.segs(Dir::Readable).to_vec(),
+            c.segs(Dir::Writable).to_vec(),
+            c.readable_len(),
+            c.writable_len(),
+        )
+    }
+
+    /// `(index, addr, len, flags, next)` descriptors written to a queue of `size` at 0x8_0000
+    /// in 1 MiB of memory, the chain at `head` popped from the avail ring (virtio-queue's walk)
+    /// and walked from its head index ([`SplitWalk`]): both must record the same.
+    fn both_walks(size: u16, descs: &[(u16, u64, u32, u16, u16)], head: u16) -> DescChain {
+        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0x8_0000), size);
+        for &(i, addr, len, flags, next) in descs {
+            let raw = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+            vq.desc_table().store(i, raw).unwrap();
+        }
+        vq.avail().ring().ref_at(0).unwrap().store(head);
+        vq.avail().idx().store(1);
+        let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
+        use virtio_queue::QueueT;
+        let popped = DescChain::walk(q.pop_descriptor_chain(&mem).unwrap());
+        let mut from_head = DescChain::default();
+        from_head.reset_from_head(&mem, vq.desc_table_addr(), size, head);
+        assert_eq!(summary(&from_head), summary(&popped));
+        popped
+    }
+
+    /// Write indirect-table descriptors `(addr, len, flags, next)` at `at`.
+    fn write_table(mem: &Mem, descs: &[(u64, u32, u16, u16)], at: u64) {
+        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+            let raw = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+            // The last entries may lie past guest memory on purpose.
+            let _ = mem.write_obj(raw, GuestAddress(at + 16 * i as u64));
+        }
+    }
+
+    const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+    const INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+
+    #[test]
+    fn hostile_chains_walk_the_same_from_the_avail_ring_and_from_a_head() {
+        let ok = |c: &DescChain| c.fault();
+        // A good chain; the head in the middle of the table.
+        let c = both_walks(
+            16,
+            &[
+                (5, 0x1000, 16, NEXT, 9),
+                (9, 0x2000, 512, NEXT | WRITE, 2),
+                (2, 0x3000, 1, WRITE, 0),
+            ],
+            5,
+        );
+        assert_eq!(
+            (ok(&c), c.readable_len(), c.writable_len()),
+            (None, 16, 513)
+        );
+        // A loop, a `next` past the table, readable after writable, outside memory.
+        let c = both_walks(16, &[(0, 0x1000, 16, NEXT, 1), (1, 0x2000, 8, NEXT, 0)], 0);
+        assert_eq!(ok(&c), Some(GuestFault::BrokenChain));
+        let c = both_walks(16, &[(0, 0x1000, 16, NEXT, 16)], 0);
+        assert_eq!(ok(&c), Some(GuestFault::BrokenChain));
+        let c = both_walks(
+            16,
+            &[(0, 0x1000, 16, NEXT | WRITE, 1), (1, 0x2000, 8, 0, 0)],
+            0,
+        );
+        assert_eq!(ok(&c), Some(GuestFault::ReadableAfterWritable));
+        let c = both_walks(16, &[(0, 0xf_ff00, 0x200, WRITE, 0)], 0);
+        assert_eq!(ok(&c), Some(GuestFault::OutOfBounds));
+        // More than 2^32 bytes in all.
+        let c = both_walks(
+            16,
+            &[(0, 0x1000, u32::MAX, NEXT, 1), (1, 0x2000, 2, 0, 0)],
+            0,
+        );
+        assert_eq!(ok(&c), Some(GuestFault::BrokenChain));
+        // Longer than the engine takes (a queue large enough to hold it).
+        let long: Vec<_> = (0..1100u16)
+            .map(|i| (i, 0x1000, 1, NEXT, i + 1))
+            .chain([(1100, 0x1000, 1, 0, 0)])
+            .collect();
+        let c = both_walks(2048, &long, 0);
+        assert_eq!(ok(&c), Some(GuestFault::ChainTooLong));
+    }
+
+    #[test]
+    fn hostile_indirect_tables_walk_the_same_from_the_avail_ring_and_from_a_head() {
+        let run_at = |queue: &[(u16, u64, u32, u16, u16)], tables: &[(u64, u32, u16, u16)], at| {
+            let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            write_table(&mem, tables, at);
+            let vq = MockSplitQueue::create(&mem, GuestAddress(0x8_0000), 16);
+            for &(i, addr, len, flags, next) in queue {
+                let raw = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+                vq.desc_table().store(i, raw).unwrap();
+            }
+            vq.avail().ring().ref_at(0).unwrap().store(0);
+            vq.avail().idx().store(1);
+            let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
+            use virtio_queue::QueueT;
+            let popped = DescChain::walk(q.pop_descriptor_chain(&mem).unwrap());
+            let mut from_head = DescChain::default();
+            from_head.reset_from_head(&mem, vq.desc_table_addr(), 16, 0);
+            assert_eq!(summary(&from_head), summary(&popped));
+            popped.fault()
+        };
+        let run = |queue: &[(u16, u64, u32, u16, u16)], tables: &[(u64, u32, u16, u16)]| {
+            run_at(queue, tables, 0x4_0000)
+        };
+        let three = [
+            (0x1000, 16, NEXT, 1),
+            (0x2000, 4096, NEXT | WRITE, 2),
+            (0x3000, 1, WRITE, 0),
+        ];
+        // A good indirect table, at the head and after a direct descriptor.
+        assert_eq!(run(&[(0, 0x4_0000, 48, INDIRECT, 0)], &three), None);
+        assert_eq!(
+            run(
+                &[(0, 0x5000, 8, NEXT, 1), (1, 0x4_0000, 48, INDIRECT, 0)],
+                &three
+            ),
+            None
+        );
+        // Length not a multiple of 16, empty, nested, looping, `next` past the table.
+        assert_eq!(
+            run(&[(0, 0x4_0000, 40, INDIRECT, 0)], &three),
+            Some(GuestFault::BrokenChain)
+        );
+        assert_eq!(
+            run(&[(0, 0x4_0000, 0, INDIRECT, 0)], &three),
+            Some(GuestFault::BrokenChain)
+        );
+        let nested = [(0x1000, 16, NEXT, 1), (0x4_0000, 48, INDIRECT, 0)];
+        assert_eq!(
+            run(&[(0, 0x4_0000, 32, INDIRECT, 0)], &nested),
+            Some(GuestFault::BrokenChain)
+        );
+        let looping = [(0x1000, 16, NEXT, 1), (0x2000, 16, NEXT, 0)];
+        assert_eq!(
+            run(&[(0, 0x4_0000, 32, INDIRECT, 0)], &looping),
+            Some(GuestFault::BrokenChain)
+        );
+        let past = [(0x1000, 16, NEXT, 2), (0x2000, 16, 0, 0)];
+        assert_eq!(
+            run(&[(0, 0x4_0000, 32, INDIRECT, 0)], &past),
+            Some(GuestFault::BrokenChain)
+        );
+        // A table partly outside guest memory: the entry past the end cannot be read.
+        let at_end = [(0, 0xf_fff0, 48, INDIRECT, 0)];
+        assert_eq!(
+            run_at(&at_end, &three, 0xf_fff0),
+            Some(GuestFault::BrokenChain)
+        );
+        // A head index past the table (only reachable from a head): no descriptor at all.
+        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut c = DescChain::default();
+        c.reset_from_head(&mem, GuestAddress(0x8_0000), 16, 16);
+        assert_eq!(c.fault(), Some(GuestFault::BrokenChain));
     }
 
     #[test]

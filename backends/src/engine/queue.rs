@@ -16,6 +16,7 @@ use vm_memory::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::QueueStats;
+use crate::inflight::InflightQueue;
 use crate::{Error, Result};
 
 /// What the engine needs from a virtqueue.
@@ -51,12 +52,24 @@ pub trait VirtQueue {
     fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)>;
     /// Publish `used` (see [`VirtQueue::publish_used`]) and empty it, count refused entries in
     /// `stats` (all of them when the used ring cannot be written), and signal the driver once
-    /// if it asked.
-    fn flush_used(&mut self, used: &mut Vec<(u16, u32)>, stats: &QueueStats) -> Result<()> {
+    /// if it asked. With an `inflight` region the publication follows its batch protocol
+    /// ([`InflightQueue::publish`]).
+    fn flush_used(
+        &mut self,
+        used: &mut Vec<(u16, u32)>,
+        stats: &QueueStats,
+        inflight: Option<&mut InflightQueue>,
+    ) -> Result<()> {
         if used.is_empty() {
             return Ok(());
         }
-        let published = self.publish_used(used);
+        let published = match inflight {
+            Some(tracker) => tracker.publish(used, || {
+                let result = self.publish_used(used)?;
+                Ok((result, self.next_used()))
+            }),
+            None => self.publish_used(used),
+        };
         let count = used.len() as u64;
         used.clear();
         let (rejected, notify) = published.inspect_err(|_| {
@@ -80,6 +93,16 @@ pub trait VirtQueue {
     /// Give the last `n` popped chains back to the avail ring: the next pops (and the ring
     /// base reported when it stops) start at them again.
     fn rewind(&mut self, n: u16);
+    /// Make the next pop start at avail ring position `idx` (a restarted backend resumes after
+    /// the chains it resubmits).
+    fn set_next_avail(&mut self, idx: u16);
+    /// The used index after the entries published so far.
+    fn next_used(&self) -> u16;
+    /// The used index the driver sees (read from guest memory).
+    fn guest_used_idx(&self, mem: &Self::Mem) -> Result<u16>;
+    /// The descriptor table's address and the ring's size, to walk a chain from its head
+    /// ([`DescChain::reset_from_head`](super::DescChain::reset_from_head)).
+    fn desc_table(&self) -> (GuestAddress, u16);
     /// Disable driver notifications (no-op with EVENT_IDX).
     fn disable_notification(&mut self) -> Result<()>;
     /// Re-enable notifications; `true` if new buffers arrived meanwhile.
@@ -221,6 +244,25 @@ impl VirtQueue for VringQueue<'_> {
         self.vring.set_queue_next_avail(next);
     }
 
+    fn set_next_avail(&mut self, idx: u16) {
+        self.vring.set_queue_next_avail(idx);
+    }
+
+    fn next_used(&self) -> u16 {
+        self.vring.get_ref().get_queue().next_used()
+    }
+
+    fn guest_used_idx(&self, mem: &VhostMem) -> Result<u16> {
+        let state = self.vring.get_ref();
+        Ok(state.get_queue().used_idx(mem, Ordering::Acquire)?.0)
+    }
+
+    fn desc_table(&self) -> (GuestAddress, u16) {
+        let state = self.vring.get_ref();
+        let q = state.get_queue();
+        (GuestAddress(q.desc_table()), q.size())
+    }
+
     fn disable_notification(&mut self) -> Result<()> {
         Ok(self.vring.disable_notification()?)
     }
@@ -280,6 +322,22 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
     fn rewind(&mut self, n: u16) {
         let next = self.queue.next_avail().wrapping_sub(n);
         self.queue.set_next_avail(next);
+    }
+
+    fn set_next_avail(&mut self, idx: u16) {
+        self.queue.set_next_avail(idx);
+    }
+
+    fn next_used(&self) -> u16 {
+        self.queue.next_used()
+    }
+
+    fn guest_used_idx(&self, mem: &M) -> Result<u16> {
+        Ok(self.queue.used_idx(mem, Ordering::Acquire)?.0)
+    }
+
+    fn desc_table(&self) -> (GuestAddress, u16) {
+        (GuestAddress(self.queue.desc_table()), self.queue.size())
     }
 
     fn disable_notification(&mut self) -> Result<()> {

@@ -12,6 +12,7 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{DescChain, Prepared, QueueStats, RequestHandler, Tuning, VirtQueue};
+use crate::inflight::InflightQueue;
 use crate::{Error, Result};
 
 /// What an engine serves and how.
@@ -63,6 +64,10 @@ pub struct Engine<H: RequestHandler, M> {
     cfg: EngineConfig,
     stats: Arc<QueueStats>,
     stopping: bool,
+    /// The ring was seen running (a start is noticed on the first pass after it).
+    running: bool,
+    /// This queue's part of the frontend's inflight region, if it shared one.
+    tracker: Option<InflightQueue>,
 }
 
 impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
@@ -111,7 +116,15 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             cfg,
             stats,
             stopping: false,
+            running: false,
+            tracker: None,
         })
+    }
+
+    /// Track requests in `inflight` (or stop tracking): from the next start of the ring on,
+    /// which first resubmits what the region records as in flight.
+    pub fn set_inflight(&mut self, inflight: Option<InflightQueue>) {
+        self.tracker = inflight;
     }
 
     /// Eventfd written when operations complete; poll it for readability and call
@@ -155,9 +168,14 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         if !q.ready() {
             // Stopped ([`Engine::settle`] answered everything taken): its rings are not ours.
             // Consume the wake-up, or the thread's epoll would report it again and again.
+            self.stopped();
             self.ring.completion().enable_eventfd();
             let _ = self.completion.read();
             return Ok(());
+        }
+        if !self.running {
+            self.running = true;
+            self.resume(q)?;
         }
         let mut idle_since: Option<Instant> = None;
         loop {
@@ -181,7 +199,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             }
             self.submit()?;
             progress += self.reap();
-            q.flush_used(&mut self.used, &self.stats)?;
+            q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut())?;
             if progress > 0 {
                 idle_since = None;
                 continue;
@@ -231,15 +249,70 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             }
             self.reap();
         }
-        q.flush_used(&mut self.used, &self.stats)
+        let flushed = q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut());
+        self.stopped();
+        flushed
+    }
+
+    /// The ring stopped (or is about to): nothing is taken until it starts again.
+    fn stopped(&mut self) {
+        self.running = false;
+        if let Some(tracker) = &mut self.tracker {
+            tracker.stop();
+        }
+    }
+
+    /// The ring (re)started: with an inflight region, resubmit what a previous backend took
+    /// and did not answer, in the order it took them, before anything new, and resume the
+    /// avail ring after them.
+    fn resume<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+        let Some(tracker) = &mut self.tracker else {
+            return Ok(());
+        };
+        let mem = q.memory();
+        let guest_used = q.guest_used_idx(&mem)?;
+        let (table, size) = q.desc_table();
+        let recovery = tracker.start(guest_used, size);
+        let Some(next_avail) = recovery.next_avail else {
+            return Ok(());
+        };
+        q.set_next_avail(next_avail);
+        for &head in &recovery.heads {
+            let Some(idx) = self.free.pop() else { break };
+            self.slots[idx as usize]
+                .chain
+                .reset_from_head(&*mem, table, size, head);
+            self.prepare_and_submit(idx, &mem);
+        }
+        let n = recovery.heads.len() as u64;
+        self.stats.resubmitted.fetch_add(n, Ordering::Relaxed);
+        if n > 0 || recovery.cleared > 0 {
+            tracing::info!(
+                resubmitted = n,
+                cleared = recovery.cleared,
+                next_avail,
+                "ring restarted: requests left in flight by a previous backend resubmitted"
+            );
+        }
+        Ok(())
     }
 
     /// Prepare and queue one popped chain (the caller pops at most as many as there are free
     /// slots, and counts them).
     fn start(&mut self, chain: DescriptorChain<&M>, mem: &Arc<M>) {
         let Some(idx) = self.free.pop() else { return };
+        let walked = &mut self.slots[idx as usize].chain;
+        walked.reset_from(chain);
+        if let Some(tracker) = &mut self.tracker {
+            tracker.mark(walked.head());
+        }
+        self.prepare_and_submit(idx, mem);
+    }
+
+    /// Let the handler prepare the chain walked into slot `idx`, then queue its operation or
+    /// answer it.
+    fn prepare_and_submit(&mut self, idx: u32, mem: &Arc<M>) {
         let slot = &mut self.slots[idx as usize];
-        slot.chain.reset_from(chain);
         slot.iov.clear();
         slot.req = H::Req::default();
         match self
@@ -472,6 +545,20 @@ mod tests {
     /// test writes to the pipe.
     struct PipeReader {
         pipe: File,
+        /// Heads in the order they were prepared.
+        seen: Vec<u16>,
+        /// Heads answered at once instead of reading.
+        instant: Vec<u16>,
+    }
+
+    impl PipeReader {
+        fn new(pipe: File) -> Self {
+            Self {
+                pipe,
+                seen: Vec::new(),
+                instant: Vec::new(),
+            }
+        }
     }
 
     impl RequestHandler for PipeReader {
@@ -488,6 +575,10 @@ mod tests {
             _req: &mut (),
             iov: &mut Vec<libc::iovec>,
         ) -> Prepared {
+            self.seen.push(chain.head());
+            if self.instant.contains(&chain.head()) {
+                return Prepared::Done(0);
+            }
             match chain.iovecs(mem, Dir::Writable, 0, chain.writable_len(), 1, iov) {
                 Ok(()) => Prepared::Submit(rw_sqe(iov, 0, 0, false)),
                 Err(_) => Prepared::Done(0),
@@ -534,7 +625,7 @@ mod tests {
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         // SAFETY: fresh fds owned by nobody else.
         let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-        let handler = PipeReader { pipe: rd };
+        let handler = PipeReader::new(rd);
         let cfg = EngineConfig::new(16, 1);
         let mut engine = Engine::new(handler, cfg, Arc::new(QueueStats::default())).unwrap();
         engine.process(&mut q).unwrap();
@@ -567,5 +658,126 @@ mod tests {
             !completion_signalled(engine.completion_fd(), 0),
             "completion eventfd left readable on a stopped ring"
         );
+    }
+
+    /// A pipe `(read end, write end)`.
+    fn pipe() -> (File, File) {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 fills two fds on success; both are wrapped at once.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh fds owned by nobody else.
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn requests_left_in_flight_are_resubmitted_in_order_after_a_restart() {
+        use crate::inflight::InflightRegion;
+        use vhost::vhost_user::message::VhostUserInflight;
+
+        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = virtio_queue::mock::MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        for i in 0..5u16 {
+            let desc = RawDescriptor::from(SplitDescriptor::new(
+                0x8_0000 + 0x100 * u64::from(i),
+                64,
+                virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16,
+                0,
+            ));
+            vq.desc_table().store(i, desc).unwrap();
+        }
+        let avail_ring = vq.avail_addr();
+        let offer = |heads: &[u16], from: u16| {
+            for (i, &h) in heads.iter().enumerate() {
+                let pos = u64::from(from) + i as u64;
+                mem.write_obj(h, avail_ring.unchecked_add(4 + 2 * pos))
+                    .unwrap();
+            }
+            mem.write_obj(from + heads.len() as u16, avail_ring.unchecked_add(2))
+                .unwrap();
+        };
+        let used_ring = |n: u16| -> (u16, Vec<u32>) {
+            let used = vq.used_addr();
+            let idx = mem.read_obj(used.unchecked_add(2)).unwrap();
+            let heads = (0..u64::from(n))
+                .map(|i| mem.read_obj(used.unchecked_add(4 + 8 * i)).unwrap())
+                .collect();
+            (idx, heads)
+        };
+        let request = VhostUserInflight {
+            num_queues: 1,
+            queue_size: 16,
+            ..VhostUserInflight::default()
+        };
+        let (msg, region_file) = InflightRegion::create(&request, 1, 16).unwrap();
+        let tracker = || {
+            InflightRegion::map(&msg, &region_file, 1, 16)
+                .unwrap()
+                .queue(0)
+        };
+
+        // The first backend takes four chains: 0 and 3 are answered at once, 2 and 1 wait.
+        offer(&[2, 0, 1, 3], 0);
+        let (rd, _wr) = pipe();
+        let mut handler = PipeReader::new(rd);
+        handler.instant = vec![0, 3];
+        let mut q = LocalQueue::new(vq.create_queue().unwrap(), Arc::new(mem.clone()), None);
+        let cfg = EngineConfig::new(16, 1);
+        let mut first = Engine::new(handler, cfg, Arc::new(QueueStats::default())).unwrap();
+        first.set_inflight(tracker());
+        first.process(&mut q).unwrap();
+        assert_eq!((first.inflight(), used_ring(2)), (2, (2, vec![0, 3])));
+        // It is killed: nothing more is answered, the region keeps what it recorded.
+        drop(first);
+
+        // Its successor starts on a fresh queue at the frontend's base (the used index), its
+        // used index read from the ring (as vhost-user-backend does on SET_VRING_ADDR).
+        let (rd, mut wr) = pipe();
+        let mut q = LocalQueue::new(vq.create_queue().unwrap(), Arc::new(mem.clone()), None);
+        q.queue.set_next_avail(2);
+        q.queue.set_next_used(2);
+        let stats = Arc::new(QueueStats::default());
+        let mut second = Engine::new(PipeReader::new(rd), cfg, stats.clone()).unwrap();
+        second.set_inflight(tracker());
+        second.process(&mut q).unwrap();
+        assert_eq!(
+            second.handler().seen,
+            [2, 1],
+            "resubmitted in the order taken"
+        );
+        assert_eq!(second.inflight(), 2);
+        assert_eq!(
+            q.queue.next_avail(),
+            4,
+            "the ring resumes after what was taken"
+        );
+        // A new chain comes after them.
+        offer(&[4], 4);
+        wr.write_all(&[7u8; 3 * 64]).unwrap();
+        while used_ring(0).0 != 5 {
+            assert!(
+                completion_signalled(second.completion_fd(), 5000),
+                "used {:?}, in flight {}",
+                used_ring(5),
+                second.inflight()
+            );
+            second.process(&mut q).unwrap();
+        }
+        let (_, mut answered) = used_ring(5);
+        answered[2..].sort_unstable();
+        assert_eq!(answered, [0, 3, 1, 2, 4]);
+        assert_eq!(second.handler().seen, [2, 1, 4]);
+        let s = stats.snapshot();
+        assert_eq!((s.resubmitted, s.requests), (2, 1));
+        // Everything answered: a third backend finds nothing to resubmit.
+        drop(second);
+        let mut q = LocalQueue::new(vq.create_queue().unwrap(), Arc::new(mem.clone()), None);
+        q.queue.set_next_avail(5);
+        q.queue.set_next_used(5);
+        let (rd, _wr) = pipe();
+        let mut third = Engine::new(PipeReader::new(rd), cfg, stats.clone()).unwrap();
+        third.set_inflight(tracker());
+        third.process(&mut q).unwrap();
+        assert!(third.handler().seen.is_empty());
+        assert_eq!(q.queue.next_avail(), 5);
     }
 }

@@ -77,7 +77,7 @@ impl CtrlQueue {
                 let len = self.answer(&*mem, &mut set_pairs);
                 self.used.push((self.chain.head(), len));
             }
-            q.flush_used(&mut self.used, &self.stats)?;
+            q.flush_used(&mut self.used, &self.stats, None)?;
             if !q.enable_notification()? {
                 return Ok(());
             }

@@ -213,7 +213,7 @@ impl RxPath {
     /// Keep a popped chain at `held[nheld]` if it can take a frame; answer it empty if not.
     fn hold<M>(&mut self, chain: DescriptorChain<M>)
     where
-        M: std::ops::Deref,
+        M: std::ops::Deref + Clone,
         M::Target: GuestMemory,
     {
         if self.held.len() <= self.nheld {
@@ -535,7 +535,7 @@ impl RxPath {
 
     /// Publish the used entries: a frame's buffers become visible to the driver together.
     fn flush<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
-        q.flush_used(&mut self.used, &self.stats)
+        q.flush_used(&mut self.used, &self.stats, None)
     }
 }
 
