@@ -105,7 +105,10 @@ pub trait VirtQueue {
     fn desc_table(&self) -> (GuestAddress, u16);
     /// Disable driver notifications (no-op with EVENT_IDX).
     fn disable_notification(&mut self) -> Result<()>;
-    /// Re-enable notifications; `true` if new buffers arrived meanwhile.
+    /// Re-enable notifications; `true` if new buffers arrived meanwhile (and can be taken:
+    /// an avail index more than a ring ahead of the next pop, which a driver can write, would
+    /// otherwise report buffers that no pop ever yields, and a caller that keeps going while
+    /// buffers arrive would never sleep).
     fn enable_notification(&mut self) -> Result<bool>;
     /// Signal the driver (call eventfd / irqfd).
     fn signal(&mut self) -> Result<()>;
@@ -268,7 +271,11 @@ impl VirtQueue for VringQueue<'_> {
     }
 
     fn enable_notification(&mut self) -> Result<bool> {
-        Ok(self.vring.enable_notification()?)
+        if !self.vring.enable_notification()? {
+            return Ok(false);
+        }
+        let mem = self.mem.memory();
+        poppable(self.vring.get_ref().get_queue(), &*mem)
     }
 
     fn signal(&mut self) -> Result<()> {
@@ -345,7 +352,10 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
     }
 
     fn enable_notification(&mut self) -> Result<bool> {
-        Ok(self.queue.enable_notification(&*self.mem)?)
+        if !self.queue.enable_notification(&*self.mem)? {
+            return Ok(false);
+        }
+        poppable(&self.queue, &*self.mem)
     }
 
     fn signal(&mut self) -> Result<()> {
@@ -355,6 +365,23 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
             None => Ok(()),
         }
     }
+}
+
+/// Whether `q`'s avail ring holds chains a pop can take: between one and a ring's worth past
+/// the next pop. Anything else is a driver bug (or attack) that pops refuse; it is logged, and
+/// the queue waits for the driver's next notification.
+fn poppable<M: GuestMemory>(q: &Queue, mem: &M) -> Result<bool> {
+    let avail = q.avail_idx(mem, Ordering::Acquire)?;
+    let pending = avail.0.wrapping_sub(q.next_avail());
+    if pending > q.size() {
+        tracing::debug!(
+            avail = avail.0,
+            next_avail = q.next_avail(),
+            size = q.size(),
+            "avail index out of range: nothing to take until the driver notifies again"
+        );
+    }
+    Ok(pending != 0 && pending <= q.size())
 }
 
 /// Split virtqueue layout (virtio 1.2 §2.7.6, §2.7.8): `flags` and `idx` before the ring

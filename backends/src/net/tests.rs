@@ -1056,3 +1056,45 @@ fn rx_buffers_reserved_by_a_killed_backend_take_the_next_frames_in_order() {
     h.run_rx_until(1);
     assert_eq!(h.rxv.used(&h.mem).0, 4);
 }
+
+/// Runs `f` on another thread; fails if it does not return within 5 s.
+fn returns_in_time(f: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = done.send(());
+    });
+    assert!(
+        finished.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the queue never went back to sleep"
+    );
+}
+
+#[test]
+fn rx_an_avail_index_out_of_range_does_not_spin_the_queue() {
+    returns_in_time(|| {
+        let mut h = Harness::new(base_features());
+        h.peer_send(&packet(VnetHdr::default(), 100, 1));
+        // The driver writes an avail index more than a ring ahead of the device's next pop
+        // (behind it, here): pops refuse it, and re-enabling notifications must not report
+        // buffers that will never come.
+        h.rxq.queue.set_next_avail(5);
+        h.rx.process(&mut h.rxq).unwrap();
+        assert_eq!(h.rxv.used_idx(&h.mem), 0);
+        // The driver repairs its ring and notifies: served again.
+        h.rxq.queue.set_next_avail(0);
+        let head = h.rxv.add(&h.mem, &[w(BUF, 2048)]);
+        h.run_rx_until(1);
+        assert_eq!(h.rxv.used(&h.mem).0, u32::from(head));
+    });
+}
+
+#[test]
+fn tx_an_avail_index_out_of_range_does_not_spin_the_queue() {
+    returns_in_time(|| {
+        let mut h = Harness::new(base_features());
+        h.txq.queue.set_next_avail(5);
+        h.tx.process(&mut h.txq).unwrap();
+        assert_eq!(h.tx_stats().requests, 0);
+    });
+}
