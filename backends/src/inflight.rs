@@ -145,6 +145,12 @@ pub enum InflightFault {
     },
 }
 
+impl From<InflightFault> for std::io::Error {
+    fn from(fault: InflightFault) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, fault)
+    }
+}
+
 fn os(op: &'static str) -> InflightFault {
     InflightFault::Os {
         op,
