@@ -285,7 +285,7 @@ fi
 
 # --- lab-base.cpio ------------------------------------------------------------------------------
 
-# Load order per LAB.md; dependencies are resolved from each .ko anyway.
+# Load order per docs/lab.md; dependencies are resolved from each .ko anyway.
 LAB_MODULES=(irqbypass kvm kvm_amd
     vfio vfio_iommu_type1 vfio_virqfd vfio_pci_core vfio_pci
     virtio_pci virtio_blk virtio_net failover net_failover

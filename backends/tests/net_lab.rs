@@ -4,6 +4,8 @@
 //!
 //! The lab is nested TCG: throughput numbers are printed for relative comparison only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Mutex;
 use std::time::Duration;
 

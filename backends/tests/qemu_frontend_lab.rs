@@ -1,9 +1,11 @@
 //! Interop: our `vhost-user-blk` backend driven by programs nobody here wrote.
 //!
-//! Inside the lab host (nested SVM, see `/work/shared/LAB.md`) the backend serves a raw file to
+//! Inside the lab host (nested SVM, see `docs/lab.md`) the backend serves a raw file to
 //! QEMU as the vhost-user *frontend* (`vhost-user-blk-pci`); a stock Debian guest kernel's
 //! `virtio_blk` driver is the client and fio (with crc32c verification) plus busybox dd are the
 //! workloads. Bytes the guest writes are checked in the backing file after QEMU exits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `vhost-user-blk` binary driven by libblkio's
 //! `virtio-blk-vhost-user` driver (an independent vhost-user frontend; no VM).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::mem::MaybeUninit;

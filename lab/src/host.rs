@@ -377,25 +377,42 @@ impl LabHost {
     /// here: retrying is the test runner's policy (`.config/nextest.toml`), where it is reported.
     pub fn run(&self) -> Result<LabRun> {
         let qemu = qemu_binary().ok_or(LabError::QemuMissing)?;
-        let tmp = tempfile::Builder::new()
-            .prefix("lab-run-")
-            .tempdir()
-            .map_err(|e| LabError::io("creating lab temp dir", e))?;
-        let (work_dir, tmp) = if std::env::var_os("LAB_KEEP_DIR").is_some() {
-            let p = tmp.keep();
-            tracing::info!("keeping lab run directory {}", p.display());
-            (p, None)
-        } else {
-            (tmp.path().to_path_buf(), Some(tmp))
-        };
-
+        let (work_dir, tmp) = run_dir()?;
         let initrd = work_dir.join("initrd.cpio");
         concat_with_overlay(&[self.images.lab_base.as_path()], &self.overlay()?, &initrd)?;
 
-        let args = self.qemu_command_args(&initrd);
-        tracing::debug!("lab: {} {}", qemu.display(), args.join(" "));
         let start = Instant::now();
-        let mut cmd = Command::new(&qemu);
+        let mut qemu_proc = self.spawn_qemu(&qemu, &initrd)?;
+        let output = Output::capture(&mut qemu_proc, &work_dir)?;
+        let (console, status) = self.watch_console(&output.lines, start)?;
+        let exit = qemu_proc.finish(Duration::from_secs(5));
+        let duration = start.elapsed();
+        print_faults(&console);
+        let stderr_path = output.join();
+
+        let Some(status) = status else {
+            return Err(no_exit_marker(&console, &stderr_path, exit));
+        };
+        let boot_uptime = console.lines().find_map(|l| {
+            let v = l.split(BOOT_MARKER).nth(1)?;
+            let secs: f64 = v.split_whitespace().next()?.parse().ok()?;
+            Duration::try_from_secs_f64(secs).ok()
+        });
+        Ok(LabRun {
+            status,
+            console,
+            duration,
+            boot_uptime,
+            work_dir,
+            _tmp: tmp,
+        })
+    }
+
+    /// Starts QEMU on `initrd`, killed if the spawning thread dies (and on drop).
+    fn spawn_qemu(&self, qemu: &Path, initrd: &Path) -> Result<KillOnDrop> {
+        let args = self.qemu_command_args(initrd);
+        tracing::debug!("lab: {} {}", qemu.display(), args.join(" "));
+        let mut cmd = Command::new(qemu);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -413,25 +430,17 @@ impl LabHost {
         let child = cmd
             .spawn()
             .map_err(|e| LabError::io(format!("starting {}", qemu.display()), e))?;
-        let mut qemu_proc = KillOnDrop(child);
+        Ok(KillOnDrop(child))
+    }
 
-        let (tx, rx) = mpsc::channel::<String>();
-        let stdout = qemu_proc.0.stdout.take();
-        let stderr = qemu_proc.0.stderr.take();
-        let console_log = File::create(work_dir.join("console.log"))
-            .map_err(|e| LabError::io("creating console.log", e))?;
-        let stderr_path = work_dir.join("qemu-stderr.log");
-        let stderr_log =
-            File::create(&stderr_path).map_err(|e| LabError::io("creating qemu-stderr.log", e))?;
-        let out_thread = thread::Builder::new()
-            .name("lab-console".into())
-            .spawn(move || stream_console(stdout, console_log, tx))
-            .map_err(|e| LabError::io("spawning console thread", e))?;
-        let err_thread = thread::Builder::new()
-            .name("lab-stderr".into())
-            .spawn(move || copy_stderr(stderr, stderr_log))
-            .map_err(|e| LabError::io("spawning stderr thread", e))?;
-
+    /// Collects console lines until QEMU's output ends or the exit marker's
+    /// power-off grace passes; returns the console and the exit status, or the
+    /// error of a stall, a silence or the timeout.
+    fn watch_console(
+        &self,
+        lines: &mpsc::Receiver<String>,
+        start: Instant,
+    ) -> Result<(String, Option<i32>)> {
         let mut console = String::new();
         let mut status = None;
         let mut deadline = start + self.timeout;
@@ -444,25 +453,11 @@ impl LabHost {
                 until = until.min(boot_by);
             }
             let left = until.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            match lines.recv_timeout(left) {
                 Ok(line) => {
                     silent_by = Instant::now() + self.silence_limit;
                     booted |= line.contains(BOOT_MARKER);
-                    if is_lab_host_stall(&line) {
-                        console.push_str(&line);
-                        print_faults(&console);
-                        return Err(LabError::LabHostStalled {
-                            tail: tail_lines(&console, 40),
-                        });
-                    }
-                    if let Some(stuck) = guest_cpu_stuck(&line).filter(|&s| s >= GUEST_STALL) {
-                        console.push_str(&line);
-                        print_faults(&console);
-                        return Err(LabError::GuestStalled {
-                            stuck,
-                            tail: tail_lines(&console, 40),
-                        });
-                    }
+                    stall_check(&mut console, &line)?;
                     if status.is_none() {
                         status = parse_marker(&line, EXIT_MARKER);
                         if status.is_some() {
@@ -475,7 +470,7 @@ impl LabHost {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if status.is_some() {
                         tracing::warn!("lab did not power off after its exit marker; killing");
-                        break;
+                        return Ok((console, status));
                     }
                     print_faults(&console);
                     let tail = tail_lines(&console, 40);
@@ -497,44 +492,108 @@ impl LabHost {
                         tail,
                     });
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok((console, status)),
             }
         }
-        let exit = qemu_proc.finish(Duration::from_secs(5));
-        let duration = start.elapsed();
-        print_faults(&console);
-        let _ = out_thread.join();
-        let _ = err_thread.join();
+    }
+}
 
-        let Some(status) = status else {
-            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-            let stderr: String = stderr
-                .lines()
-                .filter(|l| !l.contains("TCG doesn't support requested feature"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            return Err(LabError::NoExitMarker {
-                qemu_status: exit.map_or_else(|| "killed".to_string(), |s| s.to_string()),
-                tail: format!(
-                    "{}\n--- qemu stderr ---\n{}",
-                    tail_lines(&console, 40),
-                    tail_lines(&stderr, 20)
-                ),
-            });
-        };
-        let boot_uptime = console.lines().find_map(|l| {
-            let v = l.split(BOOT_MARKER).nth(1)?;
-            let secs: f64 = v.split_whitespace().next()?.parse().ok()?;
-            Duration::try_from_secs_f64(secs).ok()
+/// The run's directory: a temporary one, kept (and logged) when
+/// `LAB_KEEP_DIR` is set.
+fn run_dir() -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let tmp = tempfile::Builder::new()
+        .prefix("lab-run-")
+        .tempdir()
+        .map_err(|e| LabError::io("creating lab temp dir", e))?;
+    Ok(if std::env::var_os("LAB_KEEP_DIR").is_some() {
+        let p = tmp.keep();
+        tracing::info!("keeping lab run directory {}", p.display());
+        (p, None)
+    } else {
+        (tmp.path().to_path_buf(), Some(tmp))
+    })
+}
+
+/// A lab-host soft lockup in a nested VMM, or a nested guest CPU stuck for
+/// [`GUEST_STALL`] or longer, ends the run at `line` (added to `console`).
+fn stall_check(console: &mut String, line: &str) -> Result<()> {
+    if is_lab_host_stall(line) {
+        console.push_str(line);
+        print_faults(console);
+        return Err(LabError::LabHostStalled {
+            tail: tail_lines(console, 40),
         });
-        Ok(LabRun {
-            status,
-            console,
-            duration,
-            boot_uptime,
-            work_dir,
-            _tmp: tmp,
+    }
+    if let Some(stuck) = guest_cpu_stuck(line).filter(|&s| s >= GUEST_STALL) {
+        console.push_str(line);
+        print_faults(console);
+        return Err(LabError::GuestStalled {
+            stuck,
+            tail: tail_lines(console, 40),
+        });
+    }
+    Ok(())
+}
+
+/// QEMU's output: console lines on a channel (and in `console.log`), stderr
+/// in `qemu-stderr.log`, each copied by a thread of its own.
+struct Output {
+    lines: mpsc::Receiver<String>,
+    stderr_path: PathBuf,
+    threads: [thread::JoinHandle<()>; 2],
+}
+
+impl Output {
+    fn capture(qemu: &mut KillOnDrop, work_dir: &Path) -> Result<Self> {
+        let (tx, lines) = mpsc::channel::<String>();
+        let stdout = qemu.0.stdout.take();
+        let stderr = qemu.0.stderr.take();
+        let console_log = File::create(work_dir.join("console.log"))
+            .map_err(|e| LabError::io("creating console.log", e))?;
+        let stderr_path = work_dir.join("qemu-stderr.log");
+        let stderr_log =
+            File::create(&stderr_path).map_err(|e| LabError::io("creating qemu-stderr.log", e))?;
+        let out_thread = thread::Builder::new()
+            .name("lab-console".into())
+            .spawn(move || stream_console(stdout, console_log, tx))
+            .map_err(|e| LabError::io("spawning console thread", e))?;
+        let err_thread = thread::Builder::new()
+            .name("lab-stderr".into())
+            .spawn(move || copy_stderr(stderr, stderr_log))
+            .map_err(|e| LabError::io("spawning stderr thread", e))?;
+        Ok(Self {
+            lines,
+            stderr_path,
+            threads: [out_thread, err_thread],
         })
+    }
+
+    /// Waits for both copies to finish (QEMU has exited); returns where
+    /// stderr went.
+    fn join(self) -> PathBuf {
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.stderr_path
+    }
+}
+
+/// The error of a run whose script never printed its exit marker, with the
+/// console's tail and QEMU's stderr (less TCG's feature warnings).
+fn no_exit_marker(console: &str, stderr_path: &Path, exit: Option<ExitStatus>) -> LabError {
+    let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
+    let stderr: String = stderr
+        .lines()
+        .filter(|l| !l.contains("TCG doesn't support requested feature"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    LabError::NoExitMarker {
+        qemu_status: exit.map_or_else(|| "killed".to_string(), |s| s.to_string()),
+        tail: format!(
+            "{}\n--- qemu stderr ---\n{}",
+            tail_lines(console, 40),
+            tail_lines(&stderr, 20)
+        ),
     }
 }
 

@@ -137,7 +137,7 @@ impl FileLock {
 const QUIET_CONSOLE: &str = "echo 5 > /proc/sys/kernel/printk\n";
 
 /// Builds a nested-guest initramfs at `out`: `guest-base` + (optionally) `guest-tools` + an
-/// overlay holding `extra` and `/test.sh` = [`QUIET_CONSOLE`] + `test_script`. The guest
+/// overlay holding `extra` and `/test.sh` = `QUIET_CONSOLE` + `test_script`. The guest
 /// `/init` runs `/test.sh`, prints `GUEST-EXIT-STATUS=N` and powers off. Returns `out`.
 pub fn guest_initramfs(
     images: &Images,

@@ -2,7 +2,7 @@
 //!
 //! The build machines' `/dev/kvm` cannot boot a stock Linux guest, so such tests run inside a
 //! *lab host*: QEMU in TCG mode emulating AMD SVM and an Intel IOMMU, booting the Debian cloud
-//! kernel with `kvm_amd` and `vfio-pci` loaded (see `/work/shared/LAB.md`). Images come from
+//! kernel with `kvm_amd` and `vfio-pci` loaded (see `docs/lab.md`). Images come from
 //! `scripts/build-images.sh` ([`Images`]); a [`LabHost`] boots them with a per-run overlay that
 //! carries `/lab/run.sh` and any binaries, and reports the script's exit status ([`LabRun`]).
 //!

@@ -23,7 +23,8 @@ const CAP_PTR: usize = 0x34;
 /// Registers in the legacy (256-byte) config space.
 pub const LEGACY_REGS: usize = 64;
 const CAP_ID_MSI: u8 = 0x05;
-const CAP_ID_MSIX: u8 = 0x11;
+
+use pci::msix::{MsixCapability, CTRL_ENABLE, CTRL_FUNCTION_MASK, MSIX_CAP_ID as CAP_ID_MSIX};
 
 /// Kind of a BAR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,33 +50,13 @@ pub struct BarInfo {
     pub prefetchable: bool,
 }
 
-/// Where the MSI-X table and PBA live.
+/// Where the MSI-X capability sits in config space and what it says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MsixCap {
     /// Config-space offset of the capability.
     pub offset: usize,
-    /// Number of vectors.
-    pub table_size: u16,
-    /// BAR holding the table.
-    pub table_bar: usize,
-    /// Offset of the table in that BAR.
-    pub table_offset: u64,
-    /// BAR holding the PBA.
-    pub pba_bar: usize,
-    /// Offset of the PBA in that BAR.
-    pub pba_offset: u64,
-}
-
-impl MsixCap {
-    /// Table length in bytes.
-    pub fn table_len(&self) -> u64 {
-        u64::from(self.table_size) * crate::msix::ENTRY_SIZE
-    }
-
-    /// PBA length in bytes.
-    pub fn pba_len(&self) -> u64 {
-        u64::from(self.table_size).div_ceil(64) * 8
-    }
+    /// Its table size and where the table and PBA live.
+    pub body: MsixCapability,
 }
 
 /// What a guest config write turned into.
@@ -296,16 +277,13 @@ impl ConfigModel {
                     continue;
                 }
                 CAP_ID_MSIX => {
-                    let ctrl = cfg_u16(raw, cap + 2);
-                    let table = cfg_u32(raw, cap + 4);
-                    let pba = cfg_u32(raw, cap + 8);
                     self.msix = Some(MsixCap {
                         offset: cap,
-                        table_size: (ctrl & 0x7ff) + 1,
-                        table_bar: (table & 7) as usize,
-                        table_offset: u64::from(table & !7),
-                        pba_bar: (pba & 7) as usize,
-                        pba_offset: u64::from(pba & !7),
+                        body: MsixCapability::from_registers(
+                            cfg_u16(raw, cap + 2),
+                            cfg_u32(raw, cap + 4),
+                            cfg_u32(raw, cap + 8),
+                        ),
                     });
                 }
                 _ => {}
@@ -378,8 +356,7 @@ impl ConfigModel {
         };
         if let Some(m) = self.msix {
             if reg == m.offset / 4 {
-                let ctrl_mask =
-                    u32::from(crate::msix::CTRL_ENABLE | crate::msix::CTRL_FUNCTION_MASK) << 16;
+                let ctrl_mask = u32::from(CTRL_ENABLE | CTRL_FUNCTION_MASK) << 16;
                 v = (v & !ctrl_mask) | u32::from(msix_ctrl_bits) << 16;
             }
         }
@@ -527,10 +504,18 @@ mod tests {
         );
         let x = m.msix().unwrap();
         assert_eq!(
-            (x.offset, x.table_size, x.table_bar, x.table_offset),
+            (
+                x.offset,
+                x.body.table_size,
+                x.body.table_bar,
+                x.body.table_offset
+            ),
             (0x70, 64, 0, 0x2000)
         );
-        assert_eq!((x.pba_bar, x.pba_offset, x.pba_len()), (0, 0x3000, 8));
+        assert_eq!(
+            (x.body.pba_bar, x.body.pba_offset, x.body.pba_len()),
+            (0, 0x3000, 8)
+        );
         assert!(m.msi_hidden());
     }
 

@@ -15,13 +15,24 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{BarInfo, BarKind, ConfigModel, MsiConfig, MsixCap, WriteAction, LEGACY_REGS};
 use crate::context::VfioContext;
 use crate::error::{Result, VfioError};
-use crate::msix::{MsiMessage, MsixTable};
 use crate::sysfs::CheckedDevice;
+use pci::msix::MsixTable;
+use pci::MsiMessage;
 
 const PAGE: u64 = 4096;
 
-/// An error string from the VMM side of [`VmmOps`].
-pub type OpsError = String;
+/// An error from the VMM side of [`VmmOps`]: the VMM's own error, boxed
+/// because this crate does not know its type.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct OpsError(Box<dyn std::error::Error + Send + Sync>);
+
+impl OpsError {
+    /// Wraps an error of the VMM.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(e))
+    }
+}
 
 /// What the device model needs from the VMM.
 pub trait VmmOps: Send + Sync {
@@ -158,8 +169,11 @@ impl VfioPciDevice {
             .device
             .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
             .map_or(0, |i| i.count);
-        let n = usize::from(cap.table_size).min(irq_count as usize);
-        let mut vectors = Vec::with_capacity(n);
+        let n = cap
+            .body
+            .table_size
+            .min(u16::try_from(irq_count).unwrap_or(u16::MAX));
+        let mut vectors = Vec::with_capacity(usize::from(n));
         for _ in 0..n {
             match new_vector(self.ops.as_ref()) {
                 Ok(v) => vectors.push(v),
@@ -206,9 +220,9 @@ impl VfioPciDevice {
             let slot = self
                 .ops
                 .map_guest_mmio(gpa, len, host.addr as u64)
-                .map_err(|message| VfioError::Vmm {
+                .map_err(|source| VfioError::Vmm {
                     what: "map BAR into the guest",
-                    message,
+                    source,
                 })?;
             tracing::debug!(bdf = %self.bdf, bar = bar.index, gpa = format_args!("{gpa:#x}"), len, slot, "BAR area mapped");
             self.areas.push(MappedArea {
@@ -240,11 +254,12 @@ impl VfioPciDevice {
             .unwrap_or_else(|| vec![(0, bar.size)]);
         let mut holes = Vec::new();
         if let Some(m) = &self.msix {
-            if m.cap.table_bar == bar.index {
-                holes.push(page_span(m.cap.table_offset, m.cap.table_len()));
+            let c = m.cap.body;
+            if c.table_bar == bar.index {
+                holes.push(page_span(c.table_offset, c.table_len()));
             }
-            if m.cap.pba_bar == bar.index {
-                holes.push(page_span(m.cap.pba_offset, m.cap.pba_len()));
+            if c.pba_bar == bar.index {
+                holes.push(page_span(c.pba_offset, c.pba_len()));
             }
         }
         for hole in holes {
@@ -362,21 +377,21 @@ impl VfioPciDevice {
             m.on_device = false;
         }
         tracing::debug!(bdf = %self.bdf, ctrl = format_args!("{ctrl:#x}"), "MSI-X control");
-        for v in 0..m.vectors.len() {
+        for v in 0..m.table.len() {
             self.sync_vector(v);
         }
     }
 
     /// Brings MSI-X vector `v` in line with the guest's table.
-    fn sync_vector(&mut self, v: usize) {
+    fn sync_vector(&mut self, v: u16) {
         let Some(m) = self.msix.as_mut() else { return };
         let active = if m.on_device {
             m.table.active_message(v)
         } else {
             None
         };
-        if let Some(vec) = m.vectors.get_mut(v) {
-            sync_route(self.ops.as_ref(), &self.bdf, v, vec, active);
+        if let Some(vec) = m.vectors.get_mut(usize::from(v)) {
+            sync_route(self.ops.as_ref(), &self.bdf, usize::from(v), vec, active);
         }
     }
 
@@ -440,15 +455,18 @@ impl VfioPciDevice {
             return;
         };
         if let Some(m) = &self.msix {
-            let c = m.cap;
+            let c = m.cap.body;
             if c.table_bar == index && in_range(offset, data.len(), c.table_offset, c.table_len()) {
-                m.table.read(offset - c.table_offset, data);
+                // Malformed accesses read as all-ones, like a missing device.
+                if !m.table.read_table(offset - c.table_offset, data) {
+                    data.fill(0xff);
+                }
                 return;
             }
             if c.pba_bar == index && in_range(offset, data.len(), c.pba_offset, c.pba_len()) {
                 // Pending bits live in the eventfds of masked vectors; the
                 // model does not report them (Linux does not read the PBA).
-                data.fill(0);
+                m.table.read_pba(offset - c.pba_offset, data, |_| false);
                 return;
             }
         }
@@ -465,9 +483,9 @@ impl VfioPciDevice {
             return;
         };
         if let Some(m) = self.msix.as_mut() {
-            let c = m.cap;
+            let c = m.cap.body;
             if c.table_bar == index && in_range(offset, data.len(), c.table_offset, c.table_len()) {
-                for v in m.table.write(offset - c.table_offset, data) {
+                if let Some(v) = m.table.write_table(offset - c.table_offset, data) {
                     self.sync_vector(v);
                 }
                 return;
@@ -546,9 +564,9 @@ fn new_vector(ops: &dyn VmmOps) -> Result<Vector> {
             what: "eventfd",
             source,
         })?;
-    let gsi = ops.allocate_gsi().map_err(|message| VfioError::Vmm {
+    let gsi = ops.allocate_gsi().map_err(|source| VfioError::Vmm {
         what: "allocate GSI",
-        message,
+        source,
     })?;
     Ok(Vector {
         evt,

@@ -70,12 +70,13 @@ pub enum VfioError {
     #[error("KVM_CREATE_DEVICE(VFIO): {0}")]
     KvmDevice(#[source] kvm_ioctls::Error),
     /// The VMM refused a request (memory slot, GSI, irqfd).
-    #[error("VMM {what}: {message}")]
+    #[error("VMM {what}: {source}")]
     Vmm {
         /// The operation.
         what: &'static str,
-        /// The VMM's error text.
-        message: String,
+        /// The VMM's error.
+        #[source]
+        source: crate::device::OpsError,
     },
     /// An OS call failed.
     #[error("{what}: {source}")]

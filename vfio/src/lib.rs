@@ -4,7 +4,8 @@
 //! The crate knows nothing about the VMM's other devices. What it needs from
 //! the VMM (memory slots for BARs, GSIs, MSI routes, irqfds) goes through the
 //! [`VmmOps`] trait; what the VMM needs from it (config space, trapped BAR
-//! accesses) is on [`VfioPciDevice`].
+//! accesses) is on [`VfioPciDevice`]. The guest's MSI-X table is emulated with
+//! the `pci` crate's [`pci::msix::MsixTable`], the one the VMM's own devices use.
 
 pub mod error;
 pub mod sysfs;
@@ -14,9 +15,8 @@ pub use sysfs::{check_device, check_devices, CheckedDevice};
 pub mod config;
 pub mod context;
 pub mod device;
-pub mod msix;
 
 pub use config::{BarInfo, BarKind};
 pub use context::VfioContext;
 pub use device::{OpsError, VfioPciDevice, VmmOps};
-pub use msix::MsiMessage;
+pub use pci::MsiMessage;

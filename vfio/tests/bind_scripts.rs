@@ -1,6 +1,8 @@
 //! scripts/vfio-bind.sh against a fake sysfs/proc tree (dry run: checks only,
 //! nothing is written), so the refusal rules are tested without hardware.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};

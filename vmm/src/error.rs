@@ -18,18 +18,42 @@ pub enum Error {
     /// A KVM ioctl failed.
     #[error("KVM: {0}")]
     Kvm(#[from] kvm_ioctls::Error),
-    /// The io_uring probe failed.
-    #[error("io_uring: {0}")]
-    IoUring(String),
-    /// memfd_create / ftruncate / mmap of a memfd failed.
-    #[error("memfd: {0}")]
-    Memfd(String),
+    /// A step of the io_uring probe failed.
+    #[error("io_uring: {what}: {source}")]
+    IoUring {
+        /// The step.
+        what: &'static str,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// A step of the memfd probe (memfd_create, ftruncate, mmap, read back) failed.
+    #[error("memfd: {what}: {source}")]
+    Memfd {
+        /// The step.
+        what: &'static str,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
     /// Serializing a report failed.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
     /// An invalid configuration value.
     #[error("{0}")]
     Config(String),
+    /// The file given with `--serial file=` could not be opened.
+    #[error("--serial file={}: {source}", path.display())]
+    SerialFile {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The 64-bit PCI window could not be set up for BAR allocation.
+    #[error("64-bit PCI window: {0}")]
+    PciWindow(#[source] vm_allocator::Error),
     /// A configuration value that failed to parse.
     #[error(transparent)]
     ConfigValue(#[from] crate::config::ConfigError),

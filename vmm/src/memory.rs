@@ -27,9 +27,12 @@ pub enum MemoryError {
     /// mmap failed.
     #[error("cannot map guest memory: {0}")]
     Mmap(#[from] vm_memory::mmap::MmapRegionError),
+    /// A RAM range does not fit the host's address space.
+    #[error("invalid guest memory layout: region at {0:#x} overflows")]
+    RegionOverflow(u64),
     /// The region collection was rejected.
     #[error("invalid guest memory layout: {0}")]
-    Layout(String),
+    Layout(#[source] vm_memory::GuestRegionCollectionError),
     /// Hugepages requested with a size that is not a multiple of 2 MiB.
     #[error("with hugepages=on the memory size must be a multiple of 2 MiB")]
     HugepageAlignment,
@@ -122,7 +125,7 @@ pub fn create_guest_ram(cfg: &MemoryConfig) -> Result<GuestRam, MemoryError> {
     let mut regions = Vec::new();
     let mut offset = 0u64;
     for (start, len) in layout::ram_ranges(cfg.size) {
-        let len_usize = usize::try_from(len).map_err(|_| MemoryError::Layout("size".into()))?;
+        let len_usize = usize::try_from(len).map_err(|_| MemoryError::RegionOverflow(start.0))?;
         let file_offset = FileOffset::new(file.try_clone().map_err(MemoryError::Memfd)?, offset);
         let mut region = MmapRegion::build(
             Some(file_offset),
@@ -131,13 +134,12 @@ pub fn create_guest_ram(cfg: &MemoryConfig) -> Result<GuestRam, MemoryError> {
             libc::MAP_SHARED | libc::MAP_NORESERVE,
         )?;
         region.set_hugetlbfs(cfg.hugepages);
-        let region = GuestRegionMmap::new(region, start)
-            .ok_or_else(|| MemoryError::Layout(format!("region at {:#x} overflows", start.0)))?;
+        let region =
+            GuestRegionMmap::new(region, start).ok_or(MemoryError::RegionOverflow(start.0))?;
         regions.push(region);
         offset += len;
     }
-    let mem =
-        GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Layout(e.to_string()))?;
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Layout)?;
     Ok(GuestRam {
         mem,
         size: cfg.size,

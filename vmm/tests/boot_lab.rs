@@ -2,6 +2,8 @@
 //! directly, where `vmm check` says hardware KVM works) and the guest reports
 //! what it sees.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Runs the real `vmm check` binary and checks its report against what this host's
 //! /proc/cpuinfo and /dev/kvm say.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs::{self, OpenOptions};
 use std::path::Path;
 use std::process::Command;

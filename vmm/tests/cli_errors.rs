@@ -1,6 +1,8 @@
 //! Bad `vmm run` input: each case must end with a clear one-line error and a
 //! non-zero exit, never a panic. These run on any host (no guest boots).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::process::{Command, Output};
 

@@ -1,6 +1,8 @@
 //! `vmm run --disk`: parse errors, an unreachable backend and a backend that never answers
 //! fail with a message naming the problem, before any guest runs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 fn vmm(args: &[&str]) -> (i32, String) {

@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo test -p vmm --test emulated_disk_lab -- --nocapture --test-threads=1`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Mutex;
 use std::time::Duration;
 

@@ -3,6 +3,8 @@
 //! why, before any guest runs. The backend is the project's `vhost-user-net` in link mode
 //! (no TAP needed).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

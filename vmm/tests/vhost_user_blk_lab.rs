@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo test -p vmm --test vhost_user_blk_lab -- --nocapture`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;

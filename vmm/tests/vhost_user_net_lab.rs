@@ -5,6 +5,8 @@
 //! Run: `cargo build -p backends && cargo test -p vmm --test vhost_user_net_lab -- --nocapture`.
 //! Nested TCG: throughput is for relative comparison only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ fn our_backend() -> PathBuf {
 /// ring indices at debug level, which tells a missed kick from a missed interrupt if a
 /// transfer stalls (each iperf3 run is bounded by `timeout 60`, so a stall ends the guest
 /// script instead of the lab run).
-const VMM_LOG: &str = "vmm=info,vmm::devices::virtio::pci=debug";
+const VMM_LOG: &str = "vmm=info,vmm::devices::virtio::transport::pci=debug";
 
 /// Boot a guest running the shell script `guest` with this VMM in a lab host whose tap0
 /// (10.0.0.1/24) is served by our backend (`vhost-user-net --socket /tmp/vn.sock --tap tap0

@@ -143,8 +143,46 @@ fn link_sockets(pairs: u16) -> Result<(Vec<(OwnedFd, OwnedFd)>, Vec<(OwnedFd, Ow
     Ok((a, b))
 }
 
+/// A device and the socket it listens on.
+type Device = (Arc<NetBackend>, PathBuf);
+
 fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
+    let devices = create_devices(&args)?;
+    let servers: Vec<Arc<Server>> = devices
+        .iter()
+        .map(|(_, socket)| Server::bind(socket).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    spawn_signal_thread(sigset, &devices, &servers)?;
+
+    let (no_relay, once) = (args.no_relay, args.once);
+    let threads: Vec<_> = devices
+        .into_iter()
+        .zip(servers)
+        .enumerate()
+        .map(|(i, ((backend, _), server))| {
+            std::thread::Builder::new()
+                .name(format!("net-dev{i}"))
+                .spawn(move || serve(backend, &server, no_relay, once))
+                .map_err(|e| Error::VhostUser(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut result = Ok(());
+    for t in threads {
+        let r = t
+            .join()
+            .unwrap_or_else(|_| Err(Error::VhostUser("device thread panicked".into())));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result?;
+    // Exit rather than drop the daemons (their drop joins the worker threads).
+    std::process::exit(0);
+}
+
+/// The devices `args` ask for: one on a TAP, or two joined by a link.
+fn create_devices(args: &Args) -> Result<Vec<Device>, Error> {
     let mac = match &args.mac {
         Some(m) => Some(parse_mac(m).ok_or_else(|| Error::InvalidConfig(format!("bad MAC {m}")))?),
         None => None,
@@ -157,7 +195,7 @@ fn run(args: Args) -> Result<(), Error> {
         queue_size: args.queue_size,
         tuning: args.tuning.tuning(DEFAULT_BATCH),
     };
-    let mut devices: Vec<(Arc<NetBackend>, PathBuf)> = Vec::new();
+    let mut devices: Vec<Device> = Vec::new();
     match (&args.link, &args.socket, &args.tap) {
         (Some(link), _, _) if link.len() != 2 => {
             return Err(Error::InvalidConfig(
@@ -193,56 +231,35 @@ fn run(args: Args) -> Result<(), Error> {
             ))
         }
     }
+    Ok(devices)
+}
 
-    let servers: Vec<Arc<Server>> = devices
-        .iter()
-        .map(|(_, socket)| Server::bind(socket).map(Arc::new))
-        .collect::<Result<_, _>>()?;
-    {
-        let backends: Vec<_> = devices.iter().map(|(b, _)| b.clone()).collect();
-        let servers = servers.clone();
-        std::thread::Builder::new()
-            .name("net-signal".into())
-            .spawn(move || {
-                let mut sig = 0;
-                // SAFETY: `sigset` is an initialised signal set and `sig` a valid out pointer.
-                while unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {}
-                tracing::info!(signal = sig, "shutting down");
-                for backend in &backends {
-                    backend.log_stats();
-                }
-                for server in &servers {
-                    server.remove_socket();
-                }
-                std::process::exit(0);
-            })
-            .map_err(|e| Error::VhostUser(e.to_string()))?;
-    }
-
-    let (no_relay, once) = (args.no_relay, args.once);
-    let threads: Vec<_> = devices
-        .into_iter()
-        .zip(servers)
-        .enumerate()
-        .map(|(i, ((backend, _), server))| {
-            std::thread::Builder::new()
-                .name(format!("net-dev{i}"))
-                .spawn(move || serve(backend, &server, no_relay, once))
-                .map_err(|e| Error::VhostUser(e.to_string()))
+/// A thread (`net-signal`) that waits for SIGTERM/SIGINT, logs the counters,
+/// removes the sockets and exits.
+fn spawn_signal_thread(
+    sigset: libc::sigset_t,
+    devices: &[Device],
+    servers: &[Arc<Server>],
+) -> Result<(), Error> {
+    let backends: Vec<_> = devices.iter().map(|(b, _)| b.clone()).collect();
+    let servers = servers.to_vec();
+    std::thread::Builder::new()
+        .name("net-signal".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `sigset` is an initialised signal set and `sig` a valid out pointer.
+            while unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {}
+            tracing::info!(signal = sig, "shutting down");
+            for backend in &backends {
+                backend.log_stats();
+            }
+            for server in &servers {
+                server.remove_socket();
+            }
+            std::process::exit(0);
         })
-        .collect::<Result<_, _>>()?;
-    let mut result = Ok(());
-    for t in threads {
-        let r = t
-            .join()
-            .unwrap_or_else(|_| Err(Error::VhostUser("device thread panicked".into())));
-        if result.is_ok() {
-            result = r;
-        }
-    }
-    result?;
-    // Exit rather than drop the daemons (their drop joins the worker threads).
-    std::process::exit(0);
+        .map_err(|e| Error::VhostUser(e.to_string()))?;
+    Ok(())
 }
 
 /// Serve one device's frontends on `server` (each through the relay unless `no_relay`).

@@ -137,79 +137,103 @@ fn poisoned<T>(what: &'static str) -> impl FnOnce(std::sync::PoisonError<T>) -> 
     move |_| Error::Poisoned(what)
 }
 
+/// The ranges the device supports: 1..=16 queue pairs, power-of-two queue
+/// sizes up to 32768, an MTU the header fields can carry.
+fn validate(opts: &NetOptions) -> Result<()> {
+    if opts.queue_pairs == 0 || opts.queue_pairs > 16 {
+        return Err(Error::InvalidConfig(format!(
+            "queues must be 1..=16, got {}",
+            opts.queue_pairs
+        )));
+    }
+    if !opts.queue_size.is_power_of_two() || opts.queue_size > 32768 {
+        return Err(Error::InvalidConfig(format!(
+            "queue size must be a power of two <= 32768, got {}",
+            opts.queue_size
+        )));
+    }
+    if !(68..=65535 - 18).contains(&opts.mtu) {
+        return Err(Error::InvalidConfig(format!(
+            "mtu {} out of range",
+            opts.mtu
+        )));
+    }
+    Ok(())
+}
+
+/// One port per queue pair: a TAP queue (the first one sets the MTU) or a
+/// duplicate of the given link socket pair.
+fn open_ports(opts: &NetOptions) -> Result<Vec<PortFd>> {
+    let multi = opts.queue_pairs > 1;
+    Ok(match &opts.port {
+        Port::Tap(name) => {
+            let taps = (0..opts.queue_pairs)
+                .map(|_| Tap::open(name, multi))
+                .collect::<Result<Vec<_>>>()?;
+            if let Err(e) = taps[0].set_mtu(opts.mtu) {
+                tracing::warn!("{e}");
+            }
+            // A restarted backend finds the interface again, with its addresses, routes and
+            // bridge port, instead of a new one.
+            if let Err(e) = taps[0].set_persistent(true) {
+                tracing::warn!("{e}");
+            }
+            taps.into_iter().map(PortFd::Tap).collect()
+        }
+        Port::Link(fds) => {
+            if fds.len() != usize::from(opts.queue_pairs) {
+                return Err(Error::InvalidConfig(format!(
+                    "{} link sockets for {} queue pairs",
+                    fds.len(),
+                    opts.queue_pairs
+                )));
+            }
+            fds.iter()
+                .map(|(tx, rx)| {
+                    Ok(PortFd::Sock {
+                        tx: tx.try_clone().map_err(Error::EventFd)?,
+                        rx: rx.try_clone().map_err(Error::EventFd)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+    })
+}
+
+/// The features offered: multiqueue and the control queue with several
+/// pairs, no offloads on a link (its peer is not a TAP), MAC only when given.
+fn offered_features(opts: &NetOptions) -> u64 {
+    let mut features = device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    if opts.queue_pairs > 1 {
+        features |= (1 << VIRTIO_NET_F_MQ) | (1 << VIRTIO_NET_F_CTRL_VQ);
+    }
+    if matches!(opts.port, Port::Link(_)) {
+        features &= !offload_features();
+    }
+    if opts.mac.is_none() {
+        features &= !(1 << VIRTIO_NET_F_MAC);
+    }
+    features
+}
+
+/// `struct virtio_net_config` up to the MTU: MAC, status (link up), pairs, MTU.
+fn config_space(opts: &NetOptions) -> Vec<u8> {
+    let mut config = Vec::with_capacity(12);
+    config.extend_from_slice(&opts.mac.unwrap_or_default());
+    config.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+    config.extend_from_slice(&opts.queue_pairs.to_le_bytes());
+    config.extend_from_slice(&opts.mtu.to_le_bytes());
+    config
+}
+
 impl NetBackend {
     /// Open the TAP queues and build the device.
     pub fn new(opts: NetOptions) -> Result<Self> {
-        if opts.queue_pairs == 0 || opts.queue_pairs > 16 {
-            return Err(Error::InvalidConfig(format!(
-                "queues must be 1..=16, got {}",
-                opts.queue_pairs
-            )));
-        }
-        if !opts.queue_size.is_power_of_two() || opts.queue_size > 32768 {
-            return Err(Error::InvalidConfig(format!(
-                "queue size must be a power of two <= 32768, got {}",
-                opts.queue_size
-            )));
-        }
-        if !(68..=65535 - 18).contains(&opts.mtu) {
-            return Err(Error::InvalidConfig(format!(
-                "mtu {} out of range",
-                opts.mtu
-            )));
-        }
+        validate(&opts)?;
         let multi = opts.queue_pairs > 1;
-
-        let link = matches!(opts.port, Port::Link(_));
-        let ports: Vec<PortFd> = match &opts.port {
-            Port::Tap(name) => {
-                let taps = (0..opts.queue_pairs)
-                    .map(|_| Tap::open(name, multi))
-                    .collect::<Result<Vec<_>>>()?;
-                if let Err(e) = taps[0].set_mtu(opts.mtu) {
-                    tracing::warn!("{e}");
-                }
-                // A restarted backend finds the interface again, with its addresses, routes
-                // and bridge port, instead of a new one.
-                if let Err(e) = taps[0].set_persistent(true) {
-                    tracing::warn!("{e}");
-                }
-                taps.into_iter().map(PortFd::Tap).collect()
-            }
-            Port::Link(fds) => {
-                if fds.len() != usize::from(opts.queue_pairs) {
-                    return Err(Error::InvalidConfig(format!(
-                        "{} link sockets for {} queue pairs",
-                        fds.len(),
-                        opts.queue_pairs
-                    )));
-                }
-                fds.iter()
-                    .map(|(tx, rx)| {
-                        Ok(PortFd::Sock {
-                            tx: tx.try_clone().map_err(Error::EventFd)?,
-                            rx: rx.try_clone().map_err(Error::EventFd)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?
-            }
-        };
-
-        let mut features = device_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if multi {
-            features |= (1 << VIRTIO_NET_F_MQ) | (1 << VIRTIO_NET_F_CTRL_VQ);
-        }
-        if link {
-            features &= !offload_features();
-        }
-        if opts.mac.is_none() {
-            features &= !(1 << VIRTIO_NET_F_MAC);
-        }
-        let mut config = Vec::with_capacity(12);
-        config.extend_from_slice(&opts.mac.unwrap_or_default());
-        config.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        config.extend_from_slice(&opts.queue_pairs.to_le_bytes());
-        config.extend_from_slice(&opts.mtu.to_le_bytes());
+        let ports = open_ports(&opts)?;
+        let features = offered_features(&opts);
+        let config = config_space(&opts);
 
         let acked = Arc::new(AtomicU64::new(0));
         let ecfg = EngineConfig {

@@ -1,16 +1,18 @@
-//! A TAP queue file descriptor with a virtio-net header (`IFF_VNET_HDR`).
+//! A TAP queue file descriptor: with a virtio-net header (`IFF_VNET_HDR`)
+//! for the virtio-net backends, or plain Ethernet frames for an emulated NIC.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 use virtio_bindings::virtio_net::*;
 
 use super::{has, VNET_HDR_LEN};
 use crate::{Error, Result};
 
-/// One queue of a TAP interface (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, plus
-/// `IFF_MULTI_QUEUE` when the device has several queue pairs).
+/// One queue of a TAP interface (`IFF_TAP | IFF_NO_PI`, plus `IFF_VNET_HDR`
+/// for virtio-net and `IFF_MULTI_QUEUE` when the device has several queue pairs).
 #[derive(Debug)]
 pub struct Tap {
     file: File,
@@ -50,27 +52,11 @@ impl Tap {
     /// Create the TAP `name` or attach to an existing one (one more queue when
     /// `multi_queue`), with a 12-byte vnet header. The fd stays blocking: io_uring polls it.
     pub fn open(name: &str, multi_queue: bool) -> Result<Tap> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")
-            .map_err(tap_err(name, "open /dev/net/tun"))?;
-        let mut req = IfReq::new(name)?;
         let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
         if multi_queue {
             flags |= libc::IFF_MULTI_QUEUE;
         }
-        req.data[..2].copy_from_slice(&(flags as u16).to_ne_bytes());
-        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is laid out as
-        // (and is large enough for); the fd is ours.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-        if rc < 0 {
-            return Err(tap_err(name, "TUNSETIFF")(io::Error::last_os_error()));
-        }
-        let tap = Tap {
-            file,
-            name: name.to_string(),
-        };
+        let tap = Self::create(name, flags, 0)?;
         let hdr = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer.
         let rc = unsafe { libc::ioctl(tap.file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr) };
@@ -80,6 +66,45 @@ impl Tap {
         // Until the driver acks features, offer it plain frames only.
         tap.set_offload(0)?;
         Ok(tap)
+    }
+
+    /// Create the TAP `name` or attach to an existing one for plain Ethernet
+    /// frames (no virtio-net header), non-blocking: for an emulated NIC that
+    /// reads and writes whole frames itself.
+    pub fn open_plain(name: &str) -> Result<Tap> {
+        Self::create(name, libc::IFF_TAP | libc::IFF_NO_PI, libc::O_NONBLOCK)
+    }
+
+    /// Opens /dev/net/tun (with `open_flags` besides read/write) and binds it
+    /// to the interface `name` with `TUNSETIFF` `flags`.
+    fn create(name: &str, flags: libc::c_int, open_flags: libc::c_int) -> Result<Tap> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(open_flags)
+            .open("/dev/net/tun")
+            .map_err(tap_err(name, "open /dev/net/tun"))?;
+        let mut req = IfReq::new(name)?;
+        req.data[..2].copy_from_slice(&(flags as u16).to_ne_bytes());
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is laid out as
+        // (and is large enough for); the fd is ours.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        if rc < 0 {
+            return Err(tap_err(name, "TUNSETIFF")(io::Error::last_os_error()));
+        }
+        Ok(Tap {
+            file,
+            name: name.to_string(),
+        })
+    }
+
+    /// A second handle on the same queue (for a reader thread).
+    pub fn try_clone(&self) -> Result<Tap> {
+        let file = self.file.try_clone().map_err(tap_err(&self.name, "dup"))?;
+        Ok(Tap {
+            file,
+            name: self.name.clone(),
+        })
     }
 
     /// Keep the interface when its last queue is closed (`TUNSETPERSIST`), or not: a persistent
@@ -185,6 +210,24 @@ impl Tap {
         if rc < 0 {
             return Err(tap_err(&self.name, "SIOCSIFMTU")(io::Error::last_os_error()));
         }
+        Ok(())
+    }
+}
+
+/// Reads one frame (with its virtio-net header when opened with [`Tap::open`]).
+impl Read for Tap {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+/// Writes one frame (with its virtio-net header when opened with [`Tap::open`]).
+impl Write for Tap {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }

@@ -93,6 +93,22 @@ impl Aml for PciRouting {
 }
 
 fn dsdt(p: &Platform) -> Vec<u8> {
+    let mut body = Vec::new();
+    Scope::new("_SB_".into(), vec![]).to_aml_bytes(&mut body);
+    pci_host_bridge(p, &mut body);
+    motherboard_and_serial(&mut body);
+    let s5_type = S5_SLEEP_TYPE;
+    let s5_package = Package::new(vec![&s5_type, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
+    let s5 = Name::new("_S5_".into(), &s5_package);
+    s5.to_aml_bytes(&mut body);
+    let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"IOVMDSDT", OEM_REVISION);
+    table.append_slice(&body);
+    table.as_slice().to_vec()
+}
+
+/// `\_SB_.PCI0`: bus 0, config ports, the I/O ranges around them, the 32-
+/// and 64-bit BAR windows, and the INTx routing (`_PRT`).
+fn pci_host_bridge(p: &Platform, body: &mut Vec<u8>) {
     let mmio32_end = (layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE - 1) as u32;
     let mmio64_end = p.mmio64_start + layout::PCI_MMIO64_SIZE - 1;
     let bus_numbers = AddressSpace::new_bus_number(0x0u16, 0x0u16);
@@ -126,8 +142,6 @@ fn dsdt(p: &Platform) -> Vec<u8> {
         &mmio32,
         &mmio64,
     ]);
-    let mut body = Vec::new();
-    Scope::new("_SB_".into(), vec![]).to_aml_bytes(&mut body);
     Device::new(
         "_SB_.PCI0".into(),
         vec![
@@ -141,7 +155,11 @@ fn dsdt(p: &Platform) -> Vec<u8> {
             &Name::new("_PRT".into(), &PciRouting),
         ],
     )
-    .to_aml_bytes(&mut body);
+    .to_aml_bytes(body);
+}
+
+/// `\_SB_.MBRS` (the ECAM window) and `\_SB_.COM1`.
+fn motherboard_and_serial(body: &mut Vec<u8>) {
     // The ECAM window, claimed as a motherboard resource so that Linux trusts the MCFG.
     let ecam = aml::Memory32Fixed::new(
         false,
@@ -157,7 +175,7 @@ fn dsdt(p: &Platform) -> Vec<u8> {
             &Name::new("_CRS".into(), &ecam_crs),
         ],
     )
-    .to_aml_bytes(&mut body);
+    .to_aml_bytes(body);
     let com1_ports = IO::new(layout::COM1_PORT, layout::COM1_PORT, 1, 8);
     let com1_irq = Interrupt::new(true, true, false, false, layout::COM1_IRQ);
     let com1_crs = ResourceTemplate::new(vec![&com1_ports, &com1_irq]);
@@ -169,14 +187,7 @@ fn dsdt(p: &Platform) -> Vec<u8> {
             &Name::new("_CRS".into(), &com1_crs),
         ],
     )
-    .to_aml_bytes(&mut body);
-    let s5_type = S5_SLEEP_TYPE;
-    let s5_package = Package::new(vec![&s5_type, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
-    let s5 = Name::new("_S5_".into(), &s5_package);
-    s5.to_aml_bytes(&mut body);
-    let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"IOVMDSDT", OEM_REVISION);
-    table.append_slice(&body);
-    table.as_slice().to_vec()
+    .to_aml_bytes(body);
 }
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {

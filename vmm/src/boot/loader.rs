@@ -49,10 +49,13 @@ pub enum BootError {
     },
     /// The command line is invalid or too long.
     #[error("invalid kernel command line: {0}")]
-    Cmdline(String),
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    /// The command line could not be written to guest memory.
+    #[error("invalid kernel command line: {0}")]
+    CmdlineWrite(#[source] linux_loader::loader::Error),
     /// Writing the zero page failed.
     #[error("cannot write boot parameters: {0}")]
-    BootParams(String),
+    BootParams(#[source] linux_loader::configurator::Error),
     /// Guest memory access failed.
     #[error("cannot write to guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
@@ -161,17 +164,15 @@ pub fn load_initramfs(
         .map_err(|e| BootError::Open {
             what: "initramfs",
             path: path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(e),
         })?;
     Ok(Initramfs { addr, size })
 }
 
 /// Builds and writes the command line.
 pub fn load_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<usize, BootError> {
-    let cl = Cmdline::try_from(cmdline, layout::CMDLINE_MAX_SIZE)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
-    loader::load_cmdline(mem, layout::CMDLINE_START, &cl)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    let cl = Cmdline::try_from(cmdline, layout::CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
+    loader::load_cmdline(mem, layout::CMDLINE_START, &cl).map_err(BootError::CmdlineWrite)?;
     Ok(cmdline.len())
 }
 
@@ -245,7 +246,7 @@ pub fn write_boot_params(
         &BootParams::new::<boot_params>(&params, layout::ZERO_PAGE_START),
         mem,
     )
-    .map_err(|e| BootError::BootParams(e.to_string()))
+    .map_err(BootError::BootParams)
 }
 
 /// Real-mode code at the reset vector: `mov al, 0xfe; out 0x64, al; hlt; jmp $-3`.
@@ -256,7 +257,7 @@ pub fn write_boot_params(
 /// empty memory.
 const RESET_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
 
-/// Writes [`RESET_STUB`] at [`layout::RESET_VECTOR`].
+/// Writes `RESET_STUB` at [`layout::RESET_VECTOR`].
 pub fn write_reset_stub(mem: &GuestMemoryMmap) -> Result<(), BootError> {
     mem.write_slice(&RESET_STUB, layout::RESET_VECTOR)?;
     Ok(())

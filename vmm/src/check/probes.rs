@@ -1,6 +1,5 @@
 //! Live probes: KVM ioctls, an io_uring NOP round trip, memfd + MAP_SHARED.
 
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -28,7 +27,7 @@ pub struct KvmInfo {
     /// `KVM_CAP_NR_VCPUS` (recommended maximum).
     pub nr_vcpus: usize,
     /// `Err` with the reason when `KVM_CREATE_VM` failed.
-    pub create_vm: std::result::Result<(), String>,
+    pub create_vm: std::result::Result<(), kvm_ioctls::Error>,
 }
 
 impl KvmInfo {
@@ -56,7 +55,7 @@ pub fn probe_kvm(path: &Path) -> Result<KvmInfo> {
         .iter()
         .map(|(cap, name)| (*name, kvm.check_extension(*cap)))
         .collect();
-    let create_vm = kvm.create_vm().map(drop).map_err(|e| e.to_string());
+    let create_vm = kvm.create_vm().map(drop);
     Ok(KvmInfo {
         api_version,
         caps,
@@ -69,27 +68,24 @@ pub fn probe_kvm(path: &Path) -> Result<KvmInfo> {
 /// Creates a ring, submits a NOP and waits for its completion.
 pub fn probe_io_uring() -> Result<()> {
     const TAG: u64 = 0x0076_6d6d_636b;
-    let mut ring = IoUring::new(4).map_err(|e| Error::IoUring(format!("setup: {e}")))?;
+    let err = |what| move |source| Error::IoUring { what, source };
+    let mut ring = IoUring::new(4).map_err(err("setup"))?;
     let nop = opcode::Nop::new().build().user_data(TAG);
     // SAFETY: a NOP references no buffers, so nothing must outlive the submission.
-    unsafe { ring.submission().push(&nop) }.map_err(|e| Error::IoUring(format!("push: {e}")))?;
-    ring.submit_and_wait(1)
-        .map_err(|e| Error::IoUring(format!("submit: {e}")))?;
+    unsafe { ring.submission().push(&nop) }.map_err(|e| err("push")(io::Error::other(e)))?;
+    ring.submit_and_wait(1).map_err(err("submit"))?;
     let cqe = ring
         .completion()
         .next()
-        .ok_or_else(|| Error::IoUring("no completion after submit_and_wait(1)".into()))?;
+        .ok_or_else(|| err("completion")(io::Error::other("none after submit_and_wait(1)")))?;
     if cqe.user_data() != TAG {
-        return Err(Error::IoUring(format!(
-            "completion has user_data {:#x}, expected {TAG:#x}",
+        return Err(err("completion")(io::Error::other(format!(
+            "user_data {:#x}, expected {TAG:#x}",
             cqe.user_data()
-        )));
+        ))));
     }
     if cqe.result() < 0 {
-        return Err(Error::IoUring(format!(
-            "NOP completed with {}",
-            io::Error::from_raw_os_error(-cqe.result())
-        )));
+        return Err(err("NOP")(io::Error::from_raw_os_error(-cqe.result())));
     }
     Ok(())
 }
@@ -98,20 +94,16 @@ pub fn probe_io_uring() -> Result<()> {
 /// bytes back through the fd (what vhost-user guest memory needs).
 pub fn probe_memfd() -> Result<()> {
     const LEN: usize = 2 * 4096;
-    let name = CString::new("vmm-check").map_err(|e| Error::Memfd(e.to_string()))?;
-    // SAFETY: `name` is a valid NUL-terminated string; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let err = |what| move |source| Error::Memfd { what, source };
+    // SAFETY: the name is a valid NUL-terminated string; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"vmm-check".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(Error::Memfd(format!(
-            "memfd_create: {}",
-            io::Error::last_os_error()
-        )));
+        return Err(err("memfd_create")(io::Error::last_os_error()));
     }
     // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let file = File::from(fd);
-    file.set_len(LEN as u64)
-        .map_err(|e| Error::Memfd(format!("ftruncate: {e}")))?;
+    file.set_len(LEN as u64).map_err(err("ftruncate"))?;
     // SAFETY: mapping a fresh LEN-byte region of a file we own; the result is checked.
     let addr = unsafe {
         libc::mmap(
@@ -124,10 +116,7 @@ pub fn probe_memfd() -> Result<()> {
         )
     };
     if addr == libc::MAP_FAILED {
-        return Err(Error::Memfd(format!(
-            "mmap MAP_SHARED: {}",
-            io::Error::last_os_error()
-        )));
+        return Err(err("mmap MAP_SHARED")(io::Error::last_os_error()));
     }
     let pattern = *b"vmm-check-memfd!";
     // SAFETY: `addr` is a live LEN-byte read-write mapping and LEN > pattern.len() + 4096.
@@ -138,17 +127,14 @@ pub fn probe_memfd() -> Result<()> {
     let read = std::os::unix::fs::FileExt::read_exact_at(&file, &mut back, 4096);
     // SAFETY: unmapping exactly the region mapped above; nothing references it after.
     let unmapped = unsafe { libc::munmap(addr, LEN) };
-    read.map_err(|e| Error::Memfd(format!("pread: {e}")))?;
+    read.map_err(err("pread"))?;
     if unmapped != 0 {
-        return Err(Error::Memfd(format!(
-            "munmap: {}",
-            io::Error::last_os_error()
-        )));
+        return Err(err("munmap")(io::Error::last_os_error()));
     }
     if back != pattern {
-        return Err(Error::Memfd(
-            "bytes written through the MAP_SHARED mapping are not visible through the fd".into(),
-        ));
+        return Err(err("read back")(io::Error::other(
+            "bytes written through the MAP_SHARED mapping are not visible through the fd",
+        )));
     }
     Ok(())
 }

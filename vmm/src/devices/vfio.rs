@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::layout;
 use crate::memory::GuestRam;
 use crate::pci::{PciBus, PciDevice};
-use crate::vstate::interrupts::{self, IrqRouting};
+use crate::vstate::interrupts::IrqRouting;
 use crate::vstate::vcpu::IoBuses;
 
 /// First KVM slot used for BAR mappings (guest RAM uses the low slots).
@@ -44,7 +44,7 @@ impl vfio::VmmOps for KvmOps {
         };
         // SAFETY: `host_addr` is a live mmap of a VFIO BAR owned by the
         // device model, which removes this slot before unmapping it.
-        unsafe { self.vm.set_user_memory_region(r) }.map_err(|e| e.to_string())?;
+        unsafe { self.vm.set_user_memory_region(r) }.map_err(OpsError::new)?;
         Ok(slot)
     }
 
@@ -63,7 +63,7 @@ impl vfio::VmmOps for KvmOps {
     }
 
     fn allocate_gsi(&self) -> Result<u32, OpsError> {
-        self.routing.allocate_gsi().map_err(|e| e.to_string())
+        self.routing.allocate_gsi().map_err(OpsError::new)
     }
 
     fn release_gsi(&self, gsi: u32) {
@@ -73,20 +73,11 @@ impl vfio::VmmOps for KvmOps {
     }
 
     fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), OpsError> {
-        let m = interrupts::MsiMessage {
-            address_lo: msg.address_lo,
-            address_hi: msg.address_hi,
-            data: msg.data,
-        };
-        self.routing
-            .set_msi_route(gsi, m)
-            .map_err(|e| e.to_string())
+        self.routing.set_msi_route(gsi, msg).map_err(OpsError::new)
     }
 
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), OpsError> {
-        self.routing
-            .register_irqfd(fd, gsi)
-            .map_err(|e| e.to_string())
+        self.routing.register_irqfd(fd, gsi).map_err(OpsError::new)
     }
 
     fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) {
@@ -179,7 +170,8 @@ impl BarPlacer {
     }
 }
 
-/// The VM's passed-through devices and their container.
+/// The VM's passed-through devices and their container (none by default).
+#[derive(Default)]
 pub struct VfioDevices {
     devices: Vec<SharedDevice>,
     ctx: Option<VfioContext>,

@@ -1,6 +1,8 @@
 //! A type-0 PCI configuration header with per-bit write masks, so that the
 //! guest can only change what real hardware would let it change.
 
+use super::msix::{MsixCapability, CTRL_ENABLE, CTRL_FUNCTION_MASK, MSIX_CAP_ID};
+
 /// Number of 32-bit registers in PCIe configuration space (4 KiB).
 pub const CONFIG_REGS: usize = 1024;
 /// The command/status register (dword index).
@@ -117,6 +119,13 @@ impl PciConfig {
         self.regs[COMMAND_REG] |= STATUS_CAP_LIST;
         self.next_cap = offset + len;
         offset
+    }
+
+    /// Appends the MSI-X capability `cap`, with the enable and function-mask
+    /// bits of message control writable; returns its config offset.
+    pub fn add_msix_capability(&mut self, cap: &MsixCapability) -> usize {
+        let ctrl_writable = u32::from(CTRL_ENABLE | CTRL_FUNCTION_MASK) << 16;
+        self.add_capability(MSIX_CAP_ID, &cap.body(), &[ctrl_writable])
     }
 
     fn last_cap_next_ptr(&self) -> usize {

@@ -1,10 +1,15 @@
 //! The PCI root bus: configuration space through ports 0xCF8/0xCFC and ECAM,
-//! a host bridge at 00:00.0, and the device trait the VMM's PCI devices implement.
+//! a host bridge at 00:00.0, and the device trait the VMM's PCI devices
+//! implement; `config` builds their configuration headers, `bar_map` maps
+//! their BARs, and `msix` gives them MSI-X (the `pci` crate's table, which
+//! VFIO passthrough shares, plus KVM routes).
 
 pub mod bar_map;
 pub mod bus;
 pub mod config;
+pub mod msix;
 
+pub use ::pci::MsiMessage;
 pub use bus::{PciBus, PciConfigIo, PciEcam};
 pub use config::PciConfig;
 

@@ -13,6 +13,7 @@ use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::lock;
+use crate::pci::MsiMessage;
 
 /// Number of IOAPIC pins; GSIs below this are the legacy lines.
 pub const IOAPIC_PINS: u32 = 24;
@@ -29,17 +30,6 @@ pub enum InterruptError {
     /// Building the routing table failed.
     #[error("routing table too large")]
     Table,
-}
-
-/// An MSI message as written by the guest into a capability or table entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MsiMessage {
-    /// Low 32 bits of the address.
-    pub address_lo: u32,
-    /// High 32 bits of the address.
-    pub address_hi: u32,
-    /// Message data.
-    pub data: u32,
 }
 
 struct RoutingState {

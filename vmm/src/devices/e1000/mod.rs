@@ -5,7 +5,8 @@
 //! * [`phy`] — the microwire EEPROM (MAC address, checksum) and the MII PHY.
 //! * [`nic`] — registers, interrupt causes, transmit and receive rings.
 //! * [`pci`] — the PCI function (class 02:00:00, BAR0, INTx through an irqfd).
-//! * [`tap`] — the host side: a TAP device and its reader thread.
+//! * [`tap`] — the host side: a TAP interface (the `backends` crate's type)
+//!   and its reader thread.
 //!
 //! TCP segmentation offload (IPv4 and IPv6) and IP/TCP/UDP checksum insertion
 //! are done in software. Not implemented: receive checksum offload, VLAN
@@ -24,14 +25,8 @@ pub use nic::{Irq, NetSink, E1000};
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// The TAP device could not be opened or configured.
-    #[error("tap {name}: {source}")]
-    Tap {
-        /// Interface name.
-        name: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Tap(#[from] backends::Error),
     /// The reader thread could not start.
     #[error("e1000: {0}")]
     Thread(#[source] std::io::Error),

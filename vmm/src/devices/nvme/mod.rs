@@ -39,10 +39,11 @@ pub fn create(
     bar_addr: u64,
 ) -> Result<std::sync::Arc<std::sync::Mutex<NvmePciDevice>>, NvmeError> {
     let shown = path.display().to_string();
-    let disk = backends::blk::Disk::open(path, readonly, false).map_err(|e| NvmeError::Open {
-        path: shown.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let disk =
+        backends::blk::Disk::open(path, readonly, false).map_err(|source| NvmeError::Open {
+            path: shown.clone(),
+            source,
+        })?;
     let blocks = disk.size / LBA_SIZE;
     if blocks == 0 {
         return Err(NvmeError::TooSmall(shown));
@@ -95,9 +96,9 @@ pub enum NvmeError {
     Open {
         /// The backing file.
         path: String,
-        /// The OS error.
+        /// What went wrong.
         #[source]
-        source: std::io::Error,
+        source: backends::Error,
     },
     /// The backing file is smaller than one logical block.
     #[error("nvme {0}: backing file smaller than 512 bytes")]

@@ -10,9 +10,9 @@ use vm_memory::GuestMemoryMmap;
 
 use super::ctrl::{Controller, Interrupts, DOORBELL_BASE};
 use crate::devices::bus::{lock, BusDevice};
-use crate::devices::virtio::msix::{MsixTable, MSIX_CAP_ID};
 use crate::pci::bar_map::BarMapping;
 use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
+use crate::pci::msix::{MsixCapability, MsixTable};
 use crate::pci::PciDevice;
 use crate::vstate::vcpu::IoBuses;
 
@@ -107,8 +107,13 @@ impl NvmePciDevice {
         };
         config.add_bar(bar, bar_addr);
         let msix = MsixTable::new(vectors);
-        let body = msix.capability_body(0, MSIX_TABLE_OFFSET as u32, MSIX_PBA_OFFSET as u32);
-        let msix_cap = config.add_capability(MSIX_CAP_ID, &body, &[0xc000_0000]);
+        let msix_cap = config.add_msix_capability(&MsixCapability {
+            table_size: vectors,
+            table_bar: 0,
+            table_offset: MSIX_TABLE_OFFSET,
+            pba_bar: 0,
+            pba_offset: MSIX_PBA_OFFSET,
+        });
         config.set_reg(COMMAND_REG, config.read(COMMAND_REG) | COMMAND_MEMORY);
         let fields = |self_ref| Self {
             name,
@@ -176,7 +181,9 @@ impl BusDevice for NvmePciDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match offset {
             o if o < MSIX_TABLE_OFFSET => self.ctrl.mmio_read(o, data),
-            o if o < MSIX_PBA_OFFSET => self.msix.read_table(o - MSIX_TABLE_OFFSET, data),
+            o if o < MSIX_PBA_OFFSET => {
+                self.msix.read_table(o - MSIX_TABLE_OFFSET, data);
+            }
             o => self.msix.read_pba(o - MSIX_PBA_OFFSET, data, |_| false),
         }
     }

@@ -1,29 +1,24 @@
-//! Virtio devices: the modern (virtio 1.x) PCI transport, MSI-X, and the
-//! vhost-user-blk frontend that hands the data path to an external backend.
+//! Virtio devices, in three tiers that share one transport:
 //!
-//! `common_cfg` and `queue` hold the register logic a guest drives (pure, unit
-//! tested), `msix` the MSI-X table, `pci` ties them to a PCI function with a
-//! BAR, ioeventfds and irqfds, and `vhost_user_blk` is the device behind it.
+//! * [`transport`] — the virtio-pci modern transport the guest driver sees
+//!   (common configuration, queue registers, BAR, MSI-X, ioeventfds, irqfds);
+//! * [`vhost_user`] — devices whose queues an external vhost-user backend
+//!   serves (the frontend link, blk, net, reply deadline, hangup monitor);
+//! * [`local`] — devices whose queues VMM threads serve (in-VMM blk and net).
+//!
+//! This module holds what they share: status bits, errors, the
+//! [`VirtioDevice`] trait a device implements and the [`Activation`] it gets.
 
-pub mod blk;
-pub mod common_cfg;
-pub mod monitor;
-pub mod msix;
-pub mod net;
-pub mod pci;
-pub mod queue;
-pub mod reply_deadline;
+pub mod local;
+pub mod transport;
 pub mod vhost_user;
-pub mod vhost_user_blk;
-pub mod vhost_user_net;
 
 use std::os::fd::RawFd;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use pci::VirtioPciDevice;
-pub use queue::QueueState;
+pub use transport::{QueueState, VirtioPciDevice};
 
 /// Device status bits (virtio 1.x §2.1).
 pub mod status {
@@ -106,12 +101,42 @@ pub enum VirtioError {
         #[source]
         source: backends::Error,
     },
+    /// The transport has no kick or call eventfd for a queue.
+    #[error("queue {queue}: no eventfd")]
+    MissingEventfd {
+        /// Queue index.
+        queue: usize,
+    },
+    /// The request engine of an in-VMM queue failed.
+    #[error("queue {queue}: request engine: {source}")]
+    Engine {
+        /// Queue index.
+        queue: usize,
+        /// What went wrong.
+        #[source]
+        source: backends::Error,
+    },
     /// No room for the BAR.
     #[error("no room for a {0:#x}-byte BAR in the 64-bit PCI window")]
     NoBarSpace(u64),
 }
 
-/// What a device backend gets when the driver sets DRIVER_OK.
+/// A driver read of `data.len()` bytes at `offset` in the device-specific
+/// configuration `config`: out-of-range (or wrapping) reads return zeros.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = start
+        .checked_add(data.len())
+        .and_then(|end| config.get(start..end))
+    {
+        data.copy_from_slice(src);
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
 pub struct Activation<'a> {
     /// Features the driver acknowledged.
     pub acked_features: u64,
@@ -125,8 +150,9 @@ pub struct Activation<'a> {
     pub mem: &'a GuestMemoryMmap,
 }
 
-/// A virtio device model behind the PCI transport.
-pub trait VirtioBackend: Send {
+/// A virtio device model behind the PCI transport: the transport drives it;
+/// a vhost-user backend or VMM threads serve its queues.
+pub trait VirtioDevice: Send {
     /// Virtio device ID (2 = block); the PCI device ID is 0x1040 + this.
     fn device_type(&self) -> u16;
     /// Features offered to the guest.
@@ -145,7 +171,9 @@ pub trait VirtioBackend: Send {
     fn reset(&mut self);
     /// A descriptor whose hangup means the backend is gone (watched by a
     /// monitor thread), if the device has one.
-    fn hangup_fd(&self) -> Option<RawFd>;
+    fn hangup_fd(&self) -> Option<RawFd> {
+        None
+    }
     /// The backend connection is gone: stop talking to it.
     fn disconnected(&mut self) {}
     /// A short name for logs (`vhost-user-blk0 /tmp/vu.sock`).
