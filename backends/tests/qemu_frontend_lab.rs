@@ -297,8 +297,9 @@ const RESTART_FIO_SECONDS: u32 = 45;
 const RESTART_ROUND_BYTES: u64 = 8 << 20;
 
 /// Lab shell: start the backend (appending to `/lab/backend.log`) and wait for its socket. It
-/// serves the lab host's emulated NVMe disk with O_DIRECT: on a page-cache file each request is
-/// answered within microseconds and a kill almost never finds one in flight.
+/// serves the lab host's emulated NVMe disk with O_DIRECT, throttled to 400 operations per
+/// second: on a page-cache file each request is answered within microseconds and a kill almost
+/// never finds one in flight; on the throttled disk requests wait in the device.
 const START_BACKEND: &str = r#"
 start_backend() {
     rm -f /tmp/vu.sock
@@ -399,6 +400,7 @@ tail -n 5 /tmp/qemu.log
     let run = LabHost::new(&images)
         .memory_mib(3072)
         .nvme(&nvme)
+        .nvme_iops(400)
         .binary(env!("CARGO_BIN_EXE_vhost-user-blk"), "/lab/bin")
         .with_guest(&initrd)
         .script(script)

@@ -5,8 +5,9 @@
 //!   randwrite/crc32c-verify fio run and restarted after 0.5–3 s: every round verified, no I/O
 //!   error in the guest, and at least one restarted backend resubmitted requests its
 //!   predecessor had in flight. The backend serves an emulated NVMe disk of the lab host with
-//!   O_DIRECT: on a page-cache file each request is answered within microseconds and a kill
-//!   almost never finds one in flight.
+//!   O_DIRECT, throttled to [`NVME_IOPS`]: on a page-cache file each request is answered within
+//!   microseconds and a kill almost never finds one in flight; on the throttled disk requests
+//!   wait in the device, as on a slow disk, and every kill finds some.
 //! * The upgrade path: SIGTERM to the debug build, the release build started on the same
 //!   socket, under fio; then a backend with a larger disk, which the VMM refuses (one line
 //!   naming the difference) and reports to the guest as DEVICE_NEEDS_RESET.
@@ -89,6 +90,8 @@ wait_for() {
 
 /// The lab host's emulated NVMe disk (64 MiB), which the blk backends serve with `--direct`.
 const NVME: &str = "/dev/nvme0n1 --direct";
+/// The NVMe disk's operations per second (QEMU throttling).
+const NVME_IOPS: u32 = 400;
 
 /// Boots a guest running `guest` with this VMM's `--disk vhost_user=on,socket=/tmp/vu.sock`
 /// in a lab host with a 64 MiB emulated NVMe disk that ran `before` (`start_backend` is
@@ -129,6 +132,7 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
     let mut host = LabHost::new(&images)
         .memory_mib(3072)
         .nvme(&nvme)
+        .nvme_iops(NVME_IOPS)
         .binary(env!("CARGO_BIN_EXE_vmm"), "/lab/bin")
         .binary(backend("debug", "vhost-user-blk"), "/lab/bin")
         .with_guest(&initrd)
