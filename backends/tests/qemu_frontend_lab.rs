@@ -290,3 +290,162 @@ fn readonly_backend_refuses_guest_writes_and_serves_reads() {
         int(c, "GUEST-IOERR-LINES=")
     );
 }
+
+/// Seconds the guest keeps starting verified fio rounds while the backend is killed.
+const RESTART_FIO_SECONDS: u32 = 45;
+/// Bytes each round writes (then verifies), 4 KiB at a time at depth 32 in 64 MiB.
+const RESTART_ROUND_BYTES: u64 = 8 << 20;
+
+/// Lab shell: start the backend (appending to `/lab/backend.log`) and wait for its socket. It
+/// serves the lab host's emulated NVMe disk with O_DIRECT, throttled to 400 operations per
+/// second: on a page-cache file each request is answered within microseconds and a kill almost
+/// never finds one in flight; on the throttled disk requests wait in the device.
+const START_BACKEND: &str = r#"
+start_backend() {
+    rm -f /tmp/vu.sock
+    RUST_LOG=info /lab/bin/vhost-user-blk --socket /tmp/vu.sock --path /dev/nvme0n1 --direct \
+        --queues 2 >>/lab/backend.log 2>&1 &
+    BPID=$!
+    i=0
+    while [ ! -S /tmp/vu.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+}
+# SIGKILL the backend once the NVMe disk it serves has requests in flight (up to 5 s).
+kill_with_io_in_flight() {
+    i=0
+    while [ "$(awk '{print $1 + $2}' /sys/block/nvme0n1/inflight)" = 0 ] && [ $i -lt 100 ]; do
+        sleep 0.05; i=$((i+1))
+    done
+    kill -9 $BPID; wait $BPID 2>/dev/null
+}
+"#;
+
+/// A random number of seconds in `[from, from + span)`, with one decimal (busybox awk).
+fn random_seconds(from: f64, span: f64) -> String {
+    format!(
+        "$(awk -v r=$$$RANDOM 'BEGIN {{ srand(r); printf \"%.1f\", {from} + rand() * {span} }}')"
+    )
+}
+
+#[test]
+fn qemu_reconnects_to_a_killed_backend_under_fio_verify() {
+    let Some(images) = lab::test_images() else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let guest = format!(
+        "{}echo GUEST-IOERR-LINES=$(dmesg | grep -ci 'i/o error')\n\
+         dmesg | grep -i -E 'i/o error|virtio_blk|blk_update' | tail -n 5\n",
+        lab::guest_fio_rounds(
+            &format!(
+                "--filename=/dev/vda --rw=randwrite --bs=4k --iodepth=32 --ioengine=libaio \
+                 --direct=1 --size=64M --io_size={RESTART_ROUND_BYTES} --verify=crc32c \
+                 --do_verify=1 --verify_fatal=1"
+            ),
+            RESTART_FIO_SECONDS
+        )
+    );
+    let initrd = guest_initramfs(
+        &images,
+        &guest,
+        true,
+        Cpio::new(),
+        &dir.path().join("guest.cpio"),
+    )
+    .expect("guest initramfs");
+    let script = format!(
+        r#"
+echo never > /sys/kernel/mm/transparent_hugepage/enabled
+echo never > /sys/kernel/mm/transparent_hugepage/defrag
+for i in $(seq 50); do [ -b /dev/nvme0n1 ] && break; sleep 0.1; done
+{START_BACKEND}
+start_backend
+: > /tmp/guest.log
+tail -f /tmp/guest.log &
+TAIL=$!
+# QEMU reconnects to the backend socket every second once it is lost (reconnect=1).
+timeout 400 qemu-system-x86_64 -enable-kvm -cpu host -machine q35,memory-backend=mem -smp 2 -m 512 \
+    -object memory-backend-memfd,id=mem,size=512M,share=on \
+    -chardev socket,id=vu0,path=/tmp/vu.sock,reconnect=1 \
+    -device vhost-user-blk-pci,chardev=vu0,num-queues=2 \
+    -nic none -display none -monitor none -serial file:/tmp/guest.log -no-reboot \
+    -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet" </dev/null \
+    >/tmp/qemu.log 2>&1 &
+QEMU=$!
+i=0
+while ! grep -q FIO-START /tmp/guest.log && kill -0 $QEMU 2>/dev/null && [ $i -lt 1800 ]; do
+    sleep 0.1; i=$((i+1))
+done
+for k in 1 2; do
+    sleep {first}
+    kill_with_io_in_flight
+    echo BACKEND-KILLED=$k
+    sleep {gap}
+    start_backend
+    echo BACKEND-RESTARTED=$k
+done
+wait $QEMU
+echo QEMU-EXIT-STATUS=$?
+sleep 1
+kill $TAIL
+kill -TERM $BPID
+wait $BPID
+echo BACKEND-EXIT-STATUS=$?
+echo RESUBMITTING-STARTS=$(awk '/waiting for a frontend/ {{p++}} /resubmitted=[1-9]/ {{hit[p] = 1}} END {{n = 0; for (k in hit) n++; print n}}' /lab/backend.log)
+echo "RESUBMITTED-TOTAL=$(grep -o 'resubmitted=[0-9]*' /lab/backend.log | awk -F= '{{s += $2}} END {{print s + 0}}')"
+grep -E 'resubmitted=|inflight|refus|ERROR|WARN' /lab/backend.log | tail -n 30
+tail -n 5 /tmp/qemu.log
+"#,
+        first = random_seconds(4.0, 10.0),
+        gap = random_seconds(0.5, 2.5),
+        kernel = lab::LAB_GUEST_KERNEL,
+        initrd = lab::LAB_GUEST_INITRD,
+    );
+    let nvme = dir.path().join("nvme.img");
+    std::fs::File::create(&nvme)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("NVMe backing file");
+    let run = LabHost::new(&images)
+        .memory_mib(3072)
+        .nvme(&nvme)
+        .nvme_iops(400)
+        .binary(env!("CARGO_BIN_EXE_vhost-user-blk"), "/lab/bin")
+        .with_guest(&initrd)
+        .script(script)
+        .timeout(Duration::from_secs(420))
+        .run()
+        .unwrap_or_else(|e| panic!("lab run: {e}"));
+    let c = &run.console;
+    eprintln!("TIMING lab wall {:.1?}", run.duration);
+    assert_eq!(run.status, 0, "lab script failed:\n{c}");
+    assert_eq!(int(c, GUEST_EXIT_MARKER), 0, "guest script failed:\n{c}");
+    assert_eq!(int(c, "QEMU-EXIT-STATUS="), 0, "QEMU failed:\n{c}");
+    assert!(
+        c.contains("BACKEND-RESTARTED=2"),
+        "not restarted twice:\n{c}"
+    );
+    let rounds = lab::FioRounds::from_console(c).unwrap_or_else(|e| panic!("{e}:\n{c}"));
+    rounds
+        .all_verified(RESTART_ROUND_BYTES)
+        .unwrap_or_else(|e| panic!("{e}:\n{c}"));
+    assert!(
+        rounds.seconds >= u64::from(RESTART_FIO_SECONDS),
+        "fio ran {} s:\n{c}",
+        rounds.seconds
+    );
+    assert_eq!(int(c, "GUEST-IOERR-LINES="), 0, "guest I/O errors:\n{c}");
+    assert_eq!(int(c, "BACKEND-EXIT-STATUS="), 0, "backend exit:\n{c}");
+    eprintln!(
+        "{} verified rounds in {} s; backend starts that resubmitted requests: {} ({} in all)",
+        rounds.statuses.len(),
+        rounds.seconds,
+        int(c, "RESUBMITTING-STARTS="),
+        int(c, "RESUBMITTED-TOTAL=")
+    );
+    for l in c
+        .lines()
+        .filter(|l| l.contains("inflight") || l.contains("resubmitted="))
+    {
+        eprintln!("{l}");
+    }
+}

@@ -338,10 +338,10 @@ fn reap_ok(c: &mut Client, done: &mut [MaybeUninit<Completion>]) -> usize {
 }
 
 #[test]
-fn exits_when_frontend_disconnects() {
+fn with_once_exits_when_the_frontend_disconnects() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), 4 * MIB, 0);
-    let mut be = Backend::spawn(dir.path(), &img, &[]);
+    let mut be = Backend::spawn(dir.path(), &img, &["--once"]);
     {
         let mut c = Client::connect(&be.socket, 1);
         assert_eq!(c.read(0, 0, 0, 4096), 0);
@@ -358,4 +358,56 @@ fn exits_when_frontend_disconnects() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    assert!(!be.socket.exists(), "socket left behind");
+}
+
+#[test]
+fn serves_successive_frontends_and_refuses_a_second_one_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 4 * MIB, 0);
+    let mut be = Backend::spawn_with(dir.path(), &img, &[], Stdio::piped());
+    let mut stderr = be.child.stderr.take().unwrap();
+    let data = pattern(7, 8192);
+    {
+        let mut first = Client::connect(&be.socket, 1);
+        first.buf(0, 8192).copy_from_slice(&data);
+        assert_eq!(first.write(0, 4096, 0, 8192), 0);
+        // A second frontend while the first is served: refused at once, not left waiting.
+        let started = Instant::now();
+        let mut b = Blkio::new("virtio-blk-vhost-user").unwrap();
+        b.set_str("path", be.socket.to_str().unwrap()).unwrap();
+        assert!(b.connect().is_err(), "a second frontend was accepted");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refusal took {:?}",
+            started.elapsed()
+        );
+        // The first one is still served.
+        assert_eq!(first.read(0, 4096, 8192, 8192), 0);
+        assert!(first.buf(8192, 8192) == &data[..], "read back other data");
+    }
+    // The first frontend is gone: the next ones are served by the same process, and find a
+    // fresh device (libblkio negotiates from scratch) over the same data.
+    for round in 0..3 {
+        let mut next = Client::connect(&be.socket, 1);
+        assert_eq!(next.read(0, 4096, 0, 8192), 0, "round {round}");
+        assert!(next.buf(0, 8192) == &data[..], "round {round}: other data");
+    }
+    assert!(be.child.try_wait().unwrap().is_none(), "backend exited");
+    assert!(be.sigterm_and_wait().success());
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("refusing a second frontend"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(
+        refusal.contains("peer=\"pid ") && refusal.contains("serving=\"pid "),
+        "the refusal should name both peers: {refusal}"
+    );
+    assert_eq!(
+        log.matches("frontend disconnected; device reset").count(),
+        4,
+        "{log}"
+    );
 }

@@ -31,6 +31,105 @@ pub fn guest_fio(common: &str, jobs: &[(impl Display, impl Display)]) -> String 
     )
 }
 
+/// Shell for a nested guest: rounds of one fio job (`options`, which name the device, engine
+/// and verification) until `seconds` have passed since the first round started; every round
+/// writes and then verifies what it wrote, so a round started is a round checked. Prints
+/// `FIO-START` first, then per round `FIO-ROUND=N status=S` and its [`guest_fio`]-style
+/// `FIO-JOB=` line (fio's stderr when it failed), then `FIO-ROUNDS=` and `FIO-SECONDS=`
+/// ([`FioRounds::from_console`]). For tests that disturb the device while fio runs.
+pub fn guest_fio_rounds(options: &str, seconds: u32) -> String {
+    format!(
+        "echo FIO-START\n\
+         t0=$(cut -d. -f1 /proc/uptime)\n\
+         round=0\n\
+         while :; do\n\
+         round=$((round + 1))\n\
+         st=0\n\
+         fio --output-format=terse --terse-version=3 --name=round$round {options} \
+         >/tmp/fio.terse 2>/tmp/fio.err || st=$?\n\
+         echo FIO-ROUND=$round status=$st\n\
+         grep '^3;' /tmp/fio.terse | cut -d';' -f{TERSE_FIELDS} | sed 's/^/FIO-JOB=/'\n\
+         [ $st -eq 0 ] || cat /tmp/fio.err\n\
+         now=$(cut -d. -f1 /proc/uptime)\n\
+         [ $((now - t0)) -ge {seconds} ] && break\n\
+         done\n\
+         echo FIO-ROUNDS=$round\n\
+         echo FIO-SECONDS=$((now - t0))\n"
+    )
+}
+
+/// What a guest running [`guest_fio_rounds`] printed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FioRounds {
+    /// fio's exit status in each round.
+    pub statuses: Vec<i32>,
+    /// Each round's job figures (a round whose fio printed no result has none).
+    pub jobs: Vec<FioJobResult>,
+    /// Seconds from the first round's start to the last one's end (guest clock).
+    pub seconds: u64,
+}
+
+impl FioRounds {
+    /// Reads the rounds back; a missing summary or a damaged line is an `Err` saying which.
+    pub fn from_console(console: &str) -> Result<FioRounds, String> {
+        let number = |key: &str| -> Result<u64, String> {
+            let v = crate::console_value(console, key).ok_or(format!("no {key} on the console"))?;
+            v.parse().map_err(|e| format!("{key}{v}: {e}"))
+        };
+        let rounds = number("FIO-ROUNDS=")?;
+        let seconds = number("FIO-SECONDS=")?;
+        let statuses = console
+            .lines()
+            .filter_map(|l| l.split_once("FIO-ROUND=").map(|(_, v)| v.trim()))
+            .map(|v| {
+                v.split_once("status=")
+                    .and_then(|(_, s)| s.trim().parse().ok())
+                    .ok_or(format!("FIO-ROUND={v}: no status"))
+            })
+            .collect::<Result<Vec<i32>, _>>()?;
+        if statuses.len() as u64 != rounds {
+            return Err(format!(
+                "{} round lines for FIO-ROUNDS={rounds}",
+                statuses.len()
+            ));
+        }
+        let jobs = console
+            .lines()
+            .filter_map(|l| l.split_once("FIO-JOB=").map(|(_, v)| v.trim()))
+            .map(parse_job)
+            .collect::<Result<_, _>>()?;
+        Ok(FioRounds {
+            statuses,
+            jobs,
+            seconds,
+        })
+    }
+
+    /// `Ok` if every round exited 0 and wrote and verified `bytes` without error; otherwise
+    /// what went wrong first.
+    pub fn all_verified(&self, bytes: u64) -> Result<(), String> {
+        if let Some((i, s)) = self.statuses.iter().enumerate().find(|(_, &s)| s != 0) {
+            return Err(format!("fio round {} exited with status {s}", i + 1));
+        }
+        if self.jobs.len() != self.statuses.len() {
+            return Err(format!(
+                "{} results for {} rounds",
+                self.jobs.len(),
+                self.statuses.len()
+            ));
+        }
+        for job in &self.jobs {
+            if job.error != 0 || job.write_bytes != bytes || job.read_bytes != bytes {
+                return Err(format!(
+                    "fio {}: error {}, wrote {} and verified {} bytes of {bytes}",
+                    job.name, job.error, job.write_bytes, job.read_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One job's figures from a [`guest_fio`] run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FioJobResult {
@@ -202,6 +301,37 @@ mod tests {
         assert!(r.verified("b", 8 << 20).unwrap_err().contains("expected"));
         assert!(r.verified("c", 1).unwrap_err().contains("no fio result"));
         assert_eq!(r.job("b").expect("job b").read_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn rounds_are_read_back_and_checked() {
+        let job =
+            |name: &str, err: u8, kib: u32| format!("FIO-JOB={name};{err};{kib};10;{kib};100;10\n");
+        let mut console = String::from("FIO-START\nFIO-ROUND=1 status=0\n");
+        console += &job("round1", 0, 8192);
+        console += "FIO-ROUND=2 status=0\n";
+        console += &job("round2", 0, 8192);
+        console += "FIO-ROUNDS=2\nFIO-SECONDS=61\n";
+        let r = FioRounds::from_console(&console).expect("rounds");
+        assert_eq!(
+            (r.statuses.clone(), r.jobs.len(), r.seconds),
+            (vec![0, 0], 2, 61)
+        );
+        assert!(r.all_verified(8 << 20).is_ok());
+        assert!(r.all_verified(4 << 20).unwrap_err().contains("round1"));
+        let failed = console.replace("FIO-ROUND=2 status=0", "FIO-ROUND=2 status=1");
+        let err = FioRounds::from_console(&failed)
+            .unwrap()
+            .all_verified(8 << 20);
+        assert!(err.unwrap_err().contains("round 2 exited with status 1"));
+        let missing = console.replace("FIO-ROUNDS=2", "FIO-ROUNDS=3");
+        assert!(FioRounds::from_console(&missing)
+            .unwrap_err()
+            .contains("round lines"));
+        // A round whose verification failed reports its error.
+        let bad = console.replace("round2;0;", "round2;84;");
+        let err = FioRounds::from_console(&bad).unwrap().all_verified(8 << 20);
+        assert!(err.unwrap_err().contains("error 84"));
     }
 
     #[test]

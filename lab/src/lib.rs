@@ -25,7 +25,7 @@ pub use console::{
 };
 pub use cpio::{shared_libraries, Cpio};
 pub use error::{LabError, Result};
-pub use fio::{guest_fio, FioJobResult, FioReport};
+pub use fio::{guest_fio, guest_fio_rounds, FioJobResult, FioReport, FioRounds};
 pub use host::{
     parse_marker, qemu_binary, LabHost, LabNic, LabRun, NicBackend, BOOT_DEADLINE, BOOT_MARKER,
     EXIT_MARKER, GUEST_STALL, LAB_CMDLINE, LAB_GUEST_INITRD, LAB_GUEST_KERNEL, SILENCE_LIMIT,

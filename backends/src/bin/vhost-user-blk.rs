@@ -1,7 +1,11 @@
-//! `vhost-user-blk`: serve a raw file or block device to a vhost-user frontend.
+//! `vhost-user-blk`: serve a raw file or block device to vhost-user frontends, one at a time.
 //!
-//! One connection per process: the backend exits 0 when the frontend disconnects, and on
-//! SIGTERM/SIGINT after completing every in-flight request.
+//! The backend serves successive frontend connections (a frontend that lost its connection,
+//! or a VMM reconnecting after this process was restarted, finds it again); a second frontend
+//! connecting while one is served is refused. `--once` exits 0 at the first disconnect
+//! instead. On SIGTERM/SIGINT it completes every in-flight request, flushes the disk
+//! (`fdatasync`) and exits 0: with the frontend's inflight region, a new process started on
+//! the same socket takes over where this one stopped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use backends::blk::{BlkBackend, BlkOptions, Disk};
 use backends::engine::TuningArgs;
+use backends::server::Server;
 use backends::Error;
 use clap::Parser;
-use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
+use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
@@ -44,6 +48,9 @@ struct Args {
     /// Serial returned by GET_ID (at most 20 bytes).
     #[arg(long, default_value = "vhost-user-blk")]
     serial: String,
+    /// Exit when the first frontend disconnects instead of waiting for the next one.
+    #[arg(long)]
+    once: bool,
 }
 
 fn main() {
@@ -54,12 +61,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    match run(args) {
-        Ok(never) => match never {},
-        Err(e) => {
-            tracing::error!("{e}");
-            std::process::exit(1);
-        }
+    if let Err(e) = run(args) {
+        tracing::error!("{e}");
+        std::process::exit(1);
     }
 }
 
@@ -78,7 +82,7 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-fn run(args: Args) -> Result<std::convert::Infallible, Error> {
+fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
     let disk = Disk::open(&args.path, args.readonly, args.direct)?;
     tracing::info!(
@@ -115,35 +119,22 @@ fn run(args: Args) -> Result<std::convert::Infallible, Error> {
         std::mem::forget(fd);
     }
 
-    let socket = args.socket.clone();
+    let server = Arc::new(Server::bind(&args.socket)?);
     {
         let backend = backend.clone();
-        let socket = socket.clone();
+        let server = server.clone();
         std::thread::Builder::new()
             .name("blk-signal".into())
-            .spawn(move || wait_for_signal(sigset, &backend, &socket))
+            .spawn(move || wait_for_signal(sigset, &backend, &server))
             .map_err(|e| Error::VhostUser(e.to_string()))?;
     }
-
-    let mut listener =
-        Listener::new(&socket, true).map_err(|e| Error::VhostUser(format!("listen: {e}")))?;
-    tracing::info!(socket = %socket.display(), "waiting for the frontend");
-    daemon
-        .start(&mut listener)
-        .map_err(|e| Error::VhostUser(e.to_string()))?;
-    let res = daemon.wait();
+    let served = server.serve(&mut daemon, args.once, Ok);
     backend.log_stats();
     log_rusage();
-    let _ = std::fs::remove_file(&socket);
-    match res {
-        Ok(())
-        | Err(DaemonError::HandleRequest(
-            VhostUserError::Disconnected | VhostUserError::PartialMessage,
-        )) => tracing::info!("frontend disconnected; exiting"),
-        Err(e) => return Err(Error::VhostUser(e.to_string())),
-    }
+    server.remove_socket();
+    served?;
     // Exit here rather than dropping the daemon: its drop joins the vring worker threads,
-    // and the process is done anyway (one frontend connection per process).
+    // and the process is done anyway.
     std::process::exit(0);
 }
 
@@ -165,8 +156,8 @@ fn log_rusage() {
     );
 }
 
-/// Wait for SIGTERM/SIGINT, drain every queue (bounded wait), then exit 0.
-fn wait_for_signal(set: libc::sigset_t, backend: &BlkBackend, socket: &std::path::Path) {
+/// Wait for SIGTERM/SIGINT, drain every queue (bounded wait), flush the disk, then exit 0.
+fn wait_for_signal(set: libc::sigset_t, backend: &BlkBackend, server: &Server) {
     let mut sig = 0;
     // SAFETY: `set` is an initialised signal set and `sig` a valid out pointer.
     while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
@@ -176,8 +167,16 @@ fn wait_for_signal(set: libc::sigset_t, backend: &BlkBackend, socket: &std::path
     while backend.drained_queues() < backend.stats().len() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let drained = backend.drained_queues();
+    if drained < backend.stats().len() {
+        tracing::warn!(drained, "not every queue drained in time");
+    }
+    if let Err(e) = backend.sync_disk() {
+        tracing::error!("fdatasync of the backing store: {e}");
+    }
     backend.log_stats();
     log_rusage();
-    let _ = std::fs::remove_file(socket);
+    server.remove_socket();
+    tracing::info!("shut down");
     std::process::exit(0);
 }

@@ -1,8 +1,10 @@
 //! `vhost-user-net`: serve a TAP interface to a vhost-user frontend, or (`--link A,B`) wire
 //! two frontends back to back with no TAP.
 //!
-//! One connection per socket: the backend exits 0 once its frontends have disconnected, and
-//! on SIGTERM/SIGINT (after logging its counters).
+//! Each socket serves successive frontend connections, one at a time (a second frontend is
+//! refused); the TAP is made persistent so that a restarted backend reattaches to the same
+//! interface. `--once` exits 0 once every socket's first frontend disconnected. SIGTERM/SIGINT
+//! exit 0 after logging the counters.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -10,10 +12,10 @@ use std::sync::Arc;
 
 use backends::engine::{TuningArgs, DEFAULT_BATCH};
 use backends::net::{parse_mac, NetBackend, NetOptions, Port, DEFAULT_MTU};
+use backends::server::Server;
 use backends::Error;
 use clap::Parser;
-use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
+use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
@@ -51,6 +53,10 @@ struct Args {
     /// before `SET_FEATURES` (QEMU's vhost-user netdev does that; see `backends::vhost_shim`).
     #[arg(long)]
     no_relay: bool,
+    /// Exit when the first frontend (of each socket) disconnects instead of waiting for the
+    /// next one.
+    #[arg(long)]
+    once: bool,
 }
 
 fn main() {
@@ -143,16 +149,21 @@ type Device = (Arc<NetBackend>, PathBuf);
 fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
     let devices = create_devices(&args)?;
-    spawn_signal_thread(sigset, devices.clone())?;
+    let servers: Vec<Arc<Server>> = devices
+        .iter()
+        .map(|(_, socket)| Server::bind(socket).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    spawn_signal_thread(sigset, &devices, &servers)?;
 
-    let no_relay = args.no_relay;
+    let (no_relay, once) = (args.no_relay, args.once);
     let threads: Vec<_> = devices
         .into_iter()
+        .zip(servers)
         .enumerate()
-        .map(|(i, (backend, socket))| {
+        .map(|(i, ((backend, _), server))| {
             std::thread::Builder::new()
                 .name(format!("net-dev{i}"))
-                .spawn(move || serve(backend, socket, no_relay))
+                .spawn(move || serve(backend, &server, no_relay, once))
                 .map_err(|e| Error::VhostUser(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
@@ -225,7 +236,13 @@ fn create_devices(args: &Args) -> Result<Vec<Device>, Error> {
 
 /// A thread (`net-signal`) that waits for SIGTERM/SIGINT, logs the counters,
 /// removes the sockets and exits.
-fn spawn_signal_thread(sigset: libc::sigset_t, devices: Vec<Device>) -> Result<(), Error> {
+fn spawn_signal_thread(
+    sigset: libc::sigset_t,
+    devices: &[Device],
+    servers: &[Arc<Server>],
+) -> Result<(), Error> {
+    let backends: Vec<_> = devices.iter().map(|(b, _)| b.clone()).collect();
+    let servers = servers.to_vec();
     std::thread::Builder::new()
         .name("net-signal".into())
         .spawn(move || {
@@ -233,9 +250,11 @@ fn spawn_signal_thread(sigset: libc::sigset_t, devices: Vec<Device>) -> Result<(
             // SAFETY: `sigset` is an initialised signal set and `sig` a valid out pointer.
             while unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {}
             tracing::info!(signal = sig, "shutting down");
-            for (backend, socket) in &devices {
+            for backend in &backends {
                 backend.log_stats();
-                let _ = std::fs::remove_file(socket);
+            }
+            for server in &servers {
+                server.remove_socket();
             }
             std::process::exit(0);
         })
@@ -243,8 +262,13 @@ fn spawn_signal_thread(sigset: libc::sigset_t, devices: Vec<Device>) -> Result<(
     Ok(())
 }
 
-/// Serve one device on `socket` until its frontend disconnects.
-fn serve(backend: Arc<NetBackend>, socket: PathBuf, no_relay: bool) -> Result<(), Error> {
+/// Serve one device's frontends on `server` (each through the relay unless `no_relay`).
+fn serve(
+    backend: Arc<NetBackend>,
+    server: &Server,
+    no_relay: bool,
+    once: bool,
+) -> Result<(), Error> {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new("vhost-user-net".into(), backend.clone(), mem)
         .map_err(|e| Error::VhostUser(e.to_string()))?;
@@ -260,38 +284,14 @@ fn serve(backend: Arc<NetBackend>, socket: PathBuf, no_relay: bool) -> Result<()
         std::mem::forget(tx);
         std::mem::forget(rx);
     }
-    let listen_path = if no_relay {
-        socket.clone()
+    let served = if no_relay {
+        server.serve(&mut daemon, once, Ok)
     } else {
-        let mut inner = socket.clone().into_os_string();
-        inner.push(".backend");
-        let inner = PathBuf::from(inner);
-        backends::vhost_shim::relay_one(&socket, inner.clone())
-            .map_err(|e| Error::VhostUser(format!("relay on {}: {e}", socket.display())))?;
-        inner
+        server.serve(&mut daemon, once, backends::vhost_shim::relay)
     };
-    let mut listener =
-        Listener::new(&listen_path, true).map_err(|e| Error::VhostUser(format!("listen: {e}")))?;
-    tracing::info!(socket = %socket.display(), "waiting for the frontend");
-    daemon
-        .start(&mut listener)
-        .map_err(|e| Error::VhostUser(e.to_string()))?;
-    let res = daemon.wait();
     backend.log_stats();
-    let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_file(&listen_path);
-    let res = match res {
-        Ok(())
-        | Err(DaemonError::HandleRequest(
-            VhostUserError::Disconnected | VhostUserError::PartialMessage,
-        )) => {
-            tracing::info!(socket = %socket.display(), "frontend disconnected");
-            Ok(())
-        }
-        Err(e) => Err(Error::VhostUser(e.to_string())),
-    };
-    // The daemon's drop joins its worker threads; they are done with the connection gone,
-    // but the process exits right after anyway.
+    server.remove_socket();
+    // The daemon's drop joins its worker threads; the process exits right after anyway.
     std::mem::forget(daemon);
-    res
+    served
 }

@@ -2,11 +2,14 @@
 //! driven by its own vhost-user-backend worker thread (`blk-q<N>`).
 
 use std::cell::Cell;
+use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_blk::*;
 use vm_memory::{ByteValued, GuestMemoryAtomic};
@@ -24,6 +27,7 @@ use crate::engine::{
     BackendMemory, Engine, EngineConfig, QueueStats, Tuning, VhostMem, Vring, VringQueue,
     WorkerVrings,
 };
+use crate::inflight::InflightRegion;
 use crate::{Error, Result};
 
 /// Options of a vhost-user-blk device.
@@ -51,6 +55,8 @@ pub struct BlkBackend {
     engines: Vec<Mutex<BlkEngine>>,
     stats: Vec<Arc<QueueStats>>,
     mem: BackendMemory,
+    /// The backing file (for the final `fdatasync`).
+    file: Arc<File>,
     writeback: Arc<AtomicBool>,
     stopping: AtomicBool,
     drained: Vec<AtomicBool>,
@@ -122,6 +128,7 @@ impl BlkBackend {
             engines,
             stats,
             mem: BackendMemory::default(),
+            file,
             writeback,
             stopping: AtomicBool::new(false),
             drained,
@@ -165,6 +172,11 @@ impl BlkBackend {
             .count()
     }
 
+    /// Flush the backing file's data to stable storage (`fdatasync`), as at shutdown.
+    pub fn sync_disk(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// Log the per-queue counters.
     pub fn log_stats(&self) {
         for (q, s) in self.stats.iter().enumerate() {
@@ -194,10 +206,42 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     fn set_event_idx(&self, _enabled: bool) {
         // vhost-user-backend sets EVENT_IDX on each vring; the engine asks the vring.
+    }
+
+    fn get_inflight_fd(&self, req: &VhostUserInflight) -> io::Result<(VhostUserInflight, File)> {
+        let made = InflightRegion::create(req, self.opts.queues, self.opts.queue_size)?;
+        tracing::info!(
+            queues = req.num_queues,
+            queue_size = req.queue_size,
+            bytes = made.0.mmap_size,
+            "inflight region created"
+        );
+        Ok(made)
+    }
+
+    /// Every queue tracks its requests in its part of the region from its next start on.
+    fn set_inflight_fd(&self, msg: &VhostUserInflight, file: File) -> io::Result<()> {
+        let region = InflightRegion::map(msg, &file, self.opts.queues, self.opts.queue_size)
+            .inspect_err(|e| tracing::error!("inflight region refused: {e}"))?;
+        for (q, engine) in self.engines.iter().enumerate() {
+            let mut engine = engine.lock().map_err(|_| io::Error::other("poisoned"))?;
+            engine.set_inflight(u16::try_from(q).ok().and_then(|q| region.queue(q)));
+        }
+        tracing::info!(queues = msg.num_queues, "inflight region mapped");
+        Ok(())
+    }
+
+    fn connection_closed(&self) {
+        for engine in &self.engines {
+            if let Ok(mut engine) = engine.lock() {
+                engine.set_inflight(None);
+            }
+        }
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {

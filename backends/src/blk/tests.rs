@@ -1,6 +1,7 @@
 //! Unit tests: virtio-blk requests through the real [`Engine`] against a `GuestMemoryMmap`
 //! and virtio-queue's mock driver-side queue, including hostile chains.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
@@ -16,8 +17,11 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use vhost::vhost_user::message::VhostUserInflight;
+
 use super::{BlkHandler, BlkSettings, SEG_MAX};
 use crate::engine::{Engine, EngineConfig, LocalQueue, QueueStats, StatsSnapshot, Tuning};
+use crate::inflight::InflightRegion;
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -58,7 +62,17 @@ fn engine_config(sqpoll_idle: Option<Duration>) -> EngineConfig {
     cfg
 }
 
+thread_local! {
+    /// Serve every chain the way a restarted backend does: [`Harness::run`] first records the
+    /// chains added since the last run as taken by a predecessor that died before answering
+    /// them, so the engine resubmits them from the inflight region, walking each from its
+    /// head index instead of popping it.
+    static VIA_RESTART: Cell<bool> = const { Cell::new(false) };
+}
+
 struct Harness {
+    /// The inflight region handed from one backend life to the next ([`VIA_RESTART`]).
+    restart: Option<(VhostUserInflight, File)>,
     mem: Mem,
     engine: Engine<BlkHandler, Mem>,
     q: LocalQueue<Mem>,
@@ -100,7 +114,16 @@ impl Harness {
         let engine = Engine::new(handler, cfg, stats).unwrap();
         let q = LocalQueue::new(queue, Arc::new(mem.clone()), None);
         let (avail, used) = (vq.avail_addr().0, vq.used_addr().0);
+        let request = VhostUserInflight {
+            num_queues: 1,
+            queue_size: QSIZE,
+            ..VhostUserInflight::default()
+        };
+        let restart = VIA_RESTART
+            .with(Cell::get)
+            .then(|| InflightRegion::create(&request, 1, QSIZE).unwrap());
         Harness {
+            restart,
             avail,
             used,
             next_avail: 0,
@@ -181,6 +204,9 @@ impl Harness {
     /// Process until every submitted request completed, sleeping on the engine's completion
     /// eventfd in between (as a queue thread does), so a missing wakeup fails the test.
     fn run(&mut self) {
+        if self.restart.is_some() {
+            self.hand_over();
+        }
         self.engine.process(&mut self.q).unwrap();
         while self.engine.inflight() > 0 {
             let mut pfd = libc::pollfd {
@@ -199,6 +225,31 @@ impl Harness {
             );
             self.engine.process(&mut self.q).unwrap();
         }
+    }
+
+    /// A backend took every chain added since the last run and died: its inflight region
+    /// records them; the engine restarts on that region ([`VIA_RESTART`]).
+    fn hand_over(&mut self) {
+        let Some((msg, file)) = &self.restart else {
+            return;
+        };
+        let region = InflightRegion::map(msg, file, 1, QSIZE).unwrap();
+        let guest_used: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+        let mut previous = region.queue(0).unwrap();
+        previous.start(guest_used, QSIZE);
+        let avail_idx: u16 = self.mem.read_obj(GuestAddress(self.avail + 2)).unwrap();
+        let mut pos = self.q.queue.next_avail();
+        while pos != avail_idx {
+            let slot = self.avail + 4 + 2 * u64::from(pos % QSIZE);
+            previous.mark(self.mem.read_obj(GuestAddress(slot)).unwrap());
+            pos = pos.wrapping_add(1);
+        }
+        drop(previous);
+        // The engine notices the ring stop, then a start with the region.
+        self.q.queue.set_ready(false);
+        self.engine.process(&mut self.q).unwrap();
+        self.q.queue.set_ready(true);
+        self.engine.set_inflight(region.queue(0));
     }
 
     /// Next used element `(id, len)`.
@@ -771,4 +822,33 @@ fn seabios_splits_reads_into_requests_that_make_progress() {
     assert_eq!(seabios_read(&mut h, limits, 5, 127), 1);
     assert_eq!(seabios_read(&mut h, limits, 100, 128), 1);
     assert_eq!(h.stats().submits, 3, "every request reached the disk");
+}
+
+#[test]
+fn hostile_chains_resubmitted_after_a_restart_are_answered_the_same() {
+    // The hostile-chain tests again, every chain walked from its head index as a restarted
+    // backend resubmits it (the two walks are compared chain by chain in `engine::chain`).
+    VIA_RESTART.with(|v| v.set(true));
+    let before = Harness::new(false).engine.stats().snapshot();
+    read_and_write_roundtrip();
+    framing_is_not_assumed();
+    descriptor_outside_guest_memory_is_ioerr();
+    looping_chain_is_returned_with_len_zero();
+    next_index_past_table_is_returned_with_len_zero();
+    short_header_is_ioerr();
+    unaligned_length_is_ioerr();
+    sector_range_past_capacity_is_ioerr();
+    wrong_direction_descriptors_are_ioerr();
+    too_many_segments_is_ioerr();
+    unknown_type_is_unsupp();
+    unwritable_status_returns_len_zero();
+    readonly_rejects_writes();
+    get_id_flush_and_write_zeroes();
+    // The resubmission path really was taken.
+    let mut h = Harness::new(false);
+    h.good_read(3, 2);
+    assert_eq!(h.stats().resubmitted, 1);
+    assert_eq!(h.stats().requests, 0, "nothing popped from the avail ring");
+    assert_eq!(before.resubmitted, 0);
+    VIA_RESTART.with(|v| v.set(false));
 }

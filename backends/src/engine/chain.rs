@@ -22,6 +22,7 @@ use vm_memory::{
     MemoryRegionAddress, Permissions, VolatileSlice,
 };
 
+use super::SplitWalk;
 use crate::GuestFault;
 
 /// Upper bound on descriptors kept for one chain (a queue has at most 32768 entries, an
@@ -104,7 +105,7 @@ impl DescChain {
     /// Walk `chain`, recording every descriptor and checking each against guest memory.
     pub fn walk<M>(chain: DescriptorChain<M>) -> Self
     where
-        M: Deref,
+        M: Deref + Clone,
         M::Target: GuestMemory,
     {
         let mut c = DescChain::default();
@@ -113,23 +114,47 @@ impl DescChain {
     }
 
     /// Like [`DescChain::walk`], reusing this value's allocations.
-    pub fn reset_from<M>(&mut self, mut chain: DescriptorChain<M>)
+    pub fn reset_from<M>(&mut self, chain: DescriptorChain<M>)
     where
-        M: Deref,
+        M: Deref + Clone,
         M::Target: GuestMemory,
     {
-        self.head = chain.head_index();
+        let head = chain.head_index();
+        let descriptors = chain.clone();
+        self.record(head, chain.memory(), descriptors);
+    }
+
+    /// Walk the chain whose head is descriptor `head` of the split virtqueue descriptor table
+    /// at `table` (`size` entries), with exactly the checks of [`DescChain::reset_from`]: for
+    /// a chain that did not come from the avail ring just now (a request resubmitted after a
+    /// backend restart). See [`SplitWalk`].
+    pub fn reset_from_head<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        table: GuestAddress,
+        size: u16,
+        head: u16,
+    ) {
+        self.record(head, mem, SplitWalk::new(mem, table, size, head));
+    }
+
+    /// The walk itself, over the descriptors `descriptors` yields for the chain at `head`.
+    fn record<M: GuestMemory + ?Sized>(
+        &mut self,
+        head: u16,
+        mem: &M,
+        descriptors: impl Iterator<Item = Descriptor>,
+    ) {
+        self.head = head;
         self.readable.clear();
         self.writable.clear();
         self.readable_len = 0;
         self.writable_len = 0;
         self.fault = None;
-        self.resolved_in = identity(chain.memory());
+        self.resolved_in = identity(mem);
         let mut last: Option<Descriptor> = None;
-        let mut count = 0usize;
-        while let Some(desc) = chain.next() {
-            count += 1;
-            if count > MAX_CHAIN_DESCRIPTORS {
+        for (count, desc) in descriptors.enumerate() {
+            if count == MAX_CHAIN_DESCRIPTORS {
                 self.fault = Some(GuestFault::ChainTooLong);
                 return;
             }
@@ -137,14 +162,14 @@ impl DescChain {
             let seg = Seg {
                 addr: desc.addr(),
                 len: desc.len(),
-                host: resolve(chain.memory(), desc.addr(), desc.len(), write),
+                host: resolve(mem, desc.addr(), desc.len(), write),
             };
             let perm = if write {
                 Permissions::Write
             } else {
                 Permissions::Read
             };
-            if seg.host == 0 && !chain.memory().check_range(seg.addr, seg.len as usize, perm) {
+            if seg.host == 0 && !mem.check_range(seg.addr, seg.len as usize, perm) {
                 self.note(GuestFault::OutOfBounds);
             }
             if desc.is_write_only() {
@@ -159,8 +184,8 @@ impl DescChain {
             }
             last = Some(desc);
         }
-        // virtio-queue's iterator ends silently on loops (TTL), bad `next` indexes, unreadable
-        // descriptors and bad indirect tables: the last descriptor then still has NEXT set.
+        // The walk ends silently on loops (TTL), bad `next` indexes, unreadable descriptors
+        // and bad indirect tables: the last descriptor then still has NEXT set.
         match last {
             Some(d) if !d.has_next() => {}
             _ => self.fault = Some(GuestFault::BrokenChain),
@@ -400,166 +425,4 @@ impl DescChain {
 }
 
 #[cfg(test)]
-mod tests {
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{GuestMemoryMmap, GuestRegionCollection};
-
-    use super::*;
-
-    type Mem = GuestMemoryMmap<()>;
-
-    /// Two adjacent 64 KiB regions: a buffer at 0xff00..0x10100 spans both.
-    fn two_regions() -> Mem {
-        let mem = Mem::from_ranges(&[
-            (GuestAddress(0), 0x1_0000),
-            (GuestAddress(0x1_0000), 0x1_0000),
-        ])
-        .unwrap();
-        let pattern: Vec<u8> = (0..0x2_0000u32).map(|i| (i % 253) as u8).collect();
-        mem.write_slice(&pattern, GuestAddress(0)).unwrap();
-        mem
-    }
-
-    fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
-        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
-    }
-
-    fn chain_of(mem: &Mem, descs: &[RawDescriptor]) -> DescChain {
-        let vq = MockSplitQueue::create(mem, GuestAddress(0x1_8000), 16);
-        DescChain::walk(vq.build_desc_chain(descs).unwrap())
-    }
-
-    fn expected(addr: u64, len: usize) -> Vec<u8> {
-        (addr..addr + len as u64).map(|i| (i % 253) as u8).collect()
-    }
-
-    #[test]
-    fn buffer_inside_one_region_becomes_its_host_address() {
-        let mem = two_regions();
-        let c = chain_of(
-            &mem,
-            &[desc(0x1000, 0x200, false), desc(0x1_2000, 0x100, true)],
-        );
-        assert_eq!(c.fault(), None);
-        let mut iov = Vec::new();
-        c.iovecs(&mem, Dir::Readable, 0x10, 0x100, 8, &mut iov)
-            .unwrap();
-        assert_eq!(iov.len(), 1);
-        let host = mem.get_host_address(GuestAddress(0x1010)).unwrap();
-        assert_eq!(iov[0].iov_base, host.cast());
-        assert_eq!(iov[0].iov_len, 0x100);
-
-        c.write_at(&mem, Dir::Writable, 4, b"abcd").unwrap();
-        let mut back = [0u8; 4];
-        mem.read_slice(&mut back, GuestAddress(0x1_2004)).unwrap();
-        assert_eq!(&back, b"abcd");
-    }
-
-    #[test]
-    fn buffer_spanning_two_regions_is_split_at_the_boundary() {
-        let mem = two_regions();
-        let c = chain_of(&mem, &[desc(0xff00, 0x200, false)]);
-        assert_eq!(c.fault(), None);
-        let mut iov = Vec::new();
-        c.iovecs(&mem, Dir::Readable, 0, 0x200, 8, &mut iov)
-            .unwrap();
-        assert_eq!(
-            iov.iter().map(|v| v.iov_len).collect::<Vec<_>>(),
-            [0x100, 0x100]
-        );
-        let mut buf = vec![0u8; 0x200];
-        c.read_at(&mem, Dir::Readable, 0, &mut buf).unwrap();
-        assert_eq!(buf, expected(0xff00, 0x200));
-    }
-
-    #[test]
-    fn another_memory_object_is_read_through_its_own_mapping() {
-        let mem = two_regions();
-        let c = chain_of(&mem, &[desc(0x3000, 0x40, false)]);
-        // Same layout, different mappings: the chain's cached host addresses must not be used.
-        let other: Mem =
-            GuestRegionCollection::from_ranges(&[(GuestAddress(0), 0x2_0000)]).unwrap();
-        other
-            .write_slice(&[0x5a; 0x40], GuestAddress(0x3000))
-            .unwrap();
-        let mut buf = [0u8; 0x40];
-        c.read_at(&other, Dir::Readable, 0, &mut buf).unwrap();
-        assert_eq!(buf, [0x5a; 0x40]);
-        let mut iov = Vec::new();
-        c.iovecs(&other, Dir::Readable, 0, 0x40, 8, &mut iov)
-            .unwrap();
-        assert_eq!(
-            iov[0].iov_base,
-            other.get_host_address(GuestAddress(0x3000)).unwrap().cast()
-        );
-    }
-
-    #[test]
-    fn buffer_past_the_end_of_memory_is_a_fault() {
-        let mem = two_regions();
-        let c = chain_of(&mem, &[desc(0x1_ff00, 0x200, false)]);
-        assert_eq!(c.fault(), Some(GuestFault::OutOfBounds));
-        let mut iov = Vec::new();
-        assert!(c
-            .iovecs(&mem, Dir::Readable, 0, 0x200, 8, &mut iov)
-            .is_err());
-    }
-
-    #[test]
-    fn ranges_inside_one_descriptor_and_across_descriptors_read_and_write_the_same_bytes() {
-        let mem = two_regions();
-        let c = chain_of(
-            &mem,
-            &[
-                desc(0x1000, 0x10, false),
-                desc(0x3000, 0x20, false),
-                desc(0x5000, 0x10, true),
-                desc(0x6000, 0x10, true),
-            ],
-        );
-        assert_eq!(c.fault(), None);
-        // Inside the second readable descriptor, across the first two, up to the very end.
-        for (offset, len, pieces) in [(0x12u64, 8usize, 1usize), (0xc, 8, 2), (0x28, 8, 1)] {
-            let mut got = vec![0u8; len];
-            c.read_at(&mem, Dir::Readable, offset, &mut got).unwrap();
-            let mut want = Vec::new();
-            let mut iov = Vec::new();
-            c.iovecs(&mem, Dir::Readable, offset, len as u64, 8, &mut iov)
-                .unwrap();
-            assert_eq!(iov.len(), pieces, "offset {offset:#x}");
-            for v in &iov {
-                // SAFETY: the iovec points into `mem`, alive for the whole test.
-                want.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
-                });
-            }
-            assert_eq!(got, want, "offset {offset:#x}");
-        }
-        let mut four = [0u8; 4];
-        c.read_at(&mem, Dir::Readable, 0x12, &mut four).unwrap();
-        assert_eq!(four.to_vec(), expected(0x3002, 4));
-        // One past the end, and no room for even one iovec, are refused.
-        assert_eq!(
-            c.read_at(&mem, Dir::Readable, 0x29, &mut [0u8; 8]),
-            Err(GuestFault::OutOfBounds)
-        );
-        assert_eq!(
-            c.iovecs(&mem, Dir::Readable, 0, 4, 0, &mut Vec::new()),
-            Err(GuestFault::TooManySegments)
-        );
-        // Writes inside the second writable descriptor and across both land where they should.
-        c.write_at(&mem, Dir::Writable, 0x12, b"in").unwrap();
-        c.write_at(&mem, Dir::Writable, 0xe, b"span").unwrap();
-        let mut back = [0u8; 2];
-        mem.read_slice(&mut back, GuestAddress(0x6002)).unwrap();
-        assert_eq!(&back, b"in");
-        mem.read_slice(&mut back, GuestAddress(0x500e)).unwrap();
-        assert_eq!(&back, b"sp");
-        mem.read_slice(&mut back, GuestAddress(0x6000)).unwrap();
-        assert_eq!(&back, b"an");
-    }
-}
+mod tests;

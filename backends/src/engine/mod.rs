@@ -14,12 +14,14 @@
 
 mod chain;
 mod queue;
+mod split_walk;
 mod stats;
 mod tuning;
 mod worker;
 
 pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
 pub use queue::{BackendMemory, LocalQueue, VhostMem, VirtQueue, Vring, VringQueue, WorkerVrings};
+pub use split_walk::SplitWalk;
 pub use stats::{QueueStats, StatsSnapshot};
 pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};
 pub(crate) use worker::errno;

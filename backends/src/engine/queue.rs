@@ -16,6 +16,7 @@ use vm_memory::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::QueueStats;
+use crate::inflight::InflightQueue;
 use crate::{Error, Result};
 
 /// What the engine needs from a virtqueue.
@@ -51,12 +52,24 @@ pub trait VirtQueue {
     fn publish_used(&mut self, used: &[(u16, u32)]) -> Result<(usize, bool)>;
     /// Publish `used` (see [`VirtQueue::publish_used`]) and empty it, count refused entries in
     /// `stats` (all of them when the used ring cannot be written), and signal the driver once
-    /// if it asked.
-    fn flush_used(&mut self, used: &mut Vec<(u16, u32)>, stats: &QueueStats) -> Result<()> {
+    /// if it asked. With an `inflight` region the publication follows its batch protocol
+    /// ([`InflightQueue::publish`]).
+    fn flush_used(
+        &mut self,
+        used: &mut Vec<(u16, u32)>,
+        stats: &QueueStats,
+        inflight: Option<&mut InflightQueue>,
+    ) -> Result<()> {
         if used.is_empty() {
             return Ok(());
         }
-        let published = self.publish_used(used);
+        let published = match inflight {
+            Some(tracker) => tracker.publish(used, || {
+                let result = self.publish_used(used)?;
+                Ok((result, self.next_used()))
+            }),
+            None => self.publish_used(used),
+        };
         let count = used.len() as u64;
         used.clear();
         let (rejected, notify) = published.inspect_err(|_| {
@@ -80,9 +93,22 @@ pub trait VirtQueue {
     /// Give the last `n` popped chains back to the avail ring: the next pops (and the ring
     /// base reported when it stops) start at them again.
     fn rewind(&mut self, n: u16);
+    /// Make the next pop start at avail ring position `idx` (a restarted backend resumes after
+    /// the chains it resubmits).
+    fn set_next_avail(&mut self, idx: u16);
+    /// The used index after the entries published so far.
+    fn next_used(&self) -> u16;
+    /// The used index the driver sees (read from guest memory).
+    fn guest_used_idx(&self, mem: &Self::Mem) -> Result<u16>;
+    /// The descriptor table's address and the ring's size, to walk a chain from its head
+    /// ([`DescChain::reset_from_head`](super::DescChain::reset_from_head)).
+    fn desc_table(&self) -> (GuestAddress, u16);
     /// Disable driver notifications (no-op with EVENT_IDX).
     fn disable_notification(&mut self) -> Result<()>;
-    /// Re-enable notifications; `true` if new buffers arrived meanwhile.
+    /// Re-enable notifications; `true` if new buffers arrived meanwhile (and can be taken:
+    /// an avail index more than a ring ahead of the next pop, which a driver can write, would
+    /// otherwise report buffers that no pop ever yields, and a caller that keeps going while
+    /// buffers arrive would never sleep).
     fn enable_notification(&mut self) -> Result<bool>;
     /// Signal the driver (call eventfd / irqfd).
     fn signal(&mut self) -> Result<()>;
@@ -221,12 +247,35 @@ impl VirtQueue for VringQueue<'_> {
         self.vring.set_queue_next_avail(next);
     }
 
+    fn set_next_avail(&mut self, idx: u16) {
+        self.vring.set_queue_next_avail(idx);
+    }
+
+    fn next_used(&self) -> u16 {
+        self.vring.get_ref().get_queue().next_used()
+    }
+
+    fn guest_used_idx(&self, mem: &VhostMem) -> Result<u16> {
+        let state = self.vring.get_ref();
+        Ok(state.get_queue().used_idx(mem, Ordering::Acquire)?.0)
+    }
+
+    fn desc_table(&self) -> (GuestAddress, u16) {
+        let state = self.vring.get_ref();
+        let q = state.get_queue();
+        (GuestAddress(q.desc_table()), q.size())
+    }
+
     fn disable_notification(&mut self) -> Result<()> {
         Ok(self.vring.disable_notification()?)
     }
 
     fn enable_notification(&mut self) -> Result<bool> {
-        Ok(self.vring.enable_notification()?)
+        if !self.vring.enable_notification()? {
+            return Ok(false);
+        }
+        let mem = self.mem.memory();
+        poppable(self.vring.get_ref().get_queue(), &*mem)
     }
 
     fn signal(&mut self) -> Result<()> {
@@ -282,12 +331,31 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
         self.queue.set_next_avail(next);
     }
 
+    fn set_next_avail(&mut self, idx: u16) {
+        self.queue.set_next_avail(idx);
+    }
+
+    fn next_used(&self) -> u16 {
+        self.queue.next_used()
+    }
+
+    fn guest_used_idx(&self, mem: &M) -> Result<u16> {
+        Ok(self.queue.used_idx(mem, Ordering::Acquire)?.0)
+    }
+
+    fn desc_table(&self) -> (GuestAddress, u16) {
+        (GuestAddress(self.queue.desc_table()), self.queue.size())
+    }
+
     fn disable_notification(&mut self) -> Result<()> {
         Ok(self.queue.disable_notification(&*self.mem)?)
     }
 
     fn enable_notification(&mut self) -> Result<bool> {
-        Ok(self.queue.enable_notification(&*self.mem)?)
+        if !self.queue.enable_notification(&*self.mem)? {
+            return Ok(false);
+        }
+        poppable(&self.queue, &*self.mem)
     }
 
     fn signal(&mut self) -> Result<()> {
@@ -297,6 +365,23 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
             None => Ok(()),
         }
     }
+}
+
+/// Whether `q`'s avail ring holds chains a pop can take: between one and a ring's worth past
+/// the next pop. Anything else is a driver bug (or attack) that pops refuse; it is logged, and
+/// the queue waits for the driver's next notification.
+fn poppable<M: GuestMemory>(q: &Queue, mem: &M) -> Result<bool> {
+    let avail = q.avail_idx(mem, Ordering::Acquire)?;
+    let pending = avail.0.wrapping_sub(q.next_avail());
+    if pending > q.size() {
+        tracing::debug!(
+            avail = avail.0,
+            next_avail = q.next_avail(),
+            size = q.size(),
+            "avail index out of range: nothing to take until the driver notifies again"
+        );
+    }
+    Ok(pending != 0 && pending <= q.size())
 }
 
 /// Split virtqueue layout (virtio 1.2 §2.7.6, §2.7.8): `flags` and `idx` before the ring

@@ -27,6 +27,9 @@ pub struct QueueStats {
     pub polled: AtomicU64,
     /// Passes over the queue that ended in an error (logged; the queue keeps being served).
     pub failures: AtomicU64,
+    /// Requests a previous backend process left in flight, resubmitted at a ring start
+    /// (receive queues: buffers it had taken and not filled, taken again).
+    pub resubmitted: AtomicU64,
 }
 
 /// Plain copy of [`QueueStats`].
@@ -44,6 +47,7 @@ pub struct StatsSnapshot {
     pub notifications: u64,
     pub polled: u64,
     pub failures: u64,
+    pub resubmitted: u64,
 }
 
 impl QueueStats {
@@ -67,6 +71,7 @@ impl QueueStats {
             notifications: r(&self.notifications),
             polled: r(&self.polled),
             failures: r(&self.failures),
+            resubmitted: r(&self.resubmitted),
         }
     }
 

@@ -12,6 +12,7 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{DescChain, Prepared, QueueStats, RequestHandler, Tuning, VirtQueue};
+use crate::inflight::InflightQueue;
 use crate::{Error, Result};
 
 /// What an engine serves and how.
@@ -63,6 +64,10 @@ pub struct Engine<H: RequestHandler, M> {
     cfg: EngineConfig,
     stats: Arc<QueueStats>,
     stopping: bool,
+    /// The ring was seen running (a start is noticed on the first pass after it).
+    running: bool,
+    /// This queue's part of the frontend's inflight region, if it shared one.
+    tracker: Option<InflightQueue>,
 }
 
 impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
@@ -111,7 +116,15 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             cfg,
             stats,
             stopping: false,
+            running: false,
+            tracker: None,
         })
+    }
+
+    /// Track requests in `inflight` (or stop tracking): from the next start of the ring on,
+    /// which first resubmits what the region records as in flight.
+    pub fn set_inflight(&mut self, inflight: Option<InflightQueue>) {
+        self.tracker = inflight;
     }
 
     /// Eventfd written when operations complete; poll it for readability and call
@@ -155,9 +168,14 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         if !q.ready() {
             // Stopped ([`Engine::settle`] answered everything taken): its rings are not ours.
             // Consume the wake-up, or the thread's epoll would report it again and again.
+            self.stopped();
             self.ring.completion().enable_eventfd();
             let _ = self.completion.read();
             return Ok(());
+        }
+        if !self.running {
+            self.running = true;
+            self.resume(q)?;
         }
         let mut idle_since: Option<Instant> = None;
         loop {
@@ -181,7 +199,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             }
             self.submit()?;
             progress += self.reap();
-            q.flush_used(&mut self.used, &self.stats)?;
+            q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut())?;
             if progress > 0 {
                 idle_since = None;
                 continue;
@@ -231,15 +249,70 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             }
             self.reap();
         }
-        q.flush_used(&mut self.used, &self.stats)
+        let flushed = q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut());
+        self.stopped();
+        flushed
+    }
+
+    /// The ring stopped (or is about to): nothing is taken until it starts again.
+    fn stopped(&mut self) {
+        self.running = false;
+        if let Some(tracker) = &mut self.tracker {
+            tracker.stop();
+        }
+    }
+
+    /// The ring (re)started: with an inflight region, resubmit what a previous backend took
+    /// and did not answer, in the order it took them, before anything new, and resume the
+    /// avail ring after them.
+    fn resume<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+        let Some(tracker) = &mut self.tracker else {
+            return Ok(());
+        };
+        let mem = q.memory();
+        let guest_used = q.guest_used_idx(&mem)?;
+        let (table, size) = q.desc_table();
+        let recovery = tracker.start(guest_used, size);
+        let Some(next_avail) = recovery.next_avail else {
+            return Ok(());
+        };
+        q.set_next_avail(next_avail);
+        for &head in &recovery.heads {
+            let Some(idx) = self.free.pop() else { break };
+            self.slots[idx as usize]
+                .chain
+                .reset_from_head(&*mem, table, size, head);
+            self.prepare_and_submit(idx, &mem);
+        }
+        let n = recovery.heads.len() as u64;
+        self.stats.resubmitted.fetch_add(n, Ordering::Relaxed);
+        if n > 0 || recovery.cleared > 0 {
+            tracing::info!(
+                resubmitted = n,
+                cleared = recovery.cleared,
+                next_avail,
+                "ring restarted: requests left in flight by a previous backend resubmitted"
+            );
+        }
+        Ok(())
     }
 
     /// Prepare and queue one popped chain (the caller pops at most as many as there are free
     /// slots, and counts them).
     fn start(&mut self, chain: DescriptorChain<&M>, mem: &Arc<M>) {
         let Some(idx) = self.free.pop() else { return };
+        let walked = &mut self.slots[idx as usize].chain;
+        walked.reset_from(chain);
+        if let Some(tracker) = &mut self.tracker {
+            tracker.mark(walked.head());
+        }
+        self.prepare_and_submit(idx, mem);
+    }
+
+    /// Let the handler prepare the chain walked into slot `idx`, then queue its operation or
+    /// answer it.
+    fn prepare_and_submit(&mut self, idx: u32, mem: &Arc<M>) {
         let slot = &mut self.slots[idx as usize];
-        slot.chain.reset_from(chain);
         slot.iov.clear();
         slot.req = H::Req::default();
         match self
@@ -328,244 +401,4 @@ pub(crate) fn errno(res: i32) -> io::Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::fs::File;
-    use std::io::Write;
-    use std::os::fd::{FromRawFd, RawFd};
-    use std::time::Duration;
-
-    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::{Queue, QueueT};
-    use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
-
-    use super::*;
-    use crate::engine::{rw_sqe, Dir, LocalQueue, Prepared, RequestHandler, Tuning};
-
-    type Mem = GuestMemoryMmap<()>;
-
-    /// Writes each chain's readable bytes to a file and records every result other than the
-    /// full length (`-EFAULT` for a chain it could not map).
-    struct Writer {
-        file: File,
-        failed: Vec<i32>,
-    }
-
-    impl RequestHandler for Writer {
-        type Req = u64;
-
-        fn file(&self) -> RawFd {
-            self.file.as_raw_fd()
-        }
-
-        fn prepare<M: GuestMemory>(
-            &mut self,
-            mem: &M,
-            chain: &DescChain,
-            req: &mut u64,
-            iov: &mut Vec<libc::iovec>,
-        ) -> Prepared {
-            *req = chain.readable_len();
-            match chain.iovecs(mem, Dir::Readable, 0, *req, 1, iov) {
-                Ok(()) => Prepared::Submit(rw_sqe(iov, 0, 0, true)),
-                Err(_) => {
-                    self.failed.push(-libc::EFAULT);
-                    Prepared::Done(0)
-                }
-            }
-        }
-
-        fn complete<M: GuestMemory>(
-            &mut self,
-            _mem: &M,
-            _chain: &DescChain,
-            req: &mut u64,
-            result: i32,
-        ) -> u32 {
-            if u64::try_from(result).ok() != Some(*req) {
-                self.failed.push(result);
-            }
-            0
-        }
-    }
-
-    /// Whether an engine's completion eventfd becomes readable within `ms` milliseconds.
-    fn completion_signalled(fd: &EventFd, ms: i32) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
-    }
-
-    #[test]
-    fn kernel_submission_polling_finds_room_for_every_request() {
-        // Under SQPOLL the kernel thread posts a batch's completions before it releases the
-        // batch's submission entries; the slots those completions free are refilled at once
-        // (the queue holds more chains than the engine has slots), and every refill must still
-        // find room in the submission queue instead of failing the request. Without room for
-        // both, a few to thousands of these writes failed with EBUSY on a 2-CPU machine.
-        const QUEUE: u16 = 256;
-        const SLOTS: u16 = 4;
-        const ROUNDS: usize = 1500;
-        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let (desc_table, avail, used) = (
-            GuestAddress(0),
-            GuestAddress(0x1_0000),
-            GuestAddress(0x2_0000),
-        );
-        let mut queue = Queue::new(QUEUE).unwrap();
-        queue.set_desc_table_address(Some(desc_table.0 as u32), Some(0));
-        queue.set_avail_ring_address(Some(avail.0 as u32), Some(0));
-        queue.set_used_ring_address(Some(used.0 as u32), Some(0));
-        queue.set_ready(true);
-        for i in 0..QUEUE {
-            let buf = 0x8_0000 + 256 * u64::from(i);
-            let raw = RawDescriptor::from(SplitDescriptor::new(buf, 256, 0, 0));
-            mem.write_obj(raw, desc_table.unchecked_add(16 * u64::from(i)))
-                .unwrap();
-        }
-        let mut q = LocalQueue::new(queue, Arc::new(mem.clone()), None);
-        let file = File::options().write(true).open("/dev/null").unwrap();
-        let handler = Writer {
-            file,
-            failed: Vec::new(),
-        };
-        let mut cfg = EngineConfig::new(SLOTS, 1);
-        cfg.tuning = Tuning {
-            sqpoll_idle: Some(Duration::from_millis(50)),
-            ..Tuning::default()
-        };
-        let mut engine = Engine::new(handler, cfg, Arc::new(QueueStats::default())).unwrap();
-        let mut next_avail = 0u16;
-        for _ in 0..ROUNDS {
-            for head in 0..QUEUE {
-                let slot = avail.unchecked_add(4 + 2 * u64::from(next_avail % QUEUE));
-                mem.write_obj(head, slot).unwrap();
-                next_avail = next_avail.wrapping_add(1);
-            }
-            mem.write_obj(next_avail, avail.unchecked_add(2)).unwrap();
-            // Serve as a queue thread does: on the kick, then on each completion signal.
-            engine.process(&mut q).unwrap();
-            while mem.read_obj::<u16>(used.unchecked_add(2)).unwrap() != next_avail {
-                assert!(engine.inflight() > 0, "chains left in the avail ring");
-                assert!(
-                    completion_signalled(engine.completion_fd(), 5000),
-                    "completion eventfd never signalled"
-                );
-                engine.process(&mut q).unwrap();
-            }
-        }
-        let failed = &engine.handler().failed;
-        assert!(
-            failed.is_empty(),
-            "{} of {} writes failed, first results {:?}",
-            failed.len(),
-            ROUNDS * usize::from(QUEUE),
-            &failed[..failed.len().min(8)]
-        );
-    }
-
-    /// Reads a pipe into each chain's writable buffer: requests stay in flight until the
-    /// test writes to the pipe.
-    struct PipeReader {
-        pipe: File,
-    }
-
-    impl RequestHandler for PipeReader {
-        type Req = ();
-
-        fn file(&self) -> RawFd {
-            self.pipe.as_raw_fd()
-        }
-
-        fn prepare<M: GuestMemory>(
-            &mut self,
-            mem: &M,
-            chain: &DescChain,
-            _req: &mut (),
-            iov: &mut Vec<libc::iovec>,
-        ) -> Prepared {
-            match chain.iovecs(mem, Dir::Writable, 0, chain.writable_len(), 1, iov) {
-                Ok(()) => Prepared::Submit(rw_sqe(iov, 0, 0, false)),
-                Err(_) => Prepared::Done(0),
-            }
-        }
-
-        fn complete<M: GuestMemory>(
-            &mut self,
-            _mem: &M,
-            _chain: &DescChain,
-            _req: &mut (),
-            result: i32,
-        ) -> u32 {
-            u32::try_from(result).unwrap_or(0)
-        }
-    }
-
-    #[test]
-    fn settle_answers_in_flight_requests_and_a_stopped_queue_is_left_alone() {
-        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let vq = virtio_queue::mock::MockSplitQueue::create(&mem, GuestAddress(0), 16);
-        for i in 0..3u16 {
-            let desc = RawDescriptor::from(SplitDescriptor::new(
-                0x8_0000 + 0x100 * u64::from(i),
-                64,
-                virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16,
-                0,
-            ));
-            vq.desc_table().store(i, desc).unwrap();
-        }
-        let avail_ring = vq.avail_addr();
-        let offer = |n: u16| {
-            for i in 0..n {
-                mem.write_obj(i, avail_ring.unchecked_add(4 + 2 * u64::from(i)))
-                    .unwrap();
-            }
-            mem.write_obj(n, avail_ring.unchecked_add(2)).unwrap();
-        };
-        offer(2);
-        let used_idx = || -> u16 { mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap() };
-        let mut q = LocalQueue::new(vq.create_queue().unwrap(), Arc::new(mem.clone()), None);
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 fills two fds on success; both are wrapped at once.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: fresh fds owned by nobody else.
-        let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-        let handler = PipeReader { pipe: rd };
-        let cfg = EngineConfig::new(16, 1);
-        let mut engine = Engine::new(handler, cfg, Arc::new(QueueStats::default())).unwrap();
-        engine.process(&mut q).unwrap();
-        assert_eq!(
-            (engine.inflight(), used_idx()),
-            (2, 0),
-            "reads wait on the pipe"
-        );
-
-        // The frontend stops the ring (vhost-user GET_VRING_BASE): not ready, then settle.
-        q.queue.set_ready(false);
-        let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            wr.write_all(&[7u8; 128]).unwrap();
-        });
-        engine.settle(&mut q).unwrap();
-        assert_eq!(engine.inflight(), 0);
-        assert_eq!(used_idx(), 2, "settle returned before answering the reads");
-        writer.join().unwrap();
-
-        // Buffers offered to the stopped ring are not taken, and the completion wake-up is
-        // consumed (a queue thread would otherwise be woken for it without end).
-        offer(3);
-        engine.process(&mut q).unwrap();
-        assert_eq!(
-            (engine.inflight(), used_idx(), q.queue.next_avail()),
-            (0, 2, 2)
-        );
-        assert!(
-            !completion_signalled(engine.completion_fd(), 0),
-            "completion eventfd left readable on a stopped ring"
-        );
-    }
-}
+mod tests;

@@ -15,7 +15,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_net::*;
 use vm_memory::GuestMemoryAtomic;
@@ -32,7 +34,9 @@ use crate::engine::{
     BackendMemory, Engine, EngineConfig, QueueStats, Tuning, VhostMem, Vring, VringQueue,
     WorkerVrings,
 };
+use crate::inflight::InflightRegion;
 use crate::{Error, Result};
+use std::fs::File;
 use std::os::fd::{OwnedFd, RawFd};
 
 /// Options of a vhost-user-net device.
@@ -167,6 +171,11 @@ fn open_ports(opts: &NetOptions) -> Result<Vec<PortFd>> {
                 .map(|_| Tap::open(name, multi))
                 .collect::<Result<Vec<_>>>()?;
             if let Err(e) = taps[0].set_mtu(opts.mtu) {
+                tracing::warn!("{e}");
+            }
+            // A restarted backend finds the interface again, with its addresses, routes and
+            // bridge port, instead of a new one.
+            if let Err(e) = taps[0].set_persistent(true) {
                 tracing::warn!("{e}");
             }
             taps.into_iter().map(PortFd::Tap).collect()
@@ -352,6 +361,30 @@ impl NetBackend {
         result
     }
 
+    /// Give each queue its part of an inflight region (`view(vring index)`).
+    fn set_trackers(
+        &self,
+        view: impl Fn(u16) -> Option<crate::inflight::InflightQueue>,
+    ) -> Result<()> {
+        for pair in 0..self.opts.queue_pairs {
+            let p = usize::from(pair);
+            self.rx[p]
+                .lock()
+                .map_err(poisoned("rx"))?
+                .set_inflight(view(2 * pair));
+            self.tx[p]
+                .lock()
+                .map_err(poisoned("tx"))?
+                .set_inflight(view(2 * pair + 1));
+        }
+        if let Some(ctrl) = &self.ctrl {
+            ctrl.lock()
+                .map_err(poisoned("ctrl"))?
+                .set_inflight(view(2 * self.opts.queue_pairs));
+        }
+        Ok(())
+    }
+
     fn rx_completion_event(&self) -> u16 {
         self.tx_completion_event() + 1
     }
@@ -418,9 +451,36 @@ impl VhostUserBackend for NetBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     fn set_event_idx(&self, _enabled: bool) {}
+
+    fn get_inflight_fd(&self, req: &VhostUserInflight) -> io::Result<(VhostUserInflight, File)> {
+        Ok(InflightRegion::create(
+            req,
+            self.vring_count(),
+            self.opts.queue_size,
+        )?)
+    }
+
+    /// Receive, transmit and control queues track what they take in their part of the region
+    /// (vring `2p` is pair `p`'s receive queue, `2p + 1` its transmit queue, `2N` the control
+    /// queue) from their next start on.
+    fn set_inflight_fd(&self, msg: &VhostUserInflight, file: File) -> io::Result<()> {
+        let region = InflightRegion::map(msg, &file, self.vring_count(), self.opts.queue_size)
+            .inspect_err(|e| tracing::error!("inflight region refused: {e}"))?;
+        self.set_trackers(|index| region.queue(index))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        tracing::info!(queues = msg.num_queues, "inflight region mapped");
+        Ok(())
+    }
+
+    fn connection_closed(&self) {
+        if let Err(e) = self.set_trackers(|_| None) {
+            tracing::error!("{e}");
+        }
+    }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let start = offset as usize;
@@ -444,6 +504,11 @@ impl VhostUserBackend for NetBackend {
         let index = usize::try_from(queue_index).unwrap_or(usize::MAX);
         let pair = index / 2;
         if pair >= usize::from(self.opts.queue_pairs) {
+            if let Some(ctrl) = &self.ctrl {
+                ctrl.lock()
+                    .map_err(|_| io::Error::other("poisoned"))?
+                    .stop();
+            }
             return Ok(());
         }
         let local = index % 2;

@@ -16,6 +16,7 @@ use vm_memory::GuestMemory;
 
 use super::has;
 use crate::engine::{DescChain, Dir, QueueStats, VirtQueue};
+use crate::inflight::InflightQueue;
 use crate::Result;
 
 /// Guest faults logged at `warn` level before switching to `debug`.
@@ -41,6 +42,10 @@ pub struct CtrlQueue {
     chain: DescChain,
     used: Vec<(u16, u32)>,
     warned: u32,
+    /// The ring was seen running (a start is noticed on the first pass after it).
+    running: bool,
+    /// This queue's part of the frontend's inflight region.
+    tracker: Option<InflightQueue>,
 }
 
 impl CtrlQueue {
@@ -53,6 +58,22 @@ impl CtrlQueue {
             chain: DescChain::default(),
             used: Vec::new(),
             warned: 0,
+            running: false,
+            tracker: None,
+        }
+    }
+
+    /// Track commands in `inflight` (or stop tracking), from the next start of the ring on,
+    /// which first answers the commands the region records as taken and unanswered.
+    pub fn set_inflight(&mut self, inflight: Option<InflightQueue>) {
+        self.tracker = inflight;
+    }
+
+    /// The ring stopped (vhost-user GET_VRING_BASE): every command taken was answered already.
+    pub fn stop(&mut self) {
+        self.running = false;
+        if let Some(tracker) = &mut self.tracker {
+            tracker.stop();
         }
     }
 
@@ -69,19 +90,56 @@ impl CtrlQueue {
         Q: VirtQueue,
         F: FnMut(u16) -> Result<()>,
     {
+        if !self.running {
+            self.running = true;
+            self.resume(q, &mut set_pairs)?;
+        }
         loop {
             q.disable_notification()?;
             let mem = q.memory();
             while let Some(chain) = q.pop(&mem) {
                 self.chain.reset_from(chain);
+                if let Some(tracker) = &mut self.tracker {
+                    tracker.mark(self.chain.head());
+                }
                 let len = self.answer(&*mem, &mut set_pairs);
                 self.used.push((self.chain.head(), len));
             }
-            q.flush_used(&mut self.used, &self.stats)?;
+            q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut())?;
             if !q.enable_notification()? {
                 return Ok(());
             }
         }
+    }
+
+    /// The ring (re)started: with an inflight region, answer the commands a previous backend
+    /// took and did not answer (applying them again is harmless: they set state), then
+    /// resume the avail ring after them.
+    fn resume<Q, F>(&mut self, q: &mut Q, set_pairs: &mut F) -> Result<()>
+    where
+        Q: VirtQueue,
+        F: FnMut(u16) -> Result<()>,
+    {
+        let Some(tracker) = &mut self.tracker else {
+            return Ok(());
+        };
+        let mem = q.memory();
+        let guest_used = q.guest_used_idx(&mem)?;
+        let (table, size) = q.desc_table();
+        let recovery = tracker.start(guest_used, size);
+        let Some(next_avail) = recovery.next_avail else {
+            return Ok(());
+        };
+        q.set_next_avail(next_avail);
+        for &head in &recovery.heads {
+            self.chain.reset_from_head(&*mem, table, size, head);
+            let len = self.answer(&*mem, set_pairs);
+            self.used.push((head, len));
+        }
+        self.stats
+            .resubmitted
+            .fetch_add(recovery.heads.len() as u64, Ordering::Relaxed);
+        q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut())
     }
 
     /// Run the command in `self.chain` and write its ack; returns the used length.

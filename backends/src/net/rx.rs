@@ -37,6 +37,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{has, ETH_HLEN, RX_BUF_LEN, VNET_HDR_LEN};
 use crate::engine::{register_file, DescChain, Dir, QueueStats, VirtQueue, FIXED_FILE};
+use crate::inflight::InflightQueue;
 use crate::{Error, Result};
 
 const WARN_BUDGET: u32 = 16;
@@ -86,6 +87,11 @@ pub struct RxPath {
     features: Arc<AtomicU64>,
     stats: Arc<QueueStats>,
     warned: u32,
+    /// The ring was seen running (a start is noticed on the first pass after it).
+    running: bool,
+    /// This queue's part of the frontend's inflight region: reserved receive chains are in
+    /// flight until a frame fills them.
+    tracker: Option<InflightQueue>,
 }
 
 impl RxPath {
@@ -127,7 +133,15 @@ impl RxPath {
             features,
             stats,
             warned: 0,
+            running: false,
+            tracker: None,
         })
+    }
+
+    /// Track reserved receive chains in `inflight` (or stop tracking), from the next start of
+    /// the ring on, which first takes back the chains the region records as reserved.
+    pub fn set_inflight(&mut self, inflight: Option<InflightQueue>) {
+        self.tracker = inflight;
     }
 
     /// Eventfd signalled when a read completes; call [`RxPath::process`] when readable.
@@ -213,7 +227,7 @@ impl RxPath {
     /// Keep a popped chain at `held[nheld]` if it can take a frame; answer it empty if not.
     fn hold<M>(&mut self, chain: DescriptorChain<M>)
     where
-        M: std::ops::Deref,
+        M: std::ops::Deref + Clone,
         M::Target: GuestMemory,
     {
         if self.held.len() <= self.nheld {
@@ -221,8 +235,18 @@ impl RxPath {
         }
         let c = &mut self.held[self.nheld];
         c.reset_from(chain);
-        let head = c.head();
+        if let Some(tracker) = &mut self.tracker {
+            tracker.mark(c.head());
+        }
         QueueStats::inc(&self.stats.requests);
+        self.keep();
+    }
+
+    /// Keep the chain just walked into `held[nheld]` if it can take a frame; answer it empty
+    /// if not.
+    fn keep(&mut self) {
+        let c = &self.held[self.nheld];
+        let head = c.head();
         let problem: Option<String> = if let Some(f) = c.fault() {
             Some(f.to_string())
         } else if c.readable_len() != 0 {
@@ -448,11 +472,16 @@ impl RxPath {
         }
         if !q.ready() {
             // Stopped: its rings belong to the driver again; frames wait for the restart.
+            self.stopped();
             self.reap();
             if !self.active {
                 self.drop_ready();
             }
             return Ok(());
+        }
+        if !self.running {
+            self.running = true;
+            self.resume(q)?;
         }
         if !self.active {
             self.reap();
@@ -521,11 +550,18 @@ impl RxPath {
         for c in &self.held[..self.nheld - rewind] {
             self.used.push((c.head(), 0));
         }
+        if let Some(tracker) = &mut self.tracker {
+            // Back in the avail ring: no longer taken.
+            for c in &self.held[self.nheld - rewind..self.nheld] {
+                tracker.unmark(c.head());
+            }
+        }
         self.nheld = 0;
         self.rewindable = 0;
         self.held_mem.clear();
         self.drop_ready();
         let flushed = self.flush(q);
+        self.stopped();
         q.rewind(u16::try_from(rewind).unwrap_or(u16::MAX));
         if rewind > 0 {
             tracing::debug!(rewind, "rx: reserved buffers returned to the stopped ring");
@@ -533,9 +569,61 @@ impl RxPath {
         flushed
     }
 
+    /// The ring stopped (or is about to): nothing is tracked until it starts again.
+    fn stopped(&mut self) {
+        self.running = false;
+        if let Some(tracker) = &mut self.tracker {
+            tracker.stop();
+        }
+    }
+
+    /// The ring (re)started: with an inflight region, take back the receive chains a previous
+    /// backend had reserved and not filled (oldest first, ahead of any new one), and resume
+    /// the avail ring after them.
+    fn resume<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
+        let Some(tracker) = &mut self.tracker else {
+            return Ok(());
+        };
+        let mem = q.memory();
+        let guest_used = q.guest_used_idx(&mem)?;
+        let (table, size) = q.desc_table();
+        let recovery = tracker.start(guest_used, size);
+        let Some(next_avail) = recovery.next_avail else {
+            return Ok(());
+        };
+        q.set_next_avail(next_avail);
+        // What was held before the restart is gone with the old connection's memory.
+        self.nheld = 0;
+        self.held_mem.clear();
+        for &head in &recovery.heads {
+            if self.held.len() <= self.nheld {
+                self.held.push(DescChain::default());
+            }
+            self.held[self.nheld].reset_from_head(&*mem, table, size, head);
+            self.keep();
+        }
+        // Their avail ring positions may not be theirs (chains answered out of order before
+        // the restart): never rewound, answered empty if the ring stops.
+        self.rewindable = 0;
+        if self.nheld > 0 {
+            self.held_mem.push(mem.clone());
+        }
+        let n = recovery.heads.len() as u64;
+        self.stats.resubmitted.fetch_add(n, Ordering::Relaxed);
+        if n > 0 || recovery.cleared > 0 {
+            tracing::info!(
+                reserved = n,
+                cleared = recovery.cleared,
+                next_avail,
+                "rx ring restarted: buffers reserved by a previous backend taken back"
+            );
+        }
+        Ok(())
+    }
+
     /// Publish the used entries: a frame's buffers become visible to the driver together.
     fn flush<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
-        q.flush_used(&mut self.used, &self.stats)
+        q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut())
     }
 }
 

@@ -107,6 +107,25 @@ impl Tap {
         })
     }
 
+    /// Keep the interface when its last queue is closed (`TUNSETPERSIST`), or not: a persistent
+    /// TAP survives the backend process, and `ip link del` removes it.
+    pub fn set_persistent(&self, persistent: bool) -> Result<()> {
+        // SAFETY: TUNSETPERSIST takes its argument by value.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETPERSIST,
+                libc::c_ulong::from(persistent),
+            )
+        };
+        if rc < 0 {
+            return Err(tap_err(&self.name, "TUNSETPERSIST")(
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Interface name.
     pub fn name(&self) -> &str {
         &self.name

@@ -1000,3 +1000,101 @@ fn rx_stop_answers_reserved_buffers_older_than_a_bad_chain_empty() {
     assert_eq!(h.rxv.used(&h.mem), (u32::from(first), 0));
     assert_eq!(h.rxv.pending_used(&h.mem), 0);
 }
+
+/// A region for the receive queue of [`Harness`] (one queue of [`QSIZE`]).
+fn rx_region() -> (vhost::vhost_user::message::VhostUserInflight, std::fs::File) {
+    let request = vhost::vhost_user::message::VhostUserInflight {
+        num_queues: 1,
+        queue_size: QSIZE,
+        ..Default::default()
+    };
+    crate::inflight::InflightRegion::create(&request, 1, QSIZE).unwrap()
+}
+
+#[test]
+fn rx_buffers_reserved_by_a_killed_backend_take_the_next_frames_in_order() {
+    use crate::inflight::InflightRegion;
+    let (msg, file) = rx_region();
+    let view = || InflightRegion::map(&msg, &file, 1, QSIZE).unwrap().queue(0);
+    let mut h = Harness::new(base_features());
+    h.rx.set_inflight(view());
+    h.post_rx_buffers(0..4, 2048);
+    let first = packet(VnetHdr::default(), 200, 1);
+    h.peer_send(&first);
+    h.run_rx_until(1);
+    h.expect_rx_frames_in_order(std::slice::from_ref(&first));
+    // Buffers 1..4 are reserved with a read waiting; the backend is killed.
+    assert!(h.rx.reading());
+    let features = Arc::new(AtomicU64::new(base_features()));
+    let stats = Arc::new(QueueStats::default());
+    h.rx = RxPath::new(h._dev.as_raw_fd(), QSIZE, features, stats).unwrap();
+    h.rx.set_inflight(view());
+    // Its successor's queue starts at the frontend's base, the used index.
+    let mut queue = Queue::new(QSIZE).unwrap();
+    queue.set_desc_table_address(Some(h.rxv.base as u32), Some(0));
+    queue.set_avail_ring_address(Some(h.rxv.avail as u32), Some(0));
+    queue.set_used_ring_address(Some(h.rxv.used as u32), Some(0));
+    queue.set_ready(true);
+    queue.set_next_avail(1);
+    queue.set_next_used(1);
+    h.rxq.queue = queue;
+    let next: Vec<Vec<u8>> = (2..5)
+        .map(|seed| packet(VnetHdr::default(), 300, seed))
+        .collect();
+    for p in &next {
+        h.peer_send(p);
+    }
+    h.run_rx_until(3);
+    // They land in the reserved buffers 1, 2, 3, in order; nothing was popped again.
+    h.expect_rx_frames_in_order(&next);
+    let s = h.rx_stats();
+    assert_eq!((s.resubmitted, s.requests, s.ok), (3, 0, 3));
+    // A buffer posted now is taken after them.
+    h.post_rx_buffers(4..5, 2048);
+    let last = packet(VnetHdr::default(), 100, 9);
+    h.peer_send(&last);
+    h.run_rx_until(1);
+    assert_eq!(h.rxv.used(&h.mem).0, 4);
+}
+
+/// Runs `f` on another thread; fails if it does not return within 5 s.
+fn returns_in_time(f: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = done.send(());
+    });
+    assert!(
+        finished.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the queue never went back to sleep"
+    );
+}
+
+#[test]
+fn rx_an_avail_index_out_of_range_does_not_spin_the_queue() {
+    returns_in_time(|| {
+        let mut h = Harness::new(base_features());
+        h.peer_send(&packet(VnetHdr::default(), 100, 1));
+        // The driver writes an avail index more than a ring ahead of the device's next pop
+        // (behind it, here): pops refuse it, and re-enabling notifications must not report
+        // buffers that will never come.
+        h.rxq.queue.set_next_avail(5);
+        h.rx.process(&mut h.rxq).unwrap();
+        assert_eq!(h.rxv.used_idx(&h.mem), 0);
+        // The driver repairs its ring and notifies: served again.
+        h.rxq.queue.set_next_avail(0);
+        let head = h.rxv.add(&h.mem, &[w(BUF, 2048)]);
+        h.run_rx_until(1);
+        assert_eq!(h.rxv.used(&h.mem).0, u32::from(head));
+    });
+}
+
+#[test]
+fn tx_an_avail_index_out_of_range_does_not_spin_the_queue() {
+    returns_in_time(|| {
+        let mut h = Harness::new(base_features());
+        h.txq.queue.set_next_avail(5);
+        h.tx.process(&mut h.txq).unwrap();
+        assert_eq!(h.tx_stats().requests, 0);
+    });
+}
