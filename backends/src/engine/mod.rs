@@ -14,6 +14,7 @@
 
 mod chain;
 mod queue;
+mod ring;
 mod split_walk;
 mod stats;
 mod tuning;
@@ -21,6 +22,7 @@ mod worker;
 
 pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
 pub use queue::{BackendMemory, LocalQueue, VhostMem, VirtQueue, Vring, VringQueue, WorkerVrings};
+pub use ring::{new_ring, restrictions, set_restrictions, RingSpec};
 pub use split_walk::SplitWalk;
 pub use stats::{QueueStats, StatsSnapshot};
 pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};
@@ -31,7 +33,7 @@ pub use io_uring::squeue::Entry as Sqe;
 
 use std::os::fd::RawFd;
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, types};
 use vm_memory::GuestMemory;
 
 /// The handler's file ([`RequestHandler::file`]) as every operation names it: the engine
@@ -39,12 +41,21 @@ use vm_memory::GuestMemory;
 /// table lookup and reference counting (`IOSQE_FIXED_FILE`).
 pub const FIXED_FILE: types::Fixed = types::Fixed(0);
 
-/// Register `fd` as `ring`'s only fixed file ([`FIXED_FILE`]).
-pub fn register_file(ring: &IoUring, fd: RawFd) -> crate::Result<()> {
+/// Register `fd` as `ring`'s only fixed file ([`FIXED_FILE`]), on a ring built elsewhere
+/// (the benchmark's raw baseline); the engine's own rings come from [`new_ring`].
+pub fn register_file(ring: &io_uring::IoUring, fd: RawFd) -> crate::Result<()> {
     ring.submitter()
         .register_files(&[fd])
         .map_err(crate::Error::UringSetup)
 }
+
+/// The opcodes [`rw_sqe`] produces.
+pub const RW_OPCODES: [u8; 4] = [
+    opcode::Read::CODE,
+    opcode::Write::CODE,
+    opcode::Readv::CODE,
+    opcode::Writev::CODE,
+];
 
 /// A read or a write of `iov` on [`FIXED_FILE`] at `offset` (ignored by streams such as a
 /// TAP), with `RWF_*` flags: plain `READ`/`WRITE` for one buffer, so the kernel does not
@@ -91,6 +102,10 @@ pub trait RequestHandler {
     /// The file every operation of this handler works on, kept open by the handler's owner:
     /// the engine registers it, and operations name it as [`FIXED_FILE`].
     fn file(&self) -> RawFd;
+
+    /// Every io_uring opcode [`RequestHandler::prepare`] may submit: the engine's ring refuses
+    /// all others ([`new_ring`]).
+    fn opcodes(&self) -> &'static [u8];
 
     /// Parse and validate `chain`. Fill `iov` (cleared, owned by the request slot and kept
     /// stable until completion) and return an operation, or answer the request directly.

@@ -75,27 +75,26 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     /// [`Engine::completion_fd`].
     pub fn new(handler: H, cfg: EngineConfig, stats: Arc<QueueStats>) -> Result<Self> {
         let entries = u32::from(cfg.queue_size.max(1)).next_power_of_two();
-        let mut builder = IoUring::builder();
-        builder.setup_cqsize(entries * 2);
         let mut sq_entries = entries;
+        let mut sqpoll_idle_ms = None;
         if let Some(idle) = cfg.tuning.sqpoll_idle {
-            let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
-            builder.setup_sqpoll(ms);
+            sqpoll_idle_ms = Some(u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1));
             // The kernel thread posts a batch's completions before it moves the SQ head past
             // the batch: the slots those completions free are refilled while up to a slot
             // count of consumed entries still holds the ring, next to at most a slot count
             // of unconsumed ones. Twice the slots always fit.
             sq_entries = entries * 2;
         }
-        let ring = builder.build(sq_entries).map_err(Error::UringSetup)?;
         let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-        // Not `register_eventfd_async`: buffered reads that miss the page cache complete
-        // through task_work in this thread's context, which the async variant does not
-        // signal (the completion would sit in the CQ while the thread sleeps in epoll).
-        ring.submitter()
-            .register_eventfd(completion.as_raw_fd())
-            .map_err(Error::UringSetup)?;
-        super::register_file(&ring, handler.file())?;
+        let ring = super::new_ring(&super::RingSpec {
+            sq_entries,
+            cq_entries: Some(entries * 2),
+            sqpoll_idle_ms,
+            file: handler.file(),
+            eventfd: completion.as_raw_fd(),
+            opcodes: handler.opcodes(),
+            flags: io_uring::squeue::Flags::empty(),
+        })?;
         let n = usize::from(cfg.queue_size.max(1));
         let slots = (0..n)
             .map(|_| Slot {
@@ -431,6 +430,10 @@ mod tests {
             self.file.as_raw_fd()
         }
 
+        fn opcodes(&self) -> &'static [u8] {
+            &crate::engine::RW_OPCODES
+        }
+
         fn prepare<M: GuestMemory>(
             &mut self,
             mem: &M,
@@ -566,6 +569,10 @@ mod tests {
 
         fn file(&self) -> RawFd {
             self.pipe.as_raw_fd()
+        }
+
+        fn opcodes(&self) -> &'static [u8] {
+            &crate::engine::RW_OPCODES
         }
 
         fn prepare<M: GuestMemory>(
