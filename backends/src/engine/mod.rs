@@ -15,6 +15,8 @@
 mod chain;
 mod queue;
 mod ring;
+#[cfg(test)]
+mod settle_tests;
 mod split_walk;
 mod stats;
 mod tuning;
@@ -27,7 +29,7 @@ pub use split_walk::SplitWalk;
 pub use stats::{QueueStats, StatsSnapshot};
 pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};
 pub(crate) use worker::errno;
-pub use worker::{Engine, EngineConfig};
+pub use worker::{Engine, EngineConfig, SETTLE_TIMEOUT};
 
 pub use io_uring::squeue::Entry as Sqe;
 
@@ -47,6 +49,17 @@ pub fn register_file(ring: &io_uring::IoUring, fd: RawFd) -> crate::Result<()> {
     ring.submitter()
         .register_files(&[fd])
         .map_err(crate::Error::UringSetup)
+}
+
+/// GET_VRING_BASE of ring `index` cannot be answered: `error` (requests that never
+/// completed) is logged and returned for the vhost-user handler, which then sends no base
+/// and ends the connection, so the frontend sees the failure instead of waiting forever.
+pub fn stop_failed(index: usize, error: crate::Error) -> std::io::Error {
+    tracing::error!(
+        ring = index,
+        "GET_VRING_BASE: {error}; answering with an error instead of the ring base"
+    );
+    std::io::Error::other(error)
 }
 
 /// The opcodes [`rw_sqe`] produces.

@@ -4,9 +4,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use io_uring::IoUring;
+use io_uring::{opcode, types, IoUring};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -14,6 +14,13 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{DescChain, Prepared, QueueStats, RequestHandler, Tuning, VirtQueue};
 use crate::inflight::InflightQueue;
 use crate::{Error, Result};
+
+/// `user_data` of cancellations (requests carry their slot index).
+const CANCEL_TAG: u64 = u64::MAX;
+
+/// How long stopping a ring ([`Engine::settle`], vhost-user GET_VRING_BASE) waits for the
+/// requests in flight before giving up on them.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What an engine serves and how.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +52,9 @@ struct Slot<R, M> {
     req: R,
     /// Guest memory snapshot pinned while the kernel may touch `iov`.
     mem: Option<Arc<M>>,
+    /// Given up on when its ring stopped ([`Engine::settle`] timed out): its completion is
+    /// dropped, never put on a ring the driver took back.
+    abandoned: bool,
 }
 
 // SAFETY: the raw pointers in `iov` point into guest memory kept mapped by `mem`; a slot is
@@ -59,6 +69,8 @@ pub struct Engine<H: RequestHandler, M> {
     slots: Vec<Slot<H::Req, M>>,
     free: Vec<u32>,
     inflight: usize,
+    /// Of `inflight`, the requests given up on.
+    abandoned: usize,
     used: Vec<(u16, u32)>,
     completion: EventFd,
     cfg: EngineConfig,
@@ -86,13 +98,16 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             sq_entries = entries * 2;
         }
         let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+        // The handler's operations, and cancelling them when a stop gives up on them.
+        let mut opcodes = handler.opcodes().to_vec();
+        opcodes.push(opcode::AsyncCancel::CODE);
         let ring = super::new_ring(&super::RingSpec {
             sq_entries,
             cq_entries: Some(entries * 2),
             sqpoll_idle_ms,
             file: handler.file(),
             eventfd: completion.as_raw_fd(),
-            opcodes: handler.opcodes(),
+            opcodes: &opcodes,
             flags: io_uring::squeue::Flags::empty(),
         })?;
         let n = usize::from(cfg.queue_size.max(1));
@@ -102,6 +117,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                 iov: Vec::with_capacity(cfg.max_iov),
                 req: H::Req::default(),
                 mem: None,
+                abandoned: false,
             })
             .collect();
         Ok(Self {
@@ -110,6 +126,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             slots,
             free: (0..n as u32).rev().collect(),
             inflight: 0,
+            abandoned: 0,
             used: Vec::with_capacity(n),
             completion,
             cfg,
@@ -236,21 +253,71 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         self.settle(q)
     }
 
-    /// Wait for every in-flight request and put it on the used ring: what a backend owes the
-    /// frontend before it reports the base of a stopped ring (vhost-user GET_VRING_BASE).
-    /// The engine serves the ring again once it is restarted.
+    /// Wait (at most [`SETTLE_TIMEOUT`]) for every in-flight request and put it on the used
+    /// ring: what a backend owes the frontend before it reports the base of a stopped ring
+    /// (vhost-user GET_VRING_BASE). The engine serves the ring again once it is restarted.
     pub fn settle<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
-        while self.inflight > 0 {
-            match self.ring.submit_and_wait(1) {
+        self.settle_within(q, SETTLE_TIMEOUT)
+    }
+
+    /// [`Engine::settle`] waiting at most `limit`. Requests still in flight then are given
+    /// up on: their buffers stay pinned until the kernel completes them, and their
+    /// completions are dropped (an inflight region still records them). What did complete
+    /// is published, and the error names how many were left.
+    pub fn settle_within<Q: VirtQueue<Mem = M>>(
+        &mut self,
+        q: &mut Q,
+        limit: Duration,
+    ) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        let mut timed_out = false;
+        while self.inflight > self.abandoned {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                timed_out = true;
+                break;
+            }
+            let ts = types::Timespec::from(left);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME)) => {}
                 Err(e) => return Err(Error::UringSubmit(e)),
             }
             self.reap();
         }
         let flushed = q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut());
         self.stopped();
+        if timed_out {
+            let stuck = self.abandon_inflight();
+            return Err(Error::SettleTimeout {
+                inflight: stuck,
+                secs: limit.as_secs(),
+            });
+        }
         flushed
+    }
+
+    /// Give up on every request in flight and ask the kernel to cancel them (an operation
+    /// blocked in an io-wq worker or armed on a poll usually can be); returns how many were
+    /// newly given up on.
+    fn abandon_inflight(&mut self) -> usize {
+        let mut n = 0;
+        for (idx, slot) in self.slots.iter_mut().enumerate() {
+            if slot.mem.is_some() && !slot.abandoned {
+                slot.abandoned = true;
+                n += 1;
+                let cancel = opcode::AsyncCancel::new(idx as u64)
+                    .build()
+                    .flags(io_uring::squeue::Flags::FIXED_FILE)
+                    .user_data(CANCEL_TAG);
+                // SAFETY: a cancellation carries no buffer.
+                let _ = unsafe { self.ring.submission().push(&cancel) };
+            }
+        }
+        self.abandoned += n;
+        let _ = self.submit();
+        n
     }
 
     /// The ring stopped (or is about to): nothing is taken until it starts again.
@@ -373,6 +440,9 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     fn reap(&mut self) -> usize {
         let mut n = 0;
         for cqe in self.ring.completion() {
+            if cqe.user_data() == CANCEL_TAG {
+                continue;
+            }
             let idx = cqe.user_data() as usize;
             let Some(slot) = self.slots.get_mut(idx) else {
                 tracing::error!(idx, "completion for unknown slot");
@@ -382,12 +452,18 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                 tracing::error!(idx, "completion for idle slot");
                 continue;
             };
+            self.inflight -= 1;
+            if std::mem::take(&mut slot.abandoned) {
+                // Its ring was taken back when the wait for it timed out.
+                self.abandoned -= 1;
+                self.free.push(idx as u32);
+                continue;
+            }
             let len = self
                 .handler
                 .complete(&*mem, &slot.chain, &mut slot.req, cqe.result());
             self.used.push((slot.chain.head(), len));
             self.free.push(idx as u32);
-            self.inflight -= 1;
             n += 1;
         }
         n
