@@ -56,7 +56,8 @@ struct RunArgs {
     /// Guest memory: SIZE[,hugepages=on] (e.g. 512M, 2G,hugepages=on).
     #[arg(long, default_value = "512M")]
     memory: MemoryConfig,
-    /// Serial console: stdio, file=PATH or off.
+    /// Serial console: stdio, file=PATH[,max_size=SIZE] (default 64M: the file is then
+    /// truncated, with a marker line, and keeps the newest output) or off.
     #[arg(long, default_value = "stdio")]
     serial: SerialConfig,
     /// A disk (repeatable): virtio-blk served by a vhost-user backend,
