@@ -6,11 +6,13 @@
 //! * [`blk`] — virtio-blk request parsing/execution and the `vhost-user-blk` backend.
 //! * [`net`] — virtio-net transmit/receive over a TAP and the `vhost-user-net` backend.
 
+pub mod access;
 pub mod blk;
 pub mod engine;
 mod error;
 pub mod inflight;
 pub mod net;
+pub mod privileges;
 pub mod server;
 pub mod vhost_shim;
 

@@ -99,6 +99,11 @@ fn run(args: RunArgs) -> ExitCode {
         devices: args.devices,
         nets: args.nets,
     };
+    // No execve of this process or its children may ever gain privileges.
+    if let Err(e) = backends::privileges::no_new_privs() {
+        eprintln!("vmm: error: {e}");
+        return ExitCode::from(1);
+    }
     let outcome = Machine::build(&cfg).and_then(Machine::run);
     match outcome {
         Ok(why) => {

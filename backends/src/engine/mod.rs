@@ -24,7 +24,7 @@ mod worker;
 
 pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
 pub use queue::{BackendMemory, LocalQueue, VhostMem, VirtQueue, Vring, VringQueue, WorkerVrings};
-pub use ring::{new_ring, restrictions, set_restrictions, RingSpec};
+pub use ring::{new_ring, parse_on_off, restrictions, set_restrictions, RingSpec};
 pub use split_walk::SplitWalk;
 pub use stats::{QueueStats, StatsSnapshot};
 pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};

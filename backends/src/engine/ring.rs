@@ -32,6 +32,15 @@ pub fn restrictions() -> bool {
     RESTRICT.load(Ordering::Relaxed)
 }
 
+/// Parse `on` or `off` (command-line switches such as `--uring-restrictions`).
+pub fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}': expected on or off")),
+    }
+}
+
 /// What one ring is and may carry.
 #[derive(Debug, Clone, Copy)]
 pub struct RingSpec<'a> {
