@@ -62,7 +62,8 @@ impl Controller {
     /// Byte offset of `count` blocks from `slba`, if inside the namespace.
     fn range(&self, slba: u64, count: u64) -> Option<u64> {
         let end = slba.checked_add(count)?;
-        (end <= self.ns.blocks).then_some(slba * LBA_SIZE)
+        // `then`, not `then_some`: the product of an out-of-range LBA overflows.
+        (end <= self.ns.blocks).then(|| slba * LBA_SIZE)
     }
 
     fn rw(&mut self, mem: &GuestMemoryMmap, cmd: &Command, write: bool) -> Status {

@@ -304,3 +304,33 @@ fn fua_write_is_durable_before_its_completion_is_posted() {
     assert_eq!(g.cmd(1, cmd(iop::FLUSH, 1)).status, Status::SUCCESS);
     assert_eq!(*log.lock().unwrap(), [(true, false)]);
 }
+
+/// Found by the `nvme` fuzz target: a starting LBA so large that its byte offset overflows
+/// panicked (debug builds) before the range check answered.
+#[test]
+fn lbas_whose_byte_offset_overflows_are_out_of_range() {
+    let mut g = guest();
+    g.create_io_queues(16);
+    for slba in [1u64 << 60, u64::MAX / 512 + 1, u64::MAX - 1] {
+        assert_eq!(
+            g.rw(iop::READ, slba, 1, DATA, 0),
+            Status::LBA_OUT_OF_RANGE,
+            "{slba:#x}"
+        );
+        assert_eq!(
+            g.rw(iop::WRITE, slba, 1, DATA, 0),
+            Status::LBA_OUT_OF_RANGE,
+            "{slba:#x}"
+        );
+    }
+    // Dataset Management: one range of 0 blocks at a huge LBA.
+    let range = [0u32.to_le_bytes(), 0u32.to_le_bytes()].concat();
+    let slba = (1u64 << 60).to_le_bytes();
+    g.mem
+        .write_slice(&[range.as_slice(), &slba].concat(), GuestAddress(DATA))
+        .unwrap();
+    let mut c = cmd(iop::DSM, 1);
+    set_prp(&mut c, DATA, 0);
+    c[11] = 1 << 2; // deallocate
+    assert_eq!(g.cmd(1, c).status, Status::LBA_OUT_OF_RANGE);
+}
