@@ -158,6 +158,10 @@ struct NetArgs {
     /// Transmit only.
     #[arg(long)]
     no_rx: bool,
+    /// Also run our backend with its io_urings unrestricted (`--uring-restrictions off`), in
+    /// the same run, and report restricted/unrestricted.
+    #[arg(long)]
+    vs_unrestricted: bool,
     #[command(flatten)]
     idle: IdleArgs,
     /// TAP name inside the benchmark's network namespace.
@@ -200,6 +204,10 @@ struct BlkArgs {
     /// Skip qemu-storage-daemon.
     #[arg(long)]
     no_qsd: bool,
+    /// Also run our backend with its io_urings unrestricted (`--uring-restrictions off`), in
+    /// the same run, and report restricted/unrestricted.
+    #[arg(long)]
+    vs_unrestricted: bool,
     /// The vhost-user client polls its queues for completions (libblkio poll queues, as a guest
     /// with virtio-blk `poll_queues` and polled I/O does) instead of sleeping on the call
     /// eventfd; raw io_uring on a page-cached file completes inline either way.
@@ -571,6 +579,9 @@ fn blk(a: BlkArgs) -> perf::Result<()> {
     if !a.no_qsd {
         targets.insert(1, Target::Qsd);
     }
+    if a.vs_unrestricted {
+        targets.insert(1, Target::OursUnrestricted);
+    }
     let mut runs: Vec<JobResult> = Vec::new();
     println!(
         "{:<14} {:>7} {:>6} {:>12} {:>9} {:>9} {:>7}",
@@ -635,13 +646,18 @@ fn blk(a: BlkArgs) -> perf::Result<()> {
             let (ours, raw, qsd) = (get(Target::Ours), get(Target::Raw), get(Target::Qsd));
             let vs_raw = ours.zip(raw).map(|(o, r)| o / r);
             let vs_qsd = ours.zip(qsd).map(|(o, r)| o / r);
+            let vs_unrestricted = ours.zip(get(Target::OursUnrestricted)).map(|(o, u)| o / u);
             println!(
-                "iodepth {d:>2} queues {q}: ours/raw {:>5} ours/qsd {:>5}",
+                "iodepth {d:>2} queues {q}: ours/raw {:>5} ours/qsd {:>5}{}",
                 vs_raw.map_or("-".into(), |v| format!("{v:.2}")),
                 vs_qsd.map_or("-".into(), |v| format!("{v:.2}")),
+                vs_unrestricted.map_or(String::new(), |v| format!(
+                    " restricted/unrestricted {v:.3}"
+                )),
             );
             ratios.push(serde_json::json!({
                 "iodepth": d, "queues": q, "ours_over_raw": vs_raw, "ours_over_qsd": vs_qsd,
+                "restricted_over_unrestricted": vs_unrestricted,
             }));
         }
     }
@@ -762,6 +778,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
             r.frame.name(),
             match r.path {
                 Path::Ours => "ours",
+                Path::OursUnrestricted => "unres",
                 Path::Raw => "raw",
             },
             match r.direction {
@@ -782,14 +799,17 @@ fn net(a: NetArgs) -> perf::Result<()> {
     for rep in 0..a.repeat {
         println!("-- run {}/{}", rep + 1, a.repeat);
         for &kind in &kinds {
-            let order = if rep % 2 == 0 {
-                [Path::Ours, Path::Raw]
-            } else {
-                [Path::Raw, Path::Ours]
-            };
+            let mut order = vec![Path::Ours, Path::Raw];
+            if a.vs_unrestricted {
+                order.insert(1, Path::OursUnrestricted);
+            }
+            if rep % 2 == 1 {
+                order.reverse();
+            }
             for path in order {
                 let r = match path {
                     Path::Ours => bench.run_ours(&tap, kind, rep),
+                    Path::OursUnrestricted => bench.run_ours_unrestricted(&tap, kind, rep),
                     Path::Raw => bench.run_raw(&tap, kind, rep),
                 }?;
                 for x in &r {
@@ -875,6 +895,21 @@ fn net(a: NetArgs) -> perf::Result<()> {
             "tx_device_cpu_ns_per_frame_ours": device_cpu(Path::Ours, Direction::Tx),
             "rx_device_cpu_ns_per_frame_ours": device_cpu(Path::Ours, Direction::Rx),
         }));
+    }
+    if a.vs_unrestricted {
+        println!();
+        println!("io_uring restrictions: restricted/unrestricted frame rate, median of the per-run ratios:");
+        println!("| frame | TX | RX |");
+        println!("|---|---|---|");
+        for &kind in &kinds {
+            let r = |d| net::paired_ratio_of(&runs, Path::Ours, Path::OursUnrestricted, d, kind);
+            let (tx, rx) = (r(Direction::Tx), r(Direction::Rx));
+            println!("| {} | {} | {} |", kind.name(), fmt(tx, 3), fmt(rx, 3));
+            ratios.push(serde_json::json!({
+                "frame": kind, "tx_restricted_over_unrestricted": tx,
+                "rx_restricted_over_unrestricted": rx,
+            }));
+        }
     }
     println!();
     println!(
