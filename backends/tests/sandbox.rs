@@ -436,3 +436,38 @@ fn unknown_user_or_group_is_one_line_and_exit_1() {
         );
     }
 }
+
+#[test]
+fn uring_restrictions_switch_takes_on_and_off_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, vec![0u8; MIB]).unwrap();
+    let bin = env!("CARGO_BIN_EXE_vhost-user-blk");
+    let out = Command::new(bin)
+        .args([
+            "--uring-restrictions",
+            "bogus",
+            "--socket",
+            "/nonexistent/s",
+        ])
+        .args(["--path", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected on or off"));
+    for switch in ["off", "on"] {
+        let socket = dir.path().join(format!("{switch}.sock"));
+        let path = img.to_str().unwrap();
+        let _be = Proc::start(
+            bin,
+            &["--path", path, "--uring-restrictions", switch],
+            &socket,
+            false,
+        );
+        assert_ne!(
+            handshake(&socket) & (1 << 32),
+            0,
+            "--uring-restrictions {switch}"
+        );
+    }
+}

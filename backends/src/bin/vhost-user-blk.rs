@@ -61,7 +61,7 @@ struct Args {
     privileges: PrivilegeArgs,
     /// Restrict each queue's io_uring to the operations it submits (off only to measure
     /// what that costs).
-    #[arg(long, default_value = "on", value_parser = backends::engine::parse_on_off)]
+    #[arg(long, default_value = "on", value_parser = backends::engine::parse_on_off, action = clap::ArgAction::Set)]
     uring_restrictions: bool,
 }
 

@@ -69,7 +69,7 @@ struct Args {
     privileges: PrivilegeArgs,
     /// Restrict each queue's io_urings to the operations they submit (off only to measure
     /// what that costs).
-    #[arg(long, default_value = "on", value_parser = backends::engine::parse_on_off)]
+    #[arg(long, default_value = "on", value_parser = backends::engine::parse_on_off, action = clap::ArgAction::Set)]
     uring_restrictions: bool,
 }
 
