@@ -37,9 +37,15 @@ impl Proc {
     /// and wait for `socket`.
     fn start(bin: &str, args: &[&str], socket: &Path, as_nobody: bool) -> Proc {
         let mut cmd = if as_nobody {
+            // A copy next to the socket: the build tree may sit in a directory (such as
+            // /root) that the unprivileged user cannot enter.
+            let dir = socket.parent().expect("socket directory");
+            let copy = dir.join(Path::new(bin).file_name().expect("binary name"));
+            std::fs::copy(bin, &copy).expect("copy the backend binary");
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
             let mut c = Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-                .arg(bin);
+                .arg(copy);
             c
         } else {
             Command::new(bin)
