@@ -31,6 +31,17 @@ pub enum Error {
     /// Creating or registering the io_uring instance failed.
     #[error("io_uring setup: {0}")]
     UringSetup(#[source] io::Error),
+    /// Restricting or enabling a ring (`IORING_REGISTER_RESTRICTIONS`, `ENABLE_RINGS`) failed.
+    #[error("io_uring restrictions: {0}")]
+    UringRestrict(#[source] io::Error),
+    /// In-flight requests did not complete in time when a ring was stopped.
+    #[error("{inflight} request(s) still in flight after {secs} s")]
+    SettleTimeout {
+        /// Requests left in flight.
+        inflight: usize,
+        /// How long was waited.
+        secs: u64,
+    },
     /// `io_uring_enter` failed.
     #[error("io_uring submit: {0}")]
     UringSubmit(#[source] io::Error),
@@ -78,6 +89,9 @@ pub enum Error {
     /// The vhost-user daemon failed.
     #[error("vhost-user: {0}")]
     VhostUser(String),
+    /// Dropping privileges (user, group, capabilities, no-new-privs) failed.
+    #[error("{0}")]
+    Privileges(String),
 }
 
 /// Result alias for this crate.

@@ -16,11 +16,13 @@
 //! connections), carried in `third_party/vhost-user-backend` (see its `PATCHES.md`) until
 //! they are upstream. How a backend restart is recovered: `docs/vhost-user-recovery.md`.
 
+pub mod access;
 pub mod blk;
 pub mod engine;
 mod error;
 pub mod inflight;
 pub mod net;
+pub mod privileges;
 pub mod server;
 pub mod vhost_shim;
 

@@ -22,6 +22,8 @@ const BS: usize = 4096;
 pub enum Target {
     /// Our `vhost-user-blk` binary.
     Ours,
+    /// Our binary with `--uring-restrictions off` (what the io_uring restrictions cost).
+    OursUnrestricted,
     /// `qemu-storage-daemon --export type=vhost-user-blk`.
     Qsd,
     /// libblkio's `io_uring` driver directly on the file.
@@ -33,6 +35,7 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Ours => "ours",
+            Target::OursUnrestricted => "ours-unrestricted",
             Target::Qsd => "qsd",
             Target::Raw => "raw-io_uring",
         }
@@ -115,7 +118,10 @@ impl BlkBench {
             .join(format!("{}-{queues}.sock", target.name()));
         let _ = std::fs::remove_file(&socket);
         let mut server = match target {
-            Target::Ours => Some(self.spawn_ours(&socket, queues)?),
+            Target::Ours => Some(self.spawn_ours(&socket, queues, &[])?),
+            Target::OursUnrestricted => {
+                Some(self.spawn_ours(&socket, queues, &["--uring-restrictions", "off"])?)
+            }
             Target::Qsd => Some(self.spawn_qsd(&socket, queues)?),
             Target::Raw => None,
         };
@@ -130,7 +136,7 @@ impl BlkBench {
         res
     }
 
-    fn spawn_ours(&self, socket: &Path, queues: usize) -> Result<Child> {
+    fn spawn_ours(&self, socket: &Path, queues: usize, extra: &[&str]) -> Result<Child> {
         Command::new(&self.ours_bin)
             .arg("--socket")
             .arg(socket)
@@ -139,6 +145,7 @@ impl BlkBench {
             .arg("--queues")
             .arg(queues.to_string())
             .args(&self.ours_args)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("VMM_PERF_BACKEND_LOG").unwrap_or_else(|_| "warn".into()),

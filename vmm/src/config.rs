@@ -36,7 +36,7 @@ pub enum ConfigError {
     #[error("invalid device '{0}': expected path=/sys/bus/pci/devices/DDDD:BB:DD.F")]
     BadDevice(String),
     /// A serial console specification was not understood.
-    #[error("invalid serial '{0}': expected stdio, file=PATH or off")]
+    #[error("invalid serial '{0}': expected stdio, file=PATH[,max_size=SIZE] or off")]
     BadSerial(String),
     /// A required option is missing.
     #[error("missing option '{0}'")]
@@ -129,13 +129,24 @@ pub fn parse_on_off(key: &str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// Default cap of a serial log file (`--serial file=PATH`): 64 MiB.
+pub const DEFAULT_SERIAL_MAX_SIZE: u64 = 64 << 20;
+/// Smallest `max_size` of a serial log file.
+pub const MIN_SERIAL_MAX_SIZE: u64 = 4096;
+
 /// Where the guest's 8250 serial console goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SerialConfig {
     /// The VMM's standard output (and standard input to the guest).
     Stdio,
-    /// Appended to a file.
-    File(PathBuf),
+    /// Appended to a file, which is truncated (with a marker line) before it would grow
+    /// past `max_size` bytes.
+    File {
+        /// The log file.
+        path: PathBuf,
+        /// Largest size of the file.
+        max_size: u64,
+    },
     /// No serial port.
     Off,
 }
@@ -147,10 +158,28 @@ impl FromStr for SerialConfig {
         match s {
             "stdio" => Ok(Self::Stdio),
             "off" => Ok(Self::Off),
-            _ => match s.strip_prefix("file=") {
-                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
-                _ => Err(ConfigError::BadSerial(s.to_string())),
-            },
+            _ => {
+                let bad = || ConfigError::BadSerial(s.to_string());
+                let spec = s.strip_prefix("file=").ok_or_else(bad)?;
+                let (path, max_size) = match spec.rsplit_once(",max_size=") {
+                    Some((path, size)) => (path, parse_size(size)?),
+                    None => (spec, DEFAULT_SERIAL_MAX_SIZE),
+                };
+                if path.is_empty() {
+                    return Err(bad());
+                }
+                if max_size < MIN_SERIAL_MAX_SIZE {
+                    return Err(ConfigError::BadValue {
+                        key: "max_size".into(),
+                        value: max_size.to_string(),
+                        expected: "at least 4K",
+                    });
+                }
+                Ok(Self::File {
+                    path: PathBuf::from(path),
+                    max_size,
+                })
+            }
         }
     }
 }
@@ -159,7 +188,9 @@ impl fmt::Display for SerialConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Stdio => write!(f, "stdio"),
-            Self::File(p) => write!(f, "file={}", p.display()),
+            Self::File { path, max_size } => {
+                write!(f, "file={},max_size={max_size}", path.display())
+            }
             Self::Off => write!(f, "off"),
         }
     }

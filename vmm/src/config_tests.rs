@@ -287,8 +287,21 @@ fn serial() {
     assert_eq!("off".parse(), Ok(SerialConfig::Off));
     assert_eq!(
         "file=/tmp/x".parse(),
-        Ok(SerialConfig::File("/tmp/x".into()))
+        Ok(SerialConfig::File {
+            path: "/tmp/x".into(),
+            max_size: 64 << 20
+        })
     );
     assert!("file=".parse::<SerialConfig>().is_err());
+    assert_eq!(
+        "file=/tmp/a,b,max_size=1M".parse(),
+        Ok(SerialConfig::File {
+            path: "/tmp/a,b".into(),
+            max_size: 1 << 20
+        })
+    );
+    assert!("file=/x,max_size=100".parse::<SerialConfig>().is_err());
+    assert!("file=/x,max_size=lots".parse::<SerialConfig>().is_err());
+    assert!("file=,max_size=1M".parse::<SerialConfig>().is_err());
     assert!("tcp:1234".parse::<SerialConfig>().is_err());
 }

@@ -32,7 +32,7 @@ use crate::devices::e1000::{NetError, E1000};
 use crate::devices::i8042::I8042;
 use crate::devices::nvme::{self, pci::BAR_SIZE as NVME_BAR_SIZE, NvmePciDevice};
 use crate::devices::power::AcpiPower;
-use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice};
+use crate::devices::serial::{CappedFile, ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice};
 use crate::devices::vfio::VfioDevices;
 use crate::devices::virtio::local::{InVmmBlk, InVmmNet};
 use crate::devices::virtio::transport::pci::BAR_SIZE as VIRTIO_BAR_SIZE;
@@ -342,15 +342,17 @@ fn serial_output(serial: &SerialConfig) -> Result<Option<Box<dyn Write + Send>>,
     Ok(match serial {
         SerialConfig::Off => None,
         SerialConfig::Stdio => Some(Box::new(io::stdout())),
-        SerialConfig::File(path) => Some(Box::new(
-            OpenOptions::new()
+        SerialConfig::File { path, max_size } => {
+            let err = |source| Error::SerialFile {
+                path: path.clone(),
+                source,
+            };
+            let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| Error::SerialFile {
-                    path: path.clone(),
-                    source,
-                })?,
-        )),
+                .map_err(err)?;
+            Some(Box::new(CappedFile::new(file, *max_size).map_err(err)?))
+        }
     })
 }

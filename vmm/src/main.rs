@@ -56,7 +56,8 @@ struct RunArgs {
     /// Guest memory: SIZE[,hugepages=on] (e.g. 512M, 2G,hugepages=on).
     #[arg(long, default_value = "512M")]
     memory: MemoryConfig,
-    /// Serial console: stdio, file=PATH or off.
+    /// Serial console: stdio, file=PATH[,max_size=SIZE] (default 64M: the file is then
+    /// truncated, with a marker line, and keeps the newest output) or off.
     #[arg(long, default_value = "stdio")]
     serial: SerialConfig,
     /// A disk (repeatable): virtio-blk served by a vhost-user backend,
@@ -98,6 +99,11 @@ fn run(args: RunArgs) -> ExitCode {
         devices: args.devices,
         nets: args.nets,
     };
+    // No execve of this process or its children may ever gain privileges.
+    if let Err(e) = backends::privileges::no_new_privs() {
+        eprintln!("vmm: error: {e}");
+        return ExitCode::from(1);
+    }
     let outcome = Machine::build(&cfg).and_then(Machine::run);
     match outcome {
         Ok(why) => {

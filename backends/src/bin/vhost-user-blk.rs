@@ -11,8 +11,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backends::access::SocketAccessArgs;
 use backends::blk::{BlkBackend, BlkOptions, Disk};
 use backends::engine::TuningArgs;
+use backends::privileges::{drop_privileges, PrivilegeArgs};
 use backends::server::Server;
 use backends::Error;
 use clap::Parser;
@@ -51,6 +53,16 @@ struct Args {
     /// Exit when the first frontend disconnects instead of waiting for the next one.
     #[arg(long)]
     once: bool,
+    /// Who may connect to the socket.
+    #[command(flatten)]
+    access: SocketAccessArgs,
+    /// Who to run as once the disk is open and the socket bound.
+    #[command(flatten)]
+    privileges: PrivilegeArgs,
+    /// Restrict each queue's io_uring to the operations it submits (off only to measure
+    /// what that costs).
+    #[arg(long, default_value = "on", value_parser = backends::engine::parse_on_off, action = clap::ArgAction::Set)]
+    uring_restrictions: bool,
 }
 
 fn main() {
@@ -84,6 +96,8 @@ fn block_signals() -> libc::sigset_t {
 
 fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
+    let identity = args.privileges.resolve()?;
+    backends::engine::set_restrictions(args.uring_restrictions);
     let disk = Disk::open(&args.path, args.readonly, args.direct)?;
     tracing::info!(
         path = %args.path.display(),
@@ -103,6 +117,10 @@ fn run(args: Args) -> Result<(), Error> {
         },
     )?);
 
+    // Set up: the disk is open and the socket bound. Nothing else needs privileges, and the
+    // threads started from here on inherit none.
+    let server = Arc::new(Server::bind_with(&args.socket, args.access.access())?);
+    drop_privileges(identity)?;
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
         .map_err(|e| Error::VhostUser(e.to_string()))?;
@@ -119,7 +137,6 @@ fn run(args: Args) -> Result<(), Error> {
         std::mem::forget(fd);
     }
 
-    let server = Arc::new(Server::bind(&args.socket)?);
     {
         let backend = backend.clone();
         let server = server.clone();

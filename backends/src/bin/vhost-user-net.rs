@@ -10,8 +10,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use backends::access::SocketAccessArgs;
 use backends::engine::{TuningArgs, DEFAULT_BATCH};
 use backends::net::{parse_mac, NetBackend, NetOptions, Port, DEFAULT_MTU};
+use backends::privileges::{drop_privileges, PrivilegeArgs};
 use backends::server::Server;
 use backends::Error;
 use clap::Parser;
@@ -57,6 +59,18 @@ struct Args {
     /// next one.
     #[arg(long)]
     once: bool,
+    /// Who may connect to the socket(s).
+    #[command(flatten)]
+    access: SocketAccessArgs,
+    /// Who to run as once the TAP is open and the sockets bound. Without privileges from
+    /// the start, --tap needs a TAP created beforehand for that user
+    /// (`ip tuntap add dev NAME mode tap user USER`, plus `multi_queue` for --queues > 1).
+    #[command(flatten)]
+    privileges: PrivilegeArgs,
+    /// Restrict each queue's io_urings to the operations they submit (off only to measure
+    /// what that costs).
+    #[arg(long, default_value = "on", value_parser = backends::engine::parse_on_off, action = clap::ArgAction::Set)]
+    uring_restrictions: bool,
 }
 
 fn main() {
@@ -148,11 +162,16 @@ type Device = (Arc<NetBackend>, PathBuf);
 
 fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
+    let identity = args.privileges.resolve()?;
+    backends::engine::set_restrictions(args.uring_restrictions);
     let devices = create_devices(&args)?;
     let servers: Vec<Arc<Server>> = devices
         .iter()
-        .map(|(_, socket)| Server::bind(socket).map(Arc::new))
+        .map(|(_, socket)| Server::bind_with(socket, args.access.access()).map(Arc::new))
         .collect::<Result<_, _>>()?;
+    // Set up: TAP queues open, sockets bound. The threads started from here on inherit no
+    // privileges.
+    drop_privileges(identity)?;
     spawn_signal_thread(sigset, &devices, &servers)?;
 
     let (no_relay, once) = (args.no_relay, args.once);

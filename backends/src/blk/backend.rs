@@ -299,9 +299,14 @@ impl VhostUserBackend for BlkBackend {
         let mem = self.mem.get()?;
         let mut engine = engine.lock().map_err(|_| io::Error::other("poisoned"))?;
         let inflight = engine.inflight();
-        // The base is reported even if publishing failed: nothing is left to wait for.
-        if let Err(e) = engine.settle(&mut VringQueue::new(vring, &mem)) {
-            engine.stats().report_failure(&format!("q{index} stop"), &e);
+        // The base is reported even if publishing failed: nothing is left to wait for. Not
+        // after requests failed to complete in time: the frontend gets an error instead.
+        match engine.settle(&mut VringQueue::new(vring, &mem)) {
+            Ok(()) => {}
+            Err(e @ Error::SettleTimeout { .. }) => {
+                return Err(crate::engine::stop_failed(index, e))
+            }
+            Err(e) => engine.stats().report_failure(&format!("q{index} stop"), &e),
         }
         tracing::debug!(queue_index, inflight, "ring stopped");
         Ok(())

@@ -264,11 +264,26 @@ impl BlkHandler {
     }
 }
 
+/// What a block queue submits: reads and writes ([`rw_sqe`](crate::engine::rw_sqe)), flush
+/// (`FSYNC` with DATASYNC), discard and write-zeroes (`FALLOCATE`).
+const BLK_OPCODES: [u8; 6] = [
+    opcode::Read::CODE,
+    opcode::Write::CODE,
+    opcode::Readv::CODE,
+    opcode::Writev::CODE,
+    opcode::Fsync::CODE,
+    opcode::Fallocate::CODE,
+];
+
 impl RequestHandler for BlkHandler {
     type Req = BlkReq;
 
     fn file(&self) -> RawFd {
         self.fd
+    }
+
+    fn opcodes(&self) -> &'static [u8] {
+        &BLK_OPCODES
     }
 
     fn prepare<M: GuestMemory>(

@@ -14,6 +14,9 @@
 
 mod chain;
 mod queue;
+mod ring;
+#[cfg(test)]
+mod settle_tests;
 mod split_walk;
 mod stats;
 mod tuning;
@@ -21,17 +24,18 @@ mod worker;
 
 pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
 pub use queue::{BackendMemory, LocalQueue, VhostMem, VirtQueue, Vring, VringQueue, WorkerVrings};
+pub use ring::{new_ring, parse_on_off, restrictions, set_restrictions, RingSpec};
 pub use split_walk::SplitWalk;
 pub use stats::{QueueStats, StatsSnapshot};
 pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};
 pub(crate) use worker::errno;
-pub use worker::{Engine, EngineConfig};
+pub use worker::{Engine, EngineConfig, SETTLE_TIMEOUT};
 
 pub use io_uring::squeue::Entry as Sqe;
 
 use std::os::fd::RawFd;
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, types};
 use vm_memory::GuestMemory;
 
 /// The handler's file ([`RequestHandler::file`]) as every operation names it: the engine
@@ -39,12 +43,32 @@ use vm_memory::GuestMemory;
 /// table lookup and reference counting (`IOSQE_FIXED_FILE`).
 pub const FIXED_FILE: types::Fixed = types::Fixed(0);
 
-/// Register `fd` as `ring`'s only fixed file ([`FIXED_FILE`]).
-pub fn register_file(ring: &IoUring, fd: RawFd) -> crate::Result<()> {
+/// Register `fd` as `ring`'s only fixed file ([`FIXED_FILE`]), on a ring built elsewhere
+/// (the benchmark's raw baseline); the engine's own rings come from [`new_ring`].
+pub fn register_file(ring: &io_uring::IoUring, fd: RawFd) -> crate::Result<()> {
     ring.submitter()
         .register_files(&[fd])
         .map_err(crate::Error::UringSetup)
 }
+
+/// GET_VRING_BASE of ring `index` cannot be answered: `error` (requests that never
+/// completed) is logged and returned for the vhost-user handler, which then sends no base
+/// and ends the connection, so the frontend sees the failure instead of waiting forever.
+pub fn stop_failed(index: usize, error: crate::Error) -> std::io::Error {
+    tracing::error!(
+        ring = index,
+        "GET_VRING_BASE: {error}; answering with an error instead of the ring base"
+    );
+    std::io::Error::other(error)
+}
+
+/// The opcodes [`rw_sqe`] produces.
+pub const RW_OPCODES: [u8; 4] = [
+    opcode::Read::CODE,
+    opcode::Write::CODE,
+    opcode::Readv::CODE,
+    opcode::Writev::CODE,
+];
 
 /// A read or a write of `iov` on [`FIXED_FILE`] at `offset` (ignored by streams such as a
 /// TAP), with `RWF_*` flags: plain `READ`/`WRITE` for one buffer, so the kernel does not
@@ -91,6 +115,10 @@ pub trait RequestHandler {
     /// The file every operation of this handler works on, kept open by the handler's owner:
     /// the engine registers it, and operations name it as [`FIXED_FILE`].
     fn file(&self) -> RawFd;
+
+    /// Every io_uring opcode [`RequestHandler::prepare`] may submit: the engine's ring refuses
+    /// all others ([`new_ring`]).
+    fn opcodes(&self) -> &'static [u8];
 
     /// Parse and validate `chain`. Fill `iov` (cleared, owned by the request slot and kept
     /// stable until completion) and return an operation, or answer the request directly.

@@ -4,9 +4,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use io_uring::IoUring;
+use io_uring::{opcode, IoUring};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -14,6 +14,15 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{DescChain, Prepared, QueueStats, RequestHandler, Tuning, VirtQueue};
 use crate::inflight::InflightQueue;
 use crate::{Error, Result};
+
+mod settle;
+
+/// `user_data` of cancellations (requests carry their slot index).
+const CANCEL_TAG: u64 = u64::MAX;
+
+/// How long stopping a ring ([`Engine::settle`], vhost-user GET_VRING_BASE) waits for the
+/// requests in flight before giving up on them.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What an engine serves and how.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +54,9 @@ struct Slot<R, M> {
     req: R,
     /// Guest memory snapshot pinned while the kernel may touch `iov`.
     mem: Option<Arc<M>>,
+    /// Given up on when its ring stopped ([`Engine::settle`] timed out): its completion is
+    /// dropped, never put on a ring the driver took back.
+    abandoned: bool,
 }
 
 // SAFETY: the raw pointers in `iov` point into guest memory kept mapped by `mem`; a slot is
@@ -59,6 +71,8 @@ pub struct Engine<H: RequestHandler, M> {
     slots: Vec<Slot<H::Req, M>>,
     free: Vec<u32>,
     inflight: usize,
+    /// Of `inflight`, the requests given up on.
+    abandoned: usize,
     used: Vec<(u16, u32)>,
     completion: EventFd,
     cfg: EngineConfig,
@@ -75,27 +89,29 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     /// [`Engine::completion_fd`].
     pub fn new(handler: H, cfg: EngineConfig, stats: Arc<QueueStats>) -> Result<Self> {
         let entries = u32::from(cfg.queue_size.max(1)).next_power_of_two();
-        let mut builder = IoUring::builder();
-        builder.setup_cqsize(entries * 2);
         let mut sq_entries = entries;
+        let mut sqpoll_idle_ms = None;
         if let Some(idle) = cfg.tuning.sqpoll_idle {
-            let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
-            builder.setup_sqpoll(ms);
+            sqpoll_idle_ms = Some(u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1));
             // The kernel thread posts a batch's completions before it moves the SQ head past
             // the batch: the slots those completions free are refilled while up to a slot
             // count of consumed entries still holds the ring, next to at most a slot count
             // of unconsumed ones. Twice the slots always fit.
             sq_entries = entries * 2;
         }
-        let ring = builder.build(sq_entries).map_err(Error::UringSetup)?;
         let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-        // Not `register_eventfd_async`: buffered reads that miss the page cache complete
-        // through task_work in this thread's context, which the async variant does not
-        // signal (the completion would sit in the CQ while the thread sleeps in epoll).
-        ring.submitter()
-            .register_eventfd(completion.as_raw_fd())
-            .map_err(Error::UringSetup)?;
-        super::register_file(&ring, handler.file())?;
+        // The handler's operations, and cancelling them when a stop gives up on them.
+        let mut opcodes = handler.opcodes().to_vec();
+        opcodes.push(opcode::AsyncCancel::CODE);
+        let ring = super::new_ring(&super::RingSpec {
+            sq_entries,
+            cq_entries: Some(entries * 2),
+            sqpoll_idle_ms,
+            file: handler.file(),
+            eventfd: completion.as_raw_fd(),
+            opcodes: &opcodes,
+            flags: io_uring::squeue::Flags::empty(),
+        })?;
         let n = usize::from(cfg.queue_size.max(1));
         let slots = (0..n)
             .map(|_| Slot {
@@ -103,6 +119,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                 iov: Vec::with_capacity(cfg.max_iov),
                 req: H::Req::default(),
                 mem: None,
+                abandoned: false,
             })
             .collect();
         Ok(Self {
@@ -111,6 +128,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             slots,
             free: (0..n as u32).rev().collect(),
             inflight: 0,
+            abandoned: 0,
             used: Vec::with_capacity(n),
             completion,
             cfg,
@@ -237,23 +255,6 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         self.settle(q)
     }
 
-    /// Wait for every in-flight request and put it on the used ring: what a backend owes the
-    /// frontend before it reports the base of a stopped ring (vhost-user GET_VRING_BASE).
-    /// The engine serves the ring again once it is restarted.
-    pub fn settle<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
-        while self.inflight > 0 {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => return Err(Error::UringSubmit(e)),
-            }
-            self.reap();
-        }
-        let flushed = q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut());
-        self.stopped();
-        flushed
-    }
-
     /// The ring stopped (or is about to): nothing is taken until it starts again.
     fn stopped(&mut self) {
         self.running = false;
@@ -374,6 +375,9 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     fn reap(&mut self) -> usize {
         let mut n = 0;
         for cqe in self.ring.completion() {
+            if cqe.user_data() == CANCEL_TAG {
+                continue;
+            }
             let idx = cqe.user_data() as usize;
             let Some(slot) = self.slots.get_mut(idx) else {
                 tracing::error!(idx, "completion for unknown slot");
@@ -383,12 +387,18 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                 tracing::error!(idx, "completion for idle slot");
                 continue;
             };
+            self.inflight -= 1;
+            if std::mem::take(&mut slot.abandoned) {
+                // Its ring was taken back when the wait for it timed out.
+                self.abandoned -= 1;
+                self.free.push(idx as u32);
+                continue;
+            }
             let len = self
                 .handler
                 .complete(&*mem, &slot.chain, &mut slot.req, cqe.result());
             self.used.push((slot.chain.head(), len));
             self.free.push(idx as u32);
-            self.inflight -= 1;
             n += 1;
         }
         n

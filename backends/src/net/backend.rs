@@ -529,8 +529,12 @@ impl VhostUserBackend for NetBackend {
             let mut tx = self.tx[pair]
                 .lock()
                 .map_err(|_| io::Error::other("poisoned"))?;
-            if let Err(e) = tx.settle(&mut q) {
-                tx.stats().report_failure(&format!("tx{pair} stop"), &e);
+            match tx.settle(&mut q) {
+                Ok(()) => {}
+                Err(e @ Error::SettleTimeout { .. }) => {
+                    return Err(crate::engine::stop_failed(index, e))
+                }
+                Err(e) => tx.stats().report_failure(&format!("tx{pair} stop"), &e),
             }
         }
         tracing::debug!(

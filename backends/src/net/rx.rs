@@ -36,7 +36,7 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{has, ETH_HLEN, RX_BUF_LEN, VNET_HDR_LEN};
-use crate::engine::{register_file, DescChain, Dir, QueueStats, VirtQueue, FIXED_FILE};
+use crate::engine::{new_ring, DescChain, Dir, QueueStats, RingSpec, VirtQueue, FIXED_FILE};
 use crate::inflight::InflightQueue;
 use crate::{Error, Result};
 
@@ -103,14 +103,17 @@ impl RxPath {
         features: Arc<AtomicU64>,
         stats: Arc<QueueStats>,
     ) -> Result<Self> {
-        let ring = IoUring::builder()
-            .build(2 * READ_SLOTS as u32)
-            .map_err(Error::UringSetup)?;
         let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-        ring.submitter()
-            .register_eventfd(completion.as_raw_fd())
-            .map_err(Error::UringSetup)?;
-        register_file(&ring, fd)?;
+        // Reads of the TAP (hard-linked where RWF_NOWAIT is refused) and their cancellation.
+        let ring = new_ring(&RingSpec {
+            sq_entries: 2 * READ_SLOTS as u32,
+            cq_entries: None,
+            sqpoll_idle_ms: None,
+            file: fd,
+            eventfd: completion.as_raw_fd(),
+            opcodes: &[opcode::Read::CODE, opcode::AsyncCancel::CODE],
+            flags: squeue::Flags::IO_HARDLINK,
+        })?;
         Ok(Self {
             ring,
             slots: (0..READ_SLOTS)
@@ -636,7 +639,12 @@ impl Drop for RxPath {
             }
             let mut pushed = 0;
             for slot in 0..self.slots.len() as u64 {
-                let c = opcode::AsyncCancel::new(slot).build().user_data(CANCEL_TAG);
+                // The ring requires IOSQE_FIXED_FILE on every SQE; a cancellation names no
+                // file, so the flag changes nothing else.
+                let c = opcode::AsyncCancel::new(slot)
+                    .build()
+                    .flags(squeue::Flags::FIXED_FILE)
+                    .user_data(CANCEL_TAG);
                 // SAFETY: cancel SQEs carry no buffers.
                 if unsafe { self.ring.submission().push(&c) }.is_ok() {
                     pushed += 1;

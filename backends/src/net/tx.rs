@@ -63,6 +63,14 @@ impl RequestHandler for TxHandler {
         self.fd
     }
 
+    fn opcodes(&self) -> &'static [u8] {
+        // Frames go out with `rw_sqe(.., write = true)`: WRITE or WRITEV.
+        &[
+            io_uring::opcode::Write::CODE,
+            io_uring::opcode::Writev::CODE,
+        ]
+    }
+
     fn prepare<M: GuestMemory>(
         &mut self,
         mem: &M,

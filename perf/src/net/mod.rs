@@ -59,6 +59,8 @@ impl Counts {
 pub enum Path {
     /// Our vhost-user-net backend, driven over vhost-user.
     Ours,
+    /// The same with its io_urings unrestricted (`--uring-restrictions off`).
+    OursUnrestricted,
     /// io_uring on the TAP from this process.
     Raw,
 }
@@ -171,6 +173,30 @@ pub struct NetBench {
 impl NetBench {
     /// Our backend on `tap`: transmit, then (with `rx`) receive, in one vhost-user session.
     pub fn run_ours(&self, tap: &SinkTap, kind: FrameKind, rep: usize) -> Result<Vec<NetRun>> {
+        self.run_backend(tap, kind, rep, Path::Ours)
+    }
+
+    /// [`NetBench::run_ours`] with the backend's io_urings unrestricted.
+    pub fn run_ours_unrestricted(
+        &self,
+        tap: &SinkTap,
+        kind: FrameKind,
+        rep: usize,
+    ) -> Result<Vec<NetRun>> {
+        self.run_backend(tap, kind, rep, Path::OursUnrestricted)
+    }
+
+    fn run_backend(
+        &self,
+        tap: &SinkTap,
+        kind: FrameKind,
+        rep: usize,
+        path: Path,
+    ) -> Result<Vec<NetRun>> {
+        let extra: &[&str] = match path {
+            Path::OursUnrestricted => &["--uring-restrictions", "off"],
+            _ => &[],
+        };
         let socket = self.run_dir.join("net.sock");
         let _ = std::fs::remove_file(&socket);
         tap.wait_free()?;
@@ -182,6 +208,7 @@ impl NetBench {
             .arg("--queue-size")
             .arg(self.queue_size.to_string())
             .args(&self.backend_args)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("VMM_PERF_BACKEND_LOG").unwrap_or_else(|_| "warn".into()),
@@ -200,7 +227,7 @@ impl NetBench {
             let cpu = cpu.used();
             let tap_tx = tap.counters()?.since(&before);
             runs.push(NetRun::new(
-                Path::Ours,
+                path,
                 Direction::Tx,
                 kind,
                 rep,
@@ -220,7 +247,7 @@ impl NetBench {
                 let tap_rx = tap.counters()?.since(&before);
                 let injected = inj.stop()?;
                 runs.push(NetRun::new(
-                    Path::Ours,
+                    path,
                     Direction::Rx,
                     kind,
                     rep,
@@ -367,6 +394,18 @@ fn median_of(mut v: Vec<f64>) -> Option<f64> {
 /// Median over repetitions of ours/raw frame rate, each ratio taken between the two runs of
 /// the same repetition (measured back to back, so they share the machine's load then).
 pub fn paired_ratio(runs: &[NetRun], direction: Direction, frame: FrameKind) -> Option<f64> {
+    paired_ratio_of(runs, Path::Ours, Path::Raw, direction, frame)
+}
+
+/// Median over repetitions of `path`/`reference` frame rate, paired by repetition as in
+/// [`paired_ratio`].
+pub fn paired_ratio_of(
+    runs: &[NetRun],
+    path: Path,
+    reference: Path,
+    direction: Direction,
+    frame: FrameKind,
+) -> Option<f64> {
     let of = |path, rep| {
         runs.iter().find(|r| {
             r.path == path && r.direction == direction && r.frame == frame && r.rep == rep
@@ -374,8 +413,8 @@ pub fn paired_ratio(runs: &[NetRun], direction: Direction, frame: FrameKind) -> 
     };
     let ratios = runs
         .iter()
-        .filter(|r| r.path == Path::Ours && r.direction == direction && r.frame == frame)
-        .filter_map(|o| of(Path::Raw, o.rep).map(|r| (o, r)))
+        .filter(|r| r.path == path && r.direction == direction && r.frame == frame)
+        .filter_map(|o| of(reference, o.rep).map(|r| (o, r)))
         .filter(|(_, r)| r.mpps > 0.0)
         .map(|(o, r)| o.mpps / r.mpps)
         .collect();

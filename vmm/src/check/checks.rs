@@ -426,6 +426,32 @@ pub fn memfd() -> Check {
     }
 }
 
+/// Seccomp filters with `SECCOMP_RET_KILL_PROCESS`, for sandboxing the VMM's and the
+/// backends' threads.
+pub fn seccomp(probe: &std::io::Result<probes::SeccompInfo>) -> Check {
+    const NAME: &str = "seccomp";
+    const FIX: &str = "use a kernel built with CONFIG_SECCOMP and CONFIG_SECCOMP_FILTER (4.14 or \
+                       later), and a container runtime that allows the seccomp() system call";
+    match probe {
+        Ok(info) if info.kill_process => Check::pass(
+            NAME,
+            format!(
+                "seccomp filters available (SECCOMP_RET_KILL_PROCESS); this process: Seccomp: {}",
+                info.mode
+            ),
+        ),
+        Ok(info) => Check::warn(
+            NAME,
+            format!(
+                "seccomp present (mode {}) but SECCOMP_RET_KILL_PROCESS is not available",
+                info.mode
+            ),
+            FIX,
+        ),
+        Err(e) => Check::warn(NAME, format!("seccomp unavailable: {e}"), FIX),
+    }
+}
+
 /// TUN and vhost-net.
 pub fn net(root: &HostRoot, facts: &HostFacts) -> Vec<Check> {
     let tun_path = root.path("dev/net/tun");

@@ -278,3 +278,25 @@ fn json_shape_and_text_alignment() {
     assert_eq!(lines[2], "                    fix: do x");
     assert_eq!(lines[3], "verdict: use lab mode");
 }
+
+#[test]
+fn seccomp_is_reported_with_the_process_mode() {
+    use super::probes::SeccompInfo;
+    let ok = checks::seccomp(&Ok(SeccompInfo {
+        mode: 0,
+        kill_process: true,
+    }));
+    assert_eq!(ok.status, Status::Pass);
+    assert!(ok.detail.contains("SECCOMP_RET_KILL_PROCESS") && ok.detail.ends_with("Seccomp: 0"));
+    let old = checks::seccomp(&Ok(SeccompInfo {
+        mode: 0,
+        kill_process: false,
+    }));
+    assert_eq!(old.status, Status::Warn);
+    let none = checks::seccomp(&Err(std::io::Error::from_raw_os_error(libc::EINVAL)));
+    assert_eq!(none.status, Status::Warn);
+    assert!(none.fix.unwrap().contains("CONFIG_SECCOMP_FILTER"));
+    // This host: the kernel answers.
+    let here = super::probes::probe_seccomp().unwrap();
+    assert!(here.mode == 0 || here.mode == 2, "mode {}", here.mode);
+}

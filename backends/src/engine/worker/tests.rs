@@ -29,6 +29,10 @@ impl RequestHandler for Writer {
         self.file.as_raw_fd()
     }
 
+    fn opcodes(&self) -> &'static [u8] {
+        &crate::engine::RW_OPCODES
+    }
+
     fn prepare<M: GuestMemory>(
         &mut self,
         mem: &M,
@@ -164,6 +168,10 @@ impl RequestHandler for PipeReader {
 
     fn file(&self) -> RawFd {
         self.pipe.as_raw_fd()
+    }
+
+    fn opcodes(&self) -> &'static [u8] {
+        &crate::engine::RW_OPCODES
     }
 
     fn prepare<M: GuestMemory>(

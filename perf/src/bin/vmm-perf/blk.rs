@@ -44,6 +44,10 @@ pub struct BlkArgs {
     /// Skip qemu-storage-daemon.
     #[arg(long)]
     no_qsd: bool,
+    /// Also run our backend with its io_urings unrestricted (`--uring-restrictions off`), in
+    /// the same run, and report restricted/unrestricted.
+    #[arg(long)]
+    vs_unrestricted: bool,
     /// The vhost-user client polls its queues for completions (libblkio poll queues, as a guest
     /// with virtio-blk `poll_queues` and polled I/O does) instead of sleeping on the call
     /// eventfd; raw io_uring on a page-cached file completes inline either way.
@@ -104,7 +108,7 @@ pub fn blk(a: BlkArgs) -> Result<()> {
         results.iter().for_each(print_row);
     }
     println!();
-    let ratios = print_ratios(&a, &results);
+    let ratios = print_ratios(&a, &results, &runs);
     let report = serde_json::json!({
         "benchmark": "vhost-user-blk 4KiB random read, libblkio client",
         "duration_s": a.duration,
@@ -129,6 +133,9 @@ fn jobs(a: &BlkArgs) -> Vec<Job> {
     let mut targets = vec![Target::Ours, Target::Raw];
     if !a.no_qsd {
         targets.insert(1, Target::Qsd);
+    }
+    if a.vs_unrestricted {
+        targets.insert(1, Target::OursUnrestricted);
     }
     let mut v = Vec::new();
     for &q in &a.queues {
@@ -189,7 +196,7 @@ fn medians(runs: &[JobResult], jobs: &[Job]) -> Vec<JobResult> {
 }
 
 /// Prints ours/raw and ours/qsd per queue count and iodepth; returns them for the report.
-fn print_ratios(a: &BlkArgs, results: &[JobResult]) -> Vec<serde_json::Value> {
+fn print_ratios(a: &BlkArgs, results: &[JobResult], runs: &[JobResult]) -> Vec<serde_json::Value> {
     let mut ratios = Vec::new();
     for &q in &a.queues {
         for &d in &a.iodepth {
@@ -202,15 +209,38 @@ fn print_ratios(a: &BlkArgs, results: &[JobResult]) -> Vec<serde_json::Value> {
             let (ours, raw, qsd) = (get(Target::Ours), get(Target::Raw), get(Target::Qsd));
             let vs_raw = ours.zip(raw).map(|(o, r)| o / r);
             let vs_qsd = ours.zip(qsd).map(|(o, r)| o / r);
+            let vs_unrestricted = paired_unrestricted_ratio(runs, q, d);
             println!(
-                "iodepth {d:>2} queues {q}: ours/raw {:>5} ours/qsd {:>5}",
+                "iodepth {d:>2} queues {q}: ours/raw {:>5} ours/qsd {:>5}{}",
                 vs_raw.map_or("-".into(), |v| format!("{v:.2}")),
                 vs_qsd.map_or("-".into(), |v| format!("{v:.2}")),
+                vs_unrestricted.map_or(String::new(), |v| format!(
+                    " restricted/unrestricted {v:.3} (median of per-run ratios)"
+                )),
             );
             ratios.push(serde_json::json!({
                 "iodepth": d, "queues": q, "ours_over_raw": vs_raw, "ours_over_qsd": vs_qsd,
+                "restricted_over_unrestricted": vs_unrestricted,
             }));
         }
     }
     ratios
+}
+
+/// Median over repetitions of ours/ours-unrestricted IOPS for one job, each ratio between
+/// the two runs of one repetition (back to back, so they share the machine's load then).
+fn paired_unrestricted_ratio(runs: &[JobResult], queues: usize, iodepth: usize) -> Option<f64> {
+    let job = |t| {
+        runs.iter().filter(move |r: &&JobResult| {
+            r.target == t && r.queues == queues && r.iodepth == iodepth
+        })
+    };
+    // Each repetition runs the job's targets in the same order: the n-th of each pairs up.
+    let mut ratios: Vec<f64> = job(Target::Ours)
+        .zip(job(Target::OursUnrestricted))
+        .filter(|(_, u)| u.iops > 0.0)
+        .map(|(o, u)| o.iops / u.iops)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios.get(ratios.len() / 2).copied()
 }

@@ -52,6 +52,10 @@ pub struct NetArgs {
     /// Transmit only.
     #[arg(long)]
     no_rx: bool,
+    /// Also run our backend with its io_urings unrestricted (`--uring-restrictions off`), in
+    /// the same run, and report restricted/unrestricted.
+    #[arg(long)]
+    vs_unrestricted: bool,
     #[command(flatten)]
     idle: IdleArgs,
     /// TAP name inside the benchmark's network namespace.
@@ -202,6 +206,7 @@ fn print_row(r: &NetRun) {
         r.frame.name(),
         match r.path {
             Path::Ours => "ours",
+            Path::OursUnrestricted => "unres",
             Path::Raw => "raw",
         },
         match r.direction {
@@ -230,14 +235,17 @@ fn run_all(
     for rep in 0..a.repeat {
         println!("-- run {}/{}", rep + 1, a.repeat);
         for &kind in kinds {
-            let order = if rep % 2 == 0 {
-                [Path::Ours, Path::Raw]
-            } else {
-                [Path::Raw, Path::Ours]
-            };
+            let mut order = vec![Path::Ours, Path::Raw];
+            if a.vs_unrestricted {
+                order.insert(1, Path::OursUnrestricted);
+            }
+            if rep % 2 == 1 {
+                order.reverse();
+            }
             for path in order {
                 let r = match path {
                     Path::Ours => bench.run_ours(tap, kind, rep),
+                    Path::OursUnrestricted => bench.run_ours_unrestricted(tap, kind, rep),
                     Path::Raw => bench.run_raw(tap, kind, rep),
                 }?;
                 for x in &r {
@@ -365,12 +373,39 @@ fn print_summary(
     for s in &summaries {
         println!("{}", s.device_row);
     }
-    summaries.into_iter().map(|s| (s.medians, s.ratios)).fold(
+    let mut out = summaries.into_iter().map(|s| (s.medians, s.ratios)).fold(
         (Vec::new(), Vec::new()),
         |(mut m, mut r), (sm, sr)| {
             m.extend(sm);
             r.push(sr);
             (m, r)
         },
-    )
+    );
+    if a.vs_unrestricted {
+        out.1.extend(print_restriction_cost(runs, kinds));
+    }
+    out
+}
+
+/// Restricted/unrestricted frame rate per frame size (median of the per-run ratios).
+fn print_restriction_cost(runs: &[NetRun], kinds: &[FrameKind]) -> Vec<serde_json::Value> {
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    println!();
+    println!(
+        "io_uring restrictions: restricted/unrestricted frame rate, median of the per-run ratios:"
+    );
+    println!("| frame | TX | RX |");
+    println!("|---|---|---|");
+    kinds
+        .iter()
+        .map(|&kind| {
+            let r = |d| net::paired_ratio_of(runs, Path::Ours, Path::OursUnrestricted, d, kind);
+            let (tx, rx) = (r(Direction::Tx), r(Direction::Rx));
+            println!("| {} | {} | {} |", kind.name(), fmt(tx), fmt(rx));
+            serde_json::json!({
+                "frame": kind, "tx_restricted_over_unrestricted": tx,
+                "rx_restricted_over_unrestricted": rx,
+            })
+        })
+        .collect()
 }
