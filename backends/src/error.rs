@@ -78,6 +78,9 @@ pub enum Error {
     /// The vhost-user daemon failed.
     #[error("vhost-user: {0}")]
     VhostUser(String),
+    /// The metrics endpoint could not be served or read.
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// Result alias for this crate.

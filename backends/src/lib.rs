@@ -5,11 +5,13 @@
 //!   EVENT_IDX-aware notification, batching and an optional busy-poll window.
 //! * [`blk`] — virtio-blk request parsing/execution and the `vhost-user-blk` backend.
 //! * [`net`] — virtio-net transmit/receive over a TAP and the `vhost-user-net` backend.
+//! * [`metrics`] — the queues' counters in the Prometheus text format on `--metrics ADDR`.
 
 pub mod blk;
 pub mod engine;
 mod error;
 pub mod inflight;
+pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod vhost_shim;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use backends::blk::{BlkBackend, BlkOptions, Disk};
 use backends::engine::TuningArgs;
+use backends::metrics::{Exporter, MetricsServer, QueueMetrics};
 use backends::server::Server;
 use backends::Error;
 use clap::Parser;
@@ -51,6 +52,10 @@ struct Args {
     /// Exit when the first frontend disconnects instead of waiting for the next one.
     #[arg(long)]
     once: bool,
+    /// Serve the queues' metrics (Prometheus text) at GET /metrics on 127.0.0.1:PORT or
+    /// unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<minihttp::ListenAddr>,
 }
 
 fn main() {
@@ -84,6 +89,12 @@ fn block_signals() -> libc::sigset_t {
 
 fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
+    // Listen first: a busy port fails before anything else is set up.
+    let exporter = Arc::new(Exporter::default());
+    let _metrics = match &args.metrics {
+        Some(addr) => Some(MetricsServer::start(addr, exporter.clone())?),
+        None => None,
+    };
     let disk = Disk::open(&args.path, args.readonly, args.direct)?;
     tracing::info!(
         path = %args.path.display(),
@@ -103,6 +114,15 @@ fn run(args: Args) -> Result<(), Error> {
         },
     )?);
 
+    if args.metrics.is_some() {
+        let device = args.socket.display().to_string();
+        let queues = backend.stats().iter().enumerate();
+        exporter.set_queues(
+            queues
+                .map(|(q, s)| QueueMetrics::new(&device, q, s, true))
+                .collect(),
+        );
+    }
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
         .map_err(|e| Error::VhostUser(e.to_string()))?;

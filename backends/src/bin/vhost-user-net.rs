@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use backends::engine::{TuningArgs, DEFAULT_BATCH};
+use backends::metrics::{Exporter, MetricsServer, QueueMetrics};
 use backends::net::{parse_mac, NetBackend, NetOptions, Port, DEFAULT_MTU};
 use backends::server::Server;
 use backends::Error;
@@ -57,6 +58,10 @@ struct Args {
     /// next one.
     #[arg(long)]
     once: bool,
+    /// Serve the queues' metrics (Prometheus text) at GET /metrics on 127.0.0.1:PORT or
+    /// unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<minihttp::ListenAddr>,
 }
 
 fn main() {
@@ -148,7 +153,16 @@ type Device = (Arc<NetBackend>, PathBuf);
 
 fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
+    // Listen first: a busy port fails before a TAP is touched.
+    let exporter = Arc::new(Exporter::default());
+    let _metrics = match &args.metrics {
+        Some(addr) => Some(MetricsServer::start(addr, exporter.clone())?),
+        None => None,
+    };
     let devices = create_devices(&args)?;
+    if args.metrics.is_some() {
+        export_queues(&exporter, &devices);
+    }
     let servers: Vec<Arc<Server>> = devices
         .iter()
         .map(|(_, socket)| Server::bind(socket).map(Arc::new))
@@ -179,6 +193,27 @@ fn run(args: Args) -> Result<(), Error> {
     result?;
     // Exit rather than drop the daemons (their drop joins the worker threads).
     std::process::exit(0);
+}
+
+/// Export every queue of `devices`, labelled with their sockets.
+fn export_queues(exporter: &Exporter, devices: &[Device]) {
+    let mut queues = Vec::new();
+    for (backend, socket) in devices {
+        let device = socket.display().to_string();
+        for (pair, s) in backend.stats().iter().enumerate() {
+            queues.push(QueueMetrics::new(
+                &device,
+                format!("rx{pair}"),
+                &s.rx,
+                false,
+            ));
+            queues.push(QueueMetrics::new(&device, format!("tx{pair}"), &s.tx, true));
+        }
+        if let Some(ctrl) = backend.ctrl_stats() {
+            queues.push(QueueMetrics::new(&device, "ctrl", &ctrl, false));
+        }
+    }
+    exporter.set_queues(queues);
 }
 
 /// The devices `args` ask for: one on a TAP, or two joined by a link.

@@ -13,6 +13,7 @@
 //! ([`LocalQueue`], or any other [`VirtQueue`] implementation).
 
 mod chain;
+pub mod histogram;
 mod queue;
 mod split_walk;
 mod stats;
