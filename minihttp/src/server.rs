@@ -303,8 +303,9 @@ pub fn serve(
 }
 
 /// Close gently: stop sending, then read and drop what the client still sends (at most
-/// 64 KiB, for at most 100 ms), so that unread request bytes do not make the kernel reset the
-/// connection before the client has read the response (a 413 or 431 leaves bytes unread).
+/// 1 MiB, until it pauses for 100 ms), so that unread request bytes do not make the kernel
+/// reset the connection before the client has read the response (a 413 or 431 leaves bytes
+/// unread).
 fn linger(stream: &mut Stream) {
     if stream.shutdown_write().is_err()
         || stream
@@ -314,7 +315,7 @@ fn linger(stream: &mut Stream) {
         return;
     }
     let mut sink = [0u8; 4096];
-    let mut left = 64usize << 10;
+    let mut left = 1usize << 20;
     while left > 0 {
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => return,

@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use minihttp::ListenAddr;
+
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
 /// One gibibyte.
@@ -202,7 +204,7 @@ pub enum DiskBackend {
     },
 }
 
-/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M]` or
+/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M][,metrics=ADDR]` or
 /// `path=FILE[,queues=N][,queue_size=M][,readonly=on][,model=virtio|nvme]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -212,6 +214,8 @@ pub struct DiskConfig {
     pub queues: Option<u16>,
     /// Virtqueue size (power of two).
     pub queue_size: u16,
+    /// Where the vhost-user backend serves its metrics (reported by `vm.counters`).
+    pub metrics: Option<ListenAddr>,
 }
 
 impl DiskConfig {
@@ -222,6 +226,15 @@ impl DiskConfig {
             DiskBackend::File { .. } => None,
         }
     }
+}
+
+/// A backend's metrics address, `127.0.0.1:PORT` or `unix:PATH`.
+fn parse_metrics(key: &str, value: &str) -> Result<ListenAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: "127.0.0.1:PORT or unix:PATH",
+    })
 }
 
 fn parse_count(key: &str, value: &str, max: u16, pow2: bool) -> Result<u16, ConfigError> {
@@ -253,12 +266,14 @@ impl FromStr for DiskConfig {
         let mut model = None;
         let mut queues = None;
         let mut queue_size = DEFAULT_QUEUE_SIZE;
+        let mut metrics = None;
         for opt in s.split(',').filter(|o| !o.is_empty()) {
             let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
             match key {
                 "vhost_user" => vhost_user = parse_on_off(key, value)?,
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
                 "socket" => return Err(ConfigError::MissingOption("socket")),
+                "metrics" => metrics = Some(parse_metrics(key, value)?),
                 "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
                 "path" => return Err(ConfigError::MissingOption("path")),
                 "readonly" => readonly = Some(parse_on_off(key, value)?),
@@ -300,6 +315,11 @@ impl FromStr for DiskConfig {
                 if socket.is_some() {
                     return Err(ConfigError::DiskConflict("socket= needs vhost_user=on"));
                 }
+                if metrics.is_some() {
+                    return Err(ConfigError::DiskConflict(
+                        "metrics= names a vhost-user backend's endpoint (the VMM's is --metrics)",
+                    ));
+                }
                 DiskBackend::File {
                     path,
                     readonly: readonly.unwrap_or(false),
@@ -312,6 +332,7 @@ impl FromStr for DiskConfig {
             backend,
             queues,
             queue_size,
+            metrics,
         })
     }
 }
@@ -359,7 +380,8 @@ impl FromStr for NetConfig {
     }
 }
 
-/// A vhost-user NIC: `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M]`.
+/// A vhost-user NIC:
+/// `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M][,metrics=ADDR]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VhostUserNetConfig {
     /// The vhost-user backend's socket.
@@ -371,6 +393,8 @@ pub struct VhostUserNetConfig {
     pub queues: Option<u16>,
     /// Virtqueue size (power of two).
     pub queue_size: u16,
+    /// Where the backend serves its metrics (reported by `vm.counters`).
+    pub metrics: Option<ListenAddr>,
 }
 
 fn parse_mac(key: &str, value: &str) -> Result<[u8; 6], ConfigError> {
@@ -404,12 +428,14 @@ impl FromStr for VhostUserNetConfig {
         let mut mac = None;
         let mut queues = None;
         let mut queue_size = DEFAULT_QUEUE_SIZE;
+        let mut metrics = None;
         for opt in s.split(',').filter(|o| !o.is_empty()) {
             let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
             match key {
                 "vhost_user" => vhost_user = parse_on_off(key, value)?,
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
                 "socket" => return Err(ConfigError::MissingOption("socket")),
+                "metrics" => metrics = Some(parse_metrics(key, value)?),
                 "mac" => mac = Some(parse_mac(key, value)?),
                 "queues" => queues = Some(parse_count(key, value, MAX_NET_QUEUE_PAIRS, false)?),
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
@@ -424,6 +450,7 @@ impl FromStr for VhostUserNetConfig {
             mac,
             queues,
             queue_size,
+            metrics,
         })
     }
 }
@@ -532,6 +559,7 @@ mod tests {
                 mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
                 queues: None,
                 queue_size: 512,
+                metrics: None,
             })
         );
         let err = |s: &str| s.parse::<NetConfig>().unwrap_err();
@@ -623,13 +651,22 @@ mod tests {
                     socket: "/tmp/vu.sock".into()
                 },
                 queues: None,
-                queue_size: DEFAULT_QUEUE_SIZE
+                queue_size: DEFAULT_QUEUE_SIZE,
+                metrics: None,
             }
         );
         let d: DiskConfig = "vhost_user=on,socket=/s,queues=2,queue_size=1024"
             .parse()
             .unwrap();
         assert_eq!((d.queues, d.queue_size), (Some(2), 1024));
+        let d: DiskConfig = "vhost_user=on,socket=/s,metrics=127.0.0.1:9101"
+            .parse()
+            .unwrap();
+        assert_eq!(d.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+        let d: DiskConfig = "vhost_user=on,socket=/s,metrics=unix:/run/m"
+            .parse()
+            .unwrap();
+        assert_eq!(d.metrics, Some(ListenAddr::Unix("/run/m".into())));
         let err = |s: &str| s.parse::<DiskConfig>().unwrap_err();
         assert_eq!(err("socket=/s"), ConfigError::DiskNotVhostUser);
         assert_eq!(
@@ -720,6 +757,16 @@ mod tests {
             err("vhost_user=on,socket=/s,model=nvme"),
             ConfigError::DiskConflict(_)
         ));
+        assert!(matches!(
+            err("path=/d,metrics=127.0.0.1:9100"),
+            ConfigError::DiskConflict(_)
+        ));
+        for bad in ["metrics=", "metrics=9100", "metrics=unix:"] {
+            assert!(matches!(
+                err(&format!("vhost_user=on,socket=/s,{bad}")),
+                ConfigError::BadValue { .. }
+            ));
+        }
         assert_eq!(err("path="), ConfigError::MissingOption("path"));
         assert_eq!(err("queues=2"), ConfigError::DiskNotVhostUser);
     }

@@ -12,7 +12,7 @@ use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use super::link::{read_config, vhost_err, VhostUserLink};
 use crate::config::DiskConfig;
 use crate::devices::virtio::{
-    read_config_bytes, Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
+    read_config_bytes, Activation, BackendState, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
 };
 
 /// Virtio device ID of a block device.
@@ -43,6 +43,8 @@ pub struct VhostUserBlk {
     num_queues: u16,
     queue_size: u16,
     config: [u8; BLK_CONFIG_LEN],
+    /// The backend's metrics address, if configured.
+    metrics: Option<String>,
 }
 
 impl VhostUserBlk {
@@ -103,6 +105,7 @@ impl VhostUserBlk {
             num_queues,
             queue_size: cfg.queue_size,
             config,
+            metrics: cfg.metrics.as_ref().map(ToString::to_string),
         })
     }
 }
@@ -170,6 +173,14 @@ impl VirtioDevice for VhostUserBlk {
         // the capacity on a config interrupt: a zero-sized disk turns new
         // I/O into errors/EOF at once instead of requests that never finish.
         self.config[..8].fill(0);
+    }
+
+    fn backend_state(&self) -> Option<BackendState> {
+        Some(self.link.state())
+    }
+
+    fn backend_metrics(&self) -> Option<String> {
+        self.metrics.clone()
     }
 
     fn name(&self) -> String {

@@ -14,7 +14,9 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use vmm_sys_util::eventfd::EventFd;
 
 use super::reply_deadline::ReplyDeadline;
-use crate::devices::virtio::{Activation, QueueState, VirtioError, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    Activation, BackendState, QueueState, VirtioError, VIRTIO_F_VERSION_1,
+};
 
 /// VHOST_USER_F_PROTOCOL_FEATURES in the feature word.
 pub(super) const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -108,6 +110,15 @@ impl VhostUserLink {
             started: Vec::new(),
             errs: Vec::new(),
         })
+    }
+
+    /// The connection's state, as the API reports it.
+    pub(super) fn state(&self) -> BackendState {
+        if self.lost {
+            BackendState::NeedsReset
+        } else {
+            BackendState::Connected
+        }
     }
 
     /// Sizes the per-queue state once the device knows its queue count.

@@ -19,7 +19,7 @@ use virtio_bindings::virtio_net::*;
 use super::link::{read_config, vhost_err, VhostUserLink};
 use crate::config::VhostUserNetConfig;
 use crate::devices::virtio::{
-    read_config_bytes, Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
+    read_config_bytes, Activation, BackendState, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
 };
 
 /// Virtio device ID of a network card.
@@ -59,6 +59,8 @@ pub struct VhostUserNet {
     num_queues: u16,
     queue_size: u16,
     config: [u8; NET_CONFIG_LEN],
+    /// The backend's metrics address, if configured.
+    metrics: Option<String>,
 }
 
 impl VhostUserNet {
@@ -108,6 +110,7 @@ impl VhostUserNet {
             num_queues,
             queue_size: cfg.queue_size,
             config,
+            metrics: cfg.metrics.as_ref().map(ToString::to_string),
         })
     }
 }
@@ -256,6 +259,14 @@ impl VirtioDevice for VhostUserNet {
         self.link.lost = true;
         // Link down: Linux re-reads `status` on a config interrupt.
         self.config[6..8].fill(0);
+    }
+
+    fn backend_state(&self) -> Option<BackendState> {
+        Some(self.link.state())
+    }
+
+    fn backend_metrics(&self) -> Option<String> {
+        self.metrics.clone()
     }
 
     fn name(&self) -> String {
