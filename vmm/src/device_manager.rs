@@ -27,7 +27,7 @@ use crate::api::types::{DeviceCounters, DeviceInfo, QueueCounters};
 use crate::boot::acpi;
 use crate::config::{DiskBackend, DiskConfig, DiskModel, NetConfig, NicModel, SerialConfig};
 use crate::config::{TapNetConfig, VmConfig};
-use crate::devices::bus::lock;
+use crate::devices::bus::{lock, Bus};
 use crate::devices::e1000::nic::BAR_SIZE as E1000_BAR_SIZE;
 use crate::devices::e1000::pci::E1000PciDevice;
 use crate::devices::e1000::tap::RxThread;
@@ -332,6 +332,12 @@ impl DeviceManager {
             lock(&d).shutdown();
         }
         self.vfio.shutdown();
+        // Devices hold the buses that hold them: empty the buses so that the
+        // devices, their backend connections and guest RAM are freed when the
+        // machine is dropped (a reboot builds everything again).
+        *self.buses.pio.write().unwrap_or_else(|p| p.into_inner()) = Bus::new();
+        *self.buses.mmio.write().unwrap_or_else(|p| p.into_inner()) = Bus::new();
+        *lock(&self.pci) = PciBus::new();
     }
 }
 
