@@ -39,9 +39,9 @@ use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice}
 use crate::devices::vfio::VfioDevices;
 use crate::devices::virtio::local::{InVmmBlk, InVmmNet};
 use crate::devices::virtio::transport::pci::BAR_SIZE as VIRTIO_BAR_SIZE;
-use crate::devices::virtio::vhost_user::monitor::HangupMonitor;
+use crate::devices::virtio::vhost_user::supervisor::Supervisor;
 use crate::devices::virtio::vhost_user::{VhostUserBlk, VhostUserNet};
-use crate::devices::virtio::{VirtioDevice, VirtioError, VirtioPciDevice};
+use crate::devices::virtio::{BackendState, VirtioDevice, VirtioError, VirtioPciDevice};
 use crate::error::Error;
 use crate::layout;
 use crate::memory::GuestRam;
@@ -73,7 +73,7 @@ pub struct DeviceManager {
     nvmes: Vec<Arc<Mutex<NvmePciDevice>>>,
     /// e1000 NICs: the device, its receive thread and its name.
     nics: Vec<(Arc<Mutex<E1000PciDevice>>, RxThread, String)>,
-    monitors: Vec<HangupMonitor>,
+    monitors: Vec<Supervisor>,
     vfio: VfioDevices,
 }
 
@@ -215,7 +215,7 @@ impl DeviceManager {
         cpus: u8,
     ) -> Result<Option<Box<dyn VirtioDevice>>, Error> {
         let (path, readonly) = match &disk.backend {
-            DiskBackend::VhostUser { socket } => {
+            DiskBackend::VhostUser { socket, .. } => {
                 return Ok(Some(Box::new(VhostUserBlk::connect(socket, disk, index)?)))
             }
             DiskBackend::File {
@@ -265,7 +265,7 @@ impl DeviceManager {
         )?;
         let name = lock(&dev).name().to_string();
         self.plug(dev.clone(), &name, bar)?;
-        if let Some(m) = HangupMonitor::spawn(&dev, monitor)? {
+        if let Some(m) = Supervisor::spawn(&dev, monitor)? {
             self.monitors.push(m);
         }
         self.virtio.push(dev);
@@ -374,7 +374,11 @@ impl DeviceManager {
             let d = lock(d);
             let (name, backend) = split_name(&d.name());
             let dev = d.device();
-            let connection = dev.backend_state();
+            // A reconnect that gave up left the device needing a reset.
+            let connection = dev.backend_state().map(|c| match c {
+                BackendState::Reconnecting if d.needs_reset() => BackendState::NeedsReset,
+                c => c,
+            });
             out.push(DeviceInfo {
                 name,
                 kind: virtio_kind(dev.device_type()).into(),
