@@ -59,6 +59,8 @@ impl Counts {
 pub enum Path {
     /// Our vhost-user-net backend, driven over vhost-user.
     Ours,
+    /// Ours with `--metrics`, scraped once a second while it serves.
+    OursMetrics,
     /// io_uring on the TAP from this process.
     Raw,
 }
@@ -169,11 +171,25 @@ pub struct NetBench {
 }
 
 impl NetBench {
-    /// Our backend on `tap`: transmit, then (with `rx`) receive, in one vhost-user session.
-    pub fn run_ours(&self, tap: &SinkTap, kind: FrameKind, rep: usize) -> Result<Vec<NetRun>> {
+    /// Our backend on `tap`: transmit, then (with `rx`) receive, in one vhost-user session;
+    /// with `metrics` it serves `--metrics`, scraped once a second meanwhile.
+    pub fn run_ours(
+        &self,
+        tap: &SinkTap,
+        kind: FrameKind,
+        rep: usize,
+        metrics: bool,
+    ) -> Result<Vec<NetRun>> {
         let socket = self.run_dir.join("net.sock");
         let _ = std::fs::remove_file(&socket);
         tap.wait_free()?;
+        let endpoint = self.run_dir.join("net-metrics.sock");
+        let metrics_arg = metrics.then(|| format!("unix:{}", endpoint.display()));
+        let path = if metrics {
+            Path::OursMetrics
+        } else {
+            Path::Ours
+        };
         let mut child = Command::new(&self.backend_bin)
             .arg("--socket")
             .arg(&socket)
@@ -181,6 +197,7 @@ impl NetBench {
             .arg(tap.name())
             .arg("--queue-size")
             .arg(self.queue_size.to_string())
+            .args(metrics_arg.iter().flat_map(|m| ["--metrics", m.as_str()]))
             .args(&self.backend_args)
             .env(
                 "RUST_LOG",
@@ -190,6 +207,12 @@ impl NetBench {
             .spawn()
             .map_err(io_err(format!("spawn {}", self.backend_bin.display())))?;
         let pid = child.id();
+        let scraper = metrics.then(|| {
+            crate::metrics::Scraper::start(
+                minihttp::ListenAddr::Unix(endpoint),
+                Duration::from_secs(1),
+            )
+        });
         let res = wait_for_socket(&socket, Some(&mut child)).and_then(|()| {
             let mem = driver::NetMem::new(self.queue_size, kind)?;
             let mut drv = driver::Driver::connect(&socket, mem, self.event_idx, self.completion)?;
@@ -200,7 +223,7 @@ impl NetBench {
             let cpu = cpu.used();
             let tap_tx = tap.counters()?.since(&before);
             runs.push(NetRun::new(
-                Path::Ours,
+                path,
                 Direction::Tx,
                 kind,
                 rep,
@@ -220,7 +243,7 @@ impl NetBench {
                 let tap_rx = tap.counters()?.since(&before);
                 let injected = inj.stop()?;
                 runs.push(NetRun::new(
-                    Path::Ours,
+                    path,
                     Direction::Rx,
                     kind,
                     rep,
@@ -234,7 +257,13 @@ impl NetBench {
             }
             Ok(runs)
         });
+        let scrapes = scraper.map(crate::metrics::Scraper::stop);
         stop_child(&mut child, Duration::from_secs(2));
+        if scrapes == Some(0) && res.is_ok() {
+            return Err(crate::Error::Backend(
+                "its metrics endpoint was never scraped".into(),
+            ));
+        }
         let _ = std::fs::remove_file(&socket);
         res
     }
@@ -367,6 +396,17 @@ fn median_of(mut v: Vec<f64>) -> Option<f64> {
 /// Median over repetitions of ours/raw frame rate, each ratio taken between the two runs of
 /// the same repetition (measured back to back, so they share the machine's load then).
 pub fn paired_ratio(runs: &[NetRun], direction: Direction, frame: FrameKind) -> Option<f64> {
+    paired_ratio_of(runs, Path::Ours, Path::Raw, direction, frame)
+}
+
+/// [`paired_ratio`] of `num` over `den` (e.g. ours with metrics over ours).
+pub fn paired_ratio_of(
+    runs: &[NetRun],
+    num: Path,
+    den: Path,
+    direction: Direction,
+    frame: FrameKind,
+) -> Option<f64> {
     let of = |path, rep| {
         runs.iter().find(|r| {
             r.path == path && r.direction == direction && r.frame == frame && r.rep == rep
@@ -374,8 +414,8 @@ pub fn paired_ratio(runs: &[NetRun], direction: Direction, frame: FrameKind) -> 
     };
     let ratios = runs
         .iter()
-        .filter(|r| r.path == Path::Ours && r.direction == direction && r.frame == frame)
-        .filter_map(|o| of(Path::Raw, o.rep).map(|r| (o, r)))
+        .filter(|r| r.path == num && r.direction == direction && r.frame == frame)
+        .filter_map(|o| of(den, o.rep).map(|r| (o, r)))
         .filter(|(_, r)| r.mpps > 0.0)
         .map(|(o, r)| o.mpps / r.mpps)
         .collect();
