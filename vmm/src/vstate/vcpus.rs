@@ -157,3 +157,57 @@ impl Vcpus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::vstate::vcpu::on_kick_signal;
+
+    /// Threads that loop as vCPU threads do (an "exit" every millisecond).
+    fn fake_vcpus(n: usize, steps: &Arc<AtomicUsize>) -> Vcpus {
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick_signal).unwrap();
+        let control = Arc::new(VcpuControl::default());
+        let threads = (0..n)
+            .map(|_| {
+                let (c, steps) = (control.clone(), steps.clone());
+                std::thread::spawn(move || {
+                    while !c.stopping() {
+                        steps.fetch_add(1, Ordering::SeqCst);
+                        c.park_if_paused(|| {});
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    c.finished();
+                })
+            })
+            .collect();
+        Vcpus { threads, control }
+    }
+
+    #[test]
+    fn pause_parks_every_vcpu_until_resume_and_stop_ends_parked_ones() {
+        let steps = Arc::new(AtomicUsize::new(0));
+        let vcpus = fake_vcpus(2, &steps);
+        vcpus.pause().unwrap();
+        assert_eq!(lock(&vcpus.control.parking).parked, 2);
+        let frozen = steps.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            steps.load(Ordering::SeqCst),
+            frozen,
+            "a vCPU ran while paused"
+        );
+        vcpus.resume();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            steps.load(Ordering::SeqCst) > frozen + 10,
+            "the vCPUs did not run again"
+        );
+        // Paused again, then stopped: parked threads leave at once.
+        vcpus.pause().unwrap();
+        let start = Instant::now();
+        vcpus.stop();
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -254,3 +254,81 @@ pub(super) fn engine_err(queue: usize) -> impl Fn(backends::Error) -> VirtioErro
 fn new_eventfd() -> Result<EventFd, VirtioError> {
     EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VirtioError::Io)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// What the thread did, in order.
+    #[derive(Default)]
+    struct Log(Mutex<Vec<&'static str>>, AtomicUsize);
+
+    struct Fake(Arc<Log>);
+
+    impl QueueWorker for Fake {
+        fn completion_fds(&self) -> Vec<RawFd> {
+            Vec::new()
+        }
+        fn process(&mut self, _ready: &[bool]) -> Result<(), VirtioError> {
+            self.0 .0.lock().unwrap().push("process");
+            self.0 .1.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn drain(&mut self) -> Result<(), VirtioError> {
+            self.0 .0.lock().unwrap().push("drain");
+            Ok(())
+        }
+        fn settle(&mut self) -> Result<(), VirtioError> {
+            self.0 .0.lock().unwrap().push("settle");
+            Ok(())
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_paused_thread_settles_and_serves_kicks_only_after_resuming() {
+        let log = Arc::new(Log::default());
+        let kick = new_eventfd().unwrap();
+        let stats = Arc::new(QueueStats::default());
+        let t = QueueThread::spawn(
+            "test-q0".into(),
+            "test".into(),
+            Fake(log.clone()),
+            vec![kick.try_clone().unwrap()],
+            vec![stats.clone()],
+        )
+        .unwrap();
+        let processed = || log.1.load(Ordering::SeqCst);
+        wait_for("first pass", || processed() == 1);
+        kick.write(2).unwrap();
+        wait_for("kick served", || processed() == 2);
+        assert_eq!(
+            stats.kicks.load(Ordering::Relaxed),
+            2,
+            "the eventfd's count"
+        );
+
+        assert!(t.pause());
+        kick.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(processed(), 2, "a kick was served while paused");
+        assert!(t.resume());
+        wait_for("the kick that came while paused", || processed() >= 3);
+        t.stop();
+        let log = log.0.lock().unwrap().clone();
+        assert_eq!(log[..3], ["process", "process", "settle"]);
+        assert_eq!(log.last(), Some(&"drain"));
+        assert_eq!(stats.kicks.load(Ordering::Relaxed), 3);
+    }
+}
