@@ -92,6 +92,9 @@ pub enum Error {
     /// Dropping privileges (user, group, capabilities, no-new-privs) failed.
     #[error("{0}")]
     Privileges(String),
+    /// The metrics endpoint could not be served or read.
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// Result alias for this crate.

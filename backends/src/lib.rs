@@ -5,6 +5,7 @@
 //!   EVENT_IDX-aware notification, batching and an optional busy-poll window.
 //! * [`blk`] — virtio-blk request parsing/execution and the `vhost-user-blk` backend.
 //! * [`net`] — virtio-net transmit/receive over a TAP and the `vhost-user-net` backend.
+//! * [`metrics`] — the queues' counters in the Prometheus text format on `--metrics ADDR`.
 //! * [`inflight`] — vhost-user inflight I/O tracking (`VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`):
 //!   the shared region in which the engines record what they took, so that a restarted
 //!   backend resubmits it.
@@ -21,6 +22,7 @@ pub mod blk;
 pub mod engine;
 mod error;
 pub mod inflight;
+pub mod metrics;
 pub mod net;
 pub mod privileges;
 pub mod server;

@@ -27,7 +27,10 @@ impl Backend {
     }
 
     fn spawn_with(dir: &Path, image: &Path, extra: &[&str], stderr: Stdio) -> Backend {
-        let socket = dir.join(format!("blk-{}.sock", extra.join("").replace('-', "")));
+        let socket = dir.join(format!(
+            "blk-{}.sock",
+            extra.join("").replace(['-', '/', ':', '.'], "")
+        ));
         let _ = std::fs::remove_file(&socket);
         let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-blk"))
             .arg("--socket")
@@ -410,4 +413,130 @@ fn serves_successive_frontends_and_refuses_a_second_one_meanwhile() {
         4,
         "{log}"
     );
+}
+
+#[test]
+fn metrics_count_every_request_of_a_client_run_while_being_scraped() {
+    use backends::metrics::scrape::scrape;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const BATCH: usize = 16;
+    const ROUNDS: usize = 25;
+    const LEN: usize = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 16 * MIB, 0);
+    let metrics = dir.path().join("metrics.sock");
+    let addr: minihttp::ListenAddr = format!("unix:{}", metrics.display()).parse().unwrap();
+    let be = Backend::spawn(
+        dir.path(),
+        &img,
+        &["--metrics", &format!("unix:{}", metrics.display())],
+    );
+    let t = Duration::from_secs(5);
+    let before = scrape(&addr, t).unwrap();
+    assert_eq!(before.sum("iovmm_requests_total", &[]), 0.0);
+
+    // A scraper hammers the endpoint for the whole run.
+    let done = AtomicBool::new(false);
+    let scrapes = AtomicUsize::new(0);
+    let mut c = Client::connect(&be.socket, 1);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                scrape(&addr, t).unwrap();
+                scrapes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Writes in batches of 16, then the same sectors read back and verified.
+        for write in [true, false] {
+            for round in 0..ROUNDS {
+                for i in 0..BATCH {
+                    let n = round * BATCH + i;
+                    let (start, off) = ((n * LEN) as u64, n * LEN);
+                    if write {
+                        c.buf(off, LEN).copy_from_slice(&pattern(n as u8, LEN));
+                        let p = (c.region.addr + off) as *const u8;
+                        c.queues[0].write(start, p, LEN, 0, ReqFlags::empty());
+                    } else {
+                        let p = (c.region.addr + 2 * MIB as usize + off) as *mut u8;
+                        c.queues[0].read(start, p, LEN, 0, ReqFlags::empty());
+                    }
+                }
+                let mut done_io: Vec<_> = (0..BATCH)
+                    .map(|_| MaybeUninit::<Completion>::uninit())
+                    .collect();
+                let mut wait = Duration::from_secs(10);
+                let n = c.queues[0]
+                    .do_io(&mut done_io, BATCH, Some(&mut wait), None)
+                    .unwrap();
+                assert_eq!(n, BATCH, "requests timed out");
+                for d in &done_io {
+                    // SAFETY: do_io initialised all BATCH completions.
+                    assert_eq!(unsafe { d.assume_init_ref() }.ret, 0);
+                }
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    for n in 0..ROUNDS * BATCH {
+        let got = c.buf(2 * MIB as usize + n * LEN, LEN).to_vec();
+        assert_eq!(got, pattern(n as u8, LEN), "request {n}");
+    }
+    let scraped = scrapes.load(Ordering::Relaxed);
+    assert!(scraped >= 5, "only {scraped} scrapes during the run");
+
+    let requests = (2 * ROUNDS * BATCH) as f64;
+    let bytes = (ROUNDS * BATCH * LEN) as f64;
+    let p = scrape(&addr, t).unwrap();
+    let q = [("queue", "0")];
+    assert_eq!(p.sum("iovmm_requests_total", &q), requests);
+    assert_eq!(p.sum("iovmm_request_latency_seconds_count", &q), requests);
+    let buckets = p.buckets("iovmm_request_latency_seconds", &q);
+    assert_eq!(buckets.last().map(|b| b.1), Some(requests));
+    assert_eq!(p.sum("iovmm_bytes_total", &[("dir", "write")]), bytes);
+    assert_eq!(p.sum("iovmm_bytes_total", &[("dir", "read")]), bytes);
+    assert_eq!(p.sum("iovmm_errors_total", &[]), 0.0);
+    assert_eq!(p.sum("iovmm_inflight", &q), 0.0);
+    let kicks = p.sum("iovmm_kicks_total", &q);
+    let submissions = p.sum("iovmm_uring_submissions_total", &q);
+    assert!(kicks >= 1.0 && kicks <= requests, "kicks {kicks}");
+    assert!(
+        submissions >= 1.0 && submissions <= requests,
+        "{submissions}"
+    );
+    assert!(p.sum("iovmm_notifications_total", &q) >= 1.0);
+    assert!(p.sum("process_cpu_seconds_total", &[]) > 0.0);
+    drop(c);
+    assert!(be.sigterm_and_wait().success());
+}
+
+#[test]
+fn a_busy_metrics_port_is_a_one_line_error_and_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), MIB, 0);
+    for bin in [
+        env!("CARGO_BIN_EXE_vhost-user-blk"),
+        env!("CARGO_BIN_EXE_vhost-user-net"),
+    ] {
+        let device = if bin.ends_with("net") {
+            ["--tap".to_string(), "nonexistent0".to_string()]
+        } else {
+            ["--path".to_string(), img.display().to_string()]
+        };
+        let out = Command::new(bin)
+            .args(["--socket", &dir.path().join("x.sock").display().to_string()])
+            .args(device)
+            .args(["--metrics", &format!("127.0.0.1:{port}")])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bin}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{bin}: {err}");
+        assert!(lines[0].contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(lines[0].contains("in use"), "{err}");
+    }
 }

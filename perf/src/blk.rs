@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use blkio::{Blkio, Blkioq, Completion, ReqFlags};
 use serde::Serialize;
 
+use minihttp::ListenAddr;
+
+use crate::metrics::Scraper;
 use crate::{io_err, stop_child, wait_for_socket, Error, Result};
 
 const BS: usize = 4096;
@@ -24,6 +27,8 @@ pub enum Target {
     Ours,
     /// Our binary with `--uring-restrictions off` (what the io_uring restrictions cost).
     OursUnrestricted,
+    /// Ours with `--metrics`, scraped once a second while it serves.
+    OursMetrics,
     /// `qemu-storage-daemon --export type=vhost-user-blk`.
     Qsd,
     /// libblkio's `io_uring` driver directly on the file.
@@ -36,6 +41,7 @@ impl Target {
         match self {
             Target::Ours => "ours",
             Target::OursUnrestricted => "ours-unrestricted",
+            Target::OursMetrics => "ours+metrics",
             Target::Qsd => "qsd",
             Target::Raw => "raw-io_uring",
         }
@@ -117,26 +123,43 @@ impl BlkBench {
             .run_dir
             .join(format!("{}-{queues}.sock", target.name()));
         let _ = std::fs::remove_file(&socket);
+        let metrics = self.run_dir.join(format!("metrics-{queues}.sock"));
         let mut server = match target {
-            Target::Ours => Some(self.spawn_ours(&socket, queues, &[])?),
+            Target::Ours => Some(self.spawn_ours(&socket, queues, None, &[])?),
             Target::OursUnrestricted => {
-                Some(self.spawn_ours(&socket, queues, &["--uring-restrictions", "off"])?)
+                Some(self.spawn_ours(&socket, queues, None, &["--uring-restrictions", "off"])?)
             }
+            Target::OursMetrics => Some(self.spawn_ours(&socket, queues, Some(&metrics), &[])?),
             Target::Qsd => Some(self.spawn_qsd(&socket, queues)?),
             Target::Raw => None,
         };
         if server.is_some() {
             wait_for_socket(&socket, server.as_mut())?;
         }
+        let scraper = (target == Target::OursMetrics)
+            .then(|| Scraper::start(ListenAddr::Unix(metrics), Duration::from_secs(1)));
         let res = self.drive(target, &socket, iodepth, queues);
+        let scrapes = scraper.map(Scraper::stop);
         if let Some(mut s) = server {
             stop_child(&mut s, Duration::ZERO);
+        }
+        if scrapes == Some(0) && res.is_ok() {
+            return Err(Error::Backend(
+                "its metrics endpoint was never scraped".into(),
+            ));
         }
         let _ = std::fs::remove_file(&socket);
         res
     }
 
-    fn spawn_ours(&self, socket: &Path, queues: usize, extra: &[&str]) -> Result<Child> {
+    fn spawn_ours(
+        &self,
+        socket: &Path,
+        queues: usize,
+        metrics: Option<&Path>,
+        extra: &[&str],
+    ) -> Result<Child> {
+        let metrics = metrics.map(|m| format!("unix:{}", m.display()));
         Command::new(&self.ours_bin)
             .arg("--socket")
             .arg(socket)
@@ -144,6 +167,7 @@ impl BlkBench {
             .arg(&self.file)
             .arg("--queues")
             .arg(queues.to_string())
+            .args(metrics.iter().flat_map(|m| ["--metrics", m.as_str()]))
             .args(&self.ours_args)
             .args(extra)
             .env(

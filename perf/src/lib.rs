@@ -3,6 +3,7 @@
 //! [`net`] drives our vhost-user-net backend with the project's own virtio-net load
 //! generator against raw io_uring on the same TAP; [`boot`] times guest boot-to-init
 //! against QEMU; [`idle`] keeps idle CPUs polling while a backend benchmark runs;
+//! [`metrics`] reads the processes' `/metrics` endpoints (scraping during runs, `top`);
 //! [`provenance`] stamps every result file with its commit, command line and schema version.
 
 use std::path::Path;
@@ -13,6 +14,7 @@ pub mod blk;
 pub mod boot;
 pub mod compare;
 pub mod idle;
+pub mod metrics;
 pub mod net;
 pub mod provenance;
 

@@ -64,6 +64,7 @@ fn fio_error_is_a_failed_cell_with_the_reason() {
         rep: 1,
         raw_file: Some("raw/native.randread-4k-qd1.1.json".into()),
         outcome: out,
+        counters: None,
     };
     let cell = results::CellSummary::build(
         "native",
@@ -287,6 +288,7 @@ fn rec(tier: &str, workload: &str, rep: usize, outcome: Result<Metrics, String>)
         rep,
         raw_file: Some(format!("raw/{tier}.{workload}.{rep}.json")),
         outcome,
+        counters: None,
     }
 }
 
@@ -620,4 +622,76 @@ fn direct_native_run_end_to_end_with_a_missing_tier_and_a_failing_job() {
         assert!(out.join(f).is_file(), "{f}");
     }
     assert_provenance_and_round_trip(&out, &dir.path().join("again"));
+}
+
+#[test]
+fn guest_tier_counters_become_per_io_columns() {
+    use perf::compare::counters::RunCounters;
+    use perf::metrics::CellCounters;
+    let tiers = [Tier::Native, Tier::VhostUserBlk];
+    let workloads: Vec<Workload> = Workload::builtin()
+        .into_iter()
+        .filter(|w| w.name() == "randread-4k-qd1")
+        .collect();
+    let plan = matrix::plan(&tiers, &workloads, |_, _| Availability::Available);
+    let begin = CellCounters::default();
+    // Runs of 5 s at 1000 and 2000 IOPS: 5000 and 10000 I/Os.
+    let counted = |iops: f64, notifications: f64, cpu: f64| {
+        let end = CellCounters {
+            requests: iops * 5.0,
+            notifications,
+            kicks: notifications / 2.0,
+            submissions: 100.0,
+            submitted: 400.0,
+            cpu_seconds: cpu,
+        };
+        Some(RunCounters::between(&begin, &end, Some(iops * 5.0)))
+    };
+    let mut records = vec![
+        rec("native", "randread-4k-qd1", 1, Ok(fio_m(3000.0))),
+        rec("vhost-user-blk", "randread-4k-qd1", 1, Ok(fio_m(1000.0))),
+        rec("vhost-user-blk", "randread-4k-qd1", 2, Ok(fio_m(2000.0))),
+    ];
+    records[1].counters = counted(1000.0, 5000.0, 0.5);
+    records[2].counters = counted(2000.0, 5000.0, 0.5);
+    let set = result_set(
+        &plan,
+        &records,
+        &settings(),
+        Mode::Lab,
+        false,
+        &BTreeMap::new(),
+    );
+    let c = set
+        .cells
+        .iter()
+        .find(|c| c.tier == "vhost-user-blk")
+        .unwrap();
+    // Notifications per I/O 1.0 and 0.5, CPU 100 and 50 µs per I/O: medians of two.
+    let n = c.stat("notifications_per_io").unwrap();
+    assert_eq!((n.min, n.max), (0.5, 1.0));
+    assert_eq!(c.stat("uring_batch").unwrap().median, 4.0);
+    let cpu = c.stat("cpu_us_per_io").unwrap();
+    assert_eq!((cpu.min, cpu.max), (50.0, 100.0));
+    let native = set.cells.iter().find(|c| c.tier == "native").unwrap();
+    assert!(native.stat("cpu_us_per_io").is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    report::write_report(dir.path(), &set).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("| IOPS ratio | notif/IO | CPU µs/IO | status |"),
+        "{md}"
+    );
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| vhost-user-blk | randread-4k-qd1 |"))
+        .unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells.len(), 13, "{row}");
+    // The median of two runs is their mean.
+    assert_eq!((cells[9], cells[10]), ("0.75", "75.0"), "{row}");
+    let json = serde_json::to_string(&set).unwrap();
+    let back: results::ResultSet = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.runs[1].counters, records[1].counters);
 }

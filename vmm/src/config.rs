@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use minihttp::ListenAddr;
+
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
 /// One gibibyte.
@@ -288,8 +290,8 @@ pub enum DiskBackend {
     },
 }
 
-/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M][,reconnect=...]` (see
-/// [`ReconnectConfig`]) or
+/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M][,metrics=ADDR][,reconnect=...]`
+/// (see [`ReconnectConfig`]) or
 /// `path=FILE[,queues=N][,queue_size=M][,readonly=on][,model=virtio|nvme]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -299,6 +301,8 @@ pub struct DiskConfig {
     pub queues: Option<u16>,
     /// Virtqueue size (power of two).
     pub queue_size: u16,
+    /// Where the vhost-user backend serves its metrics (reported by `vm.counters`).
+    pub metrics: Option<ListenAddr>,
 }
 
 impl DiskConfig {
@@ -309,6 +313,15 @@ impl DiskConfig {
             DiskBackend::File { .. } => None,
         }
     }
+}
+
+/// A backend's metrics address, `127.0.0.1:PORT` or `unix:PATH`.
+fn parse_metrics(key: &str, value: &str) -> Result<ListenAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: "127.0.0.1:PORT or unix:PATH",
+    })
 }
 
 fn parse_count(key: &str, value: &str, max: u16, pow2: bool) -> Result<u16, ConfigError> {
@@ -340,6 +353,7 @@ impl FromStr for DiskConfig {
         let mut model = None;
         let mut queues = None;
         let mut queue_size = DEFAULT_QUEUE_SIZE;
+        let mut metrics = None;
         let mut reconnect = ReconnectConfig::default();
         let mut reconnect_given = false;
         for opt in s.split(',').filter(|o| !o.is_empty()) {
@@ -352,6 +366,7 @@ impl FromStr for DiskConfig {
                 "vhost_user" => vhost_user = parse_on_off(key, value)?,
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
                 "socket" => return Err(ConfigError::MissingOption("socket")),
+                "metrics" => metrics = Some(parse_metrics(key, value)?),
                 "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
                 "path" => return Err(ConfigError::MissingOption("path")),
                 "readonly" => readonly = Some(parse_on_off(key, value)?),
@@ -394,6 +409,11 @@ impl FromStr for DiskConfig {
                 if socket.is_some() {
                     return Err(ConfigError::DiskConflict("socket= needs vhost_user=on"));
                 }
+                if metrics.is_some() {
+                    return Err(ConfigError::DiskConflict(
+                        "metrics= names a vhost-user backend's endpoint (the VMM's is --metrics)",
+                    ));
+                }
                 if reconnect_given {
                     return Err(ConfigError::DiskConflict(
                         "reconnect options apply to vhost_user disks",
@@ -411,6 +431,7 @@ impl FromStr for DiskConfig {
             backend,
             queues,
             queue_size,
+            metrics,
         })
     }
 }
@@ -458,7 +479,8 @@ impl FromStr for NetConfig {
     }
 }
 
-/// A vhost-user NIC: `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M]` and the
+/// A vhost-user NIC:
+/// `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M][,metrics=ADDR]` and the
 /// [`ReconnectConfig`] options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VhostUserNetConfig {
@@ -471,6 +493,8 @@ pub struct VhostUserNetConfig {
     pub queues: Option<u16>,
     /// Virtqueue size (power of two).
     pub queue_size: u16,
+    /// Where the backend serves its metrics (reported by `vm.counters`).
+    pub metrics: Option<ListenAddr>,
     /// What to do when the backend hangs up.
     pub reconnect: ReconnectConfig,
 }
@@ -506,6 +530,7 @@ impl FromStr for VhostUserNetConfig {
         let mut mac = None;
         let mut queues = None;
         let mut queue_size = DEFAULT_QUEUE_SIZE;
+        let mut metrics = None;
         let mut reconnect = ReconnectConfig::default();
         for opt in s.split(',').filter(|o| !o.is_empty()) {
             let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
@@ -516,6 +541,7 @@ impl FromStr for VhostUserNetConfig {
                 "vhost_user" => vhost_user = parse_on_off(key, value)?,
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
                 "socket" => return Err(ConfigError::MissingOption("socket")),
+                "metrics" => metrics = Some(parse_metrics(key, value)?),
                 "mac" => mac = Some(parse_mac(key, value)?),
                 "queues" => queues = Some(parse_count(key, value, MAX_NET_QUEUE_PAIRS, false)?),
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
@@ -530,6 +556,7 @@ impl FromStr for VhostUserNetConfig {
             mac,
             queues,
             queue_size,
+            metrics,
             reconnect,
         })
     }

@@ -14,6 +14,7 @@ fn net_options() {
             mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
             queues: None,
             queue_size: 512,
+            metrics: None,
             reconnect: ReconnectConfig::default(),
         })
     );
@@ -156,13 +157,22 @@ fn disks() {
                 reconnect: ReconnectConfig::default(),
             },
             queues: None,
-            queue_size: DEFAULT_QUEUE_SIZE
+            queue_size: DEFAULT_QUEUE_SIZE,
+            metrics: None,
         }
     );
     let d: DiskConfig = "vhost_user=on,socket=/s,queues=2,queue_size=1024"
         .parse()
         .unwrap();
     assert_eq!((d.queues, d.queue_size), (Some(2), 1024));
+    let d: DiskConfig = "vhost_user=on,socket=/s,metrics=127.0.0.1:9101"
+        .parse()
+        .unwrap();
+    assert_eq!(d.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+    let d: DiskConfig = "vhost_user=on,socket=/s,metrics=unix:/run/m"
+        .parse()
+        .unwrap();
+    assert_eq!(d.metrics, Some(ListenAddr::Unix("/run/m".into())));
     let err = |s: &str| s.parse::<DiskConfig>().unwrap_err();
     assert_eq!(err("socket=/s"), ConfigError::DiskNotVhostUser);
     assert_eq!(
@@ -253,6 +263,16 @@ fn file_disks() {
         err("vhost_user=on,socket=/s,model=nvme"),
         ConfigError::DiskConflict(_)
     ));
+    assert!(matches!(
+        err("path=/d,metrics=127.0.0.1:9100"),
+        ConfigError::DiskConflict(_)
+    ));
+    for bad in ["metrics=", "metrics=9100", "metrics=unix:"] {
+        assert!(matches!(
+            err(&format!("vhost_user=on,socket=/s,{bad}")),
+            ConfigError::BadValue { .. }
+        ));
+    }
     assert_eq!(err("path="), ConfigError::MissingOption("path"));
     assert_eq!(err("queues=2"), ConfigError::DiskNotVhostUser);
 }

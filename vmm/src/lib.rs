@@ -13,8 +13,10 @@
 //!   virtio with a vhost-user backend or with in-VMM queue threads
 //!   (`devices::virtio`), emulated NVMe and e1000 (every access traps), and
 //!   VFIO passthrough; plus the legacy devices;
-//! * [`check`] — `vmm check`: what this host can run.
+//! * [`check`] — `vmm check`: what this host can run;
+//! * [`api`] — the API socket (`--api-socket`) and its client (`vmm remote`).
 
+pub mod api;
 pub mod boot;
 pub mod check;
 pub mod config;

@@ -1,13 +1,21 @@
-//! `vmm`: boot a Linux guest (`vmm run`) or validate the host (`vmm check`).
+//! `vmm`: boot a Linux guest (`vmm run`), drive a running one (`vmm remote`)
+//! or validate the host (`vmm check`).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
+use backends::metrics::{Exporter, MetricsServer};
+use vmm::api::client::{self, Command};
+use vmm::api::server::ApiServer;
+use vmm::api::{control_channel, ApiReceiver};
 use vmm::config::{DeviceConfig, DiskConfig, MemoryConfig, NetConfig, SerialConfig, VmConfig};
-use vmm::machine::Machine;
+use vmm::machine::{Machine, RunContext, RunEnd};
+use vmm::vstate::exit::GuestExit;
 
 #[derive(Parser)]
 #[command(name = "vmm", version, about = "A KVM VMM for I/O performance work")]
@@ -20,13 +28,18 @@ struct Cli {
 enum Cmd {
     /// Boot a Linux guest.
     #[command(after_help = "Exit status:\n  \
-        0  the guest powered off\n  \
+        0  the guest powered off (or vm.shutdown with force)\n  \
         1  VMM error (bad arguments, host cannot run the VM)\n  \
-        2  the guest reset itself (reboot)\n  \
+        2  the guest reset itself (reboot from inside; vm.reboot reboots instead)\n  \
         3  the guest kernel panicked\n  \
         4  a vCPU triple-faulted or KVM could not run it\n  \
         128+N  stopped by signal N (SIGTERM, SIGINT)")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Drive a VMM started with --api-socket (like ch-remote).
+    #[command(after_help = "Exit status:\n  \
+        0  done\n  \
+        1  the VMM refused the request or could not be reached")]
+    Remote(RemoteArgs),
     /// Validate this host (KVM, io_uring, VFIO, hugepages, memfd, TUN).
     #[command(after_help = "Exit status:\n  \
         0  direct mode can boot stock Linux here (hardware-backed KVM, all required caps)\n  \
@@ -75,6 +88,62 @@ struct RunArgs {
     /// or a TAP interface, tap=NAME[,mac=MAC][,model=virtio|e1000].
     #[arg(long = "net")]
     nets: Vec<NetConfig>,
+    /// Serve the API (HTTP/1.1, JSON) on this Unix socket, created mode 0600; `vmm remote`
+    /// is its client.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Serve the in-VMM queues' metrics (Prometheus text) at GET /metrics on
+    /// 127.0.0.1:PORT or unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<minihttp::ListenAddr>,
+}
+
+#[derive(Args)]
+struct RemoteArgs {
+    /// The VMM's API socket.
+    #[arg(long, value_name = "PATH")]
+    api_socket: PathBuf,
+    /// Print the JSON the VMM answered instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: RemoteCmd,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum RemoteCmd {
+    /// Version, pid and uptime of the VMM.
+    Ping,
+    /// State, configuration and devices of the VM.
+    Info,
+    /// Per-device and per-queue counters.
+    Counters,
+    /// Park the vCPUs; in-VMM device threads take no new requests.
+    Pause,
+    /// Let the VM run again.
+    Resume,
+    /// Press the ACPI power button (the VMM exits 0 when the guest powers off).
+    Shutdown {
+        /// Stop the VM at once instead.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build the VM again from its configuration and boot it.
+    Reboot,
+}
+
+impl From<RemoteCmd> for Command {
+    fn from(c: RemoteCmd) -> Self {
+        match c {
+            RemoteCmd::Ping => Command::Ping,
+            RemoteCmd::Info => Command::Info,
+            RemoteCmd::Counters => Command::Counters,
+            RemoteCmd::Pause => Command::Pause,
+            RemoteCmd::Resume => Command::Resume,
+            RemoteCmd::Shutdown { force } => Command::Shutdown { force },
+            RemoteCmd::Reboot => Command::Reboot,
+        }
+    }
 }
 
 fn init_logging() {
@@ -88,6 +157,7 @@ fn init_logging() {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    let started = Instant::now();
     let cfg = VmConfig {
         kernel: args.kernel,
         initramfs: args.initramfs,
@@ -104,7 +174,8 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("vmm: error: {e}");
         return ExitCode::from(1);
     }
-    let outcome = Machine::build(&cfg).and_then(Machine::run);
+    let outcome =
+        Operated::start(&args.api_socket, &args.metrics, started).and_then(|ops| ops.run_vm(&cfg));
     match outcome {
         Ok(why) => {
             let code = why.exit_code();
@@ -117,6 +188,77 @@ fn run(args: RunArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("vmm: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// What operates the VM from outside: the API thread and the metrics endpoint
+/// (both kept across reboots).
+struct Operated {
+    api: Option<(ApiServer, ApiReceiver)>,
+    exporter: Arc<Exporter>,
+    _metrics: Option<MetricsServer>,
+}
+
+impl Operated {
+    /// Listen on the API socket and the metrics address, if given; both fail
+    /// here, before anything else is set up, on a bad path or a busy port.
+    fn start(
+        api_socket: &Option<PathBuf>,
+        metrics: &Option<minihttp::ListenAddr>,
+        started: Instant,
+    ) -> vmm::Result<Self> {
+        let api = match api_socket {
+            Some(path) => {
+                let (sender, receiver) = control_channel().map_err(vmm::Error::Io)?;
+                Some((ApiServer::start(path, sender, started)?, receiver))
+            }
+            None => None,
+        };
+        let exporter = Arc::new(Exporter::default());
+        let metrics = match metrics {
+            Some(addr) => Some(
+                MetricsServer::start(addr, exporter.clone())
+                    .map_err(|e| vmm::Error::Metrics(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            api,
+            exporter,
+            _metrics: metrics,
+        })
+    }
+
+    /// Build and run the VM, again after each `vm.reboot`, until it stops.
+    fn run_vm(self, cfg: &VmConfig) -> vmm::Result<GuestExit> {
+        let mut boots = 0u32;
+        loop {
+            boots = boots.saturating_add(1);
+            let machine = Machine::build(cfg)?;
+            self.exporter.set_queues(machine.devices().queue_metrics());
+            let ctx = RunContext {
+                api: self.api.as_ref().map(|(_, receiver)| receiver),
+                boots,
+            };
+            if let RunEnd::Exit(why) = machine.run(ctx)? {
+                return Ok(why);
+            }
+        }
+    }
+}
+
+fn remote(args: RemoteArgs) -> ExitCode {
+    match client::run(&args.api_socket, args.cmd.into(), args.json) {
+        Ok(text) => {
+            if !text.is_empty() {
+                let _ = writeln!(std::io::stdout().lock(), "{}", text.trim_end());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmm remote: {e}");
             ExitCode::from(1)
         }
     }
@@ -145,7 +287,8 @@ fn check(json: bool) -> ExitCode {
 fn main() -> ExitCode {
     init_logging();
     match Cli::parse().cmd {
-        Cmd::Run(args) => run(args),
+        Cmd::Run(args) => run(*args),
+        Cmd::Remote(args) => remote(args),
         Cmd::Check { json } => check(json),
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use backends::access::SocketAccessArgs;
 use backends::blk::{BlkBackend, BlkOptions, Disk};
 use backends::engine::TuningArgs;
+use backends::metrics::{Exporter, MetricsListener, QueueMetrics};
 use backends::privileges::{drop_privileges, PrivilegeArgs};
 use backends::server::Server;
 use backends::Error;
@@ -63,6 +64,10 @@ struct Args {
     /// what that costs).
     #[arg(long, default_value = "on", value_parser = backends::engine::parse_on_off, action = clap::ArgAction::Set)]
     uring_restrictions: bool,
+    /// Serve the queues' metrics (Prometheus text) at GET /metrics on 127.0.0.1:PORT or
+    /// unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<minihttp::ListenAddr>,
 }
 
 fn main() {
@@ -98,6 +103,13 @@ fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
     let identity = args.privileges.resolve()?;
     backends::engine::set_restrictions(args.uring_restrictions);
+    // Listen first: a busy port fails before anything else is set up.
+    let metrics_listener = args
+        .metrics
+        .as_ref()
+        .map(MetricsListener::bind)
+        .transpose()?;
+    let exporter = Arc::new(Exporter::default());
     let disk = Disk::open(&args.path, args.readonly, args.direct)?;
     tracing::info!(
         path = %args.path.display(),
@@ -118,9 +130,21 @@ fn run(args: Args) -> Result<(), Error> {
     )?);
 
     // Set up: the disk is open and the socket bound. Nothing else needs privileges, and the
-    // threads started from here on inherit none.
+    // threads started from here on (the metrics server's too) inherit none.
     let server = Arc::new(Server::bind_with(&args.socket, args.access.access())?);
     drop_privileges(identity)?;
+    let _metrics = metrics_listener
+        .map(|l| l.serve(exporter.clone()))
+        .transpose()?;
+    if args.metrics.is_some() {
+        let device = args.socket.display().to_string();
+        let queues = backend.stats().iter().enumerate();
+        exporter.set_queues(
+            queues
+                .map(|(q, s)| QueueMetrics::new(&device, q, s, true))
+                .collect(),
+        );
+    }
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
         .map_err(|e| Error::VhostUser(e.to_string()))?;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use backends::access::SocketAccessArgs;
 use backends::engine::{TuningArgs, DEFAULT_BATCH};
+use backends::metrics::{Exporter, MetricsListener, QueueMetrics};
 use backends::net::{parse_mac, NetBackend, NetOptions, Port, DEFAULT_MTU};
 use backends::privileges::{drop_privileges, PrivilegeArgs};
 use backends::server::Server;
@@ -71,6 +72,10 @@ struct Args {
     /// what that costs).
     #[arg(long, default_value = "on", value_parser = backends::engine::parse_on_off, action = clap::ArgAction::Set)]
     uring_restrictions: bool,
+    /// Serve the queues' metrics (Prometheus text) at GET /metrics on 127.0.0.1:PORT or
+    /// unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<minihttp::ListenAddr>,
 }
 
 fn main() {
@@ -164,6 +169,13 @@ fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
     let identity = args.privileges.resolve()?;
     backends::engine::set_restrictions(args.uring_restrictions);
+    // Listen first: a busy port fails before anything else is set up.
+    let metrics_listener = args
+        .metrics
+        .as_ref()
+        .map(MetricsListener::bind)
+        .transpose()?;
+    let exporter = Arc::new(Exporter::default());
     let devices = create_devices(&args)?;
     let servers: Vec<Arc<Server>> = devices
         .iter()
@@ -172,6 +184,12 @@ fn run(args: Args) -> Result<(), Error> {
     // Set up: TAP queues open, sockets bound. The threads started from here on inherit no
     // privileges.
     drop_privileges(identity)?;
+    let _metrics = metrics_listener
+        .map(|l| l.serve(exporter.clone()))
+        .transpose()?;
+    if args.metrics.is_some() {
+        export_queues(&exporter, &devices);
+    }
     spawn_signal_thread(sigset, &devices, &servers)?;
 
     let (no_relay, once) = (args.no_relay, args.once);
@@ -198,6 +216,27 @@ fn run(args: Args) -> Result<(), Error> {
     result?;
     // Exit rather than drop the daemons (their drop joins the worker threads).
     std::process::exit(0);
+}
+
+/// Export every queue of `devices`, labelled with their sockets.
+fn export_queues(exporter: &Exporter, devices: &[Device]) {
+    let mut queues = Vec::new();
+    for (backend, socket) in devices {
+        let device = socket.display().to_string();
+        for (pair, s) in backend.stats().iter().enumerate() {
+            queues.push(QueueMetrics::new(
+                &device,
+                format!("rx{pair}"),
+                &s.rx,
+                false,
+            ));
+            queues.push(QueueMetrics::new(&device, format!("tx{pair}"), &s.tx, true));
+        }
+        if let Some(ctrl) = backend.ctrl_stats() {
+            queues.push(QueueMetrics::new(&device, "ctrl", &ctrl, false));
+        }
+    }
+    exporter.set_queues(queues);
 }
 
 /// The devices `args` ask for: one on a TAP, or two joined by a link.

@@ -23,6 +23,7 @@ use super::{
     device_config, device_features, BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET,
     SEG_MAX,
 };
+use crate::engine::histogram::bump;
 use crate::engine::{
     BackendMemory, Engine, EngineConfig, QueueStats, Tuning, VhostMem, Vring, VringQueue,
     WorkerVrings,
@@ -344,6 +345,9 @@ impl VhostUserBackend for BlkBackend {
         }
         let mem = self.mem.get()?;
         let mut engine = engine.lock().map_err(|_| io::Error::other("poisoned"))?;
+        if device_event == 0 {
+            bump(&engine.stats().kicks, 1);
+        }
         let mut q = VringQueue::new(vring, &mem);
         if self.stopping.load(Ordering::SeqCst) {
             if let Err(e) = engine.drain(&mut q) {

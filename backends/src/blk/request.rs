@@ -10,6 +10,7 @@ use virtio_bindings::virtio_blk::*;
 use vm_memory::GuestMemory;
 
 use super::{HEADER_LEN, MAX_DISCARD_SECTORS, SECTOR_SIZE, SIZE_MAX};
+use crate::engine::histogram::bump;
 use crate::engine::{rw_sqe, DescChain, Dir, Prepared, QueueStats, RequestHandler, FIXED_FILE};
 
 /// Guest faults logged at `warn` level per queue before switching to `debug`.
@@ -373,6 +374,13 @@ impl RequestHandler for BlkHandler {
             tracing::warn!(head = chain.head(), op = ?req.op, "I/O failed: {err}");
             VIRTIO_BLK_S_IOERR
         };
+        if ok {
+            match req.op {
+                Op::Read => bump(&self.stats.bytes_read, req.expect),
+                Op::Write => bump(&self.stats.bytes_written, req.expect),
+                _ => {}
+            }
+        }
         let used = if req.op == Op::Read {
             chain.writable_len()
         } else {

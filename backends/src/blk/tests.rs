@@ -601,6 +601,7 @@ fn passes_are_capped_at_the_batch_and_publish_as_they_go() {
     let mut cfg = engine_config(None);
     cfg.tuning.batch = 4;
     h.rebuild_engine(cfg);
+    h.engine.stats().set_timed(true);
     let mut heads = Vec::new();
     for i in 0..10u64 {
         h.header(HDR + i * 16, VIRTIO_BLK_T_IN, i);
@@ -632,6 +633,24 @@ fn passes_are_capped_at_the_batch_and_publish_as_they_go() {
         "ceil(10 / 4) passes, one submission each"
     );
     assert!(h.q.signals >= 3, "a signal per pass, got {}", h.q.signals);
+    // What a metrics scrape reads: bytes, batches of 4, 4 and 2, every request timed once.
+    assert_eq!((s.bytes_read, s.bytes_written), (10 * 512, 0));
+    assert_eq!(s.submitted, 10);
+    assert_eq!(
+        h.engine
+            .stats()
+            .inflight
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let stats = h.engine.stats();
+    assert_eq!(
+        stats.batch.snapshot().counts,
+        [0, 1, 2, 0, 0, 0, 0, 0, 0, 0]
+    );
+    let latency = stats.latency.snapshot();
+    assert_eq!((latency.count(), latency.counts[16]), (10, 0));
+    assert!(latency.sum > 0);
 }
 
 #[test]

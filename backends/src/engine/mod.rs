@@ -13,6 +13,7 @@
 //! ([`LocalQueue`], or any other [`VirtQueue`] implementation).
 
 mod chain;
+pub mod histogram;
 mod queue;
 mod ring;
 #[cfg(test)]

@@ -11,6 +11,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::histogram::bump;
 use super::{DescChain, Prepared, QueueStats, RequestHandler, Tuning, VirtQueue};
 use crate::inflight::InflightQueue;
 use crate::{Error, Result};
@@ -57,6 +58,8 @@ struct Slot<R, M> {
     /// Given up on when its ring stopped ([`Engine::settle`] timed out): its completion is
     /// dropped, never put on a ring the driver took back.
     abandoned: bool,
+    /// When the pass that took the request started it (for the latency histogram).
+    started: Instant,
 }
 
 // SAFETY: the raw pointers in `iov` point into guest memory kept mapped by `mem`; a slot is
@@ -74,6 +77,10 @@ pub struct Engine<H: RequestHandler, M> {
     /// Of `inflight`, the requests given up on.
     abandoned: usize,
     used: Vec<(u16, u32)>,
+    /// When each entry of `used` was started, in the same order.
+    used_started: Vec<Instant>,
+    /// Stands in for start times while requests are not timed ([`QueueStats::timed`]).
+    epoch: Instant,
     completion: EventFd,
     cfg: EngineConfig,
     stats: Arc<QueueStats>,
@@ -120,6 +127,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                 req: H::Req::default(),
                 mem: None,
                 abandoned: false,
+                started: Instant::now(),
             })
             .collect();
         Ok(Self {
@@ -130,6 +138,8 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             inflight: 0,
             abandoned: 0,
             used: Vec::with_capacity(n),
+            used_started: Vec::with_capacity(n),
+            epoch: Instant::now(),
             completion,
             cfg,
             stats,
@@ -173,11 +183,15 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     pub fn process<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
         // No eventfd signals while this thread is reaping anyway.
         self.ring.completion().disable_eventfd();
+        bump(&self.stats.wakeups, 1);
         let served = self.serve(q);
         if served.is_err() {
             // Completions still in flight must wake the thread again.
             self.ring.completion().enable_eventfd();
         }
+        self.stats
+            .inflight
+            .store(self.inflight as u64, Ordering::Relaxed);
         served
     }
 
@@ -196,6 +210,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             self.resume(q)?;
         }
         let mut idle_since: Option<Instant> = None;
+        let timed = self.stats.timed();
         loop {
             let mut progress = 0usize;
             if !self.stopping {
@@ -205,19 +220,25 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                     .free
                     .len()
                     .min(usize::from(self.cfg.tuning.batch.max(1)));
-                let popped = q.pop_batch(&mem, max, |chain| self.start(chain, &mem));
+                // One clock read per batch, at its first request.
+                let mut stamp = (!timed).then_some(self.epoch);
+                let popped = q.pop_batch(&mem, max, |chain| {
+                    let started = *stamp.get_or_insert_with(Instant::now);
+                    self.start(chain, &mem, started)
+                });
                 if popped > 0 {
                     let n = popped as u64;
                     self.stats.requests.fetch_add(n, Ordering::Relaxed);
                     if idle_since.is_some() {
                         self.stats.polled.fetch_add(n, Ordering::Relaxed);
+                        bump(&self.stats.poll_hits, 1);
                     }
                 }
                 progress += popped;
             }
             self.submit()?;
             progress += self.reap();
-            q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut())?;
+            self.publish(q)?;
             if progress > 0 {
                 idle_since = None;
                 continue;
@@ -255,6 +276,18 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         self.settle(q)
     }
 
+    /// Put the answered requests on the used ring (signalling the driver if it asked) and time
+    /// them.
+    fn publish<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+        let published = q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut());
+        if self.stats.timed() {
+            self.stats.latency.observe_since(&mut self.used_started);
+        } else {
+            self.used_started.clear();
+        }
+        published
+    }
+
     /// The ring stopped (or is about to): nothing is taken until it starts again.
     fn stopped(&mut self) {
         self.running = false;
@@ -278,12 +311,13 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             return Ok(());
         };
         q.set_next_avail(next_avail);
+        let started = Instant::now();
         for &head in &recovery.heads {
             let Some(idx) = self.free.pop() else { break };
             self.slots[idx as usize]
                 .chain
                 .reset_from_head(&*mem, table, size, head);
-            self.prepare_and_submit(idx, &mem);
+            self.prepare_and_submit(idx, &mem, started);
         }
         let n = recovery.heads.len() as u64;
         self.stats.resubmitted.fetch_add(n, Ordering::Relaxed);
@@ -300,28 +334,30 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
 
     /// Prepare and queue one popped chain (the caller pops at most as many as there are free
     /// slots, and counts them).
-    fn start(&mut self, chain: DescriptorChain<&M>, mem: &Arc<M>) {
+    fn start(&mut self, chain: DescriptorChain<&M>, mem: &Arc<M>, started: Instant) {
         let Some(idx) = self.free.pop() else { return };
         let walked = &mut self.slots[idx as usize].chain;
         walked.reset_from(chain);
         if let Some(tracker) = &mut self.tracker {
             tracker.mark(walked.head());
         }
-        self.prepare_and_submit(idx, mem);
+        self.prepare_and_submit(idx, mem, started);
     }
 
     /// Let the handler prepare the chain walked into slot `idx`, then queue its operation or
-    /// answer it.
-    fn prepare_and_submit(&mut self, idx: u32, mem: &Arc<M>) {
+    /// answer it; `started` is when the pass that took it began.
+    fn prepare_and_submit(&mut self, idx: u32, mem: &Arc<M>, started: Instant) {
         let slot = &mut self.slots[idx as usize];
         slot.iov.clear();
         slot.req = H::Req::default();
+        slot.started = started;
         match self
             .handler
             .prepare(&**mem, &slot.chain, &mut slot.req, &mut slot.iov)
         {
             Prepared::Done(len) => {
                 self.used.push((slot.chain.head(), len));
+                self.used_started.push(started);
                 self.free.push(idx);
             }
             Prepared::Submit(sqe) => {
@@ -341,6 +377,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                         self.handler
                             .complete(&**mem, &slot.chain, &mut slot.req, -libc::EBUSY);
                     self.used.push((slot.chain.head(), len));
+                    self.used_started.push(started);
                     self.free.push(idx);
                     return;
                 }
@@ -355,8 +392,10 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         }
         loop {
             match self.ring.submit() {
-                Ok(_) => {
+                Ok(n) => {
                     QueueStats::inc(&self.stats.submits);
+                    bump(&self.stats.submitted, n as u64);
+                    self.stats.batch.observe(n as u64);
                     return Ok(());
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -398,6 +437,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                 .handler
                 .complete(&*mem, &slot.chain, &mut slot.req, cqe.result());
             self.used.push((slot.chain.head(), len));
+            self.used_started.push(slot.started);
             self.free.push(idx as u32);
             n += 1;
         }

@@ -30,6 +30,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{
     device_features, has, offload_features, CtrlQueue, RxPath, Tap, TxHandler, TX_MAX_IOV,
 };
+use crate::engine::histogram::bump;
 use crate::engine::{
     BackendMemory, Engine, EngineConfig, QueueStats, Tuning, VhostMem, Vring, VringQueue,
     WorkerVrings,
@@ -283,6 +284,12 @@ impl NetBackend {
     /// Per queue-pair counters.
     pub fn stats(&self) -> &[PairStats] {
         &self.stats
+    }
+
+    /// Counters of the control queue, if the device has one.
+    pub fn ctrl_stats(&self) -> Option<Arc<QueueStats>> {
+        let ctrl = self.ctrl.as_ref()?.lock().ok()?;
+        Some(ctrl.stats().clone())
     }
 
     /// Completion eventfds of pair `q`: `(tx, rx)`, to register with that pair's epoll loop.
@@ -584,6 +591,9 @@ impl VhostUserBackend for NetBackend {
                 .ok_or_else(missing)?
                 .lock()
                 .map_err(|_| io::Error::other("poisoned"))?;
+            if device_event == RX_VRING {
+                bump(&rx.stats().kicks, 1);
+            }
             let mut q = VringQueue::new(vring, &mem);
             if let Err(e) = rx.process(&mut q) {
                 rx.stats().report_failure(&format!("rx{thread_id}"), &e);
@@ -597,6 +607,9 @@ impl VhostUserBackend for NetBackend {
                 .ok_or_else(missing)?
                 .lock()
                 .map_err(|_| io::Error::other("poisoned"))?;
+            if device_event == TX_VRING {
+                bump(&tx.stats().kicks, 1);
+            }
             let mut q = VringQueue::new(vring, &mem);
             if let Err(e) = tx.process(&mut q) {
                 tx.stats().report_failure(&format!("tx{thread_id}"), &e);
@@ -608,6 +621,7 @@ impl VhostUserBackend for NetBackend {
                 return Ok(());
             };
             let mut ctrl = ctrl.lock().map_err(|_| io::Error::other("poisoned"))?;
+            bump(&ctrl.stats().kicks, 1);
             let mut q = VringQueue::new(vring, &mem);
             if let Err(e) = ctrl.process(&mut q, |n| self.set_active_pairs(n)) {
                 ctrl.stats().report_failure("ctrl", &e);

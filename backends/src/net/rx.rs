@@ -36,6 +36,7 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{has, ETH_HLEN, RX_BUF_LEN, VNET_HDR_LEN};
+use crate::engine::histogram::bump;
 use crate::engine::{new_ring, DescChain, Dir, QueueStats, RingSpec, VirtQueue, FIXED_FILE};
 use crate::inflight::InflightQueue;
 use crate::{Error, Result};
@@ -356,6 +357,7 @@ impl RxPath {
         }
         self.consume_held(chains);
         QueueStats::inc(&self.stats.ok);
+        bump(&self.stats.bytes_read, (n - VNET_HDR_LEN) as u64);
         true
     }
 
@@ -455,7 +457,11 @@ impl RxPath {
         // in the kernel and a needless wake-up of this thread afterwards (with hard-linked
         // reads, completing one by one, a signal per frame was ~10 % of the queue thread).
         self.ring.completion().disable_eventfd();
+        bump(&self.stats.wakeups, 1);
         let served = self.serve(q);
+        self.stats
+            .inflight
+            .store(self.nheld as u64, Ordering::Relaxed);
         self.ring.completion().enable_eventfd();
         // A completion posted before re-enabling signalled nothing: come back for it. The
         // fence orders the flag store before the tail load (the kernel posts the tail, then

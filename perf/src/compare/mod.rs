@@ -5,12 +5,14 @@
 //! missing is reported as missing with the reason; the rest of the matrix still runs. Each tier
 //! (or the host-side group) runs as one generated shell script, directly or inside the lab host
 //! ([`script`]); raw fio/iperf3 JSON comes back base64-encoded between markers on the console
-//! ([`collect`]), is saved per run and parsed with serde ([`fio`], [`iperf`]). Results are
+//! ([`collect`]), is saved per run and parsed with serde ([`fio`], [`iperf`]); in guest tiers
+//! the VMM's and the backends' counters are scraped around each run ([`counters`]). Results are
 //! written incrementally ([`results`]); [`report`] renders `report.md` with SVG charts
 //! ([`chart`]) from `results.json` alone, so `vmm-perf report` reproduces it byte for byte.
 
 pub mod chart;
 pub mod collect;
+pub mod counters;
 pub mod fio;
 mod group;
 mod host;

@@ -8,6 +8,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::collect::Event;
+use super::counters::{CountersLine, RunCounters};
 use super::matrix::{Kind, Plan};
 use super::results::{Metrics, ResultSet, Retry, RunRecord, SCHEMA_VERSION};
 use super::run::{result_set, Options};
@@ -41,6 +42,8 @@ pub(super) struct Recorder {
     /// Why a tier's script failed, by tier name.
     pub group_errors: BTreeMap<String, String>,
     boot_lines: Vec<String>,
+    /// The counters scraped at the beginning of runs, by run id.
+    counters_begin: BTreeMap<String, crate::metrics::CellCounters>,
     /// True once Ctrl-C stopped the run.
     pub interrupted: bool,
     /// Groups run again after a fault.
@@ -81,6 +84,7 @@ impl Recorder {
             records: Vec::new(),
             group_errors: BTreeMap::new(),
             boot_lines: Vec::new(),
+            counters_begin: BTreeMap::new(),
             interrupted: false,
             retries: Vec::new(),
             pb: progress_bar(opts),
@@ -134,6 +138,38 @@ impl Recorder {
             Event::Raw(id, data) if id == LAB_CHECK_ID => self.lab_check(data),
             Event::Raw(id, data) => self.raw_output(&id, data),
             Event::Boot(line) => self.boot_line(line),
+            Event::Counters(c) if !c.end => {
+                self.counters_begin.insert(c.id, c.totals);
+            }
+            Event::Counters(c) => self.counters_end(&c),
+        }
+    }
+
+    /// A run's counters at its end: the difference to its beginning joins its record (which
+    /// its output, printed before, created).
+    fn counters_end(&mut self, c: &CountersLine) {
+        let Some(begin) = self.counters_begin.remove(&c.id) else {
+            return;
+        };
+        let Some((tier, workload, rep)) = script::split_id(&c.id) else {
+            return;
+        };
+        let duration = self.settings.duration_s as f64;
+        let Some(r) = self
+            .records
+            .iter_mut()
+            .find(|r| r.tier == tier && r.workload == workload && r.rep == rep)
+        else {
+            return;
+        };
+        // Per fio I/O for block runs; per device request (frame) for net runs.
+        let ios = match &r.outcome {
+            Ok(Metrics::Fio(f)) => Some(f.iops * duration),
+            _ => None,
+        };
+        r.counters = Some(RunCounters::between(&begin, &c.totals, ios));
+        if let Err(e) = self.write_results() {
+            tracing::warn!("{e}");
         }
     }
 
@@ -166,6 +202,7 @@ impl Recorder {
             rep,
             raw_file,
             outcome,
+            counters: None,
         });
     }
 
@@ -199,6 +236,7 @@ impl Recorder {
                 rep,
                 raw_file,
                 outcome,
+                counters: None,
             });
         }
     }

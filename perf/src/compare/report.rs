@@ -279,26 +279,39 @@ fn block_section(dir: &Path, set: &ResultSet) -> Result<String> {
     if cells.is_empty() {
         return Ok(String::new());
     }
+    let counted = has_counters(&cells);
     let mut md = String::from(
         "\n## Block (fio)\n\nLatency is completion latency (clat) of the direction that moved the most data \
-         (read for the 70/30 mix).\n\n\
-         | tier | workload | IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | IOPS ratio | status |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         (read for the 70/30 mix).\n\n",
     );
+    md.push_str(&counters_note(counted));
+    md.push_str(&table_head(
+        &[
+            "tier",
+            "workload",
+            "IOPS",
+            "MiB/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "IOPS ratio",
+        ],
+        counted,
+    ));
     for c in &cells {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            c.tier,
-            c.workload,
+        let mut row = vec![
+            c.tier.clone(),
+            c.workload.clone(),
             fmt_stat(c.stat("iops"), 0),
             fmt_stat(c.stat("bw_mib_s"), 1),
             fmt_stat(c.stat("clat_p50_us"), 1),
             fmt_stat(c.stat("clat_p99_us"), 1),
             fmt_stat(c.stat("clat_p999_us"), 1),
             ratio_cell(set, c, "iops"),
-            status_cell(set, c),
-        );
+        ];
+        push_counters(&mut row, c, counted);
+        row.push(status_cell(set, c));
+        let _ = writeln!(md, "| {} |", row.join(" | "));
     }
     md.push_str(&missing_note(set, Kind::Block));
     let charts = [
@@ -342,24 +355,34 @@ fn net_section(dir: &Path, set: &ResultSet) -> Result<String> {
     if cells.is_empty() {
         return Ok(String::new());
     }
-    let mut md = String::from(
-        "\n## Network (iperf3)\n\n\
-         | tier | workload | Gbit/s | retransmits | jitter ms | lost % | ratio | status |\n\
-         |---|---|---|---|---|---|---|---|\n",
-    );
+    let counted = has_counters(&cells);
+    let mut md = String::from("\n## Network (iperf3)\n\n");
+    md.push_str(&counters_note(counted));
+    md.push_str(&table_head(
+        &[
+            "tier",
+            "workload",
+            "Gbit/s",
+            "retransmits",
+            "jitter ms",
+            "lost %",
+            "ratio",
+        ],
+        counted,
+    ));
     for c in &cells {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            c.tier,
-            c.workload,
+        let mut row = vec![
+            c.tier.clone(),
+            c.workload.clone(),
             fmt_stat(c.stat("gbit_s"), 3),
             fmt_med(c.stat("retransmits"), 0),
             fmt_med(c.stat("jitter_ms"), 3),
             fmt_med(c.stat("lost_percent"), 2),
             ratio_cell(set, c, "gbit_s"),
-            status_cell(set, c),
-        );
+        ];
+        push_counters(&mut row, c, counted);
+        row.push(status_cell(set, c));
+        let _ = writeln!(md, "| {} |", row.join(" | "));
     }
     md.push_str(&missing_note(set, Kind::Net));
     let charts = [
@@ -381,6 +404,42 @@ fn net_section(dir: &Path, set: &ResultSet) -> Result<String> {
     ];
     draw_charts(dir, &mut md, charts)?;
     Ok(md)
+}
+
+/// Whether any of `cells` has the VMM's and backends' counters ([`super::counters`]).
+fn has_counters(cells: &[&CellSummary]) -> bool {
+    cells
+        .iter()
+        .any(|c| c.stat("notifications_per_io").is_some() || c.stat("cpu_us_per_io").is_some())
+}
+
+/// What the counter columns mean, when a table has them.
+fn counters_note(counted: bool) -> String {
+    if !counted {
+        return String::new();
+    }
+    "notif/IO: used-buffer notifications (interrupts) the VMM's or backend's queues sent per \
+     I/O (per fio I/O; per virtio request for iperf3); CPU µs/IO: CPU time of the VMM (its vCPUs \
+     included) and the backend per I/O; both medians over the runs.\n\n"
+        .into()
+}
+
+/// A table's header (with the counter columns when `counted`) and its rule.
+fn table_head(columns: &[&str], counted: bool) -> String {
+    let mut cols: Vec<&str> = columns.to_vec();
+    if counted {
+        cols.extend(["notif/IO", "CPU µs/IO"]);
+    }
+    cols.push("status");
+    format!("| {} |\n|{}\n", cols.join(" | "), "---|".repeat(cols.len()))
+}
+
+/// The counter cells of a row, when the table has them.
+fn push_counters(row: &mut Vec<String>, c: &CellSummary, counted: bool) {
+    if counted {
+        row.push(fmt_med(c.stat("notifications_per_io"), 2));
+        row.push(fmt_med(c.stat("cpu_us_per_io"), 1));
+    }
 }
 
 fn boot_section(dir: &Path, set: &ResultSet) -> Result<String> {

@@ -37,6 +37,9 @@ pub struct RunRecord {
     pub raw_file: Option<String>,
     /// Metrics, or the reason the run failed.
     pub outcome: Result<Metrics, String>,
+    /// What the VMM and backends counted over the run (guest tiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<super::counters::RunCounters>,
 }
 
 impl RunRecord {
@@ -176,12 +179,22 @@ impl CellSummary {
         } else {
             fallback
         };
-        let stats = METRICS
+        let mut stats: Vec<(String, Stat)> = METRICS
             .iter()
             .filter_map(|(m, _)| {
                 Stat::of(ok.iter().filter_map(|x| x.get(m))).map(|s| (m.to_string(), s))
             })
             .collect();
+        let counted: Vec<&super::counters::RunCounters> = records
+            .iter()
+            .filter(|r| r.outcome.is_ok())
+            .filter_map(|r| r.counters.as_ref())
+            .collect();
+        for (name, get) in super::counters::PER_IO_STATS {
+            if let Some(s) = Stat::of(counted.iter().filter_map(|c| get(&c.per_io))) {
+                stats.push((name.to_string(), s));
+            }
+        }
         CellSummary {
             tier: tier.into(),
             workload: workload.into(),

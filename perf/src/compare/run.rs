@@ -404,6 +404,7 @@ mod tests {
             rep,
             raw_file: None,
             outcome,
+            counters: None,
         };
         // Cell 0 ran twice (once failing with a reason), cell 1 once, the rest never.
         let records = vec![
@@ -457,6 +458,7 @@ mod tests {
             rep: 1,
             raw_file: None,
             outcome: Ok(Metrics::Boot { to_init_s: 1.0 }),
+            counters: None,
         }];
         let settings = Settings {
             repeat: 3,

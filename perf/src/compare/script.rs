@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use crate::boot::{self, BootBench};
 
+use super::counters::{self, BACKEND_PORT, VMM_PORT};
 use super::matrix::{PlannedCell, Tier, Workload};
 
 /// Sizes and counts of a comparison.
@@ -327,7 +328,7 @@ fn vhost_user_blk(s: &Settings, p: &Paths) -> GuestTier {
     let (bin, q) = (&p.bin_dir, s.queues.max(1));
     let d = Dev {
         start: format!(
-            "rm -f \"$W/vub.sock\"; {bin}/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues {q} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
+            "rm -f \"$W/vub.sock\"; {bin}/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues {q} --metrics 127.0.0.1:{BACKEND_PORT} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
              n=0; while [ ! -S \"$W/vub.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n"
         ),
         stop: "kill $bpid 2>/dev/null; wait $bpid 2>/dev/null\n".into(),
@@ -360,7 +361,7 @@ fn vhost_user_net(p: &Paths) -> GuestTier {
     let d = Dev {
         start: format!(
             "[ -c /dev/net/tun ] || {{ mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }}\n\
-             rm -f \"$W/vun.sock\"; {bin}/vhost-user-net --socket \"$W/vun.sock\" --tap {TAP} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
+             rm -f \"$W/vun.sock\"; {bin}/vhost-user-net --socket \"$W/vun.sock\" --tap {TAP} --metrics 127.0.0.1:{BACKEND_PORT} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
              n=0; while [ ! -S \"$W/vun.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n\
              ip addr add {NET_HOST_ADDR}/24 dev {TAP} 2>/dev/null; ip link set {TAP} up\n\
              iperf3 -s -B {NET_HOST_ADDR} -p {IPERF_PORT} > /dev/null 2>&1 & spid=$!\n"
@@ -451,6 +452,7 @@ pub fn guest_scripts(
     let g = guest_tier(tier, s, p);
     let mut host = prelude(&p.work);
     host.push_str(&boot::measure_fn());
+    host.push_str(counters::WATCH_FN);
     host.push_str(&g.setup);
     if cells.iter().any(|c| c.workload == Workload::Boot) {
         host.push_str(&boot_runs(tier, &g.boot, s, p));
@@ -493,7 +495,8 @@ fn boot_runs(tier: Tier, dev: &Dev, s: &Settings, p: &Paths) -> String {
 }
 
 /// Host side of an I/O phase: the device up, one guest boot (1 GiB at least, for the tools
-/// initramfs) that runs the phase's cells, the device down.
+/// initramfs) that runs the phase's cells (the VMM serving its metrics, its output watched
+/// for the runs' markers, see [`counters`]), the device down.
 fn phase_boot(tier: Tier, phase: &str, dev: &Dev, s: &Settings, p: &Paths) -> String {
     let bench = BootBench {
         memory_mib: s.memory_mib.max(1024),
@@ -504,7 +507,9 @@ fn phase_boot(tier: Tier, phase: &str, dev: &Dev, s: &Settings, p: &Paths) -> St
         cmd = cmd.replace(" quiet\"", &format!(" quiet {PHASE_NET}\""));
     }
     format!(
-        "{}echo \"===GUEST-START {} {phase}===\"\n{cmd} {}\necho \"===GUEST-END status=$?===\"\n{}\n",
+        "{}echo \"===GUEST-START {} {phase}===\"\n\
+         {{ {cmd} {} --metrics 127.0.0.1:{VMM_PORT}; echo $? > \"$W/vmm.status\"; }} | watch_counters\n\
+         echo \"===GUEST-END status=$(cat \"$W/vmm.status\")===\"\n{}\n",
         dev.start,
         tier.name(),
         dev.vmm_args,
@@ -593,6 +598,12 @@ mod tests {
             "/lab/bin/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues 2"
         ));
         assert!(host.contains("--disk vhost_user=on,socket=\"$W/vub.sock\",queues=2"));
+        // The backend and the VMM serve metrics; the guest's run markers trigger scrapes.
+        assert!(host.contains("--queues 2 --metrics 127.0.0.1:9191 "));
+        assert!(host.contains(
+            ",queues=2 --metrics 127.0.0.1:9190; echo $? > \"$W/vmm.status\"; } | watch_counters\n"
+        ));
+        assert!(host.contains("watch_counters() {"));
         assert_eq!(host.matches("measure vhost-user-blk.boot.").count(), 2);
         assert!(host.contains("--initramfs /lab/guest.cpio --cpus 2 --memory 1024M"));
         assert!(guest.contains("--filename=/dev/vda --size=64M --rw=randread --bs=4k --iodepth=32 --ioengine=libaio --direct=1 --runtime=5 --time_based"));
@@ -655,7 +666,7 @@ mod tests {
             &paths(),
         );
         assert!(host.contains("--disk path=\"$W/viv.img\",queues=2"));
-        assert!(host.contains("--kernel /lab/vmlinuz --initramfs /lab/guest.cpio --cpus 2 --memory 1024M --cmdline \"console=ttyS0 panic=-1 quiet vmmperf=net\" --net tap=vperf0\n"));
+        assert!(host.contains("--kernel /lab/vmlinuz --initramfs /lab/guest.cpio --cpus 2 --memory 1024M --cmdline \"console=ttyS0 panic=-1 quiet vmmperf=net\" --net tap=vperf0 --metrics 127.0.0.1:9190;"));
         assert!(guest.contains("--filename=/dev/vda"));
         assert!(!guest.contains("insmod"));
         // Block cells only (net missing): no net phase at all.

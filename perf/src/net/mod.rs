@@ -61,6 +61,8 @@ pub enum Path {
     Ours,
     /// The same with its io_urings unrestricted (`--uring-restrictions off`).
     OursUnrestricted,
+    /// Ours with `--metrics`, scraped once a second while it serves.
+    OursMetrics,
     /// io_uring on the TAP from this process.
     Raw,
 }
@@ -171,28 +173,17 @@ pub struct NetBench {
 }
 
 impl NetBench {
-    /// Our backend on `tap`: transmit, then (with `rx`) receive, in one vhost-user session.
-    pub fn run_ours(&self, tap: &SinkTap, kind: FrameKind, rep: usize) -> Result<Vec<NetRun>> {
-        self.run_backend(tap, kind, rep, Path::Ours)
-    }
-
-    /// [`NetBench::run_ours`] with the backend's io_urings unrestricted.
-    pub fn run_ours_unrestricted(
-        &self,
-        tap: &SinkTap,
-        kind: FrameKind,
-        rep: usize,
-    ) -> Result<Vec<NetRun>> {
-        self.run_backend(tap, kind, rep, Path::OursUnrestricted)
-    }
-
-    fn run_backend(
+    /// Our backend on `tap` (`path` says which variant of ours): transmit, then (with `rx`)
+    /// receive, in one vhost-user session. [`Path::OursMetrics`] serves `--metrics`, scraped
+    /// once a second meanwhile; [`Path::OursUnrestricted`] runs with `--uring-restrictions off`.
+    pub fn run_ours(
         &self,
         tap: &SinkTap,
         kind: FrameKind,
         rep: usize,
         path: Path,
     ) -> Result<Vec<NetRun>> {
+        let metrics = path == Path::OursMetrics;
         let extra: &[&str] = match path {
             Path::OursUnrestricted => &["--uring-restrictions", "off"],
             _ => &[],
@@ -200,6 +191,8 @@ impl NetBench {
         let socket = self.run_dir.join("net.sock");
         let _ = std::fs::remove_file(&socket);
         tap.wait_free()?;
+        let endpoint = self.run_dir.join("net-metrics.sock");
+        let metrics_arg = metrics.then(|| format!("unix:{}", endpoint.display()));
         let mut child = Command::new(&self.backend_bin)
             .arg("--socket")
             .arg(&socket)
@@ -207,6 +200,7 @@ impl NetBench {
             .arg(tap.name())
             .arg("--queue-size")
             .arg(self.queue_size.to_string())
+            .args(metrics_arg.iter().flat_map(|m| ["--metrics", m.as_str()]))
             .args(&self.backend_args)
             .args(extra)
             .env(
@@ -217,6 +211,12 @@ impl NetBench {
             .spawn()
             .map_err(io_err(format!("spawn {}", self.backend_bin.display())))?;
         let pid = child.id();
+        let scraper = metrics.then(|| {
+            crate::metrics::Scraper::start(
+                minihttp::ListenAddr::Unix(endpoint),
+                Duration::from_secs(1),
+            )
+        });
         let res = wait_for_socket(&socket, Some(&mut child)).and_then(|()| {
             let mem = driver::NetMem::new(self.queue_size, kind)?;
             let mut drv = driver::Driver::connect(&socket, mem, self.event_idx, self.completion)?;
@@ -261,7 +261,13 @@ impl NetBench {
             }
             Ok(runs)
         });
+        let scrapes = scraper.map(crate::metrics::Scraper::stop);
         stop_child(&mut child, Duration::from_secs(2));
+        if scrapes == Some(0) && res.is_ok() {
+            return Err(crate::Error::Backend(
+                "its metrics endpoint was never scraped".into(),
+            ));
+        }
         let _ = std::fs::remove_file(&socket);
         res
     }
@@ -397,12 +403,11 @@ pub fn paired_ratio(runs: &[NetRun], direction: Direction, frame: FrameKind) -> 
     paired_ratio_of(runs, Path::Ours, Path::Raw, direction, frame)
 }
 
-/// Median over repetitions of `path`/`reference` frame rate, paired by repetition as in
-/// [`paired_ratio`].
+/// [`paired_ratio`] of `num` over `den` (e.g. ours with metrics over ours).
 pub fn paired_ratio_of(
     runs: &[NetRun],
-    path: Path,
-    reference: Path,
+    num: Path,
+    den: Path,
     direction: Direction,
     frame: FrameKind,
 ) -> Option<f64> {
@@ -413,8 +418,8 @@ pub fn paired_ratio_of(
     };
     let ratios = runs
         .iter()
-        .filter(|r| r.path == path && r.direction == direction && r.frame == frame)
-        .filter_map(|o| of(reference, o.rep).map(|r| (o, r)))
+        .filter(|r| r.path == num && r.direction == direction && r.frame == frame)
+        .filter_map(|o| of(den, o.rep).map(|r| (o, r)))
         .filter(|(_, r)| r.mpps > 0.0)
         .map(|(o, r)| o.mpps / r.mpps)
         .collect();

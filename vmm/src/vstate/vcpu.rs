@@ -13,6 +13,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::exit::{ExitSignal, GuestExit};
+use super::vcpus::VcpuControl;
 use super::{cpuid, regs};
 use crate::devices::bus::Bus;
 
@@ -155,26 +156,30 @@ impl Vcpu {
         Ok(Self { index, fd })
     }
 
-    /// Runs the vCPU on a thread named `vcpuN` until `stop` is set or the
-    /// guest stops; the outcome goes to `exit`.
+    /// Runs the vCPU on a thread named `vcpuN` until `control` says stop or
+    /// the guest stops (parking it while `control` says pause); the outcome
+    /// goes to `exit`.
     pub fn spawn(
         self,
         buses: Arc<IoBuses>,
         exit: Arc<ExitSignal>,
-        stop: Arc<AtomicBool>,
+        control: Arc<VcpuControl>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
-            .spawn(move || self.run(&buses, &exit, &stop))
+            .spawn(move || {
+                self.run(&buses, &exit, &control);
+                control.finished();
+            })
             .map_err(VcpuError::Spawn)
     }
 
-    fn run(mut self, buses: &IoBuses, exit: &ExitSignal, stop: &AtomicBool) {
+    fn run(mut self, buses: &IoBuses, exit: &ExitSignal, control: &VcpuControl) {
         if let Err(e) = vmm_sys_util::signal::unblock_signal(kick_signal()) {
             tracing::warn!("vcpu{}: cannot unblock the kick signal: {e}", self.index);
         }
         let cpu = usize::from(self.index);
-        while !stop.load(Ordering::Acquire) {
+        while !control.stopping() {
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !read_lock(&buses.pio).read(port.into(), data) {
@@ -236,6 +241,11 @@ impl Vcpu {
                 exit.request(why);
                 break;
             }
+            control.park_if_paused(|| {
+                // Tell a kvmclock guest the pause was the host's doing (no
+                // soft-lockup reports once it runs again).
+                let _ = self.fd.kvmclock_ctrl();
+            });
         }
         tracing::debug!("vcpu{cpu} stopped");
     }

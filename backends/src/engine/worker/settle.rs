@@ -1,5 +1,6 @@
 //! Stopping a ring: [`Engine::settle`] waits, for a bounded time, for the requests in flight.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
@@ -43,7 +44,11 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             }
             self.reap();
         }
-        let flushed = q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut());
+        let flushed = self.publish(q);
+        // What the kernel still holds: zero unless the wait timed out.
+        self.stats
+            .inflight
+            .store(self.inflight as u64, Ordering::Relaxed);
         self.stopped();
         if timed_out {
             let stuck = self.abandon_inflight();

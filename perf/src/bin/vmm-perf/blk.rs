@@ -48,6 +48,10 @@ pub struct BlkArgs {
     /// the same run, and report restricted/unrestricted.
     #[arg(long)]
     vs_unrestricted: bool,
+    /// Also run our backend with --metrics, scraped once a second, right after the plain
+    /// run of each job: the cost of counting (reported as ours+metrics/ours).
+    #[arg(long)]
+    metrics_ab: bool,
     /// The vhost-user client polls its queues for completions (libblkio poll queues, as a guest
     /// with virtio-blk `poll_queues` and polled I/O does) instead of sleeping on the call
     /// eventfd; raw io_uring on a page-cached file completes inline either way.
@@ -117,6 +121,7 @@ pub fn blk(a: BlkArgs) -> Result<()> {
         "ours_args": a.ours_arg,
         "client_poll": a.client_poll,
         "qsd_iothread": a.qsd_iothread,
+        "metrics_ab": a.metrics_ab,
         "cpu_latency_limit_us": idle_hold.as_ref().map(CpuLatencyHold::limit_us),
         "repeat": a.repeat,
         "results": results,
@@ -136,6 +141,9 @@ fn jobs(a: &BlkArgs) -> Vec<Job> {
     }
     if a.vs_unrestricted {
         targets.insert(1, Target::OursUnrestricted);
+    }
+    if a.metrics_ab {
+        targets.insert(1, Target::OursMetrics);
     }
     let mut v = Vec::new();
     for &q in &a.queues {
@@ -210,17 +218,19 @@ fn print_ratios(a: &BlkArgs, results: &[JobResult], runs: &[JobResult]) -> Vec<s
             let vs_raw = ours.zip(raw).map(|(o, r)| o / r);
             let vs_qsd = ours.zip(qsd).map(|(o, r)| o / r);
             let vs_unrestricted = paired_unrestricted_ratio(runs, q, d);
+            let metrics = get(Target::OursMetrics).zip(ours).map(|(m, o)| m / o);
             println!(
-                "iodepth {d:>2} queues {q}: ours/raw {:>5} ours/qsd {:>5}{}",
+                "iodepth {d:>2} queues {q}: ours/raw {:>5} ours/qsd {:>5}{}{}",
                 vs_raw.map_or("-".into(), |v| format!("{v:.2}")),
                 vs_qsd.map_or("-".into(), |v| format!("{v:.2}")),
                 vs_unrestricted.map_or(String::new(), |v| format!(
                     " restricted/unrestricted {v:.3} (median of per-run ratios)"
                 )),
+                metrics.map_or(String::new(), |v| format!(" ours+metrics/ours {v:.3}")),
             );
             ratios.push(serde_json::json!({
                 "iodepth": d, "queues": q, "ours_over_raw": vs_raw, "ours_over_qsd": vs_qsd,
-                "restricted_over_unrestricted": vs_unrestricted,
+                "restricted_over_unrestricted": vs_unrestricted, "metrics_over_ours": metrics,
             }));
         }
     }

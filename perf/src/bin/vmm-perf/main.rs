@@ -4,6 +4,7 @@ mod blk;
 mod boot;
 mod compare;
 mod net;
+mod top;
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,9 @@ enum Cmd {
     Boot(boot::BootArgs),
     /// Tier × workload comparison (native, vhost-user, VFIO, …): fio, iperf3, boot.
     Compare(compare::CompareArgs),
+    /// A live per-queue table (IOPS, MB/s, p50/p99 latency, in flight) of the VMM and
+    /// backends from their --metrics endpoints, refreshed every second.
+    Top(top::TopArgs),
     /// Render report.md, its charts and results.csv from a `compare` results.json alone (the
     /// same bytes as the run that wrote it).
     Report {
@@ -89,6 +93,7 @@ fn main() {
         } => net::net(args),
         Cmd::Boot(args) => boot::boot(args),
         Cmd::Compare(args) => compare::compare(args),
+        Cmd::Top(args) => top::top(args),
         Cmd::Report { results, out } => report(&results, out),
     };
     if let Err(e) = result {

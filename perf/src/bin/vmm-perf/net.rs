@@ -56,6 +56,10 @@ pub struct NetArgs {
     /// the same run, and report restricted/unrestricted.
     #[arg(long)]
     vs_unrestricted: bool,
+    /// Also run our backend with --metrics, scraped once a second, right after each plain
+    /// run of ours: the cost of counting (reported as ours+metrics/ours).
+    #[arg(long)]
+    metrics_ab: bool,
     #[command(flatten)]
     idle: IdleArgs,
     /// TAP name inside the benchmark's network namespace.
@@ -100,6 +104,7 @@ pub fn net(a: NetArgs) -> Result<()> {
         "batch": a.batch,
         "event_idx": !a.no_event_idx,
         "driver_poll": a.driver_poll,
+        "metrics_ab": a.metrics_ab,
         "eventfd_wake_ns": wake_ns,
         "cpu_latency_limit_us": idle_hold.as_ref().map(CpuLatencyHold::limit_us),
         "backend": bench.backend_bin,
@@ -207,6 +212,7 @@ fn print_row(r: &NetRun) {
         match r.path {
             Path::Ours => "ours",
             Path::OursUnrestricted => "unres",
+            Path::OursMetrics => "ours+m",
             Path::Raw => "raw",
         },
         match r.direction {
@@ -242,10 +248,16 @@ fn run_all(
             if rep % 2 == 1 {
                 order.reverse();
             }
+            if a.metrics_ab {
+                // Right after (or, every other run, before) the plain run of ours.
+                let at = order.iter().position(|&p| p == Path::Ours).unwrap_or(0);
+                order.insert(at + rep % 2, Path::OursMetrics);
+            }
             for path in order {
                 let r = match path {
-                    Path::Ours => bench.run_ours(tap, kind, rep),
-                    Path::OursUnrestricted => bench.run_ours_unrestricted(tap, kind, rep),
+                    Path::Ours | Path::OursUnrestricted | Path::OursMetrics => {
+                        bench.run_ours(tap, kind, rep, path)
+                    }
                     Path::Raw => bench.run_raw(tap, kind, rep),
                 }?;
                 for x in &r {
@@ -304,6 +316,7 @@ fn frame_summary(runs: &[NetRun], kind: FrameKind) -> FrameSummary {
     );
     let cpu = |p, d| net::median_cpu(runs, p, d, kind, |r| r.cpu_ns_per_frame);
     let device_cpu = |p, d| net::median_cpu(runs, p, d, kind, |r| r.device_cpu_ns_per_frame);
+    let metrics = |d| net::paired_ratio_of(runs, Path::OursMetrics, Path::Ours, d, kind);
     FrameSummary {
         row: format!(
             "| {} | {} | {} | **{}** | {} | {} | {} | {} | {} |",
@@ -336,6 +349,8 @@ fn frame_summary(runs: &[NetRun], kind: FrameKind) -> FrameSummary {
             "rx_cpu_ns_per_frame_raw": cpu(Path::Raw, Direction::Rx),
             "tx_device_cpu_ns_per_frame_ours": device_cpu(Path::Ours, Direction::Tx),
             "rx_device_cpu_ns_per_frame_ours": device_cpu(Path::Ours, Direction::Rx),
+            "tx_metrics_over_ours": metrics(Direction::Tx),
+            "rx_metrics_over_ours": metrics(Direction::Rx),
         }),
     }
 }
@@ -372,6 +387,22 @@ fn print_summary(
     println!("|---|---|---|");
     for s in &summaries {
         println!("{}", s.device_row);
+    }
+    if a.metrics_ab {
+        println!();
+        println!(
+            "with --metrics (scraped every second) over without, median of the per-run ratios:"
+        );
+        println!("| frame | TX ours+metrics/ours | RX ours+metrics/ours |");
+        println!("|---|---|---|");
+        for s in &summaries {
+            println!(
+                "| {} | {} | {} |",
+                s.ratios["frame"].as_str().unwrap_or("-"),
+                fmt(s.ratios["tx_metrics_over_ours"].as_f64(), 3),
+                fmt(s.ratios["rx_metrics_over_ours"].as_f64(), 3)
+            );
+        }
     }
     let mut out = summaries.into_iter().map(|s| (s.medians, s.ratios)).fold(
         (Vec::new(), Vec::new()),
