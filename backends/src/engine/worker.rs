@@ -4,14 +4,13 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use io_uring::IoUring;
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{DescChain, Prepared, QueueStats, RequestHandler, Tuning, VirtQueue};
+use super::{DescChain, Polled, Poller, Prepared, QueueStats, RequestHandler, Tuning, VirtQueue};
 use crate::inflight::InflightQueue;
 use crate::{Error, Result};
 
@@ -68,6 +67,36 @@ pub struct Engine<H: RequestHandler, M> {
     running: bool,
     /// This queue's part of the frontend's inflight region, if it shared one.
     tracker: Option<InflightQueue>,
+    /// The busy-poll window of [`Engine::process`].
+    poller: Poller,
+}
+
+/// An engine and the queue it serves: the [`Polled`] work of a thread that serves just
+/// this queue ([`Engine::process`]), or part of a thread's work.
+pub struct EngineWork<'a, H: RequestHandler, M, Q> {
+    /// The engine.
+    pub engine: &'a mut Engine<H, M>,
+    /// Its queue.
+    pub queue: &'a mut Q,
+}
+
+impl<H, M, Q> Polled for EngineWork<'_, H, M, Q>
+where
+    H: RequestHandler,
+    M: GuestMemory + Send + Sync + 'static,
+    Q: VirtQueue<Mem = M>,
+{
+    fn serve(&mut self, polled: bool) -> Result<usize> {
+        self.engine.serve(self.queue, polled)
+    }
+
+    fn pending(&mut self) -> bool {
+        self.engine.pending(self.queue)
+    }
+
+    fn park(&mut self) -> Result<bool> {
+        self.engine.park(self.queue)
+    }
 }
 
 impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
@@ -118,6 +147,7 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             stopping: false,
             running: false,
             tracker: None,
+            poller: Poller::new(cfg.tuning.poll),
         })
     }
 
@@ -148,36 +178,45 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         self.inflight
     }
 
-    /// Serve `q` until it is empty and no completion is pending: pass after pass, pop up to
-    /// a batch, submit it with one `io_uring_enter`, reap, update the used ring and signal
-    /// once; then optionally busy-poll, re-enable notifications and re-check. Call on every
-    /// kick and every completion eventfd event.
+    /// Serve `q` until it is empty and no completion is pending, busy-poll it for the
+    /// thread's adaptive window ([`Poller`]), then re-enable notifications and re-check
+    /// ([`Engine::park`]). Call on every kick and every completion eventfd event.
     pub fn process<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
-        // No eventfd signals while this thread is reaping anyway.
-        self.ring.completion().disable_eventfd();
-        let served = self.serve(q);
-        if served.is_err() {
-            // Completions still in flight must wake the thread again.
-            self.ring.completion().enable_eventfd();
+        let mut poller = self.poller;
+        let result = poller.run(&mut EngineWork {
+            engine: &mut *self,
+            queue: q,
+        });
+        self.poller = poller;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Completions still in flight must wake the thread again.
+                self.ring.completion().enable_eventfd();
+                Err(e)
+            }
         }
-        served
     }
 
-    /// [`Engine::process`] with the completion eventfd disabled; re-enables it on success.
-    fn serve<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+    /// Serve `q` until nothing is left to do now: pass after pass, pop up to a batch, submit
+    /// it with one `io_uring_enter`, reap, update the used ring and signal once. Driver
+    /// notifications and the completion eventfd stay off (a thread that serves does not
+    /// need waking); [`Engine::park`] turns them back on. Returns the chains popped and the
+    /// completions reaped.
+    ///
+    /// `polled`: busy-polling found the work, the chains popped count as `polled`.
+    pub fn serve<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q, polled: bool) -> Result<usize> {
+        self.ring.completion().disable_eventfd();
         if !q.ready() {
             // Stopped ([`Engine::settle`] answered everything taken): its rings are not ours.
-            // Consume the wake-up, or the thread's epoll would report it again and again.
             self.stopped();
-            self.ring.completion().enable_eventfd();
-            let _ = self.completion.read();
-            return Ok(());
+            return Ok(0);
         }
         if !self.running {
             self.running = true;
             self.resume(q)?;
         }
-        let mut idle_since: Option<Instant> = None;
+        let mut done = 0;
         loop {
             let mut progress = 0usize;
             if !self.stopping {
@@ -188,47 +227,61 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                     .len()
                     .min(usize::from(self.cfg.tuning.batch.max(1)));
                 let popped = q.pop_batch(&mem, max, |chain| self.start(chain, &mem));
-                if popped > 0 {
-                    let n = popped as u64;
-                    self.stats.requests.fetch_add(n, Ordering::Relaxed);
-                    if idle_since.is_some() {
-                        self.stats.polled.fetch_add(n, Ordering::Relaxed);
-                    }
+                self.stats
+                    .requests
+                    .fetch_add(popped as u64, Ordering::Relaxed);
+                if polled {
+                    self.stats
+                        .polled
+                        .fetch_add(popped as u64, Ordering::Relaxed);
                 }
                 progress += popped;
             }
             self.submit()?;
             progress += self.reap();
             q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut())?;
-            if progress > 0 {
-                idle_since = None;
-                continue;
+            if progress == 0 {
+                return Ok(done);
             }
-            if self.stopping {
-                self.ring.completion().enable_eventfd();
-                return Ok(());
-            }
-            let poll = self.cfg.tuning.poll;
-            if !poll.is_zero() {
-                let since = *idle_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < poll {
-                    std::hint::spin_loop();
-                    continue;
-                }
-            }
-            if q.enable_notification()? && !self.free.is_empty() {
-                continue; // buffers arrived between the last pop and re-enabling
-            }
-            // Re-arm and consume the completion eventfd, then re-check the CQ: a CQE posted
-            // after re-arming signals the eventfd again, one posted before is seen here.
-            self.ring.completion().enable_eventfd();
-            let _ = self.completion.read();
-            if !self.ring.completion().is_empty() {
-                self.ring.completion().disable_eventfd();
-                continue;
-            }
-            return Ok(());
+            done += progress;
         }
+    }
+
+    /// Whether [`Engine::serve`] would find work: a completion waits, or the running ring
+    /// holds chains and a slot is free. No system call: for busy-polling.
+    pub fn pending<Q: VirtQueue<Mem = M>>(&mut self, q: &Q) -> bool {
+        if !q.ready() {
+            return false;
+        }
+        !self.ring.completion().is_empty()
+            || (!self.stopping && !self.free.is_empty() && q.has_available())
+    }
+
+    /// Before the thread sleeps: re-enable driver notifications (unless every slot is busy
+    /// or the engine is draining: completions wake it then) and the completion eventfd, and
+    /// consume the eventfd; `true` if buffers or completions arrived before that, which
+    /// the thread must serve instead of sleeping.
+    pub fn park<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<bool> {
+        let ready = q.ready();
+        if ready && !self.stopping {
+            let arrived = q.enable_notification().inspect_err(|_| {
+                // Completions still in flight must wake the thread.
+                self.ring.completion().enable_eventfd();
+            })?;
+            if arrived && !self.free.is_empty() {
+                return Ok(true); // buffers arrived between the last pop and re-enabling
+            }
+        }
+        // Re-arm and consume the completion eventfd, then re-check the CQ: a CQE posted
+        // after re-arming signals the eventfd again, one posted before is seen here. A
+        // stopped ring's completions wait for its restart.
+        self.ring.completion().enable_eventfd();
+        let _ = self.completion.read();
+        if ready && !self.ring.completion().is_empty() {
+            self.ring.completion().disable_eventfd();
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Stop taking new requests, wait for every in-flight one and complete it.
@@ -413,7 +466,7 @@ mod tests {
     use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
     use super::*;
-    use crate::engine::{rw_sqe, Dir, LocalQueue, Prepared, RequestHandler, Tuning};
+    use crate::engine::{rw_sqe, Dir, LocalQueue, PollPolicy, Prepared, RequestHandler, Tuning};
 
     type Mem = GuestMemoryMmap<()>;
 
@@ -539,6 +592,61 @@ mod tests {
             ROUNDS * usize::from(QUEUE),
             &failed[..failed.len().min(8)]
         );
+    }
+
+    #[test]
+    fn busy_polling_takes_chains_that_arrive_after_the_ring_ran_dry() {
+        // A driver thread offers one chain every 300 µs, nobody kicks. With a window far
+        // longer than that, the one call made for the first chain takes them all, found by
+        // polling; without polling that call takes what is there and returns.
+        const CHAINS: u16 = 20;
+        for (poll, polled) in [
+            (PollPolicy::Fixed(Duration::from_millis(500)), CHAINS - 1),
+            (PollPolicy::Off, 0),
+        ] {
+            let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let vq = virtio_queue::mock::MockSplitQueue::create(&mem, GuestAddress(0), 32);
+            for i in 0..CHAINS {
+                let buf = 0x8_0000 + 0x100 * u64::from(i);
+                let desc = RawDescriptor::from(SplitDescriptor::new(buf, 64, 0, 0));
+                vq.desc_table().store(i, desc).unwrap();
+            }
+            let avail = vq.avail_addr();
+            let offer = move |mem: &Mem, i: u16| {
+                mem.write_obj(i, avail.unchecked_add(4 + 2 * u64::from(i)))
+                    .unwrap();
+                mem.store(i + 1, avail.unchecked_add(2), Ordering::Release)
+                    .unwrap();
+            };
+            offer(&mem, 0);
+            let mut q = LocalQueue::new(vq.create_queue().unwrap(), Arc::new(mem.clone()), None);
+            let file = File::options().write(true).open("/dev/null").unwrap();
+            let handler = Writer {
+                file,
+                failed: Vec::new(),
+            };
+            let mut cfg = EngineConfig::new(32, 1);
+            cfg.tuning.poll = poll;
+            let stats = Arc::new(QueueStats::default());
+            let mut engine = Engine::new(handler, cfg, stats.clone()).unwrap();
+            let driver = {
+                let mem = mem.clone();
+                std::thread::spawn(move || {
+                    for i in 1..CHAINS {
+                        std::thread::sleep(Duration::from_micros(300));
+                        offer(&mem, i);
+                    }
+                })
+            };
+            engine.process(&mut q).unwrap();
+            driver.join().unwrap();
+            let s = stats.snapshot();
+            assert_eq!(s.polled, u64::from(polled), "{poll:?}: {s:?}");
+            if polled > 0 {
+                assert_eq!(s.requests, u64::from(CHAINS));
+                assert_eq!(q.queue.next_used(), CHAINS);
+            }
+        }
     }
 
     /// Reads a pipe into each chain's writable buffer: requests stay in flight until the

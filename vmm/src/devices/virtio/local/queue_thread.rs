@@ -19,8 +19,9 @@ use crate::devices::virtio::{QueueState, VirtioError};
 pub(super) trait QueueWorker: Send + 'static {
     /// Per served queue: the eventfd its request engine signals on completions.
     fn completion_fds(&self) -> Vec<RawFd>;
-    /// Processes the queues whose flag in `ready` is set (kicked or completed).
-    fn process(&mut self, ready: &[bool]) -> Result<(), VirtioError>;
+    /// Processes the queues whose flag in `ready` is set (kicked or completed); `kicked`
+    /// says which of them the driver kicked.
+    fn process(&mut self, ready: &[bool], kicked: &[bool]) -> Result<(), VirtioError>;
     /// Finishes what is in flight before the thread returns.
     fn drain(&mut self) -> Result<(), VirtioError>;
 }
@@ -105,9 +106,10 @@ fn serve<W: QueueWorker>(
             .map_err(VirtioError::Io)?;
     }
     // Buffers made available before the thread started (or before a reset).
-    worker.process(&vec![true; n])?;
+    worker.process(&vec![true; n], &vec![false; n])?;
     let mut events = vec![EpollEvent::default(); 2 * n + 1];
     let mut ready = vec![false; n];
+    let mut kicked = vec![false; n];
     loop {
         let count = match epoll.wait(-1, &mut events) {
             Ok(count) => count,
@@ -115,6 +117,7 @@ fn serve<W: QueueWorker>(
             Err(e) => return Err(VirtioError::Io(e)),
         };
         ready.fill(false);
+        kicked.fill(false);
         for ev in &events[..count] {
             let token = ev.data();
             if token >= stop_token {
@@ -123,11 +126,12 @@ fn serve<W: QueueWorker>(
             let queue = (token % completion) as usize;
             if token < completion {
                 let _ = kicks[queue].read();
+                kicked[queue] = true;
             }
             ready[queue] = true;
         }
         if ready.contains(&true) {
-            worker.process(&ready)?;
+            worker.process(&ready, &kicked)?;
         }
     }
 }
