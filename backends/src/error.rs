@@ -78,6 +78,9 @@ pub enum Error {
     /// The vhost-user daemon failed.
     #[error("vhost-user: {0}")]
     VhostUser(String),
+    /// `--queue-affinity` is malformed or names what does not exist.
+    #[error("--queue-affinity: {0}")]
+    Affinity(#[from] crate::placement::AffinityError),
 }
 
 /// Result alias for this crate.

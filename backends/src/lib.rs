@@ -11,6 +11,7 @@ pub mod engine;
 mod error;
 pub mod inflight;
 pub mod net;
+pub mod placement;
 pub mod server;
 pub mod vhost_shim;
 

@@ -4,6 +4,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use backends::placement::{Affinity, AffinityError};
+
+mod cpus;
+
+pub use cpus::CpusConfig;
+
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
 /// One gibibyte.
@@ -49,6 +55,9 @@ pub enum ConfigError {
     /// Options of two disk kinds were mixed.
     #[error("--disk: {0}")]
     DiskConflict(&'static str),
+    /// A vCPU placement list is malformed or names what does not exist.
+    #[error("--cpus affinity: {0}")]
+    Affinity(#[from] AffinityError),
 }
 
 /// Parses a byte size such as `512M`, `2G`, `4096` (bytes) or `1.5G`.
@@ -88,30 +97,42 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     Ok(bytes)
 }
 
-/// Guest memory: `SIZE[,hugepages=on|off]`.
+/// Guest memory: `SIZE[,hugepages=on|off][,shared=on|off]`, the size also as `size=SIZE`
+/// (Cloud Hypervisor's spelling).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryConfig {
     /// Guest RAM in bytes.
     pub size: u64,
     /// Back guest RAM with 2 MiB hugetlb pages.
     pub hugepages: bool,
+    /// Map guest RAM from a file a vhost-user backend can map too (`Some(true)`), as
+    /// private anonymous memory (`Some(false)`), or decide from the devices (`None`:
+    /// shared exactly when a vhost-user device is configured).
+    pub shared: Option<bool>,
 }
 
 impl FromStr for MemoryConfig {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut parts = s.split(',');
-        let size = parse_size(parts.next().unwrap_or_default())?;
+        let mut size = None;
         let mut hugepages = false;
-        for opt in parts {
+        let mut shared = None;
+        for (i, opt) in s.split(',').enumerate() {
             let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
             match key {
+                "size" => size = Some(parse_size(value)?),
                 "hugepages" => hugepages = parse_on_off(key, value)?,
+                "shared" => shared = Some(parse_on_off(key, value)?),
+                _ if i == 0 => size = Some(parse_size(opt)?),
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
         }
-        Ok(Self { size, hugepages })
+        Ok(Self {
+            size: size.ok_or(ConfigError::MissingOption("size"))?,
+            hugepages,
+            shared,
+        })
     }
 }
 
@@ -275,7 +296,9 @@ impl FromStr for DiskConfig {
                         }
                     })
                 }
-                "queues" => queues = Some(parse_count(key, value, MAX_QUEUES, false)?),
+                "queues" | "num_queues" => {
+                    queues = Some(parse_count(key, value, MAX_QUEUES, false)?)
+                }
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
@@ -411,7 +434,9 @@ impl FromStr for VhostUserNetConfig {
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
                 "socket" => return Err(ConfigError::MissingOption("socket")),
                 "mac" => mac = Some(parse_mac(key, value)?),
-                "queues" => queues = Some(parse_count(key, value, MAX_NET_QUEUE_PAIRS, false)?),
+                "queues" | "num_queues" => {
+                    queues = Some(parse_count(key, value, MAX_NET_QUEUE_PAIRS, false)?)
+                }
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
@@ -440,6 +465,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Number of vCPUs.
     pub cpus: u8,
+    /// Host CPUs per vCPU thread (empty: anywhere).
+    pub vcpu_affinity: Affinity,
     /// Guest memory.
     pub memory: MemoryConfig,
     /// Serial console destination.
@@ -556,6 +583,8 @@ mod tests {
         ));
         let n: NetConfig = "vhost_user=on,socket=/s,queues=8".parse().unwrap();
         assert!(matches!(n, NetConfig::VhostUser(c) if c.queues == Some(8)));
+        let n: NetConfig = "vhost_user=on,socket=/s,num_queues=2".parse().unwrap();
+        assert!(matches!(n, NetConfig::VhostUser(c) if c.queues == Some(2)));
         for bad in ["queues=0", "queues=9", "queues=two"] {
             let e = err(&format!("vhost_user=on,socket=/s,{bad}"));
             assert!(e.to_string().contains("a number from 1 to 8"), "{bad}: {e}");
@@ -600,17 +629,30 @@ mod tests {
             m,
             MemoryConfig {
                 size: GIB,
-                hugepages: true
+                hugepages: true,
+                shared: None,
             }
         );
+        // Cloud Hypervisor's spelling.
+        let ch: MemoryConfig = "size=1G,hugepages=on".parse().unwrap();
+        assert_eq!(ch, m);
+        let m: MemoryConfig = "size=512M,shared=off".parse().unwrap();
+        assert_eq!((m.size, m.shared), (512 * MIB, Some(false)));
+        let m: MemoryConfig = "2G,shared=on".parse().unwrap();
+        assert_eq!((m.size, m.shared), (2 * GIB, Some(true)));
+        let err = |s: &str| s.parse::<MemoryConfig>().unwrap_err();
         assert!(matches!(
-            "1G,hugepages=maybe".parse::<MemoryConfig>(),
-            Err(ConfigError::BadValue { .. })
+            err("1G,hugepages=maybe"),
+            ConfigError::BadValue { .. }
         ));
+        assert!(matches!(err("1G,shared=yes"), ConfigError::BadValue { .. }));
         assert!(matches!(
-            "1G,shared=on".parse::<MemoryConfig>(),
-            Err(ConfigError::UnknownOption(_))
+            err("1G,prefault=on"),
+            ConfigError::UnknownOption(_)
         ));
+        assert!(matches!(err("1G,2G"), ConfigError::UnknownOption(_)));
+        assert_eq!(err("hugepages=on"), ConfigError::MissingOption("size"));
+        assert!(matches!(err("size=lots"), ConfigError::BadSize(_)));
     }
 
     #[test]
@@ -630,6 +672,9 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!((d.queues, d.queue_size), (Some(2), 1024));
+        // Cloud Hypervisor's spelling of the queue count.
+        let d: DiskConfig = "vhost_user=on,socket=/s,num_queues=4".parse().unwrap();
+        assert_eq!(d.queues, Some(4));
         let err = |s: &str| s.parse::<DiskConfig>().unwrap_err();
         assert_eq!(err("socket=/s"), ConfigError::DiskNotVhostUser);
         assert_eq!(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use backends::placement::Affinity;
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::Killable;
@@ -35,6 +36,8 @@ pub struct Machine {
     exit: Arc<ExitSignal>,
     stdin_input: bool,
     panic: PanicNote,
+    /// Host CPUs per vCPU thread.
+    vcpu_affinity: Affinity,
 }
 
 impl Machine {
@@ -63,6 +66,7 @@ impl Machine {
             exit,
             stdin_input: cfg.serial == SerialConfig::Stdio,
             panic,
+            vcpu_affinity: cfg.vcpu_affinity.clone(),
         })
     }
 
@@ -91,7 +95,8 @@ impl Machine {
         let mut threads = Vec::new();
         for v in self.vcpus.drain(..) {
             let buses = self.devices.buses().clone();
-            threads.push(v.spawn(buses, self.exit.clone(), stop.clone())?);
+            let cpus = self.vcpu_affinity.clone();
+            threads.push(v.spawn(buses, self.exit.clone(), stop.clone(), cpus)?);
         }
         let result = self.event_loop(&signals);
         stop.store(true, Ordering::Release);
@@ -177,6 +182,9 @@ fn check_config(cfg: &VmConfig) -> Result<Vec<vfio::CheckedDevice>, Error> {
     if cfg.cpus == 0 {
         return Err(Error::Config("--cpus must be at least 1".into()));
     }
+    cfg.vcpu_affinity
+        .check(usize::from(cfg.cpus), "vCPU")
+        .map_err(crate::config::ConfigError::from)?;
     loader::check_readable("kernel", &cfg.kernel)?;
     if let Some(initramfs) = &cfg.initramfs {
         loader::check_readable("initramfs", initramfs)?;

@@ -161,6 +161,7 @@ mod tests {
         let ram = create_guest_ram(&MemoryConfig {
             size: 64 << 20,
             hugepages: false,
+            shared: None,
         })
         .unwrap();
         assert_eq!(ram.mem.num_regions(), 1);
@@ -181,12 +182,14 @@ mod tests {
         let err = check_host_capacity(&MemoryConfig {
             size: 1 << 50,
             hugepages: false,
+            shared: None,
         })
         .unwrap_err();
         assert!(matches!(err, MemoryError::HostTooSmall { .. }), "{err}");
         let err = check_host_capacity(&MemoryConfig {
             size: (2 << 20) + 4096,
             hugepages: true,
+            shared: None,
         })
         .unwrap_err();
         assert!(matches!(err, MemoryError::HugepageAlignment));

@@ -760,6 +760,7 @@ fn advertised_limits(file: &std::path::Path) -> (u32, u32, u32) {
         readonly: false,
         tuning: Tuning::default(),
         serial: String::new(),
+        affinity: Default::default(),
     };
     let b = BlkBackend::new(disk, opts).unwrap();
     let field = |off: usize| u32::from_le_bytes(b.get_config(off as u32, 4).try_into().unwrap());

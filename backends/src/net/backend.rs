@@ -35,6 +35,7 @@ use crate::engine::{
     WorkerVrings,
 };
 use crate::inflight::InflightRegion;
+use crate::placement::Affinity;
 use crate::{Error, Result};
 use std::fs::File;
 use std::os::fd::{OwnedFd, RawFd};
@@ -54,6 +55,8 @@ pub struct NetOptions {
     pub queue_size: u16,
     /// Polling (of each queue pair's thread) and batching (of the transmit engines).
     pub tuning: Tuning,
+    /// Host CPUs per queue pair's thread (empty: anywhere).
+    pub affinity: Affinity,
 }
 
 /// The other end of the device's wire.
@@ -615,7 +618,9 @@ impl VhostUserBackend for NetBackend {
         NAMED.with(|named| {
             if !named.get() {
                 named.set(true);
-                crate::name_thread(&format!("net-q{thread_id}"));
+                let name = format!("net-q{thread_id}");
+                crate::name_thread(&name);
+                self.opts.affinity.pin_current(thread_id, &name);
             }
         });
         let mem = self.mem.get()?;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
+use backends::placement::Affinity;
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -155,17 +156,22 @@ impl Vcpu {
         Ok(Self { index, fd })
     }
 
-    /// Runs the vCPU on a thread named `vcpuN` until `stop` is set or the
-    /// guest stops; the outcome goes to `exit`.
+    /// Runs the vCPU on a thread named `vcpuN`, on the host CPUs `affinity` gives it (if
+    /// any), until `stop` is set or the guest stops; the outcome goes to `exit`.
     pub fn spawn(
         self,
         buses: Arc<IoBuses>,
         exit: Arc<ExitSignal>,
         stop: Arc<AtomicBool>,
+        affinity: Affinity,
     ) -> Result<JoinHandle<()>, VcpuError> {
+        let name = format!("vcpu{}", self.index);
         std::thread::Builder::new()
-            .name(format!("vcpu{}", self.index))
-            .spawn(move || self.run(&buses, &exit, &stop))
+            .name(name.clone())
+            .spawn(move || {
+                affinity.pin_current(usize::from(self.index), &name);
+                self.run(&buses, &exit, &stop)
+            })
             .map_err(VcpuError::Spawn)
     }
 
