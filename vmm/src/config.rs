@@ -555,6 +555,18 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
 }
 
+impl VmConfig {
+    /// Whether a device maps guest RAM from another process (a vhost-user disk or NIC):
+    /// then the RAM must be shared.
+    pub fn needs_shared_memory(&self) -> bool {
+        self.disks.iter().any(|d| d.socket().is_some())
+            || self
+                .nets
+                .iter()
+                .any(|n| matches!(n, NetConfig::VhostUser(_)))
+    }
+}
+
 /// A NIC on a TAP interface (in-VMM virtio-net or emulated e1000):
 /// `tap=NAME[,mac=52:54:00:xx:xx:xx][,model=virtio|e1000]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use crate::devices::bus::lock;
 use crate::devices::serial::PanicNote;
 use crate::error::Error;
 use crate::layout;
-use crate::memory::{self, GuestRam};
+use crate::memory::{self, GuestRam, RamMode};
 use crate::vstate::exit::{ExitSignal, GuestExit};
 use crate::vstate::vcpu::{self, IoBuses, Vcpu};
 use crate::vstate::vm::Vm;
@@ -46,7 +46,8 @@ impl Machine {
     pub fn build(cfg: &VmConfig) -> Result<Self, Error> {
         let passthrough = check_config(cfg)?;
         let vm = Vm::new(cfg.cpus)?;
-        let ram = memory::create_guest_ram(&cfg.memory)?;
+        let mode = RamMode::choose(&cfg.memory, cfg.needs_shared_memory())?;
+        let ram = memory::create_guest_ram(&cfg.memory, mode)?;
         vm.register_memory(&ram.mem)?;
         let (entry, platform) = load_guest(cfg, &ram)?;
 
@@ -190,6 +191,7 @@ fn check_config(cfg: &VmConfig) -> Result<Vec<vfio::CheckedDevice>, Error> {
         loader::check_readable("initramfs", initramfs)?;
     }
     memory::check_host_capacity(&cfg.memory)?;
+    RamMode::choose(&cfg.memory, cfg.needs_shared_memory())?;
     let paths: Vec<_> = cfg.devices.iter().map(|d| d.path.clone()).collect();
     Ok(vfio::check_devices(
         &paths,
