@@ -91,9 +91,25 @@ struct CompareArgs {
 
 #[derive(Parser)]
 struct BootArgs {
-    /// Boots per VMM.
+    /// Boots per contender (alternating: each round boots every contender once).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Contenders, comma-separated: ours (no device, private RAM), ours-vhost-user (a
+    /// vhost-user-blk disk, shared RAM), qemu (q35), qemu-microvm, ch and ch-shared (Cloud
+    /// Hypervisor with shared=off / shared=on; need --ch-bin) [default: ours,
+    /// ours-vhost-user, qemu, qemu-microvm, and ch, ch-shared with --ch-bin].
+    #[arg(long, value_delimiter = ',')]
+    contenders: Vec<String>,
+    /// Cloud Hypervisor binary (built from its source; not needed by CI).
+    #[arg(long)]
+    ch_bin: Option<PathBuf>,
+    /// The contender the others' boot times are divided by [default: ch with --ch-bin,
+    /// else qemu].
+    #[arg(long)]
+    reference: Option<String>,
+    /// Our vhost-user-blk binary (default: next to this binary).
+    #[arg(long)]
+    backend_bin: Option<PathBuf>,
     /// vCPUs per guest.
     #[arg(long, default_value_t = 2)]
     cpus: u32,
@@ -446,74 +462,78 @@ fn sibling_binary(name: &str) -> PathBuf {
 }
 
 fn boot(a: BootArgs) -> perf::Result<()> {
-    use perf::boot::{self, BootBench, Mode};
+    use perf::boot::{self, BootBench, BootRun, Contender, Mode};
     let vmm = a.vmm.unwrap_or_else(|| sibling_binary("vmm"));
     let mode = match a.mode.as_deref() {
         None => boot::detect_mode(&vmm),
         Some("direct") => Mode::Direct,
         Some("lab") => Mode::Lab,
         Some(other) => {
-            return Err(perf::Error::Backend(format!(
+            return Err(perf::Error::Usage(format!(
                 "--mode {other}: expected direct or lab"
             )))
         }
     };
-    eprintln!("boot benchmark: {} boots per VMM, {mode:?} mode", a.repeat);
-    let bench = BootBench {
-        vmm,
-        repeat: a.repeat,
-        cpus: a.cpus,
-        memory_mib: a.memory_mib,
-        mode,
+    let contender = |name: &str| {
+        Contender::from_name(name)
+            .ok_or_else(|| perf::Error::Usage(format!("unknown contender {name}")))
     };
-    let (samples, raw) = bench.run()?;
-    let pick = |name: &str, f: fn(&boot::BootSample) -> f64| {
-        boot::median(samples.iter().filter(|s| s.vmm == name).map(f).collect())
+    let contenders: Vec<Contender> = if a.contenders.is_empty() {
+        Contender::ALL
+            .into_iter()
+            .filter(|c| a.ch_bin.is_some() || !c.is_ch())
+            .collect()
+    } else {
+        a.contenders
+            .iter()
+            .map(|n| contender(n))
+            .collect::<perf::Result<_>>()?
     };
-    let failures = samples
-        .iter()
-        .filter(|s| s.status != 0 || s.to_init_s.is_nan())
-        .count();
-    println!(
-        "{:<6} {:>6} {:>12} {:>12} {:>14} {:>14}",
-        "vmm", "boots", "to-init(s)", "total(s)", "rss(MiB)", "overhead(MiB)"
+    let reference = match &a.reference {
+        Some(name) => contender(name)?,
+        None if a.ch_bin.is_some() => Contender::Ch,
+        None => Contender::Qemu,
+    };
+    eprintln!(
+        "boot benchmark: {} rounds of {} contenders, {mode:?} mode",
+        a.repeat,
+        contenders.len()
     );
-    for name in ["ours", "qemu"] {
-        let n = samples.iter().filter(|s| s.vmm == name).count();
-        let fmt =
-            |v: Option<f64>, scale: f64| v.map_or("-".to_string(), |v| format!("{:.2}", v / scale));
-        println!(
-            "{:<6} {:>6} {:>12} {:>12} {:>14} {:>14}",
-            name,
-            n,
-            fmt(pick(name, |s| s.to_init_s), 1.0),
-            fmt(pick(name, |s| s.total_s), 1.0),
-            fmt(pick(name, |s| s.rss_total_kib as f64), 1024.0),
-            fmt(
-                pick(name, |s| (s.rss_total_kib - s.rss_guest_ram_kib) as f64),
-                1024.0
-            ),
-        );
-    }
-    let ratio = pick("ours", |s| s.to_init_s)
-        .zip(pick("qemu", |s| s.to_init_s))
-        .map(|(o, q)| o / q);
+    let run = BootRun {
+        bench: BootBench {
+            vmm,
+            repeat: a.repeat,
+            cpus: a.cpus,
+            memory_mib: a.memory_mib,
+            mode,
+        },
+        contenders: contenders.clone(),
+        backend: a
+            .backend_bin
+            .unwrap_or_else(|| sibling_binary("vhost-user-blk")),
+        ch: a.ch_bin,
+    };
+    let (samples, raw) = run.run()?;
+    let (summaries, table) = boot::report(&samples, &contenders, reference);
+    print!("{table}");
     println!(
-        "boot-to-init ours/qemu = {} (median; < 1 means ours is faster); failed boots: {failures}",
-        ratio.map_or("-".into(), |r| format!("{r:.2}"))
+        "x {}: median boot-to-init divided by {}'s (< 1: faster)",
+        reference.name(),
+        reference.name()
     );
-    println!("overhead = resident memory that is not guest RAM (ours: VmRSS minus the memfd guest-RAM mapping; QEMU's anonymous RAM cannot be told apart, so its overhead column includes guest RAM)");
+    println!("overhead = resident memory that is not guest RAM (the guest RAM mapping: our memfd, or the anonymous mapping of exactly the guest's RAM size)");
     if mode == Mode::Lab {
         println!("lab mode: nested KVM under TCG, times are relative only");
     }
+    let failures: usize = summaries.iter().map(|s| s.failed).sum();
     let report = serde_json::json!({
-        "benchmark": "guest boot-to-init, ours vs QEMU",
+        "benchmark": "guest boot-to-init, alternating contenders",
         "mode": mode,
         "cpus": a.cpus,
         "memory_mib": a.memory_mib,
+        "reference": reference.name(),
+        "summaries": summaries,
         "samples": samples,
-        "median_to_init_ratio_ours_over_qemu": ratio,
-        "ours_overhead_rss_mib_median": pick("ours", |s| (s.rss_total_kib - s.rss_guest_ram_kib) as f64).map(|k| k / 1024.0),
         "raw_output": raw,
     });
     std::fs::write(
