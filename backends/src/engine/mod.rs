@@ -17,6 +17,7 @@ mod chain;
 mod poll;
 mod queue;
 mod split_walk;
+mod sqpoll;
 mod stats;
 mod tuning;
 mod worker;
@@ -25,6 +26,9 @@ pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
 pub use poll::{PollPolicy, PollWindow, Polled, Poller, DEFAULT_POLL_MAX, INITIAL_WINDOW};
 pub use queue::{BackendMemory, LocalQueue, VhostMem, VirtQueue, Vring, VringQueue, WorkerVrings};
 pub use split_walk::SplitWalk;
+pub use sqpoll::{
+    EpochLoad, HostIdle, SqpollGovernor, SqpollLoad, SqpollPolicy, DEFAULT_SQPOLL_IDLE, EPOCH,
+};
 pub use stats::{QueueStats, StatsSnapshot};
 pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};
 pub(crate) use worker::errno;

@@ -30,6 +30,8 @@ pub struct QueueStats {
     /// Requests a previous backend process left in flight, resubmitted at a ring start
     /// (receive queues: buffers it had taken and not filled, taken again).
     pub resubmitted: AtomicU64,
+    /// Times the queue switched kernel submission polling on or off by itself.
+    pub sqpoll_switches: AtomicU64,
 }
 
 /// Plain copy of [`QueueStats`].
@@ -48,6 +50,7 @@ pub struct StatsSnapshot {
     pub polled: u64,
     pub failures: u64,
     pub resubmitted: u64,
+    pub sqpoll_switches: u64,
 }
 
 impl QueueStats {
@@ -72,6 +75,7 @@ impl QueueStats {
             polled: r(&self.polled),
             failures: r(&self.failures),
             resubmitted: r(&self.resubmitted),
+            sqpoll_switches: r(&self.sqpoll_switches),
         }
     }
 

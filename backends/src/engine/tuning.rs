@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::poll::{PollPolicy, DEFAULT_POLL_MAX};
+use super::sqpoll::{SqpollPolicy, DEFAULT_SQPOLL_IDLE};
 
 /// Chains an engine takes from the avail ring per pass unless its device says otherwise
 /// ([`Tuning::batch`]).
@@ -16,9 +17,9 @@ pub struct Tuning {
     /// Busy-polling after the last work seen, before sleeping again.
     pub poll: PollPolicy,
     /// Kernel submission polling (io_uring `SQPOLL`): a kernel thread per queue picks up
-    /// submissions without `io_uring_enter` and runs them beside the queue thread, sleeping
-    /// after this much idle time. Costs up to a CPU per busy queue; `None` = off.
-    pub sqpoll_idle: Option<Duration>,
+    /// submissions without `io_uring_enter` and runs them beside the queue thread. Costs up
+    /// to a CPU per busy queue; by default on only while a queue is busy and a CPU is free.
+    pub sqpoll: SqpollPolicy,
     /// Most chains taken from the avail ring per pass (at least 1). Each pass publishes its
     /// used entries, and signals the driver if it asked, before the next one starts, so a
     /// driver that keeps the ring full gets buffers back and refills while the rest of the
@@ -30,7 +31,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             poll: PollPolicy::default(),
-            sqpoll_idle: None,
+            sqpoll: SqpollPolicy::default(),
             batch: DEFAULT_BATCH,
         }
     }
@@ -48,12 +49,13 @@ pub struct TuningArgs {
     /// shrinks to nothing while it does not (0 = no polling).
     #[arg(long, default_value_t = DEFAULT_POLL_MAX.as_micros() as u64)]
     pub poll_max_us: u64,
-    /// Kernel submission polling (io_uring SQPOLL) for each queue the engine serves (block
-    /// queues, network transmit queues): a kernel thread picks up requests and runs them
-    /// beside the queue thread, sleeping after this many idle milliseconds. Needs a spare
-    /// CPU per busy queue (0 = off).
-    #[arg(long, default_value_t = 0)]
-    pub sqpoll_idle_ms: u64,
+    /// Kernel submission polling (io_uring SQPOLL) always on for each queue the engine
+    /// serves (block queues, network transmit queues): a kernel thread picks up requests and
+    /// runs them beside the queue thread, sleeping after this many idle milliseconds; 0 =
+    /// never. Without this flag a block queue switches it on by itself while it stays busy
+    /// and deep and a CPU is free, and off when the load is gone.
+    #[arg(long)]
+    pub sqpoll_idle_ms: Option<u64>,
     /// Most requests taken from a queue per pass; their used entries are returned to the
     /// driver before the next pass starts [default: 8 for block queues, 32 for network
     /// transmit queues].
@@ -66,8 +68,15 @@ impl TuningArgs {
     pub fn tuning(&self, default_batch: u16) -> Tuning {
         Tuning {
             poll: self.poll_policy(),
-            sqpoll_idle: (self.sqpoll_idle_ms > 0)
-                .then(|| Duration::from_millis(self.sqpoll_idle_ms)),
+            sqpoll: match self.sqpoll_idle_ms {
+                None => SqpollPolicy::Auto {
+                    idle: DEFAULT_SQPOLL_IDLE,
+                },
+                Some(0) => SqpollPolicy::Off,
+                Some(ms) => SqpollPolicy::On {
+                    idle: Duration::from_millis(ms),
+                },
+            },
             batch: self.batch.unwrap_or(default_batch),
         }
     }
@@ -109,7 +118,9 @@ mod tests {
             parse(&["--poll-us", "50", "--sqpoll-idle-ms", "10", "--batch", "8"]).unwrap(),
             Tuning {
                 poll: PollPolicy::Fixed(Duration::from_micros(50)),
-                sqpoll_idle: Some(Duration::from_millis(10)),
+                sqpoll: SqpollPolicy::On {
+                    idle: Duration::from_millis(10)
+                },
                 batch: 8,
             }
         );
@@ -136,6 +147,24 @@ mod tests {
             poll(&["--poll-us", "30", "--poll-max-us", "0"]),
             PollPolicy::Fixed(Duration::from_micros(30)),
             "a fixed window overrides the adaptive one"
+        );
+    }
+
+    #[test]
+    fn kernel_submission_polling_is_automatic_unless_given() {
+        let sqpoll = |args: &[&str]| parse(args).unwrap().sqpoll;
+        assert_eq!(
+            sqpoll(&[]),
+            SqpollPolicy::Auto {
+                idle: DEFAULT_SQPOLL_IDLE
+            }
+        );
+        assert_eq!(sqpoll(&["--sqpoll-idle-ms", "0"]), SqpollPolicy::Off);
+        assert_eq!(
+            sqpoll(&["--sqpoll-idle-ms", "5"]),
+            SqpollPolicy::On {
+                idle: Duration::from_millis(5)
+            }
         );
     }
 

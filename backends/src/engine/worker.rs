@@ -10,7 +10,10 @@ use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{DescChain, Polled, Poller, Prepared, QueueStats, RequestHandler, Tuning, VirtQueue};
+use super::{
+    DescChain, Polled, Poller, Prepared, QueueStats, RequestHandler, SqpollLoad, SqpollPolicy,
+    Tuning, VirtQueue, DEFAULT_SQPOLL_IDLE,
+};
 use crate::inflight::InflightQueue;
 use crate::{Error, Result};
 
@@ -69,6 +72,48 @@ pub struct Engine<H: RequestHandler, M> {
     tracker: Option<InflightQueue>,
     /// The busy-poll window of [`Engine::process`].
     poller: Poller,
+    /// The ring polls submissions in a kernel thread (`SQPOLL`).
+    sqpoll_on: bool,
+    /// With [`SqpollPolicy::Auto`]: the load that decides whether it should.
+    sqpoll_load: Option<SqpollLoad>,
+    /// A switch decided and waiting for nothing to be in flight.
+    sqpoll_switch: Option<bool>,
+}
+
+/// A ring for `cfg`'s queue with `file` registered and completions signalled on
+/// `completion`, polled by a kernel submission thread if `sqpoll`.
+fn build_ring(
+    cfg: &EngineConfig,
+    file: std::os::fd::RawFd,
+    completion: &EventFd,
+    sqpoll: bool,
+) -> Result<IoUring> {
+    let entries = u32::from(cfg.queue_size.max(1)).next_power_of_two();
+    let mut builder = IoUring::builder();
+    builder.setup_cqsize(entries * 2);
+    let mut sq_entries = entries;
+    let idle = match cfg.tuning.sqpoll {
+        SqpollPolicy::On { idle } | SqpollPolicy::Auto { idle } => idle,
+        SqpollPolicy::Off => DEFAULT_SQPOLL_IDLE,
+    };
+    if sqpoll {
+        let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
+        builder.setup_sqpoll(ms);
+        // The kernel thread posts a batch's completions before it moves the SQ head past
+        // the batch: the slots those completions free are refilled while up to a slot
+        // count of consumed entries still holds the ring, next to at most a slot count
+        // of unconsumed ones. Twice the slots always fit.
+        sq_entries = entries * 2;
+    }
+    let ring = builder.build(sq_entries).map_err(Error::UringSetup)?;
+    // Not `register_eventfd_async`: buffered reads that miss the page cache complete
+    // through task_work in this thread's context, which the async variant does not
+    // signal (the completion would sit in the CQ while the thread sleeps in epoll).
+    ring.submitter()
+        .register_eventfd(completion.as_raw_fd())
+        .map_err(Error::UringSetup)?;
+    super::register_file(&ring, file)?;
+    Ok(ring)
 }
 
 /// An engine and the queue it serves: the [`Polled`] work of a thread that serves just
@@ -103,28 +148,9 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     /// Create an engine with its own io_uring; completions are signalled on
     /// [`Engine::completion_fd`].
     pub fn new(handler: H, cfg: EngineConfig, stats: Arc<QueueStats>) -> Result<Self> {
-        let entries = u32::from(cfg.queue_size.max(1)).next_power_of_two();
-        let mut builder = IoUring::builder();
-        builder.setup_cqsize(entries * 2);
-        let mut sq_entries = entries;
-        if let Some(idle) = cfg.tuning.sqpoll_idle {
-            let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
-            builder.setup_sqpoll(ms);
-            // The kernel thread posts a batch's completions before it moves the SQ head past
-            // the batch: the slots those completions free are refilled while up to a slot
-            // count of consumed entries still holds the ring, next to at most a slot count
-            // of unconsumed ones. Twice the slots always fit.
-            sq_entries = entries * 2;
-        }
-        let ring = builder.build(sq_entries).map_err(Error::UringSetup)?;
         let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-        // Not `register_eventfd_async`: buffered reads that miss the page cache complete
-        // through task_work in this thread's context, which the async variant does not
-        // signal (the completion would sit in the CQ while the thread sleeps in epoll).
-        ring.submitter()
-            .register_eventfd(completion.as_raw_fd())
-            .map_err(Error::UringSetup)?;
-        super::register_file(&ring, handler.file())?;
+        let sqpoll_on = matches!(cfg.tuning.sqpoll, SqpollPolicy::On { .. });
+        let ring = build_ring(&cfg, handler.file(), &completion, sqpoll_on)?;
         let n = usize::from(cfg.queue_size.max(1));
         let slots = (0..n)
             .map(|_| Slot {
@@ -148,6 +174,10 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             running: false,
             tracker: None,
             poller: Poller::new(cfg.tuning.poll),
+            sqpoll_on,
+            sqpoll_load: matches!(cfg.tuning.sqpoll, SqpollPolicy::Auto { .. })
+                .then(SqpollLoad::new),
+            sqpoll_switch: None,
         })
     }
 
@@ -182,12 +212,18 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     /// thread's adaptive window ([`Poller`]), then re-enable notifications and re-check
     /// ([`Engine::park`]). Call on every kick and every completion eventfd event.
     pub fn process<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+        if let Some(load) = &mut self.sqpoll_load {
+            load.woke();
+        }
         let mut poller = self.poller;
         let result = poller.run(&mut EngineWork {
             engine: &mut *self,
             queue: q,
         });
         self.poller = poller;
+        if let Some(load) = &mut self.sqpoll_load {
+            load.sleeps();
+        }
         match result {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -235,16 +271,54 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                         .polled
                         .fetch_add(popped as u64, Ordering::Relaxed);
                 }
+                if let Some(load) = &mut self.sqpoll_load {
+                    load.pass(popped);
+                }
                 progress += popped;
             }
             self.submit()?;
             progress += self.reap();
             q.flush_used(&mut self.used, &self.stats, self.tracker.as_mut())?;
+            self.govern_sqpoll()?;
             if progress == 0 {
                 return Ok(done);
             }
             done += progress;
         }
+    }
+
+    /// With [`SqpollPolicy::Auto`]: judge the epoch if it ended, and carry out a switch
+    /// once nothing is in flight (the old ring is then empty and can go).
+    fn govern_sqpoll(&mut self) -> Result<()> {
+        let Some(load) = &mut self.sqpoll_load else {
+            return Ok(());
+        };
+        if let Some(on) = load.tick() {
+            self.sqpoll_switch = (on != self.sqpoll_on).then_some(on);
+        }
+        let Some(on) = self.sqpoll_switch else {
+            return Ok(());
+        };
+        if self.inflight > 0 || !self.ring.submission().is_empty() {
+            return Ok(());
+        }
+        self.ring = build_ring(&self.cfg, self.handler.file(), &self.completion, on)?;
+        // This thread is serving: no completion signals until it parks.
+        self.ring.completion().disable_eventfd();
+        self.sqpoll_on = on;
+        self.sqpoll_switch = None;
+        QueueStats::inc(&self.stats.sqpoll_switches);
+        tracing::info!(
+            sqpoll = on,
+            "queue {} kernel submission polling",
+            if on { "switched to" } else { "switched off" }
+        );
+        Ok(())
+    }
+
+    /// Whether kernel submission polling is on (`SQPOLL`).
+    pub fn sqpoll_on(&self) -> bool {
+        self.sqpoll_on
     }
 
     /// Whether [`Engine::serve`] would find work: a completion waits, or the running ring
@@ -561,7 +635,9 @@ mod tests {
         };
         let mut cfg = EngineConfig::new(SLOTS, 1);
         cfg.tuning = Tuning {
-            sqpoll_idle: Some(Duration::from_millis(50)),
+            sqpoll: SqpollPolicy::On {
+                idle: Duration::from_millis(50),
+            },
             ..Tuning::default()
         };
         let mut engine = Engine::new(handler, cfg, Arc::new(QueueStats::default())).unwrap();
@@ -647,6 +723,72 @@ mod tests {
                 assert_eq!(q.queue.next_used(), CHAINS);
             }
         }
+    }
+
+    #[test]
+    fn an_automatic_sqpoll_switch_keeps_serving_across_rings() {
+        // The governor's verdicts are forced here (its decisions have their own tests): the
+        // engine switches rings between passes, with nothing in flight, and every chain
+        // before, during and after is written once.
+        const CHAINS: u16 = 64;
+        let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = virtio_queue::mock::MockSplitQueue::create(&mem, GuestAddress(0), 256);
+        for i in 0..CHAINS {
+            let buf = 0x8_0000 + 0x100 * u64::from(i);
+            let desc = RawDescriptor::from(SplitDescriptor::new(buf, 64, 0, 0));
+            vq.desc_table().store(i, desc).unwrap();
+        }
+        let avail = vq.avail_addr();
+        let mut next = 0u16;
+        let mut offer = |n: u16| {
+            for _ in 0..n {
+                mem.write_obj(
+                    next % CHAINS,
+                    avail.unchecked_add(4 + 2 * u64::from(next % 256)),
+                )
+                .unwrap();
+                next = next.wrapping_add(1);
+            }
+            mem.store(next, avail.unchecked_add(2), Ordering::Release)
+                .unwrap();
+            next
+        };
+        let mut q = LocalQueue::new(vq.create_queue().unwrap(), Arc::new(mem.clone()), None);
+        let handler = Writer {
+            file: File::options().write(true).open("/dev/null").unwrap(),
+            failed: Vec::new(),
+        };
+        let mut cfg = EngineConfig::new(256, 1);
+        cfg.tuning.poll = PollPolicy::Off;
+        let stats = Arc::new(QueueStats::default());
+        let mut engine = Engine::new(handler, cfg, stats.clone()).unwrap();
+        assert!(!engine.sqpoll_on(), "auto starts off");
+        engine.sqpoll_load.as_mut().unwrap().freeze();
+        let serve_all = |engine: &mut Engine<Writer, Mem>, q: &mut LocalQueue<Mem>, upto: u16| {
+            for _ in 0..10_000 {
+                engine.process(q).unwrap();
+                if q.queue.next_used() == upto {
+                    return;
+                }
+                completion_signalled(engine.completion_fd(), 100);
+            }
+            panic!("used {} of {upto}", q.queue.next_used());
+        };
+        let upto = offer(32);
+        serve_all(&mut engine, &mut q, upto);
+        for on in [true, false, true] {
+            engine.sqpoll_switch = Some(on);
+            let upto = offer(48);
+            serve_all(&mut engine, &mut q, upto);
+            assert_eq!(engine.sqpoll_on(), on);
+        }
+        let s = stats.snapshot();
+        assert_eq!((s.requests, s.sqpoll_switches), (32 + 3 * 48, 3));
+        assert!(
+            engine.handler().failed.is_empty(),
+            "{:?}",
+            engine.handler().failed
+        );
     }
 
     /// Reads a pipe into each chain's writable buffer: requests stay in flight until the
