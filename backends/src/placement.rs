@@ -179,7 +179,7 @@ pub fn split_top_level(s: &str) -> Option<Vec<&str>> {
 }
 
 /// `2,3,5-7` → `[2, 3, 5, 6, 7]` (sorted, no duplicates); `None` if malformed or empty.
-fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
     let mut cpus = Vec::new();
     for part in s.split(',') {
         let part = part.trim();

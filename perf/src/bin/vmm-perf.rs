@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use perf::blk::{BlkBench, JobResult, Target};
-use perf::idle::{CpuLatencyHold, CPU_DMA_LATENCY};
+use perf::idle::CpuLatencyHold;
 
 #[derive(Parser)]
 #[command(version, about = "VMM benchmarks")]
@@ -130,7 +129,7 @@ struct BootArgs {
 #[derive(Subcommand)]
 enum BackendCmd {
     /// vhost-user-blk: ours vs qemu-storage-daemon vs raw io_uring (libblkio client).
-    Blk(BlkArgs),
+    Blk(perf::blk::BlkArgs),
     /// vhost-user-net: our backend driven by our own virtio-net load generator vs raw
     /// io_uring on the same TAP (in a fresh network namespace; needs root).
     Net(NetArgs),
@@ -175,7 +174,7 @@ struct NetArgs {
     #[arg(long)]
     no_rx: bool,
     #[command(flatten)]
-    idle: IdleArgs,
+    idle: perf::idle::IdleArgs,
     /// TAP name inside the benchmark's network namespace.
     #[arg(long, default_value = "vperf0")]
     tap: String,
@@ -184,90 +183,13 @@ struct NetArgs {
     out: PathBuf,
 }
 
-#[derive(Parser)]
-struct BlkArgs {
-    /// Seconds per job.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Test file (created, 1 GiB by default).
-    #[arg(long, default_value = "/tmp/vmm-perf-blk.img")]
-    file: PathBuf,
-    /// Test file size in MiB.
-    #[arg(long, default_value_t = 1024)]
-    size_mib: u64,
-    /// I/O depths to run.
-    #[arg(long, value_delimiter = ',', default_value = "1,32")]
-    iodepth: Vec<usize>,
-    /// Queue counts to run.
-    #[arg(long, value_delimiter = ',', default_value = "1,2")]
-    queues: Vec<usize>,
-    /// Our backend binary (default: `vhost-user-blk` next to this binary).
-    #[arg(long)]
-    ours_bin: Option<PathBuf>,
-    /// Extra arguments for our backend, e.g. "--poll-us=50".
-    #[arg(long, allow_hyphen_values = true)]
-    ours_arg: Vec<String>,
-    /// qemu-storage-daemon binary.
-    #[arg(long, default_value = "/usr/bin/qemu-storage-daemon")]
-    qsd_bin: PathBuf,
-    /// Runs of the whole matrix (interleaved); the median run per job is reported.
-    #[arg(long, default_value_t = 1)]
-    repeat: usize,
-    /// Skip qemu-storage-daemon.
-    #[arg(long)]
-    no_qsd: bool,
-    /// The vhost-user client polls its queues for completions (libblkio poll queues, as a guest
-    /// with virtio-blk `poll_queues` and polled I/O does) instead of sleeping on the call
-    /// eventfd; raw io_uring on a page-cached file completes inline either way.
-    #[arg(long)]
-    client_poll: bool,
-    /// Serve qemu-storage-daemon's export from an IOThread (`--object iothread`), whose
-    /// event loop busy-polls adaptively (up to 32 µs) before sleeping, instead of from its
-    /// main loop, which does not poll.
-    #[arg(long)]
-    qsd_iothread: bool,
-    #[command(flatten)]
-    idle: IdleArgs,
-    /// JSON report path.
-    #[arg(long, default_value = "perf-blk.json")]
-    json: PathBuf,
-}
-
-/// How a backend benchmark treats idle CPUs.
-#[derive(clap::Args)]
-struct IdleArgs {
-    /// Let idle CPUs enter deep idle states (on a VM: halt, handing the physical CPU back to
-    /// the host) instead of holding a 0 µs CPU-latency request (`/dev/cpu_dma_latency`) for
-    /// the run, under which idle CPUs poll.
-    #[arg(long)]
-    allow_deep_idle: bool,
-}
-
-impl IdleArgs {
-    /// Keep idle CPUs polling until the returned hold is dropped, unless deep idle is allowed;
-    /// says which on stderr.
-    fn hold(&self) -> perf::Result<Option<CpuLatencyHold>> {
-        if self.allow_deep_idle {
-            eprintln!("idle CPUs: deep idle states allowed (--allow-deep-idle)");
-            return Ok(None);
-        }
-        let hold = CpuLatencyHold::request(0).map_err(|e| {
-            perf::Error::Unavailable(format!("{e} (needs root; or pass --allow-deep-idle)"))
-        })?;
-        eprintln!(
-            "idle CPUs: polling, not halting, for the run ({CPU_DMA_LATENCY} held at 0 µs; --allow-deep-idle to measure without)"
-        );
-        Ok(Some(hold))
-    }
-}
-
 fn main() {
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Backend {
             which: BackendCmd::Blk(args),
-        } => blk(args),
+        } => perf::blk::run(args),
         Cmd::Backend {
             which: BackendCmd::Net(args),
         } => net(args),
@@ -312,7 +234,7 @@ fn compare(a: CompareArgs) -> perf::Result<()> {
     use perf::compare::{self, matrix, script::Settings, Tier, Workload};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let vmm = a.vmm.clone().unwrap_or_else(|| sibling_binary("vmm"));
+    let vmm = a.vmm.clone().unwrap_or_else(|| perf::sibling_binary("vmm"));
     let bin_dir = a.bin_dir.clone().unwrap_or_else(|| {
         vmm.parent()
             .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
@@ -454,16 +376,9 @@ fn compare(a: CompareArgs) -> perf::Result<()> {
     Ok(())
 }
 
-fn sibling_binary(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join(name)))
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
 fn boot(a: BootArgs) -> perf::Result<()> {
     use perf::boot::{self, BootBench, BootRun, Contender, Mode};
-    let vmm = a.vmm.unwrap_or_else(|| sibling_binary("vmm"));
+    let vmm = a.vmm.unwrap_or_else(|| perf::sibling_binary("vmm"));
     let mode = match a.mode.as_deref() {
         None => boot::detect_mode(&vmm),
         Some("direct") => Mode::Direct,
@@ -510,7 +425,7 @@ fn boot(a: BootArgs) -> perf::Result<()> {
         contenders: contenders.clone(),
         backend: a
             .backend_bin
-            .unwrap_or_else(|| sibling_binary("vhost-user-blk")),
+            .unwrap_or_else(|| perf::sibling_binary("vhost-user-blk")),
         ch: a.ch_bin,
     };
     let (samples, raw) = run.run()?;
@@ -554,144 +469,6 @@ fn boot(a: BootArgs) -> perf::Result<()> {
     Ok(())
 }
 
-fn blk(a: BlkArgs) -> perf::Result<()> {
-    let ours_bin = a.ours_bin.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("vhost-user-blk")))
-            .unwrap_or_else(|| PathBuf::from("vhost-user-blk"))
-    });
-    let run_dir = std::env::temp_dir().join(format!("vmm-perf-{}", std::process::id()));
-    std::fs::create_dir_all(&run_dir).map_err(|source| perf::Error::Io {
-        context: "run dir".into(),
-        source,
-    })?;
-    let bench = BlkBench {
-        file: a.file.clone(),
-        size: a.size_mib << 20,
-        duration: Duration::from_secs_f64(a.duration),
-        ours_bin,
-        ours_args: a.ours_arg.clone(),
-        qsd_bin: a.qsd_bin.clone(),
-        client_poll: a.client_poll,
-        qsd_iothread: a.qsd_iothread,
-        run_dir: run_dir.clone(),
-    };
-    eprintln!(
-        "preparing {} ({} MiB, page cached)",
-        a.file.display(),
-        a.size_mib
-    );
-    bench.prepare_file()?;
-    let idle_hold = a.idle.hold()?;
-    if a.client_poll {
-        eprintln!("client polls its vhost-user queues for completions (libblkio poll queues)");
-    }
-    let mut targets = vec![Target::Ours, Target::Raw];
-    if !a.no_qsd {
-        targets.insert(1, Target::Qsd);
-    }
-    let mut runs: Vec<JobResult> = Vec::new();
-    println!(
-        "{:<14} {:>7} {:>6} {:>12} {:>9} {:>9} {:>7}",
-        "target", "iodepth", "queues", "IOPS", "p50(us)", "p99(us)", "errors"
-    );
-    let row = |r: &JobResult| {
-        println!(
-            "{:<14} {:>7} {:>6} {:>12.0} {:>9.1} {:>9.1} {:>7}",
-            r.target.name(),
-            r.iodepth,
-            r.queues,
-            r.iops,
-            r.p50_us,
-            r.p99_us,
-            r.errors
-        )
-    };
-    for rep in 0..a.repeat.max(1) {
-        if a.repeat > 1 {
-            println!("-- run {}/{}", rep + 1, a.repeat);
-        }
-        for &q in &a.queues {
-            for &d in &a.iodepth {
-                for &t in &targets {
-                    let r = bench.run(t, d, q)?;
-                    row(&r);
-                    runs.push(r);
-                }
-            }
-        }
-    }
-    // Median run (by IOPS) of each job.
-    let mut results: Vec<JobResult> = Vec::new();
-    for &q in &a.queues {
-        for &d in &a.iodepth {
-            for &t in &targets {
-                let mut v: Vec<&JobResult> = runs
-                    .iter()
-                    .filter(|r| r.target == t && r.iodepth == d && r.queues == q)
-                    .collect();
-                v.sort_by(|x, y| x.iops.total_cmp(&y.iops));
-                if let Some(m) = v.get(v.len() / 2) {
-                    results.push((*m).clone());
-                }
-            }
-        }
-    }
-    if a.repeat > 1 {
-        println!("-- median of {} runs", a.repeat);
-        results.iter().for_each(row);
-    }
-    println!();
-    let mut ratios = Vec::new();
-    for &q in &a.queues {
-        for &d in &a.iodepth {
-            let get = |t| {
-                results
-                    .iter()
-                    .find(|r| r.target == t && r.iodepth == d && r.queues == q)
-                    .map(|r| r.iops)
-            };
-            let (ours, raw, qsd) = (get(Target::Ours), get(Target::Raw), get(Target::Qsd));
-            let vs_raw = ours.zip(raw).map(|(o, r)| o / r);
-            let vs_qsd = ours.zip(qsd).map(|(o, r)| o / r);
-            println!(
-                "iodepth {d:>2} queues {q}: ours/raw {:>5} ours/qsd {:>5}",
-                vs_raw.map_or("-".into(), |v| format!("{v:.2}")),
-                vs_qsd.map_or("-".into(), |v| format!("{v:.2}")),
-            );
-            ratios.push(serde_json::json!({
-                "iodepth": d, "queues": q, "ours_over_raw": vs_raw, "ours_over_qsd": vs_qsd,
-            }));
-        }
-    }
-    let report = serde_json::json!({
-        "benchmark": "vhost-user-blk 4KiB random read, libblkio client",
-        "duration_s": a.duration,
-        "file_mib": a.size_mib,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "ours_args": a.ours_arg,
-        "client_poll": a.client_poll,
-        "qsd_iothread": a.qsd_iothread,
-        "cpu_latency_limit_us": idle_hold.as_ref().map(CpuLatencyHold::limit_us),
-        "repeat": a.repeat,
-        "results": results,
-        "runs": runs,
-        "ratios": ratios,
-    });
-    std::fs::write(
-        &a.json,
-        serde_json::to_string_pretty(&report).unwrap_or_default(),
-    )
-    .map_err(|source| perf::Error::Io {
-        context: format!("write {}", a.json.display()),
-        source,
-    })?;
-    eprintln!("wrote {}", a.json.display());
-    let _ = std::fs::remove_dir_all(&run_dir);
-    Ok(())
-}
-
 fn net(a: NetArgs) -> perf::Result<()> {
     use perf::net::frame::FrameKind;
     use perf::net::{self, netns, Direction, NetBench, NetRun, Path};
@@ -725,7 +502,7 @@ fn net(a: NetArgs) -> perf::Result<()> {
         backend_bin: a
             .backend_bin
             .clone()
-            .unwrap_or_else(|| sibling_binary("vhost-user-net")),
+            .unwrap_or_else(|| perf::sibling_binary("vhost-user-net")),
         backend_args: backend_args.clone(),
         duration: Duration::from_secs_f64(a.duration),
         queue_size: a.queue_size,
