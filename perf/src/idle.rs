@@ -13,7 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
 
-use crate::{io_err, Error, Result};
+use crate::{io_err, Result};
 
 /// The PM QoS CPU-latency device.
 pub const CPU_DMA_LATENCY: &str = "/dev/cpu_dma_latency";
@@ -46,34 +46,6 @@ impl CpuLatencyHold {
     /// The limit this request asks for, in microseconds.
     pub fn limit_us(&self) -> i32 {
         self.limit_us
-    }
-}
-
-/// How a backend benchmark treats idle CPUs (flattened into its arguments).
-#[derive(Debug, Clone, clap::Args)]
-pub struct IdleArgs {
-    /// Let idle CPUs enter deep idle states (on a VM: halt, handing the physical CPU back to
-    /// the host) instead of holding a 0 µs CPU-latency request (`/dev/cpu_dma_latency`) for
-    /// the run, under which idle CPUs poll.
-    #[arg(long)]
-    pub allow_deep_idle: bool,
-}
-
-impl IdleArgs {
-    /// Keep idle CPUs polling until the returned hold is dropped, unless deep idle is allowed;
-    /// says which on stderr.
-    pub fn hold(&self) -> Result<Option<CpuLatencyHold>> {
-        if self.allow_deep_idle {
-            eprintln!("idle CPUs: deep idle states allowed (--allow-deep-idle)");
-            return Ok(None);
-        }
-        let hold = CpuLatencyHold::request(0).map_err(|e| {
-            Error::Unavailable(format!("{e} (needs root; or pass --allow-deep-idle)"))
-        })?;
-        eprintln!(
-            "idle CPUs: polling, not halting, for the run ({CPU_DMA_LATENCY} held at 0 µs; --allow-deep-idle to measure without)"
-        );
-        Ok(Some(hold))
     }
 }
 

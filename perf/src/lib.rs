@@ -2,7 +2,8 @@
 //! qemu-storage-daemon) and a raw io_uring baseline with libblkio as the client;
 //! [`net`] drives our vhost-user-net backend with the project's own virtio-net load
 //! generator against raw io_uring on the same TAP; [`boot`] times guest boot-to-init
-//! against QEMU; [`idle`] keeps idle CPUs polling while a backend benchmark runs.
+//! against QEMU; [`idle`] keeps idle CPUs polling while a backend benchmark runs;
+//! [`provenance`] stamps every result file with its commit, command line and schema version.
 
 use std::path::Path;
 use std::process::Child;
@@ -13,6 +14,7 @@ pub mod boot;
 pub mod compare;
 pub mod idle;
 pub mod net;
+pub mod provenance;
 
 /// Errors of the `perf` crate.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +57,6 @@ pub enum Error {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// `name` in the directory of the running binary (where cargo puts the workspace's
-/// binaries side by side), or just `name` (found in `PATH`).
-pub fn sibling_binary(name: &str) -> std::path::PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join(name)))
-        .unwrap_or_else(|| std::path::PathBuf::from(name))
-}
 
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();

@@ -4,10 +4,6 @@
 //! backend as it was before adaptive polling ([`Target::OursBefore`]), client and server
 //! threads on chosen CPUs, and what an idle backend costs ([`BlkBench::idle_cpu`]).
 
-mod run;
-
-pub use run::{run, BlkArgs};
-
 use std::fs::File;
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
