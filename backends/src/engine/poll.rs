@@ -28,6 +28,9 @@ const STEP: u32 = 2;
 /// Rounds in a row in which reported work was not there before a thread sleeps anyway
 /// (the first serve of a wake-up may legitimately find nothing).
 const FUTILE_ROUNDS: usize = 2;
+/// Longest a thread stays in one [`Poller::run`] while work keeps coming: then it yields to
+/// its event loop ([`Polled::wake_again`]), where a ring stop or an exit waits for it.
+pub const RUN_SLICE: Duration = Duration::from_millis(2);
 
 /// How a queue thread busy-polls before it sleeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +116,10 @@ pub trait Polled {
     /// once more; `true` if work arrived in between (nothing is lost either way: what
     /// arrives after this look wakes the thread).
     fn park(&mut self) -> Result<bool>;
+    /// Make the thread's next wait return at once (write its completion eventfd): it
+    /// leaves a long run of work to let the rest of its event loop in (a ring stop, an
+    /// exit, another device's queue) and comes straight back.
+    fn wake_again(&mut self) -> Result<()>;
 }
 
 /// The serve → poll → park cycle of one queue thread, with its adaptive window.
@@ -141,10 +148,12 @@ impl Poller {
     /// wake-up of the thread. Returns how much was served after polling found it.
     ///
     /// Work that polling or parking reports but serving does not find (a ring a pop
-    /// cannot take from) is looked at once more, then the thread sleeps: a queue in that
-    /// state never keeps its thread spinning.
+    /// cannot take from) is looked at once more, then the thread parks and sleeps: a queue
+    /// in that state never keeps its thread spinning. Work that keeps coming for longer
+    /// than [`RUN_SLICE`] is left to the next wake-up, which the thread arranges at once.
     pub fn run(&mut self, work: &mut impl Polled) -> Result<usize> {
         self.work_found();
+        let start = Instant::now();
         let mut polled = 0;
         let mut found_by_poll = false;
         let mut futile = 0;
@@ -155,6 +164,11 @@ impl Poller {
             }
             futile = if served == 0 { futile + 1 } else { 0 };
             if futile > FUTILE_ROUNDS {
+                work.park()?;
+                return Ok(polled);
+            }
+            if served > 0 && start.elapsed() >= RUN_SLICE {
+                work.wake_again()?;
                 return Ok(polled);
             }
             let since = *self.idle_since.get_or_insert_with(Instant::now);
@@ -277,6 +291,7 @@ mod tests {
         served: usize,
         pending_checks: usize,
         parks: usize,
+        wakes: usize,
     }
 
     impl Arrivals {
@@ -288,6 +303,7 @@ mod tests {
                 served: 0,
                 pending_checks: 0,
                 parks: 0,
+                wakes: 0,
             }
         }
 
@@ -317,6 +333,11 @@ mod tests {
             self.parks += 1;
             Ok(false)
         }
+
+        fn wake_again(&mut self) -> Result<()> {
+            self.wakes += 1;
+            Ok(())
+        }
     }
 
     #[test]
@@ -338,6 +359,7 @@ mod tests {
     /// Reports work that serving never finds.
     struct Phantom {
         serves: usize,
+        parks: usize,
     }
 
     impl Polled for Phantom {
@@ -351,7 +373,12 @@ mod tests {
         }
 
         fn park(&mut self) -> Result<bool> {
+            self.parks += 1;
             Ok(true)
+        }
+
+        fn wake_again(&mut self) -> Result<()> {
+            Ok(())
         }
     }
 
@@ -362,14 +389,35 @@ mod tests {
             PollPolicy::Fixed(Duration::from_secs(1)),
             PollPolicy::default(),
         ] {
-            let mut phantom = Phantom { serves: 0 };
+            let mut phantom = Phantom {
+                serves: 0,
+                parks: 0,
+            };
             Poller::new(policy).run(&mut phantom).unwrap();
             assert!(
                 phantom.serves <= FUTILE_ROUNDS + 1,
                 "{policy:?}: {}",
                 phantom.serves
             );
+            assert!(phantom.parks >= 1, "{policy:?}: slept without parking");
         }
+    }
+
+    #[test]
+    fn work_that_keeps_coming_is_left_to_the_next_wake_up_after_a_slice() {
+        // Work every 10 µs and a window far longer: without a slice the thread would
+        // never leave. It leaves after about RUN_SLICE, arranging to be woken at once,
+        // without parking (notifications stay off, nothing is lost).
+        let mut poller = Poller::new(PollPolicy::Fixed(Duration::from_secs(1)));
+        let mut work = Arrivals::new(us(10), 1_000_000);
+        work.dry_since = Some(Instant::now());
+        let start = Instant::now();
+        poller.run(&mut work).unwrap();
+        let spent = start.elapsed();
+        assert!(spent >= RUN_SLICE, "left after {spent:?}");
+        assert!(spent < RUN_SLICE * 100, "stayed {spent:?}");
+        assert_eq!((work.wakes, work.parks), (1, 0));
+        assert!(work.served > 1);
     }
 
     #[test]

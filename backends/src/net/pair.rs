@@ -82,4 +82,8 @@ impl<Q: VirtQueue> Polled for PairWork<'_, Q> {
         });
         Ok(tx || rx)
     }
+
+    fn wake_again(&mut self) -> Result<()> {
+        self.rx.wake_again()
+    }
 }

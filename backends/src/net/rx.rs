@@ -541,6 +541,11 @@ impl RxPath {
         }
     }
 
+    /// Make the thread's next wait return at once: the completion eventfd is written.
+    pub fn wake_again(&self) -> Result<()> {
+        self.completion.write(1).map_err(Error::EventFd)
+    }
+
     /// The last [`RxPath::serve`] stopped at a full batch: frames are waiting.
     pub fn more(&self) -> bool {
         self.more
