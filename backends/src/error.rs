@@ -95,6 +95,9 @@ pub enum Error {
     /// The metrics endpoint could not be served or read.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// `--queue-affinity` is malformed or names what does not exist.
+    #[error("--queue-affinity: {0}")]
+    Affinity(#[from] crate::placement::AffinityError),
 }
 
 /// Result alias for this crate.

@@ -24,6 +24,7 @@ mod error;
 pub mod inflight;
 pub mod metrics;
 pub mod net;
+pub mod placement;
 pub mod privileges;
 pub mod server;
 pub mod vhost_shim;

@@ -35,6 +35,14 @@ pub const LAB_CMDLINE: &str =
 pub const LAB_GUEST_KERNEL: &str = "/lab/vmlinuz";
 /// Where [`LabHost::with_guest`] puts the guest initramfs inside the lab.
 pub const LAB_GUEST_INITRD: &str = "/lab/guest.cpio";
+/// What `/lab/run.sh` does before the run's script: tune the lab as a VM host would be. Shared
+/// (memfd) guest RAM, which vhost-user devices need, gets transparent huge pages where the VMM
+/// advises them (Debian's kernel default is `never`; `vmm check` reports it as `shmem-thp`).
+pub const HOST_TUNING: &str = "\
+echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null ||
+    echo 'lab: cannot enable shmem THP'
+";
+
 /// The marker the lab `/init` prints after `/lab/run.sh` returns.
 pub const EXIT_MARKER: &str = "LAB-EXIT-STATUS=";
 /// The marker the lab `/init` prints once modules are loaded (`uptime=` seconds follow).
@@ -290,7 +298,8 @@ impl LabHost {
 
     fn overlay(&self) -> Result<Cpio> {
         let mut c = Cpio::new();
-        c.add_file("/lab/run.sh", self.script.clone().into_bytes(), 0o755)?;
+        let script = format!("{HOST_TUNING}{}", self.script);
+        c.add_file("/lab/run.sh", script.into_bytes(), 0o755)?;
         for f in &self.files {
             match f {
                 LabFile::Host { src, dest } => c.add_host_file(dest, src)?,

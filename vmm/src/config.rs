@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use backends::placement::{Affinity, AffinityError};
 use minihttp::ListenAddr;
+
+mod cpus;
+
+pub use cpus::CpusConfig;
 
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
@@ -52,6 +57,9 @@ pub enum ConfigError {
     /// Options of two disk kinds were mixed.
     #[error("--disk: {0}")]
     DiskConflict(&'static str),
+    /// A vCPU placement list is malformed or names what does not exist.
+    #[error("--cpus affinity: {0}")]
+    Affinity(#[from] AffinityError),
 }
 
 /// Parses a byte size such as `512M`, `2G`, `4096` (bytes) or `1.5G`.
@@ -91,30 +99,42 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     Ok(bytes)
 }
 
-/// Guest memory: `SIZE[,hugepages=on|off]`.
+/// Guest memory: `SIZE[,hugepages=on|off][,shared=on|off]`, the size also as `size=SIZE`
+/// (Cloud Hypervisor's spelling).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryConfig {
     /// Guest RAM in bytes.
     pub size: u64,
     /// Back guest RAM with 2 MiB hugetlb pages.
     pub hugepages: bool,
+    /// Map guest RAM from a file a vhost-user backend can map too (`Some(true)`), as
+    /// private anonymous memory (`Some(false)`), or decide from the devices (`None`:
+    /// shared exactly when a vhost-user device is configured).
+    pub shared: Option<bool>,
 }
 
 impl FromStr for MemoryConfig {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut parts = s.split(',');
-        let size = parse_size(parts.next().unwrap_or_default())?;
+        let mut size = None;
         let mut hugepages = false;
-        for opt in parts {
+        let mut shared = None;
+        for (i, opt) in s.split(',').enumerate() {
             let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
             match key {
+                "size" => size = Some(parse_size(value)?),
                 "hugepages" => hugepages = parse_on_off(key, value)?,
+                "shared" => shared = Some(parse_on_off(key, value)?),
+                _ if i == 0 => size = Some(parse_size(opt)?),
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
         }
-        Ok(Self { size, hugepages })
+        Ok(Self {
+            size: size.ok_or(ConfigError::MissingOption("size"))?,
+            hugepages,
+            shared,
+        })
     }
 }
 
@@ -383,7 +403,9 @@ impl FromStr for DiskConfig {
                         }
                     })
                 }
-                "queues" => queues = Some(parse_count(key, value, MAX_QUEUES, false)?),
+                "queues" | "num_queues" => {
+                    queues = Some(parse_count(key, value, MAX_QUEUES, false)?)
+                }
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
@@ -543,7 +565,9 @@ impl FromStr for VhostUserNetConfig {
                 "socket" => return Err(ConfigError::MissingOption("socket")),
                 "metrics" => metrics = Some(parse_metrics(key, value)?),
                 "mac" => mac = Some(parse_mac(key, value)?),
-                "queues" => queues = Some(parse_count(key, value, MAX_NET_QUEUE_PAIRS, false)?),
+                "queues" | "num_queues" => {
+                    queues = Some(parse_count(key, value, MAX_NET_QUEUE_PAIRS, false)?)
+                }
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
@@ -574,6 +598,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Number of vCPUs.
     pub cpus: u8,
+    /// Host CPUs per vCPU thread (empty: anywhere).
+    pub vcpu_affinity: Affinity,
     /// Guest memory.
     pub memory: MemoryConfig,
     /// Serial console destination.
@@ -584,6 +610,18 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// NICs: vhost-user virtio-net, in-VMM virtio-net or emulated e1000 on a TAP.
     pub nets: Vec<NetConfig>,
+}
+
+impl VmConfig {
+    /// Whether a device maps guest RAM from another process (a vhost-user disk or NIC):
+    /// then the RAM must be shared.
+    pub fn needs_shared_memory(&self) -> bool {
+        self.disks.iter().any(|d| d.socket().is_some())
+            || self
+                .nets
+                .iter()
+                .any(|n| matches!(n, NetConfig::VhostUser(_)))
+    }
 }
 
 /// A NIC on a TAP interface (in-VMM virtio-net or emulated e1000):

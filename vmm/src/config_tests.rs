@@ -40,6 +40,8 @@ fn net_options() {
     ));
     let n: NetConfig = "vhost_user=on,socket=/s,queues=8".parse().unwrap();
     assert!(matches!(n, NetConfig::VhostUser(c) if c.queues == Some(8)));
+    let n: NetConfig = "vhost_user=on,socket=/s,num_queues=2".parse().unwrap();
+    assert!(matches!(n, NetConfig::VhostUser(c) if c.queues == Some(2)));
     for bad in ["queues=0", "queues=9", "queues=two"] {
         let e = err(&format!("vhost_user=on,socket=/s,{bad}"));
         assert!(e.to_string().contains("a number from 1 to 8"), "{bad}: {e}");
@@ -84,17 +86,30 @@ fn memory_options() {
         m,
         MemoryConfig {
             size: GIB,
-            hugepages: true
+            hugepages: true,
+            shared: None,
         }
     );
+    // Cloud Hypervisor's spelling.
+    let ch: MemoryConfig = "size=1G,hugepages=on".parse().unwrap();
+    assert_eq!(ch, m);
+    let m: MemoryConfig = "size=512M,shared=off".parse().unwrap();
+    assert_eq!((m.size, m.shared), (512 * MIB, Some(false)));
+    let m: MemoryConfig = "2G,shared=on".parse().unwrap();
+    assert_eq!((m.size, m.shared), (2 * GIB, Some(true)));
+    let err = |s: &str| s.parse::<MemoryConfig>().unwrap_err();
     assert!(matches!(
-        "1G,hugepages=maybe".parse::<MemoryConfig>(),
-        Err(ConfigError::BadValue { .. })
+        err("1G,hugepages=maybe"),
+        ConfigError::BadValue { .. }
     ));
+    assert!(matches!(err("1G,shared=yes"), ConfigError::BadValue { .. }));
     assert!(matches!(
-        "1G,shared=on".parse::<MemoryConfig>(),
-        Err(ConfigError::UnknownOption(_))
+        err("1G,prefault=on"),
+        ConfigError::UnknownOption(_)
     ));
+    assert!(matches!(err("1G,2G"), ConfigError::UnknownOption(_)));
+    assert_eq!(err("hugepages=on"), ConfigError::MissingOption("size"));
+    assert!(matches!(err("size=lots"), ConfigError::BadSize(_)));
 }
 
 #[test]
@@ -173,6 +188,9 @@ fn disks() {
         .parse()
         .unwrap();
     assert_eq!(d.metrics, Some(ListenAddr::Unix("/run/m".into())));
+    // Cloud Hypervisor's spelling of the queue count.
+    let d: DiskConfig = "vhost_user=on,socket=/s,num_queues=4".parse().unwrap();
+    assert_eq!(d.queues, Some(4));
     let err = |s: &str| s.parse::<DiskConfig>().unwrap_err();
     assert_eq!(err("socket=/s"), ConfigError::DiskNotVhostUser);
     assert_eq!(

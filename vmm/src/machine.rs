@@ -20,7 +20,7 @@ use crate::devices::bus::lock;
 use crate::devices::serial::PanicNote;
 use crate::error::Error;
 use crate::layout;
-use crate::memory::{self, GuestRam};
+use crate::memory::{self, GuestRam, RamMode};
 use crate::vstate::exit::{ExitSignal, GuestExit};
 use crate::vstate::vcpu::{self, IoBuses, Vcpu};
 use crate::vstate::vcpus::Vcpus;
@@ -63,7 +63,8 @@ impl Machine {
     pub fn build(cfg: &VmConfig) -> Result<Self, Error> {
         let passthrough = check_config(cfg)?;
         let vm = Vm::new(cfg.cpus)?;
-        let ram = memory::create_guest_ram(&cfg.memory)?;
+        let mode = RamMode::choose(&cfg.memory, cfg.needs_shared_memory())?;
+        let ram = memory::create_guest_ram(&cfg.memory, mode)?;
         vm.register_memory(&ram.mem)?;
         let (entry, platform) = load_guest(cfg, &ram)?;
 
@@ -118,6 +119,7 @@ impl Machine {
             self.vcpus.drain(..).collect(),
             self.devices.buses(),
             &self.exit,
+            &self.cfg.vcpu_affinity,
         )?;
         let result = self.event_loop(&signals, &vcpus, &ctx);
         vcpus.stop();
@@ -331,11 +333,15 @@ fn check_config(cfg: &VmConfig) -> Result<Vec<vfio::CheckedDevice>, Error> {
     if cfg.cpus == 0 {
         return Err(Error::Config("--cpus must be at least 1".into()));
     }
+    cfg.vcpu_affinity
+        .check(usize::from(cfg.cpus), "vCPU")
+        .map_err(crate::config::ConfigError::from)?;
     loader::check_readable("kernel", &cfg.kernel)?;
     if let Some(initramfs) = &cfg.initramfs {
         loader::check_readable("initramfs", initramfs)?;
     }
     memory::check_host_capacity(&cfg.memory)?;
+    RamMode::choose(&cfg.memory, cfg.needs_shared_memory())?;
     let paths: Vec<_> = cfg.devices.iter().map(|d| d.path.clone()).collect();
     Ok(vfio::check_devices(
         &paths,

@@ -13,7 +13,9 @@ use backends::metrics::{Exporter, MetricsServer};
 use vmm::api::client::{self, Command};
 use vmm::api::server::ApiServer;
 use vmm::api::{control_channel, ApiReceiver};
-use vmm::config::{DeviceConfig, DiskConfig, MemoryConfig, NetConfig, SerialConfig, VmConfig};
+use vmm::config::{
+    CpusConfig, DeviceConfig, DiskConfig, MemoryConfig, NetConfig, SerialConfig, VmConfig,
+};
 use vmm::machine::{Machine, RunContext, RunEnd};
 use vmm::vstate::exit::GuestExit;
 
@@ -63,10 +65,14 @@ struct RunArgs {
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0 panic=-1")]
     cmdline: String,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    cpus: u8,
-    /// Guest memory: SIZE[,hugepages=on] (e.g. 512M, 2G,hugepages=on).
+    /// vCPUs: a count (e.g. 2), or boot=N[,affinity=[V@[CPUS],...]] to pin vCPU V's
+    /// thread to host CPUs (e.g. boot=2,affinity=[0@[2],1@[3]], ranges as 4-7).
+    #[arg(long, default_value = "1")]
+    cpus: String,
+    /// Guest memory: SIZE or size=SIZE, then [,hugepages=on] [,shared=on|off] (e.g. 512M,
+    /// size=2G,hugepages=on). Shared (memfd) RAM is chosen when a vhost-user device is
+    /// configured, private anonymous RAM otherwise; shared=off with a vhost-user device
+    /// is refused.
     #[arg(long, default_value = "512M")]
     memory: MemoryConfig,
     /// Serial console: stdio, file=PATH[,max_size=SIZE] (default 64M: the file is then
@@ -76,6 +82,7 @@ struct RunArgs {
     /// A disk (repeatable): virtio-blk served by a vhost-user backend,
     /// vhost_user=on,socket=PATH[,queues=N][,queue_size=M]; or a file served by
     /// the VMM, path=FILE[,queues=N][,queue_size=M][,readonly=on][,model=virtio|nvme].
+    /// num_queues=N is the same as queues=N.
     #[arg(long = "disk")]
     disks: Vec<DiskConfig>,
     /// Pass a host PCI device (bound to vfio-pci) through: path=/sys/bus/pci/devices/DDDD:BB:DD.F.
@@ -84,7 +91,7 @@ struct RunArgs {
     devices: Vec<DeviceConfig>,
     /// A NIC (repeatable): virtio-net served by a vhost-user backend,
     /// vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M] (N queue pairs, at
-    /// most 8; N>1 needs a backend serving the control queue),
+    /// most 8; N>1 needs a backend serving the control queue; num_queues=N also works),
     /// or a TAP interface, tap=NAME[,mac=MAC][,model=virtio|e1000].
     #[arg(long = "net")]
     nets: Vec<NetConfig>,
@@ -158,11 +165,19 @@ fn init_logging() {
 
 fn run(args: RunArgs) -> ExitCode {
     let started = Instant::now();
+    let cpus = match args.cpus.parse::<CpusConfig>() {
+        Ok(cpus) => cpus,
+        Err(e) => {
+            eprintln!("vmm: error: --cpus {}: {e}", args.cpus);
+            return ExitCode::from(1);
+        }
+    };
     let cfg = VmConfig {
         kernel: args.kernel,
         initramfs: args.initramfs,
         cmdline: args.cmdline,
-        cpus: args.cpus,
+        cpus: cpus.boot,
+        vcpu_affinity: cpus.affinity,
         memory: args.memory,
         serial: args.serial,
         disks: args.disks,

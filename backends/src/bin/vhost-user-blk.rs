@@ -15,6 +15,7 @@ use backends::access::SocketAccessArgs;
 use backends::blk::{BlkBackend, BlkOptions, Disk};
 use backends::engine::TuningArgs;
 use backends::metrics::{Exporter, MetricsListener, QueueMetrics};
+use backends::placement::Affinity;
 use backends::privileges::{drop_privileges, PrivilegeArgs};
 use backends::server::Server;
 use backends::Error;
@@ -48,6 +49,10 @@ struct Args {
     /// Polling and batching of the queues.
     #[command(flatten)]
     tuning: TuningArgs,
+    /// Pin each queue's thread to host CPUs: QUEUE@CPU entries (0@2,1@3), or CPU lists
+    /// and ranges (0@[2,3],1@[4-5]).
+    #[arg(long)]
+    queue_affinity: Option<String>,
     /// Serial returned by GET_ID (at most 20 bytes).
     #[arg(long, default_value = "vhost-user-blk")]
     serial: String,
@@ -100,6 +105,7 @@ fn block_signals() -> libc::sigset_t {
 }
 
 fn run(args: Args) -> Result<(), Error> {
+    let affinity = queue_affinity(args.queue_affinity.as_deref(), args.queues)?;
     let sigset = block_signals();
     let identity = args.privileges.resolve()?;
     backends::engine::set_restrictions(args.uring_restrictions);
@@ -126,6 +132,7 @@ fn run(args: Args) -> Result<(), Error> {
             readonly: args.readonly,
             tuning: args.tuning.tuning(backends::blk::DEFAULT_BATCH),
             serial: args.serial.clone(),
+            affinity,
         },
     )?);
 
@@ -177,6 +184,16 @@ fn run(args: Args) -> Result<(), Error> {
     // Exit here rather than dropping the daemon: its drop joins the vring worker threads,
     // and the process is done anyway.
     std::process::exit(0);
+}
+
+/// `--queue-affinity`, checked against the queue count and this host's CPUs.
+fn queue_affinity(list: Option<&str>, queues: u16) -> Result<Affinity, Error> {
+    let Some(list) = list else {
+        return Ok(Affinity::default());
+    };
+    let affinity = Affinity::parse(list, "queue")?;
+    affinity.check(usize::from(queues), "queue")?;
+    Ok(affinity)
 }
 
 /// Log process CPU time and context switches (for benchmarking).

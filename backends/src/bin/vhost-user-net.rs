@@ -14,6 +14,7 @@ use backends::access::SocketAccessArgs;
 use backends::engine::{TuningArgs, DEFAULT_BATCH};
 use backends::metrics::{Exporter, MetricsListener, QueueMetrics};
 use backends::net::{parse_mac, NetBackend, NetOptions, Port, DEFAULT_MTU};
+use backends::placement::Affinity;
 use backends::privileges::{drop_privileges, PrivilegeArgs};
 use backends::server::Server;
 use backends::Error;
@@ -49,9 +50,13 @@ struct Args {
     /// Maximum queue size.
     #[arg(long, default_value_t = 256)]
     queue_size: u16,
-    /// Polling and batching of the transmit queues.
+    /// Polling of the queue pairs and batching of the transmit queues.
     #[command(flatten)]
     tuning: TuningArgs,
+    /// Pin each queue pair's thread to host CPUs: PAIR@CPU entries (0@2,1@3), or CPU
+    /// lists and ranges (0@[2,3],1@[4-5]).
+    #[arg(long)]
+    queue_affinity: Option<String>,
     /// Serve the socket directly, without the relay that holds back `SET_VRING_ENABLE` sent
     /// before `SET_FEATURES` (QEMU's vhost-user netdev does that; see `backends::vhost_shim`).
     #[arg(long)]
@@ -245,6 +250,14 @@ fn create_devices(args: &Args) -> Result<Vec<Device>, Error> {
         Some(m) => Some(parse_mac(m).ok_or_else(|| Error::InvalidConfig(format!("bad MAC {m}")))?),
         None => None,
     };
+    let affinity = match &args.queue_affinity {
+        Some(list) => {
+            let affinity = Affinity::parse(list, "queue pair")?;
+            affinity.check(usize::from(args.queues), "queue pair")?;
+            affinity
+        }
+        None => Affinity::default(),
+    };
     let opts = |port: Port, mac: Option<[u8; 6]>| NetOptions {
         port,
         mac,
@@ -252,6 +265,7 @@ fn create_devices(args: &Args) -> Result<Vec<Device>, Error> {
         queue_pairs: args.queues,
         queue_size: args.queue_size,
         tuning: args.tuning.tuning(DEFAULT_BATCH),
+        affinity: affinity.clone(),
     };
     let mut devices: Vec<Device> = Vec::new();
     match (&args.link, &args.socket, &args.tap) {

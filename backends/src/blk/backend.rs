@@ -29,6 +29,7 @@ use crate::engine::{
     WorkerVrings,
 };
 use crate::inflight::InflightRegion;
+use crate::placement::Affinity;
 use crate::{Error, Result};
 
 /// Options of a vhost-user-blk device.
@@ -44,6 +45,8 @@ pub struct BlkOptions {
     pub tuning: Tuning,
     /// GET_ID serial (truncated to 20 bytes).
     pub serial: String,
+    /// Host CPUs per queue thread (empty: anywhere).
+    pub affinity: Affinity,
 }
 
 type BlkEngine = Engine<BlkHandler, VhostMem>;
@@ -333,7 +336,9 @@ impl VhostUserBackend for BlkBackend {
         NAMED.with(|named| {
             if !named.get() {
                 named.set(true);
-                crate::name_thread(&format!("blk-q{thread_id}"));
+                let name = format!("blk-q{thread_id}");
+                crate::name_thread(&name);
+                self.opts.affinity.pin_current(thread_id, &name);
             }
         });
         let (Some(vring), Some(engine)) = (vrings.first(), self.engines.get(thread_id)) else {
@@ -385,6 +390,7 @@ mod tests {
             readonly,
             tuning: Tuning::default(),
             serial: "x".into(),
+            affinity: Affinity::default(),
         };
         (BlkBackend::new(disk, opts).unwrap(), f)
     }

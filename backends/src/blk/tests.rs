@@ -20,7 +20,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vhost::vhost_user::message::VhostUserInflight;
 
 use super::{BlkHandler, BlkSettings, SEG_MAX};
-use crate::engine::{Engine, EngineConfig, LocalQueue, QueueStats, StatsSnapshot, Tuning};
+use crate::engine::{
+    Engine, EngineConfig, LocalQueue, QueueStats, SqpollPolicy, StatsSnapshot, Tuning,
+};
 use crate::inflight::InflightRegion;
 
 type Mem = GuestMemoryMmap<()>;
@@ -55,10 +57,14 @@ fn w(addr: u64, len: u32) -> D {
     }
 }
 
-/// The engine settings of these tests, with optional kernel submission polling.
+/// The engine settings of these tests, with kernel submission polling always on (with
+/// this idle time) or never (these tests pin it: the automatic switch has its own).
 fn engine_config(sqpoll_idle: Option<Duration>) -> EngineConfig {
     let mut cfg = EngineConfig::new(QSIZE, SEG_MAX as usize);
-    cfg.tuning.sqpoll_idle = sqpoll_idle;
+    cfg.tuning.sqpoll = match sqpoll_idle {
+        Some(idle) => SqpollPolicy::On { idle },
+        None => SqpollPolicy::Off,
+    };
     cfg
 }
 
@@ -779,6 +785,7 @@ fn advertised_limits(file: &std::path::Path) -> (u32, u32, u32) {
         readonly: false,
         tuning: Tuning::default(),
         serial: String::new(),
+        affinity: Default::default(),
     };
     let b = BlkBackend::new(disk, opts).unwrap();
     let field = |off: usize| u32::from_le_bytes(b.get_config(off as u32, 4).try_into().unwrap());

@@ -6,31 +6,38 @@
 //! into one io_uring operation (or answer it at once), submits the batch with one
 //! `io_uring_enter`, reaps completions, fills the used ring and signals the driver once per
 //! batch when EVENT_IDX says it wants it, pass after pass until the queue is empty. Before
-//! going back to sleep it optionally busy-polls the avail ring and the completion ring for a
-//! window, then re-enables notifications and re-checks the ring so no kick is lost.
+//! going back to sleep it busy-polls the avail ring and the completion ring for an adaptive
+//! window ([`Poller`]), then re-enables notifications and re-checks the ring so no kick is
+//! lost.
 //!
 //! The same engine serves the vhost-user backends ([`VringQueue`]) and the in-VMM virtio tier
 //! ([`LocalQueue`], or any other [`VirtQueue`] implementation).
 
 mod chain;
 pub mod histogram;
+mod poll;
 mod queue;
 mod ring;
 #[cfg(test)]
 mod settle_tests;
 mod split_walk;
+mod sqpoll;
 mod stats;
 mod tuning;
 mod worker;
 
 pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
+pub use poll::{PollPolicy, PollWindow, Polled, Poller, DEFAULT_POLL_MAX, INITIAL_WINDOW};
 pub use queue::{BackendMemory, LocalQueue, VhostMem, VirtQueue, Vring, VringQueue, WorkerVrings};
 pub use ring::{new_ring, parse_on_off, restrictions, set_restrictions, RingSpec};
 pub use split_walk::SplitWalk;
+pub use sqpoll::{
+    EpochLoad, HostIdle, SqpollGovernor, SqpollLoad, SqpollPolicy, DEFAULT_SQPOLL_IDLE, EPOCH,
+};
 pub use stats::{QueueStats, StatsSnapshot};
 pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};
 pub(crate) use worker::errno;
-pub use worker::{Engine, EngineConfig, SETTLE_TIMEOUT};
+pub use worker::{Engine, EngineConfig, EngineWork, SETTLE_TIMEOUT};
 
 pub use io_uring::squeue::Entry as Sqe;
 

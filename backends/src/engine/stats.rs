@@ -53,6 +53,8 @@ pub struct QueueStats {
     pub batch: BatchHistogram,
     /// Whether requests are timed for `latency` (a clock read per batch).
     timed: AtomicBool,
+    /// Times the queue switched kernel submission polling on or off by itself.
+    pub sqpoll_switches: AtomicU64,
 }
 
 /// Plain copy of [`QueueStats`].
@@ -75,6 +77,7 @@ pub struct StatsSnapshot {
     pub bytes_written: u64,
     pub kicks: u64,
     pub submitted: u64,
+    pub sqpoll_switches: u64,
 }
 
 impl QueueStats {
@@ -103,6 +106,7 @@ impl QueueStats {
             bytes_written: r(&self.bytes_written),
             kicks: r(&self.kicks),
             submitted: r(&self.submitted),
+            sqpoll_switches: r(&self.sqpoll_switches),
         }
     }
 

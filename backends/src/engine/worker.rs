@@ -12,7 +12,10 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::histogram::bump;
-use super::{DescChain, Prepared, QueueStats, RequestHandler, Tuning, VirtQueue};
+use super::{
+    DescChain, Polled, Poller, Prepared, QueueStats, RequestHandler, SqpollLoad, SqpollPolicy,
+    Tuning, VirtQueue, DEFAULT_SQPOLL_IDLE,
+};
 use crate::inflight::InflightQueue;
 use crate::{Error, Result};
 
@@ -89,36 +92,92 @@ pub struct Engine<H: RequestHandler, M> {
     running: bool,
     /// This queue's part of the frontend's inflight region, if it shared one.
     tracker: Option<InflightQueue>,
+    /// The busy-poll window of [`Engine::process`].
+    poller: Poller,
+    /// The ring polls submissions in a kernel thread (`SQPOLL`).
+    sqpoll_on: bool,
+    /// With [`SqpollPolicy::Auto`]: the load that decides whether it should.
+    sqpoll_load: Option<SqpollLoad>,
+    /// A switch decided and waiting for nothing to be in flight.
+    sqpoll_switch: Option<bool>,
+}
+
+/// A ring for `cfg`'s queue carrying `handler`'s operations on its file (and cancellations
+/// of them), completions signalled on `completion`, polled by a kernel submission thread if
+/// `sqpoll`.
+fn build_ring<H: RequestHandler>(
+    cfg: &EngineConfig,
+    handler: &H,
+    completion: &EventFd,
+    sqpoll: bool,
+) -> Result<IoUring> {
+    let entries = u32::from(cfg.queue_size.max(1)).next_power_of_two();
+    let mut sq_entries = entries;
+    let idle = match cfg.tuning.sqpoll {
+        SqpollPolicy::On { idle } | SqpollPolicy::Auto { idle } => idle,
+        SqpollPolicy::Off => DEFAULT_SQPOLL_IDLE,
+    };
+    let mut sqpoll_idle_ms = None;
+    if sqpoll {
+        sqpoll_idle_ms = Some(u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1));
+        // The kernel thread posts a batch's completions before it moves the SQ head past
+        // the batch: the slots those completions free are refilled while up to a slot
+        // count of consumed entries still holds the ring, next to at most a slot count
+        // of unconsumed ones. Twice the slots always fit.
+        sq_entries = entries * 2;
+    }
+    let mut opcodes = handler.opcodes().to_vec();
+    opcodes.push(opcode::AsyncCancel::CODE);
+    super::new_ring(&super::RingSpec {
+        sq_entries,
+        cq_entries: Some(entries * 2),
+        sqpoll_idle_ms,
+        file: handler.file(),
+        eventfd: completion.as_raw_fd(),
+        opcodes: &opcodes,
+        flags: io_uring::squeue::Flags::empty(),
+    })
+}
+
+/// An engine and the queue it serves: the [`Polled`] work of a thread that serves just
+/// this queue ([`Engine::process`]), or part of a thread's work.
+pub struct EngineWork<'a, H: RequestHandler, M, Q> {
+    /// The engine.
+    pub engine: &'a mut Engine<H, M>,
+    /// Its queue.
+    pub queue: &'a mut Q,
+}
+
+impl<H, M, Q> Polled for EngineWork<'_, H, M, Q>
+where
+    H: RequestHandler,
+    M: GuestMemory + Send + Sync + 'static,
+    Q: VirtQueue<Mem = M>,
+{
+    fn serve(&mut self, polled: bool) -> Result<usize> {
+        self.engine.serve(self.queue, polled)
+    }
+
+    fn pending(&mut self) -> bool {
+        self.engine.pending(self.queue)
+    }
+
+    fn park(&mut self) -> Result<bool> {
+        self.engine.park(self.queue)
+    }
+
+    fn wake_again(&mut self) -> Result<()> {
+        self.engine.wake_again()
+    }
 }
 
 impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
     /// Create an engine with its own io_uring; completions are signalled on
     /// [`Engine::completion_fd`].
     pub fn new(handler: H, cfg: EngineConfig, stats: Arc<QueueStats>) -> Result<Self> {
-        let entries = u32::from(cfg.queue_size.max(1)).next_power_of_two();
-        let mut sq_entries = entries;
-        let mut sqpoll_idle_ms = None;
-        if let Some(idle) = cfg.tuning.sqpoll_idle {
-            sqpoll_idle_ms = Some(u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1));
-            // The kernel thread posts a batch's completions before it moves the SQ head past
-            // the batch: the slots those completions free are refilled while up to a slot
-            // count of consumed entries still holds the ring, next to at most a slot count
-            // of unconsumed ones. Twice the slots always fit.
-            sq_entries = entries * 2;
-        }
         let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-        // The handler's operations, and cancelling them when a stop gives up on them.
-        let mut opcodes = handler.opcodes().to_vec();
-        opcodes.push(opcode::AsyncCancel::CODE);
-        let ring = super::new_ring(&super::RingSpec {
-            sq_entries,
-            cq_entries: Some(entries * 2),
-            sqpoll_idle_ms,
-            file: handler.file(),
-            eventfd: completion.as_raw_fd(),
-            opcodes: &opcodes,
-            flags: io_uring::squeue::Flags::empty(),
-        })?;
+        let sqpoll_on = matches!(cfg.tuning.sqpoll, SqpollPolicy::On { .. });
+        let ring = build_ring(&cfg, &handler, &completion, sqpoll_on)?;
         let n = usize::from(cfg.queue_size.max(1));
         let slots = (0..n)
             .map(|_| Slot {
@@ -146,6 +205,11 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             stopping: false,
             running: false,
             tracker: None,
+            poller: Poller::new(cfg.tuning.poll),
+            sqpoll_on,
+            sqpoll_load: matches!(cfg.tuning.sqpoll, SqpollPolicy::Auto { .. })
+                .then(SqpollLoad::new),
+            sqpoll_switch: None,
         })
     }
 
@@ -176,40 +240,55 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
         self.inflight
     }
 
-    /// Serve `q` until it is empty and no completion is pending: pass after pass, pop up to
-    /// a batch, submit it with one `io_uring_enter`, reap, update the used ring and signal
-    /// once; then optionally busy-poll, re-enable notifications and re-check. Call on every
-    /// kick and every completion eventfd event.
+    /// Serve `q` until it is empty and no completion is pending, busy-poll it for the
+    /// thread's adaptive window ([`Poller`]), then re-enable notifications and re-check
+    /// ([`Engine::park`]). Call on every kick and every completion eventfd event.
     pub fn process<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
-        // No eventfd signals while this thread is reaping anyway.
-        self.ring.completion().disable_eventfd();
         bump(&self.stats.wakeups, 1);
-        let served = self.serve(q);
-        if served.is_err() {
-            // Completions still in flight must wake the thread again.
-            self.ring.completion().enable_eventfd();
+        if let Some(load) = &mut self.sqpoll_load {
+            load.woke();
+        }
+        let mut poller = self.poller;
+        let result = poller.run(&mut EngineWork {
+            engine: &mut *self,
+            queue: q,
+        });
+        self.poller = poller;
+        if let Some(load) = &mut self.sqpoll_load {
+            load.sleeps();
         }
         self.stats
             .inflight
             .store(self.inflight as u64, Ordering::Relaxed);
-        served
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Completions still in flight must wake the thread again.
+                self.ring.completion().enable_eventfd();
+                Err(e)
+            }
+        }
     }
 
-    /// [`Engine::process`] with the completion eventfd disabled; re-enables it on success.
-    fn serve<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<()> {
+    /// Serve `q` until nothing is left to do now: pass after pass, pop up to a batch, submit
+    /// it with one `io_uring_enter`, reap, update the used ring and signal once. Driver
+    /// notifications and the completion eventfd stay off (a thread that serves does not
+    /// need waking); [`Engine::park`] turns them back on. Returns the chains popped and the
+    /// completions reaped.
+    ///
+    /// `polled`: busy-polling found the work, the chains popped count as `polled`.
+    pub fn serve<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q, polled: bool) -> Result<usize> {
+        self.ring.completion().disable_eventfd();
         if !q.ready() {
             // Stopped ([`Engine::settle`] answered everything taken): its rings are not ours.
-            // Consume the wake-up, or the thread's epoll would report it again and again.
             self.stopped();
-            self.ring.completion().enable_eventfd();
-            let _ = self.completion.read();
-            return Ok(());
+            return Ok(0);
         }
         if !self.running {
             self.running = true;
             self.resume(q)?;
         }
-        let mut idle_since: Option<Instant> = None;
+        let mut done = 0;
         let timed = self.stats.timed();
         loop {
             let mut progress = 0usize;
@@ -226,48 +305,108 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
                     let started = *stamp.get_or_insert_with(Instant::now);
                     self.start(chain, &mem, started)
                 });
-                if popped > 0 {
-                    let n = popped as u64;
-                    self.stats.requests.fetch_add(n, Ordering::Relaxed);
-                    if idle_since.is_some() {
-                        self.stats.polled.fetch_add(n, Ordering::Relaxed);
-                        bump(&self.stats.poll_hits, 1);
-                    }
+                self.stats
+                    .requests
+                    .fetch_add(popped as u64, Ordering::Relaxed);
+                if polled {
+                    self.stats
+                        .polled
+                        .fetch_add(popped as u64, Ordering::Relaxed);
+                }
+                if let Some(load) = &mut self.sqpoll_load {
+                    load.pass(popped);
                 }
                 progress += popped;
             }
             self.submit()?;
             progress += self.reap();
             self.publish(q)?;
-            if progress > 0 {
-                idle_since = None;
-                continue;
-            }
-            if self.stopping {
-                self.ring.completion().enable_eventfd();
-                return Ok(());
-            }
-            let poll = self.cfg.tuning.poll;
-            if !poll.is_zero() {
-                let since = *idle_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < poll {
-                    std::hint::spin_loop();
-                    continue;
+            self.govern_sqpoll()?;
+            if progress == 0 {
+                if polled && done > 0 {
+                    bump(&self.stats.poll_hits, 1);
                 }
+                return Ok(done);
             }
-            if q.enable_notification()? && !self.free.is_empty() {
-                continue; // buffers arrived between the last pop and re-enabling
-            }
-            // Re-arm and consume the completion eventfd, then re-check the CQ: a CQE posted
-            // after re-arming signals the eventfd again, one posted before is seen here.
-            self.ring.completion().enable_eventfd();
-            let _ = self.completion.read();
-            if !self.ring.completion().is_empty() {
-                self.ring.completion().disable_eventfd();
-                continue;
-            }
+            done += progress;
+        }
+    }
+
+    /// With [`SqpollPolicy::Auto`]: judge the epoch if it ended, and carry out a switch
+    /// once nothing is in flight (the old ring is then empty and can go).
+    fn govern_sqpoll(&mut self) -> Result<()> {
+        let Some(load) = &mut self.sqpoll_load else {
+            return Ok(());
+        };
+        if let Some(on) = load.tick() {
+            self.sqpoll_switch = (on != self.sqpoll_on).then_some(on);
+        }
+        let Some(on) = self.sqpoll_switch else {
+            return Ok(());
+        };
+        if self.inflight > 0 || !self.ring.submission().is_empty() {
             return Ok(());
         }
+        self.ring = build_ring(&self.cfg, &self.handler, &self.completion, on)?;
+        // This thread is serving: no completion signals until it parks.
+        self.ring.completion().disable_eventfd();
+        self.sqpoll_on = on;
+        self.sqpoll_switch = None;
+        QueueStats::inc(&self.stats.sqpoll_switches);
+        tracing::info!(
+            sqpoll = on,
+            "queue {} kernel submission polling",
+            if on { "switched to" } else { "switched off" }
+        );
+        Ok(())
+    }
+
+    /// Make the thread's next wait return at once: its completion eventfd is written
+    /// ([`Polled::wake_again`]).
+    pub fn wake_again(&self) -> Result<()> {
+        self.completion.write(1).map_err(Error::EventFd)
+    }
+
+    /// Whether kernel submission polling is on (`SQPOLL`).
+    pub fn sqpoll_on(&self) -> bool {
+        self.sqpoll_on
+    }
+
+    /// Whether [`Engine::serve`] would find work: a completion waits, or the running ring
+    /// holds chains and a slot is free. No system call: for busy-polling.
+    pub fn pending<Q: VirtQueue<Mem = M>>(&mut self, q: &Q) -> bool {
+        if !q.ready() {
+            return false;
+        }
+        !self.ring.completion().is_empty()
+            || (!self.stopping && !self.free.is_empty() && q.has_available())
+    }
+
+    /// Before the thread sleeps: re-enable driver notifications (unless every slot is busy
+    /// or the engine is draining: completions wake it then) and the completion eventfd, and
+    /// consume the eventfd; `true` if buffers or completions arrived before that, which
+    /// the thread must serve instead of sleeping.
+    pub fn park<Q: VirtQueue<Mem = M>>(&mut self, q: &mut Q) -> Result<bool> {
+        let ready = q.ready();
+        if ready && !self.stopping {
+            let arrived = q.enable_notification().inspect_err(|_| {
+                // Completions still in flight must wake the thread.
+                self.ring.completion().enable_eventfd();
+            })?;
+            if arrived && !self.free.is_empty() {
+                return Ok(true); // buffers arrived between the last pop and re-enabling
+            }
+        }
+        // Re-arm and consume the completion eventfd, then re-check the CQ: a CQE posted
+        // after re-arming signals the eventfd again, one posted before is seen here. A
+        // stopped ring's completions wait for its restart.
+        self.ring.completion().enable_eventfd();
+        let _ = self.completion.read();
+        if ready && !self.ring.completion().is_empty() {
+            self.ring.completion().disable_eventfd();
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Stop taking new requests, wait for every in-flight one and complete it.

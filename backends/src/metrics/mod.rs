@@ -241,6 +241,20 @@ impl Collector for QueueCollector {
                 ("how", "polled", |s| &s.poll_hits),
             ],
         )?;
+        counter_family(
+            &mut e,
+            "iovmm_resubmitted",
+            "Requests a previous backend process left in flight, resubmitted at a ring start.",
+            q,
+            &[("", "", |s| &s.resubmitted)],
+        )?;
+        counter_family(
+            &mut e,
+            "iovmm_sqpoll_switches",
+            "Times the queue turned kernel submission polling on or off by itself.",
+            q,
+            &[("", "", |s| &s.sqpoll_switches)],
+        )?;
         let mut inflight = e.encode_descriptor(
             "iovmm_inflight",
             "Requests taken and not answered yet.",

@@ -28,14 +28,15 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    device_features, has, offload_features, CtrlQueue, RxPath, Tap, TxHandler, TX_MAX_IOV,
+    device_features, has, offload_features, CtrlQueue, PairWork, RxPath, Tap, TxHandler, TX_MAX_IOV,
 };
 use crate::engine::histogram::bump;
 use crate::engine::{
-    BackendMemory, Engine, EngineConfig, QueueStats, Tuning, VhostMem, Vring, VringQueue,
+    BackendMemory, Engine, EngineConfig, Poller, QueueStats, Tuning, VhostMem, Vring, VringQueue,
     WorkerVrings,
 };
 use crate::inflight::InflightRegion;
+use crate::placement::Affinity;
 use crate::{Error, Result};
 use std::fs::File;
 use std::os::fd::{OwnedFd, RawFd};
@@ -53,8 +54,10 @@ pub struct NetOptions {
     pub queue_pairs: u16,
     /// Maximum queue size.
     pub queue_size: u16,
-    /// Polling and batching of the transmit engines.
+    /// Polling (of each queue pair's thread) and batching (of the transmit engines).
     pub tuning: Tuning,
+    /// Host CPUs per queue pair's thread (empty: anywhere).
+    pub affinity: Affinity,
 }
 
 /// The other end of the device's wire.
@@ -116,6 +119,8 @@ pub struct NetBackend {
     rx: Vec<Mutex<RxPath>>,
     stats: Vec<PairStats>,
     ctrl: Option<Mutex<CtrlQueue>>,
+    /// Each pair's busy-poll window: its thread polls both queues together.
+    pollers: Vec<Mutex<Poller>>,
     /// Queue pairs in use (the rest are detached and stopped).
     active: Mutex<u16>,
     mem: BackendMemory,
@@ -265,6 +270,9 @@ impl NetBackend {
         });
         let active = Mutex::new(opts.queue_pairs);
         let vrings = WorkerVrings::new(usize::from(opts.queue_pairs));
+        let pollers = (0..opts.queue_pairs)
+            .map(|_| Mutex::new(Poller::new(opts.tuning.poll)))
+            .collect();
         Ok(Self {
             opts,
             features,
@@ -275,6 +283,7 @@ impl NetBackend {
             rx,
             stats,
             ctrl,
+            pollers,
             active,
             mem: BackendMemory::default(),
             vrings,
@@ -394,6 +403,62 @@ impl NetBackend {
 
     fn rx_completion_event(&self) -> u16 {
         self.tx_completion_event() + 1
+    }
+
+    /// Serve pair `pair`'s two queues on its thread's wake-up (a kick of either queue or a
+    /// completion of either side), busy-polling both for the pair's window; `device_event`
+    /// says which (counted as that side's wake-up, and kick if it is one).
+    fn serve_pair(
+        &self,
+        pair: usize,
+        device_event: u16,
+        vrings: &[Vring],
+        mem: &GuestMemoryAtomic<VhostMem>,
+    ) -> io::Result<()> {
+        let missing = || io::Error::other(format!("no queue pair for thread {pair}"));
+        let (Some(rx_vring), Some(tx_vring)) = (
+            vrings.get(usize::from(RX_VRING)),
+            vrings.get(usize::from(TX_VRING)),
+        ) else {
+            return Err(missing());
+        };
+        let (Some(poller), Some(rx), Some(tx)) =
+            (self.pollers.get(pair), self.rx.get(pair), self.tx.get(pair))
+        else {
+            return Err(missing());
+        };
+        let mut poller = poller.lock().map_err(|_| io::Error::other("poisoned"))?;
+        let mut rx = rx.lock().map_err(|_| io::Error::other("poisoned"))?;
+        let mut tx = tx.lock().map_err(|_| io::Error::other("poisoned"))?;
+        // The side that woke the thread: its kick or its completions.
+        if device_event == RX_VRING || device_event == self.rx_completion_event() {
+            bump(&rx.stats().wakeups, 1);
+        } else {
+            bump(&tx.stats().wakeups, 1);
+        }
+        if device_event == RX_VRING {
+            bump(&rx.stats().kicks, 1);
+            rx.kicked();
+        } else if device_event == TX_VRING {
+            bump(&tx.stats().kicks, 1);
+        }
+        let (mut rx_q, mut tx_q) = (
+            VringQueue::new(rx_vring, mem),
+            VringQueue::new(tx_vring, mem),
+        );
+        let mut work = PairWork {
+            rx: &mut rx,
+            rx_q: &mut rx_q,
+            tx: &mut tx,
+            tx_q: &mut tx_q,
+            pair,
+        };
+        // Each side counts and logs its own failures; the pair keeps being served.
+        let _ = poller.run(&mut work);
+        rx.publish_inflight();
+        let tx_inflight = tx.inflight() as u64;
+        tx.stats().inflight.store(tx_inflight, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Log the per-queue counters.
@@ -576,45 +641,22 @@ impl VhostUserBackend for NetBackend {
         NAMED.with(|named| {
             if !named.get() {
                 named.set(true);
-                crate::name_thread(&format!("net-q{thread_id}"));
+                let name = format!("net-q{thread_id}");
+                crate::name_thread(&name);
+                self.opts.affinity.pin_current(thread_id, &name);
             }
         });
         let mem = self.mem.get()?;
         tracing::trace!(device_event, thread_id, "event");
         self.vrings.remember(thread_id, vrings);
-        let missing = || io::Error::other(format!("no queue pair for thread {thread_id}"));
-        if device_event == RX_VRING || device_event == self.rx_completion_event() {
-            let vring = vrings.get(usize::from(RX_VRING)).ok_or_else(missing)?;
-            let mut rx = self
-                .rx
-                .get(thread_id)
-                .ok_or_else(missing)?
-                .lock()
-                .map_err(|_| io::Error::other("poisoned"))?;
-            if device_event == RX_VRING {
-                bump(&rx.stats().kicks, 1);
-            }
-            let mut q = VringQueue::new(vring, &mem);
-            if let Err(e) = rx.process(&mut q) {
-                rx.stats().report_failure(&format!("rx{thread_id}"), &e);
-            }
-            Ok(())
-        } else if device_event == TX_VRING || device_event == self.tx_completion_event() {
-            let vring = vrings.get(usize::from(TX_VRING)).ok_or_else(missing)?;
-            let mut tx = self
-                .tx
-                .get(thread_id)
-                .ok_or_else(missing)?
-                .lock()
-                .map_err(|_| io::Error::other("poisoned"))?;
-            if device_event == TX_VRING {
-                bump(&tx.stats().kicks, 1);
-            }
-            let mut q = VringQueue::new(vring, &mem);
-            if let Err(e) = tx.process(&mut q) {
-                tx.stats().report_failure(&format!("tx{thread_id}"), &e);
-            }
-            Ok(())
+        let pair_events = [
+            RX_VRING,
+            TX_VRING,
+            self.rx_completion_event(),
+            self.tx_completion_event(),
+        ];
+        if pair_events.contains(&device_event) {
+            self.serve_pair(thread_id, device_event, vrings, &mem)
         } else if device_event == CTRL_VRING && thread_id == 0 {
             let (Some(ctrl), Some(vring)) = (&self.ctrl, vrings.get(usize::from(CTRL_VRING)))
             else {

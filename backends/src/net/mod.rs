@@ -10,6 +10,7 @@
 mod backend;
 mod ctrl;
 mod hdr;
+mod pair;
 mod rx;
 mod tap;
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod tx;
 pub use backend::{NetBackend, NetOptions, PairStats, Port};
 pub use ctrl::CtrlQueue;
 pub use hdr::{HdrError, VnetHdr};
+pub use pair::PairWork;
 pub use rx::RxPath;
 pub use tap::Tap;
 pub use tx::TxHandler;

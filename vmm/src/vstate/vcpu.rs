@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
+use backends::placement::Affinity;
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -156,18 +157,21 @@ impl Vcpu {
         Ok(Self { index, fd })
     }
 
-    /// Runs the vCPU on a thread named `vcpuN` until `control` says stop or
-    /// the guest stops (parking it while `control` says pause); the outcome
-    /// goes to `exit`.
+    /// Runs the vCPU on a thread named `vcpuN`, on the host CPUs `affinity` gives it (if
+    /// any), until `control` says stop or the guest stops (parking it while `control` says
+    /// pause); the outcome goes to `exit`.
     pub fn spawn(
         self,
         buses: Arc<IoBuses>,
         exit: Arc<ExitSignal>,
         control: Arc<VcpuControl>,
+        affinity: Affinity,
     ) -> Result<JoinHandle<()>, VcpuError> {
+        let name = format!("vcpu{}", self.index);
         std::thread::Builder::new()
-            .name(format!("vcpu{}", self.index))
+            .name(name.clone())
             .spawn(move || {
+                affinity.pin_current(usize::from(self.index), &name);
                 self.run(&buses, &exit, &control);
                 control.finished();
             })

@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use backends::placement::Affinity;
 use vmm_sys_util::signal::Killable;
 
 use super::exit::ExitSignal;
@@ -79,11 +80,12 @@ pub struct Vcpus {
 }
 
 impl Vcpus {
-    /// Runs each of `vcpus` on its own thread (`vcpuN`).
+    /// Runs each of `vcpus` on its own thread (`vcpuN`), pinned as `affinity` says.
     pub fn start(
         vcpus: Vec<Vcpu>,
         buses: &Arc<IoBuses>,
         exit: &Arc<ExitSignal>,
+        affinity: &Affinity,
     ) -> Result<Self, VcpuError> {
         let control = Arc::new(VcpuControl::default());
         let mut group = Self {
@@ -91,7 +93,12 @@ impl Vcpus {
             control,
         };
         for v in vcpus {
-            let t = v.spawn(buses.clone(), exit.clone(), group.control.clone())?;
+            let t = v.spawn(
+                buses.clone(),
+                exit.clone(),
+                group.control.clone(),
+                affinity.clone(),
+            )?;
             group.threads.push(t);
         }
         Ok(group)

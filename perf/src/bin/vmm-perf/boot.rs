@@ -1,9 +1,11 @@
-//! `vmm-perf boot`: guest boot-to-init and VMM memory, ours against QEMU.
+//! `vmm-perf boot`: guest boot-to-init and VMM memory, contenders booted in alternation:
+//! ours with private RAM and with a vhost-user disk on shared RAM, QEMU q35 and microvm, and
+//! Cloud Hypervisor with `shared=off` and `shared=on` where its binary is given.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use perf::boot::{self, BootBench, BootSample, Mode};
+use perf::boot::{self, BootBench, BootRun, Contender, Mode};
 use perf::provenance::{Provenance, BENCH_SCHEMA_VERSION};
 use perf::{Error, Result};
 
@@ -11,9 +13,25 @@ use crate::{parse_mode, sibling_binary, write_json};
 
 #[derive(Parser)]
 pub struct BootArgs {
-    /// Boots per VMM.
+    /// Boots per contender (alternating: each round boots every contender once).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Contenders, comma-separated: ours (no device, private RAM), ours-vhost-user (a
+    /// vhost-user-blk disk, shared RAM), qemu (q35), qemu-microvm, ch and ch-shared (Cloud
+    /// Hypervisor with shared=off / shared=on; need --ch-bin) [default: ours,
+    /// ours-vhost-user, qemu, qemu-microvm, and ch, ch-shared with --ch-bin].
+    #[arg(long, value_delimiter = ',')]
+    contenders: Vec<String>,
+    /// Cloud Hypervisor binary (built from its source; not needed by CI).
+    #[arg(long)]
+    ch_bin: Option<PathBuf>,
+    /// The contender the others' boot times are divided by [default: ch with --ch-bin,
+    /// else qemu].
+    #[arg(long)]
+    reference: Option<String>,
+    /// Our vhost-user-blk binary (default: next to this binary).
+    #[arg(long)]
+    backend_bin: Option<PathBuf>,
     /// vCPUs per guest.
     #[arg(long, default_value_t = 2)]
     cpus: u32,
@@ -31,53 +49,68 @@ pub struct BootArgs {
     json: PathBuf,
 }
 
-/// Median of `f` over the samples of one VMM (`ours` or `qemu`).
-fn median_of(samples: &[BootSample], vmm: &str, f: impl Fn(&BootSample) -> f64) -> Option<f64> {
-    boot::median(samples.iter().filter(|s| s.vmm == vmm).map(f).collect())
+fn contender(name: &str) -> Result<Contender> {
+    Contender::from_name(name).ok_or_else(|| Error::Usage(format!("unknown contender {name}")))
 }
 
-/// Resident memory that is not guest RAM, KiB.
-fn overhead_kib(s: &BootSample) -> f64 {
-    s.rss_total_kib.saturating_sub(s.rss_guest_ram_kib) as f64
-}
-
-/// Boots both VMMs, prints the medians, writes the JSON report.
+/// Boots every contender `repeat` times, prints the medians, writes the JSON report.
 pub fn boot(a: BootArgs) -> Result<()> {
     let provenance = Provenance::capture(BENCH_SCHEMA_VERSION);
     let vmm = a.vmm.clone().unwrap_or_else(|| sibling_binary("vmm"));
     let mode = parse_mode(a.mode.as_deref(), &vmm)?;
-    eprintln!("boot benchmark: {} boots per VMM, {mode:?} mode", a.repeat);
-    let bench = BootBench {
-        vmm,
-        repeat: a.repeat,
-        cpus: a.cpus,
-        memory_mib: a.memory_mib,
-        mode,
+    let contenders: Vec<Contender> = if a.contenders.is_empty() {
+        Contender::ALL
+            .into_iter()
+            .filter(|c| a.ch_bin.is_some() || !c.is_ch())
+            .collect()
+    } else {
+        a.contenders
+            .iter()
+            .map(|n| contender(n))
+            .collect::<Result<_>>()?
     };
-    let (samples, raw) = bench.run()?;
-    let failures = samples
-        .iter()
-        .filter(|s| s.status != 0 || s.to_init_s.is_nan())
-        .count();
-    print_table(&samples);
-    let ratio = median_of(&samples, "ours", |s| s.to_init_s)
-        .zip(median_of(&samples, "qemu", |s| s.to_init_s))
-        .map(|(o, q)| o / q);
-    println!(
-        "boot-to-init ours/qemu = {} (median; < 1 means ours is faster); failed boots: {failures}",
-        ratio.map_or("-".into(), |r| format!("{r:.2}"))
+    let reference = match &a.reference {
+        Some(name) => contender(name)?,
+        None if a.ch_bin.is_some() => Contender::Ch,
+        None => Contender::Qemu,
+    };
+    eprintln!(
+        "boot benchmark: {} rounds of {} contenders, {mode:?} mode",
+        a.repeat,
+        contenders.len()
     );
-    println!("overhead = resident memory that is not guest RAM (ours: VmRSS minus the memfd guest-RAM mapping; QEMU's anonymous RAM cannot be told apart, so its overhead column includes guest RAM)");
+    let run = BootRun {
+        bench: BootBench {
+            vmm,
+            repeat: a.repeat,
+            cpus: a.cpus,
+            memory_mib: a.memory_mib,
+            mode,
+        },
+        contenders: contenders.clone(),
+        backend: a
+            .backend_bin
+            .clone()
+            .unwrap_or_else(|| sibling_binary("vhost-user-blk")),
+        ch: a.ch_bin.clone(),
+    };
+    let (samples, raw) = run.run()?;
+    let (summaries, table) = boot::report(&samples, &contenders, reference);
+    print!("{table}");
+    let r = reference.name();
+    println!("x {r}: median boot-to-init divided by {r}'s (< 1: faster)");
+    println!("overhead = resident memory that is not guest RAM (the guest RAM mapping: our memfd, or the anonymous mapping of exactly the guest's RAM size)");
     if mode == Mode::Lab {
         println!("lab mode: nested KVM under TCG, times are relative only");
     }
+    let failures: usize = summaries.iter().map(|s| s.failed).sum();
     let report = serde_json::json!({
-        "benchmark": "guest boot-to-init, ours vs QEMU",
+        "benchmark": "guest boot-to-init, alternating contenders",
         "mode": mode,
         "cpus": a.cpus,
         "memory_mib": a.memory_mib,
-        "median_to_init_ratio_ours_over_qemu": ratio,
-        "ours_overhead_rss_mib_median": median_of(&samples, "ours", overhead_kib).map(|k| k / 1024.0),
+        "reference": r,
+        "summaries": summaries,
         "samples": samples,
         "raw_output": raw,
     });
@@ -89,26 +122,4 @@ pub fn boot(a: BootArgs) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// One line per VMM: boots, median boot-to-init, total, resident memory and its overhead.
-fn print_table(samples: &[BootSample]) {
-    println!(
-        "{:<6} {:>6} {:>12} {:>12} {:>14} {:>14}",
-        "vmm", "boots", "to-init(s)", "total(s)", "rss(MiB)", "overhead(MiB)"
-    );
-    let fmt =
-        |v: Option<f64>, scale: f64| v.map_or("-".to_string(), |v| format!("{:.2}", v / scale));
-    for name in ["ours", "qemu"] {
-        let n = samples.iter().filter(|s| s.vmm == name).count();
-        println!(
-            "{:<6} {:>6} {:>12} {:>12} {:>14} {:>14}",
-            name,
-            n,
-            fmt(median_of(samples, name, |s| s.to_init_s), 1.0),
-            fmt(median_of(samples, name, |s| s.total_s), 1.0),
-            fmt(median_of(samples, name, |s| s.rss_total_kib as f64), 1024.0),
-            fmt(median_of(samples, name, overhead_kib), 1024.0),
-        );
-    }
 }

@@ -147,7 +147,7 @@ impl QueueWorker for BlkWorker {
         vec![self.engine.completion_fd().as_raw_fd()]
     }
 
-    fn process(&mut self, _ready: &[bool]) -> Result<(), VirtioError> {
+    fn process(&mut self, _ready: &[bool], _kicked: &[bool]) -> Result<(), VirtioError> {
         self.engine
             .process(&mut self.q)
             .map_err(engine_err(self.queue))

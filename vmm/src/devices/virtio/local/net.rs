@@ -8,10 +8,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use backends::engine::{Engine, EngineConfig, LocalQueue, QueueStats};
+use backends::engine::histogram::bump;
+use backends::engine::{Engine, EngineConfig, LocalQueue, Poller, QueueStats};
 use backends::metrics::QueueMetrics;
 use backends::net::{
-    device_features, offload_features, RxPath, Tap, TxHandler, DEFAULT_MTU, TX_MAX_IOV,
+    device_features, offload_features, PairWork, RxPath, Tap, TxHandler, DEFAULT_MTU, TX_MAX_IOV,
 };
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_S_LINK_UP};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -134,7 +135,14 @@ impl InVmmNet {
         let tx = Engine::new(handler, ecfg, tx_stats.clone()).map_err(engine_err(TXQ))?;
         let rx = RxPath::new(fd, rxq.size, self.acked.clone(), rx_stats.clone())
             .map_err(engine_err(RXQ))?;
-        let pair = Pair { rx, tx, rx_q, tx_q };
+        let poller = Poller::new(ecfg.tuning.poll);
+        let pair = Pair {
+            rx,
+            tx,
+            rx_q,
+            tx_q,
+            poller,
+        };
         let stats = vec![rx_stats, tx_stats];
         let thread = QueueThread::spawn("net-q0".into(), self.name.clone(), pair, kicks, stats)?;
         self.thread = Some(thread);
@@ -148,6 +156,8 @@ struct Pair {
     tx: TxEngine,
     rx_q: LocalQueue<GuestMemoryMmap>,
     tx_q: LocalQueue<GuestMemoryMmap>,
+    /// The thread's busy-poll window, over both queues.
+    poller: Poller,
 }
 
 impl QueueWorker for Pair {
@@ -159,14 +169,32 @@ impl QueueWorker for Pair {
         ]
     }
 
-    /// Transmit first, then receive.
-    fn process(&mut self, ready: &[bool]) -> Result<(), VirtioError> {
-        if ready.get(TXQ) == Some(&true) {
-            self.tx.process(&mut self.tx_q).map_err(engine_err(TXQ))?;
+    /// Both queues on any wake-up (transmit first), busy-polled together; each side
+    /// counts and logs its own failures.
+    fn process(&mut self, ready: &[bool], kicked: &[bool]) -> Result<(), VirtioError> {
+        for (q, stats) in [(RXQ, self.rx.stats()), (TXQ, self.tx.stats())] {
+            if ready.get(q) == Some(&true) {
+                bump(&stats.wakeups, 1);
+            }
         }
-        if ready.get(RXQ) == Some(&true) {
-            self.rx.process(&mut self.rx_q).map_err(engine_err(RXQ))?;
+        if kicked.get(RXQ) == Some(&true) {
+            self.rx.kicked();
         }
+        let mut work = PairWork {
+            rx: &mut self.rx,
+            rx_q: &mut self.rx_q,
+            tx: &mut self.tx,
+            tx_q: &mut self.tx_q,
+            pair: 0,
+        };
+        let served = self.poller.run(&mut work);
+        self.rx.publish_inflight();
+        let tx_inflight = self.tx.inflight() as u64;
+        self.tx
+            .stats()
+            .inflight
+            .store(tx_inflight, Ordering::Relaxed);
+        served.map_err(engine_err(TXQ))?;
         Ok(())
     }
 

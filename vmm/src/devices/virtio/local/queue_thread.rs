@@ -26,8 +26,9 @@ use crate::devices::virtio::{QueueState, VirtioError};
 pub(super) trait QueueWorker: Send + 'static {
     /// Per served queue: the eventfd its request engine signals on completions.
     fn completion_fds(&self) -> Vec<RawFd>;
-    /// Processes the queues whose flag in `ready` is set (kicked or completed).
-    fn process(&mut self, ready: &[bool]) -> Result<(), VirtioError>;
+    /// Processes the queues whose flag in `ready` is set (kicked or completed); `kicked`
+    /// says which of them the driver kicked.
+    fn process(&mut self, ready: &[bool], kicked: &[bool]) -> Result<(), VirtioError>;
     /// Finishes what is in flight before the thread returns.
     fn drain(&mut self) -> Result<(), VirtioError>;
     /// Finishes what is in flight and takes nothing new until the next `process`.
@@ -166,10 +167,11 @@ fn serve<W: QueueWorker>(worker: &mut W, src: &Sources<'_>) -> Result<(), Virtio
             .map_err(VirtioError::Io)?;
     }
     // Buffers made available before the thread started (or before a reset).
-    worker.process(&vec![true; n])?;
+    worker.process(&vec![true; n], &vec![false; n])?;
     let mut paused = false;
     let mut events = vec![EpollEvent::default(); 2 * n + 2];
     let mut ready = vec![false; n];
+    let mut kicked = vec![false; n];
     loop {
         let count = match epoll.wait(-1, &mut events) {
             Ok(count) => count,
@@ -177,6 +179,7 @@ fn serve<W: QueueWorker>(worker: &mut W, src: &Sources<'_>) -> Result<(), Virtio
             Err(e) => return Err(VirtioError::Io(e)),
         };
         ready.fill(false);
+        kicked.fill(false);
         for ev in &events[..count] {
             let token = ev.data();
             if token == stop_token {
@@ -201,14 +204,15 @@ fn serve<W: QueueWorker>(worker: &mut W, src: &Sources<'_>) -> Result<(), Virtio
             }
             let queue = (token % completion) as usize;
             if token < completion {
-                if let (Ok(kicked), Some(stats)) = (src.kicks[queue].read(), src.stats.get(queue)) {
-                    bump(&stats.kicks, kicked);
+                if let (Ok(kicks), Some(stats)) = (src.kicks[queue].read(), src.stats.get(queue)) {
+                    bump(&stats.kicks, kicks);
                 }
+                kicked[queue] = true;
             }
             ready[queue] = true;
         }
         if !paused && ready.contains(&true) {
-            worker.process(&ready)?;
+            worker.process(&ready, &kicked)?;
         }
     }
 }
@@ -273,7 +277,7 @@ mod tests {
         fn completion_fds(&self) -> Vec<RawFd> {
             Vec::new()
         }
-        fn process(&mut self, _ready: &[bool]) -> Result<(), VirtioError> {
+        fn process(&mut self, _ready: &[bool], _kicked: &[bool]) -> Result<(), VirtioError> {
             self.0 .0.lock().unwrap().push("process");
             self.0 .1.fetch_add(1, Ordering::SeqCst);
             Ok(())

@@ -1,18 +1,22 @@
-//! Guest boot-to-init benchmark: our VMM against QEMU with the same kernel,
-//! initramfs, vCPUs and memory, measured in the same run, plus the VMM's own
-//! resident memory beside the guest's.
+//! Guest boot-to-init benchmark: our VMM against QEMU (`q35` and the minimal `microvm`
+//! machine) and, where its binary is given, Cloud Hypervisor, with the same kernel,
+//! initramfs, vCPUs and memory, measured in the same run, plus the VMM's own resident
+//! memory beside the guest's. Each figure carries the guest RAM's mode (private or shared)
+//! and the host's transparent-huge-page settings, which decide how fast RAM faults in.
 //!
-//! One shell script does the measuring so that both VMMs are timed by the
-//! same clock in the same place: directly on a host with hardware KVM, or
-//! inside the lab host otherwise.
+//! One shell script does the measuring so that every VMM is timed by the same clock in the
+//! same place: directly on a host with hardware KVM, or inside the lab host otherwise.
+
+mod contenders;
+mod report;
+
+pub use contenders::{BootRun, Contender};
+pub use report::{report, Summary};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use serde::Serialize;
-
-use crate::{io_err, Error, Result};
 
 /// Where the guests run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -59,17 +63,28 @@ pub struct BootSample {
     pub status: i32,
     /// Resident memory of the VMM process at guest init (VmRSS), KiB.
     pub rss_total_kib: u64,
-    /// The part of it that is guest RAM, KiB: our memfd mapping
-    /// (`memfd:guest-ram` in smaps). QEMU's RAM is anonymous and not
-    /// separable this way, so it reads 0 there.
+    /// The part of it that is guest RAM, KiB: a `memfd:guest-ram` mapping (our shared RAM),
+    /// or an anonymous mapping exactly the guest's RAM size (private RAM, ours and the
+    /// others'); 0 where neither is found.
     pub rss_guest_ram_kib: u64,
+    /// Guest RAM mode as the script was told (`private`, `shared`; empty if not given).
+    #[serde(default)]
+    pub memory: String,
+    /// The host's transparent-huge-page policy for anonymous memory during the run.
+    #[serde(default)]
+    pub thp_anon: String,
+    /// The same for shmem (memfd) memory.
+    #[serde(default)]
+    pub thp_shmem: String,
 }
 
 const QEMU: &str = "qemu-system-x86_64";
 
 /// The shell function `measure NAME CMD...` used by [`script`]: runs CMD with its console on a
-/// FIFO, prints `BOOT-INIT name=NAME t0= t= rss= guestram=` when the guest's init marker
+/// FIFO, prints `BOOT-INIT name=NAME t0= t= rss= guestram= mem=` when the guest's init marker
 /// appears and `BOOT-END name=NAME t0= t= status=` when CMD exits ([`parse`] reads them).
+/// `$MEM_MODE` is reported as `mem=`; `$RAM_KIB`, the guest's RAM size, finds a private RAM
+/// mapping among the anonymous ones. [`host_line`] reports the host's THP settings.
 pub fn measure_fn() -> String {
     format!(
         r#"now() {{ cut -d' ' -f1 /proc/uptime; }}
@@ -84,8 +99,8 @@ measure() {{
     case "$line" in *"{marker}"*)
       t1=$(now)
       rss=$(awk '/^VmRSS:/ {{ print $2 }}' /proc/$pid/status)
-      ram=$(awk '/^[0-9a-f]+-[0-9a-f]+ / {{ g = ($0 ~ /memfd:guest-ram/) }} g && /^Rss:/ {{ s += $2 }} END {{ print s + 0 }}' /proc/$pid/smaps)
-      echo "BOOT-INIT name=$name t0=$t0 t=$t1 rss=$rss guestram=$ram";;
+      ram=$(awk -v ram="${{RAM_KIB:-0}}" '/^[0-9a-f]+-[0-9a-f]+ / {{ g = ($0 ~ /memfd:guest-ram/); anon = (NF == 5) }} /^Size:/ && anon && $2 == ram {{ g = 1 }} g && /^Rss:/ {{ s += $2 }} END {{ print s + 0 }}' /proc/$pid/smaps)
+      echo "BOOT-INIT name=$name t0=$t0 t=$t1 rss=$rss guestram=$ram mem=${{MEM_MODE:-}}";;
     esac
   done < "$fifo"
   wait $pid; st=$?
@@ -112,15 +127,18 @@ pub fn qemu_cmd(b: &BootBench, kernel: &str, initrd: &str) -> String {
     )
 }
 
-/// The measuring script: `vmm_bin`, `kernel` and `initrd` are paths where the
-/// script runs.
-pub fn script(b: &BootBench, vmm_bin: &str, kernel: &str, initrd: &str) -> String {
+/// A shell line printing `BOOT-HOST thp= shmem_thp=`: the host's transparent-huge-page
+/// policies (`never`, `madvise`, `always`, `advise`, …; `none` without THP).
+pub fn host_line() -> String {
+    let policy = |file: &str| {
+        format!(
+            "$(sed -n 's/.*\\[\\(.*\\)\\].*/\\1/p' /sys/kernel/mm/transparent_hugepage/{file} 2>/dev/null | grep . || echo none)"
+        )
+    };
     format!(
-        "set -u\n{}i=0\nwhile [ $i -lt {} ]; do\n  measure ours {}\n  measure qemu {}\n  i=$((i+1))\ndone\n",
-        measure_fn(),
-        b.repeat,
-        ours_cmd(b, vmm_bin, kernel, initrd),
-        qemu_cmd(b, kernel, initrd)
+        "echo \"BOOT-HOST thp={} shmem_thp={}\"\n",
+        policy("enabled"),
+        policy("shmem_enabled")
     )
 }
 
@@ -137,9 +155,13 @@ fn num(line: &str, key: &str) -> Option<f64> {
 pub fn parse(output: &str) -> Vec<BootSample> {
     let mut samples = Vec::new();
     let mut pending: Option<BootSample> = None;
+    let (mut thp_anon, mut thp_shmem) = (String::new(), String::new());
     for line in output.lines() {
         let line = line.trim();
-        if let Some(rest) = line.strip_prefix("BOOT-INIT ") {
+        if let Some(rest) = line.strip_prefix("BOOT-HOST ") {
+            thp_anon = field(rest, "thp=").unwrap_or_default().to_string();
+            thp_shmem = field(rest, "shmem_thp=").unwrap_or_default().to_string();
+        } else if let Some(rest) = line.strip_prefix("BOOT-INIT ") {
             let (Some(name), Some(t0), Some(t)) =
                 (field(rest, "name="), num(rest, "t0="), num(rest, "t="))
             else {
@@ -154,6 +176,9 @@ pub fn parse(output: &str) -> Vec<BootSample> {
                 status: -1,
                 rss_total_kib,
                 rss_guest_ram_kib: kib("guestram=").min(rss_total_kib),
+                memory: field(rest, "mem=").unwrap_or_default().to_string(),
+                thp_anon: thp_anon.clone(),
+                thp_shmem: thp_shmem.clone(),
             });
         } else if let Some(rest) = line.strip_prefix("BOOT-END ") {
             let (Some(name), Some(t0), Some(t)) =
@@ -170,6 +195,9 @@ pub fn parse(output: &str) -> Vec<BootSample> {
                     status: -1,
                     rss_total_kib: 0,
                     rss_guest_ram_kib: 0,
+                    memory: String::new(),
+                    thp_anon: thp_anon.clone(),
+                    thp_shmem: thp_shmem.clone(),
                 },
             };
             s.total_s = t - t0;
@@ -195,55 +223,6 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-impl BootBench {
-    /// Runs the benchmark and returns every sample.
-    pub fn run(&self) -> Result<(Vec<BootSample>, String)> {
-        let images = lab::Images::ensure_default()
-            .map_err(|e| Error::Backend(format!("lab images: {e}")))?;
-        let dir = tempfile::tempdir().map_err(io_err("temp dir"))?;
-        let initrd = lab::guest_initramfs(
-            &images,
-            "true\n",
-            false,
-            lab::Cpio::new(),
-            &dir.path().join("guest.cpio"),
-        )
-        .map_err(|e| Error::Backend(format!("guest initramfs: {e}")))?;
-        let output = match self.mode {
-            Mode::Direct => {
-                let s = script(
-                    self,
-                    &self.vmm.display().to_string(),
-                    &images.kernel.display().to_string(),
-                    &initrd.display().to_string(),
-                );
-                let out = Command::new("sh")
-                    .arg("-c")
-                    .arg(s)
-                    .output()
-                    .map_err(io_err("sh"))?;
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            }
-            Mode::Lab => {
-                let s = script(
-                    self,
-                    "/lab/bin/vmm",
-                    lab::LAB_GUEST_KERNEL,
-                    lab::LAB_GUEST_INITRD,
-                );
-                let run = lab::LabHost::new(&images)
-                    .binary(&self.vmm, "/lab/bin")
-                    .with_guest(&initrd)
-                    .script(s)
-                    .timeout(Duration::from_secs(120 + 60 * self.repeat as u64))
-                    .run()?;
-                run.console
-            }
-        };
-        Ok((parse(&output), output))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,11 +230,18 @@ mod tests {
     #[test]
     fn parses_samples_and_failed_boots() {
         let out = "noise\n\
-            BOOT-INIT name=ours t0=10.00 t=11.25 rss=71680 guestram=65536\n\
+            BOOT-HOST thp=always shmem_thp=advise\n\
+            BOOT-INIT name=ours t0=10.00 t=11.25 rss=71680 guestram=65536 mem=private\n\
             BOOT-END name=ours t0=10.00 t=11.60 status=0\n\
             BOOT-END name=qemu t0=12.00 t=12.10 status=1\n";
         let s = parse(out);
         assert_eq!(s.len(), 2);
+        assert_eq!(s[0].memory, "private");
+        assert_eq!(
+            (s[0].thp_anon.as_str(), s[0].thp_shmem.as_str()),
+            ("always", "advise")
+        );
+        assert_eq!(s[1].thp_shmem, "advise");
         assert!((s[0].to_init_s - 1.25).abs() < 1e-9);
         assert!((s[0].total_s - 1.6).abs() < 1e-9);
         assert_eq!(s[0].rss_total_kib, 71680);
