@@ -138,6 +138,17 @@ impl DescChain {
         self.record(head, mem, SplitWalk::new(mem, table, size, head));
     }
 
+    /// Walk the chain at `head` whose descriptors `walk` yields (our ring reader's
+    /// [`SplitWalk`] over a mapped table), with exactly the checks of [`DescChain::reset_from`].
+    pub fn reset_from_walk<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        head: u16,
+        walk: SplitWalk<'_, M>,
+    ) {
+        self.record(head, mem, walk);
+    }
+
     /// The walk itself, over the descriptors `descriptors` yields for the chain at `head`.
     fn record<M: GuestMemory + ?Sized>(
         &mut self,
@@ -492,7 +503,24 @@ mod tests {
         let mut from_head = DescChain::default();
         from_head.reset_from_head(&mem, vq.desc_table_addr(), size, head);
         assert_eq!(summary(&from_head), summary(&popped));
+        assert_eq!(summary(&ours(&mem, &vq, size)), summary(&popped));
         popped
+    }
+
+    /// The first chain of `vq` taken by our own ring reader ([`super::super::SplitRing`]).
+    fn ours(mem: &Mem, vq: &MockSplitQueue<Mem>, size: u16) -> DescChain {
+        let addrs = super::super::RingAddrs {
+            size,
+            desc: vq.desc_table_addr(),
+            avail: vq.avail_addr(),
+            used: vq.used_addr(),
+            event_idx: false,
+        };
+        let mut ring = super::super::SplitRing::new(mem, addrs, 0, 0).unwrap();
+        assert_eq!(ring.pending(), 1);
+        let mut c = DescChain::default();
+        ring.pop(&mut c);
+        c
     }
 
     /// Write indirect-table descriptors `(addr, len, flags, next)` at `at`.
@@ -509,7 +537,7 @@ mod tests {
     const INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
 
     #[test]
-    fn hostile_chains_walk_the_same_from_the_avail_ring_and_from_a_head() {
+    fn hostile_chains_walk_the_same_from_the_avail_ring_from_a_head_and_through_our_ring() {
         let ok = |c: &DescChain| c.fault();
         // A good chain; the head in the middle of the table.
         let c = both_walks(
@@ -555,7 +583,8 @@ mod tests {
     }
 
     #[test]
-    fn hostile_indirect_tables_walk_the_same_from_the_avail_ring_and_from_a_head() {
+    fn hostile_indirect_tables_walk_the_same_from_the_avail_ring_from_a_head_and_through_our_ring()
+    {
         let run_at = |queue: &[(u16, u64, u32, u16, u16)], tables: &[(u64, u32, u16, u16)], at| {
             let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
             write_table(&mem, tables, at);
@@ -572,6 +601,7 @@ mod tests {
             let mut from_head = DescChain::default();
             from_head.reset_from_head(&mem, vq.desc_table_addr(), 16, 0);
             assert_eq!(summary(&from_head), summary(&popped));
+            assert_eq!(summary(&ours(&mem, &vq, 16)), summary(&popped));
             popped.fault()
         };
         let run = |queue: &[(u16, u64, u32, u16, u16)], tables: &[(u64, u32, u16, u16)]| {

@@ -14,6 +14,7 @@
 
 mod chain;
 mod queue;
+mod split_ring;
 mod split_walk;
 mod stats;
 mod tuning;
@@ -21,6 +22,7 @@ mod worker;
 
 pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
 pub use queue::{BackendMemory, LocalQueue, VhostMem, VirtQueue, Vring, VringQueue, WorkerVrings};
+pub use split_ring::{compare_with_virtio_queue, RingAddrs, SplitRing};
 pub use split_walk::SplitWalk;
 pub use stats::{QueueStats, StatsSnapshot};
 pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};

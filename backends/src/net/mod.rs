@@ -11,6 +11,7 @@ mod backend;
 mod ctrl;
 mod hdr;
 mod rx;
+pub mod switch;
 mod tap;
 #[cfg(test)]
 mod tests;
