@@ -163,6 +163,16 @@ struct NetArgs {
     /// TAP name inside the benchmark's network namespace.
     #[arg(long, default_value = "vperf0")]
     tap: String,
+    /// Measure link mode instead: frames from guest A to guest B through our
+    /// `vhost-user-net --link` (own generator on both sides, and testpmd clients) against
+    /// DPDK testpmd's two-port net_vhost io-forward switch with the same testpmd clients.
+    #[arg(long)]
+    link: bool,
+    /// `dpdk-testpmd` binary for --link (Debian package dpdk-dev); without it only our
+    /// switch with our own clients is measured.
+    #[arg(long, default_value = "/usr/bin/dpdk-testpmd")]
+    testpmd: PathBuf,
+
     /// Results directory (`<out>/net-<timestamp>.json`).
     #[arg(long, default_value = "results")]
     out: PathBuf,
@@ -675,6 +685,9 @@ fn blk(a: BlkArgs) -> perf::Result<()> {
 fn net(a: NetArgs) -> perf::Result<()> {
     use perf::net::frame::FrameKind;
     use perf::net::{self, netns, Direction, NetBench, NetRun, Path};
+    if a.link {
+        return net_link(a);
+    }
     if let Some(why) = netns::preflight() {
         return Err(perf::Error::Unavailable(why));
     }
@@ -923,5 +936,139 @@ fn net(a: NetArgs) -> perf::Result<()> {
     })?;
     eprintln!("wrote {}", json.display());
     let _ = std::fs::remove_dir_all(&run_dir);
+    Ok(())
+}
+
+/// `backend net --link`: our switch vs DPDK testpmd's, medians of `--repeat` runs.
+fn net_link(a: NetArgs) -> perf::Result<()> {
+    use perf::net::frame::FrameKind;
+    use perf::net::link::{self, Clients, LinkBench, Switch};
+    let frames: Vec<FrameKind> = a
+        .frames
+        .iter()
+        .map(|f| {
+            FrameKind::from_name(f).ok_or_else(|| {
+                perf::Error::Usage(format!("--frames {f}: expected 64, 1500 or 64k-tso"))
+            })
+        })
+        .collect::<perf::Result<_>>()?;
+    if a.repeat == 0 || a.duration <= 0.0 || !a.queue_size.is_power_of_two() {
+        return Err(perf::Error::Usage(
+            "--repeat and --duration positive, --queue-size a power of two".into(),
+        ));
+    }
+    let run_dir = std::env::temp_dir().join(format!("vmm-perf-link-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir).map_err(|source| perf::Error::Io {
+        context: "run dir".into(),
+        source,
+    })?;
+    let backend_args = a.backend_arg.clone();
+    let testpmd = a.testpmd.is_file().then(|| a.testpmd.clone());
+    if testpmd.is_none() {
+        eprintln!(
+            "{} not found (apt-get install dpdk-dev): measuring our switch with our own clients only",
+            a.testpmd.display()
+        );
+    }
+    let bench = LinkBench {
+        backend_bin: a
+            .backend_bin
+            .clone()
+            .unwrap_or_else(|| sibling_binary("vhost-user-net")),
+        backend_args: backend_args.clone(),
+        testpmd: testpmd.clone(),
+        duration: Duration::from_secs_f64(a.duration),
+        queue_size: a.queue_size,
+        batch: a.batch,
+        event_idx: !a.no_event_idx,
+        completion: if a.driver_poll {
+            perf::net::driver::Completion::Poll
+        } else {
+            perf::net::driver::Completion::Interrupts
+        },
+        run_dir: run_dir.clone(),
+    };
+    let idle_hold = a.idle.hold()?;
+    let wake_ns = perf::net::wake::eventfd_wake_ns(200)?;
+    eprintln!(
+        "link benchmark: A -> B, {} s per run, {} repeats; an eventfd wake-up costs {:.1} µs here",
+        a.duration,
+        a.repeat,
+        wake_ns / 1000.0
+    );
+    let mut runs = Vec::new();
+    for rep in 0..a.repeat {
+        for &frame in &frames {
+            let mut cells = vec![(Switch::Ours, Clients::VmmPerf)];
+            // testpmd's txonly sends single-segment frames: 64 and 1514 bytes.
+            if testpmd.is_some() && frame != FrameKind::Tso {
+                cells.extend([
+                    (Switch::Ours, Clients::Testpmd),
+                    (Switch::Dpdk, Clients::Testpmd),
+                ]);
+            }
+            if rep % 2 == 1 {
+                cells.reverse();
+            }
+            for (switch, clients) in cells {
+                let r = bench.run(switch, clients, frame, rep)?;
+                println!(
+                    "run {rep} {:<8} {:?}/{:?}: {:.3} Mpps received ({:.2} Gbit/s), {:.3} Mpps sent",
+                    frame.name(),
+                    switch,
+                    clients,
+                    r.mpps,
+                    r.gbps,
+                    r.sent as f64 / r.seconds.max(1e-9) / 1e6
+                );
+                runs.push(r);
+            }
+        }
+    }
+    println!();
+    println!(
+        "median of {} runs, Mpps received by B (Gbit/s of Ethernet frame bytes; sent: Mpps the sender handed over):",
+        a.repeat
+    );
+    print!("{}", link::table(&runs, &frames));
+    let report = serde_json::json!({
+        "benchmark": "guest A -> guest B through vhost-user-net --link vs DPDK testpmd net_vhost io-forward, same clients",
+        "duration_s": a.duration,
+        "repeat": a.repeat,
+        "queue_size_own_clients": a.queue_size,
+        "batch_own_clients": a.batch,
+        "event_idx": !a.no_event_idx,
+        "driver_poll": a.driver_poll,
+        "eventfd_wake_ns": wake_ns,
+        "cpu_latency_limit_us": idle_hold.as_ref().map(CpuLatencyHold::limit_us),
+        "backend": bench.backend_bin,
+        "backend_args": backend_args,
+        "testpmd": testpmd,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
+        "ratios_ours_over_dpdk": frames.iter().map(|&f| serde_json::json!({"frame": f, "ratio": link::ratio_to_dpdk(&runs, f)})).collect::<Vec<_>>(),
+        "runs": runs,
+    });
+    std::fs::create_dir_all(&a.out).map_err(|source| perf::Error::Io {
+        context: format!("create {}", a.out.display()),
+        source,
+    })?;
+    let json = a
+        .out
+        .join(format!("net-link-{}.json", perf::compare::timestamp()));
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    )
+    .map_err(|source| perf::Error::Io {
+        context: format!("write {}", json.display()),
+        source,
+    })?;
+    eprintln!("wrote {}", json.display());
+    if std::env::var_os("VMM_PERF_KEEP_RUN_DIR").is_some() {
+        eprintln!("testpmd logs kept in {}", run_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
     Ok(())
 }

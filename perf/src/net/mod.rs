@@ -9,13 +9,18 @@
 //! ([`inject`]) floods the TAP; the generator counts what the backend puts in its receive
 //! buffers. Reference ([`raw`]): this process writes the same buffers to, and reads from, the
 //! same TAP with io_uring.
+//!
+//! With `--link` ([`link`]) it measures guest-to-guest forwarding instead: our
+//! `vhost-user-net --link` switch against DPDK testpmd's ([`testpmd`]), same clients.
 
 pub mod driver;
 pub mod frame;
 pub mod inject;
+pub mod link;
 pub mod netns;
 pub mod raw;
 pub mod ring;
+pub mod testpmd;
 pub mod wake;
 
 use std::path::PathBuf;
