@@ -172,6 +172,8 @@ impl BlkBench {
             .map_err(io_err("spawn qemu-storage-daemon"))
     }
 
+    /// One job: a libblkio session on the target, `queues` load threads with `iodepth` reads
+    /// in flight each, for the run's duration.
     fn drive(
         &self,
         target: Target,
@@ -179,49 +181,57 @@ impl BlkBench {
         iodepth: usize,
         queues: usize,
     ) -> Result<JobResult> {
-        let be = |context: &str| {
-            let context = context.to_string();
-            move |e: blkio::Error| Error::Blkio {
-                context,
-                message: e.message().to_string(),
-            }
-        };
-        let mut b = match target {
-            Target::Raw => {
-                let mut b = Blkio::new("io_uring").map_err(be("new io_uring"))?;
-                b.set_str("path", self.file.to_str().unwrap_or_default())
-                    .map_err(be("path"))?;
-                b
-            }
-            _ => {
-                let mut b = Blkio::new("virtio-blk-vhost-user").map_err(be("new vhost-user"))?;
-                b.set_str("path", socket.to_str().unwrap_or_default())
-                    .map_err(be("path"))?;
-                b
-            }
-        };
-        // Reads only: a read-only session also matches qemu-storage-daemon's default export.
-        b.set_bool("read-only", true).map_err(be("read-only"))?;
-        b.connect().map_err(be("connect"))?;
+        let mut b = self.session(target, socket)?;
         let poll = self.client_poll && target != Target::Raw;
-        let (interrupt_queues, poll_queues) = if poll { (0, queues) } else { (queues, 0) };
-        b.set_i32("num-queues", interrupt_queues as i32)
-            .map_err(be("num-queues"))?;
-        b.set_i32("num-poll-queues", poll_queues as i32)
-            .map_err(be("num-poll-queues"))?;
-        let out = b.start().map_err(be("start"))?;
-        let client_queues = if poll { out.poll_queues } else { out.queues };
+        let client_queues = start_queues(&mut b, queues, poll)?;
         let region = b
             .alloc_mem_region(iodepth * queues * BS)
-            .map_err(be("alloc region"))?;
-        b.map_mem_region(&region).map_err(be("map region"))?;
+            .map_err(blkio_err("alloc region"))?;
+        b.map_mem_region(&region).map_err(blkio_err("map region"))?;
+        // The threads are joined before `b` (and the region) drop.
+        let mut load = self.load(client_queues, region.addr, iodepth)?;
+        load.lat_ns.sort_unstable();
+        Ok(JobResult {
+            target,
+            iodepth,
+            queues,
+            iops: load.done as f64 / self.duration.as_secs_f64(),
+            p50_us: percentile_us(&load.lat_ns, 0.50),
+            p99_us: percentile_us(&load.lat_ns, 0.99),
+            errors: load.errors,
+        })
+    }
+
+    /// A connected, read-only libblkio session: `io_uring` on the file, or vhost-user on the
+    /// backend's socket.
+    fn session(&self, target: Target, socket: &Path) -> Result<Blkio> {
+        let (driver, path) = match target {
+            Target::Raw => ("io_uring", self.file.as_path()),
+            _ => ("virtio-blk-vhost-user", socket),
+        };
+        let mut b = Blkio::new(driver).map_err(blkio_err(match target {
+            Target::Raw => "new io_uring",
+            _ => "new vhost-user",
+        }))?;
+        b.set_str("path", path.to_str().unwrap_or_default())
+            .map_err(blkio_err("path"))?;
+        // Reads only: a read-only session also matches qemu-storage-daemon's default export.
+        b.set_bool("read-only", true)
+            .map_err(blkio_err("read-only"))?;
+        b.connect().map_err(blkio_err("connect"))?;
+        Ok(b)
+    }
+
+    /// One load thread per queue, reads into its own part of the region at `base`; their
+    /// counts and latencies merged.
+    fn load(&self, queues: Vec<Blkioq>, base: usize, iodepth: usize) -> Result<QueueResult> {
         let sectors = self.size / BS as u64;
         let deadline = Instant::now() + self.duration;
-        let threads: Vec<_> = client_queues
+        let threads: Vec<_> = queues
             .into_iter()
             .enumerate()
             .map(|(i, q)| {
-                let base = region.addr + i * iodepth * BS;
+                let base = base + i * iodepth * BS;
                 let q = SendQueue(q);
                 std::thread::Builder::new()
                     .name(format!("load-q{i}"))
@@ -229,32 +239,47 @@ impl BlkBench {
                     .map_err(io_err("spawn load thread"))
             })
             .collect::<Result<_>>()?;
-        let mut lat = Vec::new();
-        let mut done = 0u64;
-        let mut errors = 0u64;
+        let mut all = QueueResult {
+            done: 0,
+            errors: 0,
+            lat_ns: Vec::new(),
+        };
         for t in threads {
             let r = t
                 .join()
                 .map_err(|_| Error::Backend("load thread panicked".into()))??;
-            done += r.done;
-            errors += r.errors;
-            lat.extend(r.lat_ns);
+            all.done += r.done;
+            all.errors += r.errors;
+            all.lat_ns.extend(r.lat_ns);
         }
-        lat.sort_unstable();
-        let pct = |p: f64| {
-            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-                .map_or(0.0, |&ns| ns as f64 / 1000.0)
-        };
-        Ok(JobResult {
-            target,
-            iodepth,
-            queues,
-            iops: done as f64 / self.duration.as_secs_f64(),
-            p50_us: pct(0.50),
-            p99_us: pct(0.99),
-            errors,
-        })
+        Ok(all)
     }
+}
+
+fn blkio_err(context: &str) -> impl FnOnce(blkio::Error) -> Error {
+    let context = context.to_string();
+    move |e| Error::Blkio {
+        context,
+        message: e.message().to_string(),
+    }
+}
+
+/// Starts the session with `queues` interrupt-driven queues, or polled ones with `poll`, and
+/// returns them.
+fn start_queues(b: &mut Blkio, queues: usize, poll: bool) -> Result<Vec<Blkioq>> {
+    let (interrupt_queues, poll_queues) = if poll { (0, queues) } else { (queues, 0) };
+    b.set_i32("num-queues", interrupt_queues as i32)
+        .map_err(blkio_err("num-queues"))?;
+    b.set_i32("num-poll-queues", poll_queues as i32)
+        .map_err(blkio_err("num-poll-queues"))?;
+    let out = b.start().map_err(blkio_err("start"))?;
+    Ok(if poll { out.poll_queues } else { out.queues })
+}
+
+/// The `p` quantile of sorted nanosecond latencies, in µs (0 if there are none).
+fn percentile_us(sorted_ns: &[u32], p: f64) -> f64 {
+    let i = ((sorted_ns.len() as f64 * p) as usize).min(sorted_ns.len().saturating_sub(1));
+    sorted_ns.get(i).map_or(0.0, |&ns| f64::from(ns) / 1000.0)
 }
 
 struct SendQueue(Blkioq);

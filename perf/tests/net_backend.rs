@@ -3,6 +3,8 @@
 //! Needs root and /dev/net/tun (skips otherwise) and `target/debug/vhost-user-net`
 //! (`cargo build -p backends`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use perf::net::driver::Completion;

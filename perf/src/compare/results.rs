@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::fio::FioMetrics;
 use super::iperf::IperfMetrics;
 use super::matrix::{Kind, PlannedCell, Tier};
+use crate::provenance::Provenance;
 
 /// What one run measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -214,11 +215,17 @@ impl CellSummary {
         }
     }
 
-    /// The reason for a non-ok cell (first failure for partial cells).
-    pub fn reason(&self) -> String {
+    /// The reason for a non-ok cell (first failure for partial cells); `interrupted` is the
+    /// set's: whether missing runs were cut short by Ctrl-C or by the end of the group's script.
+    pub fn reason(&self, interrupted: bool) -> String {
         match &self.status {
             CellStatus::Ok if self.failures.is_empty() && self.runs < self.planned => {
-                format!("{} of {} runs done (interrupted)", self.runs, self.planned)
+                let why = if interrupted {
+                    "interrupted"
+                } else {
+                    "the group's script ended early"
+                };
+                format!("{} of {} runs done ({why})", self.runs, self.planned)
             }
             CellStatus::Ok => self.failures.first().cloned().unwrap_or_default(),
             CellStatus::Failed(r) | CellStatus::Missing(r) | CellStatus::Skipped(r) => r.clone(),
@@ -226,9 +233,28 @@ impl CellSummary {
     }
 }
 
+/// Layout version of `results.json`: 2 added the provenance fields, the run's start, wall
+/// clock and host; files without a version are version 1 and still load.
+pub const SCHEMA_VERSION: u32 = 2;
+
 /// Everything `results.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResultSet {
+    /// Schema version, source commit and command line.
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    /// When the run started, UTC `YYYY-MM-DD HH:MM:SS`.
+    #[serde(default)]
+    pub started_utc: Option<String>,
+    /// When the results were last written, UTC (the end of the run once it has finished).
+    #[serde(default)]
+    pub finished_utc: Option<String>,
+    /// Seconds from the start to `finished_utc`.
+    #[serde(default)]
+    pub wall_clock_s: Option<u64>,
+    /// The host: CPU, kernel, `vmm check --json` here and (lab mode) inside the lab host.
+    #[serde(default)]
+    pub host: serde_json::Value,
     /// `direct` or `lab`.
     pub mode: String,
     /// Repetitions per cell.
@@ -245,6 +271,21 @@ pub struct ResultSet {
     pub runs: Vec<RunRecord>,
     /// True if the run was interrupted (Ctrl-C).
     pub interrupted: bool,
+    /// Groups run a second time for their incomplete cells after a fault.
+    #[serde(default)]
+    pub retries: Vec<Retry>,
+}
+
+/// A group whose script ended early on a kernel fault or stall, run once more for its
+/// incomplete cells (their partial runs are discarded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// The group (`host` or a guest tier).
+    pub group: String,
+    /// How many of its cells ran again.
+    pub cells: usize,
+    /// The fault: the first fault line of its console, or the stall.
+    pub reason: String,
 }
 
 fn csv_field(s: &str) -> String {
@@ -275,7 +316,7 @@ pub fn csv(set: &ResultSet) -> String {
             csv_field(&c.workload),
             kind,
             c.status_word(),
-            csv_field(&c.reason()),
+            csv_field(&c.reason(set.interrupted)),
             c.runs_ok,
             c.runs
         );

@@ -23,12 +23,25 @@ pub struct Testpmd {
 /// What a testpmd instance does.
 #[derive(Debug, Clone)]
 pub enum Role {
-    /// A `net_virtio_user` client of `socket` sending frames of `frame_len` bytes.
-    Sender { socket: PathBuf, frame_len: usize },
-    /// A `net_virtio_user` client of `socket` receiving and dropping frames.
-    Sink { socket: PathBuf },
-    /// Two `net_vhost` ports on sockets `a` and `b`, io-forwarding between them.
-    Switch { a: PathBuf, b: PathBuf },
+    /// A `net_virtio_user` client sending frames (`txonly`).
+    Sender {
+        /// The vhost-user socket.
+        socket: PathBuf,
+        /// Ethernet frame length.
+        frame_len: usize,
+    },
+    /// A `net_virtio_user` client receiving and dropping frames (`rxonly`).
+    Sink {
+        /// The vhost-user socket.
+        socket: PathBuf,
+    },
+    /// Two `net_vhost` ports io-forwarding between them.
+    Switch {
+        /// Socket of port 0.
+        a: PathBuf,
+        /// Socket of port 1.
+        b: PathBuf,
+    },
 }
 
 /// The largest queue size a `net_virtio_user` client may use (its default is 256).
