@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 scripts/setup-host.sh
 scripts/build-images.sh
 cargo build --workspace --all-targets
+# The backend upgrade test (vmm/tests/vhost_user_reconnect_lab.rs) replaces the debug build of
+# vhost-user-blk by the release build under a running guest.
+cargo build --release -p backends --bins
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # One test at a time, lab tests retried once and reported FLAKY if only the retry passes

@@ -5,6 +5,16 @@
 //!   EVENT_IDX-aware notification, batching and an optional busy-poll window.
 //! * [`blk`] — virtio-blk request parsing/execution and the `vhost-user-blk` backend.
 //! * [`net`] — virtio-net transmit/receive over a TAP and the `vhost-user-net` backend.
+//! * [`inflight`] — vhost-user inflight I/O tracking (`VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`):
+//!   the shared region in which the engines record what they took, so that a restarted
+//!   backend resubmits it.
+//! * [`server`] — successive frontend connections on one socket, one at a time.
+//! * [`vhost_shim`] — the relay that lets QEMU's vhost-user netdev talk to the daemon.
+//!
+//! The backends run on `vhost-user-backend` 0.24 with two patches (the inflight messages
+//! reach [`vhost_user_backend::VhostUserBackend`], and a daemon serves successive
+//! connections), carried in `third_party/vhost-user-backend` (see its `PATCHES.md`) until
+//! they are upstream. How a backend restart is recovered: `docs/vhost-user-recovery.md`.
 
 pub mod blk;
 pub mod engine;

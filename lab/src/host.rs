@@ -112,6 +112,8 @@ pub struct LabHost {
     cpus: u32,
     memory_mib: u32,
     nvme: Option<PathBuf>,
+    /// QEMU I/O throttling of the NVMe disk (operations per second), if any.
+    nvme_iops: Option<u32>,
     nics: Vec<LabNic>,
     files: Vec<LabFile>,
     script: String,
@@ -166,6 +168,7 @@ impl LabHost {
             cpus: 2,
             memory_mib: 2048,
             nvme: None,
+            nvme_iops: None,
             nics: Vec::new(),
             files: Vec::new(),
             script: String::new(),
@@ -192,6 +195,13 @@ impl LabHost {
     /// Adds an emulated NVMe controller (`serial=lab0`) backed by the raw image `backing`.
     pub fn nvme(mut self, backing: impl Into<PathBuf>) -> Self {
         self.nvme = Some(backing.into());
+        self
+    }
+
+    /// Limits the NVMe disk to `iops` operations per second (QEMU `throttling.iops-total`):
+    /// requests then wait in the device, as on a slow disk.
+    pub fn nvme_iops(mut self, iops: u32) -> Self {
+        self.nvme_iops = Some(iops);
         self
     }
 
@@ -323,8 +333,12 @@ impl LabHost {
         ]);
         if let Some(img) = &self.nvme {
             a.push("-drive".into());
+            let throttle = self
+                .nvme_iops
+                .map(|iops| format!(",throttling.iops-total={iops}"))
+                .unwrap_or_default();
             a.push(format!(
-                "file={},if=none,id=nv0,format=raw",
+                "file={},if=none,id=nv0,format=raw{throttle}",
                 img.display().to_string().replace(',', ",,")
             ));
             a.push("-device".into());
@@ -758,5 +772,10 @@ mod tests {
         assert!(joined.contains("file=/tmp/a,,b.img,if=none"));
         assert!(joined.contains("socket,id=net1,listen=127.0.0.1:5555"));
         assert!(joined.contains("aw-bits=48"));
+        let throttled = LabHost::new(&images).nvme("/d.img").nvme_iops(400);
+        let joined = throttled
+            .qemu_command_args(Path::new("/x/initrd"))
+            .join(" ");
+        assert!(joined.contains("file=/d.img,if=none,id=nv0,format=raw,throttling.iops-total=400"));
     }
 }

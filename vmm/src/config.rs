@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
@@ -173,6 +174,58 @@ pub const MAX_QUEUES: u16 = 64;
 /// Largest number of queue pairs per vhost-user NIC (2N+1 virtqueues with the control queue).
 pub const MAX_NET_QUEUE_PAIRS: u16 = 8;
 
+/// What a vhost-user device does when its backend hangs up: `reconnect=on|off` (default on),
+/// `reconnect_ms=N` between attempts (default 1000), `reconnect_timeout_s=N` before it gives
+/// up and marks the device DEVICE_NEEDS_RESET (default 60).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReconnectConfig {
+    /// Reconnect at all (off: a hangup marks the device DEVICE_NEEDS_RESET at once).
+    pub enabled: bool,
+    /// Time between connection attempts.
+    pub interval: Duration,
+    /// How long to keep trying.
+    pub timeout: Duration,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_millis(1000),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ReconnectConfig {
+    /// Applies `key=value` if it is a reconnect option: `Ok(true)` if it was one.
+    fn apply(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
+        let number = |max: u64, expected: &'static str| -> Result<u64, ConfigError> {
+            value
+                .parse()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| ConfigError::BadValue {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                    expected,
+                })
+        };
+        match key {
+            "reconnect" => self.enabled = parse_on_off(key, value)?,
+            "reconnect_ms" => {
+                self.interval =
+                    Duration::from_millis(number(60_000, "milliseconds from 1 to 60000")?)
+            }
+            "reconnect_timeout_s" => {
+                self.timeout = Duration::from_secs(number(86_400, "seconds from 1 to 86400")?)
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 /// What the guest sees for a file-backed disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DiskModel {
@@ -190,6 +243,8 @@ pub enum DiskBackend {
     VhostUser {
         /// The backend's socket.
         socket: PathBuf,
+        /// What to do when the backend hangs up.
+        reconnect: ReconnectConfig,
     },
     /// A file (or block device) opened by the VMM itself.
     File {
@@ -202,7 +257,8 @@ pub enum DiskBackend {
     },
 }
 
-/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M]` or
+/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M][,reconnect=...]` (see
+/// [`ReconnectConfig`]) or
 /// `path=FILE[,queues=N][,queue_size=M][,readonly=on][,model=virtio|nvme]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -218,7 +274,7 @@ impl DiskConfig {
     /// The vhost-user socket, if this is a vhost-user disk.
     pub fn socket(&self) -> Option<&std::path::Path> {
         match &self.backend {
-            DiskBackend::VhostUser { socket } => Some(socket),
+            DiskBackend::VhostUser { socket, .. } => Some(socket),
             DiskBackend::File { .. } => None,
         }
     }
@@ -253,8 +309,14 @@ impl FromStr for DiskConfig {
         let mut model = None;
         let mut queues = None;
         let mut queue_size = DEFAULT_QUEUE_SIZE;
+        let mut reconnect = ReconnectConfig::default();
+        let mut reconnect_given = false;
         for opt in s.split(',').filter(|o| !o.is_empty()) {
             let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+            if reconnect.apply(key, value)? {
+                reconnect_given = true;
+                continue;
+            }
             match key {
                 "vhost_user" => vhost_user = parse_on_off(key, value)?,
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
@@ -294,11 +356,17 @@ impl FromStr for DiskConfig {
                 }
                 DiskBackend::VhostUser {
                     socket: socket.ok_or(ConfigError::MissingOption("socket"))?,
+                    reconnect,
                 }
             }
             (false, Some(path)) => {
                 if socket.is_some() {
                     return Err(ConfigError::DiskConflict("socket= needs vhost_user=on"));
+                }
+                if reconnect_given {
+                    return Err(ConfigError::DiskConflict(
+                        "reconnect options apply to vhost_user disks",
+                    ));
                 }
                 DiskBackend::File {
                     path,
@@ -359,7 +427,8 @@ impl FromStr for NetConfig {
     }
 }
 
-/// A vhost-user NIC: `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M]`.
+/// A vhost-user NIC: `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M]` and the
+/// [`ReconnectConfig`] options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VhostUserNetConfig {
     /// The vhost-user backend's socket.
@@ -371,6 +440,8 @@ pub struct VhostUserNetConfig {
     pub queues: Option<u16>,
     /// Virtqueue size (power of two).
     pub queue_size: u16,
+    /// What to do when the backend hangs up.
+    pub reconnect: ReconnectConfig,
 }
 
 fn parse_mac(key: &str, value: &str) -> Result<[u8; 6], ConfigError> {
@@ -404,8 +475,12 @@ impl FromStr for VhostUserNetConfig {
         let mut mac = None;
         let mut queues = None;
         let mut queue_size = DEFAULT_QUEUE_SIZE;
+        let mut reconnect = ReconnectConfig::default();
         for opt in s.split(',').filter(|o| !o.is_empty()) {
             let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+            if reconnect.apply(key, value)? {
+                continue;
+            }
             match key {
                 "vhost_user" => vhost_user = parse_on_off(key, value)?,
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
@@ -424,6 +499,7 @@ impl FromStr for VhostUserNetConfig {
             mac,
             queues,
             queue_size,
+            reconnect,
         })
     }
 }
@@ -517,246 +593,5 @@ impl FromStr for TapNetConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn net_options() {
-        let n: NetConfig = "vhost_user=on,socket=/s,mac=52:54:00:ab:cd:ef,queue_size=512"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            n,
-            NetConfig::VhostUser(VhostUserNetConfig {
-                socket: "/s".into(),
-                mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
-                queues: None,
-                queue_size: 512,
-            })
-        );
-        let err = |s: &str| s.parse::<NetConfig>().unwrap_err();
-        assert_eq!(err("socket=/s"), ConfigError::NetKind);
-        assert_eq!(err("vhost_user=on,socket=/s,tap=t"), ConfigError::NetKind);
-        assert!(matches!(
-            "tap=t0".parse::<NetConfig>(),
-            Ok(NetConfig::Tap(_))
-        ));
-        assert_eq!(err("vhost_user=on"), ConfigError::MissingOption("socket"));
-        assert!(matches!(
-            err("vhost_user=on,socket=/s,mac=52:54:00:ab:cd"),
-            ConfigError::BadValue { .. }
-        ));
-        assert!(matches!(
-            err("vhost_user=on,socket=/s,mac=52:54:00:ab:cd:ef:01"),
-            ConfigError::BadValue { .. }
-        ));
-        assert!(matches!(
-            err("vhost_user=on,socket=/s,mac=5:54:00:ab:cd:ef"),
-            ConfigError::BadValue { .. }
-        ));
-        let n: NetConfig = "vhost_user=on,socket=/s,queues=8".parse().unwrap();
-        assert!(matches!(n, NetConfig::VhostUser(c) if c.queues == Some(8)));
-        for bad in ["queues=0", "queues=9", "queues=two"] {
-            let e = err(&format!("vhost_user=on,socket=/s,{bad}"));
-            assert!(e.to_string().contains("a number from 1 to 8"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512M"), Ok(512 * MIB));
-        assert_eq!(parse_size("2G"), Ok(2 * GIB));
-        assert_eq!(parse_size("2g"), Ok(2 * GIB));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("1.5G"), Ok(3 * GIB / 2));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-    }
-
-    #[test]
-    fn malformed_sizes() {
-        for s in [
-            "",
-            "M",
-            "12X",
-            "-1G",
-            "abc",
-            "1..5G",
-            "99999999999999999999T",
-            "1 G",
-        ] {
-            assert!(
-                matches!(parse_size(s), Err(ConfigError::BadSize(_))),
-                "{s:?} accepted"
-            );
-        }
-        assert_eq!(parse_size("0"), Err(ConfigError::ZeroSize));
-        assert_eq!(parse_size("0M"), Err(ConfigError::ZeroSize));
-    }
-
-    #[test]
-    fn memory_options() {
-        let m: MemoryConfig = "1G,hugepages=on".parse().unwrap();
-        assert_eq!(
-            m,
-            MemoryConfig {
-                size: GIB,
-                hugepages: true
-            }
-        );
-        assert!(matches!(
-            "1G,hugepages=maybe".parse::<MemoryConfig>(),
-            Err(ConfigError::BadValue { .. })
-        ));
-        assert!(matches!(
-            "1G,shared=on".parse::<MemoryConfig>(),
-            Err(ConfigError::UnknownOption(_))
-        ));
-    }
-
-    #[test]
-    fn disks() {
-        let d: DiskConfig = "vhost_user=on,socket=/tmp/vu.sock".parse().unwrap();
-        assert_eq!(
-            d,
-            DiskConfig {
-                backend: DiskBackend::VhostUser {
-                    socket: "/tmp/vu.sock".into()
-                },
-                queues: None,
-                queue_size: DEFAULT_QUEUE_SIZE
-            }
-        );
-        let d: DiskConfig = "vhost_user=on,socket=/s,queues=2,queue_size=1024"
-            .parse()
-            .unwrap();
-        assert_eq!((d.queues, d.queue_size), (Some(2), 1024));
-        let err = |s: &str| s.parse::<DiskConfig>().unwrap_err();
-        assert_eq!(err("socket=/s"), ConfigError::DiskNotVhostUser);
-        assert_eq!(
-            err("vhost_user=off,socket=/s"),
-            ConfigError::DiskNotVhostUser
-        );
-        assert_eq!(err("vhost_user=on"), ConfigError::MissingOption("socket"));
-        assert_eq!(
-            err("vhost_user=on,socket="),
-            ConfigError::MissingOption("socket")
-        );
-        assert!(matches!(
-            err("vhost_user=on,socket=/s,cache=none"),
-            ConfigError::UnknownOption(_)
-        ));
-        for bad in [
-            "queues=0",
-            "queues=65",
-            "queues=x",
-            "queue_size=100",
-            "queue_size=0",
-            "queue_size=65536",
-            "queue_size=-1",
-        ] {
-            assert!(
-                matches!(
-                    err(&format!("vhost_user=on,socket=/s,{bad}")),
-                    ConfigError::BadValue { .. }
-                ),
-                "{bad} accepted"
-            );
-        }
-    }
-
-    #[test]
-    fn device() {
-        assert_eq!(
-            "path=/sys/bus/pci/devices/0000:00:04.0".parse(),
-            Ok(DeviceConfig {
-                path: "/sys/bus/pci/devices/0000:00:04.0".into()
-            })
-        );
-        for bad in [
-            "",
-            "path=",
-            "/sys/bus/pci/devices/0000:00:04.0",
-            "path=/x,iommu=off",
-        ] {
-            assert!(bad.parse::<DeviceConfig>().is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn file_disks() {
-        let d: DiskConfig = "path=/d.img,queues=2,readonly=on".parse().unwrap();
-        assert_eq!(
-            d.backend,
-            DiskBackend::File {
-                path: "/d.img".into(),
-                readonly: true,
-                model: DiskModel::VirtioBlk
-            }
-        );
-        assert_eq!(d.queues, Some(2));
-        let d: DiskConfig = "path=/d.img,model=nvme".parse().unwrap();
-        assert!(matches!(
-            d.backend,
-            DiskBackend::File {
-                model: DiskModel::Nvme,
-                readonly: false,
-                ..
-            }
-        ));
-        let err = |s: &str| s.parse::<DiskConfig>().unwrap_err();
-        assert!(matches!(
-            err("path=/d,model=scsi"),
-            ConfigError::BadValue { .. }
-        ));
-        assert!(matches!(
-            err("path=/d,vhost_user=on,socket=/s"),
-            ConfigError::DiskConflict(_)
-        ));
-        assert!(matches!(
-            err("path=/d,socket=/s"),
-            ConfigError::DiskConflict(_)
-        ));
-        assert!(matches!(
-            err("vhost_user=on,socket=/s,model=nvme"),
-            ConfigError::DiskConflict(_)
-        ));
-        assert_eq!(err("path="), ConfigError::MissingOption("path"));
-        assert_eq!(err("queues=2"), ConfigError::DiskNotVhostUser);
-    }
-
-    #[test]
-    fn nets() {
-        let n: TapNetConfig = "tap=tap0".parse().unwrap();
-        assert_eq!(n.tap, "tap0");
-        assert_eq!(n.model, NicModel::Virtio);
-        let n: TapNetConfig = "tap=tap0,model=e1000".parse().unwrap();
-        assert_eq!(n.model, NicModel::E1000);
-        assert!("tap=t,model=rtl8139".parse::<TapNetConfig>().is_err());
-        let n: TapNetConfig = "tap=t,mac=02:00:00:00:00:01".parse().unwrap();
-        assert_eq!(n.mac, [2, 0, 0, 0, 0, 1]);
-        for bad in [
-            "",
-            "mac=02:00:00:00:00:01",
-            "tap=",
-            "tap=t,mac=01:00:00:00:00:00",
-            "tap=t,mac=1:2:3",
-            "tap=t,mac=zz:00:00:00:00:00",
-            "tap=t,x=1",
-            "tap=0123456789abcdef",
-        ] {
-            assert!(bad.parse::<TapNetConfig>().is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn serial() {
-        assert_eq!("stdio".parse(), Ok(SerialConfig::Stdio));
-        assert_eq!("off".parse(), Ok(SerialConfig::Off));
-        assert_eq!(
-            "file=/tmp/x".parse(),
-            Ok(SerialConfig::File("/tmp/x".into()))
-        );
-        assert!("file=".parse::<SerialConfig>().is_err());
-        assert!("tcp:1234".parse::<SerialConfig>().is_err());
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -36,7 +36,7 @@ use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice}
 use crate::devices::vfio::VfioDevices;
 use crate::devices::virtio::local::{InVmmBlk, InVmmNet};
 use crate::devices::virtio::transport::pci::BAR_SIZE as VIRTIO_BAR_SIZE;
-use crate::devices::virtio::vhost_user::monitor::HangupMonitor;
+use crate::devices::virtio::vhost_user::supervisor::Supervisor;
 use crate::devices::virtio::vhost_user::{VhostUserBlk, VhostUserNet};
 use crate::devices::virtio::{VirtioDevice, VirtioError, VirtioPciDevice};
 use crate::error::Error;
@@ -68,7 +68,7 @@ pub struct DeviceManager {
     virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
     nvmes: Vec<Arc<Mutex<NvmePciDevice>>>,
     nics: Vec<(Arc<Mutex<E1000PciDevice>>, RxThread)>,
-    monitors: Vec<HangupMonitor>,
+    monitors: Vec<Supervisor>,
     vfio: VfioDevices,
 }
 
@@ -203,7 +203,7 @@ impl DeviceManager {
         cpus: u8,
     ) -> Result<Option<Box<dyn VirtioDevice>>, Error> {
         let (path, readonly) = match &disk.backend {
-            DiskBackend::VhostUser { socket } => {
+            DiskBackend::VhostUser { socket, .. } => {
                 return Ok(Some(Box::new(VhostUserBlk::connect(socket, disk, index)?)))
             }
             DiskBackend::File {
@@ -253,7 +253,7 @@ impl DeviceManager {
         )?;
         let name = lock(&dev).name().to_string();
         self.plug(dev.clone(), &name, bar)?;
-        if let Some(m) = HangupMonitor::spawn(&dev, monitor)? {
+        if let Some(m) = Supervisor::spawn(&dev, monitor)? {
             self.monitors.push(m);
         }
         self.virtio.push(dev);

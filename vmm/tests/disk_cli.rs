@@ -90,3 +90,46 @@ fn backend_that_never_answers_is_given_up_after_the_reply_timeout() {
         "{err}"
     );
 }
+
+#[test]
+fn a_backend_serving_another_frontend_is_reported_in_one_line() {
+    let backend = lab::repo_root().join("target/debug/vhost-user-blk");
+    assert!(
+        backend.is_file(),
+        "{} is missing: run `cargo build -p backends` first",
+        backend.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("busy.sock");
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("disk image");
+    let mut child = Command::new(&backend)
+        .args(["--socket", sock.to_str().unwrap()])
+        .args(["--path", disk.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn vhost-user-blk");
+    let t0 = std::time::Instant::now();
+    while !sock.exists() && t0.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Another frontend holds the backend (its connection is all it takes).
+    let _first = std::os::unix::net::UnixStream::connect(&sock).expect("first frontend");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let err = run_against(&sock);
+    let _ = child.kill();
+    let _ = child.wait();
+    let Some(err) = err else {
+        return;
+    };
+    let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains(
+            "backend closed the connection during the handshake (already serving another frontend?)"
+        ),
+        "{err}"
+    );
+}

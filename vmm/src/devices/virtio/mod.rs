@@ -19,6 +19,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use transport::{QueueState, VirtioPciDevice};
+pub use vhost_user::{BackendTarget, Connection, ReconnectError};
 
 /// Device status bits (virtio 1.x §2.1).
 pub mod status {
@@ -169,12 +170,27 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, act: Activation<'_>) -> Result<(), VirtioError>;
     /// Stops the data path (device reset by the guest, or VMM exit).
     fn reset(&mut self);
-    /// A descriptor whose hangup means the backend is gone (watched by a
-    /// monitor thread), if the device has one.
+    /// A descriptor whose hangup means the backend is gone (watched by the
+    /// device's supervisor thread), if the device has one.
     fn hangup_fd(&self) -> Option<RawFd> {
         None
     }
-    /// The backend connection is gone: stop talking to it.
+    /// Where to reconnect when the backend hangs up, if the device does (otherwise a hangup
+    /// marks it DEVICE_NEEDS_RESET).
+    fn reconnect_target(&self) -> Option<BackendTarget> {
+        None
+    }
+    /// The backend hung up and a reconnect will be tried: stop talking to it, keep everything
+    /// the guest sees.
+    fn connection_lost(&mut self) {}
+    /// A new connection to the backend: check it serves the same device and replay the
+    /// setup (the error says why not).
+    fn reconnected(&mut self, _conn: Connection) -> Result<(), ReconnectError> {
+        Err(ReconnectError::Refused(
+            "the device does not reconnect".into(),
+        ))
+    }
+    /// The backend connection is gone for good: stop talking to it.
     fn disconnected(&mut self) {}
     /// A short name for logs (`vhost-user-blk0 /tmp/vu.sock`).
     fn name(&self) -> String;

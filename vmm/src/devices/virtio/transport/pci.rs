@@ -12,7 +12,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::common_cfg::{CommonCfg, CommonEvent, COMMON_CFG_LEN};
 use crate::devices::bus::{lock, BusDevice};
-use crate::devices::virtio::{status, Activation, VirtioDevice, VirtioError, NO_VECTOR};
+use crate::devices::virtio::{
+    status, Activation, BackendTarget, Connection, ReconnectError, VirtioDevice, VirtioError,
+    NO_VECTOR,
+};
 use crate::pci::bar_map::BarMapping;
 use crate::pci::config::{Bar, PciConfig, PciIds, COMMAND_MEMORY, COMMAND_REG};
 use crate::pci::msix::{MsixCapability, MsixRoutes, MsixTable};
@@ -211,10 +214,34 @@ impl VirtioPciDevice {
         self.device.hangup_fd()
     }
 
-    /// The backend went away: DEVICE_NEEDS_RESET and a config interrupt.
-    pub fn backend_lost(&mut self) {
+    /// The backend hung up. If the device reconnects, it goes quiet (no DEVICE_NEEDS_RESET:
+    /// the guest keeps its requests, kicks wait in the ioeventfds) and the target to connect
+    /// to is returned; otherwise it is marked DEVICE_NEEDS_RESET at once.
+    pub fn backend_lost(&mut self) -> Option<BackendTarget> {
+        let name = self.device.name();
+        let target = self.device.reconnect_target();
+        let Some(target) = target.filter(|_| !self.needs_reset()) else {
+            self.give_up("backend disconnected");
+            return None;
+        };
+        tracing::warn!(
+            "{name}: backend disconnected; reconnecting every {} ms for up to {} s",
+            target.reconnect.interval.as_millis(),
+            target.reconnect.timeout.as_secs()
+        );
+        self.device.connection_lost();
+        Some(target)
+    }
+
+    /// A new connection to the lost backend: the device checks it and replays its setup.
+    pub fn reconnected(&mut self, conn: Connection) -> Result<(), ReconnectError> {
+        self.device.reconnected(conn)
+    }
+
+    /// The backend is gone for good (`why`): DEVICE_NEEDS_RESET and a config interrupt.
+    pub fn give_up(&mut self, why: &str) {
         tracing::error!(
-            "{}: backend disconnected; device marked DEVICE_NEEDS_RESET",
+            "{}: {why}; device marked DEVICE_NEEDS_RESET",
             self.device.name()
         );
         self.device.disconnected();

@@ -1,7 +1,7 @@
 //! Tests of the virtio-pci transport against a real KVM VM (skipped without /dev/kvm).
 
 use super::*;
-use crate::devices::virtio::vhost_user::monitor::HangupMonitor;
+use crate::devices::virtio::vhost_user::supervisor::Supervisor;
 use crate::vstate::vm::Vm;
 
 struct Fake(Option<RawFd>);
@@ -60,9 +60,7 @@ fn backend_hangup_sets_needs_reset() {
     let Some((_buses, dev)) = device(Fake(Some(a.as_raw_fd())), 1 << 32) else {
         return;
     };
-    let mon = HangupMonitor::spawn(&dev, "test-mon".into())
-        .unwrap()
-        .unwrap();
+    let mon = Supervisor::spawn(&dev, "test-mon".into()).unwrap().unwrap();
     assert!(!lock(&dev).needs_reset());
     drop(b);
     let t0 = std::time::Instant::now();

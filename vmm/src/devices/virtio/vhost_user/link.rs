@@ -1,112 +1,113 @@
-//! What every vhost-user device shares: the frontend connection and its
-//! negotiation, activation by the guest driver (features, memory table,
-//! vrings with their kick/call/err eventfds) and orderly teardown.
+//! What every vhost-user device shares: its backend [`Connection`], activation by the guest
+//! driver (features, memory table, inflight region, vrings with their kick/call/err
+//! eventfds), orderly teardown, and the replay of that setup on a new connection after the
+//! backend was lost.
+//!
+//! The inflight region (`VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`) is asked for at the first
+//! DRIVER_OK and kept until the driver resets the device: every start, including the one on a
+//! restarted backend, hands it over, so the backend resubmits what its predecessor had taken
+//! and not answered.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::path::Path;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
-use vhost::vhost_user::{
-    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
-};
+use vhost::vhost_user::message::VhostUserInflight;
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::reply_deadline::ReplyDeadline;
-use crate::devices::virtio::{Activation, QueueState, VirtioError, VIRTIO_F_VERSION_1};
+use super::connection::{vhost_err, BackendTarget, Connection, PROTOCOL_FEATURES};
+use crate::devices::virtio::{Activation, QueueState, VirtioError};
 
-/// VHOST_USER_F_PROTOCOL_FEATURES in the feature word.
-pub(super) const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-
-/// A connected vhost-user backend.
-pub(super) struct VhostUserLink {
-    /// Device name for logs (`vhost-user-blk0 /path/to/socket`).
-    pub(super) name: String,
-    /// The backend's socket, for error messages.
-    pub(super) socket: String,
-    /// Bounds every exchange with the backend (it watches a duplicate of the socket).
-    pub(super) deadline: ReplyDeadline,
-    /// The protocol connection.
-    pub(super) frontend: Frontend,
-    /// Virtio features the backend offers.
-    pub(super) backend_features: u64,
-    /// Protocol features both sides agreed on.
-    pub(super) protocol: VhostUserProtocolFeatures,
-    /// The backend went away; nothing more is sent.
-    pub(super) lost: bool,
-    started: Vec<bool>,
-    errs: Vec<EventFd>,
+/// Why a new connection did not take over a lost backend's device.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconnectError {
+    /// The backend serves another device (other features, queues or configuration): the
+    /// device gives up.
+    #[error("{0}")]
+    Refused(String),
+    /// The exchange failed (the backend went away again): the next attempt may succeed.
+    #[error(transparent)]
+    Lost(#[from] VirtioError),
 }
 
-/// Maps a `vhost` error to the device error naming the socket and message.
-pub(super) fn vhost_err(
-    socket: &str,
-    what: &'static str,
-) -> impl FnOnce(vhost::Error) -> VirtioError {
-    let socket = socket.to_string();
-    move |source| VirtioError::VhostUser {
-        socket,
-        what,
-        source,
+/// What the driver set up at DRIVER_OK, kept to replay it on a new connection.
+struct Active {
+    acked_features: u64,
+    queues: Vec<QueueState>,
+    kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+    mem: GuestMemoryMmap,
+}
+
+impl Active {
+    fn new(act: &Activation<'_>) -> Result<Self, VirtioError> {
+        let dup = |fds: &[EventFd]| -> Result<Vec<EventFd>, VirtioError> {
+            fds.iter()
+                .map(|e| e.try_clone().map_err(VirtioError::Io))
+                .collect()
+        };
+        Ok(Self {
+            acked_features: act.acked_features,
+            queues: act.queues.to_vec(),
+            kicks: dup(act.kicks)?,
+            calls: dup(act.calls)?,
+            mem: act.mem.clone(),
+        })
     }
 }
 
+/// Where a started ring's backend begins taking requests (`SET_VRING_BASE`).
+#[derive(Clone, Copy)]
+enum Base {
+    /// A ring the driver just set up: its start.
+    Zero,
+    /// A ring a lost backend served: the driver's used index, read from guest memory (a
+    /// dead backend cannot be asked); with the inflight region the backend resumes after the
+    /// requests it resubmits.
+    GuestUsed,
+}
+
+/// A vhost-user device's backend link.
+pub(super) struct VhostUserLink {
+    /// Device name for logs (`vhost-user-blk0 /path/to/socket`).
+    pub(super) name: String,
+    target: BackendTarget,
+    /// The current connection.
+    pub(super) conn: Connection,
+    /// The backend went away; nothing is sent until a new connection takes over.
+    lost: bool,
+    started: Vec<bool>,
+    errs: Vec<EventFd>,
+    active: Option<Active>,
+    /// The region from GET_INFLIGHT_FD, kept until the driver resets the device.
+    inflight: Option<(VhostUserInflight, File)>,
+}
+
 impl VhostUserLink {
-    /// Connects to `path`, takes ownership, checks VERSION_1 and protocol
-    /// features, and agrees on `wanted` protocol features (REPLY_ACK turns on
-    /// need-reply for every later message).
-    pub(super) fn connect(
-        path: &Path,
-        name: String,
-        max_queues: u64,
-        wanted: VhostUserProtocolFeatures,
-    ) -> Result<Self, VirtioError> {
-        let socket = path.display().to_string();
-        let err = |what| vhost_err(&socket, what);
-        let mut frontend = Frontend::connect(path, max_queues).map_err(err("connect"))?;
-        // SAFETY: the frontend's socket is open for the whole call; `start` duplicates it.
-        let deadline = ReplyDeadline::start(
-            unsafe { BorrowedFd::borrow_raw(frontend.as_raw_fd()) },
-            &socket,
-        )?;
-        let (backend_features, protocol) = deadline.guard("handshake", || {
-            frontend.set_owner().map_err(err("SET_OWNER"))?;
-            let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
-            if backend_features & VIRTIO_F_VERSION_1 == 0 {
-                return Err(VirtioError::Backend {
-                    socket: socket.clone(),
-                    what: "backend does not offer VIRTIO_F_VERSION_1".into(),
-                });
-            }
-            if backend_features & PROTOCOL_FEATURES == 0 {
-                return Err(VirtioError::Backend {
-                    socket: socket.clone(),
-                    what: "backend does not offer VHOST_USER_F_PROTOCOL_FEATURES".into(),
-                });
-            }
-            let protocol = frontend
-                .get_protocol_features()
-                .map_err(err("GET_PROTOCOL_FEATURES"))?
-                & wanted;
-            frontend
-                .set_protocol_features(protocol)
-                .map_err(err("SET_PROTOCOL_FEATURES"))?;
-            Ok((backend_features, protocol))
-        })?;
-        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    /// Connects to `target`'s backend.
+    pub(super) fn connect(target: BackendTarget) -> Result<Self, VirtioError> {
+        let conn = Connection::open(&target)?;
+        if !conn
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
+            tracing::warn!(
+                "{}: the backend does not track in-flight requests (INFLIGHT_SHMFD): \
+                 requests in flight when it dies may be lost or answered twice",
+                target.name
+            );
         }
         Ok(Self {
-            name,
-            socket,
-            deadline,
-            frontend,
-            backend_features,
-            protocol,
+            name: target.name.clone(),
+            target,
+            conn,
             lost: false,
             started: Vec::new(),
             errs: Vec::new(),
+            active: None,
+            inflight: None,
         })
     }
 
@@ -120,40 +121,63 @@ impl VhostUserLink {
         Ok(())
     }
 
-    /// DRIVER_OK: acked features (+ protocol features), the memory table,
-    /// then every ready queue's rings and eventfds.
+    /// Whether the backend is away (reconnecting, or given up).
+    pub(super) fn lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Where and how to reconnect, if reconnecting is on.
+    pub(super) fn reconnect_target(&self) -> Option<BackendTarget> {
+        self.target.reconnect.enabled.then(|| self.target.clone())
+    }
+
+    /// DRIVER_OK: acked features (+ protocol features), the memory table, the inflight
+    /// region, then every ready queue's rings and eventfds. With the backend away the setup
+    /// is kept and sent when a new connection takes over.
     pub(super) fn activate(&mut self, act: &Activation<'_>) -> Result<(), VirtioError> {
+        self.active = Some(Active::new(act)?);
         if self.lost {
-            return Err(VirtioError::Backend {
-                socket: self.socket.clone(),
-                what: "backend disconnected".into(),
-            });
+            tracing::info!(
+                "{}: the backend is away; the data path starts when it is back",
+                self.name
+            );
+            return Ok(());
         }
-        let features = (act.acked_features & self.backend_features) | PROTOCOL_FEATURES;
+        self.start(Base::Zero)
+    }
+
+    /// Sends the kept setup to the current connection.
+    fn start(&mut self, base: Base) -> Result<(), VirtioError> {
         let Self {
-            deadline,
-            frontend,
-            socket,
-            started,
+            conn,
+            active,
+            inflight,
             errs,
+            started,
             ..
         } = self;
-        deadline.guard("activation", || {
+        let Some(active) = active else {
+            return Ok(());
+        };
+        let features = (active.acked_features & conn.backend_features) | PROTOCOL_FEATURES;
+        let track = conn
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
+        conn.exchange("activation", |f, socket| {
             let err = |what| vhost_err(socket, what);
-            frontend
-                .set_features(features)
-                .map_err(err("SET_FEATURES"))?;
-            let regions = act
+            f.set_features(features).map_err(err("SET_FEATURES"))?;
+            let regions = active
                 .mem
                 .iter()
                 .map(VhostUserMemoryRegionInfo::from_guest_region)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err("memory regions"))?;
-            frontend
-                .set_mem_table(&regions)
-                .map_err(err("SET_MEM_TABLE"))?;
-            for (i, q) in act.queues.iter().enumerate() {
-                if q.ready && start_queue(frontend, socket, errs, i, act, q)? {
+            f.set_mem_table(&regions).map_err(err("SET_MEM_TABLE"))?;
+            if track {
+                share_inflight(f, socket, inflight, active)?;
+            }
+            for (i, q) in active.queues.iter().enumerate() {
+                if q.ready && start_queue(f, socket, errs, i, active, base)? {
                     if let Some(s) = started.get_mut(i) {
                         *s = true;
                     }
@@ -163,12 +187,13 @@ impl VhostUserLink {
         })
     }
 
-    /// Device reset or VMM exit: stop every started ring (GET_VRING_BASE).
+    /// Device reset or VMM exit: stop every started ring (GET_VRING_BASE) and forget the
+    /// driver's setup and the inflight region (the next DRIVER_OK asks for a fresh one).
     pub(super) fn reset(&mut self) {
+        self.active = None;
+        self.inflight = None;
         let Self {
-            deadline,
-            frontend,
-            socket,
+            conn,
             name,
             started,
             lost,
@@ -178,13 +203,12 @@ impl VhostUserLink {
             if !std::mem::take(was_started) || *lost {
                 continue;
             }
-            let stopped = deadline.guard("reset", || {
+            let stopped = conn.exchange("reset", |f, socket| {
                 // GET_VRING_BASE stops the ring even if disabling it failed.
-                if let Err(e) = frontend.set_vring_enable(i, false) {
+                if let Err(e) = f.set_vring_enable(i, false) {
                     tracing::warn!("{name}: queue {i}: SET_VRING_ENABLE 0: {e}");
                 }
-                frontend
-                    .get_vring_base(i)
+                f.get_vring_base(i)
                     .map_err(vhost_err(socket, "GET_VRING_BASE"))
             });
             match stopped {
@@ -194,24 +218,61 @@ impl VhostUserLink {
         }
     }
 
-    /// The socket, watched for hangup.
-    pub(super) fn hangup_fd(&self) -> RawFd {
-        self.frontend.as_raw_fd()
+    /// The backend hung up: nothing is sent until [`VhostUserLink::resume`].
+    pub(super) fn connection_lost(&mut self) {
+        self.lost = true;
+        self.started.iter_mut().for_each(|s| *s = false);
+    }
+
+    /// A new connection `conn` to a backend that serves the same device (checked by the
+    /// caller) takes over: replay the driver's setup, if any, with every ring resuming at the
+    /// driver's used index, then kick every started queue once (kicks written while the
+    /// backend was away wait in their eventfds too).
+    pub(super) fn resume(&mut self, conn: Connection) -> Result<(), VirtioError> {
+        self.conn = conn;
+        self.lost = false;
+        if let Err(e) = self.start(Base::GuestUsed) {
+            self.connection_lost();
+            return Err(e);
+        }
+        if let Some(active) = &self.active {
+            for (i, kick) in active.kicks.iter().enumerate() {
+                if self.started.get(i).copied().unwrap_or(false) {
+                    if let Err(e) = kick.write(1) {
+                        tracing::warn!("{}: queue {i}: kick: {e}", self.name);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-/// GET_CONFIG of the device's first `N` config bytes (zero-filled past what the backend sends).
-pub(super) fn read_config<const N: usize>(
-    frontend: &mut Frontend,
+/// GET_INFLIGHT_FD at the first start (for the device's queues at their largest size), then
+/// SET_INFLIGHT_FD of that region at every start.
+fn share_inflight(
+    f: &mut Frontend,
     socket: &str,
-) -> Result<[u8; N], VirtioError> {
-    let (_, payload) = frontend
-        .get_config(0, N as u32, VhostUserConfigFlags::empty(), &[0u8; N])
-        .map_err(vhost_err(socket, "GET_CONFIG"))?;
-    let mut config = [0u8; N];
-    let n = payload.len().min(N);
-    config[..n].copy_from_slice(&payload[..n]);
-    Ok(config)
+    inflight: &mut Option<(VhostUserInflight, File)>,
+    active: &Active,
+) -> Result<(), VirtioError> {
+    if inflight.is_none() {
+        let request = VhostUserInflight {
+            mmap_size: 0,
+            mmap_offset: 0,
+            num_queues: u16::try_from(active.queues.len()).unwrap_or(u16::MAX),
+            queue_size: active.queues.first().map_or(0, |q| q.max_size),
+        };
+        let region = f
+            .get_inflight_fd(&request)
+            .map_err(vhost_err(socket, "GET_INFLIGHT_FD"))?;
+        *inflight = Some(region);
+    }
+    if let Some((region, file)) = inflight.as_ref() {
+        f.set_inflight_fd(region, file.as_raw_fd())
+            .map_err(vhost_err(socket, "SET_INFLIGHT_FD"))?;
+    }
+    Ok(())
 }
 
 /// Hands queue `i`'s size, ring addresses, base and eventfds to the backend and enables it;
@@ -221,32 +282,54 @@ fn start_queue(
     socket: &str,
     errs: &[EventFd],
     i: usize,
-    act: &Activation<'_>,
-    q: &QueueState,
+    active: &Active,
+    base: Base,
 ) -> Result<bool, VirtioError> {
+    let Some(q) = active.queues.get(i) else {
+        return Ok(false);
+    };
+    let mem = &active.mem;
     let (dl, al, ul) = q.ring_lengths();
     let data = VringConfigData {
         queue_max_size: q.max_size,
         queue_size: q.size,
         flags: 0,
-        desc_table_addr: host_addr(act.mem, i, q.desc, dl)?,
-        used_ring_addr: host_addr(act.mem, i, q.used, ul)?,
-        avail_ring_addr: host_addr(act.mem, i, q.avail, al)?,
+        desc_table_addr: host_addr(mem, i, q.desc, dl)?,
+        used_ring_addr: host_addr(mem, i, q.used, ul)?,
+        avail_ring_addr: host_addr(mem, i, q.avail, al)?,
         log_addr: None,
     };
-    let (Some(kick), Some(call), Some(errfd)) = (act.kicks.get(i), act.calls.get(i), errs.get(i))
+    let (Some(kick), Some(call), Some(errfd)) =
+        (active.kicks.get(i), active.calls.get(i), errs.get(i))
     else {
         return Ok(false);
+    };
+    let base = match base {
+        Base::Zero => 0,
+        Base::GuestUsed => guest_used_idx(mem, i, q)?,
     };
     let e = |what| vhost_err(socket, what);
     f.set_vring_num(i, q.size).map_err(e("SET_VRING_NUM"))?;
     f.set_vring_addr(i, &data).map_err(e("SET_VRING_ADDR"))?;
-    f.set_vring_base(i, 0).map_err(e("SET_VRING_BASE"))?;
+    f.set_vring_base(i, base).map_err(e("SET_VRING_BASE"))?;
     f.set_vring_kick(i, kick).map_err(e("SET_VRING_KICK"))?;
     f.set_vring_call(i, call).map_err(e("SET_VRING_CALL"))?;
     f.set_vring_err(i, errfd).map_err(e("SET_VRING_ERR"))?;
     f.set_vring_enable(i, true).map_err(e("SET_VRING_ENABLE"))?;
     Ok(true)
+}
+
+/// The used index the driver sees on queue `i` (`used->idx`, in guest memory).
+fn guest_used_idx(mem: &GuestMemoryMmap, i: usize, q: &QueueState) -> Result<u16, VirtioError> {
+    let bad = || VirtioError::BadRing {
+        queue: i,
+        addr: q.used,
+        len: 4,
+    };
+    let addr = q.used.checked_add(2).ok_or_else(bad)?;
+    mem.read_obj::<u16>(GuestAddress(addr))
+        .map(u16::from_le)
+        .map_err(|_| bad())
 }
 
 /// Translates a guest ring address to this process's address, checking the

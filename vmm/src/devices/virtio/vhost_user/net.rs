@@ -13,10 +13,11 @@
 
 use std::os::fd::RawFd;
 
-use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::vhost_user::VhostUserProtocolFeatures;
 use virtio_bindings::virtio_net::*;
 
-use super::link::{read_config, vhost_err, VhostUserLink};
+use super::connection::{BackendTarget, Connection};
+use super::link::{ReconnectError, VhostUserLink};
 use crate::config::VhostUserNetConfig;
 use crate::devices::virtio::{
     read_config_bytes, Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
@@ -55,11 +56,21 @@ pub struct VhostUserNet {
     link: VhostUserLink,
     /// Features offered to the guest.
     offered: u64,
+    /// Queue pairs.
+    pairs: u16,
+    /// The MAC address given with `mac=` (otherwise the backend's).
+    mac: Option<[u8; 6]>,
     /// Virtqueues: 2 per pair, plus the control queue with several pairs.
     num_queues: u16,
     queue_size: u16,
     config: [u8; NET_CONFIG_LEN],
 }
+
+/// Protocol features a vhost-user-net device asks for.
+const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::CONFIG
+    .union(VhostUserProtocolFeatures::MQ)
+    .union(VhostUserProtocolFeatures::REPLY_ACK)
+    .union(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
 
 impl VhostUserNet {
     /// Connects to the backend at `cfg.socket` and negotiates everything that does not depend
@@ -69,17 +80,16 @@ impl VhostUserNet {
         let pairs = cfg.queues.unwrap_or(1);
         // Data queues plus the control queue when there are several pairs.
         let num_queues = if pairs > 1 { 2 * pairs + 1 } else { 2 };
-        let mut link = VhostUserLink::connect(
-            &cfg.socket,
-            format!("vhost-user-net{index} {socket}"),
-            u64::from(num_queues),
-            VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::MQ
-                | VhostUserProtocolFeatures::REPLY_ACK,
-        )?;
-        require_multiqueue(&link, pairs)?;
-        let mut config = query_backend(&mut link, pairs, num_queues)?;
-        let (protocol, features) = (link.protocol, link.backend_features);
+        let mut link = VhostUserLink::connect(BackendTarget {
+            socket: cfg.socket.clone(),
+            name: format!("vhost-user-net{index} {socket}"),
+            max_queues: u64::from(num_queues),
+            wanted: WANTED_PROTOCOL,
+            reconnect: cfg.reconnect,
+        })?;
+        require_multiqueue(&link.conn, pairs)?;
+        let mut config = query_backend(&mut link.conn, pairs, num_queues)?;
+        let (protocol, features) = (link.conn.protocol, link.conn.backend_features);
         let offered = guest_features(features, protocol, pairs, cfg.mac);
         if let Some(mac) = cfg.mac {
             config[..6].copy_from_slice(&mac);
@@ -105,37 +115,75 @@ impl VhostUserNet {
         Ok(Self {
             link,
             offered,
+            pairs,
+            mac: cfg.mac,
             num_queues,
             queue_size: cfg.queue_size,
             config,
         })
     }
+
+    /// Whether the backend behind `conn` serves this same NIC: the features the guest was
+    /// offered, the protocol features agreed on, enough queues, the same MAC (when it came
+    /// from the backend) and MTU; `Err` names the first difference.
+    fn same_nic(&self, conn: &mut Connection) -> Result<(), ReconnectError> {
+        let refused = |what: String| Err(ReconnectError::Refused(what));
+        let offered = guest_features(conn.backend_features, conn.protocol, self.pairs, self.mac);
+        let missing = self.offered & !offered;
+        if missing != 0 {
+            return refused(format!(
+                "the backend no longer offers features {missing:#x}"
+            ));
+        }
+        let lost = self.link.conn.protocol.difference(conn.protocol);
+        if !lost.is_empty() {
+            return refused(format!(
+                "the backend no longer offers protocol features {:#x}",
+                lost.bits()
+            ));
+        }
+        if let Err(e) = require_multiqueue(conn, self.pairs) {
+            return refused(e.to_string());
+        }
+        let config = match query_backend(conn, self.pairs, self.num_queues) {
+            Err(VirtioError::Backend { what, .. }) => return refused(what),
+            other => other?,
+        };
+        if self.mac.is_none() && config[..6] != self.config[..6] {
+            return refused("the backend offers another MAC address".into());
+        }
+        let mtu = |c: &[u8; NET_CONFIG_LEN]| u16::from_le_bytes([c[10], c[11]]);
+        if mtu(&config) != mtu(&self.config) {
+            return refused(format!("MTU {} -> {}", mtu(&self.config), mtu(&config)));
+        }
+        Ok(())
+    }
 }
 
 /// The error for a backend that lacks what the configuration needs.
-fn missing(link: &VhostUserLink, what: String) -> VirtioError {
+fn missing(conn: &Connection, what: String) -> VirtioError {
     VirtioError::Backend {
-        socket: link.socket.clone(),
+        socket: conn.socket.clone(),
         what,
     }
 }
 
 /// More than one pair needs the backend's MQ protocol feature and its
 /// VIRTIO_NET_F_MQ and VIRTIO_NET_F_CTRL_VQ (it serves the control queue).
-fn require_multiqueue(link: &VhostUserLink, pairs: u16) -> Result<(), VirtioError> {
+fn require_multiqueue(conn: &Connection, pairs: u16) -> Result<(), VirtioError> {
     if pairs <= 1 {
         return Ok(());
     }
-    if !link.protocol.contains(VhostUserProtocolFeatures::MQ) {
+    if !conn.protocol.contains(VhostUserProtocolFeatures::MQ) {
         return Err(missing(
-            link,
+            conn,
             format!("queues={pairs} needs VHOST_USER_PROTOCOL_F_MQ, which the backend lacks"),
         ));
     }
-    let features = link.backend_features;
+    let features = conn.backend_features;
     if features & MQ_FEATURES != MQ_FEATURES {
         return Err(missing(
-            link,
+            conn,
             format!(
                 "queues={pairs} needs a backend offering VIRTIO_NET_F_MQ and \
                  VIRTIO_NET_F_CTRL_VQ (it serves the control queue); this one offers {}",
@@ -153,38 +201,24 @@ fn require_multiqueue(link: &VhostUserLink, pairs: u16) -> Result<(), VirtioErro
 /// Asks the backend how many queues it serves (with several pairs; too few
 /// is an error) and for its config space (zeros without the CONFIG feature).
 fn query_backend(
-    link: &mut VhostUserLink,
+    conn: &mut Connection,
     pairs: u16,
     num_queues: u16,
 ) -> Result<[u8; NET_CONFIG_LEN], VirtioError> {
-    let protocol = link.protocol;
-    let socket = link.socket.clone();
-    let err = |what| vhost_err(&socket, what);
-    let (deadline, frontend) = (&link.deadline, &mut link.frontend);
-    let (backend_queues, config) = deadline.guard("configuration", || {
-        let queues = if pairs > 1 {
-            Some(frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?)
-        } else {
-            None
-        };
-        let config = if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
-            read_config::<NET_CONFIG_LEN>(frontend, &socket)?
-        } else {
-            [0u8; NET_CONFIG_LEN]
-        };
-        Ok((queues, config))
-    })?;
-    if let Some(backend_queues) = backend_queues.filter(|&q| q < u64::from(num_queues)) {
-        return Err(missing(
-            link,
-            format!(
-                "queues={pairs} needs {num_queues} virtqueues (with the control queue) \
-                 but the backend serves {backend_queues}; start it with --queues {pairs} \
-                 or more"
-            ),
-        ));
+    if pairs > 1 {
+        let backend_queues = conn.queue_num()?;
+        if backend_queues < u64::from(num_queues) {
+            return Err(missing(
+                conn,
+                format!(
+                    "queues={pairs} needs {num_queues} virtqueues (with the control queue) \
+                     but the backend serves {backend_queues}; start it with --queues {pairs} \
+                     or more"
+                ),
+            ));
+        }
     }
-    Ok(config)
+    conn.read_config::<NET_CONFIG_LEN>()
 }
 
 /// The features offered to the guest: the backend's within
@@ -249,11 +283,25 @@ impl VirtioDevice for VhostUserNet {
     }
 
     fn hangup_fd(&self) -> Option<RawFd> {
-        Some(self.link.hangup_fd())
+        Some(self.link.conn.hangup_fd())
+    }
+
+    fn reconnect_target(&self) -> Option<BackendTarget> {
+        self.link.reconnect_target()
+    }
+
+    fn connection_lost(&mut self) {
+        self.link.connection_lost();
+    }
+
+    fn reconnected(&mut self, mut conn: Connection) -> Result<(), ReconnectError> {
+        self.same_nic(&mut conn)?;
+        self.link.resume(conn)?;
+        Ok(())
     }
 
     fn disconnected(&mut self) {
-        self.link.lost = true;
+        self.link.connection_lost();
         // Link down: Linux re-reads `status` on a config interrupt.
         self.config[6..8].fill(0);
     }
