@@ -57,6 +57,9 @@ pub struct LinkRun {
     pub mpps: f64,
     /// Gbit/s of Ethernet frame bytes received by B.
     pub gbps: f64,
+    /// CPU time (user + system) of our switch process per frame A's client handed over, in
+    /// ns: less noisy than the rates on a shared machine (ours only).
+    pub switch_cpu_ns_per_frame: Option<f64>,
 }
 
 impl LinkRun {
@@ -73,6 +76,7 @@ impl LinkRun {
             seconds: s,
             mpps,
             gbps: mpps * 1e6 * frame.frame_len() as f64 * 8.0 / 1e9,
+            switch_cpu_ns_per_frame: None,
         }
     }
 }
@@ -201,13 +205,28 @@ impl LinkBench {
     ) -> Result<LinkRun> {
         let running = self.start_switch(switch)?;
         let key = (switch, clients, frame, rep);
+        let pid = match &running {
+            Running::Ours(child) => Some(child.id()),
+            Running::Dpdk(_) => None,
+        };
+        let cpu_before = pid.and_then(super::process_cpu);
         let result = match clients {
             Clients::VmmPerf => self.own_clients(frame),
             Clients::Testpmd => self.testpmd_clients(frame),
         };
+        let cpu = pid
+            .and_then(super::process_cpu)
+            .zip(cpu_before)
+            .map(|(after, before)| after.saturating_sub(before));
         running.stop();
         let (sent, received, seconds) = result?;
-        Ok(LinkRun::new(key, sent, received, seconds))
+        let mut run = LinkRun::new(key, sent, received, seconds);
+        // The switch's CPU time covers the whole run (testpmd clients: their warm-up too,
+        // whose frames are not counted; the figure is for our own clients).
+        run.switch_cpu_ns_per_frame = cpu
+            .filter(|_| clients == Clients::VmmPerf)
+            .map(|c| c.as_nanos() as f64 / sent.max(1) as f64);
+        Ok(run)
     }
 
     /// Our driver on both sockets: B receives while A transmits for the run's duration.
@@ -334,14 +353,22 @@ pub fn table(runs: &[LinkRun], frames: &[FrameKind]) -> String {
         })
     };
     let mut out = String::from(
-        "| frame | ours, vmm-perf clients | ours, testpmd clients | DPDK testpmd switch, testpmd clients | ours / DPDK |\n|---|---|---|---|---|\n",
+        "| frame | ours, vmm-perf clients | switch CPU ns/frame | ours, testpmd clients | DPDK testpmd switch, testpmd clients | ours / DPDK |\n|---|---|---|---|---|---|\n",
     );
     for &f in frames {
         let m = |s, c| median(runs, s, c, f);
+        let mut cpu: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.frame == f)
+            .filter_map(|r| r.switch_cpu_ns_per_frame)
+            .collect();
+        cpu.sort_by(f64::total_cmp);
         out.push_str(&format!(
-            "| {} | {} | {} | {} | **{}** |\n",
+            "| {} | {} | {} | {} | {} | **{}** |\n",
             f.name(),
             cell(m(Switch::Ours, Clients::VmmPerf)),
+            cpu.get(cpu.len() / 2)
+                .map_or("-".into(), |ns| format!("{ns:.0}")),
             cell(m(Switch::Ours, Clients::Testpmd)),
             cell(m(Switch::Dpdk, Clients::Testpmd)),
             ratio_to_dpdk(runs, f).map_or("-".into(), |r| format!("{r:.2}")),

@@ -304,7 +304,7 @@ fn thread_cpu() -> Duration {
 }
 
 /// CPU time (user + system, all threads) of process `pid`, from `/proc/PID/stat`.
-fn process_cpu(pid: u32) -> Option<Duration> {
+pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();

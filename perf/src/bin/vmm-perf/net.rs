@@ -448,13 +448,15 @@ fn net_link(a: NetArgs, provenance: &Provenance) -> Result<()> {
             for (switch, clients) in cells {
                 let r = bench.run(switch, clients, frame, rep)?;
                 println!(
-                    "run {rep} {:<8} {:?}/{:?}: {:.3} Mpps received ({:.2} Gbit/s), {:.3} Mpps sent",
+                    "run {rep} {:<8} {:?}/{:?}: {:.3} Mpps received ({:.2} Gbit/s), {:.3} Mpps sent{}",
                     frame.name(),
                     switch,
                     clients,
                     r.mpps,
                     r.gbps,
-                    r.sent as f64 / r.seconds.max(1e-9) / 1e6
+                    r.sent as f64 / r.seconds.max(1e-9) / 1e6,
+                    r.switch_cpu_ns_per_frame
+                        .map_or(String::new(), |ns| format!(", switch CPU {ns:.0} ns/frame"))
                 );
                 runs.push(r);
             }
