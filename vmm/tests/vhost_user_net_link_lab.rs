@@ -40,12 +40,19 @@ iperf() {{
     done
     echo "$key=$out"
 }}
-ip link set eth0 up
-case $(cat /sys/class/net/eth0/address) in
+# The NICs by MAC: ...:01 and ...:02 on the link, ...:10 on the TAP path.
+for i in /sys/class/net/eth*; do
+    case $(cat $i/address) in
+    *:01|*:02) LINK=$(basename $i) ;;
+    *:10) TAPNIC=$(basename $i) ;;
+    esac
+done
+ip link set $LINK up
+case $(cat /sys/class/net/$LINK/address) in
 *:01)
-    ip addr add 10.0.1.1/24 dev eth0
-    ip link set eth1 up
-    ip addr add 10.0.0.2/24 dev eth1
+    ip addr add 10.0.1.1/24 dev $LINK
+    ip link set $TAPNIC up
+    ip addr add 10.0.0.2/24 dev $TAPNIC
     ping -c 2 -W 5 10.0.0.1 > /dev/null
     echo TAP-PING-STATUS=$?
     iperf TAP-TCP -c 10.0.0.1 -n {BYTES}
@@ -53,13 +60,13 @@ case $(cat /sys/class/net/eth0/address) in
     timeout 240 sh -c 'for i in 1 2; do iperf3 -s -1 > /dev/null 2>&1; done'
     ;;
 *)
-    ip addr add 10.0.1.2/24 dev eth0
+    ip addr add 10.0.1.2/24 dev $LINK
     for i in $(seq 120); do ping -c 1 -W 2 10.0.1.1 > /dev/null 2>&1 && break; sleep 1; done
     ping -c 3 -W 5 10.0.1.1
     echo LINK-PING-STATUS=$?
     iperf LINK-TCP -c 10.0.1.1 -n {BYTES}
     iperf LINK-TCPR -c 10.0.1.1 -n {BYTES} -R
-    echo GUEST-RX-LENGTH-ERRORS=$(cat /sys/class/net/eth0/statistics/rx_length_errors)
+    echo GUEST-RX-LENGTH-ERRORS=$(cat /sys/class/net/$LINK/statistics/rx_length_errors)
     ;;
 esac
 "#
