@@ -22,6 +22,9 @@ use crate::{io_err, stop_child, wait_for_socket, Error, Result};
 pub enum Switch {
     /// Our `vhost-user-net --link`.
     Ours,
+    /// The same with virtio-queue's ring reader (`--ring-reader virtio-queue`): the A/B of
+    /// our own batched reader.
+    OursVirtioQueue,
     /// testpmd, two `net_vhost` ports, io forwarding.
     Dpdk,
 }
@@ -133,11 +136,17 @@ impl LinkBench {
             let _ = std::fs::remove_file(s);
         }
         let running = match switch {
-            Switch::Ours => {
+            Switch::Ours | Switch::OursVirtioQueue => {
+                let reader = if switch == Switch::Ours {
+                    "own"
+                } else {
+                    "virtio-queue"
+                };
                 let child = Command::new(&self.backend_bin)
                     .arg("--link")
                     .arg(format!("{},{}", a.display(), b.display()))
                     .args(["--queue-size", &CLIENT_QUEUE_SIZE.to_string()])
+                    .args(["--ring-reader", reader])
                     .args(&self.backend_args)
                     .env(
                         "RUST_LOG",
@@ -352,23 +361,28 @@ pub fn table(runs: &[LinkRun], frames: &[FrameKind]) -> String {
             )
         })
     };
-    let mut out = String::from(
-        "| frame | ours, vmm-perf clients | switch CPU ns/frame | ours, testpmd clients | DPDK testpmd switch, testpmd clients | ours / DPDK |\n|---|---|---|---|---|---|\n",
-    );
-    for &f in frames {
-        let m = |s, c| median(runs, s, c, f);
-        let mut cpu: Vec<f64> = runs
+    let cpu = |switch: Switch, f: FrameKind| {
+        let mut v: Vec<f64> = runs
             .iter()
-            .filter(|r| r.frame == f)
+            .filter(|r| r.switch == switch && r.frame == f)
             .filter_map(|r| r.switch_cpu_ns_per_frame)
             .collect();
-        cpu.sort_by(f64::total_cmp);
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let mut out = String::from(
+        "| frame | ours, vmm-perf clients | ours with virtio-queue's reader, vmm-perf clients | switch CPU ns/frame: ours / virtio-queue's | ours, testpmd clients | DPDK testpmd switch, testpmd clients | ours / DPDK |\n|---|---|---|---|---|---|---|\n",
+    );
+    let num = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+    for &f in frames {
+        let m = |s, c| median(runs, s, c, f);
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | **{}** |\n",
+            "| {} | {} | {} | {} / {} | {} | {} | **{}** |\n",
             f.name(),
             cell(m(Switch::Ours, Clients::VmmPerf)),
-            cpu.get(cpu.len() / 2)
-                .map_or("-".into(), |ns| format!("{ns:.0}")),
+            cell(m(Switch::OursVirtioQueue, Clients::VmmPerf)),
+            num(cpu(Switch::Ours, f)),
+            num(cpu(Switch::OursVirtioQueue, f)),
             cell(m(Switch::Ours, Clients::Testpmd)),
             cell(m(Switch::Dpdk, Clients::Testpmd)),
             ratio_to_dpdk(runs, f).map_or("-".into(), |r| format!("{r:.2}")),

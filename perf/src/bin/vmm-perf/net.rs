@@ -434,7 +434,10 @@ fn net_link(a: NetArgs, provenance: &Provenance) -> Result<()> {
     let mut runs = Vec::new();
     for rep in 0..a.repeat {
         for &frame in &frames {
-            let mut cells = vec![(Switch::Ours, Clients::VmmPerf)];
+            let mut cells = vec![
+                (Switch::Ours, Clients::VmmPerf),
+                (Switch::OursVirtioQueue, Clients::VmmPerf),
+            ];
             // testpmd's txonly sends single-segment frames: 64 and 1514 bytes.
             if testpmd.is_some() && frame != FrameKind::Tso {
                 cells.extend([
