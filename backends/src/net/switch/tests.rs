@@ -477,3 +477,49 @@ fn ring_readers_agree_on_hostile_and_random_rings() {
     }
     assert!(taken > 0, "random rings never had a chain to take");
 }
+
+#[test]
+fn with_several_pairs_each_side_offers_multiqueue_and_a_control_queue() {
+    let (a, b) = switch(SwitchOptions {
+        macs: [Some([2, 0, 0, 0, 0, 1]), Some([2, 0, 0, 0, 0, 2])],
+        mtu: 9000,
+        queue_pairs: 2,
+        queue_size: 256,
+        batch: 32,
+        poll_max: Duration::from_micros(64),
+        reader: RingReader::Own,
+    })
+    .unwrap();
+    for (port, last) in [(&a, 1u8), (&b, 2)] {
+        let f = port.features();
+        for bit in [VIRTIO_NET_F_MQ, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MAC] {
+            assert_ne!(f & (1 << bit), 0, "feature bit {bit}");
+        }
+        // Two pairs and the control queue; pair 0 and the control queue on thread 0.
+        assert_eq!(port.num_queues(), 5);
+        assert_eq!(port.queues_per_thread(), vec![0b10011, 0b01100]);
+        assert!(u64::from(port.wake_event()) > port.num_queues() as u64);
+        // MAC, status, pairs, MTU.
+        assert_eq!(port.get_config(0, 6), vec![2, 0, 0, 0, 0, last]);
+        assert_eq!(port.get_config(8, 2), 2u16.to_le_bytes().to_vec());
+        assert_eq!(port.get_config(10, 2), 9000u16.to_le_bytes().to_vec());
+        assert!(port.get_config(10, 4).is_empty(), "past the config space");
+        // The driver starts on one pair and asks for both through the control queue.
+        port.acked_features(f & !(1 << VIRTIO_NET_F_MAC));
+        assert!(port.set_active_pairs(3).is_err());
+        port.set_active_pairs(2).unwrap();
+    }
+    let bad = SwitchOptions {
+        macs: [None, None],
+        mtu: 1500,
+        queue_pairs: 1,
+        queue_size: 100,
+        batch: 32,
+        poll_max: Duration::ZERO,
+        reader: RingReader::Own,
+    };
+    assert!(
+        switch(bad).is_err(),
+        "a queue size that is not a power of two"
+    );
+}
