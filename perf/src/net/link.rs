@@ -314,6 +314,46 @@ impl LinkBench {
     }
 }
 
+impl LinkBench {
+    /// Every cell for every frame size, `repeat` times (the order of the cells alternates
+    /// between repetitions); prints each run as it ends.
+    pub fn run_matrix(&self, frames: &[FrameKind], repeat: usize) -> Result<Vec<LinkRun>> {
+        let mut runs = Vec::new();
+        for rep in 0..repeat {
+            for &frame in frames {
+                let mut cells = vec![
+                    (Switch::Ours, Clients::VmmPerf),
+                    (Switch::OursVirtioQueue, Clients::VmmPerf),
+                ];
+                // testpmd's txonly sends single-segment frames: 64 and 1514 bytes.
+                if self.testpmd.is_some() && frame != FrameKind::Tso {
+                    cells.extend([
+                        (Switch::Ours, Clients::Testpmd),
+                        (Switch::Dpdk, Clients::Testpmd),
+                    ]);
+                }
+                if rep % 2 == 1 {
+                    cells.reverse();
+                }
+                for (switch, clients) in cells {
+                    let r = self.run(switch, clients, frame, rep)?;
+                    println!(
+                        "run {rep} {:<8} {switch:?}/{clients:?}: {:.3} Mpps received ({:.2} Gbit/s), {:.3} Mpps sent{}",
+                        frame.name(),
+                        r.mpps,
+                        r.gbps,
+                        r.sent as f64 / r.seconds.max(1e-9) / 1e6,
+                        r.switch_cpu_ns_per_frame
+                            .map_or(String::new(), |ns| format!(", switch CPU {ns:.0} ns/frame"))
+                    );
+                    runs.push(r);
+                }
+            }
+        }
+        Ok(runs)
+    }
+}
+
 /// The median run (by received rate) of `switch`/`clients`/`frame`.
 pub fn median(
     runs: &[LinkRun],

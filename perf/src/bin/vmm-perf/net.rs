@@ -390,39 +390,15 @@ fn print_summary(
 
 /// `backend net --link`: our switch vs DPDK testpmd's, medians of `--repeat` runs.
 fn net_link(a: NetArgs, provenance: &Provenance) -> Result<()> {
-    use perf::net::link::{self, Clients, LinkBench, Switch};
+    use perf::net::link;
     let frames = frame_kinds(&a)?;
     let run_dir = std::env::temp_dir().join(format!("vmm-perf-link-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir).map_err(|source| Error::Io {
         context: "run dir".into(),
         source,
     })?;
-    let backend_args = a.backend_arg.clone();
-    let testpmd = a.testpmd.is_file().then(|| a.testpmd.clone());
-    if testpmd.is_none() {
-        eprintln!(
-            "{} not found (apt-get install dpdk-dev): measuring our switch with our own clients only",
-            a.testpmd.display()
-        );
-    }
-    let bench = LinkBench {
-        backend_bin: a
-            .backend_bin
-            .clone()
-            .unwrap_or_else(|| sibling_binary("vhost-user-net")),
-        backend_args: backend_args.clone(),
-        testpmd: testpmd.clone(),
-        duration: Duration::from_secs_f64(a.duration),
-        queue_size: a.queue_size,
-        batch: a.batch,
-        event_idx: !a.no_event_idx,
-        completion: if a.driver_poll {
-            perf::net::driver::Completion::Poll
-        } else {
-            perf::net::driver::Completion::Interrupts
-        },
-        run_dir: run_dir.clone(),
-    };
+    let bench = link_bench(&a, run_dir.clone());
+    let (backend_args, testpmd) = (bench.backend_args.clone(), bench.testpmd.clone());
     let idle_hold = a.idle.hold()?;
     let wake_ns = perf::net::wake::eventfd_wake_ns(200)?;
     eprintln!(
@@ -431,40 +407,7 @@ fn net_link(a: NetArgs, provenance: &Provenance) -> Result<()> {
         a.repeat,
         wake_ns / 1000.0
     );
-    let mut runs = Vec::new();
-    for rep in 0..a.repeat {
-        for &frame in &frames {
-            let mut cells = vec![
-                (Switch::Ours, Clients::VmmPerf),
-                (Switch::OursVirtioQueue, Clients::VmmPerf),
-            ];
-            // testpmd's txonly sends single-segment frames: 64 and 1514 bytes.
-            if testpmd.is_some() && frame != FrameKind::Tso {
-                cells.extend([
-                    (Switch::Ours, Clients::Testpmd),
-                    (Switch::Dpdk, Clients::Testpmd),
-                ]);
-            }
-            if rep % 2 == 1 {
-                cells.reverse();
-            }
-            for (switch, clients) in cells {
-                let r = bench.run(switch, clients, frame, rep)?;
-                println!(
-                    "run {rep} {:<8} {:?}/{:?}: {:.3} Mpps received ({:.2} Gbit/s), {:.3} Mpps sent{}",
-                    frame.name(),
-                    switch,
-                    clients,
-                    r.mpps,
-                    r.gbps,
-                    r.sent as f64 / r.seconds.max(1e-9) / 1e6,
-                    r.switch_cpu_ns_per_frame
-                        .map_or(String::new(), |ns| format!(", switch CPU {ns:.0} ns/frame"))
-                );
-                runs.push(r);
-            }
-        }
-    }
+    let runs = bench.run_matrix(&frames, a.repeat)?;
     println!();
     println!(
         "median of {} runs, Mpps received by B (Gbit/s of Ethernet frame bytes; sent: Mpps the sender handed over):",
@@ -503,4 +446,33 @@ fn net_link(a: NetArgs, provenance: &Provenance) -> Result<()> {
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     Ok(())
+}
+
+/// The link benchmark's settings from `a` (testpmd only if installed).
+fn link_bench(a: &NetArgs, run_dir: PathBuf) -> perf::net::link::LinkBench {
+    let testpmd = a.testpmd.is_file().then(|| a.testpmd.clone());
+    if testpmd.is_none() {
+        eprintln!(
+            "{} not found (apt-get install dpdk-dev): measuring our switch with our own clients only",
+            a.testpmd.display()
+        );
+    }
+    perf::net::link::LinkBench {
+        backend_bin: a
+            .backend_bin
+            .clone()
+            .unwrap_or_else(|| sibling_binary("vhost-user-net")),
+        backend_args: a.backend_arg.clone(),
+        testpmd,
+        duration: Duration::from_secs_f64(a.duration),
+        queue_size: a.queue_size,
+        batch: a.batch,
+        event_idx: !a.no_event_idx,
+        completion: if a.driver_poll {
+            perf::net::driver::Completion::Poll
+        } else {
+            perf::net::driver::Completion::Interrupts
+        },
+        run_dir,
+    }
 }
