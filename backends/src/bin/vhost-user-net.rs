@@ -1,5 +1,7 @@
 //! `vhost-user-net`: serve a TAP interface to a vhost-user frontend, or (`--link A,B`) wire
-//! two frontends back to back with no TAP.
+//! two frontends back to back with no TAP: through the in-process switch (default; frames are
+//! copied from one guest's memory into the other's, see `backends::net::switch`), or through
+//! a pair of datagram sockets (`--link-via socketpair`, two system calls per frame).
 //!
 //! Each socket serves successive frontend connections, one at a time (a second frontend is
 //! refused); the TAP is made persistent so that a restarted backend reattaches to the same
@@ -10,16 +12,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use backends::access::SocketAccessArgs;
 use backends::engine::{TuningArgs, DEFAULT_BATCH};
 use backends::metrics::{Exporter, MetricsListener, QueueMetrics};
+use backends::net::switch::{self, RingReader, SwitchOptions, SwitchPort};
 use backends::net::{parse_mac, NetBackend, NetOptions, Port, DEFAULT_MTU};
 use backends::placement::Affinity;
 use backends::privileges::{drop_privileges, PrivilegeArgs};
 use backends::server::Server;
 use backends::Error;
 use clap::Parser;
-use vhost_user_backend::VhostUserDaemon;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
@@ -34,9 +39,18 @@ struct Args {
     #[arg(long, conflicts_with = "link")]
     tap: Option<String>,
     /// Link mode: two vhost-user sockets SOCKET_A,SOCKET_B whose guests are wired to each
-    /// other (A's transmit → B's receive and back); no TAP, no offloads.
+    /// other (A's transmit → B's receive and back, queue pair N to queue pair N); no TAP.
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["socket", "tap"])]
     link: Option<Vec<PathBuf>>,
+    /// How --link carries frames: `switch` copies each frame from one guest's memory into the
+    /// other's in this process (offloads pass through); `socketpair` sends it through a
+    /// datagram socket pair (two system calls per frame, no offloads).
+    #[arg(long, value_enum, default_value_t = LinkVia::Switch, requires = "link")]
+    link_via: LinkVia,
+    /// Ring reader of the switch: our own batched reader (`own`) or virtio-queue's
+    /// (`virtio-queue`, to compare the two).
+    #[arg(long, value_enum, default_value_t = RingReader::Own, requires = "link")]
+    ring_reader: RingReader,
     /// MAC address offered to the guest (aa:bb:cc:dd:ee:ff); in link mode the last byte
     /// is incremented for the second guest.
     #[arg(long)]
@@ -81,6 +95,15 @@ struct Args {
     /// unix:PATH.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<minihttp::ListenAddr>,
+}
+
+/// The carrier of `--link`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LinkVia {
+    /// The in-process switch.
+    Switch,
+    /// A datagram socket pair per queue pair and direction.
+    Socketpair,
 }
 
 fn main() {
@@ -167,8 +190,38 @@ fn link_sockets(pairs: u16) -> Result<(Vec<(OwnedFd, OwnedFd)>, Vec<(OwnedFd, Ow
     Ok((a, b))
 }
 
+/// A device: on a TAP (or a socket pair), or one end of the switch.
+#[derive(Clone)]
+enum Backend {
+    Net(Arc<NetBackend>),
+    Switch(Arc<SwitchPort>),
+}
+
+impl Backend {
+    fn stats(&self) -> &[backends::net::PairStats] {
+        match self {
+            Backend::Net(b) => b.stats(),
+            Backend::Switch(b) => b.stats(),
+        }
+    }
+
+    fn ctrl_stats(&self) -> Option<Arc<backends::engine::QueueStats>> {
+        match self {
+            Backend::Net(b) => b.ctrl_stats(),
+            Backend::Switch(b) => b.ctrl_stats(),
+        }
+    }
+
+    fn log_stats(&self) {
+        match self {
+            Backend::Net(b) => b.log_stats(),
+            Backend::Switch(b) => b.log_stats(),
+        }
+    }
+}
+
 /// A device and the socket it listens on.
-type Device = (Arc<NetBackend>, PathBuf);
+type Device = (Backend, PathBuf);
 
 fn run(args: Args) -> Result<(), Error> {
     let sigset = block_signals();
@@ -274,25 +327,42 @@ fn create_devices(args: &Args) -> Result<Vec<Device>, Error> {
                 "--link takes exactly two sockets: SOCKET_A,SOCKET_B".into(),
             ))
         }
+        (Some(link), _, _) if args.link_via == LinkVia::Switch => {
+            let tuning = args.tuning.tuning(DEFAULT_BATCH);
+            let (a, b) = switch::switch(SwitchOptions {
+                macs: [mac, next_mac(mac)],
+                mtu: args.mtu,
+                queue_pairs: args.queues,
+                queue_size: args.queue_size,
+                batch: tuning.batch,
+                poll_max: Duration::from_micros(args.tuning.poll_max_us),
+                reader: args.ring_reader,
+            })?;
+            devices.push((Backend::Switch(a), link[0].clone()));
+            devices.push((Backend::Switch(b), link[1].clone()));
+            tracing::info!(a = %link[0].display(), b = %link[1].display(), reader = ?args.ring_reader, "link mode: in-process switch");
+        }
         (Some(link), _, _) => {
             let (a, b) = link_sockets(args.queues)?;
-            let mac_b = mac.map(|mut m| {
-                m[5] = m[5].wrapping_add(1);
-                m
-            });
             devices.push((
-                Arc::new(NetBackend::new(opts(Port::Link(a), mac))?),
+                Backend::Net(Arc::new(NetBackend::new(opts(Port::Link(a), mac))?)),
                 link[0].clone(),
             ));
             devices.push((
-                Arc::new(NetBackend::new(opts(Port::Link(b), mac_b))?),
+                Backend::Net(Arc::new(NetBackend::new(opts(
+                    Port::Link(b),
+                    next_mac(mac),
+                ))?)),
                 link[1].clone(),
             ));
-            tracing::info!(a = %link[0].display(), b = %link[1].display(), "link mode");
+            tracing::info!(a = %link[0].display(), b = %link[1].display(), "link mode: socket pairs");
         }
         (None, Some(socket), Some(tap)) => {
             devices.push((
-                Arc::new(NetBackend::new(opts(Port::Tap(tap.clone()), mac))?),
+                Backend::Net(Arc::new(NetBackend::new(opts(
+                    Port::Tap(tap.clone()),
+                    mac,
+                ))?)),
                 socket.clone(),
             ));
             tracing::info!(tap, queues = args.queues, mtu = args.mtu, "TAP ready");
@@ -304,6 +374,14 @@ fn create_devices(args: &Args) -> Result<Vec<Device>, Error> {
         }
     }
     Ok(devices)
+}
+
+/// The second guest's MAC in link mode: the first one's, last byte incremented.
+fn next_mac(mac: Option<[u8; 6]>) -> Option<[u8; 6]> {
+    mac.map(|mut m| {
+        m[5] = m[5].wrapping_add(1);
+        m
+    })
 }
 
 /// A thread (`net-signal`) that waits for SIGTERM/SIGINT, logs the counters,
@@ -335,34 +413,71 @@ fn spawn_signal_thread(
 }
 
 /// Serve one device's frontends on `server` (each through the relay unless `no_relay`).
-fn serve(
-    backend: Arc<NetBackend>,
+fn serve(backend: Backend, server: &Server, no_relay: bool, once: bool) -> Result<(), Error> {
+    let served = match &backend {
+        Backend::Net(net) => {
+            let daemon = daemon(net.clone())?;
+            for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+                let (tx, rx) = net.completion_fds(q).map_err(Error::EventFd)?;
+                let ev = u64::from(net.tx_completion_event());
+                for (fd, data) in [(&tx, ev), (&rx, ev + 1)] {
+                    handler
+                        .register_listener(fd.as_raw_fd(), EventSet::IN, data)
+                        .map_err(Error::EventFd)?;
+                }
+                // The epoll set holds the registrations; keep the duplicates open for the
+                // process life.
+                std::mem::forget(tx);
+                std::mem::forget(rx);
+            }
+            run_daemon(daemon, server, no_relay, once)
+        }
+        Backend::Switch(port) => {
+            let daemon = daemon(port.clone())?;
+            for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+                let wake = port
+                    .wake_fd(q)
+                    .ok_or_else(|| Error::VhostUser(format!("no wake-up eventfd for pair {q}")))?;
+                handler
+                    .register_listener(wake.as_raw_fd(), EventSet::IN, u64::from(port.wake_event()))
+                    .map_err(Error::EventFd)?;
+                // The worker runs once now and learns its vrings, which the other side's
+                // queue threads fill.
+                wake.write(1).map_err(Error::EventFd)?;
+            }
+            run_daemon(daemon, server, no_relay, once)
+        }
+    };
+    backend.log_stats();
+    server.remove_socket();
+    served
+}
+
+/// A daemon for `backend` with empty guest memory.
+fn daemon<T>(backend: Arc<T>) -> Result<VhostUserDaemon<Arc<T>>, Error>
+where
+    T: VhostUserBackend<Bitmap = (), Vring = backends::engine::Vring> + 'static,
+{
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    VhostUserDaemon::new("vhost-user-net".into(), backend, mem)
+        .map_err(|e| Error::VhostUser(e.to_string()))
+}
+
+/// Serve frontends with `daemon` until `once` says stop.
+fn run_daemon<T>(
+    mut daemon: VhostUserDaemon<Arc<T>>,
     server: &Server,
     no_relay: bool,
     once: bool,
-) -> Result<(), Error> {
-    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new("vhost-user-net".into(), backend.clone(), mem)
-        .map_err(|e| Error::VhostUser(e.to_string()))?;
-    for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
-        let (tx, rx) = backend.completion_fds(q).map_err(Error::EventFd)?;
-        let ev = u64::from(backend.tx_completion_event());
-        for (fd, data) in [(&tx, ev), (&rx, ev + 1)] {
-            handler
-                .register_listener(fd.as_raw_fd(), EventSet::IN, data)
-                .map_err(Error::EventFd)?;
-        }
-        // The epoll set holds the registrations; keep the duplicates open for the process life.
-        std::mem::forget(tx);
-        std::mem::forget(rx);
-    }
+) -> Result<(), Error>
+where
+    T: VhostUserBackend<Bitmap = (), Vring = backends::engine::Vring> + 'static,
+{
     let served = if no_relay {
         server.serve(&mut daemon, once, Ok)
     } else {
         server.serve(&mut daemon, once, backends::vhost_shim::relay)
     };
-    backend.log_stats();
-    server.remove_socket();
     // The daemon's drop joins its worker threads; the process exits right after anyway.
     std::mem::forget(daemon);
     served

@@ -138,6 +138,17 @@ impl DescChain {
         self.record(head, mem, SplitWalk::new(mem, table, size, head));
     }
 
+    /// Walk the chain at `head` whose descriptors `walk` yields (our ring reader's
+    /// [`SplitWalk`] over a mapped table), with exactly the checks of [`DescChain::reset_from`].
+    pub fn reset_from_walk<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        head: u16,
+        walk: SplitWalk<'_, M>,
+    ) {
+        self.record(head, mem, walk);
+    }
+
     /// The walk itself, over the descriptors `descriptors` yields for the chain at `head`.
     fn record<M: GuestMemory + ?Sized>(
         &mut self,

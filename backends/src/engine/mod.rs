@@ -20,6 +20,7 @@ mod queue;
 mod ring;
 #[cfg(test)]
 mod settle_tests;
+mod split_ring;
 mod split_walk;
 mod sqpoll;
 mod stats;
@@ -30,6 +31,7 @@ pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
 pub use poll::{PollPolicy, PollWindow, Polled, Poller, DEFAULT_POLL_MAX, INITIAL_WINDOW};
 pub use queue::{BackendMemory, LocalQueue, VhostMem, VirtQueue, Vring, VringQueue, WorkerVrings};
 pub use ring::{new_ring, parse_on_off, restrictions, set_restrictions, RingSpec};
+pub use split_ring::{compare_with_virtio_queue, RingAddrs, SplitRing};
 pub use split_walk::SplitWalk;
 pub use sqpoll::{
     EpochLoad, HostIdle, SqpollGovernor, SqpollLoad, SqpollPolicy, DEFAULT_SQPOLL_IDLE, EPOCH,

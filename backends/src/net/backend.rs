@@ -146,23 +146,23 @@ fn poisoned<T>(what: &'static str) -> impl FnOnce(std::sync::PoisonError<T>) -> 
 /// The ranges the device supports: 1..=16 queue pairs, power-of-two queue
 /// sizes up to 32768, an MTU the header fields can carry.
 fn validate(opts: &NetOptions) -> Result<()> {
-    if opts.queue_pairs == 0 || opts.queue_pairs > 16 {
+    check_shape(opts.queue_pairs, opts.queue_size, opts.mtu)
+}
+
+/// [`validate`] for the parts every vhost-user-net device shares (the switch's too).
+pub(super) fn check_shape(queue_pairs: u16, queue_size: u16, mtu: u16) -> Result<()> {
+    if queue_pairs == 0 || queue_pairs > 16 {
         return Err(Error::InvalidConfig(format!(
-            "queues must be 1..=16, got {}",
-            opts.queue_pairs
+            "queues must be 1..=16, got {queue_pairs}"
         )));
     }
-    if !opts.queue_size.is_power_of_two() || opts.queue_size > 32768 {
+    if !queue_size.is_power_of_two() || queue_size > 32768 {
         return Err(Error::InvalidConfig(format!(
-            "queue size must be a power of two <= 32768, got {}",
-            opts.queue_size
+            "queue size must be a power of two <= 32768, got {queue_size}"
         )));
     }
-    if !(68..=65535 - 18).contains(&opts.mtu) {
-        return Err(Error::InvalidConfig(format!(
-            "mtu {} out of range",
-            opts.mtu
-        )));
+    if !(68..=65535 - 18).contains(&mtu) {
+        return Err(Error::InvalidConfig(format!("mtu {mtu} out of range")));
     }
     Ok(())
 }
@@ -223,12 +223,12 @@ fn offered_features(opts: &NetOptions) -> u64 {
 }
 
 /// `struct virtio_net_config` up to the MTU: MAC, status (link up), pairs, MTU.
-fn config_space(opts: &NetOptions) -> Vec<u8> {
+pub(super) fn config_space(mac: Option<[u8; 6]>, queue_pairs: u16, mtu: u16) -> Vec<u8> {
     let mut config = Vec::with_capacity(12);
-    config.extend_from_slice(&opts.mac.unwrap_or_default());
+    config.extend_from_slice(&mac.unwrap_or_default());
     config.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-    config.extend_from_slice(&opts.queue_pairs.to_le_bytes());
-    config.extend_from_slice(&opts.mtu.to_le_bytes());
+    config.extend_from_slice(&queue_pairs.to_le_bytes());
+    config.extend_from_slice(&mtu.to_le_bytes());
     config
 }
 
@@ -239,7 +239,7 @@ impl NetBackend {
         let multi = opts.queue_pairs > 1;
         let ports = open_ports(&opts)?;
         let features = offered_features(&opts);
-        let config = config_space(&opts);
+        let config = config_space(opts.mac, opts.queue_pairs, opts.mtu);
 
         let acked = Arc::new(AtomicU64::new(0));
         let ecfg = EngineConfig {

@@ -12,6 +12,7 @@ mod ctrl;
 mod hdr;
 mod pair;
 mod rx;
+pub mod switch;
 mod tap;
 #[cfg(test)]
 mod tests;

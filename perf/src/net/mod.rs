@@ -9,13 +9,18 @@
 //! ([`inject`]) floods the TAP; the generator counts what the backend puts in its receive
 //! buffers. Reference ([`raw`]): this process writes the same buffers to, and reads from, the
 //! same TAP with io_uring.
+//!
+//! With `--link` ([`link`]) it measures guest-to-guest forwarding instead: our
+//! `vhost-user-net --link` switch against DPDK testpmd's ([`testpmd`]), same clients.
 
 pub mod driver;
 pub mod frame;
 pub mod inject;
+pub mod link;
 pub mod netns;
 pub mod raw;
 pub mod ring;
+pub mod testpmd;
 pub mod wake;
 
 use std::path::PathBuf;
@@ -332,7 +337,7 @@ fn thread_cpu() -> Duration {
 }
 
 /// CPU time (user + system, all threads) of process `pid`, from `/proc/PID/stat`.
-fn process_cpu(pid: u32) -> Option<Duration> {
+pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();

@@ -1,4 +1,4 @@
-//! Chain walk tests: host addresses, region splits, hostile chains walked both ways.
+//! Chain walk tests: host addresses, region splits, hostile chains walked every way.
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -66,7 +66,24 @@ fn both_walks(size: u16, descs: &[(u16, u64, u32, u16, u16)], head: u16) -> Desc
     let mut from_head = DescChain::default();
     from_head.reset_from_head(&mem, vq.desc_table_addr(), size, head);
     assert_eq!(summary(&from_head), summary(&popped));
+    assert_eq!(summary(&ours(&mem, &vq, size)), summary(&popped));
     popped
+}
+
+/// The first chain of `vq` taken by our own ring reader ([`super::super::SplitRing`]).
+fn ours(mem: &Mem, vq: &MockSplitQueue<Mem>, size: u16) -> DescChain {
+    let addrs = super::super::RingAddrs {
+        size,
+        desc: vq.desc_table_addr(),
+        avail: vq.avail_addr(),
+        used: vq.used_addr(),
+        event_idx: false,
+    };
+    let mut ring = super::super::SplitRing::new(mem, addrs, 0, 0).unwrap();
+    assert_eq!(ring.pending(), 1);
+    let mut c = DescChain::default();
+    ring.pop(&mut c);
+    c
 }
 
 /// Write indirect-table descriptors `(addr, len, flags, next)` at `at`.
@@ -83,7 +100,7 @@ const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
 
 #[test]
-fn hostile_chains_walk_the_same_from_the_avail_ring_and_from_a_head() {
+fn hostile_chains_walk_the_same_from_the_avail_ring_from_a_head_and_through_our_ring() {
     let ok = |c: &DescChain| c.fault();
     // A good chain; the head in the middle of the table.
     let c = both_walks(
@@ -129,7 +146,7 @@ fn hostile_chains_walk_the_same_from_the_avail_ring_and_from_a_head() {
 }
 
 #[test]
-fn hostile_indirect_tables_walk_the_same_from_the_avail_ring_and_from_a_head() {
+fn hostile_indirect_tables_walk_the_same_from_the_avail_ring_from_a_head_and_through_our_ring() {
     let run_at = |queue: &[(u16, u64, u32, u16, u16)], tables: &[(u64, u32, u16, u16)], at| {
         let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         write_table(&mem, tables, at);
@@ -146,6 +163,7 @@ fn hostile_indirect_tables_walk_the_same_from_the_avail_ring_and_from_a_head() {
         let mut from_head = DescChain::default();
         from_head.reset_from_head(&mem, vq.desc_table_addr(), 16, 0);
         assert_eq!(summary(&from_head), summary(&popped));
+        assert_eq!(summary(&ours(&mem, &vq, 16)), summary(&popped));
         popped.fault()
     };
     let run = |queue: &[(u16, u64, u32, u16, u16)], tables: &[(u64, u32, u16, u16)]| {

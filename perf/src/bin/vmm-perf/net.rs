@@ -68,12 +68,25 @@ pub struct NetArgs {
     /// Results directory (`<out>/net-<timestamp>.json`).
     #[arg(long, default_value = "results")]
     out: PathBuf,
+    /// Measure link mode instead: frames from guest A to guest B through our
+    /// `vhost-user-net --link` (own generator on both sides, and testpmd clients) against
+    /// DPDK testpmd's two-port net_vhost io-forward switch with the same testpmd clients
+    /// (`<out>/net-link-<timestamp>.json`).
+    #[arg(long)]
+    link: bool,
+    /// `dpdk-testpmd` binary for --link (Debian package dpdk-dev); without it only our
+    /// switch with our own clients is measured.
+    #[arg(long, default_value = "/usr/bin/dpdk-testpmd")]
+    testpmd: PathBuf,
 }
 
 /// Runs every frame size `repeat` times (ours and raw alternating which goes first), prints
 /// every phase and the medians, writes `<out>/net-<timestamp>.json`.
 pub fn net(a: NetArgs) -> Result<()> {
     let provenance = Provenance::capture(BENCH_SCHEMA_VERSION);
+    if a.link {
+        return net_link(a, &provenance);
+    }
     if let Some(why) = netns::preflight() {
         return Err(Error::Unavailable(why));
     }
@@ -439,4 +452,93 @@ fn print_restriction_cost(runs: &[NetRun], kinds: &[FrameKind]) -> Vec<serde_jso
             })
         })
         .collect()
+}
+
+/// `backend net --link`: our switch vs DPDK testpmd's, medians of `--repeat` runs.
+fn net_link(a: NetArgs, provenance: &Provenance) -> Result<()> {
+    use perf::net::link;
+    let frames = frame_kinds(&a)?;
+    let run_dir = std::env::temp_dir().join(format!("vmm-perf-link-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir).map_err(|source| Error::Io {
+        context: "run dir".into(),
+        source,
+    })?;
+    let bench = link_bench(&a, run_dir.clone());
+    let (backend_args, testpmd) = (bench.backend_args.clone(), bench.testpmd.clone());
+    let idle_hold = a.idle.hold()?;
+    let wake_ns = perf::net::wake::eventfd_wake_ns(200)?;
+    eprintln!(
+        "link benchmark: A -> B, {} s per run, {} repeats; an eventfd wake-up costs {:.1} µs here",
+        a.duration,
+        a.repeat,
+        wake_ns / 1000.0
+    );
+    let runs = bench.run_matrix(&frames, a.repeat)?;
+    println!();
+    println!(
+        "median of {} runs, Mpps received by B (Gbit/s of Ethernet frame bytes; sent: Mpps the sender handed over):",
+        a.repeat
+    );
+    print!("{}", link::table(&runs, &frames));
+    let report = serde_json::json!({
+        "benchmark": "guest A -> guest B through vhost-user-net --link vs DPDK testpmd net_vhost io-forward, same clients",
+        "duration_s": a.duration,
+        "repeat": a.repeat,
+        "queue_size_own_clients": a.queue_size,
+        "batch_own_clients": a.batch,
+        "event_idx": !a.no_event_idx,
+        "driver_poll": a.driver_poll,
+        "eventfd_wake_ns": wake_ns,
+        "cpu_latency_limit_us": idle_hold.as_ref().map(CpuLatencyHold::limit_us),
+        "backend": bench.backend_bin,
+        "backend_args": backend_args,
+        "testpmd": testpmd,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
+        "ratios_ours_over_dpdk": frames.iter().map(|&f| serde_json::json!({"frame": f, "ratio": link::ratio_to_dpdk(&runs, f)})).collect::<Vec<_>>(),
+        "runs": runs,
+    });
+    std::fs::create_dir_all(&a.out).map_err(|source| Error::Io {
+        context: format!("create {}", a.out.display()),
+        source,
+    })?;
+    let json = a
+        .out
+        .join(format!("net-link-{}.json", perf::provenance::timestamp()));
+    write_json(&json, provenance, report)?;
+    if std::env::var_os("VMM_PERF_KEEP_RUN_DIR").is_some() {
+        eprintln!("testpmd logs kept in {}", run_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    Ok(())
+}
+
+/// The link benchmark's settings from `a` (testpmd only if installed).
+fn link_bench(a: &NetArgs, run_dir: PathBuf) -> perf::net::link::LinkBench {
+    let testpmd = a.testpmd.is_file().then(|| a.testpmd.clone());
+    if testpmd.is_none() {
+        eprintln!(
+            "{} not found (apt-get install dpdk-dev): measuring our switch with our own clients only",
+            a.testpmd.display()
+        );
+    }
+    perf::net::link::LinkBench {
+        backend_bin: a
+            .backend_bin
+            .clone()
+            .unwrap_or_else(|| sibling_binary("vhost-user-net")),
+        backend_args: a.backend_arg.clone(),
+        testpmd,
+        duration: Duration::from_secs_f64(a.duration),
+        queue_size: a.queue_size,
+        batch: a.batch,
+        event_idx: !a.no_event_idx,
+        completion: if a.driver_poll {
+            perf::net::driver::Completion::Poll
+        } else {
+            perf::net::driver::Completion::Interrupts
+        },
+        run_dir,
+    }
 }
