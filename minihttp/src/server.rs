@@ -281,6 +281,11 @@ pub fn serve(
                 continue;
             }
         };
+        if let Stream::Unix(unix) = &stream {
+            if !peer_allowed(unix) {
+                continue; // dropped: closed before anything is read
+            }
+        }
         let response = match read_request(&mut stream, &limits) {
             Ok(req) => {
                 tracing::debug!(method = req.method, path = req.path, "request");
@@ -300,6 +305,47 @@ pub fn serve(
         }
         linger(&mut stream);
     }
+}
+
+/// Whether the peer of an accepted Unix connection may talk to us: its uid (`SO_PEERCRED`,
+/// taken at connect time) is root or this process's own. The socket's mode (0600) already
+/// keeps others out; this also holds when someone widens it. A refusal is logged.
+fn peer_allowed(stream: &UnixStream) -> bool {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`, which outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(
+            "connection refused: no peer credentials: {}",
+            io::Error::last_os_error()
+        );
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    if cred.uid == 0 || cred.uid == own {
+        return true;
+    }
+    tracing::warn!(
+        pid = cred.pid,
+        uid = cred.uid,
+        "connection refused: uid {} is neither root nor this process's",
+        cred.uid
+    );
+    false
 }
 
 /// Close gently: stop sending, then read and drop what the client still sends (at most

@@ -196,3 +196,36 @@ fn a_busy_port_is_a_bind_error() {
     assert!(matches!(e, Error::Bind { .. }), "{e}");
     assert!(e.to_string().contains("in use"), "{e}");
 }
+
+#[test]
+fn another_uid_is_refused_even_through_a_widened_socket() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: connecting as another uid needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.sock");
+    let addr = ListenAddr::Unix(path.clone());
+    let s = Running::start(&addr, Limits::default());
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // A thread of its own becomes uid 65534 (the raw system call changes the calling
+    // thread's credentials only, which SO_PEERCRED reports at connect time).
+    let answer = std::thread::spawn(move || {
+        // SAFETY: setresuid with plain integers, on this thread only.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        out
+    })
+    .join()
+    .unwrap();
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // Its own uid is still served.
+    assert_eq!(request(&s.addr, "GET", "/", None, T).unwrap().status, 200);
+}
