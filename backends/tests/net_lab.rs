@@ -37,7 +37,7 @@ timeout 600 qemu-system-x86_64 -enable-kvm -cpu host -machine q35 -smp 2 -m {gue
     -netdev tap,id=n0,ifname=tapref,script=/lab/ifup,downscript=no,vhost=off \
     -device virtio-net-pci,netdev=n0,mac={MAC},romfile= \
     -nic none -display none -monitor none -serial stdio -no-reboot \
-    -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet" </dev/null \
+    -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet tsc=reliable" </dev/null \
     | while IFS= read -r line || [ -n "$line" ]; do printf 'REF: %s\n' "$line"; done
 "#,
             kernel = lab::LAB_GUEST_KERNEL,
@@ -61,7 +61,7 @@ timeout 600 qemu-system-x86_64 -enable-kvm -cpu host -machine q35 -smp 2 -m {gue
     -chardev socket,id=c0,path=/tmp/vn.sock -netdev vhost-user,id=n0,chardev=c0 \
     -device virtio-net-pci,netdev=n0,mac={MAC},romfile={device_props} \
     -nic none -display none -monitor none -serial stdio -no-reboot \
-    -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet" </dev/null \
+    -kernel {kernel} -initrd {initrd} -append "console=ttyS0 panic=-1 quiet tsc=reliable" </dev/null \
     | tee /lab/guest.log
 sleep 1
 kill $VN 2>/dev/null
@@ -267,7 +267,7 @@ esac
              -chardev socket,id=c0,path=/tmp/{name}.sock -netdev vhost-user,id=n0,chardev=c0 \
              -device virtio-net-pci,netdev=n0,mac={mac},romfile= \
              -nic none -display none -monitor none -serial stdio -no-reboot \
-             -kernel {kernel} -initrd {initrd} -append 'console=ttyS0 panic=-1 quiet' \
+             -kernel {kernel} -initrd {initrd} -append 'console=ttyS0 panic=-1 quiet tsc=reliable' \
              </dev/null >/lab/{name}.log 2>&1 &",
             kernel = lab::LAB_GUEST_KERNEL,
             initrd = lab::LAB_GUEST_INITRD,

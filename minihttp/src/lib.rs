@@ -21,7 +21,7 @@ pub mod client;
 pub mod server;
 
 pub use addr::ListenAddr;
-pub use server::{serve, Limits, Listener, Request, Response};
+pub use server::{peer_credentials, serve, Limits, Listener, Request, Response};
 
 /// Errors of the HTTP server and client.
 #[derive(Debug, thiserror::Error)]

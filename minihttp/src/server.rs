@@ -307,10 +307,8 @@ pub fn serve(
     }
 }
 
-/// Whether the peer of an accepted Unix connection may talk to us: its uid (`SO_PEERCRED`,
-/// taken at connect time) is root or this process's own. The socket's mode (0600) already
-/// keeps others out; this also holds when someone widens it. A refusal is logged.
-fn peer_allowed(stream: &UnixStream) -> bool {
+/// The credentials (`SO_PEERCRED`: pid, uid, gid at connect time) of a Unix socket's peer.
+pub fn peer_credentials(stream: &UnixStream) -> io::Result<libc::ucred> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -328,12 +326,22 @@ fn peer_allowed(stream: &UnixStream) -> bool {
         )
     };
     if rc != 0 {
-        tracing::warn!(
-            "connection refused: no peer credentials: {}",
-            io::Error::last_os_error()
-        );
-        return false;
+        return Err(io::Error::last_os_error());
     }
+    Ok(cred)
+}
+
+/// Whether the peer of an accepted Unix connection may talk to us: its uid is root or this
+/// process's own. The socket's mode (0600) already keeps others out; this also holds when
+/// someone widens it. A refusal is logged.
+fn peer_allowed(stream: &UnixStream) -> bool {
+    let cred = match peer_credentials(stream) {
+        Ok(cred) => cred,
+        Err(e) => {
+            tracing::warn!("connection refused: no peer credentials: {e}");
+            return false;
+        }
+    };
     // SAFETY: geteuid has no preconditions.
     let own = unsafe { libc::geteuid() };
     if cred.uid == 0 || cred.uid == own {
