@@ -66,6 +66,9 @@ timeout 600 qemu-system-x86_64 -enable-kvm -cpu host -machine q35 -smp 2 -m {gue
 sleep 1
 kill $VN 2>/dev/null
 sleep 0.5
+# The backend leaves its TAP (persistent, for a restarted backend to reattach): remove it, or
+# its route to 10.0.0.0/24 would take the reference guest's traffic.
+ip link del tap0 2>/dev/null
 echo VN-LOG-BEGIN
 cat /lab/vn.log
 echo VN-LOG-END

@@ -366,7 +366,10 @@ fn vhost_user_net(p: &Paths) -> GuestTier {
              ip addr add {NET_HOST_ADDR}/24 dev {TAP} 2>/dev/null; ip link set {TAP} up\n\
              iperf3 -s -B {NET_HOST_ADDR} -p {IPERF_PORT} > /dev/null 2>&1 & spid=$!\n"
         ),
-        stop: "kill $spid $bpid 2>/dev/null; wait $spid $bpid 2>/dev/null\n".into(),
+        // The backend leaves its TAP for a successor to reattach: the next tier opens its own.
+        stop: format!(
+            "kill $spid $bpid 2>/dev/null; wait $spid $bpid 2>/dev/null; ip link del {TAP} 2>/dev/null\n"
+        ),
         vmm_args: "--net vhost_user=on,socket=\"$W/vun.sock\"".into(),
         guest_prep: net_prep(false),
         ..Dev::default()
