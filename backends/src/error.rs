@@ -78,6 +78,15 @@ pub enum Error {
     /// The vhost-user daemon failed.
     #[error("vhost-user: {0}")]
     VhostUser(String),
+    /// A thread's seccomp filter could not be built or installed.
+    #[error("seccomp filter of the {thread} thread: {source}")]
+    Seccomp {
+        /// The thread kind.
+        thread: &'static str,
+        /// What failed.
+        #[source]
+        source: seccompiler::Error,
+    },
 }
 
 /// Result alias for this crate.

@@ -5,12 +5,14 @@
 //!   EVENT_IDX-aware notification, batching and an optional busy-poll window.
 //! * [`blk`] — virtio-blk request parsing/execution and the `vhost-user-blk` backend.
 //! * [`net`] — virtio-net transmit/receive over a TAP and the `vhost-user-net` backend.
+//! * [`seccomp`] — the `--seccomp` mode and the seccomp filters of every thread kind.
 
 pub mod blk;
 pub mod engine;
 mod error;
 pub mod inflight;
 pub mod net;
+pub mod seccomp;
 pub mod server;
 pub mod vhost_shim;
 

@@ -23,6 +23,7 @@ use vhost_user_backend::bitmap::BitmapReplace;
 use vhost_user_backend::{Error as DaemonError, VhostUserBackend, VhostUserDaemon};
 use vm_memory::mmap::NewBitmap;
 
+use crate::seccomp::{self, ThreadKind};
 use crate::{Error, Result};
 
 /// How long a new frontend waits for a closing connection to be reset before it is refused.
@@ -46,6 +47,16 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Served> {
         self.served.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The seccomp filters of a serving thread and of the accept thread it starts.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeFilters<K> {
+    /// Installed by the accept thread when it starts.
+    pub accept: K,
+    /// Installed by the serving thread once the accept thread runs, before the first frontend
+    /// is served.
+    pub control: K,
 }
 
 /// A listening vhost-user socket.
@@ -91,14 +102,17 @@ impl Server {
 
     /// Serve frontends with `daemon`, one at a time, until the process ends (or, with `once`,
     /// until the first one disconnects). `prepare` turns each accepted connection into the
-    /// one the daemon serves (a relay, for instance).
-    pub fn serve<T>(
+    /// one the daemon serves (a relay, for instance). The accept thread and the calling thread
+    /// confine themselves to `filters` first.
+    pub fn serve<T, K>(
         &self,
         daemon: &mut VhostUserDaemon<T>,
         once: bool,
         prepare: impl Fn(UnixStream) -> std::io::Result<UnixStream>,
+        filters: ServeFilters<K>,
     ) -> Result<()>
     where
+        K: ThreadKind + Send + 'static,
         T: VhostUserBackend + Clone + 'static,
         T::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
         T::Vring: Clone + Send + Sync,
@@ -113,9 +127,13 @@ impl Server {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("vu-accept".into())
-                .spawn(move || accept_loop(&listener, &shared, &handover))
+                .spawn(move || {
+                    seccomp::install_or_exit(filters.accept);
+                    accept_loop(&listener, &shared, &handover)
+                })
                 .map_err(|e| Error::VhostUser(format!("accept thread: {e}")))?;
         }
+        seccomp::install(filters.control)?;
         tracing::info!(socket = %self.path.display(), "waiting for a frontend");
         serve_loop(daemon, &shared, &accepted, once, prepare)
     }

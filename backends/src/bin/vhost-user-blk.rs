@@ -6,6 +6,9 @@
 //! instead. On SIGTERM/SIGINT it completes every in-flight request, flushes the disk
 //! (`fdatasync`) and exits 0: with the frontend's inflight region, a new process started on
 //! the same socket takes over where this one stopped.
+//!
+//! Every thread runs under a seccomp filter (`--seccomp`, `backends::seccomp::blk`): the
+//! process-wide one from the start, each thread's own before it serves.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use backends::blk::{BlkBackend, BlkOptions, Disk};
 use backends::engine::TuningArgs;
-use backends::server::Server;
+use backends::seccomp::{self, blk::BlkThread};
+use backends::server::{ServeFilters, Server};
 use backends::Error;
 use clap::Parser;
 use vhost_user_backend::VhostUserDaemon;
@@ -51,6 +55,14 @@ struct Args {
     /// Exit when the first frontend disconnects instead of waiting for the next one.
     #[arg(long)]
     once: bool,
+    /// Seccomp filters: `on` (a syscall outside a thread's filter kills the process), `log`
+    /// (it is allowed and logged by the kernel) or `off`.
+    #[arg(long, value_name = "on|log|off", default_value = "on")]
+    seccomp: String,
+    /// Fault injection for tests: the first thread of this kind (`queue`) to serve a request
+    /// makes a syscall its filter forbids.
+    #[arg(long, value_name = "KIND", hide = true)]
+    seccomp_violation: Option<String>,
 }
 
 fn main() {
@@ -83,6 +95,11 @@ fn block_signals() -> libc::sigset_t {
 }
 
 fn run(args: Args) -> Result<(), Error> {
+    seccomp::set_mode(args.seccomp.parse()?);
+    if let Some(kind) = &args.seccomp_violation {
+        seccomp::inject_violation(kind);
+    }
+    seccomp::install_process(BlkThread::Process)?;
     let sigset = block_signals();
     let disk = Disk::open(&args.path, args.readonly, args.direct)?;
     tracing::info!(
@@ -104,7 +121,8 @@ fn run(args: Args) -> Result<(), Error> {
     )?);
 
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
+    // The daemon's name is that of its per-connection thread.
+    let mut daemon = VhostUserDaemon::new("vu-conn".into(), backend.clone(), mem)
         .map_err(|e| Error::VhostUser(e.to_string()))?;
     for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
         let fd = backend.completion_fd(q).map_err(Error::EventFd)?;
@@ -125,10 +143,17 @@ fn run(args: Args) -> Result<(), Error> {
         let server = server.clone();
         std::thread::Builder::new()
             .name("blk-signal".into())
-            .spawn(move || wait_for_signal(sigset, &backend, &server))
+            .spawn(move || {
+                seccomp::install_or_exit(BlkThread::Signal);
+                wait_for_signal(sigset, &backend, &server)
+            })
             .map_err(|e| Error::VhostUser(e.to_string()))?;
     }
-    let served = server.serve(&mut daemon, args.once, Ok);
+    let filters = ServeFilters {
+        accept: BlkThread::Accept,
+        control: BlkThread::Control,
+    };
+    let served = server.serve(&mut daemon, args.once, Ok, filters);
     backend.log_stats();
     log_rusage();
     server.remove_socket();

@@ -5,6 +5,9 @@
 //! refused); the TAP is made persistent so that a restarted backend reattaches to the same
 //! interface. `--once` exits 0 once every socket's first frontend disconnected. SIGTERM/SIGINT
 //! exit 0 after logging the counters.
+//!
+//! Every thread runs under a seccomp filter (`--seccomp`, `backends::seccomp::net`): the
+//! process-wide one from the start, each thread's own before it serves.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -12,7 +15,8 @@ use std::sync::Arc;
 
 use backends::engine::{TuningArgs, DEFAULT_BATCH};
 use backends::net::{parse_mac, NetBackend, NetOptions, Port, DEFAULT_MTU};
-use backends::server::Server;
+use backends::seccomp::{self, net::NetThread};
+use backends::server::{ServeFilters, Server};
 use backends::Error;
 use clap::Parser;
 use vhost_user_backend::VhostUserDaemon;
@@ -57,6 +61,14 @@ struct Args {
     /// next one.
     #[arg(long)]
     once: bool,
+    /// Seccomp filters: `on` (a syscall outside a thread's filter kills the process), `log`
+    /// (it is allowed and logged by the kernel) or `off`.
+    #[arg(long, value_name = "on|log|off", default_value = "on")]
+    seccomp: String,
+    /// Fault injection for tests: the first thread of this kind (`queue`) to serve a request
+    /// makes a syscall its filter forbids.
+    #[arg(long, value_name = "KIND", hide = true)]
+    seccomp_violation: Option<String>,
 }
 
 fn main() {
@@ -147,6 +159,11 @@ fn link_sockets(pairs: u16) -> Result<(Vec<(OwnedFd, OwnedFd)>, Vec<(OwnedFd, Ow
 type Device = (Arc<NetBackend>, PathBuf);
 
 fn run(args: Args) -> Result<(), Error> {
+    seccomp::set_mode(args.seccomp.parse()?);
+    if let Some(kind) = &args.seccomp_violation {
+        seccomp::inject_violation(kind);
+    }
+    seccomp::install_process(NetThread::Process)?;
     let sigset = block_signals();
     let devices = create_devices(&args)?;
     let servers: Vec<Arc<Server>> = devices
@@ -167,6 +184,7 @@ fn run(args: Args) -> Result<(), Error> {
                 .map_err(|e| Error::VhostUser(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
+    seccomp::install(NetThread::Main)?;
     let mut result = Ok(());
     for t in threads {
         let r = t
@@ -246,6 +264,7 @@ fn spawn_signal_thread(
     std::thread::Builder::new()
         .name("net-signal".into())
         .spawn(move || {
+            seccomp::install_or_exit(NetThread::Signal);
             let mut sig = 0;
             // SAFETY: `sigset` is an initialised signal set and `sig` a valid out pointer.
             while unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {}
@@ -270,7 +289,8 @@ fn serve(
     once: bool,
 ) -> Result<(), Error> {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new("vhost-user-net".into(), backend.clone(), mem)
+    // The daemon's name is that of its per-connection thread.
+    let mut daemon = VhostUserDaemon::new("vu-conn".into(), backend.clone(), mem)
         .map_err(|e| Error::VhostUser(e.to_string()))?;
     for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
         let (tx, rx) = backend.completion_fds(q).map_err(Error::EventFd)?;
@@ -284,10 +304,14 @@ fn serve(
         std::mem::forget(tx);
         std::mem::forget(rx);
     }
+    let filters = ServeFilters {
+        accept: NetThread::Accept,
+        control: NetThread::Control,
+    };
     let served = if no_relay {
-        server.serve(&mut daemon, once, Ok)
+        server.serve(&mut daemon, once, Ok, filters)
     } else {
-        server.serve(&mut daemon, once, backends::vhost_shim::relay)
+        server.serve(&mut daemon, once, backends::vhost_shim::relay, filters)
     };
     backend.log_stats();
     server.remove_socket();

@@ -1,0 +1,113 @@
+//! The real `vhost-user-net` binary natively, in link mode (two sockets wired back to back, no
+//! TAP), with a frontend from the `vhost` crate that connects and negotiates: its threads and
+//! their seccomp filters, and its command line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::VhostBackend;
+
+/// A running `vhost-user-net --link A,B`, killed when dropped.
+struct LinkBackend(Child);
+
+impl LinkBackend {
+    fn spawn(a: &Path, b: &Path) -> LinkBackend {
+        let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-net"))
+            .arg("--link")
+            .arg(format!("{},{}", a.display(), b.display()))
+            .stdin(Stdio::null())
+            .env("NO_COLOR", "1")
+            .spawn()
+            .expect("spawn vhost-user-net");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(a.exists() && b.exists()) {
+            assert!(Instant::now() < deadline, "backend sockets never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        LinkBackend(child)
+    }
+}
+
+impl Drop for LinkBackend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until process `pid` has threads named `names` (all of them), for at most 10 s.
+fn wait_for_threads(pid: u32, names: &[&str]) -> Vec<lab::ThreadStatus> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let threads = lab::threads(pid).unwrap();
+        if names.iter().all(|n| threads.iter().any(|t| t.name == *n)) {
+            return threads;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "threads {names:?} not all in {threads:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_thread_runs_under_its_own_seccomp_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let be = LinkBackend::spawn(&a, &b);
+    // A frontend on A: the relay and the per-connection threads start.
+    let mut front = Frontend::connect(&a, 3).unwrap();
+    front.set_owner().unwrap();
+    let features = front.get_features().unwrap();
+    assert_ne!(features & (1 << 32), 0, "VIRTIO_F_VERSION_1 offered");
+    front.get_protocol_features().unwrap();
+
+    let threads = wait_for_threads(
+        be.0.id(),
+        &["vu-relay", "vu-relay-reply", "vu-conn", "vu-accept"],
+    );
+    for t in &threads {
+        assert_eq!(t.seccomp, 2, "{t:?} runs without a seccomp filter");
+        assert!(t.filters >= 2, "{t:?} runs only the process-wide filter");
+    }
+    let mut names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "net-dev0",
+            "net-dev1",
+            "net-q0",
+            "net-q0",
+            "net-signal",
+            "vhost-user-net",
+            "vu-accept",
+            "vu-accept",
+            "vu-conn",
+            "vu-relay",
+            "vu-relay-reply"
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_seccomp_mode_is_a_one_line_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-net"))
+        .args(["--link", "/nonexistent/a.sock,/nonexistent/b.sock"])
+        .args(["--seccomp", "bogus"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--seccomp bogus: expected on, log or off"),
+        "{err}"
+    );
+}
