@@ -13,7 +13,8 @@
 //!   virtio with a vhost-user backend or with in-VMM queue threads
 //!   (`devices::virtio`), emulated NVMe and e1000 (every access traps), and
 //!   VFIO passthrough; plus the legacy devices;
-//! * [`check`] — `vmm check`: what this host can run.
+//! * [`check`] — `vmm check`: what this host can run;
+//! * [`seccomp`] — what each kind of thread may call.
 
 pub mod boot;
 pub mod check;
@@ -25,6 +26,7 @@ pub mod layout;
 pub mod machine;
 pub mod memory;
 pub mod pci;
+pub mod seccomp;
 pub mod vstate;
 
 pub use error::{Error, Result};

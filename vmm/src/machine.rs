@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::devices::serial::PanicNote;
 use crate::error::Error;
 use crate::layout;
 use crate::memory::{self, GuestRam};
+use crate::seccomp::VmmThread;
 use crate::vstate::exit::{ExitSignal, GuestExit};
 use crate::vstate::vcpu::{self, IoBuses, Vcpu};
 use crate::vstate::vm::Vm;
@@ -33,6 +34,8 @@ pub struct Machine {
     vcpus: Vec<Vcpu>,
     devices: DeviceManager,
     exit: Arc<ExitSignal>,
+    /// SIGTERM/SIGINT, blocked in every thread and read by the event loop.
+    signals: OwnedFd,
     stdin_input: bool,
     panic: PanicNote,
 }
@@ -42,6 +45,9 @@ impl Machine {
     /// creates the devices and vCPUs.
     pub fn build(cfg: &VmConfig) -> Result<Self, Error> {
         let passthrough = check_config(cfg)?;
+        // Before any thread starts (device threads start here): a thread that has them
+        // unblocked would take a SIGTERM meant for the event loop, and die of it.
+        let signals = block_termination_signals()?;
         let vm = Vm::new(cfg.cpus)?;
         let ram = memory::create_guest_ram(&cfg.memory)?;
         vm.register_memory(&ram.mem)?;
@@ -61,6 +67,7 @@ impl Machine {
             vcpus,
             devices,
             exit,
+            signals,
             stdin_input: cfg.serial == SerialConfig::Stdio,
             panic,
         })
@@ -82,18 +89,24 @@ impl Machine {
     }
 
     /// Runs the guest until it powers off, resets, crashes or the VMM is
-    /// signalled; always stops every vCPU thread before returning.
+    /// signalled; always stops every vCPU thread before returning. The guest
+    /// runs its first instruction once every thread has its seccomp filter.
     pub fn run(mut self) -> Result<GuestExit, Error> {
-        let signals = block_termination_signals()?;
         vmm_sys_util::signal::register_signal_handler(vcpu::kick_signal(), vcpu::on_kick_signal)
             .map_err(|e| Error::Io(io::Error::from_raw_os_error(e.errno())))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(Barrier::new(self.vcpus.len() + 1));
         let mut threads = Vec::new();
         for v in self.vcpus.drain(..) {
             let buses = self.devices.buses().clone();
-            threads.push(v.spawn(buses, self.exit.clone(), stop.clone())?);
+            threads.push(v.spawn(buses, self.exit.clone(), stop.clone(), gate.clone())?);
         }
-        let result = self.event_loop(&signals);
+        let confined = backends::seccomp::install(VmmThread::Main).map_err(Error::Seccomp);
+        if confined.is_err() {
+            stop.store(true, Ordering::Release);
+        }
+        gate.wait();
+        let result = confined.and_then(|()| self.event_loop(&self.signals));
         stop.store(true, Ordering::Release);
         stop_vcpus(threads);
         self.devices.shutdown();
@@ -244,7 +257,7 @@ fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
     }
 }
 
-/// Blocks SIGTERM/SIGINT in this thread (and the vCPU threads it spawns) and
+/// Blocks SIGTERM/SIGINT in this thread (and every thread it starts later) and
 /// returns a signalfd that reports them to the event loop.
 fn block_termination_signals() -> Result<OwnedFd, Error> {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.

@@ -4,10 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use backends::seccomp;
 use clap::{Args, Parser, Subcommand};
 
 use vmm::config::{DeviceConfig, DiskConfig, MemoryConfig, NetConfig, SerialConfig, VmConfig};
 use vmm::machine::Machine;
+use vmm::seccomp::VmmThread;
 
 #[derive(Parser)]
 #[command(name = "vmm", version, about = "A KVM VMM for I/O performance work")]
@@ -26,7 +28,7 @@ enum Cmd {
         3  the guest kernel panicked\n  \
         4  a vCPU triple-faulted or KVM could not run it\n  \
         128+N  stopped by signal N (SIGTERM, SIGINT)")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate this host (KVM, io_uring, VFIO, hugepages, memfd, TUN).
     #[command(after_help = "Exit status:\n  \
         0  direct mode can boot stock Linux here (hardware-backed KVM, all required caps)\n  \
@@ -74,6 +76,14 @@ struct RunArgs {
     /// or a TAP interface, tap=NAME[,mac=MAC][,model=virtio|e1000].
     #[arg(long = "net")]
     nets: Vec<NetConfig>,
+    /// Seccomp filters: `on` (a syscall outside a thread's filter kills the VMM), `log` (it
+    /// is allowed and logged by the kernel) or `off`.
+    #[arg(long, value_name = "on|log|off", default_value = "on")]
+    seccomp: String,
+    /// Fault injection for tests: the first thread of this kind (`queue`) to start makes a
+    /// syscall its filter forbids.
+    #[arg(long, value_name = "KIND", hide = true)]
+    seccomp_violation: Option<String>,
 }
 
 fn init_logging() {
@@ -86,7 +96,20 @@ fn init_logging() {
         .init();
 }
 
+/// Sets the seccomp mode and installs the process-wide filter, before anything else runs.
+fn confine(args: &RunArgs) -> Result<(), backends::Error> {
+    seccomp::set_mode(args.seccomp.parse()?);
+    if let Some(kind) = &args.seccomp_violation {
+        seccomp::inject_violation(kind);
+    }
+    seccomp::install_process(VmmThread::Process)
+}
+
 fn run(args: RunArgs) -> ExitCode {
+    if let Err(e) = confine(&args) {
+        eprintln!("vmm: error: {e}");
+        return ExitCode::from(1);
+    }
     let cfg = VmConfig {
         kernel: args.kernel,
         initramfs: args.initramfs,
@@ -139,7 +162,7 @@ fn check(json: bool) -> ExitCode {
 fn main() -> ExitCode {
     init_logging();
     match Cli::parse().cmd {
-        Cmd::Run(args) => run(args),
+        Cmd::Run(args) => run(*args),
         Cmd::Check { json } => check(json),
     }
 }

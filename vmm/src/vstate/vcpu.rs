@@ -2,7 +2,7 @@
 //! dispatching port and MMIO exits to the buses.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Barrier, RwLock};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
@@ -15,6 +15,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use super::exit::{ExitSignal, GuestExit};
 use super::{cpuid, regs};
 use crate::devices::bus::Bus;
+use crate::seccomp::VmmThread;
 
 /// Signal used to kick vCPU threads out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -156,16 +157,22 @@ impl Vcpu {
     }
 
     /// Runs the vCPU on a thread named `vcpuN` until `stop` is set or the
-    /// guest stops; the outcome goes to `exit`.
+    /// guest stops; the outcome goes to `exit`. The thread installs its seccomp
+    /// filter, then waits at `gate` until every other thread has its own.
     pub fn spawn(
         self,
         buses: Arc<IoBuses>,
         exit: Arc<ExitSignal>,
         stop: Arc<AtomicBool>,
+        gate: Arc<Barrier>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
-            .spawn(move || self.run(&buses, &exit, &stop))
+            .spawn(move || {
+                backends::seccomp::install_or_exit(VmmThread::Vcpu);
+                gate.wait();
+                self.run(&buses, &exit, &stop)
+            })
             .map_err(VcpuError::Spawn)
     }
 

@@ -14,6 +14,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio::{QueueState, VirtioError};
+use crate::seccomp::VmmThread;
+use backends::seccomp;
 
 /// The queues one thread serves, in the order of their kick eventfds.
 pub(super) trait QueueWorker: Send + 'static {
@@ -48,6 +50,8 @@ impl QueueThread {
         let handle = std::thread::Builder::new()
             .name(thread)
             .spawn(move || {
+                seccomp::install_or_exit(VmmThread::Queue);
+                seccomp::violation_point(VmmThread::Queue);
                 if let Err(e) = serve(&mut worker, &kicks, &stop2) {
                     tracing::error!("{log_name}: stopped: {e}");
                 }

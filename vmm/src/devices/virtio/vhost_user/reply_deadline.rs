@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::devices::virtio::VirtioError;
+use crate::seccomp::VmmThread;
 
 /// How long a backend may take to answer one group of messages (a handshake, an
 /// activation, a reset) before the connection is given up.
@@ -62,7 +63,10 @@ impl ReplyDeadline {
         let watcher = shared.clone();
         std::thread::Builder::new()
             .name("vhost-deadline".into())
-            .spawn(move || watch(&watcher))
+            .spawn(move || {
+                backends::seccomp::install_or_exit(VmmThread::Deadline);
+                watch(&watcher)
+            })
             .map_err(VirtioError::Io)?;
         Ok(Self {
             shared,
