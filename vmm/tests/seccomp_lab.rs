@@ -1,6 +1,6 @@
 //! Seccomp filters in the lab host, with a guest running:
 //!
-//! * a `vhost-user-blk` whose queue thread makes a forbidden syscall at its first request
+//! * a `vhost-user-blk` whose queue thread makes a forbidden syscall at its first event
 //!   (`--seccomp-violation queue`) dies of SIGSYS; the VMM keeps running, reconnects to a
 //!   backend started in its place, and the guest's I/O completes and verifies. Meanwhile every
 //!   thread of the VMM, its in-VMM queue threads included, runs under its own filter.
@@ -112,7 +112,7 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
     };
     let c = &run.console;
     assert_eq!(run.status, 0, "lab script failed:\n{c}");
-    // The backend died of its filter at its first request, and the kernel said why.
+    // The backend died of its filter at its queue thread's first event, and the kernel said why.
     assert_eq!(value(c, "BACKEND-EXIT-STATUS="), KILLED_BY_SIGSYS, "{c}");
     assert!(
         c.lines().any(|l| l.starts_with(lab::SECCOMP_MARKER)

@@ -65,7 +65,7 @@ struct Args {
     /// (it is allowed and logged by the kernel) or `off`.
     #[arg(long, value_name = "on|log|off", default_value = "on")]
     seccomp: String,
-    /// Fault injection for tests: the first thread of this kind (`queue`) to serve a request
+    /// Fault injection for tests: the first thread of this kind (`queue`) to handle an event
     /// makes a syscall its filter forbids.
     #[arg(long, value_name = "KIND", hide = true)]
     seccomp_violation: Option<String>,
