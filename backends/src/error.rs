@@ -79,7 +79,9 @@ pub enum Error {
     #[error("vhost-user: {0}")]
     VhostUser(String),
     /// A thread's seccomp filter could not be built or installed.
-    #[error("seccomp filter of the {thread} thread: {source}")]
+    #[error(
+        "seccomp filter of the {thread} thread: {source} (--seccomp off runs without filters)"
+    )]
     Seccomp {
         /// The thread kind.
         thread: &'static str,
