@@ -218,7 +218,9 @@ need() { [ "$FORCE" = 1 ] || [ ! -s "$IMAGES/$1" ]; }
 
 # --- guest-base.cpio ----------------------------------------------------------------------------
 
-GUEST_MODULES=(virtio_pci virtio_blk virtio_net failover net_failover -- virtio_console virtio_rng)
+# button + evdev: the ACPI power button (`vmm remote shutdown`) as an input device for acpid.
+GUEST_MODULES=(virtio_pci virtio_blk virtio_net failover net_failover button evdev
+    -- virtio_console virtio_rng)
 
 if need guest-base.cpio; then
     log "staging guest-base"
@@ -249,6 +251,20 @@ while read -r m; do
 done </etc/modules.load
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 hostname guest
+# The ACPI power button (KEY_POWER from the button driver) powers the guest off, as a
+# distribution's acpid or systemd-logind would: busybox acpid runs /etc/acpi/PWRF/00000080.
+mkdir -p /etc/acpi/PWRF
+cat >/etc/acpi/PWRF/00000080 <<'PWRF'
+#!/bin/sh
+exec </dev/console >/dev/console 2>&1
+echo GUEST-POWER-BUTTON
+sync
+stty "$(stty -g)" 2>/dev/null
+sleep 0.3
+poweroff -f
+PWRF
+chmod 755 /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi -l /tmp/acpid.log
 echo "GUEST-BOOT-OK uptime=$(cut -d' ' -f1 /proc/uptime)"
 if [ -f /test.sh ]; then
     sh /test.sh

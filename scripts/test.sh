@@ -12,6 +12,10 @@ cargo build --workspace --all-targets
 cargo build --release -p backends --bins
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The fuzz crate is its own workspace (cargo-fuzz builds it with sanitizer flags): lint it
+# too, sharing this workspace's target directory so its dependencies are checked once.
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+CARGO_TARGET_DIR=target cargo clippy --manifest-path fuzz/Cargo.toml --bins -- -D warnings
 # One test at a time, lab tests retried once and reported FLAKY if only the retry passes
 # (.config/nextest.toml). cargo-nextest comes with the build machines' toolchain.
 if cargo nextest --version >/dev/null 2>&1; then
@@ -21,3 +25,5 @@ else
     echo "test.sh: cargo-nextest not found; plain cargo test (no retries)" >&2
     cargo test --workspace --no-fail-fast -- --test-threads=1
 fi
+# Every fuzz target for a short run from its seed corpus (docs/testing.md#fuzzing).
+scripts/fuzz.sh "${FUZZ_SECONDS:-15}"

@@ -31,6 +31,17 @@ pub enum Error {
     /// Creating or registering the io_uring instance failed.
     #[error("io_uring setup: {0}")]
     UringSetup(#[source] io::Error),
+    /// Restricting or enabling a ring (`IORING_REGISTER_RESTRICTIONS`, `ENABLE_RINGS`) failed.
+    #[error("io_uring restrictions: {0}")]
+    UringRestrict(#[source] io::Error),
+    /// In-flight requests did not complete in time when a ring was stopped.
+    #[error("{inflight} request(s) still in flight after {secs} s")]
+    SettleTimeout {
+        /// Requests left in flight.
+        inflight: usize,
+        /// How long was waited.
+        secs: u64,
+    },
     /// `io_uring_enter` failed.
     #[error("io_uring submit: {0}")]
     UringSubmit(#[source] io::Error),
@@ -89,6 +100,15 @@ pub enum Error {
         #[source]
         source: seccompiler::Error,
     },
+    /// Dropping privileges (user, group, capabilities, no-new-privs) failed.
+    #[error("{0}")]
+    Privileges(String),
+    /// The metrics endpoint could not be served or read.
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// `--queue-affinity` is malformed or names what does not exist.
+    #[error("--queue-affinity: {0}")]
+    Affinity(#[from] crate::placement::AffinityError),
 }
 
 /// Result alias for this crate.

@@ -423,6 +423,15 @@ impl InflightQueue {
     /// reinitialised and started empty.
     pub fn start(&mut self, guest_used: u16, ring_size: u16) -> Recovery {
         self.ring_size = 0;
+        tracing::debug!(
+            version = self.load::<u16>(H_VERSION),
+            desc_num = self.load::<u16>(H_DESC_NUM),
+            used_idx = self.load::<u16>(H_USED_IDX),
+            last_batch_head = self.load::<u16>(H_LAST_BATCH_HEAD),
+            guest_used,
+            ring_size,
+            "ring start on an inflight region"
+        );
         if self.load::<u16>(H_VERSION) == 0 {
             self.reinit(guest_used, ring_size);
             return Recovery::default();

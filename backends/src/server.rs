@@ -23,6 +23,7 @@ use vhost_user_backend::bitmap::BitmapReplace;
 use vhost_user_backend::{Error as DaemonError, VhostUserBackend, VhostUserDaemon};
 use vm_memory::mmap::NewBitmap;
 
+use crate::access::SocketAccess;
 use crate::seccomp::{self, ThreadKind};
 use crate::{Error, Result};
 
@@ -66,11 +67,19 @@ pub struct Server {
     /// successor may already have bound a new socket at the same path).
     inode: u64,
     listener: UnixListener,
+    /// Who may connect.
+    access: SocketAccess,
 }
 
 impl Server {
-    /// Listen on `path`, replacing a stale socket left there by a dead process.
+    /// Listen on `path` with the default access (mode 0600; root and this process's uid),
+    /// replacing a stale socket left there by a dead process.
     pub fn bind(path: &Path) -> Result<Self> {
+        Self::bind_with(path, SocketAccess::default())
+    }
+
+    /// Listen on `path` with `access` (socket mode, uids allowed to connect).
+    pub fn bind_with(path: &Path, access: SocketAccess) -> Result<Self> {
         let err = |op: &str| {
             let path = path.display().to_string();
             let op = op.to_string();
@@ -79,12 +88,13 @@ impl Server {
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
             std::fs::remove_file(path).map_err(err("remove stale socket"))?;
         }
-        let listener = UnixListener::bind(path).map_err(err("listen on"))?;
+        let listener = access.bind(path).map_err(err("listen on"))?;
         let inode = std::fs::metadata(path).map_err(err("stat"))?.ino();
         Ok(Self {
             path: path.to_path_buf(),
             inode,
             listener,
+            access,
         })
     }
 
@@ -125,11 +135,13 @@ impl Server {
             .map_err(|e| Error::VhostUser(format!("listener: {e}")))?;
         {
             let shared = shared.clone();
+            let access = self.access.clone();
+            let what = self.path.display().to_string();
             std::thread::Builder::new()
                 .name("vu-accept".into())
                 .spawn(move || {
                     seccomp::install_or_exit(filters.accept);
-                    accept_loop(&listener, &shared, &handover)
+                    accept_loop(&listener, &access, &what, &shared, &handover)
                 })
                 .map_err(|e| Error::VhostUser(format!("accept thread: {e}")))?;
         }
@@ -185,6 +197,8 @@ where
 /// closing), refuse it otherwise.
 fn accept_loop(
     listener: &UnixListener,
+    access: &SocketAccess,
+    what: &str,
     shared: &Shared,
     handover: &SyncSender<(UnixStream, String)>,
 ) {
@@ -197,7 +211,11 @@ fn accept_loop(
                 continue;
             }
         };
-        let peer = peer_name(&stream);
+        // A peer that may not connect is closed before anything is read from it.
+        let Some(cred) = access.admit(&stream, what) else {
+            continue;
+        };
+        let peer = format!("pid {} ({})", cred.pid, cred.command());
         let mut served = shared.lock();
         if let Some((current, current_peer)) = &served.current {
             if !hung_up(current) {
@@ -243,29 +261,4 @@ fn hung_up(stream: &UnixStream) -> bool {
     // SAFETY: one valid pollfd for the duration of the call.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-/// `pid N (command)` of the process at the other end of `stream`, for logs.
-fn peer_name(stream: &UnixStream) -> String {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return "unknown peer".into();
-    }
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", cred.pid)).unwrap_or_default();
-    format!("pid {} ({})", cred.pid, comm.trim())
 }

@@ -297,8 +297,9 @@ const RESTART_FIO_SECONDS: u32 = 45;
 const RESTART_ROUND_BYTES: u64 = 8 << 20;
 
 /// Lab shell: start the backend (appending to `/lab/backend.log`) and wait for its socket. It
-/// serves the lab host's emulated NVMe disk with O_DIRECT: on a page-cache file each request is
-/// answered within microseconds and a kill almost never finds one in flight.
+/// serves the lab host's emulated NVMe disk with O_DIRECT, throttled to 400 operations per
+/// second: on a page-cache file each request is answered within microseconds and a kill almost
+/// never finds one in flight; on the throttled disk requests wait in the device.
 const START_BACKEND: &str = r#"
 start_backend() {
     rm -f /tmp/vu.sock
@@ -307,6 +308,14 @@ start_backend() {
     BPID=$!
     i=0
     while [ ! -S /tmp/vu.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+}
+# SIGKILL the backend once the NVMe disk it serves has requests in flight (up to 5 s).
+kill_with_io_in_flight() {
+    i=0
+    while [ "$(awk '{print $1 + $2}' /sys/block/nvme0n1/inflight)" = 0 ] && [ $i -lt 100 ]; do
+        sleep 0.05; i=$((i+1))
+    done
+    kill -9 $BPID; wait $BPID 2>/dev/null
 }
 "#;
 
@@ -369,7 +378,7 @@ while ! grep -q FIO-START /tmp/guest.log && kill -0 $QEMU 2>/dev/null && [ $i -l
 done
 for k in 1 2; do
     sleep {first}
-    kill -9 $BPID; wait $BPID 2>/dev/null
+    kill_with_io_in_flight
     echo BACKEND-KILLED=$k
     sleep {gap}
     start_backend
@@ -382,9 +391,9 @@ kill $TAIL
 kill -TERM $BPID
 wait $BPID
 echo BACKEND-EXIT-STATUS=$?
-echo RESUBMITTING-STARTS=$(grep -c 'resubmitted=[1-9]' /lab/backend.log)
+echo RESUBMITTING-STARTS=$(awk '/waiting for a frontend/ {{p++}} /resubmitted=[1-9]/ {{hit[p] = 1}} END {{n = 0; for (k in hit) n++; print n}}' /lab/backend.log)
 echo "RESUBMITTED-TOTAL=$(grep -o 'resubmitted=[0-9]*' /lab/backend.log | awk -F= '{{s += $2}} END {{print s + 0}}')"
-grep -E 'resubmitted=|inflight|refus|ERROR|WARN' /lab/backend.log | tail -n 20
+grep -E 'resubmitted=|inflight|refus|ERROR|WARN' /lab/backend.log | tail -n 30
 tail -n 5 /tmp/qemu.log
 "#,
         first = random_seconds(4.0, 10.0),
@@ -399,6 +408,7 @@ tail -n 5 /tmp/qemu.log
     let run = LabHost::new(&images)
         .memory_mib(3072)
         .nvme(&nvme)
+        .nvme_iops(400)
         .binary(env!("CARGO_BIN_EXE_vhost-user-blk"), "/lab/bin")
         .with_guest(&initrd)
         .script(script)

@@ -28,7 +28,10 @@ impl Backend {
     }
 
     fn spawn_with(dir: &Path, image: &Path, extra: &[&str], stderr: Stdio) -> Backend {
-        let socket = dir.join(format!("blk-{}.sock", extra.join("").replace('-', "")));
+        let socket = dir.join(format!(
+            "blk-{}.sock",
+            extra.join("").replace(['-', '/', ':', '.'], "")
+        ));
         let _ = std::fs::remove_file(&socket);
         let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-blk"))
             .arg("--socket")
@@ -510,4 +513,266 @@ fn an_unknown_seccomp_mode_is_a_one_line_error() {
         err.contains("--seccomp bogus: expected on, log or off"),
         "{err}"
     );
+}
+
+#[test]
+fn metrics_count_every_request_of_a_client_run_while_being_scraped() {
+    use backends::metrics::scrape::scrape;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const BATCH: usize = 16;
+    const ROUNDS: usize = 25;
+    const LEN: usize = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 16 * MIB, 0);
+    let metrics = dir.path().join("metrics.sock");
+    let addr: minihttp::ListenAddr = format!("unix:{}", metrics.display()).parse().unwrap();
+    let be = Backend::spawn(
+        dir.path(),
+        &img,
+        &["--metrics", &format!("unix:{}", metrics.display())],
+    );
+    let t = Duration::from_secs(5);
+    let before = scrape(&addr, t).unwrap();
+    assert_eq!(before.sum("iovmm_requests_total", &[]), 0.0);
+
+    // A scraper hammers the endpoint for the whole run.
+    let done = AtomicBool::new(false);
+    let scrapes = AtomicUsize::new(0);
+    let mut c = Client::connect(&be.socket, 1);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                scrape(&addr, t).unwrap();
+                scrapes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Writes in batches of 16, then the same sectors read back and verified.
+        for write in [true, false] {
+            for round in 0..ROUNDS {
+                for i in 0..BATCH {
+                    let n = round * BATCH + i;
+                    let (start, off) = ((n * LEN) as u64, n * LEN);
+                    if write {
+                        c.buf(off, LEN).copy_from_slice(&pattern(n as u8, LEN));
+                        let p = (c.region.addr + off) as *const u8;
+                        c.queues[0].write(start, p, LEN, 0, ReqFlags::empty());
+                    } else {
+                        let p = (c.region.addr + 2 * MIB as usize + off) as *mut u8;
+                        c.queues[0].read(start, p, LEN, 0, ReqFlags::empty());
+                    }
+                }
+                let mut done_io: Vec<_> = (0..BATCH)
+                    .map(|_| MaybeUninit::<Completion>::uninit())
+                    .collect();
+                let mut wait = Duration::from_secs(10);
+                let n = c.queues[0]
+                    .do_io(&mut done_io, BATCH, Some(&mut wait), None)
+                    .unwrap();
+                assert_eq!(n, BATCH, "requests timed out");
+                for d in &done_io {
+                    // SAFETY: do_io initialised all BATCH completions.
+                    assert_eq!(unsafe { d.assume_init_ref() }.ret, 0);
+                }
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    for n in 0..ROUNDS * BATCH {
+        let got = c.buf(2 * MIB as usize + n * LEN, LEN).to_vec();
+        assert_eq!(got, pattern(n as u8, LEN), "request {n}");
+    }
+    let scraped = scrapes.load(Ordering::Relaxed);
+    assert!(scraped >= 5, "only {scraped} scrapes during the run");
+
+    let requests = (2 * ROUNDS * BATCH) as f64;
+    let bytes = (ROUNDS * BATCH * LEN) as f64;
+    let p = scrape(&addr, t).unwrap();
+    let q = [("queue", "0")];
+    assert_eq!(p.sum("iovmm_requests_total", &q), requests);
+    assert_eq!(p.sum("iovmm_request_latency_seconds_count", &q), requests);
+    let buckets = p.buckets("iovmm_request_latency_seconds", &q);
+    assert_eq!(buckets.last().map(|b| b.1), Some(requests));
+    assert_eq!(p.sum("iovmm_bytes_total", &[("dir", "write")]), bytes);
+    assert_eq!(p.sum("iovmm_bytes_total", &[("dir", "read")]), bytes);
+    assert_eq!(p.sum("iovmm_errors_total", &[]), 0.0);
+    assert_eq!(p.sum("iovmm_inflight", &q), 0.0);
+    let kicks = p.sum("iovmm_kicks_total", &q);
+    let submissions = p.sum("iovmm_uring_submissions_total", &q);
+    assert!(kicks >= 1.0 && kicks <= requests, "kicks {kicks}");
+    assert!(
+        submissions >= 1.0 && submissions <= requests,
+        "{submissions}"
+    );
+    assert!(p.sum("iovmm_notifications_total", &q) >= 1.0);
+    assert!(p.sum("process_cpu_seconds_total", &[]) > 0.0);
+    drop(c);
+    assert!(be.sigterm_and_wait().success());
+}
+
+#[test]
+fn a_busy_metrics_port_is_a_one_line_error_and_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), MIB, 0);
+    for bin in [
+        env!("CARGO_BIN_EXE_vhost-user-blk"),
+        env!("CARGO_BIN_EXE_vhost-user-net"),
+    ] {
+        let device = if bin.ends_with("net") {
+            ["--tap".to_string(), "nonexistent0".to_string()]
+        } else {
+            ["--path".to_string(), img.display().to_string()]
+        };
+        let out = Command::new(bin)
+            .args(["--socket", &dir.path().join("x.sock").display().to_string()])
+            .args(device)
+            .args(["--metrics", &format!("127.0.0.1:{port}")])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bin}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{bin}: {err}");
+        assert!(lines[0].contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(lines[0].contains("in use"), "{err}");
+    }
+}
+
+/// CPU time (user + system) process `pid` has used so far, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name start at field 3 (state); utime and
+    // stime are fields 14 and 15, in clock ticks.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// The `requests` counters of the backend's final "queue counters" log lines, summed.
+fn logged_requests(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("queue counters"))
+        .filter_map(|l| l.split("requests: ").nth(1))
+        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn an_idle_backend_with_default_polling_uses_almost_no_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 16 * MIB, 0x11);
+    let mut be = Backend::spawn_with(dir.path(), &img, &[], Stdio::piped());
+    let mut stderr = be.child.stderr.take().unwrap();
+    // Read the log as it comes: a full pipe would stall the backend.
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    let mut c = Client::connect(&be.socket, 1);
+    // Load: back-to-back reads, each submitted when the previous one completed; the
+    // adaptive window grows.
+    for i in 0..4000u64 {
+        assert_eq!(c.read(0, (i % 4096) * 4096, 0, 4096), 0);
+    }
+    // Then nothing, with the frontend still connected: the window shrinks and the queue
+    // thread sleeps. The benchmark records the figure over 10 s (`vmm-perf backend blk`);
+    // the bound here is generous so a loaded machine cannot fail it.
+    let pid = be.child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let (start, used_before) = (Instant::now(), cpu_time(pid));
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_time(pid) - used_before;
+    let share = used.as_secs_f64() / start.elapsed().as_secs_f64();
+    eprintln!("idle backend: {used:?} of CPU in {:?}", start.elapsed());
+    assert!(
+        share <= 0.05,
+        "an idle backend used {:.1} % of a CPU",
+        share * 100.0
+    );
+    // Still served after the idle period.
+    c.buf(0, 4096).fill(0);
+    assert_eq!(c.read(0, 4096, 0, 4096), 0);
+    assert!(c.buf(0, 4096).iter().all(|&b| b == 0x11));
+    assert!(be.sigterm_and_wait().success());
+    assert_eq!(logged_requests(&log.join().unwrap()), 4001);
+}
+
+/// The CPUs each thread of process `pid` named `name*` may run on, by thread name.
+fn thread_affinities(pid: u32, prefix: &str) -> Vec<(String, Vec<usize>)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap();
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim().to_string();
+        if comm.starts_with(prefix) {
+            let tid: i32 = task.file_name().to_str().unwrap().parse().unwrap();
+            found.push((comm, backends::placement::thread_cpus(tid).unwrap()));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn queue_threads_run_on_the_cpus_given_to_them() {
+    let cpus = backends::placement::available_cpus().unwrap();
+    let (a, b) = (cpus[0], *cpus.last().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 8 * MIB, 0x33);
+    let list = format!("0@{b},1@[{a}]");
+    let be = Backend::spawn(
+        dir.path(),
+        &img,
+        &["--queues", "2", "--queue-affinity", &list],
+    );
+    let mut c = Client::connect(&be.socket, 2);
+    // Each queue thread takes its CPUs with its first event.
+    for q in 0..2 {
+        assert_eq!(c.read(q, 0, 0, 4096), 0);
+        assert!(c.buf(0, 4096).iter().all(|&x| x == 0x33));
+    }
+    assert_eq!(
+        thread_affinities(be.child.id(), "blk-q"),
+        [
+            ("blk-q0".to_string(), vec![b]),
+            ("blk-q1".to_string(), vec![a])
+        ]
+    );
+    assert!(be.sigterm_and_wait().success());
+}
+
+#[test]
+fn a_malformed_or_impossible_queue_affinity_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), MIB, 0);
+    for (list, needle) in [
+        ("0@4000", "host CPU 4000 is not available"),
+        ("0@0,0@0", "queue 0 is given twice"),
+        ("2@0", "queue 2 does not exist (there are 2)"),
+        ("0@[x]", "expected INDEX@CPU"),
+        ("0", "expected INDEX@CPU"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-blk"))
+            .args(["--socket", dir.path().join("x.sock").to_str().unwrap()])
+            .args(["--path", img.to_str().unwrap()])
+            .args(["--queues", "2", "--queue-affinity", list])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{list}: {stderr}");
+        let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{list}: {stderr}");
+        assert!(lines[0].contains("--queue-affinity"), "{list}: {stderr}");
+        assert!(lines[0].contains(needle), "{list}: {stderr}");
+        assert!(!dir.path().join("x.sock").exists(), "socket bound anyway");
+    }
 }

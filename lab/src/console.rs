@@ -27,6 +27,35 @@ pub fn console_value<'a>(console: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
 }
 
+/// How the VMM mapped its guest's RAM (`private` or `shared`), from its `guest RAM mapped
+/// mode=…` log line (info level, colours or not).
+pub fn guest_ram_mode(console: &str) -> Option<String> {
+    let line = console.lines().find(|l| l.contains("guest RAM mapped"))?;
+    let plain = strip_ansi(line);
+    let mode = plain
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("mode="))?;
+    Some(mode.to_string())
+}
+
+/// `text` without ANSI colour sequences (tracing colours its fields).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 /// Console lines that show a kernel fault (panic, oops, BUG, lockup, RCU stall, the faulting
 /// instruction and call trace, a `WARN`), a nested VMM's verdict on stderr (`vmm: …`, which
 /// it prints for every exit but a power-off) or a seccomp audit line (a thread called outside
@@ -139,6 +168,15 @@ impl std::fmt::Display for PingIperf3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_ram_mode_is_read_from_the_vmm_log() {
+        let log =
+            "x\n\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m vmm::memory: guest RAM mapped \
+                   \u{1b}[3mmode\u{1b}[0m\u{1b}[2m=\u{1b}[0mprivate mib=512\n";
+        assert_eq!(guest_ram_mode(log).as_deref(), Some("private"));
+        assert_eq!(guest_ram_mode("no such line"), None);
+    }
 
     #[test]
     fn values_and_iperf_reports() {

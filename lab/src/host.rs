@@ -35,6 +35,14 @@ pub const LAB_CMDLINE: &str =
 pub const LAB_GUEST_KERNEL: &str = "/lab/vmlinuz";
 /// Where [`LabHost::with_guest`] puts the guest initramfs inside the lab.
 pub const LAB_GUEST_INITRD: &str = "/lab/guest.cpio";
+/// What `/lab/script.sh` does before the run's own script: tune the lab as a VM host would be. Shared
+/// (memfd) guest RAM, which vhost-user devices need, gets transparent huge pages where the VMM
+/// advises them (Debian's kernel default is `never`; `vmm check` reports it as `shmem-thp`).
+pub const HOST_TUNING: &str = "\
+echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null ||
+    echo 'lab: cannot enable shmem THP'
+";
+
 /// The marker the lab `/init` prints after `/lab/run.sh` returns.
 pub const EXIT_MARKER: &str = "LAB-EXIT-STATUS=";
 /// The marker the lab `/init` prints once modules are loaded (`uptime=` seconds follow).
@@ -120,6 +128,8 @@ pub struct LabHost {
     cpus: u32,
     memory_mib: u32,
     nvme: Option<PathBuf>,
+    /// QEMU I/O throttling of the NVMe disk (operations per second), if any.
+    nvme_iops: Option<u32>,
     nics: Vec<LabNic>,
     files: Vec<LabFile>,
     script: String,
@@ -174,6 +184,7 @@ impl LabHost {
             cpus: 2,
             memory_mib: 2048,
             nvme: None,
+            nvme_iops: None,
             nics: Vec::new(),
             files: Vec::new(),
             script: String::new(),
@@ -200,6 +211,13 @@ impl LabHost {
     /// Adds an emulated NVMe controller (`serial=lab0`) backed by the raw image `backing`.
     pub fn nvme(mut self, backing: impl Into<PathBuf>) -> Self {
         self.nvme = Some(backing.into());
+        self
+    }
+
+    /// Limits the NVMe disk to `iops` operations per second (QEMU `throttling.iops-total`):
+    /// requests then wait in the device, as on a slow disk.
+    pub fn nvme_iops(mut self, iops: u32) -> Self {
+        self.nvme_iops = Some(iops);
         self
     }
 
@@ -288,7 +306,8 @@ impl LabHost {
 
     fn overlay(&self) -> Result<Cpio> {
         let mut c = Cpio::new();
-        c.add_file("/lab/script.sh", self.script.clone().into_bytes(), 0o755)?;
+        let script = format!("{HOST_TUNING}{}", self.script);
+        c.add_file("/lab/script.sh", script.into_bytes(), 0o755)?;
         c.add_file("/lab/run.sh", RUN_SH.as_bytes().to_vec(), 0o755)?;
         for f in &self.files {
             match f {
@@ -332,8 +351,12 @@ impl LabHost {
         ]);
         if let Some(img) = &self.nvme {
             a.push("-drive".into());
+            let throttle = self
+                .nvme_iops
+                .map(|iops| format!(",throttling.iops-total={iops}"))
+                .unwrap_or_default();
             a.push(format!(
-                "file={},if=none,id=nv0,format=raw",
+                "file={},if=none,id=nv0,format=raw{throttle}",
                 img.display().to_string().replace(',', ",,")
             ));
             a.push("-device".into());
@@ -767,5 +790,10 @@ mod tests {
         assert!(joined.contains("file=/tmp/a,,b.img,if=none"));
         assert!(joined.contains("socket,id=net1,listen=127.0.0.1:5555"));
         assert!(joined.contains("aw-bits=48"));
+        let throttled = LabHost::new(&images).nvme("/d.img").nvme_iops(400);
+        let joined = throttled
+            .qemu_command_args(Path::new("/x/initrd"))
+            .join(" ");
+        assert!(joined.contains("file=/d.img,if=none,id=nv0,format=raw,throttling.iops-total=400"));
     }
 }

@@ -22,7 +22,8 @@ mod images;
 mod threads;
 
 pub use console::{
-    console_value, fault_lines, guest_ping_iperf3, iperf3_bits_per_second, test_images, PingIperf3,
+    console_value, fault_lines, guest_ping_iperf3, guest_ram_mode, iperf3_bits_per_second,
+    strip_ansi, test_images, PingIperf3,
 };
 pub use cpio::{shared_libraries, Cpio};
 pub use error::{LabError, Result};

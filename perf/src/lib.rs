@@ -2,7 +2,9 @@
 //! qemu-storage-daemon) and a raw io_uring baseline with libblkio as the client;
 //! [`net`] drives our vhost-user-net backend with the project's own virtio-net load
 //! generator against raw io_uring on the same TAP; [`boot`] times guest boot-to-init
-//! against QEMU; [`idle`] keeps idle CPUs polling while a backend benchmark runs.
+//! against QEMU; [`idle`] keeps idle CPUs polling while a backend benchmark runs;
+//! [`metrics`] reads the processes' `/metrics` endpoints (scraping during runs, `top`);
+//! [`provenance`] stamps every result file with its commit, command line and schema version.
 
 use std::path::Path;
 use std::process::Child;
@@ -12,7 +14,9 @@ pub mod blk;
 pub mod boot;
 pub mod compare;
 pub mod idle;
+pub mod metrics;
 pub mod net;
+pub mod provenance;
 
 /// Errors of the `perf` crate.
 #[derive(Debug, thiserror::Error)]

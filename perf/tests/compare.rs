@@ -1,6 +1,8 @@
 //! The comparison harness against fio/iperf3 JSON captured from real runs in the lab host
 //! (`perf/tests/fixtures/capture.sh`), and report generation from a synthetic result set.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -62,6 +64,7 @@ fn fio_error_is_a_failed_cell_with_the_reason() {
         rep: 1,
         raw_file: Some("raw/native.randread-4k-qd1.1.json".into()),
         outcome: out,
+        counters: None,
     };
     let cell = results::CellSummary::build(
         "native",
@@ -285,6 +288,7 @@ fn rec(tier: &str, workload: &str, rep: usize, outcome: Result<Metrics, String>)
         rep,
         raw_file: Some(format!("raw/{tier}.{workload}.{rep}.json")),
         outcome,
+        counters: None,
     }
 }
 
@@ -299,6 +303,32 @@ fn fio_m(iops: f64) -> Metrics {
         clat_p99_us: Some(90.0),
         clat_p999_us: Some(200.0),
     })
+}
+
+/// The CSV of `set`: the header, the median/min/max of a cell, its raw files, a failed and a
+/// missing cell; returns it.
+fn assert_csv_rows(set: &results::ResultSet) -> String {
+    let csv = results::csv(set);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with(
+        "tier,workload,kind,status,reason,runs_ok,runs,iops_median,iops_min,iops_max"
+    ));
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with("native,randread-4k-qd1,"))
+        .expect("row");
+    assert!(row.contains(",ok,,3,3,2000,1000,3000,"), "{row}");
+    assert!(row.ends_with(
+        "raw/native.randread-4k-qd1.1.json;raw/native.randread-4k-qd1.2.json;raw/native.randread-4k-qd1.3.json"
+    ));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("native,tcp-tx,net,FAILED,iperf3: unable to connect")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("vhost-user-blk,randread-4k-qd1,block,missing,")));
+
+    csv
 }
 
 #[test]
@@ -337,49 +367,40 @@ fn report_and_csv_from_a_synthetic_result_set() {
     let s = rr.stat("iops").unwrap();
     assert_eq!((s.median, s.min, s.max), (2000.0, 1000.0, 3000.0));
 
-    let csv = results::csv(&set);
-    let lines: Vec<&str> = csv.lines().collect();
-    assert!(lines[0].starts_with(
-        "tier,workload,kind,status,reason,runs_ok,runs,iops_median,iops_min,iops_max"
-    ));
-    let row = lines
-        .iter()
-        .find(|l| l.starts_with("native,randread-4k-qd1,"))
-        .expect("row");
-    assert!(row.contains(",ok,,3,3,2000,1000,3000,"), "{row}");
-    assert!(row.ends_with(
-        "raw/native.randread-4k-qd1.1.json;raw/native.randread-4k-qd1.2.json;raw/native.randread-4k-qd1.3.json"
-    ));
-    assert!(lines
-        .iter()
-        .any(|l| l.starts_with("native,tcp-tx,net,FAILED,iperf3: unable to connect")));
-    assert!(lines
-        .iter()
-        .any(|l| l.starts_with("vhost-user-blk,randread-4k-qd1,block,missing,")));
+    let csv = assert_csv_rows(&set);
 
+    let mut set = set;
+    set.retries.push(results::Retry {
+        group: "vhost-user-blk".into(),
+        cells: 7,
+        reason: "[   46.8] BUG: TASK stack guard page was hit".into(),
+    });
     let dir = tempfile::tempdir().unwrap();
-    report::write_report(dir.path(), &set, "Host: test").unwrap();
+    report::write_report(dir.path(), &set).unwrap();
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(
         md.contains("| native | randread-4k-qd1 | 2000 [1000–3000] |"),
         "{md}"
     );
-    assert!(md.contains("[native.randread-4k-qd1.2.json](raw/native.randread-4k-qd1.2.json)"));
     assert!(md.contains("**FAILED** 0/3: iperf3: unable to connect to server: Connection refused"));
-    assert!(md.contains("| vhost-user-blk | **missing**: vhost-user-blk is not built (fake) |"));
+    assert!(md.contains("| vhost-user-blk | guest virtio-blk → our vhost-user-blk backend process → file | **missing**: vhost-user-blk is not built (fake) |"), "{md}");
     assert!(md.contains("| vmm | 1.50 [1.50–1.50] |"), "{md}");
-    for svg in [
-        "iops.svg",
-        "bandwidth.svg",
-        "latency-randread-4k-qd1.svg",
-        "boot.svg",
-    ] {
-        let text =
-            std::fs::read_to_string(dir.path().join(svg)).unwrap_or_else(|e| panic!("{svg}: {e}"));
-        assert!(text.starts_with("<svg"), "{svg}");
-        assert!(text.contains("<rect"), "{svg} has bars");
-        assert!(md.contains(svg), "report embeds {svg}");
-    }
+    // The summary matrix: tiers down, workloads across.
+    assert!(md.contains("| tier | randread-4k-qd1 |\n|---|---|\n| native | 2000 |\n| vhost-user-blk | missing |\n"), "{md}");
+    assert!(md.contains("| native | FAILED |"), "{md}");
+    assert!(md.contains("Host: not recorded."), "{md}");
+    assert!(md.contains("## Retried groups"), "{md}");
+    assert!(
+        md.contains(
+            "- vhost-user-blk: 7 cell(s) after `[   46.8] BUG: TASK stack guard page was hit`"
+        ),
+        "{md}"
+    );
+    assert_embedded_once(
+        dir.path(),
+        &md,
+        &["iops.svg", "latency-p50.svg", "latency-p99.svg", "boot.svg"],
+    );
     let table = report::summary_table(&set);
     assert!(table.contains("randread-4k-qd1"));
     assert!(
@@ -397,11 +418,133 @@ fn report_and_csv_from_a_synthetic_result_set() {
     assert_eq!(results::csv(&back), csv);
 }
 
+/// Every chart `md` embeds exists and is embedded once; `expected` are exactly those charts.
+fn assert_embedded_once(dir: &Path, md: &str, expected: &[&str]) {
+    let mut embedded: Vec<&str> = md
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .filter(|target| target.ends_with(".svg"))
+        .collect();
+    let n = embedded.len();
+    embedded.sort_unstable();
+    embedded.dedup();
+    assert_eq!(embedded.len(), n, "a chart is embedded twice: {md}");
+    let mut want = expected.to_vec();
+    want.sort_unstable();
+    assert_eq!(embedded, want);
+    for svg in expected {
+        let text = std::fs::read_to_string(dir.join(svg)).unwrap_or_else(|e| panic!("{svg}: {e}"));
+        assert!(text.starts_with("<svg"), "{svg}");
+        assert!(text.contains("<rect"), "{svg} has bars");
+    }
+}
+
+#[test]
+fn tiers_a_hundredfold_apart_get_log_and_ratio_charts_each_embedded_once() {
+    let workloads: Vec<Workload> = Workload::builtin()
+        .into_iter()
+        .filter(|w| ["randread-4k-qd1", "randread-4k-qd32", "tcp-tx"].contains(&w.name()))
+        .collect();
+    let plan = matrix::plan(
+        &[Tier::Native, Tier::VhostUserBlk, Tier::VhostUserNet],
+        &workloads,
+        |_, _| Availability::Available,
+    );
+    let iperf_m = |gbit_s: f64| {
+        Metrics::Iperf(iperf::IperfMetrics {
+            gbit_s,
+            retransmits: Some(0),
+            jitter_ms: None,
+            lost_packets: None,
+            lost_percent: None,
+        })
+    };
+    let mut records = Vec::new();
+    for rep in 1..=3 {
+        records.push(rec("native", "randread-4k-qd1", rep, Ok(fio_m(41_000.0))));
+        records.push(rec("native", "randread-4k-qd32", rep, Ok(fio_m(35_000.0))));
+        records.push(rec(
+            "vhost-user-blk",
+            "randread-4k-qd1",
+            rep,
+            Ok(fio_m(274.0)),
+        ));
+        records.push(rec(
+            "vhost-user-blk",
+            "randread-4k-qd32",
+            rep,
+            Ok(fio_m(2522.0)),
+        ));
+        records.push(rec("native", "tcp-tx", rep, Ok(iperf_m(2.84))));
+        records.push(rec("vhost-user-net", "tcp-tx", rep, Ok(iperf_m(0.153))));
+    }
+    let set = result_set(
+        &plan,
+        &records,
+        &settings(),
+        Mode::Lab,
+        false,
+        &BTreeMap::new(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    report::write_report(dir.path(), &set).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("| vhost-user-blk | 274 (0.0067) | 2522 (0.072) |"),
+        "{md}"
+    );
+    assert!(md.contains("| vhost-user-net | 0.153 (0.054) |"), "{md}");
+    assert_embedded_once(
+        dir.path(),
+        &md,
+        &[
+            "iops.svg",
+            "iops-ratio.svg",
+            "latency-p50.svg",
+            "latency-p99.svg",
+            "network.svg",
+            "network-ratio.svg",
+        ],
+    );
+    for svg in ["iops.svg", "iops-ratio.svg", "network.svg"] {
+        let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
+        assert!(text.contains("(log scale)"), "{svg}");
+    }
+    let ratio = std::fs::read_to_string(dir.path().join("iops-ratio.svg")).unwrap();
+    assert!(
+        ratio.contains("\n= reference\n") && !ratio.contains("\nnative\n"),
+        "{ratio}"
+    );
+}
+
 fn have(tool: &str) -> bool {
     std::process::Command::new(tool)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// `out/results.json` has the provenance fields, and `vmm-perf report` renders the run's
+/// report again from it alone (into `again`), byte for byte.
+fn assert_provenance_and_round_trip(out: &Path, again: &Path) {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["schema_version"], results::SCHEMA_VERSION);
+    assert_eq!(json["host"]["mode"], "direct");
+    assert!(json["command_line"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty()));
+    assert!(json["wall_clock_s"].as_u64().is_some());
+    // `vmm-perf report` renders the run's report again from results.json alone, byte for byte.
+    perf::compare::report_from_json(&out.join("results.json"), again).expect("re-render");
+    for f in ["report.md", "results.csv", "iops.svg"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(again.join(f)).unwrap(),
+            "{f}"
+        );
+    }
 }
 
 /// End to end in direct mode on this host, native tier only (no guest, no lab): fio and
@@ -470,9 +613,85 @@ fn direct_native_run_end_to_end_with_a_missing_tier_and_a_failing_job() {
         &cell("vhost-user-blk", "randread-4k-qd1").status,
         CellStatus::Missing(_)
     ));
-    for f in ["results.json", "results.csv", "report.md", "host.json"] {
+    for f in [
+        "results.json",
+        "results.csv",
+        "report.md",
+        "raw/native.tcp-tx.1.json",
+    ] {
         assert!(out.join(f).is_file(), "{f}");
     }
-    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("raw/native.tcp-tx.1.json"));
+    assert_provenance_and_round_trip(&out, &dir.path().join("again"));
+}
+
+#[test]
+fn guest_tier_counters_become_per_io_columns() {
+    use perf::compare::counters::RunCounters;
+    use perf::metrics::CellCounters;
+    let tiers = [Tier::Native, Tier::VhostUserBlk];
+    let workloads: Vec<Workload> = Workload::builtin()
+        .into_iter()
+        .filter(|w| w.name() == "randread-4k-qd1")
+        .collect();
+    let plan = matrix::plan(&tiers, &workloads, |_, _| Availability::Available);
+    let begin = CellCounters::default();
+    // Runs of 5 s at 1000 and 2000 IOPS: 5000 and 10000 I/Os.
+    let counted = |iops: f64, notifications: f64, cpu: f64| {
+        let end = CellCounters {
+            requests: iops * 5.0,
+            notifications,
+            kicks: notifications / 2.0,
+            submissions: 100.0,
+            submitted: 400.0,
+            cpu_seconds: cpu,
+        };
+        Some(RunCounters::between(&begin, &end, Some(iops * 5.0)))
+    };
+    let mut records = vec![
+        rec("native", "randread-4k-qd1", 1, Ok(fio_m(3000.0))),
+        rec("vhost-user-blk", "randread-4k-qd1", 1, Ok(fio_m(1000.0))),
+        rec("vhost-user-blk", "randread-4k-qd1", 2, Ok(fio_m(2000.0))),
+    ];
+    records[1].counters = counted(1000.0, 5000.0, 0.5);
+    records[2].counters = counted(2000.0, 5000.0, 0.5);
+    let set = result_set(
+        &plan,
+        &records,
+        &settings(),
+        Mode::Lab,
+        false,
+        &BTreeMap::new(),
+    );
+    let c = set
+        .cells
+        .iter()
+        .find(|c| c.tier == "vhost-user-blk")
+        .unwrap();
+    // Notifications per I/O 1.0 and 0.5, CPU 100 and 50 µs per I/O: medians of two.
+    let n = c.stat("notifications_per_io").unwrap();
+    assert_eq!((n.min, n.max), (0.5, 1.0));
+    assert_eq!(c.stat("uring_batch").unwrap().median, 4.0);
+    let cpu = c.stat("cpu_us_per_io").unwrap();
+    assert_eq!((cpu.min, cpu.max), (50.0, 100.0));
+    let native = set.cells.iter().find(|c| c.tier == "native").unwrap();
+    assert!(native.stat("cpu_us_per_io").is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    report::write_report(dir.path(), &set).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("| IOPS ratio | notif/IO | CPU µs/IO | status |"),
+        "{md}"
+    );
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| vhost-user-blk | randread-4k-qd1 |"))
+        .unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells.len(), 13, "{row}");
+    // The median of two runs is their mean.
+    assert_eq!((cells[9], cells[10]), ("0.75", "75.0"), "{row}");
+    let json = serde_json::to_string(&set).unwrap();
+    let back: results::ResultSet = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.runs[1].counters, records[1].counters);
 }

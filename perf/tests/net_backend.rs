@@ -3,6 +3,8 @@
 //! Needs root and /dev/net/tun (skips otherwise) and `target/debug/vhost-user-net`
 //! (`cargo build -p backends`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use perf::net::driver::Completion;
@@ -82,7 +84,9 @@ fn generator_frames_reach_the_tap_and_come_back() {
         return;
     };
     for kind in FrameKind::ALL {
-        let runs = bench.run_ours(tap, kind, 0).expect("our backend");
+        let runs = bench
+            .run_ours(tap, kind, 0, Path::Ours)
+            .expect("our backend");
         assert_eq!(runs.len(), 2);
         for r in &runs {
             assert_eq!(r.path, Path::Ours);
@@ -102,6 +106,13 @@ fn generator_frames_reach_the_tap_and_come_back() {
             assert!(device > 0.0 && total > device, "{r:?}");
         }
     }
+    // With --metrics, scraped every second: the same frames, labelled as such.
+    let runs = bench
+        .run_ours(tap, FrameKind::Small, 0, Path::OursMetrics)
+        .expect("ours with metrics");
+    assert!(runs.iter().all(|r| r.path == Path::OursMetrics), "{runs:?}");
+    check_tx(&runs[0], FrameKind::Small);
+    check_rx(&runs[1], FrameKind::Small);
     let runs = bench.run_raw(tap, FrameKind::Tso, 0).expect("raw");
     check_tx(&runs[0], FrameKind::Tso);
     check_rx(&runs[1], FrameKind::Tso);
@@ -123,7 +134,9 @@ fn a_polling_generator_gets_every_frame_back_without_notifications() {
     for event_idx in [true, false] {
         bench.event_idx = event_idx;
         for kind in [FrameKind::Small, FrameKind::Tso] {
-            let runs = bench.run_ours(tap, kind, 0).expect("our backend");
+            let runs = bench
+                .run_ours(tap, kind, 0, Path::Ours)
+                .expect("our backend");
             assert_eq!(runs.len(), 2);
             check_tx(&runs[0], kind);
             check_rx(&runs[1], kind);

@@ -5,6 +5,13 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use backends::placement::{Affinity, AffinityError};
+use minihttp::ListenAddr;
+
+mod cpus;
+
+pub use cpus::CpusConfig;
+
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
 /// One gibibyte.
@@ -36,7 +43,7 @@ pub enum ConfigError {
     #[error("invalid device '{0}': expected path=/sys/bus/pci/devices/DDDD:BB:DD.F")]
     BadDevice(String),
     /// A serial console specification was not understood.
-    #[error("invalid serial '{0}': expected stdio, file=PATH or off")]
+    #[error("invalid serial '{0}': expected stdio, file=PATH[,max_size=SIZE] or off")]
     BadSerial(String),
     /// A required option is missing.
     #[error("missing option '{0}'")]
@@ -50,6 +57,9 @@ pub enum ConfigError {
     /// Options of two disk kinds were mixed.
     #[error("--disk: {0}")]
     DiskConflict(&'static str),
+    /// A vCPU placement list is malformed or names what does not exist.
+    #[error("--cpus affinity: {0}")]
+    Affinity(#[from] AffinityError),
 }
 
 /// Parses a byte size such as `512M`, `2G`, `4096` (bytes) or `1.5G`.
@@ -89,30 +99,42 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     Ok(bytes)
 }
 
-/// Guest memory: `SIZE[,hugepages=on|off]`.
+/// Guest memory: `SIZE[,hugepages=on|off][,shared=on|off]`, the size also as `size=SIZE`
+/// (Cloud Hypervisor's spelling).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryConfig {
     /// Guest RAM in bytes.
     pub size: u64,
     /// Back guest RAM with 2 MiB hugetlb pages.
     pub hugepages: bool,
+    /// Map guest RAM from a file a vhost-user backend can map too (`Some(true)`), as
+    /// private anonymous memory (`Some(false)`), or decide from the devices (`None`:
+    /// shared exactly when a vhost-user device is configured).
+    pub shared: Option<bool>,
 }
 
 impl FromStr for MemoryConfig {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut parts = s.split(',');
-        let size = parse_size(parts.next().unwrap_or_default())?;
+        let mut size = None;
         let mut hugepages = false;
-        for opt in parts {
+        let mut shared = None;
+        for (i, opt) in s.split(',').enumerate() {
             let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
             match key {
+                "size" => size = Some(parse_size(value)?),
                 "hugepages" => hugepages = parse_on_off(key, value)?,
+                "shared" => shared = Some(parse_on_off(key, value)?),
+                _ if i == 0 => size = Some(parse_size(opt)?),
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
         }
-        Ok(Self { size, hugepages })
+        Ok(Self {
+            size: size.ok_or(ConfigError::MissingOption("size"))?,
+            hugepages,
+            shared,
+        })
     }
 }
 
@@ -129,13 +151,24 @@ pub fn parse_on_off(key: &str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// Default cap of a serial log file (`--serial file=PATH`): 64 MiB.
+pub const DEFAULT_SERIAL_MAX_SIZE: u64 = 64 << 20;
+/// Smallest `max_size` of a serial log file.
+pub const MIN_SERIAL_MAX_SIZE: u64 = 4096;
+
 /// Where the guest's 8250 serial console goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SerialConfig {
     /// The VMM's standard output (and standard input to the guest).
     Stdio,
-    /// Appended to a file.
-    File(PathBuf),
+    /// Appended to a file, which is truncated (with a marker line) before it would grow
+    /// past `max_size` bytes.
+    File {
+        /// The log file.
+        path: PathBuf,
+        /// Largest size of the file.
+        max_size: u64,
+    },
     /// No serial port.
     Off,
 }
@@ -147,10 +180,28 @@ impl FromStr for SerialConfig {
         match s {
             "stdio" => Ok(Self::Stdio),
             "off" => Ok(Self::Off),
-            _ => match s.strip_prefix("file=") {
-                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
-                _ => Err(ConfigError::BadSerial(s.to_string())),
-            },
+            _ => {
+                let bad = || ConfigError::BadSerial(s.to_string());
+                let spec = s.strip_prefix("file=").ok_or_else(bad)?;
+                let (path, max_size) = match spec.rsplit_once(",max_size=") {
+                    Some((path, size)) => (path, parse_size(size)?),
+                    None => (spec, DEFAULT_SERIAL_MAX_SIZE),
+                };
+                if path.is_empty() {
+                    return Err(bad());
+                }
+                if max_size < MIN_SERIAL_MAX_SIZE {
+                    return Err(ConfigError::BadValue {
+                        key: "max_size".into(),
+                        value: max_size.to_string(),
+                        expected: "at least 4K",
+                    });
+                }
+                Ok(Self::File {
+                    path: PathBuf::from(path),
+                    max_size,
+                })
+            }
         }
     }
 }
@@ -159,7 +210,9 @@ impl fmt::Display for SerialConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Stdio => write!(f, "stdio"),
-            Self::File(p) => write!(f, "file={}", p.display()),
+            Self::File { path, max_size } => {
+                write!(f, "file={},max_size={max_size}", path.display())
+            }
             Self::Off => write!(f, "off"),
         }
     }
@@ -257,8 +310,8 @@ pub enum DiskBackend {
     },
 }
 
-/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M][,reconnect=...]` (see
-/// [`ReconnectConfig`]) or
+/// A disk: `vhost_user=on,socket=PATH[,queues=N][,queue_size=M][,metrics=ADDR][,reconnect=...]`
+/// (see [`ReconnectConfig`]) or
 /// `path=FILE[,queues=N][,queue_size=M][,readonly=on][,model=virtio|nvme]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -268,6 +321,8 @@ pub struct DiskConfig {
     pub queues: Option<u16>,
     /// Virtqueue size (power of two).
     pub queue_size: u16,
+    /// Where the vhost-user backend serves its metrics (reported by `vm.counters`).
+    pub metrics: Option<ListenAddr>,
 }
 
 impl DiskConfig {
@@ -278,6 +333,15 @@ impl DiskConfig {
             DiskBackend::File { .. } => None,
         }
     }
+}
+
+/// A backend's metrics address, `127.0.0.1:PORT` or `unix:PATH`.
+fn parse_metrics(key: &str, value: &str) -> Result<ListenAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: "127.0.0.1:PORT or unix:PATH",
+    })
 }
 
 fn parse_count(key: &str, value: &str, max: u16, pow2: bool) -> Result<u16, ConfigError> {
@@ -309,6 +373,7 @@ impl FromStr for DiskConfig {
         let mut model = None;
         let mut queues = None;
         let mut queue_size = DEFAULT_QUEUE_SIZE;
+        let mut metrics = None;
         let mut reconnect = ReconnectConfig::default();
         let mut reconnect_given = false;
         for opt in s.split(',').filter(|o| !o.is_empty()) {
@@ -321,6 +386,7 @@ impl FromStr for DiskConfig {
                 "vhost_user" => vhost_user = parse_on_off(key, value)?,
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
                 "socket" => return Err(ConfigError::MissingOption("socket")),
+                "metrics" => metrics = Some(parse_metrics(key, value)?),
                 "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
                 "path" => return Err(ConfigError::MissingOption("path")),
                 "readonly" => readonly = Some(parse_on_off(key, value)?),
@@ -337,7 +403,9 @@ impl FromStr for DiskConfig {
                         }
                     })
                 }
-                "queues" => queues = Some(parse_count(key, value, MAX_QUEUES, false)?),
+                "queues" | "num_queues" => {
+                    queues = Some(parse_count(key, value, MAX_QUEUES, false)?)
+                }
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
@@ -363,6 +431,11 @@ impl FromStr for DiskConfig {
                 if socket.is_some() {
                     return Err(ConfigError::DiskConflict("socket= needs vhost_user=on"));
                 }
+                if metrics.is_some() {
+                    return Err(ConfigError::DiskConflict(
+                        "metrics= names a vhost-user backend's endpoint (the VMM's is --metrics)",
+                    ));
+                }
                 if reconnect_given {
                     return Err(ConfigError::DiskConflict(
                         "reconnect options apply to vhost_user disks",
@@ -380,6 +453,7 @@ impl FromStr for DiskConfig {
             backend,
             queues,
             queue_size,
+            metrics,
         })
     }
 }
@@ -427,7 +501,8 @@ impl FromStr for NetConfig {
     }
 }
 
-/// A vhost-user NIC: `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M]` and the
+/// A vhost-user NIC:
+/// `vhost_user=on,socket=PATH[,mac=MAC][,queues=N][,queue_size=M][,metrics=ADDR]` and the
 /// [`ReconnectConfig`] options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VhostUserNetConfig {
@@ -440,6 +515,8 @@ pub struct VhostUserNetConfig {
     pub queues: Option<u16>,
     /// Virtqueue size (power of two).
     pub queue_size: u16,
+    /// Where the backend serves its metrics (reported by `vm.counters`).
+    pub metrics: Option<ListenAddr>,
     /// What to do when the backend hangs up.
     pub reconnect: ReconnectConfig,
 }
@@ -475,6 +552,7 @@ impl FromStr for VhostUserNetConfig {
         let mut mac = None;
         let mut queues = None;
         let mut queue_size = DEFAULT_QUEUE_SIZE;
+        let mut metrics = None;
         let mut reconnect = ReconnectConfig::default();
         for opt in s.split(',').filter(|o| !o.is_empty()) {
             let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
@@ -485,8 +563,11 @@ impl FromStr for VhostUserNetConfig {
                 "vhost_user" => vhost_user = parse_on_off(key, value)?,
                 "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
                 "socket" => return Err(ConfigError::MissingOption("socket")),
+                "metrics" => metrics = Some(parse_metrics(key, value)?),
                 "mac" => mac = Some(parse_mac(key, value)?),
-                "queues" => queues = Some(parse_count(key, value, MAX_NET_QUEUE_PAIRS, false)?),
+                "queues" | "num_queues" => {
+                    queues = Some(parse_count(key, value, MAX_NET_QUEUE_PAIRS, false)?)
+                }
                 "queue_size" => queue_size = parse_count(key, value, MAX_QUEUE_SIZE, true)?,
                 _ => return Err(ConfigError::UnknownOption(opt.to_string())),
             }
@@ -499,6 +580,7 @@ impl FromStr for VhostUserNetConfig {
             mac,
             queues,
             queue_size,
+            metrics,
             reconnect,
         })
     }
@@ -516,6 +598,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Number of vCPUs.
     pub cpus: u8,
+    /// Host CPUs per vCPU thread (empty: anywhere).
+    pub vcpu_affinity: Affinity,
     /// Guest memory.
     pub memory: MemoryConfig,
     /// Serial console destination.
@@ -526,6 +610,18 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// NICs: vhost-user virtio-net, in-VMM virtio-net or emulated e1000 on a TAP.
     pub nets: Vec<NetConfig>,
+}
+
+impl VmConfig {
+    /// Whether a device maps guest RAM from another process (a vhost-user disk or NIC):
+    /// then the RAM must be shared.
+    pub fn needs_shared_memory(&self) -> bool {
+        self.disks.iter().any(|d| d.socket().is_some())
+            || self
+                .nets
+                .iter()
+                .any(|n| matches!(n, NetConfig::VhostUser(_)))
+    }
 }
 
 /// A NIC on a TAP interface (in-VMM virtio-net or emulated e1000):

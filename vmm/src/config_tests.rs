@@ -14,6 +14,7 @@ fn net_options() {
             mac: Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
             queues: None,
             queue_size: 512,
+            metrics: None,
             reconnect: ReconnectConfig::default(),
         })
     );
@@ -39,6 +40,8 @@ fn net_options() {
     ));
     let n: NetConfig = "vhost_user=on,socket=/s,queues=8".parse().unwrap();
     assert!(matches!(n, NetConfig::VhostUser(c) if c.queues == Some(8)));
+    let n: NetConfig = "vhost_user=on,socket=/s,num_queues=2".parse().unwrap();
+    assert!(matches!(n, NetConfig::VhostUser(c) if c.queues == Some(2)));
     for bad in ["queues=0", "queues=9", "queues=two"] {
         let e = err(&format!("vhost_user=on,socket=/s,{bad}"));
         assert!(e.to_string().contains("a number from 1 to 8"), "{bad}: {e}");
@@ -83,17 +86,30 @@ fn memory_options() {
         m,
         MemoryConfig {
             size: GIB,
-            hugepages: true
+            hugepages: true,
+            shared: None,
         }
     );
+    // Cloud Hypervisor's spelling.
+    let ch: MemoryConfig = "size=1G,hugepages=on".parse().unwrap();
+    assert_eq!(ch, m);
+    let m: MemoryConfig = "size=512M,shared=off".parse().unwrap();
+    assert_eq!((m.size, m.shared), (512 * MIB, Some(false)));
+    let m: MemoryConfig = "2G,shared=on".parse().unwrap();
+    assert_eq!((m.size, m.shared), (2 * GIB, Some(true)));
+    let err = |s: &str| s.parse::<MemoryConfig>().unwrap_err();
     assert!(matches!(
-        "1G,hugepages=maybe".parse::<MemoryConfig>(),
-        Err(ConfigError::BadValue { .. })
+        err("1G,hugepages=maybe"),
+        ConfigError::BadValue { .. }
     ));
+    assert!(matches!(err("1G,shared=yes"), ConfigError::BadValue { .. }));
     assert!(matches!(
-        "1G,shared=on".parse::<MemoryConfig>(),
-        Err(ConfigError::UnknownOption(_))
+        err("1G,prefault=on"),
+        ConfigError::UnknownOption(_)
     ));
+    assert!(matches!(err("1G,2G"), ConfigError::UnknownOption(_)));
+    assert_eq!(err("hugepages=on"), ConfigError::MissingOption("size"));
+    assert!(matches!(err("size=lots"), ConfigError::BadSize(_)));
 }
 
 #[test]
@@ -156,13 +172,25 @@ fn disks() {
                 reconnect: ReconnectConfig::default(),
             },
             queues: None,
-            queue_size: DEFAULT_QUEUE_SIZE
+            queue_size: DEFAULT_QUEUE_SIZE,
+            metrics: None,
         }
     );
     let d: DiskConfig = "vhost_user=on,socket=/s,queues=2,queue_size=1024"
         .parse()
         .unwrap();
     assert_eq!((d.queues, d.queue_size), (Some(2), 1024));
+    let d: DiskConfig = "vhost_user=on,socket=/s,metrics=127.0.0.1:9101"
+        .parse()
+        .unwrap();
+    assert_eq!(d.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+    let d: DiskConfig = "vhost_user=on,socket=/s,metrics=unix:/run/m"
+        .parse()
+        .unwrap();
+    assert_eq!(d.metrics, Some(ListenAddr::Unix("/run/m".into())));
+    // Cloud Hypervisor's spelling of the queue count.
+    let d: DiskConfig = "vhost_user=on,socket=/s,num_queues=4".parse().unwrap();
+    assert_eq!(d.queues, Some(4));
     let err = |s: &str| s.parse::<DiskConfig>().unwrap_err();
     assert_eq!(err("socket=/s"), ConfigError::DiskNotVhostUser);
     assert_eq!(
@@ -253,6 +281,16 @@ fn file_disks() {
         err("vhost_user=on,socket=/s,model=nvme"),
         ConfigError::DiskConflict(_)
     ));
+    assert!(matches!(
+        err("path=/d,metrics=127.0.0.1:9100"),
+        ConfigError::DiskConflict(_)
+    ));
+    for bad in ["metrics=", "metrics=9100", "metrics=unix:"] {
+        assert!(matches!(
+            err(&format!("vhost_user=on,socket=/s,{bad}")),
+            ConfigError::BadValue { .. }
+        ));
+    }
     assert_eq!(err("path="), ConfigError::MissingOption("path"));
     assert_eq!(err("queues=2"), ConfigError::DiskNotVhostUser);
 }
@@ -287,8 +325,21 @@ fn serial() {
     assert_eq!("off".parse(), Ok(SerialConfig::Off));
     assert_eq!(
         "file=/tmp/x".parse(),
-        Ok(SerialConfig::File("/tmp/x".into()))
+        Ok(SerialConfig::File {
+            path: "/tmp/x".into(),
+            max_size: 64 << 20
+        })
     );
     assert!("file=".parse::<SerialConfig>().is_err());
+    assert_eq!(
+        "file=/tmp/a,b,max_size=1M".parse(),
+        Ok(SerialConfig::File {
+            path: "/tmp/a,b".into(),
+            max_size: 1 << 20
+        })
+    );
+    assert!("file=/x,max_size=100".parse::<SerialConfig>().is_err());
+    assert!("file=/x,max_size=lots".parse::<SerialConfig>().is_err());
+    assert!("file=,max_size=1M".parse::<SerialConfig>().is_err());
     assert!("tcp:1234".parse::<SerialConfig>().is_err());
 }

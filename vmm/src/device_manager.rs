@@ -21,24 +21,27 @@ use vm_allocator::{AddressAllocator, AllocPolicy};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use backends::metrics::QueueMetrics;
+
+use crate::api::types::{DeviceCounters, DeviceInfo, QueueCounters};
 use crate::boot::acpi;
 use crate::config::{DiskBackend, DiskConfig, DiskModel, NetConfig, NicModel, SerialConfig};
 use crate::config::{TapNetConfig, VmConfig};
-use crate::devices::bus::lock;
+use crate::devices::bus::{lock, Bus};
 use crate::devices::e1000::nic::BAR_SIZE as E1000_BAR_SIZE;
 use crate::devices::e1000::pci::E1000PciDevice;
 use crate::devices::e1000::tap::RxThread;
 use crate::devices::e1000::{NetError, E1000};
 use crate::devices::i8042::I8042;
 use crate::devices::nvme::{self, pci::BAR_SIZE as NVME_BAR_SIZE, NvmePciDevice};
-use crate::devices::power::AcpiPower;
-use crate::devices::serial::{ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice};
+use crate::devices::power::{AcpiPower, PowerButton};
+use crate::devices::serial::{CappedFile, ConsoleSink, IrqfdTrigger, PanicNote, SerialDevice};
 use crate::devices::vfio::VfioDevices;
 use crate::devices::virtio::local::{InVmmBlk, InVmmNet};
 use crate::devices::virtio::transport::pci::BAR_SIZE as VIRTIO_BAR_SIZE;
 use crate::devices::virtio::vhost_user::supervisor::Supervisor;
 use crate::devices::virtio::vhost_user::{VhostUserBlk, VhostUserNet};
-use crate::devices::virtio::{VirtioDevice, VirtioError, VirtioPciDevice};
+use crate::devices::virtio::{BackendState, VirtioDevice, VirtioError, VirtioPciDevice};
 use crate::error::Error;
 use crate::layout;
 use crate::memory::GuestRam;
@@ -65,9 +68,11 @@ pub struct DeviceManager {
     /// The lower half of the 64-bit PCI window (VFIO BARs take the upper half).
     mmio64: AddressAllocator,
     serial: Option<Arc<Mutex<SerialDevice>>>,
+    power_button: Option<PowerButton>,
     virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
     nvmes: Vec<Arc<Mutex<NvmePciDevice>>>,
-    nics: Vec<(Arc<Mutex<E1000PciDevice>>, RxThread)>,
+    /// e1000 NICs: the device, its receive thread and its name.
+    nics: Vec<(Arc<Mutex<E1000PciDevice>>, RxThread, String)>,
     monitors: Vec<Supervisor>,
     vfio: VfioDevices,
 }
@@ -87,6 +92,7 @@ impl DeviceManager {
             mmio64_start,
             mmio64,
             serial: None,
+            power_button: None,
             virtio: Vec::new(),
             nvmes: Vec::new(),
             nics: Vec::new(),
@@ -105,9 +111,14 @@ impl DeviceManager {
         self.serial.as_ref()
     }
 
-    /// The i8042 (reset line), the ACPI power port, PCI configuration access
-    /// (ports 0xCF8/0xCFC and ECAM) and the serial port writing to `serial`,
-    /// which notes a guest panic in `panic`.
+    /// The ACPI power button.
+    pub fn power_button(&self) -> Option<&PowerButton> {
+        self.power_button.as_ref()
+    }
+
+    /// The i8042 (reset line), the ACPI power port and power button, PCI
+    /// configuration access (ports 0xCF8/0xCFC and ECAM) and the serial port
+    /// writing to `serial`, which notes a guest panic in `panic`.
     pub fn add_legacy_devices(
         &mut self,
         exit: &Arc<ExitSignal>,
@@ -126,6 +137,7 @@ impl DeviceManager {
             layout::ACPI_SLEEP_CONTROL_PORT.into(),
             AcpiPower::PORTS,
         )?;
+        self.power_button = Some(PowerButton::new(&self.routing)?);
         pio.insert(
             Arc::new(Mutex::new(PciConfigIo::new(self.pci.clone()))),
             layout::PCI_CONFIG_ADDRESS_PORT.into(),
@@ -284,7 +296,8 @@ impl DeviceManager {
             net.tap
         );
         let rx = RxThread::spawn(reader, dev.clone())?;
-        self.nics.push((dev, rx));
+        let name = format!("e1000{} tap {}", self.nics.len(), net.tap);
+        self.nics.push((dev, rx, name));
         Ok(())
     }
 
@@ -314,11 +327,148 @@ impl DeviceManager {
         for d in &self.nvmes {
             lock(d).shutdown();
         }
-        for (d, rx) in self.nics.drain(..) {
+        for (d, rx, _) in self.nics.drain(..) {
             drop(rx);
             lock(&d).shutdown();
         }
         self.vfio.shutdown();
+        // Devices hold the buses that hold them: empty the buses so that the
+        // devices, their backend connections and guest RAM are freed when the
+        // machine is dropped (a reboot builds everything again).
+        *self.buses.pio.write().unwrap_or_else(|p| p.into_inner()) = Bus::new();
+        *self.buses.mmio.write().unwrap_or_else(|p| p.into_inner()) = Bus::new();
+        *lock(&self.pci) = PciBus::new();
+    }
+}
+
+/// What the API reports and does (`vm.info`, `vm.counters`, `vm.pause`).
+impl DeviceManager {
+    /// Stops every device thread that takes requests (in-VMM queue threads
+    /// after finishing those they took, e1000 receive); `false` if one did
+    /// not confirm. vhost-user backends are told nothing, VFIO devices keep
+    /// running.
+    pub fn pause(&self) -> bool {
+        let virtio = self.virtio.iter().all(|d| lock(d).device_mut().pause());
+        let nics = self.nics.iter().all(|(_, rx, _)| rx.set_paused(true));
+        virtio && nics
+    }
+
+    /// Lets the paused device threads take requests again.
+    pub fn resume(&self) -> bool {
+        let nics = self.nics.iter().all(|(_, rx, _)| rx.set_paused(false));
+        let virtio = self.virtio.iter().all(|d| lock(d).device_mut().resume());
+        virtio && nics
+    }
+
+    /// The counters of the queues the VMM serves itself, for `--metrics`.
+    pub fn queue_metrics(&self) -> Vec<QueueMetrics> {
+        (self.virtio.iter())
+            .flat_map(|d| lock(d).device().queue_metrics())
+            .collect()
+    }
+
+    /// Every virtio, NVMe and e1000 device with its status.
+    pub fn describe(&self) -> Vec<DeviceInfo> {
+        let mut out = Vec::new();
+        for d in &self.virtio {
+            let d = lock(d);
+            let (name, backend) = split_name(&d.name());
+            let dev = d.device();
+            // A reconnect that gave up left the device needing a reset.
+            let connection = dev.backend_state().map(|c| match c {
+                BackendState::Reconnecting if d.needs_reset() => BackendState::NeedsReset,
+                c => c,
+            });
+            out.push(DeviceInfo {
+                name,
+                kind: virtio_kind(dev.device_type()).into(),
+                tier: if connection.is_some() {
+                    "vhost-user"
+                } else {
+                    "in-vmm"
+                }
+                .into(),
+                backend,
+                queues: Some(dev.num_queues()),
+                driver: Some(d.driver_state().into()),
+                connection: connection.map(|c| c.as_str().into()),
+                metrics: dev.backend_metrics(),
+            });
+        }
+        let emulated = |name: &str, kind: &str| {
+            let (name, backend) = split_name(name);
+            DeviceInfo {
+                name,
+                kind: kind.into(),
+                tier: "emulated".into(),
+                backend,
+                queues: None,
+                driver: None,
+                connection: None,
+                metrics: None,
+            }
+        };
+        out.extend(self.nvmes.iter().map(|d| emulated(lock(d).name(), "nvme")));
+        out.extend(self.nics.iter().map(|(_, _, name)| emulated(name, "e1000")));
+        out
+    }
+
+    /// Per device, the counters the VMM has.
+    pub fn counters(&self) -> Vec<DeviceCounters> {
+        let mut out = Vec::new();
+        for d in &self.virtio {
+            let d = lock(d);
+            let dev = d.device();
+            let mut c = DeviceCounters {
+                name: split_name(&d.name()).0,
+                tier: if dev.backend_state().is_some() {
+                    "vhost-user"
+                } else {
+                    "in-vmm"
+                }
+                .into(),
+                metrics: dev.backend_metrics(),
+                queues: dev
+                    .queue_metrics()
+                    .iter()
+                    .map(QueueCounters::from)
+                    .collect(),
+                ..DeviceCounters::default()
+            };
+            c.counters.insert("vmm_notifies".into(), d.slow_notifies());
+            out.push(c);
+        }
+        let emulated = |name: &str, counters: &[(&str, u64)]| DeviceCounters {
+            name: split_name(name).0,
+            tier: "emulated".into(),
+            counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..DeviceCounters::default()
+        };
+        for d in &self.nvmes {
+            let d = lock(d);
+            out.push(emulated(d.name(), &d.counters()));
+        }
+        for (d, _, name) in &self.nics {
+            out.push(emulated(name, &lock(d).counters()));
+        }
+        out
+    }
+}
+
+/// `("vhost-user-blk0", Some("/tmp/vu.sock"))` from a device's log name.
+fn split_name(name: &str) -> (String, Option<String>) {
+    match name.split_once(' ') {
+        Some((n, rest)) => (n.to_string(), Some(rest.to_string())),
+        None => (name.to_string(), None),
+    }
+}
+
+/// The API's name of a virtio device type.
+fn virtio_kind(device_type: u16) -> &'static str {
+    match device_type {
+        1 => "virtio-net",
+        2 => "virtio-blk",
+        _ => "virtio",
     }
 }
 
@@ -342,15 +492,17 @@ fn serial_output(serial: &SerialConfig) -> Result<Option<Box<dyn Write + Send>>,
     Ok(match serial {
         SerialConfig::Off => None,
         SerialConfig::Stdio => Some(Box::new(io::stdout())),
-        SerialConfig::File(path) => Some(Box::new(
-            OpenOptions::new()
+        SerialConfig::File { path, max_size } => {
+            let err = |source| Error::SerialFile {
+                path: path.clone(),
+                source,
+            };
+            let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| Error::SerialFile {
-                    path: path.clone(),
-                    source,
-                })?,
-        )),
+                .map_err(err)?;
+            Some(Box::new(CappedFile::new(file, *max_size).map_err(err)?))
+        }
     })
 }

@@ -96,6 +96,15 @@ pub enum Error {
     /// A NIC could not be created.
     #[error(transparent)]
     Net(#[from] crate::devices::e1000::NetError),
+    /// The API socket could not be created.
+    #[error("--api-socket: {0}")]
+    ApiSocket(#[source] minihttp::Error),
+    /// The metrics endpoint could not be served.
+    #[error("--metrics: {0}")]
+    Metrics(String),
+    /// A vCPU thread did not stop (pause) in time.
+    #[error("vCPU {0} did not pause in time")]
+    PauseTimeout(usize),
     /// An OS call failed.
     #[error("{0}")]
     Io(#[source] io::Error),

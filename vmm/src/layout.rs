@@ -71,6 +71,9 @@ pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x3c1;
 pub const ACPI_RESET_PORT: u16 = 0x3c2;
 /// Value written to the reset register to reset the machine.
 pub const ACPI_RESET_VALUE: u8 = 1;
+/// The interrupt of the ACPI Generic Event Device (the power button): an IOAPIC input no
+/// other device uses, edge-triggered, active high.
+pub const GED_GSI: u32 = 5;
 /// COM1 base port and its IRQ.
 pub const COM1_PORT: u16 = 0x3f8;
 /// IRQ line of COM1.

@@ -14,8 +14,10 @@
 //!   (`devices::virtio`), emulated NVMe and e1000 (every access traps), and
 //!   VFIO passthrough; plus the legacy devices;
 //! * [`check`] — `vmm check`: what this host can run;
+//! * [`api`] — the API socket (`--api-socket`) and its client (`vmm remote`);
 //! * [`seccomp`] — what each kind of thread may call.
 
+pub mod api;
 pub mod boot;
 pub mod check;
 pub mod config;

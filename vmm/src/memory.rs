@@ -1,5 +1,19 @@
-//! Guest RAM: one memfd, mapped `MAP_SHARED`, so that vhost-user backends can
-//! map the very same pages from the file descriptors the VMM hands them.
+//! Guest RAM, in one of two modes ([`RamMode`]):
+//!
+//! * **private** anonymous memory (`MAP_PRIVATE | MAP_ANONYMOUS`), as Cloud Hypervisor's
+//!   default: the kernel backs it with transparent huge pages where the host allows them
+//!   for anonymous memory, and no other process can map it;
+//! * **shared**: one memfd mapped `MAP_SHARED`, so that vhost-user backends can map the
+//!   very same pages from the file descriptors the VMM hands them. Shared memory is shmem
+//!   to the kernel, which backs it with huge pages only where
+//!   `/sys/kernel/mm/transparent_hugepage/shmem_enabled` allows (`advise` with the
+//!   `MADV_HUGEPAGE` this module gives every mapping, or `always`/`within_size`); with the
+//!   kernel's default `never` every fault maps 4 KiB, which costs a guest's boot up to 2×
+//!   under nested paging.
+//!
+//! RAM is shared exactly when a vhost-user device needs it, unless `--memory shared=`
+//! says otherwise; `shared=off` with a vhost-user device is refused. `hugepages=on` backs
+//! either mode with hugetlbfs pages instead.
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
@@ -36,6 +50,9 @@ pub enum MemoryError {
     /// Hugepages requested with a size that is not a multiple of 2 MiB.
     #[error("with hugepages=on the memory size must be a multiple of 2 MiB")]
     HugepageAlignment,
+    /// Private RAM was asked for while a vhost-user device needs to map it.
+    #[error("--memory shared=off: vhost-user devices map guest RAM from the VMM's memory file, which private RAM does not have; drop shared=off (shared RAM is chosen automatically when a vhost-user device is configured)")]
+    SharingRequired,
     /// The host cannot provide the requested memory.
     #[error(
         "{requested} MiB of guest memory requested but the host has only {available} MiB {what}"
@@ -50,12 +67,46 @@ pub enum MemoryError {
     },
 }
 
-/// Guest memory together with the file that backs it.
+/// How guest RAM is mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RamMode {
+    /// Private anonymous memory: only this process maps it.
+    Private,
+    /// A memfd mapped `MAP_SHARED`, whose descriptor vhost-user backends map too.
+    Shared,
+}
+
+impl RamMode {
+    /// The mode for `cfg` when `needs_sharing` (a vhost-user device is configured): shared
+    /// exactly then, unless `shared=` forces a mode; forced private with sharing needed is
+    /// an error.
+    pub fn choose(cfg: &MemoryConfig, needs_sharing: bool) -> Result<Self, MemoryError> {
+        match (cfg.shared, needs_sharing) {
+            (Some(false), true) => Err(MemoryError::SharingRequired),
+            (Some(true), _) | (None, true) => Ok(Self::Shared),
+            (Some(false), false) | (None, false) => Ok(Self::Private),
+        }
+    }
+}
+
+impl std::fmt::Display for RamMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Private => "private",
+            Self::Shared => "shared",
+        })
+    }
+}
+
+/// Guest memory and how it is mapped.
 pub struct GuestRam {
-    /// The mapped regions.
+    /// The mapped regions (shared ones carry their memfd as file offset).
     pub mem: GuestMemoryMmap,
     /// Total RAM size in bytes.
     pub size: u64,
+    /// Private or shared.
+    pub mode: RamMode,
 }
 
 const HUGEPAGE_SIZE: u64 = 2 << 20;
@@ -118,32 +169,99 @@ fn create_memfd(size: u64, hugepages: bool) -> Result<File, MemoryError> {
     Ok(file)
 }
 
-/// Creates memfd-backed, `MAP_SHARED` guest RAM laid out around the MMIO hole.
-pub fn create_guest_ram(cfg: &MemoryConfig) -> Result<GuestRam, MemoryError> {
+/// Creates guest RAM in `mode`, laid out around the MMIO hole, each mapping advised for
+/// transparent huge pages (unless hugetlbfs pages back it).
+pub fn create_guest_ram(cfg: &MemoryConfig, mode: RamMode) -> Result<GuestRam, MemoryError> {
     check_host_capacity(cfg)?;
-    let file = create_memfd(cfg.size, cfg.hugepages)?;
+    let file = match mode {
+        RamMode::Shared => Some(create_memfd(cfg.size, cfg.hugepages)?),
+        RamMode::Private => None,
+    };
     let mut regions = Vec::new();
     let mut offset = 0u64;
     for (start, len) in layout::ram_ranges(cfg.size) {
         let len_usize = usize::try_from(len).map_err(|_| MemoryError::RegionOverflow(start.0))?;
-        let file_offset = FileOffset::new(file.try_clone().map_err(MemoryError::Memfd)?, offset);
-        let mut region = MmapRegion::build(
-            Some(file_offset),
-            len_usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_NORESERVE,
-        )?;
+        let region = match &file {
+            Some(file) => {
+                let file_offset =
+                    FileOffset::new(file.try_clone().map_err(MemoryError::Memfd)?, offset);
+                MmapRegion::build(
+                    Some(file_offset),
+                    len_usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_NORESERVE,
+                )?
+            }
+            None => {
+                let huge = if cfg.hugepages {
+                    libc::MAP_HUGETLB | libc::MAP_HUGE_2MB
+                } else {
+                    0
+                };
+                MmapRegion::build(
+                    None,
+                    len_usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | huge,
+                )?
+            }
+        };
+        let mut region = region;
         region.set_hugetlbfs(cfg.hugepages);
+        if !cfg.hugepages {
+            advise_huge_pages(region.as_ptr(), len_usize);
+        }
         let region =
             GuestRegionMmap::new(region, start).ok_or(MemoryError::RegionOverflow(start.0))?;
         regions.push(region);
         offset += len;
     }
     let mem = GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Layout)?;
+    tracing::info!(
+        mode = %mode,
+        mib = cfg.size >> 20,
+        hugetlbfs = cfg.hugepages,
+        thp = %thp_setting(mode).unwrap_or_else(|| "unknown".into()),
+        "guest RAM mapped"
+    );
     Ok(GuestRam {
         mem,
         size: cfg.size,
+        mode,
     })
+}
+
+/// Ask for transparent huge pages on `len` bytes at `addr` (`MADV_HUGEPAGE`); a host
+/// without THP refuses, which only costs speed.
+fn advise_huge_pages(addr: *mut u8, len: usize) {
+    // SAFETY: the range is one mapping this module just created; madvise only changes
+    // the kernel's paging policy for it.
+    let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
+    if rc != 0 {
+        tracing::debug!("MADV_HUGEPAGE refused: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Where the kernel says which transparent-huge-page policy applies to anonymous memory.
+pub const THP_ANON: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+/// The same for shmem (memfd) memory.
+pub const THP_SHMEM: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// The host's transparent-huge-page policy for RAM in `mode` (`always`, `advise`,
+/// `madvise`, `never`, …), if the kernel has THP.
+pub fn thp_setting(mode: RamMode) -> Option<String> {
+    let path = match mode {
+        RamMode::Private => THP_ANON,
+        RamMode::Shared => THP_SHMEM,
+    };
+    selected_policy(&std::fs::read_to_string(path).ok()?)
+}
+
+/// The bracketed word of a sysfs policy file: `always [madvise] never` → `madvise`.
+pub fn selected_policy(text: &str) -> Option<String> {
+    let start = text.find('[')?;
+    let end = start + text[start..].find(']')?;
+    Some(text[start + 1..end].to_string())
 }
 
 /// Guest address of the first byte past low RAM (below the MMIO hole).
@@ -156,13 +274,67 @@ mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
-    #[test]
-    fn ram_is_shared_memfd() {
-        let ram = create_guest_ram(&MemoryConfig {
+    fn config(shared: Option<bool>) -> MemoryConfig {
+        MemoryConfig {
             size: 64 << 20,
             hugepages: false,
-        })
-        .unwrap();
+            shared,
+        }
+    }
+
+    #[test]
+    fn ram_is_shared_only_when_a_device_needs_it_unless_forced() {
+        let choose = |shared, needs| RamMode::choose(&config(shared), needs);
+        assert_eq!(choose(None, false).unwrap(), RamMode::Private);
+        assert_eq!(choose(None, true).unwrap(), RamMode::Shared);
+        assert_eq!(choose(Some(true), false).unwrap(), RamMode::Shared);
+        assert_eq!(choose(Some(true), true).unwrap(), RamMode::Shared);
+        assert_eq!(choose(Some(false), false).unwrap(), RamMode::Private);
+        let err = choose(Some(false), true).unwrap_err();
+        assert!(matches!(err, MemoryError::SharingRequired));
+        assert!(err.to_string().contains("drop shared=off"), "{err}");
+    }
+
+    #[test]
+    fn private_ram_has_no_file_and_keeps_what_is_written() {
+        let ram = create_guest_ram(&config(None), RamMode::Private).unwrap();
+        assert_eq!(ram.mode, RamMode::Private);
+        let region = ram.mem.iter().next().unwrap();
+        assert!(region.file_offset().is_none(), "private RAM has no file");
+        ram.mem
+            .write_obj(0x1234_5678_u32, GuestAddress(0x2000))
+            .unwrap();
+        assert_eq!(
+            ram.mem.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
+            0x1234_5678
+        );
+        // Anonymous memory is not a memfd: a backend could not map it.
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let start = region.as_ptr() as usize;
+        let line = maps
+            .lines()
+            .find(|l| l.starts_with(&format!("{start:x}-")))
+            .unwrap();
+        assert!(!line.contains("memfd"), "{line}");
+    }
+
+    #[test]
+    fn policy_files_parse() {
+        assert_eq!(
+            selected_policy("always within_size [advise] never deny force\n").as_deref(),
+            Some("advise")
+        );
+        assert_eq!(
+            selected_policy("[always] madvise never").as_deref(),
+            Some("always")
+        );
+        assert_eq!(selected_policy("always madvise never"), None);
+    }
+
+    #[test]
+    fn ram_is_shared_memfd() {
+        let ram = create_guest_ram(&config(Some(true)), RamMode::Shared).unwrap();
+        assert_eq!(ram.mode, RamMode::Shared);
         assert_eq!(ram.mem.num_regions(), 1);
         let region = ram.mem.iter().next().unwrap();
         let fo = region.file_offset().expect("memfd backed");
@@ -181,12 +353,14 @@ mod tests {
         let err = check_host_capacity(&MemoryConfig {
             size: 1 << 50,
             hugepages: false,
+            shared: None,
         })
         .unwrap_err();
         assert!(matches!(err, MemoryError::HostTooSmall { .. }), "{err}");
         let err = check_host_capacity(&MemoryConfig {
             size: (2 << 20) + 4096,
             hugepages: true,
+            shared: None,
         })
         .unwrap_err();
         assert!(matches!(err, MemoryError::HugepageAlignment));

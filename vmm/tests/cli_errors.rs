@@ -132,6 +132,31 @@ fn cpus_above_the_kvm_limit() {
 }
 
 #[test]
+fn malformed_or_impossible_vcpu_placement() {
+    for (cpus, needle) in [
+        ("boot=2,affinity=[0@[0],0@[0]]", "vCPU 0 is given twice"),
+        (
+            "boot=2,affinity=[0@[4000]]",
+            "host CPU 4000 is not available",
+        ),
+        (
+            "boot=1,affinity=[0@[0],1@[0]]",
+            "vCPU 1 does not exist (there are 1)",
+        ),
+        ("boot=2,affinity=[0@[0]", "expected INDEX@CPU"),
+        ("boot=2,affinity=[0@[x]]", "expected INDEX@CPU"),
+        (
+            "boot=2,topology=1:2:1:1",
+            "unknown option 'topology=1:2:1:1'",
+        ),
+        ("boot=two", "invalid value 'two' for 'boot'"),
+    ] {
+        let out = vmm(&["run", "--kernel", "/nonexistent", "--cpus", cpus]);
+        assert_one_line_error(&out, needle);
+    }
+}
+
+#[test]
 fn memory_sizes() {
     let out = vmm(&["run", "--kernel", "/k", "--memory", "0"]);
     assert_fails_with(&out, "size must be greater than zero");

@@ -93,6 +93,8 @@ fn e1000_guest_pings_the_lab_host() {
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
     let c = &run.console;
+    // No vhost-user device: private anonymous RAM, as Cloud Hypervisor's default.
+    assert_eq!(lab::guest_ram_mode(c).as_deref(), Some("private"), "{c}");
     let value = |key: &str| {
         c.lines()
             .find_map(|l| l.trim().strip_prefix(key))

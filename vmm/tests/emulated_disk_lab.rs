@@ -132,6 +132,8 @@ fn run(disk_opts: &str, script: &str, tools: bool) -> Option<Outcome> {
 
 fn check(out: &Outcome, queues: &str, label: &str) {
     let c = &out.console;
+    // No vhost-user device: private anonymous RAM, as Cloud Hypervisor's default.
+    assert_eq!(lab::guest_ram_mode(c).as_deref(), Some("private"), "{c}");
     assert_eq!(out.value("SECTORS="), (DISK_MIB * 2048).to_string(), "{c}");
     assert_eq!(out.value("QUEUES="), queues, "{c}");
     assert_eq!(out.value("GUEST-CMP="), "equal", "{c}");

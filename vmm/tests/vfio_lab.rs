@@ -144,6 +144,8 @@ fn nvme_passthrough_verifies_data_fires_msix_and_rebinds() {
     // A lab fault (nested SVM under TCG) is retried by the test runner (.config/nextest.toml).
     let run = lab.run().unwrap_or_else(|e| panic!("lab run: {e}"));
     let c = &run.console;
+    // No vhost-user device: private anonymous RAM, as Cloud Hypervisor's default.
+    assert_eq!(lab::guest_ram_mode(c).as_deref(), Some("private"), "{c}");
     eprintln!("lab run took {:.1?}", run.duration);
     for l in c.lines().filter(|l| {
         [

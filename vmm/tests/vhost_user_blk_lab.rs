@@ -202,6 +202,8 @@ fn check_no_vmm_notifies(c: &str) {
 fn check_dd(out: &Outcome) {
     let c = &out.console;
     check_no_vmm_notifies(c);
+    // A vhost-user device is configured: shared RAM, chosen without being asked for.
+    assert_eq!(lab::guest_ram_mode(c).as_deref(), Some("shared"), "{c}");
     assert_eq!(out.value("SECTORS="), (DISK_MIB * 2048).to_string(), "{c}");
     assert_eq!(out.value("MQ="), "2", "{c}");
     assert_eq!(out.value("GUEST-CMP="), "equal", "{c}");
@@ -353,24 +355,6 @@ fn ours_killed_while_guest_runs() {
     check_killed(&out);
 }
 
-/// `text` without ANSI colour sequences (tracing colours its fields).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
 /// `blkdiscard` in the guest punches a hole in the backing file, and `sync`
 /// reaches the backend as a FLUSH (an io_uring fdatasync).
 #[test]
@@ -414,7 +398,7 @@ fn ours_discard_and_flush_reach_the_file() {
         "no hole punched in the backing file:\n{c}"
     );
     // The backend saw DISCARD (type 11) and FLUSH (type 4) requests.
-    let plain = strip_ansi(c);
+    let plain = lab::strip_ansi(c);
     assert!(
         plain.contains("ty=11 "),
         "no DISCARD request reached the backend:\n{plain}"

@@ -19,7 +19,7 @@ use vmm::devices::bus::{lock, BusDevice};
 use vmm::devices::virtio::vhost_user::supervisor::Supervisor;
 use vmm::devices::virtio::vhost_user::{BackendTarget, Connection, VhostUserBlk};
 use vmm::devices::virtio::{status, ReconnectError, VirtioDevice, VirtioPciDevice};
-use vmm::memory::create_guest_ram;
+use vmm::memory::{create_guest_ram, RamMode};
 use vmm::vstate::interrupts::IrqRouting;
 use vmm::vstate::vcpu::IoBuses;
 use vmm::vstate::vm::Vm;
@@ -122,10 +122,14 @@ impl Rig {
                 return None;
             }
         };
-        let ram = create_guest_ram(&MemoryConfig {
-            size: 64 << 20,
-            hugepages: false,
-        })
+        let ram = create_guest_ram(
+            &MemoryConfig {
+                size: 64 << 20,
+                hugepages: false,
+                shared: None,
+            },
+            RamMode::Shared,
+        )
         .unwrap();
         let cfg: DiskConfig = format!("vhost_user=on,socket={}{disk_opts}", socket.display())
             .parse()

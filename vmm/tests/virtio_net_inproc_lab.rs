@@ -75,6 +75,8 @@ grep -q 'GUEST-EXIT-STATUS=0' /tmp/vmm.log
         .unwrap_or_else(|e| panic!("lab run: {e}"));
     eprintln!("lab run took {:.1?}", run.duration);
     let c = &run.console;
+    // No vhost-user device: private anonymous RAM, as Cloud Hypervisor's default.
+    assert_eq!(lab::guest_ram_mode(c).as_deref(), Some("private"), "{c}");
     assert_eq!(
         lab::console_value(c, "NIC-DRIVER="),
         Some("virtio_net"),

@@ -8,14 +8,19 @@
 //! the same socket takes over where this one stopped.
 //!
 //! Every thread runs under a seccomp filter (`--seccomp`, `backends::seccomp::blk`): the
-//! process-wide one from the start, each thread's own before it serves.
+//! process-wide one once the process is set up and runs unprivileged, before it starts a
+//! thread; each thread's own before it serves.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backends::access::SocketAccessArgs;
 use backends::blk::{BlkBackend, BlkOptions, Disk};
 use backends::engine::TuningArgs;
+use backends::metrics::{Exporter, MetricsListener, QueueMetrics};
+use backends::placement::Affinity;
+use backends::privileges::{drop_privileges, PrivilegeArgs};
 use backends::seccomp::{self, blk::BlkThread};
 use backends::server::{ServeFilters, Server};
 use backends::Error;
@@ -49,12 +54,30 @@ struct Args {
     /// Polling and batching of the queues.
     #[command(flatten)]
     tuning: TuningArgs,
+    /// Pin each queue's thread to host CPUs: QUEUE@CPU entries (0@2,1@3), or CPU lists
+    /// and ranges (0@[2,3],1@[4-5]).
+    #[arg(long)]
+    queue_affinity: Option<String>,
     /// Serial returned by GET_ID (at most 20 bytes).
     #[arg(long, default_value = "vhost-user-blk")]
     serial: String,
     /// Exit when the first frontend disconnects instead of waiting for the next one.
     #[arg(long)]
     once: bool,
+    /// Who may connect to the socket.
+    #[command(flatten)]
+    access: SocketAccessArgs,
+    /// Who to run as once the disk is open and the socket bound.
+    #[command(flatten)]
+    privileges: PrivilegeArgs,
+    /// Restrict each queue's io_uring to the operations it submits (off only to measure
+    /// what that costs).
+    #[arg(long, default_value = "on", value_parser = backends::engine::parse_on_off, action = clap::ArgAction::Set)]
+    uring_restrictions: bool,
+    /// Serve the queues' metrics (Prometheus text) at GET /metrics on 127.0.0.1:PORT or
+    /// unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<minihttp::ListenAddr>,
     /// Seccomp filters: `on` (a syscall outside a thread's filter kills the process), `log`
     /// (it is allowed and logged by the kernel) or `off`.
     #[arg(long, value_name = "on|log|off", default_value = "on")]
@@ -99,8 +122,17 @@ fn run(args: Args) -> Result<(), Error> {
     if let Some(kind) = &args.seccomp_violation {
         seccomp::inject_violation(kind);
     }
-    seccomp::install_process(BlkThread::Process)?;
+    let affinity = queue_affinity(args.queue_affinity.as_deref(), args.queues)?;
     let sigset = block_signals();
+    let identity = args.privileges.resolve()?;
+    backends::engine::set_restrictions(args.uring_restrictions);
+    // Listen first: a busy port fails before anything else is set up.
+    let metrics_listener = args
+        .metrics
+        .as_ref()
+        .map(MetricsListener::bind)
+        .transpose()?;
+    let exporter = Arc::new(Exporter::default());
     let disk = Disk::open(&args.path, args.readonly, args.direct)?;
     tracing::info!(
         path = %args.path.display(),
@@ -117,9 +149,27 @@ fn run(args: Args) -> Result<(), Error> {
             readonly: args.readonly,
             tuning: args.tuning.tuning(backends::blk::DEFAULT_BATCH),
             serial: args.serial.clone(),
+            affinity,
         },
     )?);
 
+    // Set up: the disk is open and the socket bound. Nothing else needs privileges, and the
+    // threads started from here on (the metrics server's too) inherit none.
+    let server = Arc::new(Server::bind_with(&args.socket, args.access.access())?);
+    drop_privileges(identity)?;
+    seccomp::install_process(BlkThread::Process)?;
+    let _metrics = metrics_listener
+        .map(|l| l.serve(exporter.clone(), BlkThread::Metrics))
+        .transpose()?;
+    if args.metrics.is_some() {
+        let device = args.socket.display().to_string();
+        let queues = backend.stats().iter().enumerate();
+        exporter.set_queues(
+            queues
+                .map(|(q, s)| QueueMetrics::new(&device, q, s, true))
+                .collect(),
+        );
+    }
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     // The daemon's name is that of its per-connection thread.
     let mut daemon = VhostUserDaemon::new("vu-conn".into(), backend.clone(), mem)
@@ -137,7 +187,6 @@ fn run(args: Args) -> Result<(), Error> {
         std::mem::forget(fd);
     }
 
-    let server = Arc::new(Server::bind(&args.socket)?);
     {
         let backend = backend.clone();
         let server = server.clone();
@@ -161,6 +210,16 @@ fn run(args: Args) -> Result<(), Error> {
     // Exit here rather than dropping the daemon: its drop joins the vring worker threads,
     // and the process is done anyway.
     std::process::exit(0);
+}
+
+/// `--queue-affinity`, checked against the queue count and this host's CPUs.
+fn queue_affinity(list: Option<&str>, queues: u16) -> Result<Affinity, Error> {
+    let Some(list) = list else {
+        return Ok(Affinity::default());
+    };
+    let affinity = Affinity::parse(list, "queue")?;
+    affinity.check(usize::from(queues), "queue")?;
+    Ok(affinity)
 }
 
 /// Log process CPU time and context switches (for benchmarking).

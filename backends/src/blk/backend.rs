@@ -22,11 +22,13 @@ use super::{
     device_config, device_features, BlkConfig, BlkHandler, BlkSettings, Disk, CONFIG_WCE_OFFSET,
     SEG_MAX,
 };
+use crate::engine::histogram::bump;
 use crate::engine::{
     BackendMemory, Engine, EngineConfig, QueueStats, Tuning, VhostMem, Vring, VringQueue,
     WorkerVrings,
 };
 use crate::inflight::InflightRegion;
+use crate::placement::Affinity;
 use crate::seccomp::{self, blk::BlkThread};
 use crate::{Error, Result};
 
@@ -43,6 +45,8 @@ pub struct BlkOptions {
     pub tuning: Tuning,
     /// GET_ID serial (truncated to 20 bytes).
     pub serial: String,
+    /// Host CPUs per queue thread (empty: anywhere).
+    pub affinity: Affinity,
 }
 
 type BlkEngine = Engine<BlkHandler, VhostMem>;
@@ -295,9 +299,14 @@ impl VhostUserBackend for BlkBackend {
         let mem = self.mem.get()?;
         let mut engine = engine.lock().map_err(|_| io::Error::other("poisoned"))?;
         let inflight = engine.inflight();
-        // The base is reported even if publishing failed: nothing is left to wait for.
-        if let Err(e) = engine.settle(&mut VringQueue::new(vring, &mem)) {
-            engine.stats().report_failure(&format!("q{index} stop"), &e);
+        // The base is reported even if publishing failed: nothing is left to wait for. Not
+        // after requests failed to complete in time: the frontend gets an error instead.
+        match engine.settle(&mut VringQueue::new(vring, &mem)) {
+            Ok(()) => {}
+            Err(e @ Error::SettleTimeout { .. }) => {
+                return Err(crate::engine::stop_failed(index, e))
+            }
+            Err(e) => engine.stats().report_failure(&format!("q{index} stop"), &e),
         }
         tracing::debug!(queue_index, inflight, "ring stopped");
         Ok(())
@@ -306,7 +315,9 @@ impl VhostUserBackend for BlkBackend {
     /// Names the worker (vhost-user-backend calls them all `vring_worker`) and confines it to
     /// what a queue thread does.
     fn worker_started(&self, thread_index: usize) -> io::Result<()> {
-        crate::name_thread(&format!("blk-q{thread_index}"));
+        let name = format!("blk-q{thread_index}");
+        crate::name_thread(&name);
+        self.opts.affinity.pin_current(thread_index, &name);
         seccomp::install(BlkThread::Queue).map_err(io::Error::other)
     }
 
@@ -337,6 +348,9 @@ impl VhostUserBackend for BlkBackend {
         }
         let mem = self.mem.get()?;
         let mut engine = engine.lock().map_err(|_| io::Error::other("poisoned"))?;
+        if device_event == 0 {
+            bump(&engine.stats().kicks, 1);
+        }
         let mut q = VringQueue::new(vring, &mem);
         if self.stopping.load(Ordering::SeqCst) {
             if let Err(e) = engine.drain(&mut q) {
@@ -374,6 +388,7 @@ mod tests {
             readonly,
             tuning: Tuning::default(),
             serial: "x".into(),
+            affinity: Affinity::default(),
         };
         (BlkBackend::new(disk, opts).unwrap(), f)
     }

@@ -10,6 +10,7 @@ use virtio_bindings::virtio_blk::*;
 use vm_memory::GuestMemory;
 
 use super::{HEADER_LEN, MAX_DISCARD_SECTORS, SECTOR_SIZE, SIZE_MAX};
+use crate::engine::histogram::bump;
 use crate::engine::{rw_sqe, DescChain, Dir, Prepared, QueueStats, RequestHandler, FIXED_FILE};
 
 /// Guest faults logged at `warn` level per queue before switching to `debug`.
@@ -264,11 +265,26 @@ impl BlkHandler {
     }
 }
 
+/// What a block queue submits: reads and writes ([`rw_sqe`](crate::engine::rw_sqe)), flush
+/// (`FSYNC` with DATASYNC), discard and write-zeroes (`FALLOCATE`).
+const BLK_OPCODES: [u8; 6] = [
+    opcode::Read::CODE,
+    opcode::Write::CODE,
+    opcode::Readv::CODE,
+    opcode::Writev::CODE,
+    opcode::Fsync::CODE,
+    opcode::Fallocate::CODE,
+];
+
 impl RequestHandler for BlkHandler {
     type Req = BlkReq;
 
     fn file(&self) -> RawFd {
         self.fd
+    }
+
+    fn opcodes(&self) -> &'static [u8] {
+        &BLK_OPCODES
     }
 
     fn prepare<M: GuestMemory>(
@@ -358,6 +374,13 @@ impl RequestHandler for BlkHandler {
             tracing::warn!(head = chain.head(), op = ?req.op, "I/O failed: {err}");
             VIRTIO_BLK_S_IOERR
         };
+        if ok {
+            match req.op {
+                Op::Read => bump(&self.stats.bytes_read, req.expect),
+                Op::Write => bump(&self.stats.bytes_written, req.expect),
+                _ => {}
+            }
+        }
         let used = if req.op == Op::Read {
             chain.writable_len()
         } else {

@@ -20,7 +20,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vhost::vhost_user::message::VhostUserInflight;
 
 use super::{BlkHandler, BlkSettings, SEG_MAX};
-use crate::engine::{Engine, EngineConfig, LocalQueue, QueueStats, StatsSnapshot, Tuning};
+use crate::engine::{
+    Engine, EngineConfig, LocalQueue, QueueStats, SqpollPolicy, StatsSnapshot, Tuning,
+};
 use crate::inflight::InflightRegion;
 
 type Mem = GuestMemoryMmap<()>;
@@ -55,10 +57,14 @@ fn w(addr: u64, len: u32) -> D {
     }
 }
 
-/// The engine settings of these tests, with optional kernel submission polling.
+/// The engine settings of these tests, with kernel submission polling always on (with
+/// this idle time) or never (these tests pin it: the automatic switch has its own).
 fn engine_config(sqpoll_idle: Option<Duration>) -> EngineConfig {
     let mut cfg = EngineConfig::new(QSIZE, SEG_MAX as usize);
-    cfg.tuning.sqpoll_idle = sqpoll_idle;
+    cfg.tuning.sqpoll = match sqpoll_idle {
+        Some(idle) => SqpollPolicy::On { idle },
+        None => SqpollPolicy::Off,
+    };
     cfg
 }
 
@@ -601,6 +607,7 @@ fn passes_are_capped_at_the_batch_and_publish_as_they_go() {
     let mut cfg = engine_config(None);
     cfg.tuning.batch = 4;
     h.rebuild_engine(cfg);
+    h.engine.stats().set_timed(true);
     let mut heads = Vec::new();
     for i in 0..10u64 {
         h.header(HDR + i * 16, VIRTIO_BLK_T_IN, i);
@@ -632,6 +639,24 @@ fn passes_are_capped_at_the_batch_and_publish_as_they_go() {
         "ceil(10 / 4) passes, one submission each"
     );
     assert!(h.q.signals >= 3, "a signal per pass, got {}", h.q.signals);
+    // What a metrics scrape reads: bytes, batches of 4, 4 and 2, every request timed once.
+    assert_eq!((s.bytes_read, s.bytes_written), (10 * 512, 0));
+    assert_eq!(s.submitted, 10);
+    assert_eq!(
+        h.engine
+            .stats()
+            .inflight
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let stats = h.engine.stats();
+    assert_eq!(
+        stats.batch.snapshot().counts,
+        [0, 1, 2, 0, 0, 0, 0, 0, 0, 0]
+    );
+    let latency = stats.latency.snapshot();
+    assert_eq!((latency.count(), latency.counts[16]), (10, 0));
+    assert!(latency.sum > 0);
 }
 
 #[test]
@@ -760,6 +785,7 @@ fn advertised_limits(file: &std::path::Path) -> (u32, u32, u32) {
         readonly: false,
         tuning: Tuning::default(),
         serial: String::new(),
+        affinity: Default::default(),
     };
     let b = BlkBackend::new(disk, opts).unwrap();
     let field = |off: usize| u32::from_le_bytes(b.get_config(off as u32, 4).try_into().unwrap());

@@ -6,32 +6,46 @@
 //! into one io_uring operation (or answer it at once), submits the batch with one
 //! `io_uring_enter`, reaps completions, fills the used ring and signals the driver once per
 //! batch when EVENT_IDX says it wants it, pass after pass until the queue is empty. Before
-//! going back to sleep it optionally busy-polls the avail ring and the completion ring for a
-//! window, then re-enables notifications and re-checks the ring so no kick is lost.
+//! going back to sleep it busy-polls the avail ring and the completion ring for an adaptive
+//! window ([`Poller`]), then re-enables notifications and re-checks the ring so no kick is
+//! lost.
 //!
 //! The same engine serves the vhost-user backends ([`VringQueue`]) and the in-VMM virtio tier
 //! ([`LocalQueue`], or any other [`VirtQueue`] implementation).
 
 mod chain;
+pub mod histogram;
+mod poll;
 mod queue;
+mod ring;
+#[cfg(test)]
+mod settle_tests;
+mod split_ring;
 mod split_walk;
+mod sqpoll;
 mod stats;
 mod tuning;
 mod worker;
 
 pub use chain::{DescChain, Dir, Seg, MAX_CHAIN_DESCRIPTORS};
+pub use poll::{PollPolicy, PollWindow, Polled, Poller, DEFAULT_POLL_MAX, INITIAL_WINDOW};
 pub use queue::{BackendMemory, LocalQueue, VhostMem, VirtQueue, Vring, VringQueue, WorkerVrings};
+pub use ring::{new_ring, parse_on_off, restrictions, set_restrictions, RingSpec};
+pub use split_ring::{compare_with_virtio_queue, RingAddrs, SplitRing};
 pub use split_walk::SplitWalk;
+pub use sqpoll::{
+    EpochLoad, HostIdle, SqpollGovernor, SqpollLoad, SqpollPolicy, DEFAULT_SQPOLL_IDLE, EPOCH,
+};
 pub use stats::{QueueStats, StatsSnapshot};
 pub use tuning::{Tuning, TuningArgs, DEFAULT_BATCH};
 pub(crate) use worker::errno;
-pub use worker::{Engine, EngineConfig};
+pub use worker::{Engine, EngineConfig, EngineWork, SETTLE_TIMEOUT};
 
 pub use io_uring::squeue::Entry as Sqe;
 
 use std::os::fd::RawFd;
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, types};
 use vm_memory::GuestMemory;
 
 /// The handler's file ([`RequestHandler::file`]) as every operation names it: the engine
@@ -39,12 +53,32 @@ use vm_memory::GuestMemory;
 /// table lookup and reference counting (`IOSQE_FIXED_FILE`).
 pub const FIXED_FILE: types::Fixed = types::Fixed(0);
 
-/// Register `fd` as `ring`'s only fixed file ([`FIXED_FILE`]).
-pub fn register_file(ring: &IoUring, fd: RawFd) -> crate::Result<()> {
+/// Register `fd` as `ring`'s only fixed file ([`FIXED_FILE`]), on a ring built elsewhere
+/// (the benchmark's raw baseline); the engine's own rings come from [`new_ring`].
+pub fn register_file(ring: &io_uring::IoUring, fd: RawFd) -> crate::Result<()> {
     ring.submitter()
         .register_files(&[fd])
         .map_err(crate::Error::UringSetup)
 }
+
+/// GET_VRING_BASE of ring `index` cannot be answered: `error` (requests that never
+/// completed) is logged and returned for the vhost-user handler, which then sends no base
+/// and ends the connection, so the frontend sees the failure instead of waiting forever.
+pub fn stop_failed(index: usize, error: crate::Error) -> std::io::Error {
+    tracing::error!(
+        ring = index,
+        "GET_VRING_BASE: {error}; answering with an error instead of the ring base"
+    );
+    std::io::Error::other(error)
+}
+
+/// The opcodes [`rw_sqe`] produces.
+pub const RW_OPCODES: [u8; 4] = [
+    opcode::Read::CODE,
+    opcode::Write::CODE,
+    opcode::Readv::CODE,
+    opcode::Writev::CODE,
+];
 
 /// A read or a write of `iov` on [`FIXED_FILE`] at `offset` (ignored by streams such as a
 /// TAP), with `RWF_*` flags: plain `READ`/`WRITE` for one buffer, so the kernel does not
@@ -91,6 +125,10 @@ pub trait RequestHandler {
     /// The file every operation of this handler works on, kept open by the handler's owner:
     /// the engine registers it, and operations name it as [`FIXED_FILE`].
     fn file(&self) -> RawFd;
+
+    /// Every io_uring opcode [`RequestHandler::prepare`] may submit: the engine's ring refuses
+    /// all others ([`new_ring`]).
+    fn opcodes(&self) -> &'static [u8];
 
     /// Parse and validate `chain`. Fill `iov` (cleared, owned by the request slot and kept
     /// stable until completion) and return an operation, or answer the request directly.

@@ -103,6 +103,9 @@ pub trait VirtQueue {
     /// The descriptor table's address and the ring's size, to walk a chain from its head
     /// ([`DescChain::reset_from_head`](super::DescChain::reset_from_head)).
     fn desc_table(&self) -> (GuestAddress, u16);
+    /// Whether the avail ring holds chains a pop can take: a cheap look for busy-polling
+    /// (one index load, no notification change, nothing logged).
+    fn has_available(&self) -> bool;
     /// Disable driver notifications (no-op with EVENT_IDX).
     fn disable_notification(&mut self) -> Result<()>;
     /// Re-enable notifications; `true` if new buffers arrived meanwhile (and can be taken:
@@ -266,6 +269,12 @@ impl VirtQueue for VringQueue<'_> {
         (GuestAddress(q.desc_table()), q.size())
     }
 
+    fn has_available(&self) -> bool {
+        let mem = self.mem.memory();
+        let state = self.vring.get_ref();
+        available(state.get_queue(), &*mem).is_some_and(|n| n != 0)
+    }
+
     fn disable_notification(&mut self) -> Result<()> {
         Ok(self.vring.disable_notification()?)
     }
@@ -347,6 +356,10 @@ impl<M: GuestMemory + Send + Sync + 'static> VirtQueue for LocalQueue<M> {
         (GuestAddress(self.queue.desc_table()), self.queue.size())
     }
 
+    fn has_available(&self) -> bool {
+        available(&self.queue, &*self.mem).is_some_and(|n| n != 0)
+    }
+
     fn disable_notification(&mut self) -> Result<()> {
         Ok(self.queue.disable_notification(&*self.mem)?)
     }
@@ -382,6 +395,17 @@ fn poppable<M: GuestMemory>(q: &Queue, mem: &M) -> Result<bool> {
         );
     }
     Ok(pending != 0 && pending <= q.size())
+}
+
+/// How many chains `q`'s avail ring holds past the next pop, if that is a count a pop can
+/// take (see [`poppable`]); `None` for a ring that is not ready, unreadable or out of range.
+fn available<M: GuestMemory>(q: &Queue, mem: &M) -> Option<u16> {
+    if !q.ready() {
+        return None;
+    }
+    let avail = q.avail_idx(mem, Ordering::Acquire).ok()?;
+    let pending = avail.0.wrapping_sub(q.next_avail());
+    (pending <= q.size()).then_some(pending)
 }
 
 /// Split virtqueue layout (virtio 1.2 §2.7.6, §2.7.8): `flags` and `idx` before the ring

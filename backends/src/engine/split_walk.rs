@@ -15,10 +15,15 @@
 //!
 //! The walk ending on a descriptor that still has `NEXT` set is how the caller tells a broken
 //! chain from a complete one.
+//!
+//! The queue's own table can be given already mapped ([`SplitWalk::in_mapped_table`]: our ring
+//! reader, [`SplitRing`](super::SplitRing), maps it once per pass); its descriptors are then read
+//! from that slice instead of through a guest memory lookup each. Indirect tables are always
+//! read through `mem`.
 
 use virtio_bindings::virtio_ring::VRING_DESC_ALIGN_SIZE;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, VolatileSlice};
 
 /// Bytes of one split descriptor.
 const DESC_SIZE: u64 = 16;
@@ -28,6 +33,8 @@ pub struct SplitWalk<'m, M: ?Sized> {
     mem: &'m M,
     /// Table being walked (the queue's, then an indirect one).
     table: GuestAddress,
+    /// The queue's table, mapped (read from here until an indirect table is entered).
+    mapped: Option<VolatileSlice<'m>>,
     /// Entries in that table.
     entries: u16,
     next: u16,
@@ -44,11 +51,27 @@ impl<'m, M: GuestMemory + ?Sized> SplitWalk<'m, M> {
         Self {
             mem,
             table,
+            mapped: None,
             entries: size,
             next: head,
             ttl: size,
             bytes: 0,
             indirect: false,
+        }
+    }
+
+    /// Like [`SplitWalk::new`], reading the queue's table from `mapped`, the table's `size`
+    /// entries as mapped from guest memory (shorter: the entries past it cannot be read).
+    pub fn in_mapped_table(
+        mem: &'m M,
+        table: GuestAddress,
+        mapped: VolatileSlice<'m>,
+        size: u16,
+        head: u16,
+    ) -> Self {
+        Self {
+            mapped: Some(mapped),
+            ..Self::new(mem, table, size, head)
         }
     }
 
@@ -75,8 +98,11 @@ impl<M: GuestMemory + ?Sized> Iterator for SplitWalk<'_, M> {
             if self.ttl == 0 || self.next >= self.entries {
                 return None;
             }
-            let addr = self.table.checked_add(u64::from(self.next) * DESC_SIZE)?;
-            let desc: Descriptor = self.mem.read_obj(addr).ok()?;
+            let offset = u64::from(self.next) * DESC_SIZE;
+            let desc: Descriptor = match &self.mapped {
+                Some(table) if !self.indirect => table.read_obj(offset as usize).ok()?,
+                _ => self.mem.read_obj(self.table.checked_add(offset)?).ok()?,
+            };
             if desc.refers_to_indirect_table() {
                 self.enter_indirect(&desc)?;
                 continue;

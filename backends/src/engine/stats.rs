@@ -1,6 +1,8 @@
 //! Per-queue counters, shared between the queue thread and whoever reports them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::histogram::{BatchHistogram, LatencyHistogram};
 
 /// Per-queue counters (relaxed atomics: written by one queue thread, read by reporters).
 #[derive(Debug, Default)]
@@ -30,6 +32,29 @@ pub struct QueueStats {
     /// Requests a previous backend process left in flight, resubmitted at a ring start
     /// (receive queues: buffers it had taken and not filled, taken again).
     pub resubmitted: AtomicU64,
+    /// Bytes moved into guest buffers: disk reads, frames received (without vnet headers).
+    pub bytes_read: AtomicU64,
+    /// Bytes taken from guest buffers: disk writes, frames sent (without vnet headers).
+    pub bytes_written: AtomicU64,
+    /// Guest notifications (kicks) the queue's thread took.
+    pub kicks: AtomicU64,
+    /// Times the queue's thread was woken from its sleep to serve the queue.
+    pub wakeups: AtomicU64,
+    /// Busy-polling windows that found work (served without a wake-up).
+    pub poll_hits: AtomicU64,
+    /// Operations handed to io_uring (divided by `submits`: the mean batch).
+    pub submitted: AtomicU64,
+    /// Requests taken and not answered yet, as of the queue's last pass (a gauge).
+    pub inflight: AtomicU64,
+    /// Time from the pass that took a request to the used-ring publication that answered it
+    /// (nanoseconds), while [`QueueStats::set_timed`] is on.
+    pub latency: LatencyHistogram,
+    /// Operations per io_uring submission.
+    pub batch: BatchHistogram,
+    /// Whether requests are timed for `latency` (a clock read per batch).
+    timed: AtomicBool,
+    /// Times the queue switched kernel submission polling on or off by itself.
+    pub sqpoll_switches: AtomicU64,
 }
 
 /// Plain copy of [`QueueStats`].
@@ -48,6 +73,11 @@ pub struct StatsSnapshot {
     pub polled: u64,
     pub failures: u64,
     pub resubmitted: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub kicks: u64,
+    pub submitted: u64,
+    pub sqpoll_switches: u64,
 }
 
 impl QueueStats {
@@ -72,7 +102,23 @@ impl QueueStats {
             polled: r(&self.polled),
             failures: r(&self.failures),
             resubmitted: r(&self.resubmitted),
+            bytes_read: r(&self.bytes_read),
+            bytes_written: r(&self.bytes_written),
+            kicks: r(&self.kicks),
+            submitted: r(&self.submitted),
+            sqpoll_switches: r(&self.sqpoll_switches),
         }
+    }
+
+    /// Time requests into [`QueueStats::latency`] (on while a metrics endpoint exports the
+    /// queue; off, the data path reads no clock).
+    pub fn set_timed(&self, on: bool) {
+        self.timed.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether requests are timed.
+    pub fn timed(&self) -> bool {
+        self.timed.load(Ordering::Relaxed)
     }
 
     /// Count and log a pass over queue `queue` that failed with `error`. The caller keeps

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use super::poll::{PollPolicy, DEFAULT_POLL_MAX};
+use super::sqpoll::{SqpollPolicy, DEFAULT_SQPOLL_IDLE};
+
 /// Chains an engine takes from the avail ring per pass unless its device says otherwise
 /// ([`Tuning::batch`]).
 pub const DEFAULT_BATCH: u16 = 32;
@@ -11,12 +14,12 @@ pub const DEFAULT_BATCH: u16 = 32;
 /// device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
-    /// Busy-poll window after the last work seen before sleeping again (zero = off).
-    pub poll: Duration,
+    /// Busy-polling after the last work seen, before sleeping again.
+    pub poll: PollPolicy,
     /// Kernel submission polling (io_uring `SQPOLL`): a kernel thread per queue picks up
-    /// submissions without `io_uring_enter` and runs them beside the queue thread, sleeping
-    /// after this much idle time. Costs up to a CPU per busy queue; `None` = off.
-    pub sqpoll_idle: Option<Duration>,
+    /// submissions without `io_uring_enter` and runs them beside the queue thread. Costs up
+    /// to a CPU per busy queue; by default on only while a queue is busy and a CPU is free.
+    pub sqpoll: SqpollPolicy,
     /// Most chains taken from the avail ring per pass (at least 1). Each pass publishes its
     /// used entries, and signals the driver if it asked, before the next one starts, so a
     /// driver that keeps the ring full gets buffers back and refills while the rest of the
@@ -27,8 +30,8 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            poll: Duration::ZERO,
-            sqpoll_idle: None,
+            poll: PollPolicy::default(),
+            sqpoll: SqpollPolicy::default(),
             batch: DEFAULT_BATCH,
         }
     }
@@ -37,15 +40,22 @@ impl Default for Tuning {
 /// Command-line arguments for [`Tuning`] (flattened into each backend's arguments).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TuningArgs {
-    /// Busy-poll window in microseconds after each batch before sleeping (0 = off).
-    #[arg(long, default_value_t = 0)]
-    pub poll_us: u64,
-    /// Kernel submission polling (io_uring SQPOLL) for each queue the engine serves (block
-    /// queues, network transmit queues): a kernel thread picks up requests and runs them
-    /// beside the queue thread, sleeping after this many idle milliseconds. Needs a spare
-    /// CPU per busy queue (0 = off).
-    #[arg(long, default_value_t = 0)]
-    pub sqpoll_idle_ms: u64,
+    /// Busy-poll for this many microseconds after each batch before sleeping, a fixed
+    /// window instead of the adaptive one (0 = no polling).
+    #[arg(long)]
+    pub poll_us: Option<u64>,
+    /// Upper bound of the adaptive busy-poll window, in microseconds: after work a queue
+    /// thread keeps polling its rings for a window that grows while polling finds work and
+    /// shrinks to nothing while it does not (0 = no polling).
+    #[arg(long, default_value_t = DEFAULT_POLL_MAX.as_micros() as u64)]
+    pub poll_max_us: u64,
+    /// Kernel submission polling (io_uring SQPOLL) always on for each queue the engine
+    /// serves (block queues, network transmit queues): a kernel thread picks up requests and
+    /// runs them beside the queue thread, sleeping after this many idle milliseconds; 0 =
+    /// never. Without this flag a block queue switches it on by itself while it stays busy
+    /// and deep and a CPU is free, and off when the load is gone.
+    #[arg(long)]
+    pub sqpoll_idle_ms: Option<u64>,
     /// Most requests taken from a queue per pass; their used entries are returned to the
     /// driver before the next pass starts [default: 8 for block queues, 32 for network
     /// transmit queues].
@@ -57,10 +67,28 @@ impl TuningArgs {
     /// The tuning asked for, with `default_batch` where `--batch` was not given.
     pub fn tuning(&self, default_batch: u16) -> Tuning {
         Tuning {
-            poll: Duration::from_micros(self.poll_us),
-            sqpoll_idle: (self.sqpoll_idle_ms > 0)
-                .then(|| Duration::from_millis(self.sqpoll_idle_ms)),
+            poll: self.poll_policy(),
+            sqpoll: match self.sqpoll_idle_ms {
+                None => SqpollPolicy::Auto {
+                    idle: DEFAULT_SQPOLL_IDLE,
+                },
+                Some(0) => SqpollPolicy::Off,
+                Some(ms) => SqpollPolicy::On {
+                    idle: Duration::from_millis(ms),
+                },
+            },
             batch: self.batch.unwrap_or(default_batch),
+        }
+    }
+
+    /// `--poll-us` if given, else the adaptive window bounded by `--poll-max-us`.
+    fn poll_policy(&self) -> PollPolicy {
+        match (self.poll_us, self.poll_max_us) {
+            (Some(0), _) | (None, 0) => PollPolicy::Off,
+            (Some(us), _) => PollPolicy::Fixed(Duration::from_micros(us)),
+            (None, max) => PollPolicy::Adaptive {
+                max: Duration::from_micros(max),
+            },
         }
     }
 }
@@ -89,9 +117,53 @@ mod tests {
         assert_eq!(
             parse(&["--poll-us", "50", "--sqpoll-idle-ms", "10", "--batch", "8"]).unwrap(),
             Tuning {
-                poll: Duration::from_micros(50),
-                sqpoll_idle: Some(Duration::from_millis(10)),
+                poll: PollPolicy::Fixed(Duration::from_micros(50)),
+                sqpoll: SqpollPolicy::On {
+                    idle: Duration::from_millis(10)
+                },
                 batch: 8,
+            }
+        );
+    }
+
+    #[test]
+    fn polling_is_adaptive_unless_fixed_or_switched_off() {
+        let poll = |args: &[&str]| parse(args).unwrap().poll;
+        assert_eq!(
+            poll(&[]),
+            PollPolicy::Adaptive {
+                max: DEFAULT_POLL_MAX
+            }
+        );
+        assert_eq!(
+            poll(&["--poll-max-us", "200"]),
+            PollPolicy::Adaptive {
+                max: Duration::from_micros(200)
+            }
+        );
+        assert_eq!(poll(&["--poll-max-us", "0"]), PollPolicy::Off);
+        assert_eq!(poll(&["--poll-us", "0"]), PollPolicy::Off);
+        assert_eq!(
+            poll(&["--poll-us", "30", "--poll-max-us", "0"]),
+            PollPolicy::Fixed(Duration::from_micros(30)),
+            "a fixed window overrides the adaptive one"
+        );
+    }
+
+    #[test]
+    fn kernel_submission_polling_is_automatic_unless_given() {
+        let sqpoll = |args: &[&str]| parse(args).unwrap().sqpoll;
+        assert_eq!(
+            sqpoll(&[]),
+            SqpollPolicy::Auto {
+                idle: DEFAULT_SQPOLL_IDLE
+            }
+        );
+        assert_eq!(sqpoll(&["--sqpoll-idle-ms", "0"]), SqpollPolicy::Off);
+        assert_eq!(
+            sqpoll(&["--sqpoll-idle-ms", "5"]),
+            SqpollPolicy::On {
+                idle: Duration::from_millis(5)
             }
         );
     }

@@ -27,13 +27,15 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    device_features, has, offload_features, CtrlQueue, RxPath, Tap, TxHandler, TX_MAX_IOV,
+    device_features, has, offload_features, CtrlQueue, PairWork, RxPath, Tap, TxHandler, TX_MAX_IOV,
 };
+use crate::engine::histogram::bump;
 use crate::engine::{
-    BackendMemory, Engine, EngineConfig, QueueStats, Tuning, VhostMem, Vring, VringQueue,
+    BackendMemory, Engine, EngineConfig, Poller, QueueStats, Tuning, VhostMem, Vring, VringQueue,
     WorkerVrings,
 };
 use crate::inflight::InflightRegion;
+use crate::placement::Affinity;
 use crate::seccomp::{self, net::NetThread};
 use crate::{Error, Result};
 use std::fs::File;
@@ -52,8 +54,10 @@ pub struct NetOptions {
     pub queue_pairs: u16,
     /// Maximum queue size.
     pub queue_size: u16,
-    /// Polling and batching of the transmit engines.
+    /// Polling (of each queue pair's thread) and batching (of the transmit engines).
     pub tuning: Tuning,
+    /// Host CPUs per queue pair's thread (empty: anywhere).
+    pub affinity: Affinity,
 }
 
 /// The other end of the device's wire.
@@ -115,6 +119,8 @@ pub struct NetBackend {
     rx: Vec<Mutex<RxPath>>,
     stats: Vec<PairStats>,
     ctrl: Option<Mutex<CtrlQueue>>,
+    /// Each pair's busy-poll window: its thread polls both queues together.
+    pollers: Vec<Mutex<Poller>>,
     /// Queue pairs in use (the rest are detached and stopped).
     active: Mutex<u16>,
     mem: BackendMemory,
@@ -136,23 +142,23 @@ fn poisoned<T>(what: &'static str) -> impl FnOnce(std::sync::PoisonError<T>) -> 
 /// The ranges the device supports: 1..=16 queue pairs, power-of-two queue
 /// sizes up to 32768, an MTU the header fields can carry.
 fn validate(opts: &NetOptions) -> Result<()> {
-    if opts.queue_pairs == 0 || opts.queue_pairs > 16 {
+    check_shape(opts.queue_pairs, opts.queue_size, opts.mtu)
+}
+
+/// [`validate`] for the parts every vhost-user-net device shares (the switch's too).
+pub(super) fn check_shape(queue_pairs: u16, queue_size: u16, mtu: u16) -> Result<()> {
+    if queue_pairs == 0 || queue_pairs > 16 {
         return Err(Error::InvalidConfig(format!(
-            "queues must be 1..=16, got {}",
-            opts.queue_pairs
+            "queues must be 1..=16, got {queue_pairs}"
         )));
     }
-    if !opts.queue_size.is_power_of_two() || opts.queue_size > 32768 {
+    if !queue_size.is_power_of_two() || queue_size > 32768 {
         return Err(Error::InvalidConfig(format!(
-            "queue size must be a power of two <= 32768, got {}",
-            opts.queue_size
+            "queue size must be a power of two <= 32768, got {queue_size}"
         )));
     }
-    if !(68..=65535 - 18).contains(&opts.mtu) {
-        return Err(Error::InvalidConfig(format!(
-            "mtu {} out of range",
-            opts.mtu
-        )));
+    if !(68..=65535 - 18).contains(&mtu) {
+        return Err(Error::InvalidConfig(format!("mtu {mtu} out of range")));
     }
     Ok(())
 }
@@ -213,12 +219,12 @@ fn offered_features(opts: &NetOptions) -> u64 {
 }
 
 /// `struct virtio_net_config` up to the MTU: MAC, status (link up), pairs, MTU.
-fn config_space(opts: &NetOptions) -> Vec<u8> {
+pub(super) fn config_space(mac: Option<[u8; 6]>, queue_pairs: u16, mtu: u16) -> Vec<u8> {
     let mut config = Vec::with_capacity(12);
-    config.extend_from_slice(&opts.mac.unwrap_or_default());
+    config.extend_from_slice(&mac.unwrap_or_default());
     config.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-    config.extend_from_slice(&opts.queue_pairs.to_le_bytes());
-    config.extend_from_slice(&opts.mtu.to_le_bytes());
+    config.extend_from_slice(&queue_pairs.to_le_bytes());
+    config.extend_from_slice(&mtu.to_le_bytes());
     config
 }
 
@@ -229,7 +235,7 @@ impl NetBackend {
         let multi = opts.queue_pairs > 1;
         let ports = open_ports(&opts)?;
         let features = offered_features(&opts);
-        let config = config_space(&opts);
+        let config = config_space(opts.mac, opts.queue_pairs, opts.mtu);
 
         let acked = Arc::new(AtomicU64::new(0));
         let ecfg = EngineConfig {
@@ -260,6 +266,9 @@ impl NetBackend {
         });
         let active = Mutex::new(opts.queue_pairs);
         let vrings = WorkerVrings::new(usize::from(opts.queue_pairs));
+        let pollers = (0..opts.queue_pairs)
+            .map(|_| Mutex::new(Poller::new(opts.tuning.poll)))
+            .collect();
         Ok(Self {
             opts,
             features,
@@ -270,6 +279,7 @@ impl NetBackend {
             rx,
             stats,
             ctrl,
+            pollers,
             active,
             mem: BackendMemory::default(),
             vrings,
@@ -279,6 +289,12 @@ impl NetBackend {
     /// Per queue-pair counters.
     pub fn stats(&self) -> &[PairStats] {
         &self.stats
+    }
+
+    /// Counters of the control queue, if the device has one.
+    pub fn ctrl_stats(&self) -> Option<Arc<QueueStats>> {
+        let ctrl = self.ctrl.as_ref()?.lock().ok()?;
+        Some(ctrl.stats().clone())
     }
 
     /// Completion eventfds of pair `q`: `(tx, rx)`, to register with that pair's epoll loop.
@@ -383,6 +399,62 @@ impl NetBackend {
 
     fn rx_completion_event(&self) -> u16 {
         self.tx_completion_event() + 1
+    }
+
+    /// Serve pair `pair`'s two queues on its thread's wake-up (a kick of either queue or a
+    /// completion of either side), busy-polling both for the pair's window; `device_event`
+    /// says which (counted as that side's wake-up, and kick if it is one).
+    fn serve_pair(
+        &self,
+        pair: usize,
+        device_event: u16,
+        vrings: &[Vring],
+        mem: &GuestMemoryAtomic<VhostMem>,
+    ) -> io::Result<()> {
+        let missing = || io::Error::other(format!("no queue pair for thread {pair}"));
+        let (Some(rx_vring), Some(tx_vring)) = (
+            vrings.get(usize::from(RX_VRING)),
+            vrings.get(usize::from(TX_VRING)),
+        ) else {
+            return Err(missing());
+        };
+        let (Some(poller), Some(rx), Some(tx)) =
+            (self.pollers.get(pair), self.rx.get(pair), self.tx.get(pair))
+        else {
+            return Err(missing());
+        };
+        let mut poller = poller.lock().map_err(|_| io::Error::other("poisoned"))?;
+        let mut rx = rx.lock().map_err(|_| io::Error::other("poisoned"))?;
+        let mut tx = tx.lock().map_err(|_| io::Error::other("poisoned"))?;
+        // The side that woke the thread: its kick or its completions.
+        if device_event == RX_VRING || device_event == self.rx_completion_event() {
+            bump(&rx.stats().wakeups, 1);
+        } else {
+            bump(&tx.stats().wakeups, 1);
+        }
+        if device_event == RX_VRING {
+            bump(&rx.stats().kicks, 1);
+            rx.kicked();
+        } else if device_event == TX_VRING {
+            bump(&tx.stats().kicks, 1);
+        }
+        let (mut rx_q, mut tx_q) = (
+            VringQueue::new(rx_vring, mem),
+            VringQueue::new(tx_vring, mem),
+        );
+        let mut work = PairWork {
+            rx: &mut rx,
+            rx_q: &mut rx_q,
+            tx: &mut tx,
+            tx_q: &mut tx_q,
+            pair,
+        };
+        // Each side counts and logs its own failures; the pair keeps being served.
+        let _ = poller.run(&mut work);
+        rx.publish_inflight();
+        let tx_inflight = tx.inflight() as u64;
+        tx.stats().inflight.store(tx_inflight, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Log the per-queue counters.
@@ -525,8 +597,12 @@ impl VhostUserBackend for NetBackend {
             let mut tx = self.tx[pair]
                 .lock()
                 .map_err(|_| io::Error::other("poisoned"))?;
-            if let Err(e) = tx.settle(&mut q) {
-                tx.stats().report_failure(&format!("tx{pair} stop"), &e);
+            match tx.settle(&mut q) {
+                Ok(()) => {}
+                Err(e @ Error::SettleTimeout { .. }) => {
+                    return Err(crate::engine::stop_failed(index, e))
+                }
+                Err(e) => tx.stats().report_failure(&format!("tx{pair} stop"), &e),
             }
         }
         tracing::debug!(
@@ -540,7 +616,9 @@ impl VhostUserBackend for NetBackend {
     /// Names the worker (vhost-user-backend calls them all `vring_worker`) and confines it to
     /// what a queue thread does.
     fn worker_started(&self, thread_index: usize) -> io::Result<()> {
-        crate::name_thread(&format!("net-q{thread_index}"));
+        let name = format!("net-q{thread_index}");
+        crate::name_thread(&name);
+        self.opts.affinity.pin_current(thread_index, &name);
         seccomp::install(NetThread::Queue).map_err(io::Error::other)
     }
 
@@ -569,39 +647,21 @@ impl VhostUserBackend for NetBackend {
         let mem = self.mem.get()?;
         tracing::trace!(device_event, thread_id, "event");
         self.vrings.remember(thread_id, vrings);
-        let missing = || io::Error::other(format!("no queue pair for thread {thread_id}"));
-        if device_event == RX_VRING || device_event == self.rx_completion_event() {
-            let vring = vrings.get(usize::from(RX_VRING)).ok_or_else(missing)?;
-            let mut rx = self
-                .rx
-                .get(thread_id)
-                .ok_or_else(missing)?
-                .lock()
-                .map_err(|_| io::Error::other("poisoned"))?;
-            let mut q = VringQueue::new(vring, &mem);
-            if let Err(e) = rx.process(&mut q) {
-                rx.stats().report_failure(&format!("rx{thread_id}"), &e);
-            }
-            Ok(())
-        } else if device_event == TX_VRING || device_event == self.tx_completion_event() {
-            let vring = vrings.get(usize::from(TX_VRING)).ok_or_else(missing)?;
-            let mut tx = self
-                .tx
-                .get(thread_id)
-                .ok_or_else(missing)?
-                .lock()
-                .map_err(|_| io::Error::other("poisoned"))?;
-            let mut q = VringQueue::new(vring, &mem);
-            if let Err(e) = tx.process(&mut q) {
-                tx.stats().report_failure(&format!("tx{thread_id}"), &e);
-            }
-            Ok(())
+        let pair_events = [
+            RX_VRING,
+            TX_VRING,
+            self.rx_completion_event(),
+            self.tx_completion_event(),
+        ];
+        if pair_events.contains(&device_event) {
+            self.serve_pair(thread_id, device_event, vrings, &mem)
         } else if device_event == CTRL_VRING && thread_id == 0 {
             let (Some(ctrl), Some(vring)) = (&self.ctrl, vrings.get(usize::from(CTRL_VRING)))
             else {
                 return Ok(());
             };
             let mut ctrl = ctrl.lock().map_err(|_| io::Error::other("poisoned"))?;
+            bump(&ctrl.stats().kicks, 1);
             let mut q = VringQueue::new(vring, &mem);
             if let Err(e) = ctrl.process(&mut q, |n| self.set_active_pairs(n)) {
                 ctrl.stats().report_failure("ctrl", &e);

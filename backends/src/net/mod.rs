@@ -10,7 +10,9 @@
 mod backend;
 mod ctrl;
 mod hdr;
+mod pair;
 mod rx;
+pub mod switch;
 mod tap;
 #[cfg(test)]
 mod tests;
@@ -19,6 +21,7 @@ mod tx;
 pub use backend::{NetBackend, NetOptions, PairStats, Port};
 pub use ctrl::CtrlQueue;
 pub use hdr::{HdrError, VnetHdr};
+pub use pair::PairWork;
 pub use rx::RxPath;
 pub use tap::Tap;
 pub use tx::TxHandler;

@@ -36,7 +36,8 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{has, ETH_HLEN, RX_BUF_LEN, VNET_HDR_LEN};
-use crate::engine::{register_file, DescChain, Dir, QueueStats, VirtQueue, FIXED_FILE};
+use crate::engine::histogram::bump;
+use crate::engine::{new_ring, DescChain, Dir, QueueStats, RingSpec, VirtQueue, FIXED_FILE};
 use crate::inflight::InflightQueue;
 use crate::{Error, Result};
 
@@ -61,6 +62,10 @@ pub struct RxPath {
     ready: VecDeque<(usize, usize)>,
     /// A read failed: submit no more until the driver kicks again.
     read_error: bool,
+    /// The last pass ran out of receive buffers (frames wait, or no read could be posted).
+    starved: bool,
+    /// The last pass stopped at [`BATCH`] frames with more waiting.
+    more: bool,
     /// Batches are `RWF_NOWAIT` reads ending in one waiting read; false once the kernel
     /// refused that flag on the TAP: hard-linked reads then.
     nowait_reads: bool,
@@ -103,14 +108,17 @@ impl RxPath {
         features: Arc<AtomicU64>,
         stats: Arc<QueueStats>,
     ) -> Result<Self> {
-        let ring = IoUring::builder()
-            .build(2 * READ_SLOTS as u32)
-            .map_err(Error::UringSetup)?;
         let completion = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-        ring.submitter()
-            .register_eventfd(completion.as_raw_fd())
-            .map_err(Error::UringSetup)?;
-        register_file(&ring, fd)?;
+        // Reads of the TAP (hard-linked where RWF_NOWAIT is refused) and their cancellation.
+        let ring = new_ring(&RingSpec {
+            sq_entries: 2 * READ_SLOTS as u32,
+            cq_entries: None,
+            sqpoll_idle_ms: None,
+            file: fd,
+            eventfd: completion.as_raw_fd(),
+            opcodes: &[opcode::Read::CODE, opcode::AsyncCancel::CODE],
+            flags: squeue::Flags::IO_HARDLINK,
+        })?;
         Ok(Self {
             ring,
             slots: (0..READ_SLOTS)
@@ -120,6 +128,8 @@ impl RxPath {
             inflight: 0,
             ready: VecDeque::with_capacity(READ_SLOTS),
             read_error: false,
+            starved: false,
+            more: false,
             nowait_reads: true,
             nowait_slot: [false; READ_SLOTS],
             active: true,
@@ -353,12 +363,16 @@ impl RxPath {
         }
         self.consume_held(chains);
         QueueStats::inc(&self.stats.ok);
+        bump(&self.stats.bytes_read, (n - VNET_HDR_LEN) as u64);
         true
     }
 
-    /// Collect finished reads into `ready` (in completion order, which is arrival order).
-    fn reap(&mut self) {
+    /// Collect finished reads into `ready` (in completion order, which is arrival order);
+    /// returns the completions seen.
+    fn reap(&mut self) -> usize {
+        let mut seen = 0;
         while let Some(cqe) = self.ring.completion().next() {
+            seen += 1;
             let Ok(slot) = usize::try_from(cqe.user_data()) else {
                 continue;
             };
@@ -403,6 +417,7 @@ impl RxPath {
             }
             self.ready.push_back((slot, n));
         }
+        seen
     }
 
     /// Submit a batch of `reads` reads into free slots: all but the last without waiting, or
@@ -444,32 +459,50 @@ impl RxPath {
     }
 
     /// Move frames from the TAP into `q` until the TAP is empty (reads are outstanding) or
-    /// the driver has no buffers left; signal the driver once. Call on every kick of the
-    /// receive queue and every completion eventfd event. An inactive queue only reaps
-    /// outstanding reads (dropping their frames).
+    /// the driver has no buffers left, then re-enable what must wake the queue; no
+    /// busy-polling (a queue pair's thread polls both queues together, [`RxPath::serve`]).
+    /// A wake-up that finds the completion eventfd empty is taken for a kick
+    /// ([`RxPath::kicked`]).
     pub fn process<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
+        bump(&self.stats.wakeups, 1);
+        if self.completion.read().is_err() {
+            self.kicked();
+        }
+        let served = (|| loop {
+            self.serve(q)?;
+            if !self.more && !self.park(q)? {
+                return Ok(());
+            }
+        })();
+        self.publish_inflight();
+        served
+    }
+
+    /// Publish the receive buffers held (taken from the driver, not yet filled) as the
+    /// queue's `inflight` gauge.
+    pub fn publish_inflight(&self) {
+        self.stats
+            .inflight
+            .store(self.nheld as u64, Ordering::Relaxed);
+    }
+
+    /// The driver kicked the receive queue: that restarts reading after a failed read.
+    pub fn kicked(&mut self) {
+        self.read_error = false;
+    }
+
+    /// Move up to [`BATCH`] frames from the TAP into `q`: until the TAP is empty (reads are
+    /// outstanding), the driver has no buffers left or the batch is full ([`RxPath::more`]);
+    /// signal the driver once. Notifications and the completion eventfd stay off until
+    /// [`RxPath::park`]. An inactive queue only reaps outstanding reads (dropping their
+    /// frames). Returns the frames delivered and the reads reaped (0: nothing happened).
+    pub fn serve<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<usize> {
         // No eventfd signal while this thread reaps anyway: each one would cost a system call
         // in the kernel and a needless wake-up of this thread afterwards (with hard-linked
         // reads, completing one by one, a signal per frame was ~10 % of the queue thread).
         self.ring.completion().disable_eventfd();
-        let served = self.serve(q);
-        self.ring.completion().enable_eventfd();
-        // A completion posted before re-enabling signalled nothing: come back for it. The
-        // fence orders the flag store before the tail load (the kernel posts the tail, then
-        // reads the flag).
-        fence(Ordering::SeqCst);
-        if !self.ring.completion().is_empty() {
-            let _ = self.completion.write(1);
-        }
-        served
-    }
-
-    /// [`RxPath::process`] with the completion eventfd disabled.
-    fn serve<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<()> {
-        if self.completion.read().is_err() {
-            // Not a completion: a kick, which also restarts reading after an error.
-            self.read_error = false;
-        }
+        self.more = false;
+        self.starved = false;
         if !q.ready() {
             // Stopped: its rings belong to the driver again; frames wait for the restart.
             self.stopped();
@@ -477,7 +510,7 @@ impl RxPath {
             if !self.active {
                 self.drop_ready();
             }
-            return Ok(());
+            return Ok(0);
         }
         if !self.running {
             self.running = true;
@@ -486,55 +519,91 @@ impl RxPath {
         if !self.active {
             self.reap();
             self.drop_ready();
-            return self.flush(q);
+            self.flush(q)?;
+            return Ok(0);
         }
         q.disable_notification()?;
         let mut moved = 0usize;
+        let mut reaped = 0usize;
         loop {
             let mem = q.memory();
-            self.reap();
-            let mut starved = false;
+            reaped += self.reap();
             while let Some(&(slot, n)) = self.ready.front() {
                 if moved >= BATCH {
-                    break;
+                    // Let the other queue of the thread have a turn; come back at once.
+                    self.more = true;
+                    self.flush(q)?;
+                    return Ok(moved + reaped);
                 }
                 if !self.place(q, &mem, slot, n) {
-                    starved = true; // waiting for receive buffers
+                    self.starved = true; // waiting for receive buffers
                     break;
                 }
                 self.ready.pop_front();
                 self.free.push(slot);
                 moved += 1;
             }
-            if moved >= BATCH {
-                // Yield to the transmit queue of this thread; come back at once.
-                self.flush(q)?;
-                let _ = self.completion.write(1);
-                return Ok(());
-            }
-            if !starved && self.inflight == 0 && self.read_error {
-                // Reading failed: try again on the driver's next kick, which needs
-                // notifications on.
-                self.flush(q)?;
-                q.enable_notification()?;
-                return Ok(());
-            }
-            if !starved && self.inflight == 0 {
+            if !self.starved && self.inflight == 0 && !self.read_error {
                 // Every ready frame is placed: one read per reserved receive chain.
                 self.reserve(q, &mem, READ_SLOTS);
                 if self.nheld > 0 {
                     self.submit_reads(self.nheld)?;
                     continue; // reads on a non-empty TAP complete during the submit
                 }
-                starved = true;
+                self.starved = true;
             }
             self.flush(q)?;
-            if starved && q.enable_notification()? {
-                q.disable_notification()?;
-                continue; // buffers were posted meanwhile
-            }
-            return Ok(());
+            return Ok(moved + reaped);
         }
+    }
+
+    /// Make the thread's next wait return at once: the completion eventfd is written.
+    pub fn wake_again(&self) -> Result<()> {
+        self.completion.write(1).map_err(Error::EventFd)
+    }
+
+    /// The last [`RxPath::serve`] stopped at a full batch: frames are waiting.
+    pub fn more(&self) -> bool {
+        self.more
+    }
+
+    /// Whether [`RxPath::serve`] would find work: frames wait, a read completed, or the
+    /// driver posted buffers a waiting frame (or a read) needs. No system call.
+    pub fn pending<Q: VirtQueue>(&mut self, q: &Q) -> bool {
+        if !self.active || !q.ready() {
+            return false;
+        }
+        self.more || !self.ring.completion().is_empty() || (self.starved && q.has_available())
+    }
+
+    /// Before the thread sleeps: re-enable the driver's notifications if the queue waits
+    /// for buffers or for a kick after a failed read, and the completion eventfd; consume
+    /// the eventfd. `true` if buffers or completions arrived before that, which the thread
+    /// must serve instead of sleeping.
+    pub fn park<Q: VirtQueue>(&mut self, q: &mut Q) -> Result<bool> {
+        let mut work = false;
+        if self.active && q.ready() && (self.starved || self.read_error) {
+            // Without buffers only the driver's kick says more came; after a failed read the
+            // kick restarts reading.
+            let arrived = q.enable_notification().inspect_err(|_| {
+                // Outstanding reads must still wake the thread.
+                self.ring.completion().enable_eventfd();
+            })?;
+            if arrived && self.starved {
+                work = true; // buffers were posted meanwhile
+            }
+        }
+        self.ring.completion().enable_eventfd();
+        let _ = self.completion.read();
+        // A completion posted before re-enabling signalled nothing: serve it. The fence
+        // orders the flag store before the tail load (the kernel posts the tail, then reads
+        // the flag).
+        fence(Ordering::SeqCst);
+        if !self.ring.completion().is_empty() {
+            self.ring.completion().disable_eventfd();
+            work = true;
+        }
+        Ok(work)
     }
 
     /// The frontend stops the ring (vhost-user GET_VRING_BASE, a device reset): publish every
@@ -636,7 +705,12 @@ impl Drop for RxPath {
             }
             let mut pushed = 0;
             for slot in 0..self.slots.len() as u64 {
-                let c = opcode::AsyncCancel::new(slot).build().user_data(CANCEL_TAG);
+                // The ring requires IOSQE_FIXED_FILE on every SQE; a cancellation names no
+                // file, so the flag changes nothing else.
+                let c = opcode::AsyncCancel::new(slot)
+                    .build()
+                    .flags(squeue::Flags::FIXED_FILE)
+                    .user_data(CANCEL_TAG);
                 // SAFETY: cancel SQEs carry no buffers.
                 if unsafe { self.ring.submission().push(&c) }.is_ok() {
                     pushed += 1;

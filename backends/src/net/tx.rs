@@ -8,6 +8,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemory;
 
 use super::{VnetHdr, TX_MAX_IOV, VNET_HDR_LEN};
+use crate::engine::histogram::bump;
 use crate::engine::{rw_sqe, DescChain, Dir, Prepared, QueueStats, RequestHandler};
 
 /// Guest faults logged at `warn` level per queue before switching to `debug`.
@@ -63,6 +64,14 @@ impl RequestHandler for TxHandler {
         self.fd
     }
 
+    fn opcodes(&self) -> &'static [u8] {
+        // Frames go out with `rw_sqe(.., write = true)`: WRITE or WRITEV.
+        &[
+            io_uring::opcode::Write::CODE,
+            io_uring::opcode::Writev::CODE,
+        ]
+    }
+
     fn prepare<M: GuestMemory>(
         &mut self,
         mem: &M,
@@ -103,6 +112,7 @@ impl RequestHandler for TxHandler {
     ) -> u32 {
         if u64::try_from(result).is_ok_and(|n| n == req.len) {
             QueueStats::inc(&self.stats.ok);
+            bump(&self.stats.bytes_written, req.len - VNET_HDR_LEN as u64);
         } else {
             QueueStats::inc(&self.stats.io_errors);
             let err = if result < 0 {

@@ -2,11 +2,12 @@
 //!
 //! | thread | kind | started by |
 //! |---|---|---|
-//! | `vhost-user-blk` (main) | [`BlkThread::Control`] once set up | — |
+//! | `vhost-user-blk` (main) | [`BlkThread::Process`] once set up and unprivileged, then [`BlkThread::Control`] | — |
 //! | `vu-conn` (one per frontend connection, vhost-user-backend's) | inherits `Control` | main |
 //! | `vu-accept` | [`BlkThread::Accept`] | main, before it installs `Control` |
 //! | `blk-qN` (vhost-user-backend's vring workers) | [`BlkThread::Queue`] | main, at set-up |
 //! | `blk-signal` | [`BlkThread::Signal`] | main, at set-up |
+//! | `metrics` (`--metrics`) | [`BlkThread::Metrics`] | main, at set-up |
 
 use libc::{
     SYS_bind, SYS_epoll_create1, SYS_eventfd2, SYS_fdatasync, SYS_getrusage, SYS_io_uring_register,
@@ -14,7 +15,8 @@ use libc::{
 };
 
 use super::groups::{
-    accept, engine, signal_waiter, socket_removal, spawner, thread_basics, vhost_user_backend,
+    accept, engine, http_server, signal_waiter, socket_removal, spawner, thread_basics,
+    vhost_user_backend,
 };
 use super::{Allowed, ThreadKind};
 use crate::blk::BLKGETSIZE64;
@@ -22,9 +24,9 @@ use crate::blk::BLKGETSIZE64;
 /// A thread kind of `vhost-user-blk`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlkThread {
-    /// The whole process, installed on its only thread before anything else: every kind below
-    /// and the set-up (opening the disk, creating the rings and the worker threads, binding the
-    /// socket).
+    /// The whole process, installed on its only thread once the disk is open, the socket bound
+    /// and the privileges dropped, before any thread starts: every kind below and the rest of
+    /// the set-up (the daemon's worker threads and their epoll sets).
     Process,
     /// Serves frontends one at a time; the crate's per-connection thread that handles the
     /// vhost-user messages is started from it and inherits this filter.
@@ -35,6 +37,8 @@ pub enum BlkThread {
     Queue,
     /// On SIGTERM/SIGINT: drains the queues, flushes the disk, exits.
     Signal,
+    /// Serves the queues' counters (`--metrics`).
+    Metrics,
 }
 
 impl ThreadKind for BlkThread {
@@ -45,15 +49,22 @@ impl ThreadKind for BlkThread {
             Self::Accept => "accept",
             Self::Queue => "queue",
             Self::Signal => "signal",
+            Self::Metrics => "metrics",
         }
     }
 
     fn allowed(self) -> Allowed {
         let basics = thread_basics();
         match self {
-            Self::Process => [Self::Control, Self::Accept, Self::Queue, Self::Signal]
-                .into_iter()
-                .fold(set_up(), |all, kind| all.with(kind.allowed())),
+            Self::Process => [
+                Self::Control,
+                Self::Accept,
+                Self::Queue,
+                Self::Signal,
+                Self::Metrics,
+            ]
+            .into_iter()
+            .fold(set_up(), |all, kind| all.with(kind.allowed())),
             // Starts the per-connection thread, which runs the vhost-user messages under this
             // filter; with `--once`, logs the CPU time and removes the socket at the end.
             Self::Control => basics
@@ -67,12 +78,15 @@ impl ThreadKind for BlkThread {
             Self::Signal => basics
                 .with(signal_waiter())
                 .calls(&[SYS_fdatasync, SYS_getrusage]),
+            Self::Metrics => basics.with(http_server()),
         }
     }
 }
 
-/// What only the set-up does: open the disk (and read its size), create the io_urings, their
-/// eventfds and the workers' epoll sets, bind and listen on the socket, start the threads.
+/// What only the set-up does once the process filter is on: create the daemon's worker
+/// threads, their eventfds and epoll sets (and the metrics thread's stop eventfd). Opening the
+/// disk, creating the rings and binding the sockets come before the filter; their entries stay
+/// so that the table says what the set-up needs wherever the filter goes.
 fn set_up() -> Allowed {
     Allowed::new()
         .calls(&[SYS_openat, SYS_lseek])

@@ -2,32 +2,35 @@
 //!
 //! | thread | kind | started by |
 //! |---|---|---|
-//! | `vhost-user-net` (main) | [`NetThread::Main`] once the device threads run | — |
+//! | `vhost-user-net` (main) | [`NetThread::Process`] once set up and unprivileged, then [`NetThread::Main`] once the device threads run | — |
 //! | `net-devN` (one per socket) | [`NetThread::Control`] once its queue threads run | main |
 //! | `vu-conn` (one per frontend connection, vhost-user-backend's) | inherits `Control` | `net-devN` |
 //! | `vu-relay`, `vu-relay-reply` (per connection) | [`NetThread::Relay`] | `net-devN` |
 //! | `vu-accept` | [`NetThread::Accept`] | `net-devN`, before it installs `Control` |
 //! | `net-qN` (vhost-user-backend's vring workers) | [`NetThread::Queue`] | `net-devN`, at set-up |
+//! | `sw-a-qN`, `sw-b-qN` (`--link`: the switch's vring workers) | [`NetThread::Switch`] | `net-devN`, at set-up |
 //! | `net-signal` | [`NetThread::Signal`] | main, at set-up |
+//! | `metrics` (`--metrics`) | [`NetThread::Metrics`] | main, at set-up |
 
 use libc::{
-    SYS_bind, SYS_epoll_create1, SYS_eventfd2, SYS_fcntl, SYS_io_uring_register,
-    SYS_io_uring_setup, SYS_listen, SYS_openat, SYS_read, SYS_recvfrom, SYS_recvmsg, SYS_sendmsg,
-    SYS_sendto, SYS_setsockopt, SYS_shutdown, SYS_socket, SYS_socketpair, SYS_write, SIOCSIFMTU,
-    TUNSETIFF, TUNSETOFFLOAD, TUNSETPERSIST, TUNSETQUEUE, TUNSETVNETHDRSZ,
+    SYS_bind, SYS_epoll_create1, SYS_epoll_pwait, SYS_epoll_wait, SYS_eventfd2, SYS_fcntl,
+    SYS_io_uring_register, SYS_io_uring_setup, SYS_listen, SYS_openat, SYS_read, SYS_recvfrom,
+    SYS_recvmsg, SYS_sendmsg, SYS_sendto, SYS_setsockopt, SYS_shutdown, SYS_socket, SYS_socketpair,
+    SYS_write, SIOCSIFMTU, TUNSETIFF, TUNSETOFFLOAD, TUNSETPERSIST, TUNSETQUEUE, TUNSETVNETHDRSZ,
 };
 
 use super::groups::{
-    accept, engine, signal_waiter, socket_removal, spawner, thread_basics, vhost_user_backend,
+    accept, engine, http_server, signal_waiter, socket_removal, spawner, thread_basics,
+    vhost_user_backend,
 };
 use super::{Allowed, ThreadKind};
 
 /// A thread kind of `vhost-user-net`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NetThread {
-    /// The whole process, installed on its only thread before anything else: every kind below
-    /// and the set-up (opening the TAP queues or the link sockets, creating the rings and the
-    /// worker threads, binding the sockets).
+    /// The whole process, installed on its only thread once the TAP queues (or the link) are
+    /// open, the sockets bound and the privileges dropped, before any thread starts: every
+    /// kind below and the rest of the set-up (the daemons' worker threads, their epoll sets).
     Process,
     /// The main thread once the device threads run: it waits for them.
     Main,
@@ -41,8 +44,14 @@ pub enum NetThread {
     /// A queue thread: one queue pair (and the control queue on the first) through the
     /// request engine.
     Queue,
+    /// A queue thread of the in-process switch (`--link`): copies one guest's transmitted
+    /// frames into the other guest's receive buffers, in memory both are mapped in; eventfds
+    /// only (kicks, wake-ups, interrupts).
+    Switch,
     /// On SIGTERM/SIGINT: logs the counters, exits.
     Signal,
+    /// Serves the queues' counters (`--metrics`).
+    Metrics,
 }
 
 impl ThreadKind for NetThread {
@@ -54,7 +63,9 @@ impl ThreadKind for NetThread {
             Self::Accept => "accept",
             Self::Relay => "relay",
             Self::Queue => "queue",
+            Self::Switch => "switch",
             Self::Signal => "signal",
+            Self::Metrics => "metrics",
         }
     }
 
@@ -67,7 +78,9 @@ impl ThreadKind for NetThread {
                 Self::Accept,
                 Self::Relay,
                 Self::Queue,
+                Self::Switch,
                 Self::Signal,
+                Self::Metrics,
             ]
             .into_iter()
             .fold(set_up(), |all, kind| all.with(kind.allowed())),
@@ -89,7 +102,11 @@ impl ThreadKind for NetThread {
                 .call_if(SYS_shutdown, 1, &[libc::SHUT_RDWR as u64]),
             // The control queue's VQ_PAIRS_SET attaches and detaches TAP queues.
             Self::Queue => basics.with(engine()).ioctls(&[TUNSETQUEUE]),
+            Self::Switch => basics
+                .calls(&[SYS_epoll_wait, SYS_epoll_pwait])
+                .calls(&[SYS_read, SYS_write]),
             Self::Signal => basics.with(signal_waiter()),
+            Self::Metrics => basics.with(http_server()),
         }
     }
 }

@@ -17,6 +17,8 @@ pub enum Event {
     Raw(String, Result<Vec<u8>, String>),
     /// A `BOOT-INIT` or `BOOT-END` line of [`crate::boot::measure_fn`] (from the tag on).
     Boot(String),
+    /// The VMM's and backends' counters at a run's beginning or end.
+    Counters(super::counters::CountersLine),
 }
 
 /// Line-at-a-time marker parser.
@@ -50,6 +52,9 @@ impl Collector {
                 .decode(payload.as_bytes())
                 .map_err(|e| format!("raw output damaged on the console (base64: {e})"));
             return Some(Event::Raw(cur, decoded));
+        }
+        if let Some(c) = super::counters::parse_line(line) {
+            return Some(Event::Counters(c));
         }
         if let Some((_, payload)) = self.current.as_mut() {
             let t = line.trim();
@@ -94,6 +99,20 @@ mod tests {
             c.line("BOOT-END name=vmm.boot.1 t0=1 t=2 status=0"),
             Some(Event::Boot(_))
         ));
+    }
+
+    #[test]
+    fn counters_lines_are_events_even_between_runs() {
+        let mut c = Collector::default();
+        let ev = c.line("===COUNTERS begin vhost-user-blk.read-128k.1 requests=1 notifications=2 kicks=3 submissions=4 submitted=5 cpu=0.5000===\r");
+        let Some(Event::Counters(l)) = ev else {
+            panic!("{ev:?}");
+        };
+        assert_eq!(
+            (l.end, l.id.as_str()),
+            (false, "vhost-user-blk.read-128k.1")
+        );
+        assert_eq!((l.totals.kicks, l.totals.cpu_seconds), (3.0, 0.5));
     }
 
     #[test]

@@ -60,6 +60,23 @@ impl Tier {
         }
     }
 
+    /// The I/O path, in a few words, for the report.
+    pub fn path(self) -> &'static str {
+        match self {
+            Tier::Native => {
+                "fio on a page-cached file in the (lab) host's /tmp; iperf3 over its loopback"
+            }
+            Tier::NativeNvme => "fio with O_DIRECT on the lab's NVMe, in the lab host",
+            Tier::Vmm => "our VMM booting a guest without I/O devices",
+            Tier::Qemu => "QEMU booting the same kernel and initramfs",
+            Tier::VhostUserBlk => "guest virtio-blk → our vhost-user-blk backend process → file",
+            Tier::VfioNvme => "the lab's NVMe passed through to the guest with VFIO",
+            Tier::VhostUserNet => "guest virtio-net → our vhost-user-net backend process → TAP",
+            Tier::Emulated => "NVMe and e1000 emulated in the VMM (every register access exits)",
+            Tier::VirtioInVmm => "virtio-blk and virtio-net served by VMM threads → file, TAP",
+        }
+    }
+
     /// Parses a CLI name.
     pub fn from_name(s: &str) -> Option<Tier> {
         Tier::ALL.into_iter().find(|t| t.name() == s)

@@ -5,20 +5,29 @@
 //! missing is reported as missing with the reason; the rest of the matrix still runs. Each tier
 //! (or the host-side group) runs as one generated shell script, directly or inside the lab host
 //! ([`script`]); raw fio/iperf3 JSON comes back base64-encoded between markers on the console
-//! ([`collect`]), is saved per run and parsed with serde ([`fio`], [`iperf`]). Results are
-//! written incrementally ([`results`]); [`report`] renders `report.md` with SVG charts.
+//! ([`collect`]), is saved per run and parsed with serde ([`fio`], [`iperf`]); in guest tiers
+//! the VMM's and the backends' counters are scraped around each run ([`counters`]). Results are
+//! written incrementally ([`results`]); [`report`] renders `report.md` with SVG charts
+//! ([`chart`]) from `results.json` alone, so `vmm-perf report` reproduces it byte for byte.
 
+pub mod chart;
 pub mod collect;
+pub mod counters;
 pub mod fio;
+mod group;
+mod host;
 pub mod iperf;
 pub mod matrix;
+mod recorder;
 pub mod report;
 pub mod results;
 mod run;
 pub mod script;
 
+pub use host::host_info;
 pub use matrix::{Availability, Kind, Plan, PlannedCell, Probe, Tier, Workload};
-pub use run::{host_info, outcome, rerender, result_set, run, timestamp, Options};
+pub use recorder::outcome;
+pub use run::{report_from_json, result_set, run, Options};
 
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;

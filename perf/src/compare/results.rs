@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::fio::FioMetrics;
 use super::iperf::IperfMetrics;
 use super::matrix::{Kind, PlannedCell, Tier};
+use crate::provenance::Provenance;
 
 /// What one run measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,9 @@ pub struct RunRecord {
     pub raw_file: Option<String>,
     /// Metrics, or the reason the run failed.
     pub outcome: Result<Metrics, String>,
+    /// What the VMM and backends counted over the run (guest tiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<super::counters::RunCounters>,
 }
 
 impl RunRecord {
@@ -175,12 +179,22 @@ impl CellSummary {
         } else {
             fallback
         };
-        let stats = METRICS
+        let mut stats: Vec<(String, Stat)> = METRICS
             .iter()
             .filter_map(|(m, _)| {
                 Stat::of(ok.iter().filter_map(|x| x.get(m))).map(|s| (m.to_string(), s))
             })
             .collect();
+        let counted: Vec<&super::counters::RunCounters> = records
+            .iter()
+            .filter(|r| r.outcome.is_ok())
+            .filter_map(|r| r.counters.as_ref())
+            .collect();
+        for (name, get) in super::counters::PER_IO_STATS {
+            if let Some(s) = Stat::of(counted.iter().filter_map(|c| get(&c.per_io))) {
+                stats.push((name.to_string(), s));
+            }
+        }
         CellSummary {
             tier: tier.into(),
             workload: workload.into(),
@@ -214,11 +228,17 @@ impl CellSummary {
         }
     }
 
-    /// The reason for a non-ok cell (first failure for partial cells).
-    pub fn reason(&self) -> String {
+    /// The reason for a non-ok cell (first failure for partial cells); `interrupted` is the
+    /// set's: whether missing runs were cut short by Ctrl-C or by the end of the group's script.
+    pub fn reason(&self, interrupted: bool) -> String {
         match &self.status {
             CellStatus::Ok if self.failures.is_empty() && self.runs < self.planned => {
-                format!("{} of {} runs done (interrupted)", self.runs, self.planned)
+                let why = if interrupted {
+                    "interrupted"
+                } else {
+                    "the group's script ended early"
+                };
+                format!("{} of {} runs done ({why})", self.runs, self.planned)
             }
             CellStatus::Ok => self.failures.first().cloned().unwrap_or_default(),
             CellStatus::Failed(r) | CellStatus::Missing(r) | CellStatus::Skipped(r) => r.clone(),
@@ -226,9 +246,28 @@ impl CellSummary {
     }
 }
 
+/// Layout version of `results.json`: 2 added the provenance fields, the run's start, wall
+/// clock and host; files without a version are version 1 and still load.
+pub const SCHEMA_VERSION: u32 = 2;
+
 /// Everything `results.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResultSet {
+    /// Schema version, source commit and command line.
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    /// When the run started, UTC `YYYY-MM-DD HH:MM:SS`.
+    #[serde(default)]
+    pub started_utc: Option<String>,
+    /// When the results were last written, UTC (the end of the run once it has finished).
+    #[serde(default)]
+    pub finished_utc: Option<String>,
+    /// Seconds from the start to `finished_utc`.
+    #[serde(default)]
+    pub wall_clock_s: Option<u64>,
+    /// The host: CPU, kernel, `vmm check --json` here and (lab mode) inside the lab host.
+    #[serde(default)]
+    pub host: serde_json::Value,
     /// `direct` or `lab`.
     pub mode: String,
     /// Repetitions per cell.
@@ -245,6 +284,21 @@ pub struct ResultSet {
     pub runs: Vec<RunRecord>,
     /// True if the run was interrupted (Ctrl-C).
     pub interrupted: bool,
+    /// Groups run a second time for their incomplete cells after a fault.
+    #[serde(default)]
+    pub retries: Vec<Retry>,
+}
+
+/// A group whose script ended early on a kernel fault or stall, run once more for its
+/// incomplete cells (their partial runs are discarded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// The group (`host` or a guest tier).
+    pub group: String,
+    /// How many of its cells ran again.
+    pub cells: usize,
+    /// The fault: the first fault line of its console, or the stall.
+    pub reason: String,
 }
 
 fn csv_field(s: &str) -> String {
@@ -275,7 +329,7 @@ pub fn csv(set: &ResultSet) -> String {
             csv_field(&c.workload),
             kind,
             c.status_word(),
-            csv_field(&c.reason()),
+            csv_field(&c.reason(set.interrupted)),
             c.runs_ok,
             c.runs
         );

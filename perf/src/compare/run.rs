@@ -1,24 +1,19 @@
-//! Running the plan: one script per tier group, directly or in the lab host; events from the
-//! console become run records, written incrementally.
+//! Running the plan: one script per tier group, directly or in the lab host
+//! ([`super::group`]); a group that faulted gets one more try for its incomplete cells; the
+//! records ([`super::recorder`]) become `results.json`, `results.csv` and the report.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use indicatif::{ProgressBar, ProgressStyle};
-
-use super::collect::{Collector, Event};
-use super::matrix::{Kind, Plan, PlannedCell, Tier, Workload};
-use super::results::{CellStatus, CellSummary, Metrics, ResultSet, RunRecord};
-use super::script::{self, Paths, Settings};
-use super::{fio, iperf, report};
-use crate::boot::{self, Mode};
+use super::group::{run_group, Group, GroupRun};
+use super::matrix::{Kind, Plan, PlannedCell, Tier};
+use super::recorder::Recorder;
+use super::report;
+use super::results::{self, CellStatus, CellSummary, ResultSet, Retry, RunRecord, SCHEMA_VERSION};
+use super::script::Settings;
+use crate::boot::Mode;
 use crate::{io_err, Error, Result};
 
 /// What to run and where.
@@ -36,78 +31,10 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// The results directory to create (`results/<timestamp>`).
     pub out_dir: PathBuf,
-    /// `host.json` content.
+    /// The host description (see [`super::host_info`]), stored in `results.json`.
     pub host: serde_json::Value,
     /// Show a progress bar.
     pub progress: bool,
-}
-
-/// UTC `YYYY-MM-DDTHH-MM-SSZ` (file-name safe).
-pub fn timestamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}-{:02}-{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// `host.json`: `vmm check --json`, CPU model, kernel, core count, mode.
-pub fn host_info(vmm: &Path, mode: Mode) -> serde_json::Value {
-    let check = Command::new(vmm).args(["check", "--json"]).output();
-    let (check_json, check_exit) = match check {
-        Ok(o) => (
-            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_else(|e| {
-                serde_json::json!({ "error": format!("not JSON: {e}"),
-                    "stdout": String::from_utf8_lossy(&o.stdout) })
-            }),
-            o.status.code(),
-        ),
-        Err(e) => (serde_json::json!({ "error": e.to_string() }), None),
-    };
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    serde_json::json!({
-        "mode": mode,
-        "cpu_model": cpu,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "kernel": kernel,
-        "vmm": vmm.display().to_string(),
-        "vmm_check_exit": check_exit,
-        "vmm_check": check_json,
-        "timestamp": timestamp(),
-    })
-}
-
-/// A group of tiers run by one script.
-struct Group {
-    name: String,
-    cells: Vec<PlannedCell>,
-    guest_tier: Option<Tier>,
 }
 
 fn groups(plan: &Plan) -> Vec<Group> {
@@ -149,12 +76,28 @@ fn incomplete_cells(g: &Group, records: &[RunRecord], repeat: usize) -> Vec<Plan
         .collect()
 }
 
-/// The first kernel-fault or nested-VMM verdict line of a group's console log, if any.
+/// The first kernel-fault or nested-VMM verdict line of a group's console log, if any, from
+/// its kernel timestamp on (a kernel message may land inside a line of base64 output).
 fn first_fault(console_log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(console_log).ok()?;
     lab::fault_lines(&text, 1)
         .first()
-        .map(|l| l.trim().chars().take(160).collect())
+        .map(|l| from_kernel_timestamp(l.trim()).chars().take(160).collect())
+}
+
+/// `line` from its first kernel timestamp (`[   46.825441]`) on, or all of it.
+fn from_kernel_timestamp(line: &str) -> &str {
+    let is_stamp = |rest: &str| {
+        let Some(end) = rest.find(']') else {
+            return false;
+        };
+        let inner = rest[1..end].trim_start();
+        !inner.is_empty() && inner.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    };
+    line.match_indices('[')
+        .map(|(i, _)| i)
+        .find(|&i| is_stamp(&line[i..]))
+        .map_or(line, |i| &line[i..])
 }
 
 /// Why a group whose cells are incomplete deserves one more run: a kernel fault or nested-VMM
@@ -167,154 +110,10 @@ fn retry_reason(res: &Result<()>, console_log: &Path) -> Option<String> {
     })
 }
 
-/// Turns a raw output into the run's outcome according to the workload kind.
-pub fn outcome(kind: Kind, raw: &[u8]) -> std::result::Result<Metrics, String> {
-    match kind {
-        Kind::Block => fio::parse(raw).map(Metrics::Fio),
-        Kind::Net => iperf::parse(raw).map(Metrics::Iperf),
-        Kind::Boot => Err("boot runs have no JSON".into()),
-    }
-}
-
-struct State {
-    dir: PathBuf,
-    plan: Plan,
-    settings: Settings,
-    mode: Mode,
-    records: Vec<RunRecord>,
-    group_errors: BTreeMap<String, String>,
-    boot_lines: Vec<String>,
-    interrupted: bool,
-    pb: ProgressBar,
-    extra_host: serde_json::Map<String, serde_json::Value>,
-}
-
-impl State {
-    fn kind_of(&self, tier: &str, workload: &str) -> Option<Kind> {
-        self.plan
-            .cells
-            .iter()
-            .find(|c| c.tier.name() == tier && c.workload.name() == workload)
-            .map(|c| c.workload.kind())
-    }
-
-    fn write_raw(&self, name: &str, data: &[u8]) -> Option<String> {
-        let rel = format!("raw/{name}");
-        match std::fs::write(self.dir.join(&rel), data) {
-            Ok(()) => Some(rel),
-            Err(e) => {
-                tracing::warn!("writing {rel}: {e}");
-                None
-            }
-        }
-    }
-
-    fn record(&mut self, r: RunRecord) {
-        let line = match &r.outcome {
-            Ok(_) => format!("{}.{}.{}: ok", r.tier, r.workload, r.rep),
-            Err(e) => format!("{}.{}.{}: FAILED: {e}", r.tier, r.workload, r.rep),
-        };
-        if self.pb.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            self.pb.println(line);
-        }
-        self.pb.inc(1);
-        self.records.push(r);
-        if let Err(e) = self.write_results() {
-            tracing::warn!("{e}");
-        }
-    }
-
-    fn event(&mut self, ev: Event) {
-        match ev {
-            Event::Started(id) => self.pb.set_message(id),
-            Event::Raw(id, data) => {
-                if id == "lab.check.1" {
-                    if let Ok(d) = data {
-                        let v = serde_json::from_slice(&d).unwrap_or(serde_json::Value::Null);
-                        self.extra_host.insert("lab_vmm_check".into(), v);
-                    }
-                    return;
-                }
-                let Some((tier, workload, rep)) = script::split_id(&id) else {
-                    tracing::warn!("unexpected run id {id}");
-                    return;
-                };
-                let Some(kind) = self.kind_of(tier, workload) else {
-                    tracing::warn!("run {id} is not in the plan");
-                    return;
-                };
-                let (raw_file, outcome) = match data {
-                    Ok(d) => (self.write_raw(&format!("{id}.json"), &d), outcome(kind, &d)),
-                    Err(e) => (None, Err(e)),
-                };
-                self.record(RunRecord {
-                    tier: tier.into(),
-                    workload: workload.into(),
-                    rep,
-                    raw_file,
-                    outcome,
-                });
-            }
-            Event::Boot(line) => {
-                let end = line.starts_with("BOOT-END ");
-                self.boot_lines.push(line);
-                if !end {
-                    return;
-                }
-                let text = self.boot_lines.join("\n");
-                self.boot_lines.clear();
-                for s in boot::parse(&text) {
-                    let Some((tier, workload, rep)) = script::split_id(&s.vmm) else {
-                        continue;
-                    };
-                    let raw_file = self.write_raw(&format!("{}.txt", s.vmm), text.as_bytes());
-                    let outcome = if s.status != 0 {
-                        Err(format!("VMM exited with status {}", s.status))
-                    } else if !s.to_init_s.is_finite() {
-                        Err("the guest never reached init".to_string())
-                    } else {
-                        Ok(Metrics::Boot {
-                            to_init_s: s.to_init_s,
-                        })
-                    };
-                    let (tier, workload) = (tier.to_string(), workload.to_string());
-                    self.record(RunRecord {
-                        tier,
-                        workload,
-                        rep,
-                        raw_file,
-                        outcome,
-                    });
-                }
-            }
-        }
-    }
-
-    fn result_set(&self) -> ResultSet {
-        result_set(
-            &self.plan,
-            &self.records,
-            &self.settings,
-            self.mode,
-            self.interrupted,
-            &self.group_errors,
-        )
-    }
-
-    fn write_results(&self) -> Result<()> {
-        let set = self.result_set();
-        let path = self.dir.join("results.json");
-        let json = serde_json::to_string_pretty(&set)
-            .map_err(|e| Error::Report(format!("results.json: {e}")))?;
-        std::fs::write(&path, json).map_err(io_err(format!("write {}", path.display())))
-    }
-}
-
 /// Summarises `records` against `plan`: every planned cell (run or missing) gets a summary;
 /// cells without records are missing (tier unavailable), failed (their script failed:
-/// `group_errors` by tier name), or skipped (interrupted / not run).
+/// `group_errors` by tier name), or skipped (interrupted / not run). The provenance, clock and
+/// host fields are left empty for the caller.
 pub fn result_set(
     plan: &Plan,
     records: &[RunRecord],
@@ -354,6 +153,17 @@ pub fn result_set(
         if !matches!(cell.status, CellStatus::Missing(_)) {
             cell.planned = settings.repeat;
         }
+        // Runs that never happened because the group's script failed: say why.
+        if let (false, Some(e)) = (interrupted, group_errors.get(t)) {
+            if cell.status == CellStatus::Ok && cell.runs < cell.planned {
+                let missing = if cell.runs + 1 == cell.planned {
+                    format!("run {}", cell.planned)
+                } else {
+                    format!("runs {}-{}", cell.runs + 1, cell.planned)
+                };
+                cell.failures.push(format!("{missing} not done: {e}"));
+            }
+        }
         cells.push(cell);
     }
     cells.sort_by_key(|c| {
@@ -363,6 +173,11 @@ pub fn result_set(
         )
     });
     ResultSet {
+        provenance: Default::default(),
+        started_utc: None,
+        finished_utc: None,
+        wall_clock_s: None,
+        host: serde_json::Value::Null,
         mode: match mode {
             Mode::Direct => "direct".into(),
             Mode::Lab => "lab".into(),
@@ -378,6 +193,7 @@ pub fn result_set(
         cells,
         runs: records.to_vec(),
         interrupted,
+        retries: Vec::new(),
     }
 }
 
@@ -389,466 +205,179 @@ fn kind_rank(k: Kind) -> u8 {
     }
 }
 
-/// The paths inside the lab host.
-fn lab_paths() -> Paths {
-    Paths {
-        vmm: "/lab/bin/vmm".into(),
-        bin_dir: "/lab/bin".into(),
-        kernel: lab::LAB_GUEST_KERNEL.into(),
-        tools_initrd: lab::LAB_GUEST_INITRD.into(),
-        boot_initrd: "/lab/guest-boot.cpio".into(),
-        work: "/tmp/vmm-perf".into(),
-        jobs_dir: "/lab/jobs".into(),
-        generic_kernel: LAB_GENERIC_KERNEL.into(),
-    }
-}
-
-/// Where the lab host gets Debian's generic kernel (the `emulated` tier's e1000 guest).
-const LAB_GENERIC_KERNEL: &str = "/lab/bin/vmlinuz-generic";
-
 /// Runs the plan, writes `results/<ts>/…`, prints the summary; returns the result set.
 /// `stop` is set by the Ctrl-C handler: the current script is stopped and the cells measured
 /// so far are kept.
 pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<ResultSet> {
-    let dir = opts.out_dir.clone();
+    let dir = &opts.out_dir;
     std::fs::create_dir_all(dir.join("raw")).map_err(io_err(format!("mkdir {}", dir.display())))?;
-    let s = &opts.settings;
-    let total: usize = opts.plan.cells.len() * s.repeat;
-    let pb = if opts.progress {
-        ProgressBar::new(total as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} runs, ETA {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    let mut st = State {
-        dir: dir.clone(),
-        plan: opts.plan.clone(),
-        settings: s.clone(),
-        mode: opts.mode,
-        records: Vec::new(),
-        group_errors: BTreeMap::new(),
-        boot_lines: Vec::new(),
-        interrupted: false,
-        pb,
-        extra_host: serde_json::Map::new(),
-    };
-    st.write_results()?;
+    let mut rec = Recorder::new(opts);
+    rec.write_results()?;
     let tmp = tempfile::tempdir().map_err(io_err("temp dir"))?;
     let groups = groups(&opts.plan);
-    // Images (kernel, initramfs, lab) are needed for the lab and for any guest; a direct run of
-    // native cells only needs fio/iperf3 on this host.
-    let needs_images = !groups.is_empty()
+    let images = images_for(opts, &groups)?;
+    let ctx = GroupRun {
+        opts,
+        images: images.as_ref(),
+        tmp: tmp.path(),
+        stop: &stop,
+    };
+    for g in &groups {
+        if stop.load(Ordering::SeqCst) {
+            rec.interrupted = true;
+            break;
+        }
+        run_with_retry(&ctx, g, &mut rec);
+        if rec.interrupted {
+            break;
+        }
+    }
+    rec.pb.finish_and_clear();
+    let json = rec.write_results()?;
+    // Rendered from the JSON as written, so `vmm-perf report` renders the same bytes.
+    let set = parse_results(&json, dir)?;
+    render(&set, dir)?;
+    Ok(set)
+}
+
+/// Images (kernel, initramfs, lab) are needed for the lab and for any guest; a direct run of
+/// native cells only needs fio/iperf3 on this host.
+fn images_for(opts: &Options, groups: &[Group]) -> Result<Option<lab::Images>> {
+    let needed = !groups.is_empty()
         && (opts.mode == Mode::Lab
             || opts
                 .plan
                 .cells
                 .iter()
                 .any(|c| c.tier.is_guest() || c.workload.kind() == Kind::Boot));
-    let images = if !needs_images {
-        None
-    } else {
-        Some(
-            lab::Images::ensure_default()
-                .map_err(|e| Error::Backend(format!("lab images: {e}")))?,
-        )
-    };
-    for g in &groups {
-        if stop.load(Ordering::SeqCst) {
-            st.interrupted = true;
-            break;
-        }
-        let mut res = run_group(opts, g, images.as_ref(), tmp.path(), &mut st, &stop);
-        let mut console_name = g.name.clone();
-        if stop.load(Ordering::SeqCst) {
-            st.interrupted = true;
-        }
-        // A guest or lab kernel that faults or stalls (the lab's nested virtualization has
-        // faults of its own) ends the group's script early: run its incomplete cells once more.
-        let incomplete = incomplete_cells(g, &st.records, s.repeat);
-        let console_log = st.dir.join(format!("console-{}.log", g.name));
-        if !st.interrupted && !incomplete.is_empty() {
-            if let Some(fault) = retry_reason(&res, &console_log) {
-                eprintln!(
-                    "group {}: {} cell(s) incomplete after a fault ({fault}); running them once more",
-                    g.name,
-                    incomplete.len()
-                );
-                st.records
-                    .retain(|r| !incomplete.iter().any(|c| r.is_of(c)));
-                st.pb.inc_length((incomplete.len() * s.repeat) as u64);
-                let retry = Group {
-                    name: format!("{}-retry", g.name),
-                    cells: incomplete,
-                    guest_tier: g.guest_tier,
-                };
-                res = run_group(opts, &retry, images.as_ref(), tmp.path(), &mut st, &stop);
-                console_name = retry.name;
-                if stop.load(Ordering::SeqCst) {
-                    st.interrupted = true;
-                }
-            }
-        }
-        // Cells without a single recorded run.
-        let unreported = incomplete_cells(g, &st.records, 1);
-        if res.is_ok() && !unreported.is_empty() {
-            let why = format!(
-                "no result for this cell in the console output (see console-{console_name}.log)"
+    if !needed {
+        return Ok(None);
+    }
+    lab::Images::ensure_default()
+        .map(Some)
+        .map_err(|e| Error::Backend(format!("lab images: {e}")))
+}
+
+/// Runs a group; a guest or lab kernel that faults or stalls (the lab's nested virtualization
+/// has faults of its own) ends the group's script early: its incomplete cells run once more.
+/// What still has no result, or a script that failed, is noted for the cells' summaries.
+fn run_with_retry(ctx: &GroupRun, g: &Group, rec: &mut Recorder) {
+    let repeat = ctx.opts.settings.repeat;
+    let mut res = run_group(ctx, g, rec);
+    let mut console_name = g.name.clone();
+    note_stop(ctx, rec);
+    let incomplete = incomplete_cells(g, &rec.records, repeat);
+    let console_log = rec.dir.join(format!("console-{}.log", g.name));
+    if !rec.interrupted && !incomplete.is_empty() {
+        if let Some(fault) = retry_reason(&res, &console_log) {
+            eprintln!(
+                "group {}: {} cell(s) incomplete after a fault ({fault}); running them once more",
+                g.name,
+                incomplete.len()
             );
-            for c in unreported {
-                st.group_errors
-                    .insert(c.tier.name().to_string(), why.clone());
-            }
-        }
-        if let Err(e) = res {
-            let msg = e.to_string();
-            let short: String = msg.lines().next().unwrap_or("").chars().take(200).collect();
-            if !st.interrupted {
-                eprintln!("group {}: {short}", g.name);
-            }
-            for c in &g.cells {
-                st.group_errors
-                    .insert(c.tier.name().to_string(), short.clone());
-            }
-        }
-        if st.interrupted {
-            break;
-        }
-    }
-    st.pb.finish_and_clear();
-    let set = st.result_set();
-    st.write_results()?;
-    let mut host = opts.host.clone();
-    if let Some(h) = host.as_object_mut() {
-        h.extend(st.extra_host.clone());
-    }
-    write(
-        &dir.join("host.json"),
-        &serde_json::to_string_pretty(&host).unwrap_or_default(),
-    )?;
-    write(&dir.join("results.csv"), &super::results::csv(&set))?;
-    report::write_report(&dir, &set, &host_paragraph(&host))?;
-    Ok(set)
-}
-
-/// Re-renders `report.md` and `results.csv` of a results directory from its `results.json`
-/// and `host.json` (e.g. after an interrupted run or a report format change).
-pub fn rerender(dir: &Path) -> Result<ResultSet> {
-    let read = |name: &str| {
-        let p = dir.join(name);
-        std::fs::read_to_string(&p).map_err(io_err(format!("read {}", p.display())))
-    };
-    let set: ResultSet = serde_json::from_str(&read("results.json")?)
-        .map_err(|e| Error::Report(format!("{}/results.json: {e}", dir.display())))?;
-    let host: serde_json::Value =
-        serde_json::from_str(&read("host.json").unwrap_or_default()).unwrap_or_default();
-    write(&dir.join("results.csv"), &super::results::csv(&set))?;
-    report::write_report(dir, &set, &host_paragraph(&host))?;
-    Ok(set)
-}
-
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(io_err(format!("write {}", path.display())))
-}
-
-fn host_paragraph(h: &serde_json::Value) -> String {
-    let g = |k: &str| {
-        h.get(k).map_or(String::new(), |v| {
-            v.as_str().map_or(v.to_string(), str::to_string)
-        })
-    };
-    format!(
-        "Host: {} ({} CPUs), kernel {}; `vmm check` exit {} (see [host.json](host.json)); run {}.",
-        g("cpu_model"),
-        g("cpus"),
-        g("kernel"),
-        g("vmm_check_exit"),
-        g("timestamp")
-    )
-}
-
-/// Runs one group's script and feeds its console to `st`.
-fn run_group(
-    opts: &Options,
-    g: &Group,
-    images: Option<&lab::Images>,
-    tmp: &Path,
-    st: &mut State,
-    stop: &Arc<AtomicBool>,
-) -> Result<()> {
-    let s = &opts.settings;
-    let boot_initrd = tmp.join("guest-boot.cpio");
-    if let Some(images) = images {
-        if !boot_initrd.exists() {
-            lab::guest_initramfs(images, "true\n", false, lab::Cpio::new(), &boot_initrd)
-                .map_err(|e| Error::Backend(format!("guest initramfs: {e}")))?;
-        }
-    }
-    let need_images =
-        || images.ok_or_else(|| Error::Backend("lab images were not prepared".into()));
-    let jobs: Vec<(String, PathBuf)> = g
-        .cells
-        .iter()
-        .filter_map(|c| match &c.workload {
-            Workload::FioJob { name, path } => Some((name.clone(), path.clone())),
-            _ => None,
-        })
-        .collect();
-    // The e1000 guest boots Debian's generic kernel and loads its e1000 module.
-    let generic = if g
-        .cells
-        .iter()
-        .any(|c| c.tier == Tier::Emulated && c.workload.kind() == Kind::Net)
-    {
-        super::matrix::generic_kernel(&lab::repo_root().join(".cache/generic/root"))
-    } else {
-        None
-    };
-    let host_paths = Paths {
-        vmm: opts.vmm.display().to_string(),
-        bin_dir: opts.bin_dir.display().to_string(),
-        kernel: images.map_or(String::new(), |i| i.kernel.display().to_string()),
-        tools_initrd: tmp
-            .join(format!("guest-{}.cpio", g.name))
-            .display()
-            .to_string(),
-        boot_initrd: boot_initrd.display().to_string(),
-        work: tmp.join("work").display().to_string(),
-        jobs_dir: tmp.join("jobs").display().to_string(),
-        generic_kernel: generic
-            .as_ref()
-            .map_or(String::new(), |(k, _)| k.display().to_string()),
-    };
-    let paths = match opts.mode {
-        Mode::Lab => lab_paths(),
-        Mode::Direct => host_paths.clone(),
-    };
-    let mut host_script: String;
-    if let Some(tier) = g.guest_tier {
-        let (h, guest) = script::guest_scripts(tier, &g.cells, s, &paths);
-        host_script = h;
-        let mut extra = lab::Cpio::new();
-        if let Some((_, ko)) = &generic {
-            extra
-                .add_host_file("/e1000.ko", ko)
-                .map_err(|e| Error::Backend(format!("{}: {e}", ko.display())))?;
-        }
-        for (name, path) in &jobs {
-            extra
-                .add_host_file(format!("/jobs/{name}.fio"), path)
-                .map_err(|e| Error::Backend(format!("fio job {}: {e}", path.display())))?;
-        }
-        lab::guest_initramfs(
-            need_images()?,
-            &guest,
-            true,
-            extra,
-            Path::new(&host_paths.tools_initrd),
-        )
-        .map_err(|e| Error::Backend(format!("guest initramfs: {e}")))?;
-    } else {
-        host_script = script::host_script(&g.cells, s, &paths);
-        if opts.mode == Mode::Lab {
-            host_script.push_str(&lab_check());
-        }
-    }
-    if opts.mode == Mode::Direct {
-        std::fs::create_dir_all(&host_paths.jobs_dir).map_err(io_err("jobs dir"))?;
-        for (name, path) in &jobs {
-            std::fs::copy(
-                path,
-                Path::new(&host_paths.jobs_dir).join(format!("{name}.fio")),
-            )
-            .map_err(io_err(format!("copy {}", path.display())))?;
-        }
-    }
-    let script_path = st.dir.join(format!("script-{}.sh", g.name));
-    write(&script_path, &host_script)?;
-    let console_path = st.dir.join(format!("console-{}.log", g.name));
-    let mut console = std::fs::File::create(&console_path).map_err(io_err("console log"))?;
-
-    let runs_in_group = g.cells.len() * s.repeat;
-    let boots = g
-        .cells
-        .iter()
-        .filter(|c| c.workload.kind() == Kind::Boot)
-        .count()
-        * s.repeat;
-    let timeout = Duration::from_secs(
-        180 + (runs_in_group - boots) as u64 * (s.duration_s * 3 + 60) + boots as u64 * 90,
-    );
-    let (tx, rx) = mpsc::channel::<String>();
-    let mut collector = Collector::default();
-    let mut handle_line = |st: &mut State, line: &str| {
-        use std::io::Write;
-        let _ = writeln!(console, "{line}");
-        if let Some(ev) = collector.line(line) {
-            st.event(ev);
-        }
-    };
-    match opts.mode {
-        Mode::Lab => {
-            // The host group boots only small guests: give it the small initramfs.
-            let guest_initrd = if g.guest_tier.is_some() {
-                PathBuf::from(&host_paths.tools_initrd)
-            } else {
-                boot_initrd.clone()
+            rec.retries.push(Retry {
+                group: g.name.clone(),
+                cells: incomplete.len(),
+                reason: fault,
+            });
+            rec.records
+                .retain(|r| !incomplete.iter().any(|c| r.is_of(c)));
+            rec.pb.inc_length((incomplete.len() * repeat) as u64);
+            let retry = Group {
+                name: format!("{}-retry", g.name),
+                cells: incomplete,
+                guest_tier: g.guest_tier,
             };
-            let mut lab = lab::LabHost::new(need_images()?)
-                .binary(&opts.vmm, "/lab/bin")
-                .with_guest(guest_initrd)
-                .file(&boot_initrd, "/lab/guest-boot.cpio")
-                .script(host_script)
-                .timeout(timeout)
-                .silence_limit(lab::SILENCE_LIMIT.max(Duration::from_secs(s.duration_s * 3 + 60)));
-            for b in ["vhost-user-blk", "vhost-user-net"] {
-                let p = opts.bin_dir.join(b);
-                if p.is_file() && g.guest_tier.is_some() {
-                    lab = lab.binary(p, "/lab/bin");
-                }
-            }
-            for (name, path) in &jobs {
-                lab = lab.file(path, format!("/lab/jobs/{name}.fio"));
-            }
-            if let Some((k, _)) = &generic {
-                lab = lab.file(k, LAB_GENERIC_KERNEL);
-            }
-            if g.cells
-                .iter()
-                .any(|c| matches!(c.tier, Tier::NativeNvme | Tier::VfioNvme))
-            {
-                let img = tmp.join(format!("nvme-{}.img", g.name));
-                let f = std::fs::File::create(&img).map_err(io_err("nvme image"))?;
-                f.set_len((s.size_mib + 16) << 20)
-                    .map_err(io_err("nvme image size"))?;
-                lab = lab.nvme(img);
-            }
-            super::set_tap(Some(tx));
-            let worker = std::thread::Builder::new()
-                .name("lab-run".into())
-                .spawn(move || lab.run())
-                .map_err(io_err("spawn lab thread"))?;
-            let mut got_lines = false;
-            loop {
-                match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(line) => {
-                        got_lines = true;
-                        handle_line(st, &line);
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-                if stop.load(Ordering::SeqCst) {
-                    // QEMU dies with us (PR_SET_PDEATHSIG) or with the terminal's SIGINT.
-                    super::set_tap(None);
-                    return Err(Error::Backend("interrupted".into()));
-                }
-                if worker.is_finished() {
-                    break;
-                }
-            }
-            super::set_tap(None);
-            while let Ok(line) = rx.try_recv() {
-                got_lines = true;
-                handle_line(st, &line);
-            }
-            let run = worker
-                .join()
-                .map_err(|_| Error::Backend("lab thread panicked".into()))??;
-            if !got_lines {
-                // No tracing tap installed: replay the console now.
-                for line in run.console.lines() {
-                    handle_line(st, line);
-                }
-            }
-            if run.status != 0 {
-                return Err(Error::Backend(format!(
-                    "lab script exited with status {} (see {})",
-                    run.status,
-                    console_path.display()
-                )));
-            }
-            Ok(())
+            res = run_group(ctx, &retry, rec);
+            console_name = retry.name;
+            note_stop(ctx, rec);
         }
-        Mode::Direct => {
-            drop(tx);
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(&host_script)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .process_group(0)
-                .spawn()
-                .map_err(io_err("sh"))?;
-            let pgid = child.id() as i32;
-            let out = child.stdout.take();
-            let (ltx, lrx) = mpsc::channel::<String>();
-            let reader = std::thread::Builder::new()
-                .name("direct-out".into())
-                .spawn(move || {
-                    let Some(out) = out else { return };
-                    let mut r = BufReader::new(out);
-                    let mut buf = Vec::new();
-                    while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                        let l = String::from_utf8_lossy(&buf).trim_end().replace('\r', "");
-                        if ltx.send(l).is_err() {
-                            return;
-                        }
-                        buf.clear();
-                    }
-                })
-                .map_err(io_err("spawn reader"))?;
-            let deadline = std::time::Instant::now() + timeout;
-            loop {
-                match lrx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(line) => handle_line(st, &line),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-                let timed_out = std::time::Instant::now() > deadline;
-                if stop.load(Ordering::SeqCst) || timed_out {
-                    // SAFETY: signals the process group we created; no memory involved.
-                    unsafe { libc::kill(-pgid, libc::SIGTERM) };
-                    let _ = child.wait();
-                    return Err(Error::Backend(if timed_out {
-                        format!("timed out after {timeout:?}")
-                    } else {
-                        "interrupted".into()
-                    }));
-                }
-            }
-            let _ = reader.join();
-            let status = child.wait().map_err(io_err("wait sh"))?;
-            if !status.success() {
-                return Err(Error::Backend(format!("script exited with {status}")));
-            }
-            Ok(())
+    }
+    note_group_errors(g, &res, &console_name, rec);
+}
+
+fn note_stop(ctx: &GroupRun, rec: &mut Recorder) {
+    if ctx.stop.load(Ordering::SeqCst) {
+        rec.interrupted = true;
+    }
+}
+
+/// Cells without a single recorded run after a script that succeeded, and every cell of a
+/// script that failed, get the reason.
+fn note_group_errors(g: &Group, res: &Result<()>, console_name: &str, rec: &mut Recorder) {
+    let unreported = incomplete_cells(g, &rec.records, 1);
+    if res.is_ok() && !unreported.is_empty() {
+        let why = format!(
+            "no result for this cell in the console output (see console-{console_name}.log)"
+        );
+        for c in unreported {
+            rec.group_errors
+                .insert(c.tier.name().to_string(), why.clone());
+        }
+    }
+    if let Err(e) = res {
+        let msg = e.to_string();
+        let short: String = msg.lines().next().unwrap_or("").chars().take(200).collect();
+        if !rec.interrupted {
+            eprintln!("group {}: {short}", g.name);
+        }
+        for c in &g.cells {
+            rec.group_errors
+                .insert(c.tier.name().to_string(), short.clone());
         }
     }
 }
 
-fn lab_check() -> String {
-    "echo; echo \"===JSON-BEGIN lab.check.1===\"; /lab/bin/vmm check --json > \"$W/check\" 2>/dev/null; base64 < \"$W/check\"; echo \"===JSON-END lab.check.1===\"\n".into()
+fn parse_results(json: &str, origin: &Path) -> Result<ResultSet> {
+    let set: ResultSet = serde_json::from_str(json)
+        .map_err(|e| Error::Report(format!("{}: {e}", origin.display())))?;
+    if set.provenance.schema_version > SCHEMA_VERSION {
+        return Err(Error::Report(format!(
+            "{}: schema version {} is newer than this vmm-perf's {SCHEMA_VERSION}",
+            origin.display(),
+            set.provenance.schema_version
+        )));
+    }
+    Ok(set)
+}
+
+/// Writes `results.csv`, `report.md` and the charts of `set` into `out`.
+fn render(set: &ResultSet, out: &Path) -> Result<()> {
+    let csv = out.join("results.csv");
+    std::fs::write(&csv, results::csv(set)).map_err(io_err(format!("write {}", csv.display())))?;
+    report::write_report(out, set)
+}
+
+/// Renders `report.md`, its charts and `results.csv` into `out` from a `results.json` (a file,
+/// or a results directory holding one) alone: the same bytes as the run that wrote it.
+/// Sets of schema version 1 take their host from a `host.json` beside them.
+pub fn report_from_json(results: &Path, out: &Path) -> Result<ResultSet> {
+    let file = if results.is_dir() {
+        results.join("results.json")
+    } else {
+        results.to_path_buf()
+    };
+    let json =
+        std::fs::read_to_string(&file).map_err(io_err(format!("read {}", file.display())))?;
+    let mut set = parse_results(&json, &file)?;
+    if set.host.is_null() {
+        let legacy = file.with_file_name("host.json");
+        if let Ok(text) = std::fs::read_to_string(legacy) {
+            set.host = serde_json::from_str(&text).unwrap_or_default();
+        }
+    }
+    std::fs::create_dir_all(out).map_err(io_err(format!("mkdir {}", out.display())))?;
+    render(&set, out)?;
+    Ok(set)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn timestamp_is_utc_and_file_name_safe() {
-        let t = timestamp();
-        assert_eq!(t.len(), "2026-11-25T12-00-54Z".len(), "{t}");
-        assert!(t.ends_with('Z') && !t.contains(':'), "{t}");
-        let year: i32 = t[..4].parse().expect("year");
-        assert!(year >= 2024, "{t}");
-    }
+    use super::super::matrix::Workload;
+    use super::super::results::Metrics;
+    use super::*;
 
     #[test]
     fn host_side_tiers_share_one_group_and_guest_tiers_get_their_own() {
@@ -875,6 +404,7 @@ mod tests {
             rep,
             raw_file: None,
             outcome,
+            counters: None,
         };
         // Cell 0 ran twice (once failing with a reason), cell 1 once, the rest never.
         let records = vec![
@@ -904,6 +434,66 @@ mod tests {
             Some("[   24.23] RIP: 0010:entry_SYSCALL_64+0x0/0x29")
         );
         assert_eq!(first_fault(&dir.path().join("missing.log")), None);
+        std::fs::write(
+            &log,
+            "MDAwLAogICAgICAgIC[   46.825441] BUG: TASK stack guard page was hit at 0000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            first_fault(&log).as_deref(),
+            Some("[   46.825441] BUG: TASK stack guard page was hit at 0000")
+        );
+        assert_eq!(from_kernel_timestamp("no [stamp] here"), "no [stamp] here");
+    }
+
+    #[test]
+    fn runs_cut_short_by_a_failed_script_are_partial_with_its_reason() {
+        let plan = super::super::matrix::plan(&[Tier::VfioNvme], &Workload::builtin(), |_, _| {
+            super::super::Availability::Available
+        });
+        let c = &plan.cells[0];
+        let records = vec![RunRecord {
+            tier: c.tier.name().into(),
+            workload: c.workload.name().into(),
+            rep: 1,
+            raw_file: None,
+            outcome: Ok(Metrics::Boot { to_init_s: 1.0 }),
+            counters: None,
+        }];
+        let settings = Settings {
+            repeat: 3,
+            duration_s: 2,
+            size_mib: 64,
+            cpus: 2,
+            memory_mib: 512,
+            queues: 1,
+        };
+        let errors =
+            BTreeMap::from([("vfio-nvme".to_string(), "lab: silent for 150s".to_string())]);
+        let set = result_set(&plan, &records, &settings, Mode::Lab, false, &errors);
+        let cell = &set
+            .cells
+            .iter()
+            .find(|x| x.workload == c.workload.name())
+            .unwrap();
+        assert_eq!(cell.status_word(), "partial");
+        assert_eq!(
+            cell.reason(false),
+            "runs 2-3 not done: lab: silent for 150s"
+        );
+        // Without the group's error (an older results.json), the count and the likely cause.
+        let bare = CellSummary {
+            failures: Vec::new(),
+            ..(*cell).clone()
+        };
+        assert_eq!(
+            bare.reason(false),
+            "1 of 3 runs done (the group's script ended early)"
+        );
+        assert_eq!(bare.reason(true), "1 of 3 runs done (interrupted)");
+        // An interrupted run is not blamed on the script.
+        let set = result_set(&plan, &records, &settings, Mode::Lab, true, &errors);
+        assert!(set.cells.iter().all(|x| x.failures.is_empty()));
     }
 
     #[test]

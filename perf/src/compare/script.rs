@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use crate::boot::{self, BootBench};
 
+use super::counters::{self, BACKEND_PORT, VMM_PORT};
 use super::matrix::{PlannedCell, Tier, Workload};
 
 /// Sizes and counts of a comparison.
@@ -162,67 +163,73 @@ fn boot_bench(s: &Settings) -> BootBench {
 pub fn host_script(cells: &[PlannedCell], s: &Settings, p: &Paths) -> String {
     let mut o = prelude(&p.work);
     o.push_str(&boot::measure_fn());
-    let size = s.size_mib;
+    o.push_str(&host_setup(cells, s));
+    for rep in 1..=s.repeat {
+        for c in cells {
+            o.push_str(&host_run(c, rep, s, p));
+        }
+    }
+    o
+}
+
+/// The native tier's file and the NVMe device of `native-nvme`, when their cells run.
+fn host_setup(cells: &[PlannedCell], s: &Settings) -> String {
+    let mut o = String::new();
     if cells
         .iter()
         .any(|c| c.tier == Tier::Native && c.workload.kind() == super::Kind::Block)
     {
         let _ = writeln!(
             o,
-            "dd if=/dev/zero of=\"$W/native.img\" bs=1M count={size} 2>/dev/null"
+            "dd if=/dev/zero of=\"$W/native.img\" bs=1M count={} 2>/dev/null",
+            s.size_mib
         );
     }
     if cells.iter().any(|c| c.tier == Tier::NativeNvme) {
         o.push_str("NVME=$(ls /dev/nvme*n1 2>/dev/null | head -n1); NVME=${NVME:-/dev/nvme0n1}\n");
     }
-    let bb = boot_bench(s);
-    for rep in 1..=s.repeat {
-        for c in cells {
-            let id = run_id(c.tier, c.workload.name(), rep);
-            match (c.tier, &c.workload) {
-                (Tier::Vmm, Workload::Boot) => {
-                    let _ = writeln!(
-                        o,
-                        "cell {id}\nmeasure {id} {}",
-                        boot::ours_cmd(&bb, &p.vmm, &p.kernel, &p.boot_initrd)
-                    );
-                }
-                (Tier::Qemu, Workload::Boot) => {
-                    let _ = writeln!(
-                        o,
-                        "cell {id}\nmeasure {id} {}",
-                        boot::qemu_cmd(&bb, &p.kernel, &p.boot_initrd)
-                    );
-                }
-                (Tier::Native, w) => o.push_str(&io_run(
-                    &id,
-                    w,
-                    s,
-                    &Target {
-                        path: "\"$W/native.img\"",
-                        direct: false,
-                        server: "127.0.0.1",
-                        local_server: true,
-                        jobs_dir: &p.jobs_dir,
-                    },
-                )),
-                (Tier::NativeNvme, w) => o.push_str(&io_run(
-                    &id,
-                    w,
-                    s,
-                    &Target {
-                        path: "$NVME",
-                        direct: true,
-                        server: "",
-                        local_server: false,
-                        jobs_dir: &p.jobs_dir,
-                    },
-                )),
-                _ => {}
-            }
-        }
-    }
     o
+}
+
+/// One repetition of one host-side cell.
+fn host_run(c: &PlannedCell, rep: usize, s: &Settings, p: &Paths) -> String {
+    let id = run_id(c.tier, c.workload.name(), rep);
+    let bb = boot_bench(s);
+    match (c.tier, &c.workload) {
+        (Tier::Vmm, Workload::Boot) => format!(
+            "cell {id}\nmeasure {id} {}\n",
+            boot::ours_cmd(&bb, &p.vmm, &p.kernel, &p.boot_initrd)
+        ),
+        (Tier::Qemu, Workload::Boot) => format!(
+            "cell {id}\nmeasure {id} {}\n",
+            boot::qemu_cmd(&bb, &p.kernel, &p.boot_initrd)
+        ),
+        (Tier::Native, w) => io_run(
+            &id,
+            w,
+            s,
+            &Target {
+                path: "\"$W/native.img\"",
+                direct: false,
+                server: "127.0.0.1",
+                local_server: true,
+                jobs_dir: &p.jobs_dir,
+            },
+        ),
+        (Tier::NativeNvme, w) => io_run(
+            &id,
+            w,
+            s,
+            &Target {
+                path: "$NVME",
+                direct: true,
+                server: "",
+                local_server: false,
+                jobs_dir: &p.jobs_dir,
+            },
+        ),
+        _ => String::new(),
+    }
 }
 
 /// One way of booting a guest tier: backend start/stop around the VMM, its device arguments,
@@ -281,111 +288,136 @@ fn tap_start() -> String {
     )
 }
 
-fn guest_tier(tier: Tier, s: &Settings, p: &Paths) -> GuestTier {
-    let bin = &p.bin_dir;
-    let size = s.size_mib;
-    let q = s.queues.max(1);
-    let disk_setup =
-        |img: &str| format!("dd if=/dev/zero of=\"$W/{img}\" bs=1M count={size} 2>/dev/null\n");
-    let tap_net = |vmm_args: String, kernel: &str, insmod: bool| Dev {
+/// Creates a tier's disk image of the run's size in the scratch directory.
+fn disk_setup(img: &str, s: &Settings) -> String {
+    format!(
+        "dd if=/dev/zero of=\"$W/{img}\" bs=1M count={} 2>/dev/null\n",
+        s.size_mib
+    )
+}
+
+/// A NIC on a TAP that the VMM opens itself (e1000, in-VMM virtio-net).
+fn tap_net(vmm_args: String, kernel: &str, insmod: bool) -> Dev {
+    Dev {
         start: tap_start(),
         stop: "kill $spid $tpid 2>/dev/null; wait $spid $tpid 2>/dev/null\n".into(),
         vmm_args,
         kernel: kernel.into(),
         target: String::new(),
         guest_prep: net_prep(insmod),
+    }
+}
+
+/// The same device for the block (or net) phase and the boot cells.
+fn one_device(setup: String, dev: Dev, net: bool) -> GuestTier {
+    let (block, net) = if net {
+        (Dev::default(), dev.clone())
+    } else {
+        (dev.clone(), Dev::default())
     };
+    GuestTier {
+        setup,
+        block,
+        net,
+        boot: dev,
+    }
+}
+
+/// Our `vhost-user-blk` backend on a file, the VMM's `--disk vhost_user=on`.
+fn vhost_user_blk(s: &Settings, p: &Paths) -> GuestTier {
+    let (bin, q) = (&p.bin_dir, s.queues.max(1));
+    let d = Dev {
+        start: format!(
+            "rm -f \"$W/vub.sock\"; {bin}/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues {q} --metrics 127.0.0.1:{BACKEND_PORT} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
+             n=0; while [ ! -S \"$W/vub.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n"
+        ),
+        stop: "kill $bpid 2>/dev/null; wait $bpid 2>/dev/null\n".into(),
+        vmm_args: format!("--disk vhost_user=on,socket=\"$W/vub.sock\",queues={q}"),
+        target: "/dev/vda".into(),
+        guest_prep: wait_block("/dev/vda"),
+        ..Dev::default()
+    };
+    one_device(disk_setup("vub.img", s), d, false)
+}
+
+/// The lab's NVMe bound to vfio-pci and passed through.
+fn vfio_nvme() -> GuestTier {
+    let d = Dev {
+        vmm_args: "--device path=/sys/bus/pci/devices/$BDF".into(),
+        target: "/dev/nvme0n1".into(),
+        guest_prep: wait_block("/dev/nvme0n1"),
+        ..Dev::default()
+    };
+    let setup = "BDF=$(basename \"$(readlink -f /sys/class/nvme/nvme0/device)\")\n\
+                 echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override\n\
+                 echo $BDF > /sys/bus/pci/devices/$BDF/driver/unbind\n\
+                 echo $BDF > /sys/bus/pci/drivers_probe\n";
+    one_device(setup.into(), d, false)
+}
+
+/// Our `vhost-user-net` backend on a TAP, the VMM's `--net vhost_user=on`.
+fn vhost_user_net(p: &Paths) -> GuestTier {
+    let bin = &p.bin_dir;
+    let d = Dev {
+        start: format!(
+            "[ -c /dev/net/tun ] || {{ mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }}\n\
+             rm -f \"$W/vun.sock\"; {bin}/vhost-user-net --socket \"$W/vun.sock\" --tap {TAP} --metrics 127.0.0.1:{BACKEND_PORT} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
+             n=0; while [ ! -S \"$W/vun.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n\
+             ip addr add {NET_HOST_ADDR}/24 dev {TAP} 2>/dev/null; ip link set {TAP} up\n\
+             iperf3 -s -B {NET_HOST_ADDR} -p {IPERF_PORT} > /dev/null 2>&1 & spid=$!\n"
+        ),
+        stop: "kill $spid $bpid 2>/dev/null; wait $spid $bpid 2>/dev/null\n".into(),
+        vmm_args: "--net vhost_user=on,socket=\"$W/vun.sock\"".into(),
+        guest_prep: net_prep(false),
+        ..Dev::default()
+    };
+    one_device(String::new(), d, true)
+}
+
+/// The VMM's emulated NVMe on a file, and its e1000 (guest on Debian's generic kernel).
+fn emulated(s: &Settings, p: &Paths) -> GuestTier {
+    let d = Dev {
+        vmm_args: "--disk path=\"$W/emu.img\",model=nvme".into(),
+        target: "/dev/nvme0n1".into(),
+        guest_prep: wait_block("/dev/nvme0n1"),
+        ..Dev::default()
+    };
+    GuestTier {
+        setup: disk_setup("emu.img", s),
+        block: d.clone(),
+        net: tap_net(
+            format!("--net tap={TAP},model=e1000"),
+            &p.generic_kernel,
+            true,
+        ),
+        boot: d,
+    }
+}
+
+/// The VMM's own virtio-blk on a file and virtio-net on a TAP.
+fn virtio_in_vmm(s: &Settings) -> GuestTier {
+    let q = s.queues.max(1);
+    let d = Dev {
+        vmm_args: format!("--disk path=\"$W/viv.img\",queues={q}"),
+        target: "/dev/vda".into(),
+        guest_prep: wait_block("/dev/vda"),
+        ..Dev::default()
+    };
+    GuestTier {
+        setup: disk_setup("viv.img", s),
+        block: d.clone(),
+        net: tap_net(format!("--net tap={TAP}"), "", false),
+        boot: d,
+    }
+}
+
+fn guest_tier(tier: Tier, s: &Settings, p: &Paths) -> GuestTier {
     match tier {
-        Tier::VhostUserBlk => {
-            let d = Dev {
-                start: format!(
-                    "rm -f \"$W/vub.sock\"; {bin}/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues {q} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
-                     n=0; while [ ! -S \"$W/vub.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n"
-                ),
-                stop: "kill $bpid 2>/dev/null; wait $bpid 2>/dev/null\n".into(),
-                vmm_args: format!("--disk vhost_user=on,socket=\"$W/vub.sock\",queues={q}"),
-                target: "/dev/vda".into(),
-                guest_prep: wait_block("/dev/vda"),
-                ..Dev::default()
-            };
-            GuestTier {
-                setup: disk_setup("vub.img"),
-                block: d.clone(),
-                net: Dev::default(),
-                boot: d,
-            }
-        }
-        Tier::VfioNvme => {
-            let d = Dev {
-                vmm_args: "--device path=/sys/bus/pci/devices/$BDF".into(),
-                target: "/dev/nvme0n1".into(),
-                guest_prep: wait_block("/dev/nvme0n1"),
-                ..Dev::default()
-            };
-            GuestTier {
-                setup: "BDF=$(basename \"$(readlink -f /sys/class/nvme/nvme0/device)\")\n\
-                        echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override\n\
-                        echo $BDF > /sys/bus/pci/devices/$BDF/driver/unbind\n\
-                        echo $BDF > /sys/bus/pci/drivers_probe\n"
-                    .into(),
-                block: d.clone(),
-                net: Dev::default(),
-                boot: d,
-            }
-        }
-        Tier::VhostUserNet => {
-            let d = Dev {
-                start: format!(
-                    "[ -c /dev/net/tun ] || {{ mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }}\n\
-                     rm -f \"$W/vun.sock\"; {bin}/vhost-user-net --socket \"$W/vun.sock\" --tap {TAP} >> \"$W/backend.log\" 2>&1 & bpid=$!\n\
-                     n=0; while [ ! -S \"$W/vun.sock\" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done\n\
-                     ip addr add {NET_HOST_ADDR}/24 dev {TAP} 2>/dev/null; ip link set {TAP} up\n\
-                     iperf3 -s -B {NET_HOST_ADDR} -p {IPERF_PORT} > /dev/null 2>&1 & spid=$!\n"
-                ),
-                stop: "kill $spid $bpid 2>/dev/null; wait $spid $bpid 2>/dev/null\n".into(),
-                vmm_args: "--net vhost_user=on,socket=\"$W/vun.sock\"".into(),
-                guest_prep: net_prep(false),
-                ..Dev::default()
-            };
-            GuestTier {
-                setup: String::new(),
-                block: Dev::default(),
-                net: d.clone(),
-                boot: d,
-            }
-        }
-        Tier::Emulated => {
-            let d = Dev {
-                vmm_args: "--disk path=\"$W/emu.img\",model=nvme".into(),
-                target: "/dev/nvme0n1".into(),
-                guest_prep: wait_block("/dev/nvme0n1"),
-                ..Dev::default()
-            };
-            GuestTier {
-                setup: disk_setup("emu.img"),
-                block: d.clone(),
-                net: tap_net(
-                    format!("--net tap={TAP},model=e1000"),
-                    &p.generic_kernel,
-                    true,
-                ),
-                boot: d,
-            }
-        }
-        Tier::VirtioInVmm => {
-            let d = Dev {
-                vmm_args: format!("--disk path=\"$W/viv.img\",queues={q}"),
-                target: "/dev/vda".into(),
-                guest_prep: wait_block("/dev/vda"),
-                ..Dev::default()
-            };
-            GuestTier {
-                setup: disk_setup("viv.img"),
-                block: d.clone(),
-                net: tap_net(format!("--net tap={TAP}"), "", false),
-                boot: d,
-            }
-        }
+        Tier::VhostUserBlk => vhost_user_blk(s, p),
+        Tier::VfioNvme => vfio_nvme(),
+        Tier::VhostUserNet => vhost_user_net(p),
+        Tier::Emulated => emulated(s, p),
+        Tier::VirtioInVmm => virtio_in_vmm(s),
         _ => GuestTier {
             setup: String::new(),
             block: Dev::default(),
@@ -398,6 +430,15 @@ fn guest_tier(tier: Tier, s: &Settings, p: &Paths) -> GuestTier {
 /// Kernel command-line word telling the guest script which phase it is in.
 const PHASE_NET: &str = "vmmperf=net";
 
+/// The kernel a device's guest boots: its own (e1000: the generic kernel) or the default.
+fn kernel_of(d: &Dev, p: &Paths) -> String {
+    if d.kernel.is_empty() {
+        p.kernel.clone()
+    } else {
+        d.kernel.clone()
+    }
+}
+
 /// The scripts of a guest tier: (host side, guest `/test.sh`). The host side boots the guest
 /// `repeat` times for the boot cells, then once for the block cells and once for the net cells
 /// (each phase with its device; the net phase adds `vmmperf=net` to the kernel command line),
@@ -409,29 +450,12 @@ pub fn guest_scripts(
     p: &Paths,
 ) -> (String, String) {
     let g = guest_tier(tier, s, p);
-    let bb = boot_bench(s);
     let mut host = prelude(&p.work);
     host.push_str(&boot::measure_fn());
+    host.push_str(counters::WATCH_FN);
     host.push_str(&g.setup);
-    let kernel = |d: &Dev| {
-        if d.kernel.is_empty() {
-            p.kernel.clone()
-        } else {
-            d.kernel.clone()
-        }
-    };
-    for rep in 1..=s.repeat {
-        if cells.iter().any(|c| c.workload == Workload::Boot) {
-            let id = run_id(tier, "boot", rep);
-            let _ = writeln!(
-                host,
-                "{}cell {id}\nmeasure {id} {} {}\n{}",
-                g.boot.start,
-                boot::ours_cmd(&bb, &p.vmm, &kernel(&g.boot), &p.boot_initrd),
-                g.boot.vmm_args,
-                g.boot.stop
-            );
-        }
+    if cells.iter().any(|c| c.workload == Workload::Boot) {
+        host.push_str(&boot_runs(tier, &g.boot, s, p));
     }
     let mut guest = prelude("/tmp/vmm-perf");
     let _ = writeln!(
@@ -446,47 +470,75 @@ pub fn guest_scripts(
         if io.is_empty() {
             continue;
         }
-        let mut cmd = boot::ours_cmd(
-            &BootBench {
-                memory_mib: bb.memory_mib.max(1024),
-                ..boot_bench(s)
-            },
-            &p.vmm,
-            &kernel(dev),
-            &p.tools_initrd,
-        );
-        if phase == "net" {
-            cmd = cmd.replace(" quiet\"", &format!(" quiet {PHASE_NET}\""));
-        }
+        host.push_str(&phase_boot(tier, phase, dev, s, p));
+        guest.push_str(&phase_runs(tier, phase, &io, dev, s));
+    }
+    (host, guest)
+}
+
+/// The boot cells: `repeat` boots with the tier's boot device, each measured.
+fn boot_runs(tier: Tier, dev: &Dev, s: &Settings, p: &Paths) -> String {
+    let bb = boot_bench(s);
+    let mut o = String::new();
+    for rep in 1..=s.repeat {
+        let id = run_id(tier, "boot", rep);
         let _ = writeln!(
-            host,
-            "{}echo \"===GUEST-START {} {phase}===\"\n{cmd} {}\necho \"===GUEST-END status=$?===\"\n{}",
+            o,
+            "{}cell {id}\nmeasure {id} {} {}\n{}",
             dev.start,
-            tier.name(),
+            boot::ours_cmd(&bb, &p.vmm, &kernel_of(dev, p), &p.boot_initrd),
             dev.vmm_args,
             dev.stop
         );
-        let _ = write!(guest, "if [ $PHASE = {phase} ]; then\n{}", dev.guest_prep);
-        for rep in 1..=s.repeat {
-            for c in &io {
-                let id = run_id(tier, c.workload.name(), rep);
-                guest.push_str(&io_run(
-                    &id,
-                    &c.workload,
-                    s,
-                    &Target {
-                        path: &dev.target,
-                        direct: true,
-                        server: NET_HOST_ADDR,
-                        local_server: false,
-                        jobs_dir: "/jobs",
-                    },
-                ));
-            }
-        }
-        guest.push_str("fi\n");
     }
-    (host, guest)
+    o
+}
+
+/// Host side of an I/O phase: the device up, one guest boot (1 GiB at least, for the tools
+/// initramfs) that runs the phase's cells (the VMM serving its metrics, its output watched
+/// for the runs' markers, see [`counters`]), the device down.
+fn phase_boot(tier: Tier, phase: &str, dev: &Dev, s: &Settings, p: &Paths) -> String {
+    let bench = BootBench {
+        memory_mib: s.memory_mib.max(1024),
+        ..boot_bench(s)
+    };
+    let mut cmd = boot::ours_cmd(&bench, &p.vmm, &kernel_of(dev, p), &p.tools_initrd);
+    if phase == "net" {
+        cmd = cmd.replace(" quiet\"", &format!(" quiet {PHASE_NET}\""));
+    }
+    format!(
+        "{}echo \"===GUEST-START {} {phase}===\"\n\
+         {{ {cmd} {} --metrics 127.0.0.1:{VMM_PORT}; echo $? > \"$W/vmm.status\"; }} | watch_counters\n\
+         echo \"===GUEST-END status=$(cat \"$W/vmm.status\")===\"\n{}\n",
+        dev.start,
+        tier.name(),
+        dev.vmm_args,
+        dev.stop
+    )
+}
+
+/// Guest side of an I/O phase: prepare the device, then every repetition of its cells.
+fn phase_runs(tier: Tier, phase: &str, io: &[&PlannedCell], dev: &Dev, s: &Settings) -> String {
+    let mut o = format!("if [ $PHASE = {phase} ]; then\n{}", dev.guest_prep);
+    for rep in 1..=s.repeat {
+        for c in io {
+            let id = run_id(tier, c.workload.name(), rep);
+            o.push_str(&io_run(
+                &id,
+                &c.workload,
+                s,
+                &Target {
+                    path: &dev.target,
+                    direct: true,
+                    server: NET_HOST_ADDR,
+                    local_server: false,
+                    jobs_dir: "/jobs",
+                },
+            ));
+        }
+    }
+    o.push_str("fi\n");
+    o
 }
 
 #[cfg(test)]
@@ -546,6 +598,12 @@ mod tests {
             "/lab/bin/vhost-user-blk --socket \"$W/vub.sock\" --path \"$W/vub.img\" --queues 2"
         ));
         assert!(host.contains("--disk vhost_user=on,socket=\"$W/vub.sock\",queues=2"));
+        // The backend and the VMM serve metrics; the guest's run markers trigger scrapes.
+        assert!(host.contains("--queues 2 --metrics 127.0.0.1:9191 "));
+        assert!(host.contains(
+            ",queues=2 --metrics 127.0.0.1:9190; echo $? > \"$W/vmm.status\"; } | watch_counters\n"
+        ));
+        assert!(host.contains("watch_counters() {"));
         assert_eq!(host.matches("measure vhost-user-blk.boot.").count(), 2);
         assert!(host.contains("--initramfs /lab/guest.cpio --cpus 2 --memory 1024M"));
         assert!(guest.contains("--filename=/dev/vda --size=64M --rw=randread --bs=4k --iodepth=32 --ioengine=libaio --direct=1 --runtime=5 --time_based"));
@@ -608,7 +666,7 @@ mod tests {
             &paths(),
         );
         assert!(host.contains("--disk path=\"$W/viv.img\",queues=2"));
-        assert!(host.contains("--kernel /lab/vmlinuz --initramfs /lab/guest.cpio --cpus 2 --memory 1024M --cmdline \"console=ttyS0 panic=-1 quiet vmmperf=net\" --net tap=vperf0\n"));
+        assert!(host.contains("--kernel /lab/vmlinuz --initramfs /lab/guest.cpio --cpus 2 --memory 1024M --cmdline \"console=ttyS0 panic=-1 quiet vmmperf=net\" --net tap=vperf0 --metrics 127.0.0.1:9190;"));
         assert!(guest.contains("--filename=/dev/vda"));
         assert!(!guest.contains("insmod"));
         // Block cells only (net missing): no net phase at all.

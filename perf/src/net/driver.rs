@@ -200,6 +200,178 @@ pub struct Driver {
     completion: Completion,
 }
 
+fn verr(name: &str, what: &'static str) -> impl FnOnce(vhost::Error) -> Error {
+    let name = name.to_string();
+    move |e| Error::Backend(format!("{name}: {what}: {e}"))
+}
+
+/// SET_OWNER, then features: the backend must offer VERSION_1, CSUM, MRG_RXBUF and protocol
+/// features; REPLY_ACK when offered. Returns the negotiated virtio features.
+fn negotiate(frontend: &mut Frontend, name: &str, event_idx: bool) -> Result<u64> {
+    frontend.set_owner().map_err(verr(name, "SET_OWNER"))?;
+    let offered = frontend
+        .get_features()
+        .map_err(verr(name, "GET_FEATURES"))?;
+    let protocol_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    let required = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_NET_F_CSUM);
+    if offered & required != required || offered & protocol_bit == 0 {
+        return Err(Error::Backend(format!(
+            "{name}: backend offers {offered:#x}; needs VERSION_1, CSUM, MRG_RXBUF and protocol features"
+        )));
+    }
+    let protocol = frontend
+        .get_protocol_features()
+        .map_err(verr(name, "GET_PROTOCOL_FEATURES"))?
+        & VhostUserProtocolFeatures::REPLY_ACK;
+    frontend
+        .set_protocol_features(protocol)
+        .map_err(verr(name, "SET_PROTOCOL_FEATURES"))?;
+    if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    }
+    let features = offered & wanted_features(event_idx);
+    frontend
+        .set_features(features | protocol_bit)
+        .map_err(verr(name, "SET_FEATURES"))?;
+    Ok(features)
+}
+
+/// Hands the guest memory to the backend.
+fn set_mem_table(frontend: &mut Frontend, name: &str, mem: &NetMem) -> Result<()> {
+    let regions = mem
+        .mem
+        .iter()
+        .map(VhostUserMemoryRegionInfo::from_guest_region)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(verr(name, "memory regions"))?;
+    frontend
+        .set_mem_table(&regions)
+        .map_err(verr(name, "SET_MEM_TABLE"))?;
+    Ok(())
+}
+
+/// Sets up and enables queue `index` on the ring at `layout`, with fresh kick and call
+/// eventfds.
+fn start_queue(
+    frontend: &mut Frontend,
+    name: &str,
+    mem: &NetMem,
+    index: usize,
+    layout: RingLayout,
+    event_idx: bool,
+) -> Result<Queue> {
+    let ring = DriverRing::new(&mem.mem, layout, event_idx)?;
+    let efd = || EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"));
+    let q = Queue {
+        ring,
+        kick: efd()?,
+        call: efd()?,
+    };
+    let host = |addr: GuestAddress, len: u64| -> Result<u64> {
+        Ok(mem.host_ptr(addr, usize::try_from(len).unwrap_or(usize::MAX))? as u64)
+    };
+    let (dl, al, ul) = layout.lengths();
+    let data = VringConfigData {
+        queue_max_size: layout.size,
+        queue_size: layout.size,
+        flags: 0,
+        desc_table_addr: host(layout.desc, dl)?,
+        used_ring_addr: host(layout.used, ul)?,
+        avail_ring_addr: host(layout.avail, al)?,
+        log_addr: None,
+    };
+    frontend
+        .set_vring_num(index, layout.size)
+        .map_err(verr(name, "SET_VRING_NUM"))?;
+    frontend
+        .set_vring_addr(index, &data)
+        .map_err(verr(name, "SET_VRING_ADDR"))?;
+    frontend
+        .set_vring_base(index, 0)
+        .map_err(verr(name, "SET_VRING_BASE"))?;
+    frontend
+        .set_vring_kick(index, &q.kick)
+        .map_err(verr(name, "SET_VRING_KICK"))?;
+    frontend
+        .set_vring_call(index, &q.call)
+        .map_err(verr(name, "SET_VRING_CALL"))?;
+    frontend
+        .set_vring_enable(index, true)
+        .map_err(verr(name, "SET_VRING_ENABLE"))?;
+    Ok(q)
+}
+
+/// Moves the used transmit descriptors back to `free`; returns how many. A polling driver
+/// re-suppresses notifications after progress.
+fn reclaim(q: &mut Queue, m: &GuestMemoryMmap, free: &mut Vec<u16>, poll: bool) -> Result<u16> {
+    let mut reclaimed = 0u16;
+    while let Some((id, _)) = q.ring.pop_used(m)? {
+        free.push(id);
+        reclaimed += 1;
+    }
+    if poll && reclaimed > 0 {
+        q.ring.suppress_interrupts(m)?;
+    }
+    Ok(reclaimed)
+}
+
+/// Puts free frames back on the ring, `batch` at a time while a whole batch is free, and
+/// kicks if the backend asks for it.
+fn refill(q: &mut Queue, m: &GuestMemoryMmap, free: &mut Vec<u16>, batch: u16) -> Result<()> {
+    while free.len() >= usize::from(batch) {
+        for _ in 0..batch {
+            if let Some(id) = free.pop() {
+                q.ring.push(m, id)?;
+            }
+        }
+    }
+    if q.ring.publish(m)? {
+        q.kick()?;
+    }
+    Ok(())
+}
+
+/// What the receive loop has counted; `remaining` is the buffers still to come for the
+/// current frame (MRG_RXBUF).
+#[derive(Default)]
+struct RxCount {
+    frames: u64,
+    bytes: u64,
+    remaining: u16,
+}
+
+impl RxCount {
+    /// Counts one used receive buffer `id` of `len` bytes; the first buffer of a frame
+    /// carries the virtio header with the frame's buffer count.
+    fn entry(&mut self, mem: &NetMem, socket: &str, id: u16, len: u32) -> Result<()> {
+        if len > RX_BUF_LEN {
+            return Err(Error::Backend(format!(
+                "{socket}: rx used length {len} > buffer {RX_BUF_LEN}"
+            )));
+        }
+        let mut len = u64::from(len);
+        if self.remaining == 0 {
+            if len < VNET_HDR_LEN as u64 {
+                return Err(Error::Backend(format!(
+                    "{socket}: rx frame of {len} bytes has no virtio header"
+                )));
+            }
+            let nb = mem
+                .mem
+                .read_obj::<u16>(GuestAddress(mem.rx_buf(id).0 + 10))
+                .map_err(|e| Error::Backend(e.to_string()))?;
+            self.remaining = u16::from_le(nb).max(1);
+            len -= VNET_HDR_LEN as u64;
+        }
+        self.bytes += len;
+        self.remaining -= 1;
+        if self.remaining == 0 {
+            self.frames += 1;
+        }
+        Ok(())
+    }
+}
+
 impl Driver {
     /// Connect to the backend at `socket`, negotiate, hand over `mem` and start both queues.
     pub fn connect(
@@ -209,93 +381,12 @@ impl Driver {
         completion: Completion,
     ) -> Result<Driver> {
         let name = socket.display().to_string();
-        let verr = |what: &'static str| {
-            let name = name.clone();
-            move |e: vhost::Error| Error::Backend(format!("{name}: {what}: {e}"))
-        };
-        let mut frontend = Frontend::connect(socket, 2).map_err(verr("connect"))?;
-        frontend.set_owner().map_err(verr("SET_OWNER"))?;
-        let offered = frontend.get_features().map_err(verr("GET_FEATURES"))?;
-        let protocol_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let required =
-            bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_NET_F_CSUM);
-        if offered & required != required || offered & protocol_bit == 0 {
-            return Err(Error::Backend(format!(
-                "{name}: backend offers {offered:#x}; needs VERSION_1, CSUM, MRG_RXBUF and protocol features"
-            )));
-        }
-        let protocol = frontend
-            .get_protocol_features()
-            .map_err(verr("GET_PROTOCOL_FEATURES"))?
-            & VhostUserProtocolFeatures::REPLY_ACK;
-        frontend
-            .set_protocol_features(protocol)
-            .map_err(verr("SET_PROTOCOL_FEATURES"))?;
-        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
-        let features = offered & wanted_features(event_idx);
-        frontend
-            .set_features(features | protocol_bit)
-            .map_err(verr("SET_FEATURES"))?;
-        let regions = mem
-            .mem
-            .iter()
-            .map(VhostUserMemoryRegionInfo::from_guest_region)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(verr("memory regions"))?;
-        frontend
-            .set_mem_table(&regions)
-            .map_err(verr("SET_MEM_TABLE"))?;
+        let mut frontend = Frontend::connect(socket, 2).map_err(verr(&name, "connect"))?;
+        let features = negotiate(&mut frontend, &name, event_idx)?;
+        set_mem_table(&mut frontend, &name, &mem)?;
         let ev = features & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
-        let mut queues = Vec::new();
-        for (i, layout) in [(RX_QUEUE, mem.rx), (TX_QUEUE, mem.tx)] {
-            let ring = DriverRing::new(&mem.mem, layout, ev)?;
-            let efd = || EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"));
-            let q = Queue {
-                ring,
-                kick: efd()?,
-                call: efd()?,
-            };
-            let host = |addr: GuestAddress, len: u64| -> Result<u64> {
-                Ok(mem.host_ptr(addr, usize::try_from(len).unwrap_or(usize::MAX))? as u64)
-            };
-            let (dl, al, ul) = layout.lengths();
-            let data = VringConfigData {
-                queue_max_size: layout.size,
-                queue_size: layout.size,
-                flags: 0,
-                desc_table_addr: host(layout.desc, dl)?,
-                used_ring_addr: host(layout.used, ul)?,
-                avail_ring_addr: host(layout.avail, al)?,
-                log_addr: None,
-            };
-            frontend
-                .set_vring_num(i, layout.size)
-                .map_err(verr("SET_VRING_NUM"))?;
-            frontend
-                .set_vring_addr(i, &data)
-                .map_err(verr("SET_VRING_ADDR"))?;
-            frontend
-                .set_vring_base(i, 0)
-                .map_err(verr("SET_VRING_BASE"))?;
-            frontend
-                .set_vring_kick(i, &q.kick)
-                .map_err(verr("SET_VRING_KICK"))?;
-            frontend
-                .set_vring_call(i, &q.call)
-                .map_err(verr("SET_VRING_CALL"))?;
-            frontend
-                .set_vring_enable(i, true)
-                .map_err(verr("SET_VRING_ENABLE"))?;
-            queues.push(q);
-        }
-        let tx = queues
-            .pop()
-            .ok_or_else(|| Error::Backend("no tx queue".into()))?;
-        let rx = queues
-            .pop()
-            .ok_or_else(|| Error::Backend("no rx queue".into()))?;
+        let rx = start_queue(&mut frontend, &name, &mem, RX_QUEUE, mem.rx, ev)?;
+        let tx = start_queue(&mut frontend, &name, &mem, TX_QUEUE, mem.tx, ev)?;
         Ok(Driver {
             frontend,
             mem,
@@ -331,28 +422,12 @@ impl Driver {
         let deadline = start + duration;
         let mut last_progress = start;
         loop {
-            let mut reclaimed = 0u16;
-            while let Some((id, _)) = q.ring.pop_used(m)? {
-                free.push(id);
-                reclaimed += 1;
-            }
+            let reclaimed = reclaim(q, m, &mut free, poll)?;
             done += u64::from(reclaimed);
-            if poll && reclaimed > 0 {
-                q.ring.suppress_interrupts(m)?;
-            }
             let now = Instant::now();
             let stopping = now >= deadline;
             if !stopping {
-                while free.len() >= usize::from(batch) {
-                    for _ in 0..batch {
-                        if let Some(id) = free.pop() {
-                            q.ring.push(m, id)?;
-                        }
-                    }
-                }
-                if q.ring.publish(m)? {
-                    q.kick()?;
-                }
+                refill(q, m, &mut free, batch)?;
             }
             let outstanding = size - free.len() as u16;
             if stopping && outstanding == 0 {
@@ -415,8 +490,7 @@ impl Driver {
         let mut notifications = 0u64;
         q.ring.publish(m)?;
         q.kick()?;
-        let (mut frames, mut bytes) = (0u64, 0u64);
-        let mut remaining = 0u16; // buffers still to come for the current frame
+        let mut count = RxCount::default();
         let start = Instant::now();
         let deadline = start + duration;
         let mut now = start;
@@ -424,31 +498,7 @@ impl Driver {
             let mut got = 0u32;
             while let Some((id, len)) = q.ring.pop_used(m)? {
                 got += 1;
-                if len > RX_BUF_LEN {
-                    return Err(Error::Backend(format!(
-                        "{}: rx used length {len} > buffer {RX_BUF_LEN}",
-                        self.socket
-                    )));
-                }
-                let mut len = u64::from(len);
-                if remaining == 0 {
-                    if len < VNET_HDR_LEN as u64 {
-                        return Err(Error::Backend(format!(
-                            "{}: rx frame of {len} bytes has no virtio header",
-                            self.socket
-                        )));
-                    }
-                    let nb = m
-                        .read_obj::<u16>(GuestAddress(self.mem.rx_buf(id).0 + 10))
-                        .map_err(|e| Error::Backend(e.to_string()))?;
-                    remaining = u16::from_le(nb).max(1);
-                    len -= VNET_HDR_LEN as u64;
-                }
-                bytes += len;
-                remaining -= 1;
-                if remaining == 0 {
-                    frames += 1;
-                }
+                count.entry(&self.mem, &self.socket, id, len)?;
                 q.ring.push(m, id)?;
                 if q.ring.unpublished() >= batch && q.ring.publish(m)? {
                     q.kick()?;
@@ -474,8 +524,8 @@ impl Driver {
             now = Instant::now();
         }
         Ok(Counts {
-            frames,
-            bytes,
+            frames: count.frames,
+            bytes: count.bytes,
             seconds: start.elapsed().as_secs_f64(),
             notifications: notifications + q.take_signals(),
         })

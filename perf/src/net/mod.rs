@@ -9,13 +9,18 @@
 //! ([`inject`]) floods the TAP; the generator counts what the backend puts in its receive
 //! buffers. Reference ([`raw`]): this process writes the same buffers to, and reads from, the
 //! same TAP with io_uring.
+//!
+//! With `--link` ([`link`]) it measures guest-to-guest forwarding instead: our
+//! `vhost-user-net --link` switch against DPDK testpmd's ([`testpmd`]), same clients.
 
 pub mod driver;
 pub mod frame;
 pub mod inject;
+pub mod link;
 pub mod netns;
 pub mod raw;
 pub mod ring;
+pub mod testpmd;
 pub mod wake;
 
 use std::path::PathBuf;
@@ -59,6 +64,10 @@ impl Counts {
 pub enum Path {
     /// Our vhost-user-net backend, driven over vhost-user.
     Ours,
+    /// The same with its io_urings unrestricted (`--uring-restrictions off`).
+    OursUnrestricted,
+    /// Ours with `--metrics`, scraped once a second while it serves.
+    OursMetrics,
     /// io_uring on the TAP from this process.
     Raw,
 }
@@ -169,11 +178,26 @@ pub struct NetBench {
 }
 
 impl NetBench {
-    /// Our backend on `tap`: transmit, then (with `rx`) receive, in one vhost-user session.
-    pub fn run_ours(&self, tap: &SinkTap, kind: FrameKind, rep: usize) -> Result<Vec<NetRun>> {
+    /// Our backend on `tap` (`path` says which variant of ours): transmit, then (with `rx`)
+    /// receive, in one vhost-user session. [`Path::OursMetrics`] serves `--metrics`, scraped
+    /// once a second meanwhile; [`Path::OursUnrestricted`] runs with `--uring-restrictions off`.
+    pub fn run_ours(
+        &self,
+        tap: &SinkTap,
+        kind: FrameKind,
+        rep: usize,
+        path: Path,
+    ) -> Result<Vec<NetRun>> {
+        let metrics = path == Path::OursMetrics;
+        let extra: &[&str] = match path {
+            Path::OursUnrestricted => &["--uring-restrictions", "off"],
+            _ => &[],
+        };
         let socket = self.run_dir.join("net.sock");
         let _ = std::fs::remove_file(&socket);
         tap.wait_free()?;
+        let endpoint = self.run_dir.join("net-metrics.sock");
+        let metrics_arg = metrics.then(|| format!("unix:{}", endpoint.display()));
         let mut child = Command::new(&self.backend_bin)
             .arg("--socket")
             .arg(&socket)
@@ -181,7 +205,9 @@ impl NetBench {
             .arg(tap.name())
             .arg("--queue-size")
             .arg(self.queue_size.to_string())
+            .args(metrics_arg.iter().flat_map(|m| ["--metrics", m.as_str()]))
             .args(&self.backend_args)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("VMM_PERF_BACKEND_LOG").unwrap_or_else(|_| "warn".into()),
@@ -190,6 +216,12 @@ impl NetBench {
             .spawn()
             .map_err(io_err(format!("spawn {}", self.backend_bin.display())))?;
         let pid = child.id();
+        let scraper = metrics.then(|| {
+            crate::metrics::Scraper::start(
+                minihttp::ListenAddr::Unix(endpoint),
+                Duration::from_secs(1),
+            )
+        });
         let res = wait_for_socket(&socket, Some(&mut child)).and_then(|()| {
             let mem = driver::NetMem::new(self.queue_size, kind)?;
             let mut drv = driver::Driver::connect(&socket, mem, self.event_idx, self.completion)?;
@@ -200,7 +232,7 @@ impl NetBench {
             let cpu = cpu.used();
             let tap_tx = tap.counters()?.since(&before);
             runs.push(NetRun::new(
-                Path::Ours,
+                path,
                 Direction::Tx,
                 kind,
                 rep,
@@ -220,7 +252,7 @@ impl NetBench {
                 let tap_rx = tap.counters()?.since(&before);
                 let injected = inj.stop()?;
                 runs.push(NetRun::new(
-                    Path::Ours,
+                    path,
                     Direction::Rx,
                     kind,
                     rep,
@@ -234,7 +266,13 @@ impl NetBench {
             }
             Ok(runs)
         });
+        let scrapes = scraper.map(crate::metrics::Scraper::stop);
         stop_child(&mut child, Duration::from_secs(2));
+        if scrapes == Some(0) && res.is_ok() {
+            return Err(crate::Error::Backend(
+                "its metrics endpoint was never scraped".into(),
+            ));
+        }
         let _ = std::fs::remove_file(&socket);
         res
     }
@@ -299,7 +337,7 @@ fn thread_cpu() -> Duration {
 }
 
 /// CPU time (user + system, all threads) of process `pid`, from `/proc/PID/stat`.
-fn process_cpu(pid: u32) -> Option<Duration> {
+pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -367,6 +405,17 @@ fn median_of(mut v: Vec<f64>) -> Option<f64> {
 /// Median over repetitions of ours/raw frame rate, each ratio taken between the two runs of
 /// the same repetition (measured back to back, so they share the machine's load then).
 pub fn paired_ratio(runs: &[NetRun], direction: Direction, frame: FrameKind) -> Option<f64> {
+    paired_ratio_of(runs, Path::Ours, Path::Raw, direction, frame)
+}
+
+/// [`paired_ratio`] of `num` over `den` (e.g. ours with metrics over ours).
+pub fn paired_ratio_of(
+    runs: &[NetRun],
+    num: Path,
+    den: Path,
+    direction: Direction,
+    frame: FrameKind,
+) -> Option<f64> {
     let of = |path, rep| {
         runs.iter().find(|r| {
             r.path == path && r.direction == direction && r.frame == frame && r.rep == rep
@@ -374,8 +423,8 @@ pub fn paired_ratio(runs: &[NetRun], direction: Direction, frame: FrameKind) -> 
     };
     let ratios = runs
         .iter()
-        .filter(|r| r.path == Path::Ours && r.direction == direction && r.frame == frame)
-        .filter_map(|o| of(Path::Raw, o.rep).map(|r| (o, r)))
+        .filter(|r| r.path == num && r.direction == direction && r.frame == frame)
+        .filter_map(|o| of(den, o.rep).map(|r| (o, r)))
         .filter(|(_, r)| r.mpps > 0.0)
         .map(|(o, r)| o.mpps / r.mpps)
         .collect();

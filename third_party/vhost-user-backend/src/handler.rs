@@ -456,6 +456,7 @@ where
         let mut mappings: Vec<AddrMapping> = Vec::new();
 
         for (region, file) in ctx.iter().zip(files) {
+            check_file_range(&file, region.mmap_offset, region.memory_size)?;
             let guest_region = GuestRegionMmap::new(
                 region.mmap_region(file)?,
                 GuestAddress(region.guest_phys_addr),
@@ -767,6 +768,7 @@ where
             return Err(VhostUserError::InvalidOperation("postcopy not enabled"));
         }
 
+        check_file_range(&file, region.mmap_offset, region.memory_size)?;
         let guest_region = Arc::new(
             GuestRegionMmap::new(
                 region.mmap_region(file)?,
@@ -966,6 +968,7 @@ where
     fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostUserResult<()> {
         let mem = self.atomic_mem.memory();
 
+        check_file_range(&file, log.mmap_offset, log.mmap_size)?;
         let logmem = Arc::new(
             MmapLogReg::from_file(file.as_fd(), log.mmap_offset, log.mmap_size)
                 .map_err(VhostUserError::ReqHandlerError)?,
@@ -1144,5 +1147,25 @@ mod tests {
                 assert!(vm_flags(base).iter().any(|flag| flag == "um"));
             }
         }
+    }
+}
+
+/// A frontend's memory (or log) region must lie inside its file: a mapping past the end of a
+/// regular file or memfd maps fine, and the first access past the end raises SIGBUS, which
+/// would kill the backend. Other file types (device memory) are not checked.
+fn check_file_range(file: &File, offset: u64, size: u64) -> VhostUserResult<()> {
+    let meta = file.metadata().map_err(VhostUserError::ReqHandlerError)?;
+    if !meta.file_type().is_file() {
+        return Ok(());
+    }
+    match offset.checked_add(size) {
+        Some(end) if end <= meta.len() => Ok(()),
+        _ => Err(VhostUserError::ReqHandlerError(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "region of {size:#x} bytes at offset {offset:#x} past the end of its {:#x}-byte file",
+                meta.len()
+            ),
+        ))),
     }
 }

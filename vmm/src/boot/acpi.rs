@@ -1,12 +1,13 @@
 //! ACPI tables for a hardware-reduced platform: RSDP → XSDT → FADT (with the
 //! DSDT), MADT (one local APIC per vCPU, one IOAPIC) and MCFG (ECAM).
 //!
-//! The DSDT describes the PCI root bridge, COM1 and the `_S5` sleep state that
-//! lets the guest power off through [`crate::devices::power::AcpiPower`].
+//! The DSDT describes the PCI root bridge, COM1, the `_S5` sleep state that
+//! lets the guest power off through [`crate::devices::power::AcpiPower`], and
+//! the power button the VMM presses ([`crate::devices::power::PowerButton`]).
 
 use acpi_tables::aml::{
-    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
-    ResourceTemplate, Scope, IO,
+    self, AddressSpace, AddressSpaceCacheable, Arg, Device, EISAName, Equal, If, Interrupt, Method,
+    Name, Notify, Package, Path, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
@@ -97,6 +98,7 @@ fn dsdt(p: &Platform) -> Vec<u8> {
     Scope::new("_SB_".into(), vec![]).to_aml_bytes(&mut body);
     pci_host_bridge(p, &mut body);
     motherboard_and_serial(&mut body);
+    power_button(&mut body);
     let s5_type = S5_SLEEP_TYPE;
     let s5_package = Package::new(vec![&s5_type, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
     let s5 = Name::new("_S5_".into(), &s5_package);
@@ -185,6 +187,37 @@ fn motherboard_and_serial(body: &mut Vec<u8>) {
             &Name::new("_HID".into(), &EISAName::new("PNP0501")),
             &Name::new("_UID".into(), &aml::ZERO),
             &Name::new("_CRS".into(), &com1_crs),
+        ],
+    )
+    .to_aml_bytes(body);
+}
+
+/// `\_SB_.PWRB`, a control-method power button (the FADT's PWR_BUTTON flag
+/// says there is no fixed one), and `\_SB_.GED_`, a Generic Event Device on
+/// GSI [`layout::GED_GSI`] whose `_EVT` reports a press (Notify 0x80).
+fn power_button(body: &mut Vec<u8>) {
+    Device::new(
+        "_SB_.PWRB".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0C0C")),
+            &Name::new("_UID".into(), &aml::ZERO),
+        ],
+    )
+    .to_aml_bytes(body);
+    let gsi = layout::GED_GSI;
+    let irq = Interrupt::new(true, true, false, false, gsi);
+    let crs = ResourceTemplate::new(vec![&irq]);
+    let button = Path::new("\\_SB_.PWRB");
+    let pressed = Notify::new(&button, &0x80u8);
+    let ours = Equal::new(&Arg(0), &gsi);
+    let on_event = If::new(&ours, vec![&pressed]);
+    Device::new(
+        "_SB_.GED_".into(),
+        vec![
+            &Name::new("_HID".into(), &"ACPI0013"),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new("_CRS".into(), &crs),
+            &Method::new("_EVT".into(), 1, true, vec![&on_event]),
         ],
     )
     .to_aml_bytes(body);
@@ -311,5 +344,9 @@ mod tests {
         });
         assert!(checksum_ok(&dsdt));
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        // The power button and the event device that presses it.
+        for name in [&b"PWRB"[..], b"GED_", b"_EVT", b"ACPI0013"] {
+            assert!(dsdt.windows(name.len()).any(|w| w == name), "{name:?}");
+        }
     }
 }

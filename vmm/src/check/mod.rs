@@ -182,7 +182,9 @@ pub fn check_host_at(root: &HostRoot) -> HostReport {
     out.push(checks::io_uring(root));
     out.extend(checks::vfio(root, &facts));
     out.push(checks::hugepages(root));
+    out.push(checks::shmem_thp(root));
     out.push(checks::memfd());
+    out.push(checks::seccomp(&probes::probe_seccomp()));
     out.extend(checks::net(root, &facts));
 
     let verdict = verdict(kind, kvm_info, direct_boot);

@@ -1,4 +1,4 @@
-//! Live probes: KVM ioctls, an io_uring NOP round trip, memfd + MAP_SHARED.
+//! Live probes: KVM ioctls, an io_uring NOP round trip, memfd + MAP_SHARED, seccomp.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -150,4 +150,38 @@ pub fn open_rw(path: &Path) -> Result<()> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// What the kernel offers for seccomp filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeccompInfo {
+    /// This process's seccomp mode (`PR_GET_SECCOMP`: 0 none, 2 filtered).
+    pub mode: i32,
+    /// `SECCOMP_RET_KILL_PROCESS` is available (`SECCOMP_GET_ACTION_AVAIL`, Linux 4.14).
+    pub kill_process: bool,
+}
+
+/// Asks the kernel whether seccomp filters work here (`prctl(PR_GET_SECCOMP)` and
+/// `seccomp(SECCOMP_GET_ACTION_AVAIL, SECCOMP_RET_KILL_PROCESS)`).
+pub fn probe_seccomp() -> io::Result<SeccompInfo> {
+    // SAFETY: prctl with integer arguments only.
+    let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    if mode < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_ulong = 2;
+    let action: u32 = libc::SECCOMP_RET_KILL_PROCESS;
+    // SAFETY: the operation reads one u32 through the pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    Ok(SeccompInfo {
+        mode,
+        kill_process: rc == 0,
+    })
 }

@@ -76,7 +76,31 @@ fn lab_tree() -> tempfile::TempDir {
         "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
         "512\n",
     );
+    write(
+        r,
+        "sys/kernel/mm/transparent_hugepage/shmem_enabled",
+        "always within_size [advise] never deny force\n",
+    );
     t
+}
+
+#[test]
+fn shmem_thp_never_warns_with_the_fix() {
+    let t = pvm_tree();
+    write(
+        t.path(),
+        "sys/kernel/mm/transparent_hugepage/shmem_enabled",
+        "always within_size advise [never] deny force\n",
+    );
+    let c = checks::shmem_thp(&HostRoot::new(t.path()));
+    assert_eq!(c.status, Status::Warn);
+    assert!(c.detail.contains("shmem_enabled=never"), "{}", c.detail);
+    let fix = c.fix.unwrap();
+    assert!(
+        fix.contains("echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+        "{fix}"
+    );
+    assert!(fix.contains("hugepages=on"), "{fix}");
 }
 
 #[test]
@@ -202,6 +226,14 @@ fn lab_tree_vendor_vfio_and_hugepage_checks() {
     assert_eq!(get("irq-remapping").status, Status::Pass);
     assert_eq!(get("vfio-container").status, Status::Warn);
     assert_eq!(checks::hugepages(&root).status, Status::Pass);
+    // The lab host advises shmem THP, as a tuned host does.
+    let thp = checks::shmem_thp(&root);
+    assert_eq!(thp.status, Status::Pass, "{thp:?}");
+    assert!(
+        thp.detail.contains("shmem_enabled=advise"),
+        "{}",
+        thp.detail
+    );
 
     // Remapping capable (ECAP bit 3) but no IR-* chips: WARN that says why.
     fs::write(t.path().join("proc/interrupts"), " 24: 1 PCI-MSI nvme\n").unwrap();
@@ -229,6 +261,9 @@ fn pvm_tree_report_without_kvm_device() {
     let irq = report.get("irq-remapping").unwrap();
     assert!(irq.detail.contains("CONFIG_IRQ_REMAP") || irq.detail.contains("cannot determine"));
     assert_eq!(report.get("hugepages").unwrap().status, Status::Warn);
+    let thp = report.get("shmem-thp").unwrap();
+    assert_eq!(thp.status, Status::Warn, "no THP files in this tree");
+    assert!(thp.fix.as_deref().unwrap().contains("hugepages=on"));
     let vfio = report.get("vfio-container").unwrap();
     assert!(
         vfio.detail.contains("without CONFIG_VFIO"),
@@ -277,4 +312,26 @@ fn json_shape_and_text_alignment() {
     assert_eq!(lines[1], "[WARN] longer-name: two");
     assert_eq!(lines[2], "                    fix: do x");
     assert_eq!(lines[3], "verdict: use lab mode");
+}
+
+#[test]
+fn seccomp_is_reported_with_the_process_mode() {
+    use super::probes::SeccompInfo;
+    let ok = checks::seccomp(&Ok(SeccompInfo {
+        mode: 0,
+        kill_process: true,
+    }));
+    assert_eq!(ok.status, Status::Pass);
+    assert!(ok.detail.contains("SECCOMP_RET_KILL_PROCESS") && ok.detail.ends_with("Seccomp: 0"));
+    let old = checks::seccomp(&Ok(SeccompInfo {
+        mode: 0,
+        kill_process: false,
+    }));
+    assert_eq!(old.status, Status::Warn);
+    let none = checks::seccomp(&Err(std::io::Error::from_raw_os_error(libc::EINVAL)));
+    assert_eq!(none.status, Status::Warn);
+    assert!(none.fix.unwrap().contains("CONFIG_SECCOMP_FILTER"));
+    // This host: the kernel answers.
+    let here = super::probes::probe_seccomp().unwrap();
+    assert!(here.mode == 0 || here.mode == 2, "mode {}", here.mode);
 }

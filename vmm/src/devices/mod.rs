@@ -8,12 +8,14 @@
 //! | passthrough         | [`vfio`] (glue to the `vfio` crate)    | the host device                 |
 //!
 //! The virtio tiers share [`virtio::transport`]; [`bus`] dispatches exits, and
-//! [`serial`], [`i8042`] and [`power`] are the legacy devices.
+//! [`serial`], [`i8042`] and [`power`] are the legacy devices (with the ACPI
+//! power button); [`pause`] is how device threads stop for `vm.pause`.
 
 pub mod bus;
 pub mod e1000;
 pub mod i8042;
 pub mod nvme;
+pub mod pause;
 pub mod power;
 pub mod serial;
 pub mod vfio;

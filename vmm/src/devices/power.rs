@@ -1,11 +1,39 @@
 //! Hardware-reduced ACPI sleep and reset registers: `poweroff` in the guest
-//! writes SLP_TYP=S5|SLP_EN here, `reboot` writes the reset value.
+//! writes SLP_TYP=S5|SLP_EN here, `reboot` writes the reset value; and the
+//! power button the VMM presses (`vm.shutdown`).
 
 use std::sync::Arc;
 
+use vmm_sys_util::eventfd::EventFd;
+
 use super::bus::BusDevice;
+use crate::error::Error;
 use crate::layout;
 use crate::vstate::exit::{ExitSignal, GuestExit};
+use crate::vstate::interrupts::IrqRouting;
+
+/// The ACPI power button. Hardware-reduced ACPI has no fixed power button:
+/// the DSDT describes a control-method button (`\_SB_.PWRB`, PNP0C0C) and a
+/// Generic Event Device (`\_SB_.GED_`, ACPI0013) whose interrupt is
+/// [`layout::GED_GSI`]; its `_EVT` method notifies the button (0x80, pressed),
+/// which Linux's button driver reports as KEY_POWER.
+pub struct PowerButton {
+    irq: EventFd,
+}
+
+impl PowerButton {
+    /// A button raising GSI [`layout::GED_GSI`] through an irqfd.
+    pub fn new(routing: &IrqRouting) -> Result<Self, Error> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::Io)?;
+        routing.register_irqfd(&irq, layout::GED_GSI)?;
+        Ok(Self { irq })
+    }
+
+    /// Press the button: one edge on the GED's interrupt.
+    pub fn press(&self) -> std::io::Result<()> {
+        self.irq.write(1)
+    }
+}
 
 /// The SLP_TYP value the DSDT's `_S5` package advertises.
 pub const S5_SLEEP_TYPE: u8 = 5;

@@ -1,6 +1,8 @@
 //! The 8250 UART on COM1 (vm-superio), its interrupt wired to KVM with an
-//! irqfd, and a console sink that notices guest kernel panics.
+//! irqfd, a console sink that notices guest kernel panics, and a size cap for a
+//! console written to a file.
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
@@ -87,6 +89,68 @@ impl Write for ConsoleSink {
     }
 }
 
+/// A serial log file that never grows past `max_size` bytes: a write that would cross
+/// the cap first truncates the file to a marker line, so a guest printing without end
+/// cannot fill the host's disk and the file keeps the newest output.
+pub struct CappedFile {
+    /// Opened for appending: after a truncation, writes land at the new end.
+    file: File,
+    size: u64,
+    max_size: u64,
+}
+
+impl CappedFile {
+    /// Cap `file` (opened with `append`; its current contents count) at `max_size` bytes.
+    pub fn new(file: File, max_size: u64) -> io::Result<Self> {
+        let size = file.metadata()?.len();
+        let mut capped = Self {
+            file,
+            size,
+            max_size,
+        };
+        if size > max_size {
+            capped.truncate()?;
+        }
+        Ok(capped)
+    }
+
+    fn marker(&self) -> String {
+        format!(
+            "[vmm: serial output truncated here: the file reached max_size={} bytes]\n",
+            self.max_size
+        )
+    }
+
+    /// Empty the file and start it with the marker line.
+    fn truncate(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        let marker = self.marker();
+        self.file.write_all(marker.as_bytes())?;
+        self.size = marker.len() as u64;
+        Ok(())
+    }
+}
+
+impl Write for CappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.max_size.saturating_sub(self.size);
+        let mut data = buf;
+        if data.len() as u64 > room {
+            self.truncate()?;
+            // A single write larger than the cap keeps only its tail.
+            let room = self.max_size.saturating_sub(self.size) as usize;
+            data = &data[data.len().saturating_sub(room)..];
+        }
+        self.file.write_all(data)?;
+        self.size += data.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// COM1 as a bus device.
 pub struct SerialDevice {
     uart: Serial<IrqfdTrigger, NoEvents, ConsoleSink>,
@@ -159,6 +223,47 @@ mod tests {
             Some("Kernel panic - not syncing: Attempted to kill init!")
         );
         assert!(cap.0.lock().unwrap().starts_with(b"hello\r\n"));
+    }
+
+    #[test]
+    fn capped_file_truncates_with_a_marker_and_keeps_the_newest_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        std::fs::write(&path, b"earlier run\n").unwrap();
+        let open = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap()
+        };
+        let mut out = CappedFile::new(open(), 4096).unwrap();
+        // 100 lines of 100 bytes: 10 000 bytes through a 4 KiB cap.
+        for i in 0..100u32 {
+            let line = format!("{i:>99}\n");
+            out.write_all(line.as_bytes()).unwrap();
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert!(len <= 4096, "file grew to {len} bytes after line {i}");
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(
+                "[vmm: serial output truncated here: the file reached max_size=4096 bytes]\n"
+            ),
+            "{text:.120}"
+        );
+        assert!(!text.contains("earlier run"));
+        assert!(text.ends_with(&format!("{:>99}\n", 99)), "newest line kept");
+        // One write larger than the cap keeps its tail; a file already past the cap is
+        // truncated when opened.
+        let big = vec![b'x'; 10_000];
+        out.write_all(&big).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
+        std::fs::write(&path, vec![b'y'; 8000]).unwrap();
+        let out = CappedFile::new(open(), 4096).unwrap();
+        drop(out);
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("[vmm: serial"));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! | thread | kind | started by |
 //! |---|---|---|
-//! | `vmm` (main) | [`VmmThread::Main`] once the vCPUs run | — |
-//! | `vcpuN` | [`VmmThread::Vcpu`] | `main`, after set-up |
+//! | `vmm` (main) | [`VmmThread::Process`] from the start, [`VmmThread::Main`] once the first VM's vCPUs run | — |
+//! | `vmm-api` (`--api-socket`) | [`VmmThread::Api`] | `main`, at start |
+//! | `metrics` (`--metrics`) | [`VmmThread::Metrics`] | `main`, at start |
+//! | `vcpuN` | [`VmmThread::Vcpu`] | `main`, after set-up (again after each reboot) |
 //! | `blk-qN`, `net-q0` (in-VMM virtio queues) | [`VmmThread::Queue`] | a vCPU, at DRIVER_OK |
 //! | `blkN-mon`, `vu-netN-mon` (vhost-user backend supervisor) | [`VmmThread::Monitor`] | `main`, at set-up |
 //! | `vhost-deadline` (one per backend connection) | [`VmmThread::Deadline`] | `main` at set-up, a monitor on reconnect |
@@ -15,20 +17,29 @@
 //! messages to its backend, or in-VMM io_urings and queue threads, which start under the vCPU's
 //! filter), BAR moves remap ioeventfds and passed-through regions, MSI-X writes change
 //! interrupt routes, emulated NVMe commands read and write the disk. Their table is the
-//! widest after the set-up's; it still has no `open`, `socket`, `connect` or `execve`.
+//! widest after the set-up's; it still has no `open` (but of `/proc/stat`, read-only),
+//! `socket`, `connect` or `execve`.
+//!
+//! `vm.reboot` builds the VM again in-process, on the main thread, after its own filter is
+//! installed: the event loop's table therefore holds the set-up's too, and `Main` differs from
+//! `Process` only by what no thread but a short-lived one needs. A thread's filter is
+//! installed once: filters stack, and the kernel bounds their total size.
 
 mod ioctls;
 
-use backends::seccomp::groups::{engine, spawner, thread_basics};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use backends::seccomp::groups::{engine, http_server, spawner, thread_basics};
 use backends::seccomp::{Allowed, ThreadKind};
 use libc::{
-    SYS_access, SYS_connect, SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_wait,
-    SYS_eventfd2, SYS_fallocate, SYS_fcntl, SYS_fdatasync, SYS_fstat, SYS_ftruncate,
-    SYS_getdents64, SYS_io_uring_enter, SYS_io_uring_register, SYS_io_uring_setup, SYS_lseek,
+    SYS_access, SYS_bind, SYS_chmod, SYS_connect, SYS_epoll_create1, SYS_epoll_ctl,
+    SYS_epoll_pwait, SYS_epoll_wait, SYS_eventfd2, SYS_fallocate, SYS_fchmodat, SYS_fcntl,
+    SYS_fdatasync, SYS_fstat, SYS_ftruncate, SYS_getdents64, SYS_getpid, SYS_getsockname,
+    SYS_io_uring_enter, SYS_io_uring_register, SYS_io_uring_setup, SYS_listen, SYS_lseek,
     SYS_memfd_create, SYS_newfstatat, SYS_openat, SYS_poll, SYS_pread64, SYS_pwrite64, SYS_read,
-    SYS_readlink, SYS_readlinkat, SYS_recvfrom, SYS_recvmsg, SYS_rt_sigaction, SYS_sendmsg,
-    SYS_sendto, SYS_shutdown, SYS_signalfd4, SYS_socket, SYS_statfs, SYS_statx, SYS_tgkill,
-    SYS_write,
+    SYS_readlink, SYS_readlinkat, SYS_recvfrom, SYS_recvmsg, SYS_rt_sigaction,
+    SYS_sched_setaffinity, SYS_sendmsg, SYS_sendto, SYS_setsockopt, SYS_shutdown, SYS_signalfd4,
+    SYS_socket, SYS_statfs, SYS_statx, SYS_tgkill, SYS_umask, SYS_unlink, SYS_write,
 };
 
 use self::ioctls::*;
@@ -37,12 +48,17 @@ use crate::vstate::vcpu::kick_signal;
 /// A thread kind of `vmm run`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmmThread {
-    /// The whole process, installed on its only thread before the VM is built: every kind
-    /// below and the set-up (KVM, guest memory, the kernel, devices and their host files,
-    /// TAPs, backend connections, VFIO).
+    /// The whole process, installed on its only thread before anything else: every kind
+    /// below and the set-up (the API socket and the metrics endpoint, KVM, guest memory, the
+    /// kernel, devices and their host files, TAPs, backend connections, VFIO).
     Process,
-    /// The event loop (exit events, signals, stdin for the serial console) and the teardown.
+    /// The event loop (exit events, signals, stdin for the serial console, API requests), the
+    /// teardown, and the set-up again at each `vm.reboot`.
     Main,
+    /// Serves the API socket; requests go to the event loop through a channel.
+    Api,
+    /// Serves the in-VMM queues' counters (`--metrics`).
+    Metrics,
     /// A vCPU: `KVM_RUN` and the devices' register handlers.
     Vcpu,
     /// An in-VMM virtio queue thread (request engine).
@@ -60,6 +76,8 @@ impl ThreadKind for VmmThread {
         match self {
             Self::Process => "process",
             Self::Main => "main",
+            Self::Api => "api",
+            Self::Metrics => "metrics",
             Self::Vcpu => "vcpu",
             Self::Queue => "queue",
             Self::Monitor => "monitor",
@@ -72,6 +90,8 @@ impl ThreadKind for VmmThread {
         match self {
             Self::Process => [
                 Self::Main,
+                Self::Api,
+                Self::Metrics,
                 Self::Vcpu,
                 Self::Queue,
                 Self::Monitor,
@@ -80,7 +100,10 @@ impl ThreadKind for VmmThread {
             ]
             .into_iter()
             .fold(set_up(), |all, kind| all.with(kind.allowed())),
-            Self::Main => main(),
+            Self::Main => main().with(set_up()),
+            // `vmm.ping` reports the process id.
+            Self::Api => thread_basics().with(http_server()).calls(&[SYS_getpid]),
+            Self::Metrics => thread_basics().with(http_server()),
             Self::Vcpu => vcpu(),
             Self::Queue => thread_basics()
                 .with(engine())
@@ -151,8 +174,11 @@ fn vcpu() -> Allowed {
             libc::TUNSETOFFLOAD,
         ])
         // Passed-through config space and BARs that are not mapped: region reads and writes.
-        // Emulated NVMe: reads, writes, flushes and deallocation (hole punching).
+        // Emulated NVMe: reads, writes, flushes (FUA writes too) and deallocation (hole
+        // punching).
         .calls(&[SYS_pread64, SYS_pwrite64, SYS_fdatasync])
+        // The serial console's file, capped (`max_size`): emptied when full.
+        .calls(&[SYS_ftruncate])
         .call_if(
             SYS_fallocate,
             1,
@@ -213,6 +239,23 @@ fn set_up() -> Allowed {
         .call_if(SYS_rt_sigaction, 0, &[kick_signal() as u64])
         .calls(&[SYS_write])
         .with(spawner())
+        // The API socket (created mode 0600 under a narrowed umask, a stale one replaced) and
+        // the metrics endpoint (a Unix socket, or TCP on loopback); their addresses.
+        .calls(&[SYS_bind, SYS_listen, SYS_getsockname, SYS_umask])
+        .calls(&[SYS_chmod, SYS_fchmodat, SYS_unlink])
+        .call_if(SYS_setsockopt, 1, &[libc::SOL_SOCKET as u64])
+        // vCPU placement (`--cpus affinity=`) is taken by each vCPU thread before its filter.
+        .calls(&[SYS_sched_setaffinity])
+}
+
+/// Installs the event loop's filter ([`VmmThread::Main`]) on the calling thread, the first
+/// time only: a reboot runs the event loop again on the same thread, already confined.
+pub fn confine_event_loop() -> backends::Result<()> {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    backends::seccomp::install(VmmThread::Main)
 }
 
 #[cfg(test)]

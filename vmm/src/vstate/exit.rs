@@ -30,16 +30,19 @@ pub enum GuestExit {
     },
     /// The VMM received SIGTERM or SIGINT.
     Signal(i32),
+    /// The API stopped the VM at once (`vm.shutdown?force=true`).
+    Stopped,
 }
 
 impl GuestExit {
     /// The process exit code that reports this outcome.
     ///
-    /// 0 power-off; 2 reset/reboot; 3 kernel panic; 4 triple fault or vCPU
-    /// error; 128+N terminated by signal N. (1 is a VMM error.)
+    /// 0 power-off (or a forced API shutdown); 2 reset/reboot; 3 kernel panic;
+    /// 4 triple fault or vCPU error; 128+N terminated by signal N. (1 is a VMM
+    /// error.)
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::PowerOff => 0,
+            Self::PowerOff | Self::Stopped => 0,
             Self::Reset(_) => 2,
             Self::Panic(_) => 3,
             Self::TripleFault { .. } | Self::VcpuError { .. } => 4,
@@ -57,6 +60,7 @@ impl fmt::Display for GuestExit {
             Self::TripleFault { cpu } => write!(f, "vCPU {cpu} triple-faulted (KVM_EXIT_SHUTDOWN)"),
             Self::VcpuError { cpu, detail } => write!(f, "vCPU {cpu} failed: {detail}"),
             Self::Signal(n) => write!(f, "stopped by signal {n}"),
+            Self::Stopped => write!(f, "stopped through the API (vm.shutdown, force)"),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, RwLock};
 use std::thread::JoinHandle;
 
+use backends::placement::Affinity;
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -13,6 +14,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::exit::{ExitSignal, GuestExit};
+use super::vcpus::VcpuControl;
 use super::{cpuid, regs};
 use crate::devices::bus::Bus;
 use crate::seccomp::VmmThread;
@@ -156,32 +158,37 @@ impl Vcpu {
         Ok(Self { index, fd })
     }
 
-    /// Runs the vCPU on a thread named `vcpuN` until `stop` is set or the
-    /// guest stops; the outcome goes to `exit`. The thread installs its seccomp
-    /// filter, then waits at `gate` until every other thread has its own.
+    /// Runs the vCPU on a thread named `vcpuN`, on the host CPUs `affinity` gives it (if
+    /// any), until `control` says stop or the guest stops (parking it while `control` says
+    /// pause); the outcome goes to `exit`. The thread installs its seccomp filter, then waits
+    /// at `gate` until every other thread has its own.
     pub fn spawn(
         self,
         buses: Arc<IoBuses>,
         exit: Arc<ExitSignal>,
-        stop: Arc<AtomicBool>,
+        control: Arc<VcpuControl>,
+        affinity: Affinity,
         gate: Arc<Barrier>,
     ) -> Result<JoinHandle<()>, VcpuError> {
+        let name = format!("vcpu{}", self.index);
         std::thread::Builder::new()
-            .name(format!("vcpu{}", self.index))
+            .name(name.clone())
             .spawn(move || {
+                affinity.pin_current(usize::from(self.index), &name);
                 backends::seccomp::install_or_exit(VmmThread::Vcpu);
                 gate.wait();
-                self.run(&buses, &exit, &stop)
+                self.run(&buses, &exit, &control);
+                control.finished();
             })
             .map_err(VcpuError::Spawn)
     }
 
-    fn run(mut self, buses: &IoBuses, exit: &ExitSignal, stop: &AtomicBool) {
+    fn run(mut self, buses: &IoBuses, exit: &ExitSignal, control: &VcpuControl) {
         if let Err(e) = vmm_sys_util::signal::unblock_signal(kick_signal()) {
             tracing::warn!("vcpu{}: cannot unblock the kick signal: {e}", self.index);
         }
         let cpu = usize::from(self.index);
-        while !stop.load(Ordering::Acquire) {
+        while !control.stopping() {
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !read_lock(&buses.pio).read(port.into(), data) {
@@ -243,6 +250,11 @@ impl Vcpu {
                 exit.request(why);
                 break;
             }
+            control.park_if_paused(|| {
+                // Tell a kvmclock guest the pause was the host's doing (no
+                // soft-lockup reports once it runs again).
+                let _ = self.fd.kvmclock_ctrl();
+            });
         }
         tracing::debug!("vcpu{cpu} stopped");
     }

@@ -282,6 +282,7 @@ fn link_backend(pairs: u16) -> (NetBackend, Vec<OwnedFd>) {
         queue_pairs: pairs,
         queue_size: QSIZE,
         tuning: Tuning::default(),
+        affinity: Default::default(),
     };
     (NetBackend::new(opts).unwrap(), peers)
 }

@@ -87,6 +87,18 @@ impl E1000PciDevice {
         self.nic.receive(&self.mem, &mut line, frame);
     }
 
+    /// The NIC's counters as `(name, value)` pairs.
+    pub fn counters(&self) -> [(&'static str, u64); 5] {
+        let s = &self.nic.stats;
+        [
+            ("tx_frames", s.tx_frames),
+            ("rx_frames", s.rx_frames),
+            ("tx_dropped", s.tx_dropped),
+            ("rx_dropped", s.rx_dropped),
+            ("bad_rings", s.bad_rings),
+        ]
+    }
+
     /// Logs the counters (VMM exit).
     pub fn shutdown(&self) {
         tracing::info!("e1000: stopped; {:?}", self.nic.stats);

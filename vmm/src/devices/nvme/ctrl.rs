@@ -5,6 +5,9 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -20,10 +23,84 @@ pub trait Interrupts {
     fn signal(&mut self, vector: u16);
 }
 
+/// Where a namespace's blocks live: the backing file in the VMM, a recorder in tests.
+pub trait Storage: Send {
+    /// Read exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at `offset`; with `durable` (Force Unit Access) the data is on
+    /// stable storage when this returns.
+    fn write_at(&self, buf: &[u8], offset: u64, durable: bool) -> io::Result<()>;
+    /// Make every completed write durable (Flush).
+    fn sync(&self) -> io::Result<()>;
+    /// Deallocate `len` bytes at `offset` (reads return zeros afterwards).
+    fn deallocate(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+impl Storage for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, mut buf: &[u8], mut offset: u64, durable: bool) -> io::Result<()> {
+        if !durable {
+            return self.write_all_at(buf, offset);
+        }
+        // RWF_DSYNC: this write alone is synced (data and the metadata to find it), as
+        // fdatasync would after it, in the same system call.
+        while !buf.is_empty() {
+            let iov = libc::iovec {
+                iov_base: buf.as_ptr() as *mut libc::c_void,
+                iov_len: buf.len(),
+            };
+            let off =
+                i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // SAFETY: one iovec over `buf`, which the kernel only reads during the call.
+            let n = unsafe { libc::pwritev2(self.as_raw_fd(), &iov, 1, off, libc::RWF_DSYNC) };
+            match n {
+                n if n > 0 => {
+                    buf = &buf[n as usize..];
+                    offset += n as u64;
+                }
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.sync_data()
+    }
+
+    fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let bad = || io::Error::from_raw_os_error(libc::EINVAL);
+        let off = i64::try_from(offset).map_err(|_| bad())?;
+        let len = i64::try_from(len).map_err(|_| bad())?;
+        // SAFETY: fallocate on a descriptor this file owns; no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                self.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// The one namespace (NSID 1).
 pub struct Namespace {
-    /// Backing file.
-    pub file: File,
+    /// Backing storage.
+    pub storage: Box<dyn Storage>,
     /// Size in logical blocks.
     pub blocks: u64,
     /// Writes and deallocation answer Namespace is Write Protected.

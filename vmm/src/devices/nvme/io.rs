@@ -1,9 +1,7 @@
 //! The NVM command set: Flush, Write, Read and Dataset Management
 //! (deallocate → `fallocate(PUNCH_HOLE)`), run synchronously on the vCPU
-//! thread with `pread`/`pwrite` through a bounce buffer.
-
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+//! thread with `pread`/`pwrite` through a bounce buffer. A write with Force
+//! Unit Access is durable (`RWF_DSYNC`) before its completion is posted.
 
 use vm_memory::GuestMemoryMmap;
 
@@ -23,6 +21,8 @@ pub mod op {
     pub const DSM: u8 = 0x09;
 }
 
+/// Read/Write CDW12 bit 30: Force Unit Access.
+const FUA: u32 = 1 << 30;
 /// Dataset Management: Attribute – Deallocate (CDW11 bit 2).
 const DSM_DEALLOCATE: u32 = 1 << 2;
 /// Bytes per Dataset Management range.
@@ -50,7 +50,7 @@ impl Controller {
     }
 
     fn flush(&mut self) -> Status {
-        match self.ns.file.sync_data() {
+        match self.ns.storage.sync() {
             Ok(()) => Status::SUCCESS,
             Err(e) => {
                 tracing::warn!("nvme: flush: {e}");
@@ -62,7 +62,8 @@ impl Controller {
     /// Byte offset of `count` blocks from `slba`, if inside the namespace.
     fn range(&self, slba: u64, count: u64) -> Option<u64> {
         let end = slba.checked_add(count)?;
-        (end <= self.ns.blocks).then_some(slba * LBA_SIZE)
+        // `then`, not `then_some`: the product of an out-of-range LBA overflows.
+        (end <= self.ns.blocks).then(|| slba * LBA_SIZE)
     }
 
     fn rw(&mut self, mem: &GuestMemoryMmap, cmd: &Command, write: bool) -> Status {
@@ -86,7 +87,8 @@ impl Controller {
         buf.resize(len as usize, 0);
         let status = if write {
             prps.read(mem, &mut buf).err().unwrap_or_else(|| {
-                match self.ns.file.write_all_at(&buf, offset) {
+                let durable = cmd.cdw(12) & FUA != 0;
+                match self.ns.storage.write_at(&buf, offset, durable) {
                     Ok(()) => Status::SUCCESS,
                     Err(e) => {
                         tracing::warn!("nvme: write {len} bytes at {offset}: {e}");
@@ -95,7 +97,7 @@ impl Controller {
                 }
             })
         } else {
-            match self.ns.file.read_exact_at(&mut buf, offset) {
+            match self.ns.storage.read_at(&mut buf, offset) {
                 Ok(()) => prps.write(mem, &buf).err().unwrap_or(Status::SUCCESS),
                 Err(e) => {
                     tracing::warn!("nvme: read {len} bytes at {offset}: {e}");
@@ -138,20 +140,7 @@ impl Controller {
             }
         }
         for (offset, len) in todo {
-            let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
-                return Status::LBA_OUT_OF_RANGE;
-            };
-            // SAFETY: fallocate on a descriptor this controller owns; no memory is passed.
-            let rc = unsafe {
-                libc::fallocate(
-                    self.ns.file.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off,
-                    l,
-                )
-            };
-            if rc != 0 {
-                let e = std::io::Error::last_os_error();
+            if let Err(e) = self.ns.storage.deallocate(offset, len) {
                 tracing::warn!("nvme: deallocate {len} bytes at {offset}: {e}");
                 return Status::INTERNAL_ERROR;
             }

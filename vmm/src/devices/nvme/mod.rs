@@ -22,7 +22,7 @@ pub mod regs;
 #[cfg(test)]
 mod tests;
 
-pub use ctrl::{Controller, Interrupts, Namespace};
+pub use ctrl::{Controller, Interrupts, Namespace, Storage};
 pub use pci::NvmePciDevice;
 
 /// Opens `path` and builds controller number `index` with `queues` I/O
@@ -50,7 +50,7 @@ pub fn create(
     }
     let serial = format!("VMMNVME{index:04}");
     let ns = Namespace {
-        file: disk.file,
+        storage: Box::new(disk.file),
         blocks,
         readonly,
     };

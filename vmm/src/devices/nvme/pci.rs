@@ -137,6 +137,17 @@ impl NvmePciDevice {
         &self.name
     }
 
+    /// The controller's counters as `(name, value)` pairs.
+    pub fn counters(&self) -> [(&'static str, u64); 4] {
+        let s = &self.ctrl.stats;
+        [
+            ("commands", s.commands),
+            ("errors", s.errors),
+            ("bad_doorbells", s.bad_doorbells),
+            ("interrupts", s.interrupts),
+        ]
+    }
+
     /// Logs the counters (VMM exit).
     pub fn shutdown(&mut self) {
         tracing::info!("{}: stopped; {:?}", self.name, self.ctrl.stats);

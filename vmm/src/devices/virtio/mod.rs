@@ -15,6 +15,7 @@ pub mod vhost_user;
 
 use std::os::fd::RawFd;
 
+use backends::metrics::QueueMetrics;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -151,6 +152,29 @@ pub struct Activation<'a> {
     pub mem: &'a GuestMemoryMmap,
 }
 
+/// The state of a vhost-user device's connection to its backend, as the API
+/// reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendState {
+    /// The backend is connected.
+    Connected,
+    /// The backend hung up; the VMM is connecting again.
+    Reconnecting,
+    /// The backend is gone for good: the device is marked DEVICE_NEEDS_RESET.
+    NeedsReset,
+}
+
+impl BackendState {
+    /// The API's name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Reconnecting => "reconnecting",
+            Self::NeedsReset => "needs-reset",
+        }
+    }
+}
+
 /// A virtio device model behind the PCI transport: the transport drives it;
 /// a vhost-user backend or VMM threads serve its queues.
 pub trait VirtioDevice: Send {
@@ -192,6 +216,27 @@ pub trait VirtioDevice: Send {
     }
     /// The backend connection is gone for good: stop talking to it.
     fn disconnected(&mut self) {}
+    /// The backend connection's state, for a vhost-user device.
+    fn backend_state(&self) -> Option<BackendState> {
+        None
+    }
+    /// The backend's metrics address, if the configuration names one.
+    fn backend_metrics(&self) -> Option<String> {
+        None
+    }
+    /// The counters of the queues the VMM serves itself (in-VMM devices).
+    fn queue_metrics(&self) -> Vec<QueueMetrics> {
+        Vec::new()
+    }
+    /// Stops taking new requests (VMM queue threads finish those they took);
+    /// `false` if a thread did not confirm. A vhost-user backend is told nothing.
+    fn pause(&mut self) -> bool {
+        true
+    }
+    /// Takes requests again after [`VirtioDevice::pause`].
+    fn resume(&mut self) -> bool {
+        true
+    }
     /// A short name for logs (`vhost-user-blk0 /tmp/vu.sock`).
     fn name(&self) -> String;
 }

@@ -219,3 +219,118 @@ fn readonly_namespace_refuses_writes() {
     assert_eq!(g.rw(iop::WRITE, 0, 1, DATA, 0), Status::NS_WRITE_PROTECTED);
     assert_eq!(g.rw(iop::READ, 0, 1, DATA, 0), Status::SUCCESS);
 }
+
+/// Storage over a file that records each write's durability and whether the command's
+/// completion was already in the guest's completion queue when the write returned.
+struct Recorder {
+    file: std::fs::File,
+    mem: GuestMemoryMmap,
+    /// `(durable, completion already posted)` per write; syncs as `(true, posted)` too.
+    log: std::sync::Arc<std::sync::Mutex<Vec<(bool, bool)>>>,
+}
+
+impl Recorder {
+    /// Whether the I/O completion queue holds an entry the guest has not consumed (the
+    /// harness zeroes each entry it takes; one command is outstanding at a time).
+    fn posted(&self) -> bool {
+        (0..16u64).any(|slot| {
+            let dw3: u32 = self
+                .mem
+                .read_obj(GuestAddress(IOCQ + 16 * slot + 12))
+                .unwrap();
+            dw3 & (1 << 16) != 0
+        })
+    }
+}
+
+impl Storage for Recorder {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, durable: bool) -> std::io::Result<()> {
+        // The real durable write (RWF_DSYNC), so the test also runs that path.
+        Storage::write_at(&self.file, buf, offset, durable)?;
+        self.log.lock().unwrap().push((durable, self.posted()));
+        Ok(())
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.log.lock().unwrap().push((true, self.posted()));
+        self.file.sync_data()
+    }
+    fn deallocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        Storage::deallocate(&self.file, offset, len)
+    }
+}
+
+#[test]
+fn fua_write_is_durable_before_its_completion_is_posted() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    file.as_file().set_len(BLOCKS * 512).unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mem = guest_memory();
+    let recorder = Recorder {
+        file: file.reopen().unwrap(),
+        mem: mem.clone(),
+        log: log.clone(),
+    };
+    let mut g = guest_on(mem, Box::new(recorder), file, false);
+    g.create_io_queues(16);
+    let data = [0x5au8; 1024];
+    g.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+
+    // Write with FUA (CDW12 bit 30): durable, and done before the completion exists.
+    let mut c = cmd(iop::WRITE, 1);
+    set_prp(&mut c, DATA, 0);
+    c[10] = 4;
+    c[12] = 1 | 1 << 30;
+    assert_eq!(g.cmd(1, c).status, Status::SUCCESS);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [(true, false)],
+        "FUA write not durable before its CQE"
+    );
+    let mut on_disk = [0u8; 1024];
+    g.file
+        .as_file()
+        .read_exact_at(&mut on_disk, 4 * 512)
+        .unwrap();
+    assert_eq!(on_disk, data);
+
+    // A plain write is not synced; a Flush syncs before its completion.
+    log.lock().unwrap().clear();
+    assert_eq!(g.rw(iop::WRITE, 8, 2, DATA, 0), Status::SUCCESS);
+    assert_eq!(*log.lock().unwrap(), [(false, false)]);
+    log.lock().unwrap().clear();
+    assert_eq!(g.cmd(1, cmd(iop::FLUSH, 1)).status, Status::SUCCESS);
+    assert_eq!(*log.lock().unwrap(), [(true, false)]);
+}
+
+/// Found by the `nvme` fuzz target: a starting LBA so large that its byte offset overflows
+/// panicked (debug builds) before the range check answered.
+#[test]
+fn lbas_whose_byte_offset_overflows_are_out_of_range() {
+    let mut g = guest();
+    g.create_io_queues(16);
+    for slba in [1u64 << 60, u64::MAX / 512 + 1, u64::MAX - 1] {
+        assert_eq!(
+            g.rw(iop::READ, slba, 1, DATA, 0),
+            Status::LBA_OUT_OF_RANGE,
+            "{slba:#x}"
+        );
+        assert_eq!(
+            g.rw(iop::WRITE, slba, 1, DATA, 0),
+            Status::LBA_OUT_OF_RANGE,
+            "{slba:#x}"
+        );
+    }
+    // Dataset Management: one range of 0 blocks at a huge LBA.
+    let range = [0u32.to_le_bytes(), 0u32.to_le_bytes()].concat();
+    let slba = (1u64 << 60).to_le_bytes();
+    g.mem
+        .write_slice(&[range.as_slice(), &slba].concat(), GuestAddress(DATA))
+        .unwrap();
+    let mut c = cmd(iop::DSM, 1);
+    set_prp(&mut c, DATA, 0);
+    c[11] = 1 << 2; // deallocate
+    assert_eq!(g.cmd(1, c).status, Status::LBA_OUT_OF_RANGE);
+}

@@ -8,7 +8,7 @@ mod io_tests;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::admin::op as aop;
-use super::ctrl::{Controller, Interrupts, Namespace, DOORBELL_BASE};
+use super::ctrl::{Controller, Interrupts, Namespace, Storage, DOORBELL_BASE};
 use super::io::op as iop;
 use super::prp::Prps;
 use super::regs::{self, CSTS_CFS, CSTS_RDY};
@@ -56,7 +56,6 @@ struct Guest {
 }
 
 fn guest_with(readonly: bool) -> Guest {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
     let file = tempfile::NamedTempFile::new().unwrap();
     file.as_file().set_len(BLOCKS * 512).unwrap();
     let f = std::fs::OpenOptions::new()
@@ -64,8 +63,22 @@ fn guest_with(readonly: bool) -> Guest {
         .write(true)
         .open(file.path())
         .unwrap();
+    guest_on(guest_memory(), Box::new(f), file, readonly)
+}
+
+fn guest_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap()
+}
+
+/// A guest on `mem` whose namespace is `storage` (over `file`).
+fn guest_on(
+    mem: GuestMemoryMmap,
+    storage: Box<dyn Storage>,
+    file: tempfile::NamedTempFile,
+    readonly: bool,
+) -> Guest {
     let ns = Namespace {
-        file: f,
+        storage,
         blocks: BLOCKS,
         readonly,
     };

@@ -13,6 +13,7 @@ use backends::blk::{
     DEFAULT_BATCH, SEG_MAX,
 };
 use backends::engine::{Engine, EngineConfig, LocalQueue, QueueStats};
+use backends::metrics::QueueMetrics;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
@@ -30,7 +31,6 @@ type BlkEngine = Engine<BlkHandler, GuestMemoryMmap>;
 struct RunningQueue {
     queue: usize,
     thread: QueueThread,
-    stats: Arc<QueueStats>,
 }
 
 /// A virtio-blk device whose queues are served by VMM threads (stopped
@@ -38,6 +38,8 @@ struct RunningQueue {
 pub struct InVmmBlk {
     threads: Vec<RunningQueue>,
     name: String,
+    /// Per queue, kept across activations (the counters of the device's life).
+    stats: Vec<Arc<QueueStats>>,
     file: Arc<std::fs::File>,
     settings: BlkSettings,
     config: BlkConfig,
@@ -91,6 +93,9 @@ impl InVmmBlk {
             queue_size,
             writeback: Arc::new(AtomicBool::new(true)),
             threads: Vec::new(),
+            stats: (0..queues)
+                .map(|_| Arc::new(QueueStats::default()))
+                .collect(),
         })
     }
 
@@ -102,7 +107,11 @@ impl InVmmBlk {
         act: &Activation<'_>,
     ) -> Result<(), VirtioError> {
         let queue = ready_queue(i, q, event_idx, act.mem)?;
-        let stats = Arc::new(QueueStats::default());
+        let stats = self
+            .stats
+            .get(i)
+            .cloned()
+            .ok_or(VirtioError::MissingEventfd { queue: i })?;
         let handler = BlkHandler::new(
             self.file.clone(),
             self.settings.clone(),
@@ -120,12 +129,8 @@ impl InVmmBlk {
         };
         let kicks = vec![dup_eventfd(act.kicks, i)?];
         let name = format!("{}: queue {i}", self.name);
-        let thread = QueueThread::spawn(format!("blk-q{i}"), name, worker, kicks)?;
-        self.threads.push(RunningQueue {
-            queue: i,
-            thread,
-            stats,
-        });
+        let thread = QueueThread::spawn(format!("blk-q{i}"), name, worker, kicks, vec![stats])?;
+        self.threads.push(RunningQueue { queue: i, thread });
         Ok(())
     }
 }
@@ -142,7 +147,7 @@ impl QueueWorker for BlkWorker {
         vec![self.engine.completion_fd().as_raw_fd()]
     }
 
-    fn process(&mut self, _ready: &[bool]) -> Result<(), VirtioError> {
+    fn process(&mut self, _ready: &[bool], _kicked: &[bool]) -> Result<(), VirtioError> {
         self.engine
             .process(&mut self.q)
             .map_err(engine_err(self.queue))
@@ -151,6 +156,12 @@ impl QueueWorker for BlkWorker {
     fn drain(&mut self) -> Result<(), VirtioError> {
         self.engine
             .drain(&mut self.q)
+            .map_err(engine_err(self.queue))
+    }
+
+    fn settle(&mut self) -> Result<(), VirtioError> {
+        self.engine
+            .settle(&mut self.q)
             .map_err(engine_err(self.queue))
     }
 }
@@ -210,8 +221,25 @@ impl VirtioDevice for InVmmBlk {
         for t in self.threads.drain(..) {
             let i = t.queue;
             t.thread.stop();
-            tracing::info!("{}: queue {i} stopped: {:?}", self.name, t.stats.snapshot());
+            if let Some(stats) = self.stats.get(i) {
+                tracing::info!("{}: queue {i} stopped: {:?}", self.name, stats.snapshot());
+            }
         }
+    }
+
+    fn queue_metrics(&self) -> Vec<QueueMetrics> {
+        let device = self.name.split(' ').next().unwrap_or("blk");
+        (self.stats.iter().enumerate())
+            .map(|(q, s)| QueueMetrics::new(device, q, s, true))
+            .collect()
+    }
+
+    fn pause(&mut self) -> bool {
+        self.threads.iter().all(|t| t.thread.pause())
+    }
+
+    fn resume(&mut self) -> bool {
+        self.threads.iter().all(|t| t.thread.resume())
     }
 }
 

@@ -8,9 +8,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use backends::engine::{Engine, EngineConfig, LocalQueue, QueueStats};
+use backends::engine::histogram::bump;
+use backends::engine::{Engine, EngineConfig, LocalQueue, Poller, QueueStats};
+use backends::metrics::QueueMetrics;
 use backends::net::{
-    device_features, offload_features, RxPath, Tap, TxHandler, DEFAULT_MTU, TX_MAX_IOV,
+    device_features, offload_features, PairWork, RxPath, Tap, TxHandler, DEFAULT_MTU, TX_MAX_IOV,
 };
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_S_LINK_UP};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -30,9 +32,8 @@ const RXQ: usize = 0;
 /// Transmit queue index.
 const TXQ: usize = 1;
 
-/// The running queue-pair thread.
-struct PairThread {
-    thread: QueueThread,
+/// The counters of the queue pair, kept across activations.
+struct PairStats {
     rx: Arc<QueueStats>,
     tx: Arc<QueueStats>,
 }
@@ -40,7 +41,8 @@ struct PairThread {
 /// A virtio-net device on a TAP whose queue pair is served by a VMM thread.
 pub struct InVmmNet {
     /// First field, so dropped (stopped and joined) before the TAP it uses.
-    thread: Option<PairThread>,
+    thread: Option<QueueThread>,
+    stats: PairStats,
     name: String,
     tap: Tap,
     features: u64,
@@ -97,6 +99,10 @@ impl InVmmNet {
             mtu,
             queue_size,
             thread: None,
+            stats: PairStats {
+                rx: Arc::new(QueueStats::default()),
+                tx: Arc::new(QueueStats::default()),
+            },
         })
     }
 
@@ -121,21 +127,25 @@ impl InVmmNet {
         let tx_q = local(TXQ, txq)?;
         let kicks = vec![dup_eventfd(act.kicks, RXQ)?, dup_eventfd(act.kicks, TXQ)?];
 
-        let rx_stats = Arc::new(QueueStats::default());
-        let tx_stats = Arc::new(QueueStats::default());
+        let rx_stats = self.stats.rx.clone();
+        let tx_stats = self.stats.tx.clone();
         let fd = self.tap.as_raw_fd();
         let handler = TxHandler::new(fd, self.acked.clone(), self.mtu, tx_stats.clone());
         let ecfg = EngineConfig::new(txq.size, TX_MAX_IOV);
         let tx = Engine::new(handler, ecfg, tx_stats.clone()).map_err(engine_err(TXQ))?;
         let rx = RxPath::new(fd, rxq.size, self.acked.clone(), rx_stats.clone())
             .map_err(engine_err(RXQ))?;
-        let pair = Pair { rx, tx, rx_q, tx_q };
-        let thread = QueueThread::spawn("net-q0".into(), self.name.clone(), pair, kicks)?;
-        self.thread = Some(PairThread {
-            thread,
-            rx: rx_stats,
-            tx: tx_stats,
-        });
+        let poller = Poller::new(ecfg.tuning.poll);
+        let pair = Pair {
+            rx,
+            tx,
+            rx_q,
+            tx_q,
+            poller,
+        };
+        let stats = vec![rx_stats, tx_stats];
+        let thread = QueueThread::spawn("net-q0".into(), self.name.clone(), pair, kicks, stats)?;
+        self.thread = Some(thread);
         Ok(())
     }
 }
@@ -146,6 +156,8 @@ struct Pair {
     tx: TxEngine,
     rx_q: LocalQueue<GuestMemoryMmap>,
     tx_q: LocalQueue<GuestMemoryMmap>,
+    /// The thread's busy-poll window, over both queues.
+    poller: Poller,
 }
 
 impl QueueWorker for Pair {
@@ -157,20 +169,45 @@ impl QueueWorker for Pair {
         ]
     }
 
-    /// Transmit first, then receive.
-    fn process(&mut self, ready: &[bool]) -> Result<(), VirtioError> {
-        if ready.get(TXQ) == Some(&true) {
-            self.tx.process(&mut self.tx_q).map_err(engine_err(TXQ))?;
+    /// Both queues on any wake-up (transmit first), busy-polled together; each side
+    /// counts and logs its own failures.
+    fn process(&mut self, ready: &[bool], kicked: &[bool]) -> Result<(), VirtioError> {
+        for (q, stats) in [(RXQ, self.rx.stats()), (TXQ, self.tx.stats())] {
+            if ready.get(q) == Some(&true) {
+                bump(&stats.wakeups, 1);
+            }
         }
-        if ready.get(RXQ) == Some(&true) {
-            self.rx.process(&mut self.rx_q).map_err(engine_err(RXQ))?;
+        if kicked.get(RXQ) == Some(&true) {
+            self.rx.kicked();
         }
+        let mut work = PairWork {
+            rx: &mut self.rx,
+            rx_q: &mut self.rx_q,
+            tx: &mut self.tx,
+            tx_q: &mut self.tx_q,
+            pair: 0,
+        };
+        let served = self.poller.run(&mut work);
+        self.rx.publish_inflight();
+        let tx_inflight = self.tx.inflight() as u64;
+        self.tx
+            .stats()
+            .inflight
+            .store(tx_inflight, Ordering::Relaxed);
+        served.map_err(engine_err(TXQ))?;
         Ok(())
     }
 
     /// Only the transmit side has requests in flight to finish.
     fn drain(&mut self) -> Result<(), VirtioError> {
         self.tx.drain(&mut self.tx_q).map_err(engine_err(TXQ))
+    }
+
+    /// Transmit finishes its writes; receive simply is not served until the
+    /// next `process` (frames wait in the TAP and the read slots, not in guest
+    /// memory).
+    fn settle(&mut self) -> Result<(), VirtioError> {
+        self.tx.settle(&mut self.tx_q).map_err(engine_err(TXQ))
     }
 }
 
@@ -228,17 +265,33 @@ impl VirtioDevice for InVmmNet {
         let Some(t) = self.thread.take() else {
             return;
         };
-        t.thread.stop();
+        t.stop();
         tracing::info!(
             "{}: stopped: rx {:?}, tx {:?}",
             self.name,
-            t.rx.snapshot(),
-            t.tx.snapshot()
+            self.stats.rx.snapshot(),
+            self.stats.tx.snapshot()
         );
         self.acked.store(0, Ordering::Relaxed);
         if let Err(e) = self.tap.set_offload(0) {
             tracing::warn!("{}: {e}", self.name);
         }
+    }
+
+    fn queue_metrics(&self) -> Vec<QueueMetrics> {
+        let device = self.name.split(' ').next().unwrap_or("net");
+        vec![
+            QueueMetrics::new(device, "rx0", &self.stats.rx, false),
+            QueueMetrics::new(device, "tx0", &self.stats.tx, true),
+        ]
+    }
+
+    fn pause(&mut self) -> bool {
+        self.thread.as_ref().is_none_or(QueueThread::pause)
+    }
+
+    fn resume(&mut self) -> bool {
+        self.thread.as_ref().is_none_or(QueueThread::resume)
     }
 }
 
@@ -371,7 +424,7 @@ mod tests {
             assert_eq!(len, 0, "tx used length is 0");
         }
         assert!(calls[TXQ].read().unwrap() >= 1, "no interrupt");
-        let tx = d.thread.as_ref().unwrap().tx.snapshot();
+        let tx = d.stats.tx.snapshot();
         assert_eq!(tx.requests, 2, "{tx:?}");
         assert_eq!(tx.guest_faults, 1, "{tx:?}");
         // The TAP is down here: the write fails (EIO), counted; the chain still returns.

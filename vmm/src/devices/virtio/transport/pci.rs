@@ -209,6 +209,33 @@ impl VirtioPciDevice {
         self.device.name()
     }
 
+    /// The device model behind the transport.
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    /// The device model behind the transport, to pause or resume it.
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
+    /// The driver's side as the API reports it: `active` once the driver
+    /// set DRIVER_OK, `needs-reset` after the device failed, `reset` before.
+    pub fn driver_state(&self) -> &'static str {
+        if self.needs_reset() {
+            "needs-reset"
+        } else if self.common.status & status::DRIVER_OK != 0 {
+            "active"
+        } else {
+            "reset"
+        }
+    }
+
+    /// Queue notifies that trapped to the VMM instead of an ioeventfd.
+    pub fn slow_notifies(&self) -> u64 {
+        self.slow_notifies
+    }
+
     /// The descriptor whose hangup means the backend is gone.
     pub fn hangup_fd(&self) -> Option<RawFd> {
         self.device.hangup_fd()

@@ -13,7 +13,7 @@ use super::connection::{vhost_err, BackendTarget, Connection};
 use super::link::{ReconnectError, VhostUserLink};
 use crate::config::{DiskBackend, DiskConfig};
 use crate::devices::virtio::{
-    read_config_bytes, Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
+    read_config_bytes, Activation, BackendState, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
 };
 
 /// Virtio device ID of a block device.
@@ -44,6 +44,8 @@ pub struct VhostUserBlk {
     num_queues: u16,
     queue_size: u16,
     config: [u8; BLK_CONFIG_LEN],
+    /// The backend's metrics address, if configured.
+    metrics: Option<String>,
 }
 
 /// Protocol features a vhost-user-blk device asks for.
@@ -104,6 +106,7 @@ impl VhostUserBlk {
             num_queues,
             queue_size: cfg.queue_size,
             config,
+            metrics: cfg.metrics.as_ref().map(ToString::to_string),
         })
     }
 
@@ -253,6 +256,14 @@ impl VirtioDevice for VhostUserBlk {
         // the capacity on a config interrupt: a zero-sized disk turns new
         // I/O into errors/EOF at once instead of requests that never finish.
         self.config[..8].fill(0);
+    }
+
+    fn backend_state(&self) -> Option<BackendState> {
+        Some(self.link.state())
+    }
+
+    fn backend_metrics(&self) -> Option<String> {
+        self.metrics.clone()
     }
 
     fn name(&self) -> String {

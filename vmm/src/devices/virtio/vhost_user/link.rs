@@ -18,7 +18,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::{vhost_err, BackendTarget, Connection, PROTOCOL_FEATURES};
-use crate::devices::virtio::{Activation, QueueState, VirtioError};
+use crate::devices::virtio::{Activation, BackendState, QueueState, VirtioError};
 
 /// Why a new connection did not take over a lost backend's device.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,16 @@ impl VhostUserLink {
             active: None,
             inflight: None,
         })
+    }
+
+    /// The connection's state, as the API reports it (the transport's DEVICE_NEEDS_RESET
+    /// tells a reconnect given up from one under way).
+    pub(super) fn state(&self) -> BackendState {
+        match (self.lost, self.target.reconnect.enabled) {
+            (false, _) => BackendState::Connected,
+            (true, true) => BackendState::Reconnecting,
+            (true, false) => BackendState::NeedsReset,
+        }
     }
 
     /// Sizes the per-queue state once the device knows its queue count.

@@ -20,7 +20,7 @@ use super::connection::{BackendTarget, Connection};
 use super::link::{ReconnectError, VhostUserLink};
 use crate::config::VhostUserNetConfig;
 use crate::devices::virtio::{
-    read_config_bytes, Activation, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
+    read_config_bytes, Activation, BackendState, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
 };
 
 /// Virtio device ID of a network card.
@@ -64,6 +64,8 @@ pub struct VhostUserNet {
     num_queues: u16,
     queue_size: u16,
     config: [u8; NET_CONFIG_LEN],
+    /// The backend's metrics address, if configured.
+    metrics: Option<String>,
 }
 
 /// Protocol features a vhost-user-net device asks for.
@@ -120,6 +122,7 @@ impl VhostUserNet {
             num_queues,
             queue_size: cfg.queue_size,
             config,
+            metrics: cfg.metrics.as_ref().map(ToString::to_string),
         })
     }
 
@@ -304,6 +307,14 @@ impl VirtioDevice for VhostUserNet {
         self.link.connection_lost();
         // Link down: Linux re-reads `status` on a config interrupt.
         self.config[6..8].fill(0);
+    }
+
+    fn backend_state(&self) -> Option<BackendState> {
+        Some(self.link.state())
+    }
+
+    fn backend_metrics(&self) -> Option<String> {
+        self.metrics.clone()
     }
 
     fn name(&self) -> String {

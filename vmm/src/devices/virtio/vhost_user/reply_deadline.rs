@@ -45,6 +45,9 @@ pub struct ReplyDeadline {
     shared: Arc<Shared>,
     socket: String,
     limit: Duration,
+    /// Joined on drop, so that its duplicate of the socket is closed when the connection is
+    /// (a backend serves the next frontend only once the previous one has hung up).
+    watcher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ReplyDeadline {
@@ -60,18 +63,19 @@ impl ReplyDeadline {
             wake: Condvar::new(),
             socket: fd.try_clone_to_owned().map_err(VirtioError::Io)?,
         });
-        let watcher = shared.clone();
-        std::thread::Builder::new()
+        let watched = shared.clone();
+        let watcher = std::thread::Builder::new()
             .name("vhost-deadline".into())
             .spawn(move || {
                 backends::seccomp::install_or_exit(VmmThread::Deadline);
-                watch(&watcher)
+                watch(&watched)
             })
             .map_err(VirtioError::Io)?;
         Ok(Self {
             shared,
             socket: socket.to_string(),
             limit,
+            watcher: Some(watcher),
         })
     }
 
@@ -111,6 +115,9 @@ impl Drop for ReplyDeadline {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
     }
 }
 
