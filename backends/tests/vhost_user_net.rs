@@ -15,10 +15,11 @@ use vhost::VhostBackend;
 struct LinkBackend(Child);
 
 impl LinkBackend {
-    fn spawn(a: &Path, b: &Path) -> LinkBackend {
+    fn spawn(a: &Path, b: &Path, extra: &[&str]) -> LinkBackend {
         let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-net"))
             .arg("--link")
             .arg(format!("{},{}", a.display(), b.display()))
+            .args(extra)
             .stdin(Stdio::null())
             .env("NO_COLOR", "1")
             .spawn()
@@ -55,11 +56,15 @@ fn wait_for_threads(pid: u32, names: &[&str]) -> Vec<lab::ThreadStatus> {
     }
 }
 
-#[test]
-fn every_thread_runs_under_its_own_seccomp_filter() {
+/// The threads of a link backend started with `extra`, once a frontend negotiated on A; every
+/// one must be under its own filter.
+fn link_threads_under_filters(extra: &[&str]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
-    let be = LinkBackend::spawn(&a, &b);
+    let metrics = format!("unix:{}", dir.path().join("metrics.sock").display());
+    let mut args = vec!["--metrics", &metrics];
+    args.extend(extra);
+    let be = LinkBackend::spawn(&a, &b, &args);
     // A frontend on A: the relay and the per-connection threads start.
     let mut front = Frontend::connect(&a, 3).unwrap();
     front.set_owner().unwrap();
@@ -69,30 +74,49 @@ fn every_thread_runs_under_its_own_seccomp_filter() {
 
     let threads = wait_for_threads(
         be.0.id(),
-        &["vu-relay", "vu-relay-reply", "vu-conn", "vu-accept"],
+        &[
+            "vu-relay",
+            "vu-relay-reply",
+            "vu-conn",
+            "vu-accept",
+            "metrics",
+        ],
     );
     for t in &threads {
         assert_eq!(t.seccomp, 2, "{t:?} runs without a seccomp filter");
         assert!(t.filters >= 2, "{t:?} runs only the process-wide filter");
     }
-    let mut names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
+    let mut names: Vec<String> = threads.into_iter().map(|t| t.name).collect();
     names.sort_unstable();
-    assert_eq!(
-        names,
-        [
-            "net-dev0",
-            "net-dev1",
-            "net-q0",
-            "net-q0",
-            "net-signal",
-            "vhost-user-net",
-            "vu-accept",
-            "vu-accept",
-            "vu-conn",
-            "vu-relay",
-            "vu-relay-reply"
-        ]
-    );
+    names
+}
+
+#[test]
+fn every_thread_runs_under_its_own_seccomp_filter() {
+    let common = [
+        "metrics",
+        "net-dev0",
+        "net-dev1",
+        "net-signal",
+        "vhost-user-net",
+        "vu-accept",
+        "vu-accept",
+        "vu-conn",
+        "vu-relay",
+        "vu-relay-reply",
+    ];
+    for (extra, queues) in [
+        (&[][..], ["sw-a-q0", "sw-b-q0"]),
+        (&["--link-via", "socketpair"][..], ["net-q0", "net-q0"]),
+    ] {
+        let mut expected: Vec<String> = common
+            .iter()
+            .chain(&queues)
+            .map(|s| s.to_string())
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(link_threads_under_filters(extra), expected, "{extra:?}");
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 use libc::{
     SYS_bind, SYS_epoll_create1, SYS_eventfd2, SYS_fdatasync, SYS_getrusage, SYS_io_uring_register,
-    SYS_io_uring_setup, SYS_listen, SYS_lseek, SYS_openat, SYS_socket,
+    SYS_io_uring_setup, SYS_listen, SYS_lseek, SYS_openat, SYS_sched_setaffinity, SYS_socket,
 };
 
 use super::groups::{
@@ -96,4 +96,7 @@ fn set_up() -> Allowed {
         .call_if(SYS_socket, 0, &[libc::AF_UNIX as u64])
         .calls(&[SYS_bind, SYS_listen])
         .with(spawner())
+        // `--queue-affinity`: each queue thread pins itself when it starts, before its own
+        // filter.
+        .calls(&[SYS_sched_setaffinity])
 }

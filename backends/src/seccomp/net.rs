@@ -15,8 +15,9 @@
 use libc::{
     SYS_bind, SYS_epoll_create1, SYS_epoll_pwait, SYS_epoll_wait, SYS_eventfd2, SYS_fcntl,
     SYS_io_uring_register, SYS_io_uring_setup, SYS_listen, SYS_openat, SYS_read, SYS_recvfrom,
-    SYS_recvmsg, SYS_sendmsg, SYS_sendto, SYS_setsockopt, SYS_shutdown, SYS_socket, SYS_socketpair,
-    SYS_write, SIOCSIFMTU, TUNSETIFF, TUNSETOFFLOAD, TUNSETPERSIST, TUNSETQUEUE, TUNSETVNETHDRSZ,
+    SYS_recvmsg, SYS_sched_setaffinity, SYS_sendmsg, SYS_sendto, SYS_setsockopt, SYS_shutdown,
+    SYS_socket, SYS_socketpair, SYS_write, SIOCSIFMTU, TUNSETIFF, TUNSETOFFLOAD, TUNSETPERSIST,
+    TUNSETQUEUE, TUNSETVNETHDRSZ,
 };
 
 use super::groups::{
@@ -133,4 +134,7 @@ fn set_up() -> Allowed {
         .calls(&[SYS_eventfd2, SYS_epoll_create1])
         .calls(&[SYS_bind, SYS_listen])
         .with(spawner())
+        // `--queue-affinity`: each queue thread pins itself when it starts, before its own
+        // filter.
+        .calls(&[SYS_sched_setaffinity])
 }

@@ -7,6 +7,7 @@ use kvm_bindings::{
 use vmm_sys_util::{ioctl_io_nr, ioctl_iow_nr};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+ioctl_io_nr!(KVM_KVMCLOCK_CTRL, KVMIO, 0xad);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
@@ -38,6 +39,7 @@ mod tests {
     fn request_numbers_match_the_kernel_headers() {
         // Values from `strace -X raw` and the kernel's uapi headers.
         assert_eq!(KVM_RUN(), 0xae80);
+        assert_eq!(KVM_KVMCLOCK_CTRL(), 0xaead);
         assert_eq!(KVM_IRQFD(), 0x4020_ae76);
         assert_eq!(KVM_IOEVENTFD(), 0x4040_ae79);
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);

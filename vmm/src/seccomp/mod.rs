@@ -21,8 +21,9 @@
 //! `socket`, `connect` or `execve`.
 //!
 //! `vm.reboot` builds the VM again in-process, on the main thread, after its own filter is
-//! installed: the event loop's table therefore holds the set-up's too, and `Main` differs from
-//! `Process` only by what no thread but a short-lived one needs. A thread's filter is
+//! installed: the event loop's table therefore holds the set-up's and that of every thread the
+//! VM starts, and `Main` differs from `Process` only by the API and metrics threads' few
+//! extra calls. The narrow filters are the other threads'. A thread's filter is
 //! installed once: filters stack, and the kernel bounds their total size.
 
 mod ioctls;
@@ -100,7 +101,17 @@ impl ThreadKind for VmmThread {
             ]
             .into_iter()
             .fold(set_up(), |all, kind| all.with(kind.allowed())),
-            Self::Main => main().with(set_up()),
+            // A reboot builds the VM again from this thread, and the threads it starts run its
+            // filter under their own.
+            Self::Main => [
+                Self::Vcpu,
+                Self::Queue,
+                Self::Monitor,
+                Self::Deadline,
+                Self::E1000Rx,
+            ]
+            .into_iter()
+            .fold(main().with(set_up()), |all, kind| all.with(kind.allowed())),
             // `vmm.ping` reports the process id.
             Self::Api => thread_basics().with(http_server()).calls(&[SYS_getpid]),
             Self::Metrics => thread_basics().with(http_server()),
@@ -163,6 +174,8 @@ fn vcpu() -> Allowed {
     thread_basics()
         .ioctls(&[
             KVM_RUN(),
+            // Parked by `vm.pause`: tells a kvmclock guest the pause was the host's.
+            KVM_KVMCLOCK_CTRL(),
             // BAR moves and MSI-X: ioeventfds, irqfds, routes, passed-through BAR slots.
             KVM_IOEVENTFD(),
             KVM_IRQFD(),
