@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,6 +118,24 @@ fn every_thread_runs_under_its_own_seccomp_filter() {
         expected.sort_unstable();
         assert_eq!(link_threads_under_filters(extra), expected, "{extra:?}");
     }
+}
+
+#[test]
+fn a_switch_queue_thread_calling_outside_its_filter_kills_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    // The switch's queue threads run once at start (each learns its rings): the first one
+    // opens an inet socket, which its filter forbids.
+    let mut be = LinkBackend::spawn(&a, &b, &["--seccomp-violation", "switch"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = be.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "backend still running");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status}");
 }
 
 #[test]
