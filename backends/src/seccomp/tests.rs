@@ -219,3 +219,43 @@ fn a_thread_can_start_threads_that_add_their_own_filter() {
         "the inherited filter still applies"
     );
 }
+
+#[test]
+fn a_queue_thread_rebuilds_its_ring_with_sqpoll_under_its_filter() {
+    use std::os::fd::AsRawFd;
+
+    use io_uring::opcode;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use crate::engine::{new_ring, HostIdle, RingSpec};
+
+    let file = tempfile::tempfile().unwrap();
+    let eventfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let (fd, efd) = (file.as_raw_fd(), eventfd.as_raw_fd());
+    for (name, queue) in [
+        ("blk", BlkThread::Queue.allowed()),
+        ("net", NetThread::Queue.allowed()),
+    ] {
+        // What `Engine::govern_sqpoll` does at run time: sample the host's idle CPU time,
+        // then build a restricted ring with kernel submission polling.
+        let (idle, ring) = under_filter(queue, move || {
+            let mut host = HostIdle::new();
+            host.sample();
+            let idle = host.sample();
+            let ring = new_ring(&RingSpec {
+                sq_entries: 8,
+                cq_entries: Some(16),
+                sqpoll_idle_ms: Some(10),
+                file: fd,
+                eventfd: efd,
+                opcodes: &[opcode::Read::CODE, opcode::AsyncCancel::CODE],
+                flags: io_uring::squeue::Flags::empty(),
+            })
+            .map(drop)
+            .map_err(|e| e.to_string());
+            (idle, ring)
+        });
+        assert!((0.0..=f64::from(u16::MAX)).contains(&idle), "{name} {idle}");
+        assert_eq!(ring, Ok(()), "{name}");
+    }
+}
