@@ -89,6 +89,17 @@ pub enum Error {
     /// The vhost-user daemon failed.
     #[error("vhost-user: {0}")]
     VhostUser(String),
+    /// A thread's seccomp filter could not be built or installed.
+    #[error(
+        "seccomp filter of the {thread} thread: {source} (--seccomp off runs without filters)"
+    )]
+    Seccomp {
+        /// The thread kind.
+        thread: &'static str,
+        /// What failed.
+        #[source]
+        source: seccompiler::Error,
+    },
     /// Dropping privileges (user, group, capabilities, no-new-privs) failed.
     #[error("{0}")]
     Privileges(String),

@@ -11,10 +11,11 @@
 //!   backend resubmits it.
 //! * [`server`] — successive frontend connections on one socket, one at a time.
 //! * [`vhost_shim`] — the relay that lets QEMU's vhost-user netdev talk to the daemon.
+//! * [`seccomp`] — the `--seccomp` mode and the seccomp filters of every thread kind.
 //!
-//! The backends run on `vhost-user-backend` 0.24 with two patches (the inflight messages
-//! reach [`vhost_user_backend::VhostUserBackend`], and a daemon serves successive
-//! connections), carried in `third_party/vhost-user-backend` (see its `PATCHES.md`) until
+//! The backends run on `vhost-user-backend` 0.24 with patches (the inflight messages
+//! reach [`vhost_user_backend::VhostUserBackend`], a daemon serves successive
+//! connections, a start hook on each vring worker thread), carried in `third_party/vhost-user-backend` (see its `PATCHES.md`) until
 //! they are upstream. How a backend restart is recovered: `docs/vhost-user-recovery.md`.
 
 pub mod access;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod net;
 pub mod placement;
 pub mod privileges;
+pub mod seccomp;
 pub mod server;
 pub mod vhost_shim;
 

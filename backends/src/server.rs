@@ -24,6 +24,7 @@ use vhost_user_backend::{Error as DaemonError, VhostUserBackend, VhostUserDaemon
 use vm_memory::mmap::NewBitmap;
 
 use crate::access::SocketAccess;
+use crate::seccomp::{self, ThreadKind};
 use crate::{Error, Result};
 
 /// How long a new frontend waits for a closing connection to be reset before it is refused.
@@ -47,6 +48,16 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Served> {
         self.served.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The seccomp filters of a serving thread and of the accept thread it starts.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeFilters<K> {
+    /// Installed by the accept thread when it starts.
+    pub accept: K,
+    /// Installed by the serving thread once the accept thread runs, before the first frontend
+    /// is served.
+    pub control: K,
 }
 
 /// A listening vhost-user socket.
@@ -101,14 +112,17 @@ impl Server {
 
     /// Serve frontends with `daemon`, one at a time, until the process ends (or, with `once`,
     /// until the first one disconnects). `prepare` turns each accepted connection into the
-    /// one the daemon serves (a relay, for instance).
-    pub fn serve<T>(
+    /// one the daemon serves (a relay, for instance). The accept thread and the calling thread
+    /// confine themselves to `filters` first.
+    pub fn serve<T, K>(
         &self,
         daemon: &mut VhostUserDaemon<T>,
         once: bool,
         prepare: impl Fn(UnixStream) -> std::io::Result<UnixStream>,
+        filters: ServeFilters<K>,
     ) -> Result<()>
     where
+        K: ThreadKind + Send + 'static,
         T: VhostUserBackend + Clone + 'static,
         T::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
         T::Vring: Clone + Send + Sync,
@@ -125,9 +139,13 @@ impl Server {
             let what = self.path.display().to_string();
             std::thread::Builder::new()
                 .name("vu-accept".into())
-                .spawn(move || accept_loop(&listener, &access, &what, &shared, &handover))
+                .spawn(move || {
+                    seccomp::install_or_exit(filters.accept);
+                    accept_loop(&listener, &access, &what, &shared, &handover)
+                })
                 .map_err(|e| Error::VhostUser(format!("accept thread: {e}")))?;
         }
+        seccomp::install(filters.control)?;
         tracing::info!(socket = %self.path.display(), "waiting for a frontend");
         serve_loop(daemon, &shared, &accepted, once, prepare)
     }

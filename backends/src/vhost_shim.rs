@@ -21,6 +21,8 @@ use std::os::unix::net::UnixStream;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+use crate::seccomp::{self, net::NetThread};
+
 const HDR_LEN: usize = 12;
 const SET_FEATURES: u32 = 2;
 const SET_VRING_ENABLE: u32 = 18;
@@ -40,6 +42,7 @@ pub fn relay(front: UnixStream) -> io::Result<UnixStream> {
     std::thread::Builder::new()
         .name("vu-relay-reply".into())
         .spawn(move || {
+            seccomp::install_or_exit(NetThread::Relay);
             if let Err(e) = replies(&back_r, &front_w) {
                 tracing::debug!("vhost-user relay (replies): {e}");
             }
@@ -48,6 +51,7 @@ pub fn relay(front: UnixStream) -> io::Result<UnixStream> {
     std::thread::Builder::new()
         .name("vu-relay".into())
         .spawn(move || {
+            seccomp::install_or_exit(NetThread::Relay);
             if let Err(e) = requests(&front, &back) {
                 tracing::warn!("vhost-user relay: {e}");
             }

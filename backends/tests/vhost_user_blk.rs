@@ -8,6 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::mem::MaybeUninit;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -412,6 +413,105 @@ fn serves_successive_frontends_and_refuses_a_second_one_meanwhile() {
         log.matches("frontend disconnected; device reset").count(),
         4,
         "{log}"
+    );
+}
+
+/// Waits up to `limit` for the backend to exit on its own.
+fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "backend still running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn every_thread_runs_under_its_own_seccomp_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 4 * MIB, 0);
+    let be = Backend::spawn(dir.path(), &img, &["--queues", "2"]);
+    let mut c = Client::connect(&be.socket, 2);
+    c.buf(0, 4096).copy_from_slice(&pattern(3, 4096));
+    assert_eq!(c.write(0, 0, 0, 4096), 0);
+    assert_eq!(c.read(1, 0, 8192, 4096), 0);
+    assert_eq!(c.buf(8192, 4096), &pattern(3, 4096)[..]);
+
+    let threads = lab::threads(be.child.id()).unwrap();
+    for t in &threads {
+        assert_eq!(t.seccomp, 2, "{t:?} runs without a seccomp filter");
+        // The process-wide filter and the thread's own (the per-connection thread inherits
+        // the main thread's).
+        assert!(t.filters >= 2, "{t:?} runs only the process-wide filter");
+    }
+    let mut names: Vec<&str> = threads
+        .iter()
+        .map(|t| t.name.as_str())
+        // io_uring's workers never run user code; they take their creator's filters anyway.
+        .filter(|n| !n.starts_with("iou-"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "blk-q0",
+            "blk-q1",
+            "blk-signal",
+            "vhost-user-blk",
+            "vu-accept",
+            "vu-conn"
+        ]
+    );
+    assert!(be.sigterm_and_wait().success());
+}
+
+#[test]
+fn a_queue_thread_calling_outside_its_filter_kills_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 4 * MIB, 0);
+    let mut be = Backend::spawn(
+        dir.path(),
+        &img,
+        &["--seccomp", "on", "--seccomp-violation", "queue"],
+    );
+    // The queue thread's first event (the ring starting, at the latest the first request):
+    // it opens an inet socket, which its filter forbids. The backend may die while libblkio
+    // is still setting up, so the client's errors are expected.
+    let mut b = Blkio::new("virtio-blk-vhost-user").unwrap();
+    b.set_str("path", be.socket.to_str().unwrap()).unwrap();
+    if b.connect().is_ok() {
+        if let Ok(mut started) = b.start() {
+            let mut buf = vec![0u8; 4096];
+            started.queues[0].read(0, buf.as_mut_ptr(), 4096, 0, ReqFlags::empty());
+            let mut done = [MaybeUninit::<Completion>::uninit()];
+            let _ = started.queues[0].do_io(&mut done, 0, None, None);
+        }
+    }
+    let status = exit_within(&mut be.child, Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status}");
+}
+
+#[test]
+fn an_unknown_seccomp_mode_is_a_one_line_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-blk"))
+        .args([
+            "--socket",
+            "/nonexistent/blk.sock",
+            "--path",
+            "/nonexistent",
+        ])
+        .args(["--seccomp", "bogus"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--seccomp bogus: expected on, log or off"),
+        "{err}"
     );
 }
 

@@ -57,8 +57,9 @@ pub fn strip_ansi(text: &str) -> String {
 }
 
 /// Console lines that show a kernel fault (panic, oops, BUG, lockup, RCU stall, the faulting
-/// instruction and call trace, a `WARN`) or a nested VMM's verdict on stderr (`vmm: …`, which
-/// it prints for every exit but a power-off), at most `max`.
+/// instruction and call trace, a `WARN`), a nested VMM's verdict on stderr (`vmm: …`, which
+/// it prints for every exit but a power-off) or a seccomp audit line (a thread called outside
+/// its filter), at most `max`.
 pub fn fault_lines(console: &str, max: usize) -> Vec<&str> {
     const FAULTS: [&str; 9] = [
         "Kernel panic",
@@ -74,7 +75,10 @@ pub fn fault_lines(console: &str, max: usize) -> Vec<&str> {
     console
         .lines()
         .filter(|l| {
-            FAULTS.iter().any(|f| l.contains(f)) || l.starts_with("vmm: ") || l.contains(": vmm: ")
+            FAULTS.iter().any(|f| l.contains(f))
+                || l.starts_with("vmm: ")
+                || l.contains(": vmm: ")
+                || l.starts_with(crate::SECCOMP_MARKER)
         })
         .take(max)
         .collect()
@@ -183,14 +187,16 @@ mod tests {
         assert_eq!(console_value(c, "NOPE="), None);
         let faults = "[ 1.0] ok\n[ 2.0] BUG: kernel NULL pointer dereference\n[ 2.1] RIP: 0010:f\n\
                       vmm: guest kernel panicked: Kernel panic - not syncing: x\nVMM-EXIT-STATUS=3\n\
-                      2026-12-02T07:45:12Z  INFO vmm: guest powered off\nA: vmm: error: gone";
+                      2026-12-02T07:45:12Z  INFO vmm: guest powered off\nA: vmm: error: gone\n\
+                      LAB-SECCOMP: [ 9.1] audit: type=1326 comm=\"blk-q0\" syscall=41";
         assert_eq!(
             fault_lines(faults, 10),
             [
                 "[ 2.0] BUG: kernel NULL pointer dereference",
                 "[ 2.1] RIP: 0010:f",
                 "vmm: guest kernel panicked: Kernel panic - not syncing: x",
-                "A: vmm: error: gone"
+                "A: vmm: error: gone",
+                "LAB-SECCOMP: [ 9.1] audit: type=1326 comm=\"blk-q0\" syscall=41"
             ]
         );
         assert_eq!(fault_lines(faults, 1).len(), 1);

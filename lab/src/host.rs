@@ -35,7 +35,7 @@ pub const LAB_CMDLINE: &str =
 pub const LAB_GUEST_KERNEL: &str = "/lab/vmlinuz";
 /// Where [`LabHost::with_guest`] puts the guest initramfs inside the lab.
 pub const LAB_GUEST_INITRD: &str = "/lab/guest.cpio";
-/// What `/lab/run.sh` does before the run's script: tune the lab as a VM host would be. Shared
+/// What `/lab/script.sh` does before the run's own script: tune the lab as a VM host would be. Shared
 /// (memfd) guest RAM, which vhost-user devices need, gets transparent huge pages where the VMM
 /// advises them (Debian's kernel default is `never`; `vmm check` reports it as `shmem-thp`).
 pub const HOST_TUNING: &str = "\
@@ -58,6 +58,14 @@ pub const GUEST_STALL: Duration = Duration::from_secs(45);
 /// Default time the lab host gets to print [`BOOT_MARKER`]; it boots in ~10 s, and a boot that
 /// hangs (the emulation's own faults) would otherwise hold a run until its whole timeout.
 pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `/lab/run.sh`: the test's script (`/lab/script.sh`), then the kernel's seccomp audit lines
+/// (a thread of ours called outside its filter: killed with `--seccomp on`, logged with `log`)
+/// on the console with [`SECCOMP_MARKER`], where the lab's `quiet` console level hides them.
+const RUN_SH: &str = "sh /lab/script.sh\nrc=$?\n\
+    dmesg | grep -F 'type=1326' | sed 's/^/LAB-SECCOMP: /'\nexit $rc\n";
+/// The prefix of a seccomp audit line copied to the console after the test's script.
+pub const SECCOMP_MARKER: &str = "LAB-SECCOMP: ";
 
 /// Grace period for the lab to power off after printing its exit marker.
 const POWEROFF_GRACE: Duration = Duration::from_secs(20);
@@ -299,7 +307,8 @@ impl LabHost {
     fn overlay(&self) -> Result<Cpio> {
         let mut c = Cpio::new();
         let script = format!("{HOST_TUNING}{}", self.script);
-        c.add_file("/lab/run.sh", script.into_bytes(), 0o755)?;
+        c.add_file("/lab/script.sh", script.into_bytes(), 0o755)?;
+        c.add_file("/lab/run.sh", RUN_SH.as_bytes().to_vec(), 0o755)?;
         for f in &self.files {
             match f {
                 LabFile::Host { src, dest } => c.add_host_file(dest, src)?,

@@ -19,6 +19,7 @@ mod error;
 mod fio;
 mod host;
 mod images;
+mod threads;
 
 pub use console::{
     console_value, fault_lines, guest_ping_iperf3, guest_ram_mode, iperf3_bits_per_second,
@@ -29,9 +30,11 @@ pub use error::{LabError, Result};
 pub use fio::{guest_fio, guest_fio_rounds, FioJobResult, FioReport, FioRounds};
 pub use host::{
     parse_marker, qemu_binary, LabHost, LabNic, LabRun, NicBackend, BOOT_DEADLINE, BOOT_MARKER,
-    EXIT_MARKER, GUEST_STALL, LAB_CMDLINE, LAB_GUEST_INITRD, LAB_GUEST_KERNEL, SILENCE_LIMIT,
+    EXIT_MARKER, GUEST_STALL, LAB_CMDLINE, LAB_GUEST_INITRD, LAB_GUEST_KERNEL, SECCOMP_MARKER,
+    SILENCE_LIMIT,
 };
 pub use images::{guest_initramfs, repo_root, Images};
+pub use threads::{parse_status, threads, ThreadStatus};
 
 /// The marker the nested guest's `/init` prints once its modules are loaded, before `/test.sh`.
 pub const GUEST_BOOT_MARKER: &str = "GUEST-BOOT-OK uptime=";

@@ -90,6 +90,9 @@ pub enum Error {
     /// An NVMe controller could not be created.
     #[error(transparent)]
     Nvme(#[from] crate::devices::nvme::NvmeError),
+    /// A seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(backends::Error),
     /// A NIC could not be created.
     #[error(transparent)]
     Net(#[from] crate::devices::e1000::NetError),

@@ -14,7 +14,8 @@
 //!   (`devices::virtio`), emulated NVMe and e1000 (every access traps), and
 //!   VFIO passthrough; plus the legacy devices;
 //! * [`check`] — `vmm check`: what this host can run;
-//! * [`api`] — the API socket (`--api-socket`) and its client (`vmm remote`).
+//! * [`api`] — the API socket (`--api-socket`) and its client (`vmm remote`);
+//! * [`seccomp`] — what each kind of thread may call.
 
 pub mod api;
 pub mod boot;
@@ -27,6 +28,7 @@ pub mod layout;
 pub mod machine;
 pub mod memory;
 pub mod pci;
+pub mod seccomp;
 pub mod vstate;
 
 pub use error::{Error, Result};

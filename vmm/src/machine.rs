@@ -6,7 +6,7 @@
 
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -33,6 +33,8 @@ pub struct Machine {
     vcpus: Vec<Vcpu>,
     devices: DeviceManager,
     exit: Arc<ExitSignal>,
+    /// SIGTERM/SIGINT, blocked in every thread and read by the event loop.
+    signals: OwnedFd,
     stdin_input: bool,
     panic: PanicNote,
     /// The configuration it was built from (reported by `vm.info`).
@@ -62,6 +64,9 @@ impl Machine {
     /// creates the devices and vCPUs.
     pub fn build(cfg: &VmConfig) -> Result<Self, Error> {
         let passthrough = check_config(cfg)?;
+        // Before any thread starts (device threads start here): a thread that has them
+        // unblocked would take a SIGTERM meant for the event loop, and die of it.
+        let signals = block_termination_signals()?;
         let vm = Vm::new(cfg.cpus)?;
         let mode = RamMode::choose(&cfg.memory, cfg.needs_shared_memory())?;
         let ram = memory::create_guest_ram(&cfg.memory, mode)?;
@@ -82,6 +87,7 @@ impl Machine {
             vcpus,
             devices,
             exit,
+            signals,
             stdin_input: cfg.serial == SerialConfig::Stdio,
             panic,
             cfg: cfg.clone(),
@@ -110,18 +116,25 @@ impl Machine {
 
     /// Runs the guest until it powers off, resets, crashes, the VMM is
     /// signalled or the API stops or reboots it; always stops every vCPU
-    /// thread before returning.
+    /// thread before returning. The guest runs its first instruction once
+    /// every thread has its seccomp filter.
     pub fn run(mut self, ctx: RunContext<'_>) -> Result<RunEnd, Error> {
-        let signals = block_termination_signals()?;
         vmm_sys_util::signal::register_signal_handler(vcpu::kick_signal(), vcpu::on_kick_signal)
             .map_err(|e| Error::Io(io::Error::from_raw_os_error(e.errno())))?;
+        let gate = Arc::new(Barrier::new(self.vcpus.len() + 1));
         let vcpus = Vcpus::start(
             self.vcpus.drain(..).collect(),
             self.devices.buses(),
             &self.exit,
             &self.cfg.vcpu_affinity,
+            &gate,
         )?;
-        let result = self.event_loop(&signals, &vcpus, &ctx);
+        let confined = crate::seccomp::confine_event_loop().map_err(Error::Seccomp);
+        if confined.is_err() {
+            vcpus.request_stop();
+        }
+        gate.wait();
+        let result = confined.and_then(|()| self.event_loop(&self.signals, &vcpus, &ctx));
         vcpus.stop();
         self.devices.shutdown();
         match result? {
@@ -389,7 +402,7 @@ fn create_vcpus(
         .map_err(Error::from)
 }
 
-/// Blocks SIGTERM/SIGINT in this thread (and the vCPU threads it spawns) and
+/// Blocks SIGTERM/SIGINT in this thread (and every thread it starts later) and
 /// returns a signalfd that reports them to the event loop.
 fn block_termination_signals() -> Result<OwnedFd, Error> {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use backends::seccomp;
 use clap::{Args, Parser, Subcommand};
 
 use backends::metrics::{Exporter, MetricsServer};
@@ -17,6 +18,7 @@ use vmm::config::{
     CpusConfig, DeviceConfig, DiskConfig, MemoryConfig, NetConfig, SerialConfig, VmConfig,
 };
 use vmm::machine::{Machine, RunContext, RunEnd};
+use vmm::seccomp::VmmThread;
 use vmm::vstate::exit::GuestExit;
 
 #[derive(Parser)]
@@ -103,6 +105,14 @@ struct RunArgs {
     /// 127.0.0.1:PORT or unix:PATH.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<minihttp::ListenAddr>,
+    /// Seccomp filters: `on` (a syscall outside a thread's filter kills the VMM), `log` (it
+    /// is allowed and logged by the kernel) or `off`.
+    #[arg(long, value_name = "on|log|off", default_value = "on")]
+    seccomp: String,
+    /// Fault injection for tests: the first thread of this kind (`queue`) to start makes a
+    /// syscall its filter forbids.
+    #[arg(long, value_name = "KIND", hide = true)]
+    seccomp_violation: Option<String>,
 }
 
 #[derive(Args)]
@@ -163,7 +173,37 @@ fn init_logging() {
         .init();
 }
 
+/// Sets the seccomp mode and installs the process-wide filter, before anything else runs.
+/// SIGTERM/SIGINT are blocked first, in this thread and so in every thread started later (the
+/// API and metrics threads start before the VM): the event loop reads them from a signalfd,
+/// and a thread that had them unblocked would take them and die of them.
+fn confine(args: &RunArgs) -> Result<(), backends::Error> {
+    block_termination_signals();
+    seccomp::set_mode(args.seccomp.parse()?);
+    if let Some(kind) = &args.seccomp_violation {
+        seccomp::inject_violation(kind);
+    }
+    seccomp::install_process(VmmThread::Process)
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread.
+fn block_termination_signals() {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset/sigaddset; pthread_sigmask
+    // only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 fn run(args: RunArgs) -> ExitCode {
+    if let Err(e) = confine(&args) {
+        eprintln!("vmm: error: {e}");
+        return ExitCode::from(1);
+    }
     let started = Instant::now();
     let cpus = match args.cpus.parse::<CpusConfig>() {
         Ok(cpus) => cpus,
@@ -234,7 +274,7 @@ impl Operated {
         let exporter = Arc::new(Exporter::default());
         let metrics = match metrics {
             Some(addr) => Some(
-                MetricsServer::start(addr, exporter.clone())
+                MetricsServer::start(addr, exporter.clone(), VmmThread::Metrics)
                     .map_err(|e| vmm::Error::Metrics(e.to_string()))?,
             ),
             None => None,

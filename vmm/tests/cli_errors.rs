@@ -101,6 +101,12 @@ fn initramfs_larger_than_guest_memory() {
 }
 
 #[test]
+fn unknown_seccomp_mode() {
+    let out = vmm(&["run", "--kernel", "/nonexistent", "--seccomp", "bogus"]);
+    assert_one_line_error(&out, "--seccomp bogus: expected on, log or off");
+}
+
+#[test]
 fn zero_cpus() {
     let out = vmm(&["run", "--kernel", "/nonexistent", "--cpus", "0"]);
     assert_one_line_error(&out, "--cpus must be at least 1");

@@ -6,6 +6,10 @@
 //! instead. On SIGTERM/SIGINT it completes every in-flight request, flushes the disk
 //! (`fdatasync`) and exits 0: with the frontend's inflight region, a new process started on
 //! the same socket takes over where this one stopped.
+//!
+//! Every thread runs under a seccomp filter (`--seccomp`, `backends::seccomp::blk`): the
+//! process-wide one once the process is set up and runs unprivileged, before it starts a
+//! thread; each thread's own before it serves.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +21,8 @@ use backends::engine::TuningArgs;
 use backends::metrics::{Exporter, MetricsListener, QueueMetrics};
 use backends::placement::Affinity;
 use backends::privileges::{drop_privileges, PrivilegeArgs};
-use backends::server::Server;
+use backends::seccomp::{self, blk::BlkThread};
+use backends::server::{ServeFilters, Server};
 use backends::Error;
 use clap::Parser;
 use vhost_user_backend::VhostUserDaemon;
@@ -73,6 +78,14 @@ struct Args {
     /// unix:PATH.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<minihttp::ListenAddr>,
+    /// Seccomp filters: `on` (a syscall outside a thread's filter kills the process), `log`
+    /// (it is allowed and logged by the kernel) or `off`.
+    #[arg(long, value_name = "on|log|off", default_value = "on")]
+    seccomp: String,
+    /// Fault injection for tests: the first thread of this kind (`queue`) to handle an event
+    /// makes a syscall its filter forbids.
+    #[arg(long, value_name = "KIND", hide = true)]
+    seccomp_violation: Option<String>,
 }
 
 fn main() {
@@ -105,6 +118,10 @@ fn block_signals() -> libc::sigset_t {
 }
 
 fn run(args: Args) -> Result<(), Error> {
+    seccomp::set_mode(args.seccomp.parse()?);
+    if let Some(kind) = &args.seccomp_violation {
+        seccomp::inject_violation(kind);
+    }
     let affinity = queue_affinity(args.queue_affinity.as_deref(), args.queues)?;
     let sigset = block_signals();
     let identity = args.privileges.resolve()?;
@@ -140,8 +157,9 @@ fn run(args: Args) -> Result<(), Error> {
     // threads started from here on (the metrics server's too) inherit none.
     let server = Arc::new(Server::bind_with(&args.socket, args.access.access())?);
     drop_privileges(identity)?;
+    seccomp::install_process(BlkThread::Process)?;
     let _metrics = metrics_listener
-        .map(|l| l.serve(exporter.clone()))
+        .map(|l| l.serve(exporter.clone(), BlkThread::Metrics))
         .transpose()?;
     if args.metrics.is_some() {
         let device = args.socket.display().to_string();
@@ -153,7 +171,8 @@ fn run(args: Args) -> Result<(), Error> {
         );
     }
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
+    // The daemon's name is that of its per-connection thread.
+    let mut daemon = VhostUserDaemon::new("vu-conn".into(), backend.clone(), mem)
         .map_err(|e| Error::VhostUser(e.to_string()))?;
     for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
         let fd = backend.completion_fd(q).map_err(Error::EventFd)?;
@@ -173,10 +192,17 @@ fn run(args: Args) -> Result<(), Error> {
         let server = server.clone();
         std::thread::Builder::new()
             .name("blk-signal".into())
-            .spawn(move || wait_for_signal(sigset, &backend, &server))
+            .spawn(move || {
+                seccomp::install_or_exit(BlkThread::Signal);
+                wait_for_signal(sigset, &backend, &server)
+            })
             .map_err(|e| Error::VhostUser(e.to_string()))?;
     }
-    let served = server.serve(&mut daemon, args.once, Ok);
+    let filters = ServeFilters {
+        accept: BlkThread::Accept,
+        control: BlkThread::Control,
+    };
+    let served = server.serve(&mut daemon, args.once, Ok, filters);
     backend.log_stats();
     log_rusage();
     server.remove_socket();

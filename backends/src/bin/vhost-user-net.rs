@@ -7,6 +7,10 @@
 //! refused); the TAP is made persistent so that a restarted backend reattaches to the same
 //! interface. `--once` exits 0 once every socket's first frontend disconnected. SIGTERM/SIGINT
 //! exit 0 after logging the counters.
+//!
+//! Every thread runs under a seccomp filter (`--seccomp`, `backends::seccomp::net`): the
+//! process-wide one once the process is set up and runs unprivileged, before it starts a
+//! thread; each thread's own before it serves.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -21,7 +25,8 @@ use backends::net::switch::{self, RingReader, SwitchOptions, SwitchPort};
 use backends::net::{parse_mac, NetBackend, NetOptions, Port, DEFAULT_MTU};
 use backends::placement::Affinity;
 use backends::privileges::{drop_privileges, PrivilegeArgs};
-use backends::server::Server;
+use backends::seccomp::{self, net::NetThread};
+use backends::server::{ServeFilters, Server};
 use backends::Error;
 use clap::Parser;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
@@ -95,6 +100,14 @@ struct Args {
     /// unix:PATH.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<minihttp::ListenAddr>,
+    /// Seccomp filters: `on` (a syscall outside a thread's filter kills the process), `log`
+    /// (it is allowed and logged by the kernel) or `off`.
+    #[arg(long, value_name = "on|log|off", default_value = "on")]
+    seccomp: String,
+    /// Fault injection for tests: the first thread of this kind (`queue`, `switch`) to handle
+    /// an event makes a syscall its filter forbids.
+    #[arg(long, value_name = "KIND", hide = true)]
+    seccomp_violation: Option<String>,
 }
 
 /// The carrier of `--link`.
@@ -224,6 +237,10 @@ impl Backend {
 type Device = (Backend, PathBuf);
 
 fn run(args: Args) -> Result<(), Error> {
+    seccomp::set_mode(args.seccomp.parse()?);
+    if let Some(kind) = &args.seccomp_violation {
+        seccomp::inject_violation(kind);
+    }
     let sigset = block_signals();
     let identity = args.privileges.resolve()?;
     backends::engine::set_restrictions(args.uring_restrictions);
@@ -242,8 +259,9 @@ fn run(args: Args) -> Result<(), Error> {
     // Set up: TAP queues open, sockets bound. The threads started from here on inherit no
     // privileges.
     drop_privileges(identity)?;
+    seccomp::install_process(NetThread::Process)?;
     let _metrics = metrics_listener
-        .map(|l| l.serve(exporter.clone()))
+        .map(|l| l.serve(exporter.clone(), NetThread::Metrics))
         .transpose()?;
     if args.metrics.is_some() {
         export_queues(&exporter, &devices);
@@ -262,6 +280,7 @@ fn run(args: Args) -> Result<(), Error> {
                 .map_err(|e| Error::VhostUser(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
+    seccomp::install(NetThread::Main)?;
     let mut result = Ok(());
     for t in threads {
         let r = t
@@ -396,6 +415,7 @@ fn spawn_signal_thread(
     std::thread::Builder::new()
         .name("net-signal".into())
         .spawn(move || {
+            seccomp::install_or_exit(NetThread::Signal);
             let mut sig = 0;
             // SAFETY: `sigset` is an initialised signal set and `sig` a valid out pointer.
             while unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {}
@@ -459,7 +479,8 @@ where
     T: VhostUserBackend<Bitmap = (), Vring = backends::engine::Vring> + 'static,
 {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    VhostUserDaemon::new("vhost-user-net".into(), backend, mem)
+    // The daemon's name is that of its per-connection thread.
+    VhostUserDaemon::new("vu-conn".into(), backend, mem)
         .map_err(|e| Error::VhostUser(e.to_string()))
 }
 
@@ -473,10 +494,14 @@ fn run_daemon<T>(
 where
     T: VhostUserBackend<Bitmap = (), Vring = backends::engine::Vring> + 'static,
 {
+    let filters = ServeFilters {
+        accept: NetThread::Accept,
+        control: NetThread::Control,
+    };
     let served = if no_relay {
-        server.serve(&mut daemon, once, Ok)
+        server.serve(&mut daemon, once, Ok, filters)
     } else {
-        server.serve(&mut daemon, once, backends::vhost_shim::relay)
+        server.serve(&mut daemon, once, backends::vhost_shim::relay, filters)
     };
     // The daemon's drop joins its worker threads; the process exits right after anyway.
     std::mem::forget(daemon);

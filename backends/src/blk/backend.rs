@@ -1,7 +1,6 @@
 //! The vhost-user-blk device: features, config space and one [`Engine`] per queue, each
 //! driven by its own vhost-user-backend worker thread (`blk-q<N>`).
 
-use std::cell::Cell;
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +29,7 @@ use crate::engine::{
 };
 use crate::inflight::InflightRegion;
 use crate::placement::Affinity;
+use crate::seccomp::{self, blk::BlkThread};
 use crate::{Error, Result};
 
 /// Options of a vhost-user-blk device.
@@ -66,10 +66,6 @@ pub struct BlkBackend {
     drained: Vec<AtomicBool>,
     /// Each queue's worker's vring, for [`VhostUserBackend::stop_vring`].
     vrings: WorkerVrings,
-}
-
-thread_local! {
-    static NAMED: Cell<bool> = const { Cell::new(false) };
 }
 
 impl BlkBackend {
@@ -316,6 +312,15 @@ impl VhostUserBackend for BlkBackend {
         Ok(())
     }
 
+    /// Names the worker (vhost-user-backend calls them all `vring_worker`) and confines it to
+    /// what a queue thread does.
+    fn worker_started(&self, thread_index: usize) -> io::Result<()> {
+        let name = format!("blk-q{thread_index}");
+        crate::name_thread(&name);
+        self.opts.affinity.pin_current(thread_index, &name);
+        seccomp::install(BlkThread::Queue).map_err(io::Error::other)
+    }
+
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         // A fresh pair per worker thread: the daemon keeps the notifier and fires it when the
         // connection ends, so worker threads exit instead of blocking the daemon's join.
@@ -333,14 +338,7 @@ impl VhostUserBackend for BlkBackend {
         vrings: &[Self::Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        NAMED.with(|named| {
-            if !named.get() {
-                named.set(true);
-                let name = format!("blk-q{thread_id}");
-                crate::name_thread(&name);
-                self.opts.affinity.pin_current(thread_id, &name);
-            }
-        });
+        seccomp::violation_point(BlkThread::Queue);
         let (Some(vring), Some(engine)) = (vrings.first(), self.engines.get(thread_id)) else {
             return Err(io::Error::other(format!("no queue for thread {thread_id}")));
         };

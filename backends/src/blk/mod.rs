@@ -9,6 +9,7 @@ mod tests;
 
 pub use backend::{BlkBackend, BlkOptions};
 pub use disk::Disk;
+pub(crate) use disk::BLKGETSIZE64;
 pub use request::{BlkHandler, BlkReq, BlkSettings};
 
 use virtio_bindings::virtio_blk::*;

@@ -31,6 +31,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::engine::histogram::HistogramSnapshot;
 use crate::engine::QueueStats;
+use crate::seccomp::{self, ThreadKind};
 use crate::{Error, Result};
 
 /// The `Content-Type` of the Prometheus text format.
@@ -338,14 +339,19 @@ impl MetricsListener {
         Ok(Self { listener, addr })
     }
 
-    /// Serve `exporter` from a thread named `metrics`.
-    pub fn serve(self, exporter: Arc<Exporter>) -> Result<MetricsServer> {
+    /// Serve `exporter` from a thread named `metrics`, which confines itself to the seccomp
+    /// filter `filter` first.
+    pub fn serve<K>(self, exporter: Arc<Exporter>, filter: K) -> Result<MetricsServer>
+    where
+        K: ThreadKind + Send + 'static,
+    {
         let Self { listener, addr } = self;
         let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)?;
         let stop_thread = stop.try_clone().map_err(Error::EventFd)?;
         let thread = std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
+                seccomp::install_or_exit(filter);
                 let served = minihttp::serve(&listener, Limits::default(), &stop_thread, |req| {
                     match (req.path.as_str(), req.method.as_str()) {
                         ("/metrics", "GET") => {
@@ -371,8 +377,11 @@ impl MetricsListener {
 
 impl MetricsServer {
     /// Listen on `addr` now and serve `exporter` ([`MetricsListener`] in one step).
-    pub fn start(addr: &ListenAddr, exporter: Arc<Exporter>) -> Result<Self> {
-        MetricsListener::bind(addr)?.serve(exporter)
+    pub fn start<K>(addr: &ListenAddr, exporter: Arc<Exporter>, filter: K) -> Result<Self>
+    where
+        K: ThreadKind + Send + 'static,
+    {
+        MetricsListener::bind(addr)?.serve(exporter, filter)
     }
 
     /// The address served (with the port the kernel chose for port 0).

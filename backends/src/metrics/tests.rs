@@ -4,6 +4,7 @@ use std::time::Duration;
 use super::scrape::{scrape, Samples};
 use super::*;
 use crate::engine::histogram::bump;
+use crate::seccomp::blk::BlkThread;
 
 const T: Duration = Duration::from_secs(5);
 
@@ -85,7 +86,12 @@ fn the_endpoint_serves_get_metrics_only() {
     let q = queue("vhost-user-blk", "0", true);
     bump(&q.stats.requests, 42);
     exporter.set_queues(vec![q]);
-    let server = MetricsServer::start(&"127.0.0.1:0".parse().unwrap(), exporter).unwrap();
+    let server = MetricsServer::start(
+        &"127.0.0.1:0".parse().unwrap(),
+        exporter,
+        BlkThread::Metrics,
+    )
+    .unwrap();
     let p = scrape(server.addr(), T).unwrap();
     assert_eq!(p.sum("iovmm_requests_total", &[("queue", "0")]), 42.0);
     let get = |m: &str, path: &str| {
@@ -96,8 +102,12 @@ fn the_endpoint_serves_get_metrics_only() {
     assert_eq!(get("PUT", "/metrics"), 405);
     assert_eq!(get("GET", "/"), 404);
     // The port is taken while the server runs: a second one fails at once.
-    let e = MetricsServer::start(server.addr(), Arc::new(Exporter::default()))
-        .err()
-        .unwrap();
+    let e = MetricsServer::start(
+        server.addr(),
+        Arc::new(Exporter::default()),
+        BlkThread::Metrics,
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("in use"), "{e}");
 }

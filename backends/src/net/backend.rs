@@ -9,7 +9,6 @@
 //! A frontend that keeps the control queue itself (QEMU acks MQ but not CTRL_VQ) switches
 //! pairs with `SET_VRING_ENABLE`; then every pair stays attached.
 
-use std::cell::Cell;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +36,7 @@ use crate::engine::{
 };
 use crate::inflight::InflightRegion;
 use crate::placement::Affinity;
+use crate::seccomp::{self, net::NetThread};
 use crate::{Error, Result};
 use std::fs::File;
 use std::os::fd::{OwnedFd, RawFd};
@@ -126,10 +126,6 @@ pub struct NetBackend {
     mem: BackendMemory,
     /// Each pair's worker's vrings, for [`VhostUserBackend::stop_vring`].
     vrings: WorkerVrings,
-}
-
-thread_local! {
-    static NAMED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Local vring index of the receive queue in a worker thread.
@@ -617,6 +613,15 @@ impl VhostUserBackend for NetBackend {
         Ok(())
     }
 
+    /// Names the worker (vhost-user-backend calls them all `vring_worker`) and confines it to
+    /// what a queue thread does.
+    fn worker_started(&self, thread_index: usize) -> io::Result<()> {
+        let name = format!("net-q{thread_index}");
+        crate::name_thread(&name);
+        self.opts.affinity.pin_current(thread_index, &name);
+        seccomp::install(NetThread::Queue).map_err(io::Error::other)
+    }
+
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
     }
@@ -638,14 +643,7 @@ impl VhostUserBackend for NetBackend {
         vrings: &[Self::Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        NAMED.with(|named| {
-            if !named.get() {
-                named.set(true);
-                let name = format!("net-q{thread_id}");
-                crate::name_thread(&name);
-                self.opts.affinity.pin_current(thread_id, &name);
-            }
-        });
+        seccomp::violation_point(NetThread::Queue);
         let mem = self.mem.get()?;
         tracing::trace!(device_event, thread_id, "event");
         self.vrings.remember(thread_id, vrings);

@@ -128,6 +128,14 @@ pub trait VhostUserBackend: Send + Sync {
         vec![0xffff_ffff]
     }
 
+    /// Called on worker thread `thread_index` (see
+    /// [`queues_per_thread`](Self::queues_per_thread)) when it starts, before it waits for its
+    /// first event: where a backend sets the thread up (a name, CPU placement, a seccomp
+    /// filter). An error ends the thread and fails the daemon's creation.
+    fn worker_started(&self, _thread_index: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// Provide an optional exit EventFd for the specified worker thread.
     ///
     /// The returned `EventFd` will be monitored for IO events. When the
@@ -319,6 +327,14 @@ pub trait VhostUserBackendMut: Send + Sync {
         vec![0xffff_ffff]
     }
 
+    /// Called on worker thread `thread_index` (see
+    /// [`queues_per_thread`](Self::queues_per_thread)) when it starts, before it waits for its
+    /// first event: where a backend sets the thread up (a name, CPU placement, a seccomp
+    /// filter). An error ends the thread and fails the daemon's creation.
+    fn worker_started(&self, _thread_index: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// Provide an optional exit EventFd for the specified worker thread.
     ///
     /// If an (`EventFd`, `token`) pair is returned, the returned `EventFd` will be monitored for IO
@@ -483,6 +499,10 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
         self.deref().queues_per_thread()
     }
 
+    fn worker_started(&self, thread_index: usize) -> Result<()> {
+        self.deref().worker_started(thread_index)
+    }
+
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         self.deref().exit_event(thread_index)
     }
@@ -590,6 +610,10 @@ impl<T: VhostUserBackendMut> VhostUserBackend for Mutex<T> {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         self.lock().unwrap().queues_per_thread()
+    }
+
+    fn worker_started(&self, thread_index: usize) -> Result<()> {
+        self.lock().unwrap().worker_started(thread_index)
     }
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -704,6 +728,10 @@ impl<T: VhostUserBackendMut> VhostUserBackend for RwLock<T> {
         self.read().unwrap().queues_per_thread()
     }
 
+    fn worker_started(&self, thread_index: usize) -> Result<()> {
+        self.read().unwrap().worker_started(thread_index)
+    }
+
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         self.read().unwrap().exit_event(thread_index)
     }
@@ -771,6 +799,10 @@ pub mod tests {
         acked_features: u64,
         exit_event_fds: Vec<(EventConsumer, EventNotifier)>,
         stop_calls: usize,
+        /// Worker threads that ran `worker_started`, with their thread names.
+        pub started_workers: Arc<Mutex<Vec<(usize, String)>>>,
+        /// `worker_started` of this worker fails.
+        pub fail_worker: Option<usize>,
     }
 
     impl MockVhostBackend {
@@ -781,6 +813,8 @@ pub mod tests {
                 acked_features: 0,
                 exit_event_fds: vec![],
                 stop_calls: 0,
+                started_workers: Arc::default(),
+                fail_worker: None,
             };
 
             // Create a event_fd for each thread. We make it NONBLOCKing in
@@ -867,6 +901,18 @@ pub mod tests {
 
         fn queues_per_thread(&self) -> Vec<u64> {
             vec![1, 1]
+        }
+
+        fn worker_started(&self, thread_index: usize) -> Result<()> {
+            let name = std::thread::current().name().unwrap_or_default().to_string();
+            self.started_workers
+                .lock()
+                .unwrap()
+                .push((thread_index, name));
+            if self.fail_worker == Some(thread_index) {
+                return Err(std::io::Error::other("worker set-up failed"));
+            }
+            Ok(())
         }
 
         fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {

@@ -56,6 +56,8 @@ pub enum VhostUserHandlerError {
     CreateEpollHandler(VringEpollError),
     /// Failed to spawn vring worker.
     SpawnVringWorker(io::Error),
+    /// The backend failed to set up a vring worker thread (`VhostUserBackend::worker_started`).
+    StartVringWorker(io::Error),
     /// Could not find the mapping from memory regions.
     MissingMemoryMapping,
 }
@@ -71,6 +73,9 @@ impl std::fmt::Display for VhostUserHandlerError {
             }
             VhostUserHandlerError::SpawnVringWorker(e) => {
                 write!(f, "failed spawning the vring worker: {e}")
+            }
+            VhostUserHandlerError::StartVringWorker(e) => {
+                write!(f, "failed setting up the vring worker: {e}")
             }
             VhostUserHandlerError::MissingMemoryMapping => write!(f, "Missing memory mapping"),
         }
@@ -146,13 +151,34 @@ where
                     .map_err(VhostUserHandlerError::CreateEpollHandler)?,
             );
             let handler2 = handler.clone();
+            let backend2 = backend.clone();
+            let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
             let worker_thread = thread::Builder::new()
                 .name("vring_worker".to_string())
-                .spawn(move || handler2.run())
+                .spawn(move || {
+                    let started = backend2.worker_started(thread_id);
+                    let failed = started.is_err();
+                    // The creator waits for this answer below.
+                    let _ = started_tx.send(started);
+                    if failed {
+                        return Ok(());
+                    }
+                    handler2.run()
+                })
                 .map_err(VhostUserHandlerError::SpawnVringWorker)?;
 
             handlers.push(handler);
             worker_threads.push(worker_thread);
+            let started = started_rx.recv().unwrap_or_else(|_| {
+                Err(io::Error::other("vring worker ended before it started"))
+            });
+            if let Err(e) = started {
+                // Workers started before this one exit (if the backend gave them an exit event).
+                for handler in &handlers {
+                    handler.send_exit_event();
+                }
+                return Err(VhostUserHandlerError::StartVringWorker(e));
+            }
         }
 
         Ok(VhostUserHandler {

@@ -357,6 +357,34 @@ mod tests {
     use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
     #[test]
+    fn every_worker_thread_is_set_up_before_the_daemon_exists() {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+        let mock = MockVhostBackend::new();
+        let started = mock.started_workers.clone();
+        let backend = Arc::new(Mutex::new(mock));
+        let _daemon = VhostUserDaemon::new("test".to_owned(), backend, mem).unwrap();
+        let mut started = started.lock().unwrap().clone();
+        started.sort();
+        assert_eq!(
+            started,
+            [(0, "vring_worker".to_string()), (1, "vring_worker".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_worker_that_fails_its_set_up_fails_the_daemon() {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+        let mut mock = MockVhostBackend::new();
+        mock.fail_worker = Some(1);
+        let backend = Arc::new(Mutex::new(mock));
+        let err = VhostUserDaemon::new("test".to_owned(), backend, mem)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("worker set-up failed"), "{err}");
+    }
+
+    #[test]
     fn test_new_daemon() {
         let mem = GuestMemoryAtomic::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x100000), 0x10000)]).unwrap(),

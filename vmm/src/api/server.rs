@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::types::Ping;
 use super::{ApiRequest, ApiResponse, ApiSender};
 use crate::error::Error;
+use crate::seccomp::VmmThread;
 
 /// What a route does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +87,7 @@ impl ApiServer {
         let thread = std::thread::Builder::new()
             .name("vmm-api".into())
             .spawn(move || {
+                backends::seccomp::install_or_exit(VmmThread::Api);
                 let served = minihttp::serve(&listener, Limits::default(), &stop_thread, |req| {
                     handle(req, &sender, started)
                 });

@@ -2,7 +2,7 @@
 //! dispatching port and MMIO exits to the buses.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Barrier, RwLock};
 use std::thread::JoinHandle;
 
 use backends::placement::Affinity;
@@ -17,6 +17,7 @@ use super::exit::{ExitSignal, GuestExit};
 use super::vcpus::VcpuControl;
 use super::{cpuid, regs};
 use crate::devices::bus::Bus;
+use crate::seccomp::VmmThread;
 
 /// Signal used to kick vCPU threads out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -159,19 +160,23 @@ impl Vcpu {
 
     /// Runs the vCPU on a thread named `vcpuN`, on the host CPUs `affinity` gives it (if
     /// any), until `control` says stop or the guest stops (parking it while `control` says
-    /// pause); the outcome goes to `exit`.
+    /// pause); the outcome goes to `exit`. The thread installs its seccomp filter, then waits
+    /// at `gate` until every other thread has its own.
     pub fn spawn(
         self,
         buses: Arc<IoBuses>,
         exit: Arc<ExitSignal>,
         control: Arc<VcpuControl>,
         affinity: Affinity,
+        gate: Arc<Barrier>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         let name = format!("vcpu{}", self.index);
         std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
                 affinity.pin_current(usize::from(self.index), &name);
+                backends::seccomp::install_or_exit(VmmThread::Vcpu);
+                gate.wait();
                 self.run(&buses, &exit, &control);
                 control.finished();
             })

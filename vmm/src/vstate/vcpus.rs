@@ -4,7 +4,7 @@
 //! resumed), and stopped together at the end of a run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -80,12 +80,15 @@ pub struct Vcpus {
 }
 
 impl Vcpus {
-    /// Runs each of `vcpus` on its own thread (`vcpuN`), pinned as `affinity` says.
+    /// Runs each of `vcpus` on its own thread (`vcpuN`), pinned as `affinity` says; each
+    /// installs its seccomp filter, then waits at `gate` (sized for them and the caller)
+    /// before it runs guest code.
     pub fn start(
         vcpus: Vec<Vcpu>,
         buses: &Arc<IoBuses>,
         exit: &Arc<ExitSignal>,
         affinity: &Affinity,
+        gate: &Arc<Barrier>,
     ) -> Result<Self, VcpuError> {
         let control = Arc::new(VcpuControl::default());
         let mut group = Self {
@@ -98,6 +101,7 @@ impl Vcpus {
                 exit.clone(),
                 group.control.clone(),
                 affinity.clone(),
+                gate.clone(),
             )?;
             group.threads.push(t);
         }
@@ -138,11 +142,17 @@ impl Vcpus {
         self.control.changed.notify_all();
     }
 
+    /// Tells every vCPU thread to leave its loop (before it entered it: no
+    /// guest instruction runs); [`Vcpus::stop`] joins them.
+    pub fn request_stop(&self) {
+        self.control.stop.store(true, Ordering::Release);
+        self.control.changed.notify_all();
+    }
+
     /// Stops every vCPU thread (kicking each out of KVM_RUN until it has seen
     /// the stop flag) and joins them.
     pub fn stop(self) {
-        self.control.stop.store(true, Ordering::Release);
-        self.control.changed.notify_all();
+        self.request_stop();
         for t in self.threads {
             while !t.is_finished() {
                 if let Err(e) = t.kill(kick_signal()) {

@@ -43,6 +43,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{device_features, has, CtrlQueue, PairStats};
 use crate::engine::{BackendMemory, QueueStats, VhostMem, Vring, VringQueue, WorkerVrings};
+use crate::seccomp::{self, net::NetThread};
 use crate::{Error, Result};
 use forward::{End, Forwarder, Pass};
 
@@ -429,6 +430,11 @@ impl VhostUserBackend for SwitchPort {
         Ok(())
     }
 
+    fn worker_started(&self, thread_index: usize) -> io::Result<()> {
+        crate::name_thread(&format!("sw-{}-q{thread_index}", self.me.name));
+        seccomp::install(NetThread::Switch).map_err(io::Error::other)
+    }
+
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
     }
@@ -450,10 +456,10 @@ impl VhostUserBackend for SwitchPort {
         vrings: &[Self::Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        seccomp::violation_point(NetThread::Switch);
         self.me.vrings.remember(thread_id, vrings);
         let wake = device_event == self.wake_event();
         if wake {
-            crate::name_thread(&format!("sw-{}-q{thread_id}", self.me.name));
             if let Some(fd) = self.me.wake.get(thread_id) {
                 let _ = fd.read();
             }

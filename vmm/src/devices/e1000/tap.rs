@@ -17,6 +17,7 @@ use super::pci::E1000PciDevice;
 use super::NetError;
 use crate::devices::bus::lock;
 use crate::devices::pause::{PauseGate, ACK_TIMEOUT};
+use crate::seccomp::VmmThread;
 
 impl NetSink for Tap {
     fn send(&mut self, frame: &[u8]) {
@@ -48,6 +49,7 @@ impl RxThread {
         let handle = std::thread::Builder::new()
             .name("e1000-rx".into())
             .spawn(move || {
+                backends::seccomp::install_or_exit(VmmThread::E1000Rx);
                 if let Err(e) = rx_loop(&mut tap, &dev, &stop2, &gate2) {
                     tracing::error!("e1000-rx stopped: {e}");
                 }

@@ -21,6 +21,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::pause::{PauseGate, ACK_TIMEOUT};
 use crate::devices::virtio::{QueueState, VirtioError};
+use crate::seccomp::VmmThread;
+use backends::seccomp;
 
 /// The queues one thread serves, in the order of their kick eventfds.
 pub(super) trait QueueWorker: Send + 'static {
@@ -63,6 +65,8 @@ impl QueueThread {
         let handle = std::thread::Builder::new()
             .name(thread)
             .spawn(move || {
+                seccomp::install_or_exit(VmmThread::Queue);
+                seccomp::violation_point(VmmThread::Queue);
                 let sources = Sources {
                     kicks: &kicks,
                     stats: &stats,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::devices::virtio::VirtioError;
+use crate::seccomp::VmmThread;
 
 /// How long a backend may take to answer one group of messages (a handshake, an
 /// activation, a reset) before the connection is given up.
@@ -65,7 +66,10 @@ impl ReplyDeadline {
         let watched = shared.clone();
         let watcher = std::thread::Builder::new()
             .name("vhost-deadline".into())
-            .spawn(move || watch(&watched))
+            .spawn(move || {
+                backends::seccomp::install_or_exit(VmmThread::Deadline);
+                watch(&watched)
+            })
             .map_err(VirtioError::Io)?;
         Ok(Self {
             shared,

@@ -17,6 +17,7 @@ use super::connection::{BackendTarget, Connection};
 use super::link::ReconnectError;
 use crate::devices::bus::lock;
 use crate::devices::virtio::{VirtioError, VirtioPciDevice};
+use crate::seccomp::VmmThread;
 
 /// Watches a device's backend connection, reconnects it, or reports it lost.
 pub struct Supervisor {
@@ -38,7 +39,10 @@ impl Supervisor {
         let dev = dev.clone();
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || supervise(&dev, fd, &stop_fd))
+            .spawn(move || {
+                backends::seccomp::install_or_exit(VmmThread::Monitor);
+                supervise(&dev, fd, &stop_fd)
+            })
             .map_err(VirtioError::Io)?;
         Ok(Some(Self {
             stop,
