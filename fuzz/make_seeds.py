@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Writes the seed corpus of every fuzz target into fuzz/seeds/<target>/.
 
 Each seed is a well-formed input in the target's own encoding (see the target's doc

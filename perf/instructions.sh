@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # User-space instructions per frame of our vhost-user-net backend's data path, counted by
 # valgrind's callgrind: repeatable whatever else the machine is doing, unlike rates and CPU
 # time on a shared host. For each frame size it runs `vmm-perf backend net` once with the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Build the lab images: kernel + uncompressed newc initramfs archives.
 #
 # Needs (Debian 12 packages, also listed in scripts/packages.txt):

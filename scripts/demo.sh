@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The main job, from a fresh Debian machine: set up, build, and run the comparison
 # harness (`vmm-perf compare`: every I/O tier that exists x fio/iperf3/boot workloads,
 # directly on hardware KVM or inside the lab host). Arguments go to `vmm-perf compare`

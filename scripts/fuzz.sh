@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Runs the coverage-guided fuzz targets in fuzz/ (cargo-fuzz + libFuzzer, AddressSanitizer,
 # release build with debug assertions and overflow checks), each for SECONDS (default 30),
 # starting from its seed corpus in fuzz/seeds/<target>. Inputs that find new coverage are

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Names the syscalls in the kernel's seccomp audit lines (`audit: type=1326 ... syscall=N`):
 # what a thread called outside its filter (killed with `--seccomp on`, allowed and logged with
 # `--seccomp log`). Reads the kernel log (`dmesg`), or the files given (a lab console log,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs everything the project needs on a fresh Debian 12 machine (root or sudo):
 # the Debian packages in scripts/packages.txt, a check that cargo is there, and cargo-fuzz.
 set -euo pipefail

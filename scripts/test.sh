@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The project's test command: host set-up, guest/lab images, build, every test.
 # Tests that need a real guest boot it inside the lab host (QEMU TCG, nested SVM)
 # unless `vmm check` says this host can boot Linux directly.
@@ -11,6 +12,7 @@ cargo build --workspace --all-targets
 # vhost-user-blk by the release build under a running guest.
 cargo build --release -p backends --bins
 cargo fmt --all -- --check
+scripts/spdx.sh
 cargo clippy --workspace --all-targets -- -D warnings
 # The fuzz crate is its own workspace (cargo-fuzz builds it with sanitizer flags): lint it
 # too, sharing this workspace's target directory so its dependencies are checked once.

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Bind a PCI device to vfio-pci (via driver_override) so `vmm run --device` can
 # pass it through. The original driver is remembered in a state file for
 # scripts/vfio-unbind.sh. Refuses devices the host is using: a block device

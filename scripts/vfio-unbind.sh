@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Undo scripts/vfio-bind.sh: release a device from vfio-pci and give it back
 # to the driver it had before (from the state file; or DRIVER if given).
 #

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Who may connect to a listening Unix socket: the backends' vhost-user sockets and the VMM's
 //! API socket.
 //!

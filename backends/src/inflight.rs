@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! vhost-user inflight I/O tracking for split virtqueues (`VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`):
 //! a shared-memory record of the requests a backend took from the avail ring and has not yet
 //! answered, which survives the backend process. The frontend keeps the region's file from

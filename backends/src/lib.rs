@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Virtio request engine shared by the vhost-user backends and the in-VMM virtio tier,
 //! plus the virtio-blk device logic.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! CPU placement: which host CPUs a queue thread (or a vCPU thread of the VMM) may run
 //! on. A backend that polls earns its keep on the cores chosen for it; this is how they
 //! are chosen.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Dropping what a process no longer needs once it is set up: switch to an unprivileged
 //! user and group (`--user`, `--group`), drop every capability (effective, permitted,
 //! inheritable, ambient and the bounding set), and set `PR_SET_NO_NEW_PRIVS` so no later

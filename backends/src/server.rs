@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Serving a vhost-user socket to one frontend at a time, for as long as the process runs.
 //!
 //! A backend outlives its frontend connections: when a frontend disconnects (the VMM lost the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! A message-level relay between a vhost-user frontend and the vhost-user-backend daemon that
 //! tolerates one frontend ordering the `vhost` crate refuses.
 //!

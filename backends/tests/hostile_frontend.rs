@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! A frontend that lies about its memory: found by the `vhost_user` fuzz target. A
 //! SET_MEM_TABLE region larger than the file it maps used to be mapped as given, and the
 //! backend died of SIGBUS at its first access past the end of the file (SET_VRING_ADDR

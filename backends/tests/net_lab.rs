@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end in the lab host: `vhost-user-net` on a TAP, QEMU as the vhost-user frontend
 //! (interop), a Linux guest pinging the lab host and running iperf3 (TCP both ways, UDP)
 //! against an iperf3 server on the TAP side.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Interop: our `vhost-user-blk` backend driven by programs nobody here wrote.
 //!
 //! Inside the lab host (nested SVM, see `docs/lab.md`) the backend serves a raw file to

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The backends without privileges: `vhost-user-blk` started as an unprivileged user serves
 //! a libblkio client end to end; `vhost-user-net` drops to `--user` after opening its TAP,
 //! or starts unprivileged on a TAP created for its user; both set no-new-privs and hold no

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end tests: the real `vhost-user-blk` binary driven by libblkio's
 //! `virtio-blk-vhost-user` driver (an independent vhost-user frontend; no VM).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The real `vhost-user-net` binary natively, in link mode (two sockets wired back to back, no
 //! TAP), with a frontend from the `vhost` crate that connects and negotiates: its threads and
 //! their seccomp filters, and its command line.

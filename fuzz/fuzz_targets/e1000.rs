@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The emulated e1000 (82540EM) as a hostile driver programs it: a sequence of register
 //! writes and reads (reset, EEPROM and PHY access, interrupt masks, receive and transmit
 //! ring base, length, head and tail) and frames arriving from the host, against transmit

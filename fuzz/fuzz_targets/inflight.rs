@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The inflight region a frontend hands a backend (vhost-user SET_INFLIGHT_FD): the
 //! message's size, offset, queue count and size are checked against the file, the region
 //! (the fuzzer's bytes: headers, descriptor states, batch links, used indices) is mapped,

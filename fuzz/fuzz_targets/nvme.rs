@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The emulated NVMe controller as a hostile driver programs it. The harness enables the
 //! controller with an admin queue pair the fuzzer sizes, in guest memory the fuzzer fills
 //! (submission entries, PRP lists, data); then a script of register writes (CC, AQA,

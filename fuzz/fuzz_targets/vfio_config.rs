@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! VFIO config-space write routing: a passed-through device's configuration space (the
 //! fuzzer's bytes: header, capability list with MSI and MSI-X, region sizes) is parsed
 //! into the model, then a script of guest writes and reads of every width and alignment is

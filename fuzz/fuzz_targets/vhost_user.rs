@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The vhost-user message sequences our backends receive, as a hostile frontend sends them:
 //! framed messages (request code, flags, size, body) written to a connection that the
 //! patched vhost-user-backend daemon serves with our virtio-blk backend (on a memfd disk)

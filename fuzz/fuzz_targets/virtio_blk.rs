@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Descriptor chain walking and virtio-blk request handling: the shared engine pops and
 //! validates chains from a split queue laid out by the fuzzer, and the virtio-blk handler
 //! parses each request and runs it with io_uring against a memfd disk (reads, writes,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! virtio-net as a hostile driver sees it, on a split queue laid out by the fuzzer, over a
 //! datagram socket pair standing in for the TAP. The first byte picks the path:
 //! - transmit: the engine walks each chain and the transmit handler validates its

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The virtio-pci transport's guest-facing registers: a script of accesses to the common
 //! configuration (feature selects and words, status, queue select, size, vectors, ring
 //! addresses, enable, reset), to an MSI-X table and PBA (entries, masks, function mask

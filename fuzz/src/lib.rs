@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Shared pieces of the fuzz targets in `fuzz_targets/`: a reader that turns the fuzzer's
 //! bytes into numbers, a small guest memory, a split virtqueue laid out in it from fuzzer
 //! bytes, and memfd-backed files. Every target drives the project's real code through its

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Helpers for tests that read what a lab run printed: image discovery with a printed skip
 //! reason, `KEY=value` lines, kernel faults, iperf3 JSON reports and the guest network check
 //! that produces them.

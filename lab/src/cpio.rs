@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! A small writer for uncompressed `newc` cpio archives (the Linux initramfs format).
 //!
 //! Entries are recorded first and written in one pass by [`Cpio::write_to`]; host files are

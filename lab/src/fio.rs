@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! fio in a nested guest, with results that cross the serial console cheaply.
 //!
 //! In the lab every fio process start costs seconds (it loads ~70 MB of libraries under nested

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The lab host runner: one TCG QEMU with nested SVM, an Intel IOMMU and optional emulated
 //! NVMe / NICs, booting `lab-base.cpio` plus a per-run overlay that holds `/lab/run.sh`.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The prebuilt kernel and initramfs archives made by `scripts/build-images.sh`.
 
 use std::fs::{File, OpenOptions};

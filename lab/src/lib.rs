@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Lab host runner for tests and benchmarks that need real KVM, VFIO and an IOMMU.
 //!
 //! The build machines' `/dev/kvm` cannot boot a stock Linux guest, so such tests run inside a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! A process's threads as `/proc/PID/task/*/status` describes them: for tests that check
 //! every thread of a VMM or backend runs under its seccomp filter.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Boots real lab hosts (TCG QEMU, nested SVM, intel-iommu). Each test takes a few seconds to a
 //! minute on 2 cores; runs are serialized so they do not compete for the CPUs.
 

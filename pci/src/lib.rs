@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! PCI building blocks shared by every PCI function the VMM presents: its
 //! emulated devices (virtio, NVMe) and VFIO passthrough.
 //!

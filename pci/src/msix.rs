@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! MSI-X (PCI Local Bus 3.0 §6.8.2): the capability (where the table and the
 //! pending-bit array live), the vector table the guest programs, and the
 //! pending bits of vectors that fired while masked.

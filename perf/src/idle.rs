@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Keeping idle CPUs awake for a benchmark's duration: a PM QoS CPU-latency request through
 //! `/dev/cpu_dma_latency`, which holds for as long as the file stays open (the kernel drops it
 //! when the file closes, also when the process dies), as `cyclictest` and tuned's latency

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Benchmarks for the VMM project. [`blk`] drives vhost-user-blk backends (ours,
 //! qemu-storage-daemon) and a raw io_uring baseline with libblkio as the client;
 //! [`net`] drives our vhost-user-net backend with the project's own virtio-net load

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Where a result file came from: the source commit (and whether the tree differed from it),
 //! the exact command line and the version of the file's layout. Every JSON result `vmm-perf`
 //! writes carries these fields at its top level; UTC clock helpers for file names and reports.

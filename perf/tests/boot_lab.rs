@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm-perf boot`'s race in the lab host, once per contender CI can run: our VMM on private
 //! RAM, with a vhost-user disk on shared RAM, and QEMU's microvm machine. Times are not
 //! judged here (benchmarks do that); that every contender boots, exits 0 and reports how its

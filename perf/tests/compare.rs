@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The comparison harness against fio/iperf3 JSON captured from real runs in the lab host
 //! (`perf/tests/fixtures/capture.sh`), and report generation from a synthetic result set.
 

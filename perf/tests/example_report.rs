@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The checked-in example report (`docs/example-report/`) is exactly what `vmm-perf report`
 //! renders from its `results.json`: report.md, every chart and results.csv, byte for byte, and
 //! nothing else sits beside them.

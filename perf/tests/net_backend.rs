@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The net benchmark's load generator really moves frames through our vhost-user-net backend:
 //! a short, untimed run per frame size whose counts must agree with the TAP's own counters.
 //! Needs root and /dev/net/tun (skips otherwise) and `target/debug/vhost-user-net`

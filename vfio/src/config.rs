@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The configuration-space model: which registers the VMM owns (emulated)
 //! and which go to the device (passed through with pread/pwrite on the VFIO
 //! config region).

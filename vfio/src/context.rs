@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! One VFIO container per VM: the KVM VFIO pseudo-device, the type1 IOMMU
 //! container every group joins, and the DMA map of all guest RAM.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! A PCI function passed through with VFIO: config space through
 //! [`ConfigModel`], BARs mapped into the guest where possible and trapped
 //! where not, MSI-X through eventfds and KVM irqfds.

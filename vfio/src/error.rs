@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The crate's single error type. Messages are one line and name the fix.
 
 use std::io;

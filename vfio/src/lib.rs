@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! VFIO PCI passthrough: a host PCI function bound to `vfio-pci` presented to
 //! a KVM guest.
 //!

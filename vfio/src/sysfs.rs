@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Up-front checks on the host's sysfs: the device exists, is bound to
 //! vfio-pci, has an IOMMU group, and every member of that group is bound to
 //! vfio-pci or to no driver (the kernel's "viable" rule). All checks take a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! scripts/vfio-bind.sh against a fake sysfs/proc tree (dry run: checks only,
 //! nothing is written), so the refusal rules are tested without hardware.
 

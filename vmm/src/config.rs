@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Validated VM configuration and the parsers for its command-line syntax.
 
 use std::fmt;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The VM's devices: creates them from the configuration, places them on the
 //! buses (port I/O, MMIO, PCI) and in the 64-bit PCI window, and stops them
 //! at teardown.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The crate's error type: every failure a user of `vmm` can see, with the
 //! context that tells them what to fix.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The guest-physical address map of an x86-64 VM.
 //!
 //! ```text

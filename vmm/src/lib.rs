@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! A KVM virtual machine monitor built for I/O performance work.
 //!
 //! * [`machine`] — builds a VM from a [`config::VmConfig`], runs its vCPUs and

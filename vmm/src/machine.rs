@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Builds a VM from a [`VmConfig`] (memory, kernel, ACPI, devices, vCPUs),
 //! runs it, and tears it down: the builder → running VM → exit flow. The
 //! devices are the [`DeviceManager`]'s; the machine owns the vCPUs, the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm`: boot a Linux guest (`vmm run`), drive a running one (`vmm remote`)
 //! or validate the host (`vmm check`).
 

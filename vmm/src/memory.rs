@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Guest RAM, in one of two modes ([`RamMode`]):
 //!
 //! * **private** anonymous memory (`MAP_PRIVATE | MAP_ANONYMOUS`), as Cloud Hypervisor's

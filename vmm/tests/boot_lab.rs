@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end: `vmm run` boots a stock Debian kernel inside the lab host (or
 //! directly, where `vmm check` says hardware KVM works) and the guest reports
 //! what it sees.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Runs the real `vmm check` binary and checks its report against what this host's
 //! /proc/cpuinfo and /dev/kvm say.
 

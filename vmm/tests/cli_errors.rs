@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Bad `vmm run` input: each case must end with a clear one-line error and a
 //! non-zero exit, never a panic. These run on any host (no guest boots).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm run --disk`: parse errors, an unreachable backend and a backend that never answers
 //! fail with a message naming the problem, before any guest runs.
 

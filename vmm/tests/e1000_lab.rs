@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end: the emulated e1000 NIC. The guest runs Debian's *generic*
 //! kernel (the cloud kernel has no e1000 driver) with its stock `e1000`
 //! module; the VMM's NIC is a TAP interface in the lab host, addressed

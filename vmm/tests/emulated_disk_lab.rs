@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end: a guest inside the lab host drives a disk whose requests are
 //! served inside the VMM: virtio-blk on VMM queue threads (`--disk path=..`)
 //! or the emulated NVMe controller (`--disk path=..,model=nvme`).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm run --net vhost_user=on,...,queues=N`: a bad count is a usage error, and a backend
 //! that cannot serve N queue pairs with a control queue is refused with a message saying
 //! why, before any guest runs. The backend is the project's `vhost-user-net` in link mode

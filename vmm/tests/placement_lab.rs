@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! In the lab host: vCPU threads and backend queue threads run where `--cpus
 //! boot=N,affinity=…` and `--queue-affinity` put them, and guest RAM is shared exactly when
 //! a vhost-user device needs it (private RAM forced with `shared=off` is refused). The other

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm run`'s threads under their seccomp filters, natively: a VMM with a vhost-user disk
 //! (served by this project's `vhost-user-blk`), an in-VMM disk and, as root, an e1000 on a
 //! TAP, whose guest need not get far (on a PVM host it runs in KVM's instruction emulator).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Seccomp filters in the lab host, with a guest running:
 //!
 //! * a `vhost-user-blk` whose queue thread makes a forbidden syscall at its first event

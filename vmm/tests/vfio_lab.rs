@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end VFIO passthrough in the lab host: the lab's emulated NVMe is
 //! bound to vfio-pci with scripts/vfio-bind.sh, passed to a guest with
 //! `vmm run --device`, driven by the guest's stock nvme driver (fio with

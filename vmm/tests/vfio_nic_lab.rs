@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end VFIO passthrough of a NIC: the lab host gets two NICs on one
 //! QEMU hub; the first is bound to vfio-pci and passed to a guest with
 //! `vmm run --device`, the second keeps an address in the lab host. The

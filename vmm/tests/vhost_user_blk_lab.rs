@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end: a guest inside the lab host drives a virtio-blk disk whose
 //! data path is a vhost-user backend (qemu-storage-daemon, or this project's
 //! `vhost-user-blk` when built) running in the lab next to the VMM.

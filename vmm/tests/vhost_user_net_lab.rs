@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end: this VMM as the vhost-user-net frontend. In the lab host, the project's
 //! `vhost-user-net` backend serves tap0 (10.0.0.1/24); the guest booted by `vmm run --net`
 //! configures eth0 10.0.0.2/24, pings the lab host and runs iperf3 (TCP both ways, UDP).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end: two guests booted by this VMM, wired to each other by the project's
 //! `vhost-user-net --link` (the in-process switch), in one lab host. Guest B pings guest A and
 //! moves a fixed number of bytes to it and back with iperf3 (TCP); guest A also has a NIC on

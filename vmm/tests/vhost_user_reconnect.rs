@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The VMM side of vhost-user reconnect, natively (no guest, no lab): a vhost-user-blk device
 //! on the virtio-pci transport, driven through its registers and rings by a minimal split-ring
 //! driver in this test, served by this project's `vhost-user-blk` process, which the test

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end in the lab host: backends killed, upgraded or replaced under a running guest of
 //! this VMM, which reconnects (`docs/vhost-user-recovery.md`).
 //!

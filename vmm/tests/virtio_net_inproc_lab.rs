@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! End-to-end: the in-VMM virtio-net (`vmm run --net tap=tap0`, model=virtio by default).
 //! The VMM creates tap0 in the lab host (10.0.2.1/24) and serves the queue pair with its own
 //! `net-q0` thread (the backends crate's TX handler and RX path); the guest configures eth0

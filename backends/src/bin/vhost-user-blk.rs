@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vhost-user-blk`: serve a raw file or block device to vhost-user frontends, one at a time.
 //!
 //! The backend serves successive frontend connections (a frontend that lost its connection,

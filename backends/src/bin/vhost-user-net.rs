@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vhost-user-net`: serve a TAP interface to a vhost-user frontend, or (`--link A,B`) wire
 //! two frontends back to back with no TAP: through the in-process switch (default; frames are
 //! copied from one guest's memory into the other's, see `backends::net::switch`), or through

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The vhost-user-blk device: features, config space and one [`Engine`] per queue, each
 //! driven by its own vhost-user-backend worker thread (`blk-q<N>`).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The backing store: a raw file or a block device.
 
 use std::fs::{File, OpenOptions};

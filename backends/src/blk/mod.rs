@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! virtio-blk: request parsing and execution ([`BlkHandler`]) and the vhost-user backend
 //! ([`BlkBackend`]).
 

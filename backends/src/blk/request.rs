@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! virtio-blk request parsing and execution (virtio 1.2 §5.2.6).
 
 use std::fs::File;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Unit tests: virtio-blk requests through the real [`Engine`] against a `GuestMemoryMmap`
 //! and virtio-queue's mock driver-side queue, including hostile chains.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Validated view of one descriptor chain: the single place where guest-supplied
 //! addresses and lengths are turned into host memory.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The shared request engine.
 //!
 //! An [`Engine`] owns one io_uring, with its handler's file registered, and serves one

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Adaptive busy-polling of a queue thread.
 //!
 //! After a queue thread runs out of work it can keep checking its avail rings and io_uring

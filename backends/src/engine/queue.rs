@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The queue side of the engine: one small trait over "a split virtqueue plus its guest
 //! memory and call eventfd", implemented for vhost-user-backend vrings and for a plain
 //! in-process [`virtio_queue::Queue`] (in-VMM tier, tests).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Every io_uring the backends and the in-VMM devices create, restricted to what it submits.
 //!
 //! A ring is created disabled (`IORING_SETUP_R_DISABLED`), given its one fixed file and its

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Stopping a ring whose requests never complete: [`Engine::settle_within`] gives up after
 //! its limit instead of waiting forever (vhost-user GET_VRING_BASE is then answered with an
 //! error), and the requests it gave up on never reach the used ring.

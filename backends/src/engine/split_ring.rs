@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! [`SplitRing`]: our own batched reader and writer of one split virtqueue (virtio 1.2 §2.7),
 //! for the data paths where virtio-queue's per-access checks are the cost that matters (the
 //! in-process switch of `vhost-user-net --link` moves a 64-byte frame in ~100 ns).

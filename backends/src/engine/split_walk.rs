@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! [`SplitWalk`]: the descriptors of one split-virtqueue chain, found from its head index.
 //!
 //! virtio-queue only builds a `DescriptorChain` while popping the avail ring (its constructor

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Kernel submission polling (io_uring `SQPOLL`) that switches on by itself.
 //!
 //! With `SQPOLL` a kernel thread picks up a queue's submissions without `io_uring_enter`

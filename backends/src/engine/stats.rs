@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Per-queue counters, shared between the queue thread and whoever reports them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! [`Tuning`]: the run-time knobs of an [`Engine`](super::Engine), and the command-line
 //! arguments ([`TuningArgs`]) both backends take for them.
 

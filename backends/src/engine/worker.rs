@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! [`Engine`]: one io_uring serving one virtqueue.
 
 use std::io;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Region format, crash recovery at every store of the batch protocol, hostile regions.
 
 use std::os::unix::fs::FileExt;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The vhost-user-net device: features, config space, one TAP queue, one transmit [`Engine`]
 //! and one [`RxPath`] per queue pair, each pair served by its own vhost-user-backend worker
 //! thread (`net-q<N>`).

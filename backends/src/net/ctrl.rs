@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The control virtqueue (VIRTIO_NET_F_CTRL_VQ, virtio 1.2 §5.1.6.5), served in the backend
 //! like the data queues so the VMM stays out of the control path too.
 //!

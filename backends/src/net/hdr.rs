@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `virtio_net_hdr_v1` parsing and validation of driver-supplied headers (virtio 1.2 §5.1.6).
 
 use virtio_bindings::virtio_net::*;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! virtio-net over a TAP device: the transmit handler on the shared [`Engine`](crate::engine::Engine)
 //! ([`TxHandler`]), the receive path ([`RxPath`]), the TAP itself ([`Tap`]) and the
 //! vhost-user backend ([`NetBackend`]).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! One queue pair as the work of one thread: its receive path and transmit engine are
 //! served, busy-polled and parked together ([`PairWork`]), so the adaptive window of the
 //! pair's thread covers both directions: a thread polling for transmit requests also

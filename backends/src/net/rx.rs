@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Receive: frames read from the TAP through io_uring into a small set of per-queue read
 //! slots, then copied into the driver's receive chains (several with MRG_RXBUF, `num_buffers`
 //! filled in).

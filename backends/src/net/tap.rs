@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! A TAP queue file descriptor: with a virtio-net header (`IFF_VNET_HDR`)
 //! for the virtio-net backends, or plain Ethernet frames for an emulated NIC.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Unit tests: transmit through the real [`Engine`] and receive through [`RxPath`] against a
 //! `GuestMemoryMmap`, virtio-queue's mock driver-side queue and a datagram socket pair standing
 //! in for the TAP (one datagram = one frame with its vnet header), including hostile chains.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Transmit: one driver chain (`virtio_net_hdr_v1` + frame) becomes one write on the TAP
 //! through the shared engine; the header passes through to the TAP unchanged.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! What each thread of `vhost-user-blk` may call.
 //!
 //! | thread | kind | started by |

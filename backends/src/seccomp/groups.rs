@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Groups of syscalls the thread tables of every binary are built from.
 
 use libc::{

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Seccomp filters for the project's three binaries (`vmm`, `vhost-user-blk`,
 //! `vhost-user-net`): the `--seccomp on|log|off` mode, the tables that say what each kind of
 //! thread may call ([`Allowed`]), and their installation.

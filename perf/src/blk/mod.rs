@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm-perf backend blk`: 4 KiB random reads through libblkio against
 //! our vhost-user-blk, qemu-storage-daemon's vhost-user-blk export, and libblkio's
 //! `io_uring` driver on the same file (raw baseline), all in the same run; optionally our

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The VMMs `vmm-perf boot` races ([`Contender`]) and the run that boots them in turn
 //! ([`BootRun`]): every repetition boots each contender once, starting one further along
 //! the list each time, so no contender always boots first (into a cold page cache) or last.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Guest boot-to-init benchmark: our VMM against QEMU (`q35` and the minimal `microvm`
 //! machine) and, where its binary is given, Cloud Hypervisor, with the same kernel,
 //! initramfs, vCPUs and memory, measured in the same run, plus the VMM's own resident

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The boot race's summary: per contender the median boot-to-init time, its ratio to a
 //! reference contender of the same run, resident memory, and how its guest RAM was mapped
 //! under which transparent-huge-page settings.

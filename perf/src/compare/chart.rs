@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! SVG bar charts for the report: bars grouped along the x axis, one colour per series, the
 //! legend beside the plot, an optional dashed reference line. When the values span more than
 //! [`LOG_SPAN`]× (tiers of this project differ by 100× and more) the value axis is

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Extraction of per-run output from a console stream.
 //!
 //! The generated scripts print, for every run:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! fio `--output-format=json` parsing into typed metrics.
 //!
 //! fio may print error lines (e.g. `fio: pid=0, err=2/file:filesetup.c:174, func=open, ...`)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! One group's run: its script (and guest initramfs) prepared, then run inside the lab host or
 //! directly on this host, with its console fed to the [`Recorder`] line by line.
 

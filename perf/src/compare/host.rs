@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The host description stored in `results.json`: CPU, kernel, `vmm check --json`.
 
 use std::path::Path;

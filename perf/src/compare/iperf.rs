@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! iperf3 `-J` parsing into typed metrics. A run with an `"error"` field (e.g. "unable to
 //! connect to server: Connection refused") or without JSON is a failed run.
 

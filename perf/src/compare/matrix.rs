@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The comparison matrix: tiers × workloads, and which tiers this build and host can run.
 
 use std::path::{Path, PathBuf};

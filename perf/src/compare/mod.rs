@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm-perf compare`: the tier × workload comparison harness.
 //!
 //! Tiers are I/O paths (native, vhost-user, VFIO, …; [`matrix::Tier`]); workloads are fio jobs,

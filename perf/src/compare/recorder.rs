@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The run's bookkeeping: console events become run records, every record is saved at once
 //! (raw output under `raw/`, `results.json` rewritten), and the progress bar moves.
 

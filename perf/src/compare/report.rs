@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `report.md`: how the run was made, the tiers, a summary matrix (tiers × workloads: medians
 //! and ratios to the reference tier), a detail table and charts ([`super::chart`]) per kind of
 //! workload, and the failed runs; and the terminal summary. Everything comes from the

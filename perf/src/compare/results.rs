@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Results: one record per run, cells summarised as median and spread, written as JSON and CSV.
 
 use std::fmt::Write as _;

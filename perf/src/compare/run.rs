@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Running the plan: one script per tier group, directly or in the lab host
 //! ([`super::group`]); a group that faulted gets one more try for its incomplete cells; the
 //! records ([`super::recorder`]) become `results.json`, `results.csv` and the report.

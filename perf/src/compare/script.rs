@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Generation of the shell scripts that run a tier's cells, directly or inside the lab host.
 //!
 //! Every run prints `===CELL-BEGIN id===` and its raw output base64-encoded between

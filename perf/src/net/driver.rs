@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The load generator's virtio-net driver: guest memory in a memfd, handed to the backend
 //! over vhost-user (`vhost` crate frontend), one receive and one transmit split queue laid
 //! out in it, kick eventfds written and call eventfds read as a guest's virtio-net would.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Pre-built test frames: a 12-byte `virtio_net_hdr_v1` followed by an Ethernet/IPv4 frame,
 //! UDP for the plain sizes, one TCP segment with TSO (`GSO_TCPV4`, `NEEDS_CSUM`) for the
 //! 64 KiB size. The same bytes go through our backend and through the raw TAP writes.

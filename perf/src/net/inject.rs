@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Receive traffic: an `AF_PACKET` socket on the TAP (inside the benchmark's namespace) sends
 //! the test frame as fast as it can, `sendmmsg` 64 at a time, with a `virtio_net_hdr`
 //! (`PACKET_VNET_HDR`) so a 64 KiB TSO frame leaves the stack as one GSO packet. The kernel

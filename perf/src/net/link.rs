@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm-perf backend net --link`: frames from guest A to guest B through a switch between two
 //! vhost-user sockets, no VM. Switches: our `vhost-user-net --link A,B` (the in-process
 //! switch) and DPDK testpmd's two `net_vhost` ports io-forwarding (the reference). Clients:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm-perf backend net`: our vhost-user-net backend without a VM, against raw io_uring on
 //! the same TAP in the same run.
 //!

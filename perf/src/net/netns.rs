@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The benchmark's own network namespace and its sink TAP.
 //!
 //! [`Netns::enter`] moves the calling thread into a fresh, unnamed network namespace

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The reference: this process on the same TAP with io_uring, no virtio in between, the TAP
 //! registered as the ring's fixed file as our backend's engine does. Transmit writes the same
 //! virtio header + frame buffers (the same guest memory slots) `batch` per `io_uring_enter`,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The driver side of a split virtqueue (virtio 1.2 §2.7) laid out by the load generator in
 //! its own guest memory: descriptor table, available ring (with `used_event`) and used ring
 //! (with `avail_event`). Every access goes through vm-memory (bounds-checked); indices coming

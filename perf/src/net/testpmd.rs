@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! DPDK's `dpdk-testpmd` (Debian package `dpdk-dev`) as the link benchmark's independent
 //! peer: `net_virtio_user` clients (a frame generator, `txonly`, and a sink, `rxonly`: vhost-user
 //! frontends that need no VM) and, as the reference switch, two `net_vhost` ports io-forwarding

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! What one notification costs on this machine: an eventfd write that wakes a thread asleep
 //! in `poll(2)`, as each used-buffer notification of the backend (and each kick of the
 //! driver) does. Measured in every run because it varies by orders of magnitude between

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! ACPI tables for a hardware-reduced platform: RSDP → XSDT → FADT (with the
 //! DSDT), MADT (one local APIC per vCPU, one IOAPIC) and MCFG (ECAM).
 //!

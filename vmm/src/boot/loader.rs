@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Kernel (bzImage or ELF vmlinux), initramfs and command line placement, and
 //! the Linux zero page with its e820 map.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Builders that turn facts and probe results into [`Check`] lines.
 
 use std::io::ErrorKind;

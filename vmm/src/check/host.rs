@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Read-only host facts from procfs/sysfs/devfs, relative to a root directory so tests
 //! can point the probes at a fake tree.
 

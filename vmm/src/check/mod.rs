@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm check`: host validation in the spirit of `virt-host-validate`.
 //!
 //! Each check is a [`Check`] line (PASS / WARN / FAIL, detail, fix). The report also

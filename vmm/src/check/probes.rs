@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Live probes: KVM ioctls, an io_uring NOP round trip, memfd + MAP_SHARED, seccomp.
 
 use std::fs::{File, OpenOptions};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Unit tests for the parsers, PVM detection and classification on fake host trees.
 
 use std::fs;

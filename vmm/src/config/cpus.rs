@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `--cpus`: a vCPU count (`2`), or Cloud Hypervisor's spelling with vCPU placement,
 //! `boot=2,affinity=[0@[2],1@[3]]` (vCPU 0 runs only on host CPU 2, vCPU 1 on CPU 3).
 

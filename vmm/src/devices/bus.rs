@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Address-range dispatch for port I/O and MMIO exits.
 
 use std::collections::BTreeMap;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Just enough of the i8042 keyboard controller for the CPU-reset command
 //! (Linux's `reboot=k` path and the fallback of every reboot).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Devices the vCPUs reach through port I/O and MMIO exits, by tier:
 //!
 //! | Tier                | Module                                 | Data path                       |

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Hardware-reduced ACPI sleep and reset registers: `poweroff` in the guest
 //! writes SLP_TYP=S5|SLP_EN here, `reboot` writes the reset value; and the
 //! power button the VMM presses (`vm.shutdown`).

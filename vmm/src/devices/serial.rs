@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The 8250 UART on COM1 (vm-superio), its interrupt wired to KVM with an
 //! irqfd, a console sink that notices guest kernel panics, and a size cap for a
 //! console written to a file.

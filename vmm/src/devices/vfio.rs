@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Glue between the `vfio` crate's passthrough device model and this VMM:
 //! KVM memory slots for BAR pages, GSI routes and irqfds for MSI-X, BAR
 //! placement in the ACPI PCI windows, and bus adapters for trapped accesses.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Keeping a trapped memory BAR's MMIO-bus range in step with what the guest
 //! programs (BAR address, memory decode in the command register).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! PCI bus 0 and its two configuration mechanisms (legacy port I/O and ECAM).
 
 use std::sync::{Arc, Mutex};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! A type-0 PCI configuration header with per-bit write masks, so that the
 //! guest can only change what real hardware would let it change.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The PCI root bus: configuration space through ports 0xCF8/0xCFC and ECAM,
 //! a host bridge at 00:00.0, and the device trait the VMM's PCI devices
 //! implement; `config` builds their configuration headers, `bar_map` maps

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! MSI-X for the VMM's emulated PCI functions: the shared table, PBA and
 //! capability of the `pci` crate, plus the KVM side, one GSI per vector whose
 //! MSI route follows the guest's table entry. Each device decides how a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The ioctl request numbers the VMM's threads issue after set-up, computed from their
 //! definitions in the kernel headers (`include/uapi/linux/kvm.h`, `vfio.h`).
 

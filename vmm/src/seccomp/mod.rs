@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! What each thread of `vmm run` may call (the framework and the groups shared with the
 //! backends are `backends::seccomp`).
 //!

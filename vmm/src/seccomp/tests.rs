@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 use backends::seccomp::ThreadKind;
 use seccompiler::SeccompAction;
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Per-vCPU CPUID: KVM's supported set with a coherent topology (one socket,
 //! N cores, one thread per core) and the hypervisor bit set.
 

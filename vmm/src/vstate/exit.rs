@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! How a guest stops, and the one-shot signal that carries it to the main loop.
 
 use std::fmt;

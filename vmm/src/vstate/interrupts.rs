@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! KVM GSI routing: the legacy IOAPIC/PIC pins plus MSI routes that devices
 //! program through their MSI/MSI-X capabilities. Each MSI vector gets its own
 //! GSI; an irqfd on that GSI lets a backend interrupt the guest without the VMM.

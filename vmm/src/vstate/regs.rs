@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Boot-time x86-64 CPU state for the Linux 64-bit boot protocol: a flat GDT,
 //! identity-mapped page tables for the first 4 GiB, long mode, and the MSRs,
 //! FPU and local-APIC settings every vCPU starts with.

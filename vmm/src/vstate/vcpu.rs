@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! vCPU threads: configure each vCPU for the 64-bit boot protocol and run it,
 //! dispatching port and MMIO exits to the buses.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The KVM VM: in-kernel irqchip and PIT, guest RAM registered as memory slots.
 
 use std::sync::Arc;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Chain walk tests: host addresses, region splits, hostile chains walked every way.
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;

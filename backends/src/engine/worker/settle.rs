@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Stopping a ring: [`Engine::settle`] waits, for a bounded time, for the requests in flight.
 
 use std::sync::atomic::Ordering;

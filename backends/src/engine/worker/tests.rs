@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Engine tests: kernel submission polling, ring stops, resubmission after a restart.
 
 use std::fs::File;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! [`Forwarder`]: one direction of one queue pair of the switch. A pass takes up to a batch of
 //! frames from the sender's transmit queue and copies each straight into the receiver's
 //! receive buffers (several with MRG_RXBUF), in this thread, with no system call unless a

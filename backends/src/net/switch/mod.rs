@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Link mode as an in-process switch: two vhost-user-net devices ([`SwitchPort`]s, one per
 //! guest) served by one process, which maps both guests' memory. The queue thread of each
 //! guest's pair `p` takes that guest's transmitted frames and copies each straight into the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! [`PollWindow`]: how long a switch queue thread keeps polling its transmit ring after it ran
 //! dry, adapted to the load as QEMU's AioContext adapts its polling (grow while polling would
 //! have caught the next frame, shrink while it could not have).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The two ways the switch reads and writes a virtqueue, behind one small trait ([`Ring`]):
 //! our own batched reader over the mapped rings ([`SplitRing`], the default) and
 //! virtio-queue's `Queue` ([`RingReader::VirtioQueue`], kept to measure one against the other).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Unit tests of the switch: two guests' memories and vhost-user-backend vrings, driven from
 //! the driver side by hand, served by the real [`SwitchPort`] event handler (with both ring
 //! readers), including hostile chains on either side and a receiver that posts nothing.

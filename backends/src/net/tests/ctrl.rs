@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Control queue: `VQ_PAIRS_SET` and hostile commands through [`CtrlQueue`] against the
 //! same mock driver-side queue, and the multiqueue shape of [`NetBackend`].
 

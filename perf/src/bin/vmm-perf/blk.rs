@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm-perf backend blk`: vhost-user-blk backends (ours, qemu-storage-daemon) against raw
 //! io_uring, with libblkio as the client: the job matrix in alternating order, medians,
 //! same-run ratios, the block goals, the machine's wake-up cost and what an idle backend

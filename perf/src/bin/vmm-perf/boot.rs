@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm-perf boot`: guest boot-to-init and VMM memory, contenders booted in alternation:
 //! ours with private RAM and with a vhost-user disk on shared RAM, QEMU q35 and microvm, and
 //! Cloud Hypervisor with `shared=off` and `shared=on` where its binary is given.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm-perf compare`: the command line of the tier × workload harness.
 
 use std::path::{Path, PathBuf};

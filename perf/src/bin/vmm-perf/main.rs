@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm-perf`: the project's benchmark driver.
 
 mod blk;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! `vmm-perf backend net`: our vhost-user-net backend, driven by the project's own virtio-net
 //! load generator, against raw io_uring on the same TAP, in a fresh network namespace.
 

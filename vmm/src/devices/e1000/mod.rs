@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! An emulated Intel 82540EM (e1000) NIC: the emulated network tier. Every
 //! register access traps to the VMM; transmit runs on the vCPU thread that
 //! wrote TDT, receive on the TAP reader thread, both under the device lock.

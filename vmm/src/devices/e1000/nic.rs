@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The 82540EM register file, interrupt causes and the legacy transmit and
 //! receive descriptor rings. Every ring base, length, index and buffer
 //! address the guest programs is checked before guest memory is touched.

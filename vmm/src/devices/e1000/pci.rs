@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The e1000 as a PCI function: 8086:100E (82540EM), class 02:00:00, a
 //! 128 KiB register BAR (trapped) and INTA, delivered as an edge on an
 //! irqfd bound to the GSI the root bridge's `_PRT` gives the slot.

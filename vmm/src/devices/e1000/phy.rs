@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The 82540EM's serial (microwire) EEPROM, read by the driver by toggling
 //! EECD bits, and its Marvell 88E1011 PHY behind MDIC. Link is always up at
 //! 1000 Mb/s full duplex.

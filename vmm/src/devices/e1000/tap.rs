@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The host side of the NIC: a TAP interface for plain frames
 //! ([`Tap::open_plain`], the type the virtio-net backends use too) as the
 //! NIC's transmit sink, and the thread (`e1000-rx`) that reads frames from it

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! e1000 model tests: EEPROM and PHY as the Linux driver reads them, the
 //! transmit and receive rings, and a hostile guest's ring programming.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The admin command set: Identify, Create/Delete I/O SQ/CQ, Get/Set
 //! Features, Get Log Page, Abort and Asynchronous Event Request.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The controller core: queues, doorbells, command fetch, completion posting
 //! with the phase tag, and interrupts. Everything runs on the vCPU thread
 //! that wrote the doorbell; nothing here trusts a guest-supplied number

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Identify data structures (NVMe 1.4 §5.15): controller, namespace, active
 //! namespace list and namespace identification descriptors, 4 KiB each.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The NVM command set: Flush, Write, Read and Dataset Management
 //! (deallocate → `fallocate(PUNCH_HOLE)`), run synchronously on the vCPU
 //! thread with `pread`/`pwrite` through a bounce buffer. A write with Force

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! An emulated NVMe controller (NVMe 1.4 subset) with one namespace backed by a
 //! file: the emulated tier. Every register and doorbell access is an MMIO exit
 //! handled on the vCPU thread that made it, and commands run synchronously

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The NVMe controller as a PCI function: class 01:08:02 (NVM Express),
 //! a 64-bit BAR0 with the registers and doorbells (trapped: every access is an
 //! MMIO exit), and MSI-X (table and PBA in BAR0) delivered with KVM_SIGNAL_MSI.

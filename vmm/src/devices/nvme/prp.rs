@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Physical Region Page walking: the one place a guest-supplied data pointer
 //! becomes guest memory the controller touches. PRP1 may carry a dword-aligned
 //! offset; PRP2 is either the second page or a pointer to a PRP list whose

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Controller registers (NVMe 1.4 §3.1): what the guest reads and writes at
 //! the start of BAR0. Pure state; [`super::Controller`] acts on the returned
 //! [`RegEvent`]s.

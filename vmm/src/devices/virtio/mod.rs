@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Virtio devices, in three tiers that share one transport:
 //!
 //! * [`transport`] — the virtio-pci modern transport the guest driver sees

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Registers, admin commands, doorbells and queues.
 
 use vm_memory::{Bytes, GuestAddress};

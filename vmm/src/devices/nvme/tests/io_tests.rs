@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! NVM commands and PRP walking.
 
 use std::os::unix::fs::FileExt;

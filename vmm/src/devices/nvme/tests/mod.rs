@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Controller tests, most of them a hostile guest: bad doorbells, queue IDs
 //! and sizes, PRPs, namespaces and opcodes must get the status the spec
 //! prescribes and never a panic. This file is the guest-side harness.

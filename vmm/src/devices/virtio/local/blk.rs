@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! virtio-blk served inside the VMM process (the in-VMM tier): the same PCI
 //! transport as the vhost-user device, but each queue is served by a VMM
 //! thread (`blk-q<N>`, see `queue_thread`) running the shared

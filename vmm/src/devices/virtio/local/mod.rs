@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The in-VMM tier: virtio devices whose queues VMM threads serve with the
 //! `backends` crate's request engine (the same handlers the vhost-user
 //! backends run), without a second process.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! virtio-net served inside the VMM process (the in-VMM tier): the same PCI
 //! transport and config space as the vhost-user-net device, but the queue
 //! pair is served by one VMM thread (`net-q0`, see `queue_thread`) running

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The queue thread both in-VMM devices run: it sleeps in epoll on each
 //! served queue's kick eventfd (a KVM ioeventfd on the notify address) and
 //! io_uring completion eventfd, plus a stop eventfd and a pause gate; it

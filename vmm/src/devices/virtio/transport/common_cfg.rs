@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The virtio-pci common configuration structure (`struct
 //! virtio_pci_common_cfg`, virtio 1.x §4.1.4.3): feature negotiation, device
 //! status, and per-queue setup. Pure register logic; the transport acts on

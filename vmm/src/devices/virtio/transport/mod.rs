@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The virtio-pci modern transport (virtio 1.x §4.1): what a guest driver
 //! sees of every virtio device, whatever serves its queues.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The virtio-pci modern transport: a PCI function whose 64-bit memory BAR
 //! holds the common, ISR, device and notify structures plus the MSI-X table
 //! and PBA. Queue notifies go to KVM ioeventfds and interrupts come from

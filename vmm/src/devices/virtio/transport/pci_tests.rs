@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Tests of the virtio-pci transport against a real KVM VM (skipped without /dev/kvm).
 
 use super::*;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! Per-queue state the driver programs through the common configuration,
 //! with every guest-supplied value validated on the way in.
 

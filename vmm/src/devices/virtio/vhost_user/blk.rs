@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! virtio-blk served by an external vhost-user backend: this side negotiates
 //! features, shares guest memory (the memfd of every RAM region) and hands
 //! the backend each queue's rings and its kick/call eventfds. Requests never

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! One connection to a vhost-user backend: the socket, the handshake up to the agreed
 //! protocol features, and a deadline on every exchange. A device opens one when it is
 //! created and, when the backend hangs up and reconnecting is on, its supervisor opens the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! What every vhost-user device shares: its backend [`Connection`], activation by the guest
 //! driver (features, memory table, inflight region, vrings with their kick/call/err
 //! eventfds), orderly teardown, and the replay of that setup on a new connection after the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! The vhost-user tier: virtio devices whose queues an external backend
 //! process serves. The VMM only sets up the connection (`connection`, `link`),
 //! shares guest RAM and the kick/call eventfds, and watches the backend

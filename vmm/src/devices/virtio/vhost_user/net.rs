@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! virtio-net served by an external vhost-user backend: like [`super::blk`],
 //! this side only negotiates, shares guest memory and hands the backend the rings and
 //! kick/call eventfds; frames never pass through the VMM.

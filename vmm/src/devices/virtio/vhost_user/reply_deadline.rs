@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! A deadline on vhost-user exchanges.
 //!
 //! The `vhost` crate's frontend blocks in `recv` until the backend answers, and retries a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 //! A thread per vhost-user device that notices the backend hanging up and, with reconnecting
 //! on, connects again every `reconnect_ms` until a backend listens (then the device checks
 //! it serves the same device and replays its setup) or `reconnect_timeout_s` passed (then
