@@ -23,6 +23,7 @@ use std::time::Duration;
 use backends::blk::{BlkBackend, BlkOptions, Disk};
 use backends::engine::Tuning;
 use backends::net::{NetBackend, NetOptions, Port};
+use backends::placement::Affinity;
 use iovmm_fuzz::{memfd, Input};
 use libfuzzer_sys::fuzz_target;
 use vhost_user_backend::VhostUserDaemon;
@@ -92,6 +93,7 @@ fn blk() -> &'static Served {
             readonly: false,
             tuning: Tuning::default(),
             serial: "fuzz".into(),
+            affinity: Affinity::default(),
         };
         let backend = match BlkBackend::new(disk, opts) {
             Ok(b) => Arc::new(b),
@@ -145,6 +147,7 @@ fn net() -> &'static Served {
             queue_pairs: 2,
             queue_size: 64,
             tuning: Tuning::default(),
+            affinity: Affinity::default(),
         };
         let backend = match NetBackend::new(opts) {
             Ok(b) => Arc::new(b),
