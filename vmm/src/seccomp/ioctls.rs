@@ -3,7 +3,8 @@
 //! definitions in the kernel headers (`include/uapi/linux/kvm.h`, `vfio.h`).
 
 use kvm_bindings::{
-    kvm_device_attr, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_userspace_memory_region, KVMIO,
+    kvm_device_attr, kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_msi,
+    kvm_userspace_memory_region, KVMIO,
 };
 use vmm_sys_util::{ioctl_io_nr, ioctl_iow_nr};
 
@@ -12,6 +13,7 @@ ioctl_io_nr!(KVM_KVMCLOCK_CTRL, KVMIO, 0xad);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
 ioctl_iow_nr!(
     KVM_SET_USER_MEMORY_REGION,
     KVMIO,
@@ -44,6 +46,7 @@ mod tests {
         assert_eq!(KVM_IRQFD(), 0x4020_ae76);
         assert_eq!(KVM_IOEVENTFD(), 0x4040_ae79);
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
+        assert_eq!(KVM_SIGNAL_MSI(), 0x4020_aea5);
         assert_eq!(KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
         assert_eq!(KVM_SET_DEVICE_ATTR(), 0x4018_aee1);
         assert_eq!(VFIO_GROUP_UNSET_CONTAINER(), 0x3b69);

@@ -184,6 +184,9 @@ fn vcpu() -> Allowed {
             KVM_SET_USER_MEMORY_REGION(),
             // A passed-through device's MSI/MSI-X enabled or disabled.
             VFIO_DEVICE_SET_IRQS(),
+            // The emulated NVMe completes a command inside its doorbell's exit and raises
+            // its MSI-X vector there.
+            KVM_SIGNAL_MSI(),
             // The in-VMM virtio-net's offloads at DRIVER_OK and reset.
             libc::TUNSETOFFLOAD,
         ])
