@@ -210,6 +210,9 @@ fn vcpu() -> Allowed {
         .with(VmmThread::Queue.allowed())
         // DRIVER_OK keeps duplicates of the queues' eventfds.
         .call_if(SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u64])
+        // MSI-X vector masking and re-routing: whether a call eventfd has a signal pending
+        // (a zero-timeout poll).
+        .calls(&[SYS_poll])
 }
 
 /// Watches the backend socket for a hangup; reconnecting opens a new connection (a new
