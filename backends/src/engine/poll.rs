@@ -344,11 +344,24 @@ mod tests {
     #[test]
     fn the_loop_polls_within_the_window_and_parks_after_it() {
         // A fixed window far longer than the gap: every arrival is found by polling.
+        // A run slice ends after 2 ms of serving (the thread yields, `wake_again`); on a
+        // loaded machine the five arrivals may span slices, each next run being a wake-up.
         let mut poller = Poller::new(PollPolicy::Fixed(Duration::from_millis(500)));
         let mut work = Arrivals::new(us(200), 5);
-        let polled = poller.run(&mut work).unwrap();
-        assert_eq!((work.served, polled, work.parks), (5, 5, 1));
-        assert!(work.pending_checks > 5);
+        let mut polled = 0;
+        for _ in 0..100 {
+            polled += poller.run(&mut work).unwrap();
+            if work.parks > 0 {
+                break;
+            }
+        }
+        assert_eq!((work.served, work.parks), (5, 1));
+        assert!(
+            polled + work.wakes >= 5,
+            "{polled} polled, {} wakes",
+            work.wakes
+        );
+        assert!(polled >= 1 && work.pending_checks > 5);
 
         // No polling: nothing is looked at, the thread parks at once.
         let mut poller = Poller::new(PollPolicy::Off);
