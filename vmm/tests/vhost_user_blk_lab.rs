@@ -345,10 +345,13 @@ fn ours_fio_verify() {
     check_fio(&out);
 }
 
+/// The same for our backend. (With reconnecting, the default, the device keeps its state and
+/// waits for a backend: `vhost_user_reconnect_lab`.)
 #[test]
-fn ours_killed_while_guest_runs() {
+fn ours_killed_while_guest_runs_with_reconnect_off() {
     let Some(out) = run(Scenario {
         during: "sleep 1; kill -9 $BACKEND; echo BACKEND-KILLED",
+        disk_opts: ",reconnect=off",
         ..Scenario::new(Backend::Ours(""), KILL_SCRIPT)
     }) else {
         return;
