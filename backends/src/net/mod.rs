@@ -85,6 +85,16 @@ pub fn offload_features() -> u64 {
     .fold(0, |acc, b| acc | (1u64 << b))
 }
 
+/// vhost-user-backend's queue mask per worker thread: one thread per queue pair (its receive
+/// and transmit queues), the control queue (after the pairs) on the first pair's thread.
+pub(crate) fn pair_thread_queues(queue_pairs: u16, ctrl: bool) -> Vec<u64> {
+    let mut masks: Vec<u64> = (0..queue_pairs).map(|q| 0b11u64 << (2 * q)).collect();
+    if let (true, Some(first)) = (ctrl, masks.first_mut()) {
+        *first |= 1u64 << (2 * queue_pairs);
+    }
+    masks
+}
+
 /// Whether feature `bit` is set in `features`.
 pub fn has(features: u64, bit: u32) -> bool {
     features & (1u64 << bit) != 0

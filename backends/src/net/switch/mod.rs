@@ -441,13 +441,7 @@ impl VhostUserBackend for SwitchPort {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        let mut masks: Vec<u64> = (0..self.opts.queue_pairs)
-            .map(|q| 0b11u64 << (2 * q))
-            .collect();
-        if let (Some(_), Some(first)) = (&self.ctrl, masks.first_mut()) {
-            *first |= 1u64 << (2 * self.opts.queue_pairs);
-        }
-        masks
+        super::pair_thread_queues(self.opts.queue_pairs, self.ctrl.is_some())
     }
 
     fn handle_event(
