@@ -28,7 +28,7 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    device_features, has, offload_features, CtrlQueue, PairWork, RxPath, Tap, TxHandler, TX_MAX_IOV,
+    device_features, offload_features, CtrlQueue, PairWork, RxPath, Tap, TxHandler, TX_MAX_IOV,
 };
 use crate::engine::histogram::bump;
 use crate::engine::{
@@ -502,14 +502,7 @@ impl VhostUserBackend for NetBackend {
             features = format_args!("{features:#x}"),
             "driver features acked"
         );
-        // With our control queue the driver starts on one pair and asks for more with
-        // VQ_PAIRS_SET; a frontend that acks MQ without CTRL_VQ manages pairs itself; without
-        // MQ only the first pair exists for the driver.
-        let pairs = if has(features, VIRTIO_NET_F_MQ) && !has(features, VIRTIO_NET_F_CTRL_VQ) {
-            self.opts.queue_pairs
-        } else {
-            1
-        };
+        let pairs = super::initial_active_pairs(features, self.opts.queue_pairs);
         if let Err(e) = self.set_active_pairs(pairs) {
             tracing::error!("{e}");
         }

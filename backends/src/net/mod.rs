@@ -85,6 +85,17 @@ pub fn offload_features() -> u64 {
     .fold(0, |acc, b| acc | (1u64 << b))
 }
 
+/// Queue pairs a driver has once it acked `features`: with our control queue it starts on one
+/// pair and asks for more with VQ_PAIRS_SET; a frontend that acks MQ without CTRL_VQ manages
+/// pairs itself (all of them); without MQ only the first pair exists for the driver.
+pub(crate) fn initial_active_pairs(features: u64, queue_pairs: u16) -> u16 {
+    if has(features, VIRTIO_NET_F_MQ) && !has(features, VIRTIO_NET_F_CTRL_VQ) {
+        queue_pairs
+    } else {
+        1
+    }
+}
+
 /// vhost-user-backend's queue mask per worker thread: one thread per queue pair (its receive
 /// and transmit queues), the control queue (after the pairs) on the first pair's thread.
 pub(crate) fn pair_thread_queues(queue_pairs: u16, ctrl: bool) -> Vec<u64> {

@@ -42,7 +42,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{device_features, has, CtrlQueue, PairStats};
+use super::{device_features, CtrlQueue, PairStats};
 use crate::engine::{BackendMemory, QueueStats, VhostMem, Vring, VringQueue, WorkerVrings};
 use crate::seccomp::{self, net::NetThread};
 use crate::{Error, Result};
@@ -383,12 +383,7 @@ impl VhostUserBackend for SwitchPort {
             features = format_args!("{features:#x}"),
             "driver features acked"
         );
-        // As for the TAP device: with our control queue the driver starts on one pair.
-        let pairs = if has(features, VIRTIO_NET_F_MQ) && !has(features, VIRTIO_NET_F_CTRL_VQ) {
-            self.opts.queue_pairs
-        } else {
-            1
-        };
+        let pairs = super::initial_active_pairs(features, self.opts.queue_pairs);
         if let Err(e) = self.set_active_pairs(pairs) {
             tracing::error!("{e}");
         }
