@@ -19,8 +19,6 @@ pub mod histogram;
 mod poll;
 mod queue;
 mod ring;
-#[cfg(test)]
-mod settle_tests;
 mod split_ring;
 mod split_walk;
 mod sqpoll;
