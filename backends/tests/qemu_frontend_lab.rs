@@ -11,7 +11,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, FioReport, LabHost, LabRun, GUEST_EXIT_MARKER};
+use lab::{
+    guest_initramfs, Cpio, FioReport, LabHost, LabRun, GUEST_EXIT_MARKER, KILL_WITH_IO_IN_FLIGHT,
+};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -310,14 +312,6 @@ start_backend() {
     i=0
     while [ ! -S /tmp/vu.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 }
-# SIGKILL the backend once the NVMe disk it serves has requests in flight (up to 5 s).
-kill_with_io_in_flight() {
-    i=0
-    while [ "$(awk '{print $1 + $2}' /sys/block/nvme0n1/inflight)" = 0 ] && [ $i -lt 100 ]; do
-        sleep 0.05; i=$((i+1))
-    done
-    kill -9 $BPID; wait $BPID 2>/dev/null
-}
 "#;
 
 /// A random number of seconds in `[from, from + span)`, with one decimal (busybox awk).
@@ -360,6 +354,7 @@ echo never > /sys/kernel/mm/transparent_hugepage/enabled
 echo never > /sys/kernel/mm/transparent_hugepage/defrag
 for i in $(seq 50); do [ -b /dev/nvme0n1 ] && break; sleep 0.1; done
 {START_BACKEND}
+{KILL_WITH_IO_IN_FLIGHT}
 start_backend
 : > /tmp/guest.log
 tail -f /tmp/guest.log &

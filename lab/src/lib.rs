@@ -42,6 +42,19 @@ pub const GUEST_BOOT_MARKER: &str = "GUEST-BOOT-OK uptime=";
 /// The marker the nested guest's `/init` prints after `/test.sh` returns.
 pub const GUEST_EXIT_MARKER: &str = "GUEST-EXIT-STATUS=";
 
+/// Lab shell: `kill_with_io_in_flight` SIGKILLs the backend whose pid is `$BPID` once the lab's
+/// emulated NVMe disk (`/dev/nvme0n1`), which it serves, has requests in flight (waiting up to
+/// 5 s), so a restart test's kill finds work for the successor to resubmit.
+pub const KILL_WITH_IO_IN_FLIGHT: &str = r#"
+kill_with_io_in_flight() {
+    i=0
+    while [ "$(awk '{print $1 + $2}' /sys/block/nvme0n1/inflight)" = 0 ] && [ $i -lt 100 ]; do
+        sleep 0.05; i=$((i+1))
+    done
+    kill -9 $BPID; wait $BPID 2>/dev/null
+}
+"#;
+
 /// The last `n` lines of `text`.
 pub(crate) fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

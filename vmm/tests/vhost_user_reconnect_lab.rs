@@ -24,7 +24,10 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lab::{guest_initramfs, Cpio, FioRounds, LabHost, LabRun, LAB_GUEST_INITRD, LAB_GUEST_KERNEL};
+use lab::{
+    guest_initramfs, Cpio, FioRounds, LabHost, LabRun, KILL_WITH_IO_IN_FLIGHT, LAB_GUEST_INITRD,
+    LAB_GUEST_KERNEL,
+};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -81,14 +84,6 @@ start_backend() {
     i=0
     while [ ! -S /tmp/vu.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 }
-# SIGKILL the backend once the NVMe disk it serves has requests in flight (up to 5 s).
-kill_with_io_in_flight() {
-    i=0
-    while [ "$(awk '{print $1 + $2}' /sys/block/nvme0n1/inflight)" = 0 ] && [ $i -lt 100 ]; do
-        sleep 0.05; i=$((i+1))
-    done
-    kill -9 $BPID; wait $BPID 2>/dev/null
-}
 wait_for() {
     i=0
     while ! grep -q "$1" /tmp/vmm.log && kill -0 $VMM 2>/dev/null && [ $i -lt 3000 ]; do
@@ -122,6 +117,7 @@ export NO_COLOR=1
 echo never > /sys/kernel/mm/transparent_hugepage/enabled
 for i in $(seq 50); do [ -b /dev/nvme0n1 ] && break; sleep 0.1; done
 {START_BLK}
+{KILL_WITH_IO_IN_FLIGHT}
 {before}
 : > /tmp/vmm.log
 {{ RUST_LOG=vmm=info /lab/bin/vmm run --kernel {LAB_GUEST_KERNEL} --initramfs {LAB_GUEST_INITRD} \
