@@ -362,12 +362,11 @@ pub fn median(
     clients: Clients,
     frame: FrameKind,
 ) -> Option<&LinkRun> {
-    let mut v: Vec<&LinkRun> = runs
-        .iter()
-        .filter(|r| r.switch == switch && r.clients == clients && r.frame == frame)
-        .collect();
-    v.sort_by(|a, b| a.mpps.total_cmp(&b.mpps));
-    v.get(v.len() / 2).copied()
+    super::median_by_rate(
+        runs.iter()
+            .filter(|r| r.switch == switch && r.clients == clients && r.frame == frame),
+        |r| r.mpps,
+    )
 }
 
 /// Median over repetitions of ours/DPDK received rates with testpmd clients, each ratio taken

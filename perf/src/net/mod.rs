@@ -390,11 +390,20 @@ pub fn median(
     direction: Direction,
     frame: FrameKind,
 ) -> Option<&NetRun> {
-    let mut v: Vec<&NetRun> = runs
-        .iter()
-        .filter(|r| r.path == path && r.direction == direction && r.frame == frame)
-        .collect();
-    v.sort_by(|a, b| a.mpps.total_cmp(&b.mpps));
+    median_by_rate(
+        runs.iter()
+            .filter(|r| r.path == path && r.direction == direction && r.frame == frame),
+        |r| r.mpps,
+    )
+}
+
+/// The median of `runs` by `rate` (the upper one of an even count).
+pub fn median_by_rate<'a, T>(
+    runs: impl IntoIterator<Item = &'a T>,
+    rate: impl Fn(&T) -> f64,
+) -> Option<&'a T> {
+    let mut v: Vec<&T> = runs.into_iter().collect();
+    v.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
     v.get(v.len() / 2).copied()
 }
 
