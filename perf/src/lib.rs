@@ -3,7 +3,7 @@
 //! qemu-storage-daemon) and a raw io_uring baseline with libblkio as the client;
 //! [`net`] drives our vhost-user-net backend with the project's own virtio-net load
 //! generator against raw io_uring on the same TAP; [`boot`] times guest boot-to-init
-//! against QEMU; [`idle`] keeps idle CPUs polling while a backend benchmark runs;
+//! against QEMU; [`cpu`] charges CPU time to threads and processes; [`idle`] keeps idle CPUs polling while a backend benchmark runs;
 //! [`metrics`] reads the processes' `/metrics` endpoints (scraping during runs, `top`);
 //! [`provenance`] stamps every result file with its commit, command line and schema version.
 
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub mod blk;
 pub mod boot;
 pub mod compare;
+pub mod cpu;
 pub mod idle;
 pub mod metrics;
 pub mod net;

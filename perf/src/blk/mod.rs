@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use minihttp::ListenAddr;
 
+use crate::cpu::{process_cpu, thread_cpu};
 use crate::metrics::Scraper;
 use crate::{io_err, stop_child, wait_for_socket, Error, Result};
 
@@ -73,6 +74,11 @@ pub struct JobResult {
     pub p99_us: f64,
     /// Failed requests.
     pub errors: u64,
+    /// CPU time the client's threads used per completed request, in microseconds.
+    pub client_cpu_us_per_io: f64,
+    /// CPU time the server process (every thread) used per completed request while the
+    /// client ran, in microseconds; `None` for raw io_uring, which has no server.
+    pub server_cpu_us_per_io: Option<f64>,
 }
 
 /// Benchmark settings.
@@ -145,9 +151,19 @@ impl BlkBench {
                 Duration::from_secs(1),
             )
         });
+        let server_pid = server.as_ref().map(Child::id);
         let res = self
             .connect(target, &socket, iodepth, queues)
-            .and_then(|client| client.load(target, self.duration, &self.client_cpus));
+            .and_then(|client| {
+                let before = server_pid.and_then(process_cpu);
+                let (mut job, client) = client.load(target, self.duration, &self.client_cpus)?;
+                let used = server_pid
+                    .and_then(process_cpu)
+                    .zip(before)
+                    .map(|(after, before)| after.saturating_sub(before));
+                job.server_cpu_us_per_io = used.map(|u| per_io_us(u, job.iops, self.duration));
+                Ok((job, client))
+            });
         let scrapes = scraper.map(Scraper::stop);
         if let Some(s) = server.as_mut() {
             stop_child(s, Duration::ZERO);
@@ -176,10 +192,14 @@ impl BlkBench {
             .and_then(|(_, client)| {
                 let pid = server.id();
                 std::thread::sleep(Duration::from_millis(100));
-                let before = process_cpu(pid)?;
+                let cpu = || {
+                    process_cpu(pid)
+                        .ok_or_else(|| Error::Backend(format!("no CPU time for process {pid}")))
+                };
+                let before = cpu()?;
                 let start = Instant::now();
                 std::thread::sleep(idle);
-                let used = process_cpu(pid)? - before;
+                let used = cpu()?.saturating_sub(before);
                 drop(client);
                 Ok(100.0 * used.as_secs_f64() / start.elapsed().as_secs_f64())
             });
@@ -359,13 +379,14 @@ impl Client {
             })
             .collect::<Result<_>>()?;
         let mut lat = Vec::new();
-        let (mut done, mut errors) = (0u64, 0u64);
+        let (mut done, mut errors, mut client_cpu) = (0u64, 0u64, Duration::ZERO);
         for t in threads {
             let r = t
                 .join()
                 .map_err(|_| Error::Backend("load thread panicked".into()))??;
             done += r.done;
             errors += r.errors;
+            client_cpu += r.cpu;
             lat.extend(r.lat_ns);
             self.queues.push(r.queue);
         }
@@ -374,14 +395,17 @@ impl Client {
             lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
                 .map_or(0.0, |&ns| ns as f64 / 1000.0)
         };
+        let iops = done as f64 / duration.as_secs_f64();
         let result = JobResult {
             target,
             iodepth,
             queues: nqueues,
-            iops: done as f64 / duration.as_secs_f64(),
+            iops,
             p50_us: pct(0.50),
             p99_us: pct(0.99),
             errors,
+            client_cpu_us_per_io: per_io_us(client_cpu, iops, duration),
+            server_cpu_us_per_io: None,
         };
         Ok((result, self))
     }
@@ -395,35 +419,26 @@ fn blkio_err(context: &str) -> impl FnOnce(blkio::Error) -> Error {
     }
 }
 
-/// CPU time (user + system) process `pid` has used, from `/proc/PID/stat`.
-pub fn process_cpu(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(io_err(format!("read /proc/{pid}/stat")))?;
-    let malformed = || Error::Backend(format!("malformed /proc/{pid}/stat"));
-    // utime and stime are fields 14 and 15; the fields after the parenthesised command
-    // name start at field 3.
-    let after = stat.rfind(')').ok_or_else(malformed)?;
-    let fields: Vec<&str> = stat[after + 1..].split_whitespace().collect();
-    let tick = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(malformed)
-    };
-    let ticks = tick(11)? + tick(12)?;
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_micros(ticks * 1_000_000 / hz))
-}
-
 struct SendQueue(Blkioq);
 // SAFETY: a Blkioq is used by exactly one thread at a time (moved into its load thread);
 // the memory region it references outlives the threads (joined before `b` drops).
 unsafe impl Send for SendQueue {}
 
+/// Microseconds of `cpu` per request, at `iops` over `duration`.
+fn per_io_us(cpu: Duration, iops: f64, duration: Duration) -> f64 {
+    let requests = iops * duration.as_secs_f64();
+    if requests > 0.0 {
+        cpu.as_secs_f64() * 1e6 / requests
+    } else {
+        0.0
+    }
+}
+
 struct QueueResult {
     done: u64,
     errors: u64,
+    /// CPU time the queue's thread used.
+    cpu: Duration,
     lat_ns: Vec<u32>,
     /// The queue, handed back for more.
     queue: SendQueue,
@@ -438,6 +453,7 @@ fn drive_queue(
     seed: u64,
 ) -> Result<QueueResult> {
     let SendQueue(mut q) = q;
+    let cpu_start = thread_cpu();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (seed + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
     let mut next = move || {
         rng ^= rng << 13;
@@ -497,6 +513,7 @@ fn drive_queue(
     Ok(QueueResult {
         done,
         errors,
+        cpu: thread_cpu().saturating_sub(cpu_start),
         lat_ns,
         queue: SendQueue(q),
     })

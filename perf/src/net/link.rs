@@ -219,13 +219,13 @@ impl LinkBench {
             Running::Ours(child) => Some(child.id()),
             Running::Dpdk(_) => None,
         };
-        let cpu_before = pid.and_then(super::process_cpu);
+        let cpu_before = pid.and_then(crate::cpu::process_cpu);
         let result = match clients {
             Clients::VmmPerf => self.own_clients(frame),
             Clients::Testpmd => self.testpmd_clients(frame),
         };
         let cpu = pid
-            .and_then(super::process_cpu)
+            .and_then(crate::cpu::process_cpu)
             .zip(cpu_before)
             .map(|(after, before)| after.saturating_sub(before));
         running.stop();

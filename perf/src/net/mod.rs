@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::cpu::{process_cpu, thread_cpu};
 use crate::{io_err, stop_child, wait_for_socket, Result};
 use frame::FrameKind;
 use netns::{SinkTap, TapCounters};
@@ -323,29 +324,6 @@ impl NetBench {
         }
         Ok(runs)
     }
-}
-
-/// CPU time (user + system) this thread has used.
-fn thread_cpu() -> Duration {
-    // SAFETY: rusage is plain data; getrusage fills it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid out pointer.
-    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// CPU time (user + system, all threads) of process `pid`, from `/proc/PID/stat`.
-pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1)))
 }
 
 /// CPU used since `start` by this thread and (if given) process `pid`.

@@ -122,6 +122,9 @@ struct Goal {
     reps_met: usize,
     reps: usize,
     met: bool,
+    /// The most the ratio could reach on this machine (median of the repetitions' bounds),
+    /// where [`ceilings`] bounds it.
+    ceiling: Option<f64>,
 }
 
 /// A CPU list option (`0`, `0,1`, `2-3`).
@@ -164,9 +167,12 @@ pub fn blk(a: BlkArgs) -> Result<()> {
     bench.prepare_file()?;
     let idle_hold = a.idle.hold()?;
     let wake_before = perf::net::wake::eventfd_wake_ns(200)?;
+    let trip_before = sleeping_client_round_trip_ns()?;
     eprintln!(
-        "cross-CPU wake-up (eventfd write to a thread in poll): {:.1} µs",
-        wake_before / 1000.0
+        "cross-CPU wake-up (eventfd write to a thread in poll): {:.1} µs; a sleeping client's \
+         round trip: {:.1} µs",
+        wake_before / 1000.0,
+        trip_before / 1000.0
     );
     let mut targets = vec![Target::Ours];
     if a.before {
@@ -185,22 +191,27 @@ pub fn blk(a: BlkArgs) -> Result<()> {
     let runs = measure(&bench, &a, &targets)?;
     let idle_cpu = idle_cpu(&bench, &targets, a.idle_s)?;
     let wake_after = perf::net::wake::eventfd_wake_ns(200)?;
+    let trip_after = sleeping_client_round_trip_ns()?;
     let results = medians(&runs, &a, &targets);
     let ratios = ratios(&runs, &a);
-    let goals = goals(&ratios, a.repeat);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ceilings = ceilings(&runs, &a, (trip_before + trip_after) / 2.0, cpus);
+    let goals = goals(&ratios, &ceilings, a.repeat);
     let text = render(
         &results,
         &ratios,
+        &ceilings,
         &goals,
         &idle_cpu,
         (wake_before, wake_after),
+        (trip_before, trip_after),
     );
     print!("{text}");
     let report = serde_json::json!({
         "benchmark": "vhost-user-blk 4KiB random read, libblkio client",
         "duration_s": a.duration,
         "file_mib": a.size_mib,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpus": cpus,
         "ours_args": a.ours_arg,
         "before_args": a.before.then_some(&a.before_arg),
         "client_poll": a.client_poll,
@@ -209,17 +220,26 @@ pub fn blk(a: BlkArgs) -> Result<()> {
         "server_cpus": bench.server_cpus,
         "cpu_latency_limit_us": idle_hold.as_ref().map(CpuLatencyHold::limit_us),
         "eventfd_wake_ns": { "before": wake_before, "after": wake_after },
+        "sleeping_client_round_trip_ns": { "before": trip_before, "after": trip_after },
         "idle_cpu_percent": idle_cpu,
         "idle_s": a.idle_s,
         "repeat": a.repeat,
         "results": results,
         "ratios": ratios,
+        "ceilings": ceilings,
         "goals": goals,
         "runs": runs,
     });
     write_json(&a.json, &provenance, report)?;
     let _ = std::fs::remove_dir_all(&run_dir);
     Ok(())
+}
+
+/// The floor of one request of a client that sleeps between requests, beyond the server's
+/// work (median of 20 000 exchanges, each with 2 µs of service, about a page-cache read's
+/// time, so that the client is asleep when its answer comes, as with a real server).
+fn sleeping_client_round_trip_ns() -> Result<f64> {
+    perf::net::wake::sleeping_client_round_trip_ns(20_000, Duration::from_micros(2))
 }
 
 /// Every job of every repetition; the targets' order rotates with the repetition.
@@ -306,27 +326,52 @@ struct Ratio {
     median: Option<f64>,
 }
 
+impl Ratio {
+    /// `f` of each repetition that has it, and their median; `None` if none has it.
+    fn per_rep(
+        name: String,
+        iodepth: usize,
+        queues: usize,
+        reps: usize,
+        f: impl Fn(usize) -> Option<f64>,
+    ) -> Option<Ratio> {
+        let per_rep: Vec<f64> = (0..reps).filter_map(f).collect();
+        (!per_rep.is_empty()).then(|| Ratio {
+            name,
+            iodepth,
+            queues,
+            median: median(per_rep.clone()),
+            per_rep,
+        })
+    }
+}
+
+/// The job of `target` at `iodepth` and `queues` in repetition `rep`.
+fn job(
+    runs: &[Run],
+    rep: usize,
+    target: Target,
+    iodepth: usize,
+    queues: usize,
+) -> Option<&JobResult> {
+    runs.iter()
+        .find(|r| {
+            r.rep == rep
+                && r.job.target == target
+                && r.job.iodepth == iodepth
+                && r.job.queues == queues
+        })
+        .map(|r| &r.job)
+}
+
 /// ours (and ours-before) over raw and over qsd per cell, and two queues over one at each
 /// depth.
 fn ratios(runs: &[Run], a: &BlkArgs) -> Vec<Ratio> {
-    let iops = |rep: usize, t: Target, d: usize, q: usize| {
-        runs.iter()
-            .find(|r| r.rep == rep && r.job.target == t && r.job.iodepth == d && r.job.queues == q)
-            .map(|r| r.job.iops)
-    };
+    let iops = |rep, t, d, q| job(runs, rep, t, d, q).map(|j| j.iops);
     let reps = a.repeat.max(1);
     let mut out = Vec::new();
     let mut push = |name: String, d: usize, q: usize, f: &dyn Fn(usize) -> Option<f64>| {
-        let per_rep: Vec<f64> = (0..reps).filter_map(f).collect();
-        if !per_rep.is_empty() {
-            out.push(Ratio {
-                name,
-                iodepth: d,
-                queues: q,
-                median: median(per_rep.clone()),
-                per_rep,
-            });
-        }
+        out.extend(Ratio::per_rep(name, d, q, reps, f));
     };
     for &q in &a.queues {
         for &d in &a.iodepth {
@@ -367,10 +412,50 @@ fn ratios(runs: &[Run], a: &BlkArgs) -> Vec<Ratio> {
     out
 }
 
+/// Name prefix of a ceiling: the most a goal's ratio could reach on this machine.
+const CEILING: &str = "ceiling: ";
+
+/// Upper bounds, from figures of the same repetition, on two goal ratios that no server
+/// could exceed on this machine with this client:
+/// - depth 1, ours/qsd: a server that added nothing to raw io_uring's read but the
+///   exchange with a client asleep on its call eventfd (`round_trip_ns`, measured without
+///   rings; none with `--client-poll`) serves a request in raw's time plus that exchange;
+/// - depth 32, two queues over one: the two queues' requests need at least raw io_uring's
+///   CPU per request (the page-cache copy and its submission, which a server must do too)
+///   plus our client's own CPU per request, and `cpus` CPUs supply at most `cpus` seconds
+///   a second; at most 2.
+fn ceilings(runs: &[Run], a: &BlkArgs, round_trip_ns: f64, cpus: usize) -> Vec<Ratio> {
+    let reps = a.repeat.max(1);
+    let trip_s = if a.client_poll {
+        0.0
+    } else {
+        round_trip_ns * 1e-9
+    };
+    let depth1 = Ratio::per_rep(format!("{CEILING}ours/qsd"), 1, 1, reps, |rep| {
+        let qsd = job(runs, rep, Target::Qsd, 1, 1)?.iops;
+        let raw = job(runs, rep, Target::Raw, 1, 1)?.iops;
+        Some((1.0 / qsd) / (1.0 / raw + trip_s))
+    });
+    let two_queues = Ratio::per_rep(
+        format!("{CEILING}ours 2 queues/1 queue"),
+        32,
+        2,
+        reps,
+        |rep| {
+            let one = job(runs, rep, Target::Ours, 32, 1)?.iops;
+            let raw_cpu = job(runs, rep, Target::Raw, 32, 2)?.client_cpu_us_per_io;
+            let client_cpu = job(runs, rep, Target::Ours, 32, 2)?.client_cpu_us_per_io;
+            let need = (raw_cpu + client_cpu) * 1e-6 * one;
+            (need > 0.0).then(|| (cpus as f64 / need).min(2.0))
+        },
+    );
+    depth1.into_iter().chain(two_queues).collect()
+}
+
 /// The block goals (one queue unless said): depth 32 ≥ 0.8× raw and ≥ 2× qsd, depth 1
 /// ≥ 3× qsd, two queues at depth 32 ≥ 1.7× one; each met in the median and in at least
 /// two thirds of the repetitions.
-fn goals(ratios: &[Ratio], reps: usize) -> Vec<Goal> {
+fn goals(ratios: &[Ratio], ceilings: &[Ratio], reps: usize) -> Vec<Goal> {
     let spec = [
         (
             "ours/raw-io_uring",
@@ -408,6 +493,10 @@ fn goals(ratios: &[Ratio], reps: usize) -> Vec<Goal> {
                 .iter()
                 .find(|r| r.name == name && r.iodepth == d && r.queues == q)?;
             let reps_met = r.per_rep.iter().filter(|&&v| v >= target).count();
+            let ceiling = ceilings
+                .iter()
+                .find(|c| c.name == format!("{CEILING}{name}") && c.iodepth == d && c.queues == q)
+                .and_then(|c| c.median);
             Some(Goal {
                 what: what.to_string(),
                 target,
@@ -415,36 +504,50 @@ fn goals(ratios: &[Ratio], reps: usize) -> Vec<Goal> {
                 reps_met,
                 reps: r.per_rep.len(),
                 met: r.median.is_some_and(|m| m >= target) && reps_met >= need,
+                ceiling,
             })
         })
         .collect()
 }
 
-/// The printed summary: medians, ratios, goals, idle CPU, wake-up cost.
+/// The printed summary: medians with CPU per request, ratios, ceilings, goals, idle CPU,
+/// wake-up and round-trip costs.
 fn render(
     results: &[JobResult],
     ratios: &[Ratio],
+    ceilings: &[Ratio],
     goals: &[Goal],
     idle_cpu: &BTreeMap<String, f64>,
     wake_ns: (f64, f64),
+    round_trip_ns: (f64, f64),
 ) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "\n-- medians");
+    let _ = writeln!(
+        o,
+        "\n-- medians; CPU per request in µs (client, server)\n{:<14} {:>7} {:>6} {:>12} {:>9} {:>9} {:>7} {:>7} {:>7}",
+        "target", "iodepth", "queues", "IOPS", "p50(us)", "p99(us)", "errors", "client", "server"
+    );
     for r in results {
         let _ = writeln!(
             o,
-            "{:<14} {:>7} {:>6} {:>12.0} {:>9.1} {:>9.1} {:>7}",
+            "{:<14} {:>7} {:>6} {:>12.0} {:>9.1} {:>9.1} {:>7} {:>7.2} {:>7}",
             r.target.name(),
             r.iodepth,
             r.queues,
             r.iops,
             r.p50_us,
             r.p99_us,
-            r.errors
+            r.errors,
+            r.client_cpu_us_per_io,
+            r.server_cpu_us_per_io
+                .map_or("-".into(), |c| format!("{c:.2}"))
         );
     }
-    let _ = writeln!(o, "\n-- same-run ratios: median [per repetition]");
-    for r in ratios {
+    let _ = writeln!(
+        o,
+        "\n-- same-run ratios, and ceilings on this machine: median [per repetition]"
+    );
+    for r in ratios.iter().chain(ceilings) {
         let per: Vec<String> = r.per_rep.iter().map(|v| format!("{v:.2}")).collect();
         let _ = writeln!(
             o,
@@ -460,12 +563,14 @@ fn render(
     for g in goals {
         let _ = writeln!(
             o,
-            "{:<4} {:<46} median {:>5}, {} of {} repetitions",
+            "{:<4} {:<46} median {:>5}, {} of {} repetitions{}",
             if g.met { "MET" } else { "NOT" },
             g.what,
             g.median.map_or("-".into(), |m| format!("{m:.2}")),
             g.reps_met,
-            g.reps
+            g.reps,
+            g.ceiling
+                .map_or(String::new(), |c| format!("; ceiling here {c:.2}"))
         );
     }
     for (target, pct) in idle_cpu {
@@ -477,6 +582,12 @@ fn render(
         wake_ns.0 / 1000.0,
         wake_ns.1 / 1000.0
     );
+    let _ = writeln!(
+        o,
+        "a sleeping client's round trip beyond the server's work: {:.1} µs before, {:.1} µs after",
+        round_trip_ns.0 / 1000.0,
+        round_trip_ns.1 / 1000.0
+    );
     o
 }
 
@@ -484,7 +595,14 @@ fn render(
 mod tests {
     use super::*;
 
-    fn job(target: Target, iodepth: usize, queues: usize, iops: f64) -> JobResult {
+    /// A job at `iops` whose client spends `client_cpu_us` per request.
+    fn result(
+        target: Target,
+        iodepth: usize,
+        queues: usize,
+        iops: f64,
+        client_cpu_us: f64,
+    ) -> JobResult {
         JobResult {
             target,
             iodepth,
@@ -493,6 +611,8 @@ mod tests {
             p50_us: 1.0,
             p99_us: 2.0,
             errors: 0,
+            client_cpu_us_per_io: client_cpu_us,
+            server_cpu_us_per_io: (target != Target::Raw).then_some(3.0),
         }
     }
 
@@ -512,23 +632,40 @@ mod tests {
         assert_eq!((a.repeat, a.before_arg.len()), (3, 2));
         let mut runs = Vec::new();
         // Depth 32: ours/raw 0.9, 0.7, 0.85; ours/qsd 3 each; 2 queues 1.8, 1.8, 1.6.
+        // Depth 1: qsd 40, raw 200 requests a second: 25 ms against 5 ms.
+        // CPU per request at depth 32 on 2 queues: raw 1000 µs, our client 250 µs.
         for (rep, ours1, ours2) in [(0, 900.0, 1620.0), (1, 700.0, 1260.0), (2, 850.0, 1360.0)] {
-            for (t, d, q, iops) in [
-                (Target::Ours, 32, 1, ours1),
-                (Target::Raw, 32, 1, 1000.0),
-                (Target::Qsd, 32, 1, ours1 / 3.0),
-                (Target::Ours, 32, 2, ours2),
-                (Target::Ours, 1, 1, 100.0),
-                (Target::Qsd, 1, 1, 40.0),
+            for (t, d, q, iops, cpu) in [
+                (Target::Ours, 32, 1, ours1, 0.0),
+                (Target::Raw, 32, 1, 1000.0, 0.0),
+                (Target::Qsd, 32, 1, ours1 / 3.0, 0.0),
+                (Target::Ours, 32, 2, ours2, 250.0),
+                (Target::Raw, 32, 2, 2000.0, 1000.0),
+                (Target::Ours, 1, 1, 100.0, 0.0),
+                (Target::Qsd, 1, 1, 40.0, 0.0),
+                (Target::Raw, 1, 1, 200.0, 0.0),
             ] {
                 runs.push(Run {
                     rep,
-                    job: job(t, d, q, iops),
+                    job: result(t, d, q, iops, cpu),
                 });
             }
         }
         let r = ratios(&runs, &a);
-        let g = goals(&r, 3);
+        // A 5 ms round trip: depth 1 at best 25 / (5 + 5) = 2.5x qsd. Two queues: 1250 µs of
+        // CPU per request on 2 CPUs against one queue's 900 (rep 0) requests a second:
+        // 2 / 1.125 = 1.78x.
+        let c = ceilings(&runs, &a, 5e6, 2);
+        let by_name = |n: &str| {
+            c.iter()
+                .find(|c| c.name == format!("{CEILING}{n}"))
+                .unwrap()
+        };
+        assert!((by_name("ours/qsd").median.unwrap() - 2.5).abs() < 1e-9);
+        let two = &by_name("ours 2 queues/1 queue").per_rep;
+        assert!((two[0] - 2.0 / 1.125).abs() < 1e-9, "{two:?}");
+        assert!((two[1] - 2.0).abs() < 1e-9, "capped at 2: {two:?}");
+        let g = goals(&r, &c, 3);
         let by = |w: &str| g.iter().find(|g| g.what.contains(w)).unwrap().clone();
         let raw = by("0.8x raw");
         assert_eq!((raw.reps_met, raw.met), (2, true));
@@ -536,16 +673,25 @@ mod tests {
         assert!(by("2x qemu").met);
         let d1 = by("3x qemu");
         assert_eq!((d1.reps_met, d1.met), (0, false), "2.5x is not 3x");
+        assert!((d1.ceiling.unwrap() - 2.5).abs() < 1e-9);
+        assert_eq!(by("0.8x raw").ceiling, None);
         let two = by("2 queues");
         assert_eq!((two.reps_met, two.met), (2, true));
         let text = render(
             &medians(&runs, &a, &[Target::Ours]),
             &r,
+            &c,
             &g,
             &BTreeMap::new(),
             (1e3, 2e3),
+            (5e6, 5e6),
         );
         assert!(text.contains("NOT  depth 1: ours >= 3x"), "{text}");
+        assert!(
+            text.contains("0 of 3 repetitions; ceiling here 2.50"),
+            "{text}"
+        );
+        assert!(text.contains("ceiling: ours/qsd"), "{text}");
         assert!(text.contains("1.0 µs before, 2.0 µs after"), "{text}");
     }
 
