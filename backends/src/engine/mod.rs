@@ -17,6 +17,7 @@
 mod chain;
 pub mod histogram;
 mod poll;
+pub mod pressure;
 mod queue;
 mod ring;
 mod split_ring;

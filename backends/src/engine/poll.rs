@@ -13,10 +13,16 @@
 //! to the bound. An idle backend therefore never polls: its window shrinks to zero with
 //! its first long sleep, and a thread that sleeps is only woken by work.
 //!
+//! An adaptive window also steps aside while the host's CPUs are contended
+//! ([`super::pressure`]): a thread that polls then keeps other runnable threads (the
+//! clients among them) off its CPU.
+//!
 //! [`Poller`] runs the serve → poll → park cycle of one thread over anything that
 //! implements [`Polled`] (one engine and its queue, or a network queue pair).
 
 use std::time::{Duration, Instant};
+
+use super::pressure::{CpuPressure, PollGate, EPOCH};
 
 use crate::Result;
 
@@ -129,14 +135,49 @@ pub struct Poller {
     window: PollWindow,
     /// When the thread last ran out of work (still idle if set).
     idle_since: Option<Instant>,
+    /// With an adaptive window: whether the host's CPU pressure lets it poll, and the
+    /// sampler and time of the next judgement.
+    gate: Option<(PollGate, CpuPressure, Instant)>,
 }
 
 impl Poller {
-    /// A poller following `policy`.
+    /// A poller following `policy`. An adaptive window polls only while the host's CPUs
+    /// are not contended ([`PollGate`]); a fixed one (`--poll-us`) always does.
     pub fn new(policy: PollPolicy) -> Self {
+        let gate = matches!(policy, PollPolicy::Adaptive { .. })
+            .then(|| (PollGate::default(), CpuPressure::default(), Instant::now()));
         Self {
             window: PollWindow::new(policy),
             idle_since: None,
+            gate,
+        }
+    }
+
+    /// Whether the pressure gate lets this poller poll (always, without a gate).
+    pub fn gate_open(&self) -> bool {
+        self.gate.as_ref().is_none_or(|(g, _, _)| g.is_open())
+    }
+
+    /// Judge the host's CPU pressure once an epoch has passed since the last judgement.
+    fn judge_pressure(&mut self) {
+        let Some((gate, pressure, next)) = self.gate.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        if now < *next {
+            return;
+        }
+        *next = now + EPOCH;
+        if let Some(waited) = pressure.sample(now) {
+            let was_open = gate.is_open();
+            if gate.epoch(waited, now) != was_open {
+                tracing::debug!(
+                    waited,
+                    open = !was_open,
+                    "busy-polling {} by the host's CPU pressure",
+                    if was_open { "stopped" } else { "resumed" }
+                );
+            }
         }
     }
 
@@ -154,6 +195,7 @@ impl Poller {
     /// than [`RUN_SLICE`] is left to the next wake-up, which the thread arranges at once.
     pub fn run(&mut self, work: &mut impl Polled) -> Result<usize> {
         self.work_found();
+        self.judge_pressure();
         let start = Instant::now();
         let mut polled = 0;
         let mut found_by_poll = false;
@@ -185,7 +227,7 @@ impl Poller {
     /// Spin on `work.pending()` until it reports work or the window since `since` ends.
     fn poll(&self, since: Instant, work: &mut impl Polled) -> bool {
         let window = self.window.window();
-        if window.is_zero() {
+        if window.is_zero() || !self.gate_open() {
             return false;
         }
         loop {
@@ -470,5 +512,30 @@ mod tests {
         assert!(poller.window() >= us(300), "{:?}", poller.window());
         assert!(polled >= 8, "{polled} of 24 requests found by polling");
         assert!(work.parks <= 16, "{} parks", work.parks);
+    }
+
+    #[test]
+    fn a_closed_pressure_gate_parks_at_once_and_a_fixed_window_has_no_gate() {
+        let mut poller = Poller::new(PollPolicy::Adaptive {
+            max: Duration::from_millis(40),
+        });
+        assert!(poller.gate_open());
+        let (gate, _, _) = poller.gate.as_mut().expect("an adaptive window has a gate");
+        let now = Instant::now();
+        gate.epoch(0.9, now);
+        gate.epoch(0.9, now);
+        assert!(!poller.gate_open());
+        // The same arrivals the adaptive loop learns to catch: none is found by polling.
+        let mut work = Arrivals::new(us(300), 24);
+        let mut polled = 0;
+        while work.rounds > 0 {
+            polled += poller.run(&mut work).unwrap();
+            while work.rounds > 0 && !work.arrived() {
+                std::thread::sleep(us(50));
+            }
+        }
+        assert_eq!(polled, 0, "a closed gate polls nothing");
+        assert!(Poller::new(PollPolicy::Fixed(us(10))).gate_open());
+        assert!(Poller::new(PollPolicy::Fixed(us(10))).gate.is_none());
     }
 }

@@ -98,7 +98,8 @@ const GLIBC_SIGSETXID: u64 = 33;
 ///
 /// Automatic SQPOLL rebuilds the thread's ring at run time (`Engine::govern_sqpoll`): a new
 /// ring is set up disabled, given its file and eventfd, restricted and enabled
-/// ([`uring_rebuild`]); the decision samples the host's idle CPU time from `/proc/stat`.
+/// ([`uring_rebuild`]); the decision samples the host's idle CPU time from `/proc/stat`. Adaptive
+/// busy-polling samples the host's CPU pressure from `/proc/pressure/cpu`.
 pub fn engine() -> Allowed {
     Allowed::new()
         .calls(&[SYS_epoll_wait, SYS_epoll_pwait])

@@ -104,7 +104,8 @@ fn threads_started_under_a_filter_find_what_they_need_in_it() {
 #[test]
 fn queue_threads_cannot_open_files_sockets_or_start_programs() {
     for queue in [BlkThread::Queue.allowed(), NetThread::Queue.allowed()] {
-        // Only `/proc/stat`, read-only, for the automatic SQPOLL decision.
+        // Only read-only opens: `/proc/stat` for the automatic SQPOLL decision and
+        // `/proc/pressure/cpu` for the busy-polling gate.
         let read_only = libc::O_RDONLY | libc::O_CLOEXEC;
         assert!(queue.allows_with(libc::SYS_openat, 2, read_only as u64));
         for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_CREAT] {

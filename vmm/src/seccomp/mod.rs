@@ -18,7 +18,8 @@
 //! messages to its backend, or in-VMM io_urings and queue threads, which start under the vCPU's
 //! filter), BAR moves remap ioeventfds and passed-through regions, MSI-X writes change
 //! interrupt routes, emulated NVMe commands read and write the disk. Their table is the
-//! widest after the set-up's; it still has no `open` (but of `/proc/stat`, read-only),
+//! widest after the set-up's; it still has no `open` (but read-only, of `/proc/stat` and
+//! `/proc/pressure/cpu`),
 //! `socket`, `connect` or `execve`.
 //!
 //! `vm.reboot` builds the VM again in-process, on the main thread, after its own filter is

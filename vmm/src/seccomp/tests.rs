@@ -58,7 +58,8 @@ fn only_set_up_opens_files_and_only_vcpus_run_the_guest() {
         for nr in [libc::SYS_execve, libc::SYS_ptrace, libc::SYS_memfd_create] {
             assert!(allowed.syscalls().all(|n| n != nr), "{kind:?} {nr}");
         }
-        // At most reading (queue threads, and the vCPUs that start them, read /proc/stat).
+        // At most reading (queue threads, and the vCPUs that start them, read /proc/stat and
+        // /proc/pressure/cpu).
         for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_CREAT] {
             assert!(
                 !allowed.allows_with(libc::SYS_openat, 2, flags as u64),
