@@ -153,6 +153,15 @@ impl Poller {
         }
     }
 
+    /// Without the pressure gate if `keep_polling`: an adaptive window then polls however
+    /// contended the host's CPUs are (`--poll-when-contended`).
+    pub fn polling_when_contended(mut self, keep_polling: bool) -> Self {
+        if keep_polling {
+            self.gate = None;
+        }
+        self
+    }
+
     /// Whether the pressure gate lets this poller poll (always, without a gate).
     pub fn gate_open(&self) -> bool {
         self.gate.as_ref().is_none_or(|(g, _, _)| g.is_open())
@@ -537,5 +546,14 @@ mod tests {
         assert_eq!(polled, 0, "a closed gate polls nothing");
         assert!(Poller::new(PollPolicy::Fixed(us(10))).gate_open());
         assert!(Poller::new(PollPolicy::Fixed(us(10))).gate.is_none());
+        let adaptive = PollPolicy::Adaptive { max: us(10) };
+        assert!(Poller::new(adaptive)
+            .polling_when_contended(true)
+            .gate
+            .is_none());
+        assert!(Poller::new(adaptive)
+            .polling_when_contended(false)
+            .gate
+            .is_some());
     }
 }

@@ -26,6 +26,10 @@ pub struct Tuning {
     /// driver that keeps the ring full gets buffers back and refills while the rest of the
     /// ring is served, instead of waiting for the whole ring.
     pub batch: u16,
+    /// An adaptive window keeps polling while the host's CPUs are contended, instead of
+    /// pausing until they are not ([`super::pressure`]): for queue threads on CPUs reserved
+    /// for them, where the rest of the host's contention does not reach.
+    pub poll_when_contended: bool,
 }
 
 impl Default for Tuning {
@@ -34,6 +38,7 @@ impl Default for Tuning {
             poll: PollPolicy::default(),
             sqpoll: SqpollPolicy::default(),
             batch: DEFAULT_BATCH,
+            poll_when_contended: false,
         }
     }
 }
@@ -62,6 +67,12 @@ pub struct TuningArgs {
     /// transmit queues].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch: Option<u16>,
+    /// Keep the adaptive busy-polling going while the host's CPUs are contended. By
+    /// default a queue thread stops polling while tasks wait for a CPU a quarter of the
+    /// time or more (`/proc/pressure/cpu`), so that it does not hold a CPU others need;
+    /// this flag suits queue threads on CPUs reserved for them (`--queue-affinity`).
+    #[arg(long)]
+    pub poll_when_contended: bool,
 }
 
 impl TuningArgs {
@@ -79,6 +90,7 @@ impl TuningArgs {
                 },
             },
             batch: self.batch.unwrap_or(default_batch),
+            poll_when_contended: self.poll_when_contended,
         }
     }
 
@@ -123,7 +135,13 @@ mod tests {
                     idle: Duration::from_millis(10)
                 },
                 batch: 8,
+                poll_when_contended: false,
             }
+        );
+        assert!(
+            parse(&["--poll-when-contended"])
+                .unwrap()
+                .poll_when_contended
         );
     }
 

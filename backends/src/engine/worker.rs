@@ -206,7 +206,8 @@ impl<H: RequestHandler, M: GuestMemory + Send + Sync + 'static> Engine<H, M> {
             stopping: false,
             running: false,
             tracker: None,
-            poller: Poller::new(cfg.tuning.poll),
+            poller: Poller::new(cfg.tuning.poll)
+                .polling_when_contended(cfg.tuning.poll_when_contended),
             sqpoll_on,
             sqpoll_load: matches!(cfg.tuning.sqpoll, SqpollPolicy::Auto { .. })
                 .then(SqpollLoad::new),

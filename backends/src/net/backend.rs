@@ -268,7 +268,10 @@ impl NetBackend {
         let active = Mutex::new(opts.queue_pairs);
         let vrings = WorkerVrings::new(usize::from(opts.queue_pairs));
         let pollers = (0..opts.queue_pairs)
-            .map(|_| Mutex::new(Poller::new(opts.tuning.poll)))
+            .map(|_| {
+                let poller = Poller::new(opts.tuning.poll);
+                Mutex::new(poller.polling_when_contended(opts.tuning.poll_when_contended))
+            })
             .collect();
         Ok(Self {
             opts,

@@ -136,7 +136,8 @@ impl InVmmNet {
         let tx = Engine::new(handler, ecfg, tx_stats.clone()).map_err(engine_err(TXQ))?;
         let rx = RxPath::new(fd, rxq.size, self.acked.clone(), rx_stats.clone())
             .map_err(engine_err(RXQ))?;
-        let poller = Poller::new(ecfg.tuning.poll);
+        let poller =
+            Poller::new(ecfg.tuning.poll).polling_when_contended(ecfg.tuning.poll_when_contended);
         let pair = Pair {
             rx,
             tx,
