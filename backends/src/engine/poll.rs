@@ -502,6 +502,20 @@ mod tests {
         assert_eq!(idle.parks, 1);
     }
 
+    /// `rounds` requests, each `gap` after the queue ran dry, served by `poller` (sleeping
+    /// between wake-ups as a parked thread would); how many polling found, and the work.
+    fn serve_arrivals(poller: &mut Poller, gap: Duration, rounds: usize) -> (usize, Arrivals) {
+        let mut work = Arrivals::new(gap, rounds);
+        let mut polled = 0;
+        while work.rounds > 0 {
+            polled += poller.run(&mut work).unwrap();
+            while work.rounds > 0 && !work.arrived() {
+                std::thread::sleep(us(50));
+            }
+        }
+        (polled, work)
+    }
+
     #[test]
     fn an_adaptive_loop_learns_the_gap_between_requests() {
         let mut poller = Poller::new(PollPolicy::Adaptive {
@@ -510,14 +524,7 @@ mod tests {
         // Requests come 300 µs after the queue runs dry. While the window is shorter the
         // thread parks and sleeps until the next one arrives (the kick would wake it); the
         // window doubles from 4 µs with each such sleep until polling catches them.
-        let mut work = Arrivals::new(us(300), 24);
-        let mut polled = 0;
-        while work.rounds > 0 {
-            polled += poller.run(&mut work).unwrap();
-            while work.rounds > 0 && !work.arrived() {
-                std::thread::sleep(us(50));
-            }
-        }
+        let (polled, work) = serve_arrivals(&mut poller, us(300), 24);
         assert!(poller.window() >= us(300), "{:?}", poller.window());
         assert!(polled >= 8, "{polled} of 24 requests found by polling");
         assert!(work.parks <= 16, "{} parks", work.parks);
@@ -535,14 +542,7 @@ mod tests {
         gate.epoch(0.9, now);
         assert!(!poller.gate_open());
         // The same arrivals the adaptive loop learns to catch: none is found by polling.
-        let mut work = Arrivals::new(us(300), 24);
-        let mut polled = 0;
-        while work.rounds > 0 {
-            polled += poller.run(&mut work).unwrap();
-            while work.rounds > 0 && !work.arrived() {
-                std::thread::sleep(us(50));
-            }
-        }
+        let (polled, _) = serve_arrivals(&mut poller, us(300), 24);
         assert_eq!(polled, 0, "a closed gate polls nothing");
         assert!(Poller::new(PollPolicy::Fixed(us(10))).gate_open());
         assert!(Poller::new(PollPolicy::Fixed(us(10))).gate.is_none());
