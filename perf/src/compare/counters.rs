@@ -18,11 +18,16 @@ pub const VMM_PORT: u16 = 9190;
 /// A vhost-user backend's metrics port inside the lab.
 pub const BACKEND_PORT: u16 = 9191;
 
-/// Shell functions: `counters begin|end ID` scrapes both endpoints (a port nobody serves is
-/// skipped) and prints one `===COUNTERS===` line; `watch_counters` copies its input to its
-/// output and calls `counters` at each run's begin and end markers.
+/// Shell functions: `counters begin|end ID` scrapes both endpoints (`$COUNTER_PORTS`, by
+/// default [`VMM_PORT`] and [`BACKEND_PORT`]; a port nobody serves is skipped) and prints one
+/// `===COUNTERS===` line; `watch_counters` copies its input to its output and calls `counters`
+/// at each run's begin and end markers. The scrape is a plain HTTP/1.0 request through `nc`:
+/// the lab's static busybox `wget` crashes (Debian 12's `busybox-static`, SIGSEGV on every
+/// URL), which left every counter at zero.
 pub const WATCH_FN: &str = r#"counters() {
-  for p in 9190 9191; do wget -q -T 2 -O - "http://127.0.0.1:$p/metrics" 2>/dev/null; done |
+  for p in ${COUNTER_PORTS:-9190 9191}; do
+    printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' | nc -w 2 127.0.0.1 "$p" 2>/dev/null
+  done |
   awk -v mark="$1" -v id="$2" '
     /^iovmm_requests_total/ {r += $2} /^iovmm_notifications_total/ {n += $2}
     /^iovmm_kicks_total/ {k += $2} /^iovmm_uring_submissions_total/ {s += $2}
@@ -121,6 +126,87 @@ pub const PER_IO_STATS: [PerIoStat; 4] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `counters begin ID` run by busybox's `sh`, with busybox's `nc` and `awk` (the lab's),
+    /// against a metrics endpoint serving `body`.
+    fn scrape_with_busybox(body: &'static str) -> Option<String> {
+        use std::io::{Read, Write};
+        if std::process::Command::new("busybox")
+            .arg("true")
+            .status()
+            .is_err()
+        {
+            eprintln!("skipping: no busybox here (the lab images are built from it)");
+            return None;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 512];
+            let _ = conn.read(&mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            conn.write_all(head.as_bytes()).unwrap();
+            conn.write_all(body.as_bytes()).unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        for applet in ["nc", "awk", "printf"] {
+            std::os::unix::fs::symlink(which_busybox(), dir.path().join(applet)).unwrap();
+        }
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        let out = std::process::Command::new("busybox")
+            .args(["sh", "-c", &format!("{WATCH_FN}\ncounters begin x.y.1")])
+            .env("PATH", path)
+            .env("COUNTER_PORTS", format!("{port} 1"))
+            .output()
+            .unwrap();
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("GET /metrics HTTP/1.0\r\n"),
+            "{request:?}"
+        );
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn which_busybox() -> std::path::PathBuf {
+        std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("busybox"))
+                    .find(|b| b.exists())
+            })
+            .expect("busybox on PATH")
+    }
+
+    #[test]
+    fn the_scrape_sums_what_the_endpoints_serve_with_the_labs_busybox() {
+        let body = "# HELP iovmm_requests_total Requests.\n\
+                    iovmm_requests_total{queue=\"0\"} 40\n\
+                    iovmm_requests_total{queue=\"1\"} 2\n\
+                    iovmm_notifications_total{queue=\"0\"} 7\n\
+                    iovmm_kicks_total{queue=\"0\"} 3\n\
+                    process_cpu_seconds_total 1.25\n";
+        let Some(out) = scrape_with_busybox(body) else {
+            return;
+        };
+        let line = parse_line(out.trim()).unwrap_or_else(|| panic!("{out:?}"));
+        assert_eq!((line.end, line.id.as_str()), (false, "x.y.1"));
+        let t = &line.totals;
+        assert_eq!(
+            (t.requests, t.notifications, t.kicks),
+            (42.0, 7.0, 3.0),
+            "{out}"
+        );
+        assert!((t.cpu_seconds - 1.25).abs() < 1e-9, "{out}");
+    }
 
     #[test]
     fn lines_parse_and_deltas_are_per_io() {
