@@ -1,4 +1,3 @@
-# SPDX-License-Identifier: Apache-2.0
 set -u
 W=/tmp/vmm-perf
 mkdir -p "$W"
@@ -16,8 +15,8 @@ measure() {
     case "$line" in *"GUEST-BOOT-OK uptime="*)
       t1=$(now)
       rss=$(awk '/^VmRSS:/ { print $2 }' /proc/$pid/status)
-      ram=$(awk '/^[0-9a-f]+-[0-9a-f]+ / { g = ($0 ~ /memfd:guest-ram/) } g && /^Rss:/ { s += $2 } END { print s + 0 }' /proc/$pid/smaps)
-      echo "BOOT-INIT name=$name t0=$t0 t=$t1 rss=$rss guestram=$ram";;
+      ram=$(awk -v ram="${RAM_KIB:-0}" '/^[0-9a-f]+-[0-9a-f]+ / { g = ($0 ~ /memfd:guest-ram/); anon = (NF == 5) } /^Size:/ && anon && $2 == ram { g = 1 } g && /^Rss:/ { s += $2 } END { print s + 0 }' /proc/$pid/smaps)
+      echo "BOOT-INIT name=$name t0=$t0 t=$t1 rss=$rss guestram=$ram mem=${MEM_MODE:-}";;
     esac
   done < "$fifo"
   wait $pid; st=$?
