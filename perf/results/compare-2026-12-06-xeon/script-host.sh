@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 set -u
 W=/tmp/vmm-perf
 mkdir -p "$W"
