@@ -441,6 +441,24 @@ pub fn shmem_thp(root: &HostRoot) -> Check {
     }
 }
 
+/// Pressure stall information for the CPU (`/proc/pressure/cpu`): adaptive busy-polling
+/// (the in-VMM queues and both backends) pauses while it shows the CPUs contended.
+pub fn cpu_pressure(root: &HostRoot) -> Check {
+    const NAME: &str = "cpu-pressure";
+    match root.read_opt("proc/pressure/cpu") {
+        Some(text) if text.starts_with("some ") => Check::pass(
+            NAME,
+            "PSI available: adaptive busy-polling pauses while tasks wait for a CPU",
+        ),
+        _ => Check::warn(
+            NAME,
+            "no CPU pressure information (kernel without CONFIG_PSI, or booted with psi=0): \
+             adaptive busy-polling keeps polling even when it holds a CPU others need",
+            "boot with psi=1; or give backends --poll-max-us 0 where CPUs are scarce",
+        ),
+    }
+}
+
 /// memfd_create + MAP_SHARED, needed for vhost-user guest memory.
 pub fn memfd() -> Check {
     match probes::probe_memfd() {

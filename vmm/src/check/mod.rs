@@ -184,6 +184,7 @@ pub fn check_host_at(root: &HostRoot) -> HostReport {
     out.extend(checks::vfio(root, &facts));
     out.push(checks::hugepages(root));
     out.push(checks::shmem_thp(root));
+    out.push(checks::cpu_pressure(root));
     out.push(checks::memfd());
     out.push(checks::seccomp(&probes::probe_seccomp()));
     out.extend(checks::net(root, &facts));

@@ -336,3 +336,22 @@ fn seccomp_is_reported_with_the_process_mode() {
     let here = super::probes::probe_seccomp().unwrap();
     assert!(here.mode == 0 || here.mode == 2, "mode {}", here.mode);
 }
+
+#[test]
+fn cpu_pressure_passes_with_psi_and_warns_without() {
+    let t = pvm_tree();
+    let root = HostRoot::new(t.path());
+    let none = checks::cpu_pressure(&root);
+    assert_eq!(
+        none.status,
+        Status::Warn,
+        "no proc/pressure/cpu in this tree"
+    );
+    assert!(none.fix.unwrap().contains("psi=1"));
+    write(
+        t.path(),
+        "proc/pressure/cpu",
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=12\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+    );
+    assert_eq!(checks::cpu_pressure(&root).status, Status::Pass);
+}
