@@ -36,23 +36,21 @@ const FORGET_AFTER: u32 = 50;
 /// the caller samples).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollGate {
-    open: bool,
+    /// Closed until this instant (and after it until the host is calm); open if `None`.
+    closed_until: Option<Instant>,
     /// Contended epochs in a row while open.
     hot: u32,
     /// Uncontended epochs in a row while open.
     calm: u32,
-    /// While closed: not before this instant.
-    closed_until: Option<Instant>,
     backoff: Duration,
 }
 
 impl Default for PollGate {
     fn default() -> Self {
         Self {
-            open: true,
+            closed_until: None,
             hot: 0,
             calm: 0,
-            closed_until: None,
             backoff: FIRST_BACKOFF,
         }
     }
@@ -61,35 +59,36 @@ impl Default for PollGate {
 impl PollGate {
     /// Whether polling may run now.
     pub fn is_open(&self) -> bool {
-        self.open
+        self.closed_until.is_none()
     }
 
     /// Judge one epoch in which tasks waited for a CPU `waited` of the time (0..=1), at
     /// `now`; returns whether polling may run from now.
     pub fn epoch(&mut self, waited: f64, now: Instant) -> bool {
-        if self.open {
-            if waited >= CONTENDED {
+        match self.closed_until {
+            None if waited >= CONTENDED => {
                 self.calm = 0;
                 self.hot += 1;
                 if self.hot >= CLOSE_AFTER {
-                    self.open = false;
                     self.hot = 0;
                     self.closed_until = Some(now + self.backoff);
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 }
-            } else {
+            }
+            None => {
                 self.hot = 0;
                 self.calm += 1;
                 if self.calm >= FORGET_AFTER {
                     self.backoff = FIRST_BACKOFF;
                 }
             }
-        } else if self.closed_until.is_none_or(|t| now >= t) && waited < CALM {
-            self.open = true;
-            self.closed_until = None;
-            self.calm = 0;
+            Some(until) if now >= until && waited < CALM => {
+                self.closed_until = None;
+                self.calm = 0;
+            }
+            Some(_) => {}
         }
-        self.open
+        self.is_open()
     }
 }
 
