@@ -345,15 +345,7 @@ impl RequestHandler for PipeReader {
 fn settle_answers_in_flight_requests_and_a_stopped_queue_is_left_alone() {
     let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let vq = virtio_queue::mock::MockSplitQueue::create(&mem, GuestAddress(0), 16);
-    for i in 0..3u16 {
-        let desc = RawDescriptor::from(SplitDescriptor::new(
-            0x8_0000 + 0x100 * u64::from(i),
-            64,
-            virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16,
-            0,
-        ));
-        vq.desc_table().store(i, desc).unwrap();
-    }
+    writable_chains(&vq, 3);
     let avail_ring = vq.avail_addr();
     let offer = |n: u16| {
         for i in 0..n {
@@ -365,11 +357,7 @@ fn settle_answers_in_flight_requests_and_a_stopped_queue_is_left_alone() {
     offer(2);
     let used_idx = || -> u16 { mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap() };
     let mut q = LocalQueue::new(vq.create_queue().unwrap(), Arc::new(mem.clone()), None);
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills two fds on success; both are wrapped at once.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh fds owned by nobody else.
-    let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let (rd, mut wr) = pipe();
     let handler = PipeReader::new(rd);
     let cfg = EngineConfig::new(16, 1);
     let mut engine = Engine::new(handler, cfg, Arc::new(QueueStats::default())).unwrap();
@@ -405,6 +393,19 @@ fn settle_answers_in_flight_requests_and_a_stopped_queue_is_left_alone() {
     );
 }
 
+/// `n` one-descriptor chains on `vq`: device-writable 64-byte buffers at 0x8_0000 + 0x100·i.
+fn writable_chains(vq: &virtio_queue::mock::MockSplitQueue<'_, Mem>, n: u16) {
+    for i in 0..n {
+        let desc = RawDescriptor::from(SplitDescriptor::new(
+            0x8_0000 + 0x100 * u64::from(i),
+            64,
+            virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16,
+            0,
+        ));
+        vq.desc_table().store(i, desc).unwrap();
+    }
+}
+
 /// A pipe `(read end, write end)`.
 fn pipe() -> (File, File) {
     let mut fds = [0i32; 2];
@@ -421,15 +422,7 @@ fn requests_left_in_flight_are_resubmitted_in_order_after_a_restart() {
 
     let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let vq = virtio_queue::mock::MockSplitQueue::create(&mem, GuestAddress(0), 16);
-    for i in 0..5u16 {
-        let desc = RawDescriptor::from(SplitDescriptor::new(
-            0x8_0000 + 0x100 * u64::from(i),
-            64,
-            virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16,
-            0,
-        ));
-        vq.desc_table().store(i, desc).unwrap();
-    }
+    writable_chains(&vq, 5);
     let avail_ring = vq.avail_addr();
     let offer = |heads: &[u16], from: u16| {
         for (i, &h) in heads.iter().enumerate() {
@@ -533,15 +526,7 @@ fn requests_left_in_flight_are_resubmitted_in_order_after_a_restart() {
 fn a_stop_gives_up_on_requests_that_never_complete_and_drops_their_completions() {
     let mem = Mem::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let vq = virtio_queue::mock::MockSplitQueue::create(&mem, GuestAddress(0), 16);
-    for i in 0..3u16 {
-        let desc = RawDescriptor::from(SplitDescriptor::new(
-            0x8_0000 + 0x100 * u64::from(i),
-            64,
-            virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16,
-            0,
-        ));
-        vq.desc_table().store(i, desc).unwrap();
-    }
+    writable_chains(&vq, 3);
     let avail = vq.avail_addr();
     let offer = |n: u16| {
         for i in 0..n {
